@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Install a CRIU that passes `criu check` on this node, idempotently.
+#
+#   1. keep the installed criu when `criu check` passes;
+#   2. else install Debian's criu when its candidate is 4.x (Debian 13+);
+#   3. else build CRIU 4.1.1 from Debian's source tarball into /usr/local,
+#      caching the build under $FERRY_CRIU_CACHE so a second run takes seconds.
+#
+# Debian 12's criu 3.17.1 fails `criu check` on recent kernels ("vdso:
+# Unexpected rt vDSO area bounds"), hence the build. The source comes through a
+# temporary deb-src-only entry for trixie. Never a binary (deb) trixie suite:
+# one `apt-get install` would then upgrade libc6 and half the machine.
+set -euo pipefail
+
+CRIU_VERSION=4.1.1
+ORIG_SHA256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
+CACHE=${FERRY_CRIU_CACHE:-/var/cache/ferry/criu}
+PREFIX=${FERRY_CRIU_PREFIX:-/usr/local}
+SRC_ENTRY=/etc/apt/sources.list.d/ferry-criu-src.sources
+BUILD_DEPS="build-essential pkg-config protobuf-compiler protobuf-c-compiler
+  libprotobuf-dev libprotobuf-c-dev python3-protobuf libnl-3-dev libnet1-dev
+  libcap-dev libbsd-dev libgnutls28-dev libnftables-dev uuid-dev
+  iproute2 xz-utils"
+
+log() { echo "install-criu: $*" >&2; }
+
+criu_ok() {
+    command -v criu >/dev/null 2>&1 && criu check >/dev/null 2>&1
+}
+
+if [[ $(id -u) -ne 0 ]]; then
+    if criu_ok; then log "criu $(criu --version | head -1) passes criu check"; exit 0; fi
+    log "not root and no working criu: run this script as root"; exit 1
+fi
+
+if criu_ok; then
+    log "keeping $(command -v criu): $(criu --version | head -1), criu check passes"
+    exit 0
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt_updated=0
+apt_update() { [[ $apt_updated == 1 ]] || { apt-get update -qq; apt_updated=1; }; }
+
+install_cached_build() {
+    [[ -x $CACHE/criu-$CRIU_VERSION/criu/criu ]] || return 1
+    log "installing cached build from $CACHE/criu-$CRIU_VERSION"
+    install -m 0755 "$CACHE/criu-$CRIU_VERSION/criu/criu" "$PREFIX/sbin/criu"
+    hash -r
+    criu_ok
+}
+
+# Runtime libraries the built binary links against (also wanted on a cache hit).
+need_runtime_libs() {
+    local missing=()
+    for p in libprotobuf-c1 libnl-3-200 libnet1 libbsd0 libgnutls30 libnftables1 libuuid1 libcap2; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    if ((${#missing[@]})); then apt_update; apt-get install -y -qq "${missing[@]}" >/dev/null; fi
+}
+
+need_runtime_libs
+if install_cached_build; then log "cached criu $CRIU_VERSION passes criu check"; exit 0; fi
+
+# Debian's own package, where it is new enough to know this kernel.
+apt_update
+candidate=$(apt-cache policy criu 2>/dev/null | awk '/Candidate:/ {print $2}')
+if [[ -n $candidate && $candidate != "(none)" && ${candidate%%.*} -ge 4 ]]; then
+    log "installing Debian's criu $candidate"
+    apt-get install -y -qq criu >/dev/null
+    if criu_ok; then log "Debian's criu $candidate passes criu check"; exit 0; fi
+    log "Debian's criu $candidate fails criu check; removing it and building $CRIU_VERSION"
+    apt-get remove -y -qq criu >/dev/null
+fi
+
+log "building CRIU $CRIU_VERSION from Debian's source (cache: $CACHE)"
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $BUILD_DEPS >/dev/null
+mkdir -p "$CACHE"
+tarball=$CACHE/criu_$CRIU_VERSION.orig.tar.xz
+if ! echo "$ORIG_SHA256  $tarball" | sha256sum -c --status 2>/dev/null; then
+    cleanup_src() {
+        rm -f "$SRC_ENTRY"
+        apt-get update -qq -o Dir::Etc::sourcelist=/dev/null \
+            -o Dir::Etc::sourceparts=- >/dev/null 2>&1 || true
+    }
+    trap cleanup_src EXIT
+    cat >"$SRC_ENTRY" <<SRC
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    apt-get update -qq -o Dir::Etc::sourcelist="$SRC_ENTRY" \
+        -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0
+    (cd "$CACHE" && apt-get source -qq --download-only "criu=$CRIU_VERSION-1" || true)
+    cleanup_src
+    trap - EXIT
+    echo "$ORIG_SHA256  $tarball" | sha256sum -c --status \
+        || { log "could not fetch a verified $tarball"; exit 1; }
+fi
+
+rm -rf "$CACHE/criu-$CRIU_VERSION"
+tar -C "$CACHE" -xJf "$tarball"
+make -C "$CACHE/criu-$CRIU_VERSION" -j"$(nproc)" criu >"$CACHE/build.log" 2>&1 \
+    || { tail -30 "$CACHE/build.log" >&2; log "build failed (full log: $CACHE/build.log)"; exit 1; }
+install_cached_build || { criu check || true; log "built criu fails criu check"; exit 1; }
+log "criu $CRIU_VERSION built and installed to $PREFIX/sbin/criu; criu check passes"
