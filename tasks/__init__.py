@@ -1,0 +1,1 @@
+"""The queue side of ferry: everything that crosses Celery."""

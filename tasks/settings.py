@@ -1,0 +1,111 @@
+"""ferry's settings: one frozen object, built once from env or a TOML file."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from workers.errors import BadRequest
+
+NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+
+DEFAULT_STATE_DIR = Path("/var/lib/ferry") if os.geteuid() == 0 else Path.home() / ".ferry"
+
+
+def check_node_name(name: str) -> str:
+    """Return ``name`` if it is a valid node name, else raise BadRequest."""
+    if not isinstance(name, str) or not NODE_NAME.match(name):
+        raise BadRequest(
+            f"bad node name {name!r}: use 1-31 lowercase letters, digits and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a ferry process needs to know, passed down explicitly.
+
+    Empty URLs mean "the embedded Redis in ``state_dir``" (see tasks.broker).
+    """
+
+    state_dir: Path = DEFAULT_STATE_DIR
+    broker_url: str = ""
+    result_backend: str = ""
+    redis_url: str = ""  # migration records and node registry (always Redis)
+    secret: str = ""  # cluster secret: data-plane tokens; empty -> generated in state_dir
+    shared_dir: Path | None = None  # container dirs on storage every node sees
+    listen_host: str = "127.0.0.1"  # data-plane listener address
+    listen_port: int = 0  # 0: pick a free port
+    advertise_host: str = ""  # address other nodes dial; default listen_host
+    heartbeat_s: float = 2.0
+    node_ttl_s: float = 10.0
+    visibility_timeout_s: int = 4 * 3600  # longer than the longest phase
+    max_redeliveries: int = 2
+    allow_pipe_max_size: bool = False  # may raise fs.pipe-max-size for post-copy
+    criu_bin: str = "criu"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from FERRY_* variables, over FERRY_CONFIG (TOML) if set."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        config = env.get("FERRY_CONFIG")
+        if config:
+            try:
+                values.update(tomllib.loads(Path(config).read_text()))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise BadRequest(f"cannot read FERRY_CONFIG={config}: {exc}") from exc
+        for f in fields(cls):
+            key = "FERRY_" + f.name.upper()
+            if key in env:
+                values[f.name] = env[key]
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise BadRequest(f"unknown setting(s): {', '.join(unknown)}")
+        out: dict[str, Any] = {}
+        for name, raw in values.items():
+            default = getattr(cls(), name)
+            out[name] = _coerce(name, raw, default)
+        return cls(**out)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @property
+    def embedded(self) -> bool:
+        """True when ferry runs its own Redis in state_dir."""
+        return not (self.broker_url and self.redis_url)
+
+    @property
+    def container_root(self) -> Path:
+        return self.shared_dir or self.state_dir / "shared"
+
+
+def _coerce(name: str, raw: Any, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, str):
+                if raw.lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                    raise ValueError(raw)
+                return raw.lower() in {"1", "true", "yes", "on"}
+            return bool(raw)
+        if isinstance(default, Path) or name == "shared_dir":
+            return Path(raw).expanduser() if raw not in ("", None) else None
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        return raw
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"bad value for {name}: {raw!r}") from exc

@@ -1,0 +1,1 @@
+"""The node side of ferry: what touches processes, namespaces and bytes."""
