@@ -1,0 +1,191 @@
+"""The one adapter that talks to CRIU.
+
+ferry drives the ``criu`` binary as a subprocess rather than through its RPC:
+every call leaves its own log next to its images (quoted in errors), a dump
+can be watched and killed like any process, and nothing needs pycriu, whose
+protobuf pin (< 7) and ``images_dir_fd`` quirk in 4.1.1 would tie ferry to one
+CRIU build. CRIU's stats images are decoded here with a few lines of protobuf.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from workers.errors import CriuError
+from workers.runtime import DumpStats, RestoreStats
+
+_ERROR_LINE = re.compile(r"Error \((?:[^)]*)\):\s*(.*)")
+_ERRNO = re.compile(r"\b[Ee]rrno[ =:]*(\d+)|\((?:errno )?(\d+)\)$")
+# CRIU's stats.proto field numbers (dump_stats_entry / restore_stats_entry).
+_DUMP_FIELDS = {1: "freezing_time", 2: "frozen_time", 3: "memdump_time", 4: "memwrite_time",
+                5: "pages_scanned", 6: "pages_skipped_parent", 7: "pages_written",
+                9: "pages_lazy"}
+_RESTORE_FIELDS = {3: "forking_time", 4: "restore_time", 5: "pages_restored"}
+
+
+@dataclass(frozen=True)
+class Criu:
+    """The criu binary and how to call it."""
+
+    binary: str = "criu"
+    timeout_s: float = 600.0
+
+    def version(self) -> str:
+        out = self._plain(["--version"])
+        match = re.search(r"Version:\s*(\S+)", out)
+        return match.group(1) if match else ""
+
+    def check(self) -> tuple[bool, str]:
+        """``criu check``: whether CRIU works on this kernel, and its complaint if not."""
+        try:
+            proc = subprocess.run([self.binary, "check"], capture_output=True, text=True,
+                                  timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return False, str(exc)
+        text = (proc.stdout + proc.stderr).strip()
+        return proc.returncode == 0, text.splitlines()[-1] if text else ""
+
+    def feature(self, name: str) -> bool:
+        try:
+            proc = subprocess.run([self.binary, "check", "--feature", name],
+                                  capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return proc.returncode == 0
+
+    def dump(self, pid: int, images: Path, *, leave_running: bool = False,
+             leave_stopped: bool = False, parent: Path | None = None,
+             track_mem: bool = False, lazy: bool = False, pre: bool = False) -> DumpStats:
+        """Checkpoint the tree rooted at ``pid`` into ``images``."""
+        images.mkdir(parents=True, exist_ok=True)
+        op = "pre-dump" if pre else "dump"
+        argv = [op, "-t", str(pid), "-D", str(images), "-o", f"{op}.log", "-v4"]
+        if leave_running and not pre:
+            argv.append("--leave-running")
+        if leave_stopped:
+            argv.append("--leave-stopped")
+        if parent is not None:
+            argv += ["--prev-images-dir", os.path.relpath(parent, images)]
+        if track_mem:
+            argv.append("--track-mem")
+        if lazy:
+            argv.append("--lazy-pages")
+        started = time.monotonic()
+        self._run(op, argv, images / f"{op}.log")
+        wall = (time.monotonic() - started) * 1000
+        return dump_stats(images, wall)
+
+    def restore(self, images: Path, *, extra: tuple[str, ...] = ()) -> RestoreStats:
+        """Restore the tree in ``images``, detached; returns its new host pid."""
+        pidfile = images / "restore.pid"
+        pidfile.unlink(missing_ok=True)
+        argv = ["restore", "-D", str(images), "-d", "--pidfile", str(pidfile),
+                "-o", "restore.log", "-v4", *extra]
+        started = time.monotonic()
+        self._run("restore", argv, images / "restore.log")
+        wall = (time.monotonic() - started) * 1000
+        pid = int(pidfile.read_text().strip())
+        fields = read_stats(images / "stats-restore", 2, _RESTORE_FIELDS)
+        return RestoreStats(pid=pid, restore_ms=fields.get("restore_time", 0) / 1000,
+                            forking_ms=fields.get("forking_time", 0) / 1000,
+                            pages_restored=fields.get("pages_restored", 0), wall_ms=wall)
+
+    def _plain(self, argv: list[str]) -> str:
+        try:
+            return subprocess.run([self.binary, *argv], capture_output=True, text=True,
+                                  timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CriuError(argv[0].lstrip("-"), 0, None, str(exc)) from exc
+
+    def _run(self, op: str, argv: list[str], log: Path) -> None:
+        try:
+            proc = subprocess.run([self.binary, *argv], capture_output=True, text=True,
+                                  timeout=self.timeout_s, stdin=subprocess.DEVNULL)
+        except FileNotFoundError as exc:
+            raise CriuError(op, 2, None, f"{self.binary} not found: run ops/install-criu.sh") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise CriuError(op, 110, log, f"no answer in {self.timeout_s:.0f} s") from exc
+        if proc.returncode != 0:
+            errno, detail = explain(log, proc.stderr)
+            raise CriuError(op, errno, log, detail)
+
+
+def explain(log: Path, stderr: str = "") -> tuple[int, str]:
+    """The errno and the first error line of a failed CRIU call's log."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        text = stderr
+    for line in text.splitlines():
+        match = _ERROR_LINE.search(line)
+        if match:
+            detail = match.group(1).strip()
+            num = _ERRNO.search(detail)
+            errno = int(next(g for g in num.groups() if g)) if num else 0
+            return errno, detail
+    return 0, (stderr.strip().splitlines() or [""])[-1]
+
+
+def dump_stats(images: Path, wall_ms: float) -> DumpStats:
+    """Read CRIU's stats-dump image of a finished dump in ``images``."""
+    f = read_stats(images / "stats-dump", 1, _DUMP_FIELDS)
+    size = sum(p.stat().st_size for p in images.iterdir() if p.is_file())
+    return DumpStats(
+        freezing_ms=f.get("freezing_time", 0) / 1000, frozen_ms=f.get("frozen_time", 0) / 1000,
+        memdump_ms=f.get("memdump_time", 0) / 1000, memwrite_ms=f.get("memwrite_time", 0) / 1000,
+        pages_scanned=f.get("pages_scanned", 0),
+        pages_skipped_parent=f.get("pages_skipped_parent", 0),
+        pages_written=f.get("pages_written", 0), pages_lazy=f.get("pages_lazy", 0),
+        wall_ms=wall_ms, image_bytes=size)
+
+
+def read_stats(path: Path, entry_field: int, names: dict[int, str]) -> dict[str, int]:
+    """Decode one CRIU stats image: two magics, a size, a stats_entry message."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return {}
+    if len(data) < 12:
+        return {}
+    (size,) = struct.unpack_from("<I", data, 8)
+    outer = _fields(data[12:12 + size])
+    inner = outer.get(entry_field)
+    if not isinstance(inner, bytes):
+        return {}
+    return {names[k]: v for k, v in _fields(inner).items() if k in names and isinstance(v, int)}
+
+
+def _fields(buf: bytes) -> dict[int, int | bytes]:
+    """The varint and length-delimited fields of one protobuf message."""
+    out: dict[int, int | bytes] = {}
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            out[number], pos = _varint(buf, pos)
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            out[number], pos = buf[pos:pos + length], pos + length
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            break
+    return out
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7

@@ -1,0 +1,89 @@
+"""Facts about live processes, read from /proc."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot; None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def state(pid: int) -> str | None:
+    """The one-letter state (R, S, T, Z, ...) of ``pid``, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def alive(pid: int, ticks: int | None = None) -> bool:
+    """True if ``pid`` exists, is not a zombie, and (if given) started at ``ticks``."""
+    st = state(pid)
+    if st is None or st in ("Z", "X"):
+        return False
+    return ticks is None or start_ticks(pid) == ticks
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:
+                continue
+    return out
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and its descendants."""
+    total = 0
+    for p in tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    """Send ``sig`` to ``pid`` and every descendant (SIGCONT after --leave-stopped)."""
+    for p in tree(pid):
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            continue
+
+
+def kill_and_wait(pid: int, timeout_s: float = 5.0) -> bool:
+    """SIGKILL ``pid`` (a pid-namespace init takes its namespace with it); True once gone."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
+        if not alive(pid):
+            return True
+        time.sleep(0.01)
+    return False
