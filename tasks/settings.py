@@ -48,6 +48,8 @@ class Settings:
     max_redeliveries: int = 2
     allow_pipe_max_size: bool = False  # may raise fs.pipe-max-size for post-copy
     criu_bin: str = "criu"
+    runtime: str = "criu"  # criu | sim
+    main_concurrency: int = 4  # slots for a node's ordinary work (node.<name>)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod

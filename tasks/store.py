@@ -132,12 +132,17 @@ class Store:
             pipe.sadd("ferry:nodes", name)
             pipe.execute()
 
+    def put_containers(self, name: str, containers: list[dict[str, Any]]) -> None:
+        self.r.set(f"ferry:node:{name}:containers", json.dumps(containers))
+
     def node(self, name: str) -> dict[str, Any] | None:
-        raw = self.r.get(f"ferry:node:{name}")
+        raw, cont, cordon = self.r.mget(f"ferry:node:{name}", f"ferry:node:{name}:containers",
+                                        f"ferry:cordon:{name}")
         if raw is None:
             return None
         rec: dict[str, Any] = json.loads(str(raw))
-        rec["cordoned"] = bool(self.r.exists(f"ferry:cordon:{name}"))
+        rec["containers"] = json.loads(str(cont)) if cont else []
+        rec["cordoned"] = cordon is not None
         return rec
 
     def nodes(self) -> list[dict[str, Any]]:
@@ -145,7 +150,7 @@ class Store:
         return [n for n in out if n is not None]
 
     def forget_node(self, name: str) -> None:
-        self.r.delete(f"ferry:node:{name}")
+        self.r.delete(f"ferry:node:{name}", f"ferry:node:{name}:containers")
         self.r.srem("ferry:nodes", name)
 
     def cordon(self, name: str, on: bool) -> None:

@@ -1,0 +1,298 @@
+"""The ``ferry`` command.
+
+Exit codes: 0 ok; 1 the operation failed (a migration rolled back, ...);
+2 bad input (nothing was changed); 3 a broker, node or coordinator is
+unreachable; 4 gave up waiting. Every command takes ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from tasks.settings import Settings
+from workers.errors import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, FerryError
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _client() -> Any:
+    from tasks.client import Ferry
+
+    return Ferry(Settings.from_env())
+
+
+def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, default=str, indent=1))
+    else:
+        human()
+
+
+class FerryGroup(click.Group):
+    """Turns FerryError into ``error: message`` and its documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FerryError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=FerryGroup)
+def main() -> None:
+    """ferry: live-migrate containers between the nodes of a cluster."""
+
+
+json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@main.command()
+@click.option("--node", required=True, help="This node's name (lowercase, digits, '-').")
+def worker(node: str) -> None:
+    """Run this node's workers, data-plane listener and heartbeat."""
+    from tasks.nodeworker import serve
+
+    sys.exit(serve(Settings.from_env(), node))
+
+
+@main.command()
+@click.option("--concurrency", default=4, show_default=True)
+def coordinator(concurrency: int) -> None:
+    """Run the coordinator (consumes ferry.control)."""
+    from tasks.coordinator import serve
+
+    serve(Settings.from_env(), concurrency)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--port", default=5555, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option("--basic-auth", envvar="FERRY_FLOWER_AUTH", default="",
+              help="user:password (env FERRY_FLOWER_AUTH).")
+def flower(port: int, address: str, basic_auth: str) -> None:
+    """Run Flower on ferry's broker."""
+    from tasks.broker import resolve
+    from tasks.app import make_app
+
+    app = make_app(resolve(Settings.from_env()))
+    argv = ["flower", f"--port={port}", f"--address={address}"]
+    if basic_auth:
+        argv.append(f"--basic-auth={basic_auth}")
+    app.start(argv)
+
+
+@main.command()
+@json_opt
+def nodes(as_json: bool) -> None:
+    """List the nodes: capabilities, load, last seen."""
+    rows = _client().nodes()
+
+    def show() -> None:
+        t = Table("node", "state", "arch", "criu", "soft-dirty", "uffd", "mem free", "load",
+                  "containers", "last seen", "address")
+        now = time.time()
+        for n in rows:
+            p = n.get("probe", {})
+            state = ("up" if n["alive"] else "down") + (" (cordoned)" if n.get("cordoned") else "")
+            criu = p.get("criu_version") or ("sim" if p.get("simulated") else "no")
+            if p.get("criu_reason"):
+                criu += f" ({p['criu_reason']})"
+            t.add_row(n["name"], state, p.get("arch", "?"), criu, _yn(p.get("soft_dirty")),
+                      _yn(p.get("uffd")), _gib(p.get("mem_free_bytes", 0)),
+                      f"{n.get('load', 0):.2f}", str(len(n.get("containers", []))),
+                      f"{now - n.get('last_seen', 0):.0f}s ago", n.get("address", ""))
+        out.print(t)
+
+    _emit(as_json, rows, show)
+
+
+@main.command()
+@json_opt
+def ps(as_json: bool) -> None:
+    """List the containers on every node."""
+    rows = _client().containers()
+
+    def show() -> None:
+        t = Table("container", "node", "state", "pid", "memory", "command")
+        for c in rows:
+            t.add_row(c["name"], c["node"], c["state"], str(c["pid"]), _gib(c["memory_bytes"]),
+                      " ".join(c["argv"])[:60])
+        out.print(t)
+
+    _emit(as_json, rows, show)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--node", required=True)
+@click.option("--name", default=None, help="Container name (default: generated).")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+@json_opt
+def run(node: str, name: str | None, cmd: tuple[str, ...], as_json: bool) -> None:
+    """Start CMD on NODE as a container: ferry run --node N -- CMD ..."""
+    res = _client().run(node, list(cmd), name)
+    _emit(as_json, res, lambda: out.print(f"{res['name']} runs on {res['node']} (pid {res['pid']}, "
+                                          f"log {res['log']})"))
+
+
+@main.command()
+@click.argument("container")
+@click.option("--to", "to", required=True, help="Destination node.")
+@click.option("--strategy", default="auto", show_default=True)
+@click.option("--no-wait", is_flag=True, help="Submit and print the migration id.")
+@click.option("--timeout", default=600.0, show_default=True)
+@json_opt
+def migrate(container: str, to: str, strategy: str, no_wait: bool, timeout: float,
+            as_json: bool) -> None:
+    """Move CONTAINER to node TO."""
+    from tasks.summary import one_line, summary
+
+    client = _client()
+    handle = client.migrate(container, to, strategy)
+    if no_wait:
+        _emit(as_json, {"id": handle.id}, lambda: out.print(handle.id))
+        return
+    if not as_json:
+        err.print(f"{handle.id}: {container} -> {to}", highlight=False)
+    try:
+        m = _follow(client, handle, timeout, quiet=as_json)
+    except TimeoutError as exc:
+        err.print(f"[yellow]{exc}[/yellow]")
+        sys.exit(EXIT_TIMEOUT)
+    _emit(as_json, summary(m), lambda: out.print(one_line(m), highlight=False))
+    sys.exit(EXIT_OK if m.state.value == "done" else EXIT_FAILED)
+
+
+def _follow(client: Any, handle: Any, timeout: float, quiet: bool) -> Any:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    if quiet:
+        return handle.wait(timeout)
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("submitted", total=None)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = client.status(handle.id)
+            p = m.results.get("progress", {})
+            bar.update(task, description=f"{m.state.value}: {m.phase.value if m.phase else ''}",
+                       completed=p.get("bytes_sent", 0), total=p.get("bytes_total") or None)
+            if m.state.final:
+                return m
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{handle.id} still {m.state.value} after {timeout:.0f} s")
+            time.sleep(0.1)
+
+
+@main.command()
+@click.argument("migration", required=False)
+@json_opt
+def status(migration: str | None, as_json: bool) -> None:
+    """Show one migration's record, or the latest migrations."""
+    from tasks.summary import summary
+
+    client = _client()
+    if migration:
+        m = client.status(migration)
+        data = {**asdict(m), "summary": summary(m)}
+
+        def show_one() -> None:
+            s = summary(m)
+            t = Table("field", "value", show_header=False)
+            for k in ("id", "container", "src", "dst", "strategy", "state"):
+                t.add_row(k, str(s[k]))
+            t.add_row("phase", f"{m.phase.value if m.phase else '-'} (attempt {m.attempt})")
+            for k in ("downtime_ms", "criu_freeze_ms", "wire_ms", "restore_ms", "overhead_ms"):
+                if k in s:
+                    t.add_row(k.replace("_ms", " (ms)"), str(s[k]))
+            t.add_row("total (s)", str(s["total_s"]))
+            t.add_row("bytes", str(s["bytes"]))
+            for e in m.errors:
+                t.add_row("error", e)
+            out.print(t)
+
+        _emit(as_json, data, show_one)
+        return
+    rows = [summary(m) for m in client.migrations()]
+
+    def show_all() -> None:
+        t = Table("id", "container", "from", "to", "strategy", "state", "downtime", "total")
+        for s in rows:
+            t.add_row(s["id"], s["container"], s["src"], s["dst"], s["strategy"], s["state"],
+                      f"{s['downtime_ms']:.0f} ms" if "downtime_ms" in s else "-", f"{s['total_s']:.2f} s")
+        out.print(t)
+
+    _emit(as_json, rows, show_all)
+
+
+@main.command()
+@click.argument("migration")
+@json_opt
+def watch(migration: str, as_json: bool) -> None:
+    """Print a migration's events as they happen."""
+    for ev in _client().watch(migration):
+        if as_json:
+            click.echo(json.dumps(ev))
+        else:
+            out.print(f"{ev['state']:>12} {ev['phase']:<9} {ev['what']:<9} {ev.get('error', '')}",
+                      highlight=False)
+
+
+@main.command()
+@click.argument("migration")
+@json_opt
+def cancel(migration: str, as_json: bool) -> None:
+    """Roll a migration back (before its point of no return)."""
+    _client().cancel(migration)
+    _emit(as_json, {"id": migration, "cancel": "requested"},
+          lambda: out.print(f"{migration}: cancel requested"))
+
+
+@main.command()
+@click.argument("node")
+@json_opt
+def cordon(node: str, as_json: bool) -> None:
+    """Mark NODE so that nothing new lands on it."""
+    c = _client()
+    c.node(node)
+    c.store.cordon(node, True)
+    _emit(as_json, {"node": node, "cordoned": True}, lambda: out.print(f"{node} cordoned"))
+
+
+@main.command()
+@click.argument("node")
+@json_opt
+def uncordon(node: str, as_json: bool) -> None:
+    """Let containers land on NODE again."""
+    c = _client()
+    c.node(node)
+    c.store.cordon(node, False)
+    _emit(as_json, {"node": node, "cordoned": False}, lambda: out.print(f"{node} uncordoned"))
+
+
+@main.command()
+@click.option("--nodes", "count", default=3, show_default=True)
+@click.option("--keep", is_flag=True, help="Leave the demo cluster running.")
+@click.option("--flower-port", default=5555, show_default=True)
+def demo(count: int, keep: bool, flower_port: int) -> None:
+    """Migrate a counting container across a cluster of nodes on this machine."""
+    from tasks.demo import run_demo
+
+    sys.exit(run_demo(count, keep, flower_port))
+
+
+def _yn(v: Any) -> str:
+    return "yes" if v else "no"
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"

@@ -1,0 +1,190 @@
+"""The Python API: submit and follow migrations from any program.
+
+    >>> from tasks.client import Ferry                      # doctest: +SKIP
+    >>> ferry = Ferry()                 # FERRY_BROKER_URL, FERRY_SECRET, ...
+    >>> ferry.run("node1", ["python3", "-c", "..."], name="web")
+    >>> m = ferry.migrate("web", to="node2")
+    >>> m.wait(timeout=60).state
+    'done'
+
+A program that is not a worker needs nothing but the broker (and state store)
+URL and the cluster secret.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from celery import Celery
+
+from tasks.app import CONTROL_QUEUE, make_app, node_queue
+from tasks.broker import connect, resolve
+from tasks.coordinator import HEARTBEAT_KEY
+from tasks.machine import Migration, State
+from tasks.settings import Settings, check_node_name
+from tasks.store import Store, check_migration_id, new_id
+from workers.errors import (BadRequest, CapabilityError, FerryError, NodeUnavailable,
+                            TooLate, UnknownContainer, UnknownNode)
+from workers.runtime import check_container_name
+
+STRATEGIES = ("auto", "cold")
+
+
+@dataclass
+class MigrationHandle:
+    """A submitted migration: follow it, wait for it."""
+
+    id: str
+    client: Ferry
+
+    def status(self) -> Migration:
+        return self.client.status(self.id)
+
+    def progress(self) -> dict[str, Any]:
+        m = self.status()
+        return {"state": m.state.value, "phase": m.phase.value if m.phase else None,
+                "attempt": m.attempt, **m.results.get("progress", {})}
+
+    def wait(self, timeout: float | None = None, poll_s: float = 0.1) -> Migration:
+        """Block until the migration is final; raise TimeoutError after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            m = self.status()
+            if m.state.final:
+                return m
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.id} still {m.state.value} ({m.phase}) after {timeout} s")
+            time.sleep(poll_s)
+
+    def result(self) -> Migration:
+        """The final record; raises FerryError if the migration did not finish DONE."""
+        m = self.wait()
+        if m.state is not State.DONE:
+            raise FerryError(f"{self.id} {m.state.value}: {m.errors[-1] if m.errors else ''}")
+        return m
+
+
+class Ferry:
+    """A handle on a ferry cluster."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = resolve(settings or Settings.from_env())
+        self.store = Store(connect(self.settings))
+        self._app: Celery | None = None
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            self._app = make_app(self.settings)
+        return self._app
+
+    # -- nodes and containers --------------------------------------------------
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every registered node, with ``alive`` from its heartbeat."""
+        now = time.time()
+        out = []
+        for n in self.store.nodes():
+            n["alive"] = n.get("state") == "up" and now - n.get("last_seen", 0) < self.settings.node_ttl_s
+            out.append(n)
+        return out
+
+    def node(self, name: str) -> dict[str, Any]:
+        check_node_name(name)
+        rec = self.store.node(name)
+        if rec is None:
+            raise UnknownNode(name, [n["name"] for n in self.store.nodes()])
+        rec["alive"] = rec.get("state") == "up" and time.time() - rec.get("last_seen", 0) < self.settings.node_ttl_s
+        if not rec["alive"]:
+            raise NodeUnavailable(f"node {name} is not answering (last seen "
+                                  f"{time.time() - rec.get('last_seen', 0):.0f} s ago): is `ferry worker --node {name}` running?")
+        return rec
+
+    def containers(self) -> list[dict[str, Any]]:
+        """Every container on every node, as the nodes last reported them."""
+        return [{**c, "node": n["name"]} for n in self.nodes() for c in n.get("containers", [])]
+
+    def locate(self, name: str) -> str:
+        """The node that runs container ``name``."""
+        check_container_name(name)
+        for c in self.containers():
+            if c["name"] == name and c["state"] != "exited":
+                return str(c["node"])
+        raise UnknownContainer(name)
+
+    def run(self, node: str, argv: list[str], name: str | None = None,
+            labels: dict[str, str] | None = None, timeout: float = 30) -> dict[str, Any]:
+        """Start ``argv`` as a container on ``node``."""
+        self.node(node)
+        name = check_container_name(name or f"c-{new_id()[2:10]}")
+        if any(c["name"] == name and c["state"] != "exited" for c in self.containers()):
+            raise BadRequest(f"a container named {name!r} already runs: see `ferry ps`")
+        res = self.app.send_task("ferry.node.run", args=(name, list(argv), labels or {}),
+                                 queue=node_queue(node))
+        return self._get(res, timeout)
+
+    def kill(self, name: str, timeout: float = 30) -> dict[str, Any]:
+        node = self.locate(name)
+        return self._get(self.app.send_task("ferry.node.kill", args=(name,), queue=node_queue(node)), timeout)
+
+    def _get(self, res: Any, timeout: float) -> dict[str, Any]:
+        try:
+            out: dict[str, Any] = res.get(timeout=timeout, propagate=False)
+        except Exception as exc:  # celery's TimeoutError and friends
+            raise NodeUnavailable(f"no answer from the node in {timeout:.0f} s") from exc
+        if res.failed():
+            raise BadRequest(str(out))
+        return out
+
+    # -- migrations ------------------------------------------------------------
+    def migrate(self, container: str, to: str, strategy: str = "auto") -> MigrationHandle:
+        """Submit a migration of ``container`` to node ``to``."""
+        check_container_name(container)
+        check_node_name(to)
+        if strategy not in STRATEGIES:
+            raise BadRequest(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+        src = self.locate(container)
+        if src == to:
+            raise BadRequest(f"{container} already runs on {to}")
+        dst = self.node(to)
+        self.node(src)
+        if dst.get("cordoned"):
+            raise CapabilityError(f"{to} is cordoned: nothing new lands on it (`ferry uncordon {to}`)")
+        if not self.store.r.exists(HEARTBEAT_KEY):
+            raise NodeUnavailable("no coordinator is running: start `ferry coordinator`")
+        now = time.time()
+        m = Migration(id=new_id(), container=container, src=src, dst=to,
+                      strategy="cold" if strategy == "auto" else strategy, created=now, updated=now)
+        self.store.create(m)
+        self.app.send_task("ferry.control.start", args=(m.id,), queue=CONTROL_QUEUE)
+        return MigrationHandle(m.id, self)
+
+    def status(self, mid: str) -> Migration:
+        return self.store.get(check_migration_id(mid))
+
+    def migrations(self, limit: int = 20) -> list[Migration]:
+        return list(self.store.iter_migrations(limit))
+
+    def watch(self, mid: str, timeout: float | None = None) -> Iterator[dict[str, str]]:
+        """Yield the migration's events as they happen, until it is final."""
+        check_migration_id(mid)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = "0"
+        for last, ev in self.store.events(mid):
+            yield ev
+        while not self.status(mid).state.final:
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            for last, ev in self.store.events(mid, after=last, block_ms=500):
+                yield ev
+
+    def cancel(self, mid: str) -> Migration:
+        """Roll ``mid`` back; TooLate once it is past its point of no return."""
+        m = self.status(mid)
+        if m.state.final:
+            raise BadRequest(f"{mid} is already {m.state.value}")
+        if m.past_no_return:
+            raise TooLate(f"{mid} is past its point of no return: it will finish on {m.dst}")
+        self.app.send_task("ferry.control.cancel", args=(mid,), queue=CONTROL_QUEUE)
+        return m

@@ -1,0 +1,61 @@
+"""What a migration cost: downtime split into its parts, from the phase results.
+
+Pure: reads the record's phase results (timestamps from the nodes' clocks,
+which a cluster keeps in step with NTP/chrony) and returns plain numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.machine import Migration
+
+
+def downtime(m: Migration) -> dict[str, float] | None:
+    """Downtime and its parts, in ms; None until the container was restored.
+
+    downtime = from the moment CRIU froze the tree on the source to the moment
+    the restored tree resumed on the destination. Its parts: ``criu_freeze``
+    (CRIU's own frozen time in the dump), ``wire`` (images over the data
+    plane), ``restore`` (the criu restore call) and ``overhead`` (everything
+    else: queues, task start, bookkeeping).
+    """
+    r = m.results
+    dump, xfer, rest = r.get("dump"), r.get("transfer"), r.get("restore")
+    if not (dump and rest):
+        return None
+    total = (rest["end"] - dump["freeze_start"]) * 1000
+    criu = dump["frozen_ms"] + dump["freezing_ms"]
+    wire = xfer["wall_ms"] if xfer else 0.0
+    restore = rest["wall_ms"]
+    return {"downtime_ms": round(total, 1), "criu_freeze_ms": round(criu, 1),
+            "wire_ms": round(wire, 1), "restore_ms": round(restore, 1),
+            "overhead_ms": round(total - criu - wire - restore, 1)}
+
+
+def summary(m: Migration) -> dict[str, Any]:
+    """The one-line facts of a migration: state, strategy, downtime, total time, bytes."""
+    d = downtime(m) or {}
+    xfer = m.results.get("transfer", {})
+    return {"id": m.id, "container": m.container, "src": m.src, "dst": m.dst,
+            "state": m.state.value, "strategy": m.strategy,
+            "total_s": round(m.updated - m.created, 3), "bytes": xfer.get("bytes", 0), **d,
+            "errors": list(m.errors)}
+
+
+def one_line(m: Migration) -> str:
+    s = summary(m)
+    if m.state.value == "done":
+        return (f"{m.container} moved {m.src} -> {m.dst} ({s['strategy']}): downtime "
+                f"{s.get('downtime_ms', 0):.0f} ms, total {s['total_s']:.2f} s, "
+                f"{_size(s['bytes'])} sent")
+    why = m.errors[-1] if m.errors else ""
+    return f"{m.container} {m.state.value} ({m.src} -> {m.dst}): {why}"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
