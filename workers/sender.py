@@ -1,0 +1,213 @@
+"""Sending a migration's files to another node's transfer service.
+
+The kernel copies each file to the socket (``sendfile``, no copy through
+Python) while a background thread hashes it with BLAKE3 from the page cache;
+the digest follows the file's bytes, so checking adds no wait before the
+first byte moves. A dropped connection is retried with a fresh token and
+resumes where the receiver stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import stat
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from workers import wire
+from workers.errors import BadRequest, IntegrityError, TransferError
+from workers.throttle import TokenBucket
+
+log = logging.getLogger(__name__)
+
+CHUNK = 8 << 20  # bytes per sendfile call: how often progress is told and replies are read
+
+
+@dataclass(frozen=True)
+class SendStats:
+    """What one :func:`send_files` call did."""
+
+    bytes: int  # file bytes put on the wire, over every attempt
+    files: int  # files now in place on the receiver
+    seconds: float
+    resumed: int  # reconnections that continued an interrupted transfer
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: Path
+    entry: wire.FileEntry
+
+
+class _Meter:
+    """Bytes sent, and bytes the receiver holds, told to the caller's progress callback."""
+
+    def __init__(self, total: int, progress: Callable[[int, int], None] | None) -> None:
+        self.total, self.sent, self.done, self._progress = total, 0, 0, progress
+
+    def restart(self, done: int) -> None:
+        self.done = done
+        self._tell()
+
+    def add(self, n: int) -> None:
+        self.sent += n
+        self.done += n
+        self._tell()
+
+    def _tell(self) -> None:
+        if self._progress is not None:
+            self._progress(self.done, self.total)
+
+
+def send_files(
+    address: tuple[str, int],
+    token_factory: Callable[[], str],
+    migration: str,
+    files: Sequence[tuple[Path, str]],
+    *,
+    subdir: str = "images",
+    bandwidth_bps: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    timeout_s: float = 30,
+    retries: int = 3,
+    bucket: TokenBucket | None = None,
+) -> SendStats:
+    """Send ``files`` (local path, destination name) to the transfer service at ``address``.
+
+    Each connection uses a new token from ``token_factory``. ``bandwidth_bps``
+    (bytes per second) limits this call; ``bucket`` is a budget shared with
+    other transfers, such as the node's; both hold. ``progress(done, total)``
+    is called as bytes reach the receiver.
+
+    Raises TransferError when the connection fails ``retries + 1`` times (refused,
+    reset, silent for ``timeout_s``), and TokenError, IntegrityError, BadRequest
+    or CapabilityError (e.g. the receiver's disk is full) as the receiver replies.
+    """
+    sources = [_source(Path(path), name) for path, name in files]
+    own = TokenBucket(bandwidth_bps) if bandwidth_bps else None
+    buckets = [b for b in (own, bucket) if b is not None]
+    meter = _Meter(sum(s.entry.size for s in sources), progress)
+    started = time.monotonic()
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferry-hash")
+    try:
+        digests = [hasher.submit(_digest, s.path) for s in sources]
+        for attempt in range(retries + 1):
+            request = wire.PutRequest(
+                token_factory(), migration, subdir, tuple(s.entry for s in sources)
+            )
+            try:
+                _attempt(address, request, sources, digests, buckets, meter, timeout_s)
+                break
+            except (TransferError, OSError) as exc:
+                if attempt == retries:
+                    host, port = address
+                    raise TransferError(
+                        f"sending {migration} to {host}:{port} failed {attempt + 1} times: {exc}"
+                    ) from exc
+                log.info(
+                    "data plane: %s: attempt %d failed (%s), retrying", migration, attempt, exc
+                )
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+    finally:
+        hasher.shutdown(wait=False, cancel_futures=True)
+    return SendStats(meter.sent, len(sources), time.monotonic() - started, attempt)
+
+
+def _attempt(
+    address: tuple[str, int],
+    request: wire.PutRequest,
+    sources: list[_Source],
+    digests: list[Future[str]],
+    buckets: list[TokenBucket],
+    meter: _Meter,
+    timeout_s: float,
+) -> None:
+    """One connection: offer the files, send what the receiver lacks, read its verdict."""
+    with socket.create_connection(address, timeout=timeout_s) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        wire.send_frame(sock, request.message())
+        have, done = _ready(wire.expect(wire.recv_frame(sock), "ready"), sources)
+        meter.restart(sum(s.entry.size if d else h for s, h, d in zip(sources, have, done)))
+        replies = select.poll()
+        replies.register(sock, select.POLLIN)
+        for source, digest, start, landed in zip(sources, digests, have, done):
+            if not landed:
+                _send_file(sock, source, start, buckets, meter, replies)
+                wire.send_frame(sock, {"type": "end", "blake3": digest.result()})
+        wire.expect(wire.recv_frame(sock), "done")
+
+
+def _send_file(
+    sock: socket.socket,
+    source: _Source,
+    offset: int,
+    buckets: list[TokenBucket],
+    meter: _Meter,
+    replies: select.poll,
+) -> None:
+    """Send ``source`` from ``offset`` to its end, stopping early if the receiver objects."""
+    chunk = min([CHUNK, *(b.burst for b in buckets)])
+    end = source.entry.size
+    try:
+        f = source.path.open("rb")
+    except OSError as exc:
+        raise BadRequest(f"cannot read {source.path}: {exc.strerror}") from exc
+    with f:
+        while offset < end:
+            n = min(chunk, end - offset)
+            for b in buckets:
+                b.take(n)
+            sent = sock.sendfile(f, offset, n)
+            if sent < n:
+                raise IntegrityError(f"{source.path} shrank while being sent")
+            offset += sent
+            meter.add(sent)
+            if replies.poll(0):  # the receiver speaks before the end only to refuse
+                reply = wire.recv_frame(sock)
+                if reply["type"] == "error":
+                    wire.raise_error(reply)
+                raise TransferError(f"protocol error: unexpected {reply['type']!r} mid-file")
+
+
+def _ready(reply: dict[str, Any], sources: list[_Source]) -> tuple[list[int], list[bool]]:
+    """The receiver's (bytes held, already in place) per file, checked."""
+    have, done = reply.get("have"), reply.get("done")
+    if not (isinstance(have, list) and isinstance(done, list)):
+        raise TransferError("protocol error: 'ready' without 'have' and 'done' lists")
+    sizes = [s.entry.size for s in sources]
+    ok = len(have) == len(done) == len(sizes) and all(
+        isinstance(h, int) and isinstance(d, bool) and 0 <= h <= size
+        for h, d, size in zip(have, done, sizes)
+    )
+    if not ok:
+        raise TransferError("protocol error: 'ready' does not match the manifest")
+    return have, done
+
+
+def _source(path: Path, name: str) -> _Source:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise BadRequest(f"cannot send {path}: {exc.strerror}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise BadRequest(f"cannot send {path}: not a regular file")
+    # Same device, inode and mtime: same content, so the receiver may resume it.
+    version = f"{st.st_dev:x}-{st.st_ino:x}-{st.st_mtime_ns:x}"
+    return _Source(path, wire.FileEntry(name, st.st_size, version))
+
+
+def _digest(path: Path) -> str:
+    hasher = blake3.blake3()
+    try:
+        hasher.update_mmap(path)
+    except OSError as exc:
+        raise BadRequest(f"cannot read {path}: {exc.strerror}") from exc
+    return hasher.hexdigest()
