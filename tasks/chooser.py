@@ -34,10 +34,11 @@ Worked example: 512 MiB dirtying 40 MiB/s over a 1 GbE link (~112 MiB/s)::
     ...            Request("auto", 300))
     >>> c.strategy, c.iterative
     ('hybrid', 'delta')
-    >>> choose(pi1, pi2, Workload(512 << 20), Link(112 << 20, 0.3), Request("precopy", 300))
-    Traceback (most recent call last):
-    ...
-    workers.errors.CapabilityError: precopy needs soft-dirty tracking; pi-01's kernel has none: use delta or postcopy
+    >>> try:
+    ...     choose(pi1, pi2, Workload(512 << 20), Link(112 << 20, 0.3), Request("precopy", 300))
+    ... except CapabilityError as err:
+    ...     print(err)
+    precopy needs soft-dirty tracking; pi-01's kernel has none: use delta or postcopy
 """
 
 from __future__ import annotations
@@ -166,7 +167,10 @@ def strategy_refusal(strategy: str, src: NodeCaps, dst: NodeCaps) -> str | None:
         for node in (dst, src):
             if not node.lazy_pages:
                 why = f" ({node.lazy_pages_reason})" if node.lazy_pages_reason else ""
-                return f"{strategy} needs userfaultfd lazy pages on both nodes; {node.name} has none{why}"
+                return (
+                    f"{strategy} needs userfaultfd lazy pages on both nodes; "
+                    f"{node.name} has none{why}"
+                )
     return None
 
 

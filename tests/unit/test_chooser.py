@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import doctest
 from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tasks.chooser
 from tasks.chooser import (
     CONCRETE,
     STRATEGIES,
@@ -315,6 +317,10 @@ def test_usable_lists_what_the_pair_can_run() -> None:
     assert usable(SRC, DST) == ["cold", "precopy", "delta", "postcopy", "hybrid"]
     assert usable(NO_SD, NO_LAZY_DST) == ["cold", "delta"]
     assert usable(SRC, node("x", arch="x86_64")) == []
+
+
+def test_worked_example_in_docstring() -> None:
+    assert doctest.testmod(tasks.chooser).failed == 0
 
 
 # --- properties -------------------------------------------------------------

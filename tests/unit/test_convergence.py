@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tasks.convergence
 from tasks.convergence import (
     Continue,
     Estimates,
@@ -218,6 +220,10 @@ def test_window_of_history_is_accepted() -> None:
     assert d.rule == "max-iterations"
 
 
+def test_worked_example_in_docstring() -> None:
+    assert doctest.testmod(tasks.convergence).failed == 0
+
+
 # --- properties -------------------------------------------------------------
 
 
@@ -239,7 +245,7 @@ def pass_(draw: st.DrawFn, i: int) -> IterationStats:
 
 
 @st.composite
-def histories(draw: st.DrawFn, max_len: int = 9) -> list[IterationStats]:
+def histories(draw: st.DrawFn, max_len: int = 7) -> list[IterationStats]:
     start = draw(st.integers(1, 5))
     n = draw(st.integers(1, max_len))
     return [draw(pass_(start + k)) for k in range(n)]
@@ -247,14 +253,14 @@ def histories(draw: st.DrawFn, max_len: int = 9) -> list[IterationStats]:
 
 limits_st = st.builds(
     Limits,
-    max_iterations=st.integers(1, 9),
+    max_iterations=st.integers(1, 6),
     goal_unchanged=st.floats(0.05, 1.0),
     downtime_limit_ms=st.floats(1, 5000),
     min_pages=st.integers(0, 1000),
     max_growth=st.floats(0, 1),
     fallback=st.sampled_from(["postcopy", "abort"]),
     hard_downtime_cap=st.booleans(),
-) | st.builds(Limits, max_iterations=st.integers(1, 9), fallback=st.just("cold"))
+) | st.builds(Limits, max_iterations=st.integers(1, 6), fallback=st.just("cold"))
 
 est_st = st.builds(
     Estimates,
