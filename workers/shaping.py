@@ -32,6 +32,7 @@ _SCALE = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 # tc's classic-BPF bytecode: A = random u32; drop (TC_ACT_SHOT) if A < threshold.
 # 4294963256 is SKF_AD_OFF + SKF_AD_RANDOM, the "ld rand" extension.
 _DROP_PROGRAM = "4,32 0 0 4294963256,53 0 1 {threshold},6 0 0 0,6 0 0 2"
+_DROP_FILTER = ("ingress", "pref", "1", "handle", "1", "bpf", "da", "bytecode")
 
 
 class ShapingWarning(UserWarning):
@@ -75,51 +76,22 @@ def parse_rate(rate: str) -> int:
 def apply(dev: str, shape: Shape, netns: str | None = None) -> None:
     """Replace whatever shaping ``dev`` has with ``shape``."""
     clear(dev, netns)
-    parent = "root"
+    where = ["root"]
     if shape.rate is not None:
         per_second = parse_rate(shape.rate)
         # tbf passes at most `burst` bytes at once; with one MTU of burst a
         # 1gbit link reaches only ~2/3 of its rate, so allow 2 ms of traffic.
         burst = max(per_second // 500, 8192)
-        _tc(
-            netns,
-            "qdisc",
-            "add",
-            "dev",
-            dev,
-            "root",
-            "handle",
-            "1:",
-            "tbf",
-            "rate",
-            f"{per_second * 8}bit",
-            "burst",
-            str(burst),
-            "latency",
-            "20ms",
-        )
-        parent = "1:1"
+        tbf = f"root handle 1: tbf rate {per_second * 8}bit burst {burst} latency 20ms"
+        _tc(netns, "qdisc", "add", "dev", dev, *tbf.split())
+        where = ["parent", "1:1"]  # netem, if any, goes under the tbf
     if shape.delay_ms:
-        _add_netem(dev, netns, parent, shape.delay_ms)
+        _add_netem(dev, netns, where, shape.delay_ms)
     if shape.loss_pct:
         threshold = min(round(shape.loss_pct / 100 * 2**32), 2**32 - 1)
         _tc(netns, "qdisc", "add", "dev", dev, "clsact")
-        _tc(
-            netns,
-            "filter",
-            "add",
-            "dev",
-            dev,
-            "ingress",
-            "pref",
-            "1",
-            "handle",
-            "1",
-            "bpf",
-            "da",
-            "bytecode",
-            _DROP_PROGRAM.format(threshold=threshold),
-        )
+        program = _DROP_PROGRAM.format(threshold=threshold)
+        _tc(netns, "filter", "add", "dev", dev, *_DROP_FILTER, program)
 
 
 def clear(dev: str, netns: str | None = None) -> None:
@@ -147,22 +119,10 @@ def read(dev: str, netns: str | None = None) -> Shape:
     return Shape(rate, delay_ms, loss_pct)
 
 
-def _add_netem(dev: str, netns: str | None, parent: str, delay_ms: float) -> None:
-    where = ["root"] if parent == "root" else ["parent", parent]
+def _add_netem(dev: str, netns: str | None, where: list[str], delay_ms: float) -> None:
     try:
-        _tc(
-            netns,
-            "qdisc",
-            "add",
-            "dev",
-            dev,
-            *where,
-            "handle",
-            "10:",
-            "netem",
-            "delay",
-            f"{round(delay_ms * 1000)}us",
-        )
+        netem = f"handle 10: netem delay {round(delay_ms * 1000)}us"
+        _tc(netns, "qdisc", "add", "dev", dev, *where, *netem.split())
     except PermanentError as exc:
         if "qdisc kind is unknown" not in str(exc):
             raise

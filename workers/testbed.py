@@ -24,25 +24,25 @@ Command line (``ops/testbed`` wraps it)::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
+import ipaddress
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import warnings
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from workers import shaping, testbed_redis
 from workers.errors import BadRequest, CapabilityError, FerryError, PermanentError, UnknownNode
+from workers.iproute import ip, ip_json, kill_netns_processes, link_names, netns_names
 from workers.shaping import Shape
 
 _IFNAMSIZ = 15  # longest interface name Linux accepts
+Completed = subprocess.CompletedProcess[str]
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,15 @@ class Testbed:
         delay_ms: float = 0.5,
         loss_pct: float = 0,
     ) -> None:
-        if not re.fullmatch(r"[a-z][a-z0-9]*", prefix):
-            raise BadRequest(f"bad prefix {prefix!r}: use lowercase letters and digits")
+        _check_prefix(prefix)
         if not 1 <= nodes <= 244:
             raise BadRequest(f"bad node count {nodes}: use 1 to 244")
         if len(f"{prefix}-node{nodes}") > _IFNAMSIZ:
             raise BadRequest(f"prefix {prefix!r} too long: '{prefix}-node{nodes}' exceeds 15 chars")
-        if not re.fullmatch(r"(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){2}", subnet):
-            raise BadRequest(f"bad subnet {subnet!r}: give the first three octets, e.g. 10.77.0")
+        try:
+            ipaddress.IPv4Network(f"{subnet}.0/24")
+        except ValueError:
+            raise BadRequest(f"bad subnet {subnet!r}: give three octets, e.g. 10.77.0") from None
         self.prefix, self.subnet = prefix, subnet
         self.nodes = [f"node{i}" for i in range(1, nodes + 1)]
         self.initial_shape = Shape(rate, delay_ms, loss_pct)
@@ -90,14 +91,14 @@ class Testbed:
         """The node's address on the bridge."""
         return f"{self.subnet}.{10 + self.nodes.index(self._check(node)) + 1}"
 
-    def up(self) -> Testbed:
+    def up(self) -> Self:
         """Create the bridge and the nodes, shaped; on failure remove what was made."""
         _preflight()
         if _namespaces(self.prefix) or _links(self.prefix):
             raise PermanentError(
                 f"testbed {self.prefix!r} is already up: run `ops/testbed down --prefix {self.prefix}`"
             )
-        for link in _ip_json("-4", "addr", "show"):
+        for link in ip_json("-4", "addr", "show"):
             if any(a.get("local") == self.host for a in link.get("addr_info", [])):
                 raise PermanentError(
                     f"{self.host} is already on {link['ifname']}: another testbed uses subnet "
@@ -105,17 +106,17 @@ class Testbed:
                 )
         try:
             bridge = f"{self.prefix}-br"
-            _ip("link", "add", bridge, "type", "bridge")
-            _ip("addr", "add", f"{self.host}/24", "dev", bridge)
-            _ip("link", "set", bridge, "up")
+            ip("link", "add", bridge, "type", "bridge")
+            ip("addr", "add", f"{self.host}/24", "dev", bridge)
+            ip("link", "set", bridge, "up")
             for node in self.nodes:
                 ns = veth = f"{self.prefix}-{node}"
-                _ip("netns", "add", ns)
-                _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-                _ip("link", "set", veth, "master", bridge, "up")
-                _ip("-n", ns, "addr", "add", f"{self.address(node)}/24", "dev", "eth0")
-                _ip("-n", ns, "link", "set", "lo", "up")
-                _ip("-n", ns, "link", "set", "eth0", "up")
+                ip("netns", "add", ns)
+                ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+                ip("link", "set", veth, "master", bridge, "up")
+                ip("-n", ns, "addr", "add", f"{self.address(node)}/24", "dev", "eth0")
+                ip("-n", ns, "link", "set", "lo", "up")
+                ip("-n", ns, "link", "set", "eth0", "up")
                 self._apply(node, self.initial_shape)
         except BaseException:
             self.down()
@@ -130,25 +131,18 @@ class Testbed:
         """Start ``argv`` inside the node's namespace."""
         return subprocess.Popen(["ip", "netns", "exec", self._ns(node), *argv], **popen_kwargs)
 
-    def run(
-        self, node: str, argv: list[str], timeout: float | None = None
-    ) -> subprocess.CompletedProcess[str]:
+    def run(self, node: str, argv: list[str], timeout: float | None = None) -> Completed:
         """Run ``argv`` inside the node's namespace to completion, capturing its output."""
-        return subprocess.run(
-            ["ip", "netns", "exec", self._ns(node), *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        inside = ["ip", "netns", "exec", self._ns(node), *argv]
+        return subprocess.run(inside, capture_output=True, text=True, timeout=timeout, check=False)
 
     def partition(self, node: str) -> None:
         """Cut the node off the bridge (its link goes down) until ``heal``."""
-        _ip("link", "set", self._ns(node), "down")
+        ip("link", "set", self._ns(node), "down")
 
     def heal(self, node: str) -> None:
         """Reconnect a partitioned node."""
-        _ip("link", "set", self._ns(node), "up")
+        ip("link", "set", self._ns(node), "up")
 
     def shape(
         self, node: str, rate: str | None, delay_ms: float = 0.0, loss_pct: float = 0.0
@@ -180,7 +174,7 @@ class Testbed:
     def _ns(self, node: str) -> str:
         return f"{self.prefix}-{self._check(node)}"
 
-    def __enter__(self) -> Testbed:
+    def __enter__(self) -> Self:
         return self.up()
 
     def __exit__(
@@ -191,14 +185,15 @@ class Testbed:
 
 def teardown(prefix: str) -> None:
     """Remove every namespace, link, qdisc, process and Redis of the testbed ``prefix``."""
+    _check_prefix(prefix)
     _preflight()
     state = testbed_redis.state_dir(prefix)
     testbed_redis.stop_all(state)
     for ns in _namespaces(prefix):
-        _kill_processes(ns)
-        _ip("netns", "del", ns, missing_ok=True)
+        kill_netns_processes(ns)
+        ip("netns", "del", ns, missing_ok=True)
     for link in _links(prefix):  # the bridge, and veths a lingering process kept alive
-        _ip("link", "del", link, missing_ok=True)
+        ip("link", "del", link, missing_ok=True)
     deadline = time.monotonic() + 5
     while _links(prefix) and time.monotonic() < deadline:  # netns cleanup runs async
         time.sleep(0.05)
@@ -207,11 +202,12 @@ def teardown(prefix: str) -> None:
 
 def status(prefix: str) -> list[NodeStatus]:
     """The nodes of the running testbed ``prefix``, sorted by number."""
+    _check_prefix(prefix)
     nodes = []
     for ns in sorted(_namespaces(prefix), key=lambda name: int(name.rsplit("node", 1)[1])):
-        eth0 = _ip_json("-n", ns, "-4", "addr", "show", "dev", "eth0")
+        eth0 = ip_json("-n", ns, "-4", "addr", "show", "dev", "eth0", missing_ok=True)
         address = eth0[0]["addr_info"][0]["local"] if eth0 and eth0[0]["addr_info"] else "?"
-        host_side = _ip_json("link", "show", ns, missing_ok=True)
+        host_side = ip_json("link", "show", ns, missing_ok=True)
         down = not host_side or "UP" not in host_side[0]["flags"]
         nodes.append(
             NodeStatus(ns.removeprefix(f"{prefix}-"), address, down, shaping.read("eth0", ns))
@@ -219,46 +215,24 @@ def status(prefix: str) -> list[NodeStatus]:
     return nodes
 
 
+def _check_prefix(prefix: str) -> None:
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,8}", prefix):
+        raise BadRequest(f"bad prefix {prefix!r}: use 1 to 9 lowercase letters and digits")
+
+
 def _preflight() -> None:
     if os.geteuid() != 0:
         raise CapabilityError("the testbed needs root for ip netns: run it as root")
-    for tool in ("ip", "tc"):
-        if shutil.which(tool) is None:
-            raise CapabilityError(
-                f"`{tool}` not found: install iproute2 (apt-get install iproute2)"
-            )
+    if not (shutil.which("ip") and shutil.which("tc")):
+        raise CapabilityError("`ip` or `tc` not found: install iproute2 (apt-get install iproute2)")
 
 
 def _namespaces(prefix: str) -> list[str]:
-    names = (entry["name"] for entry in _ip_json("netns", "list"))
-    return [name for name in names if re.fullmatch(rf"{prefix}-node\d+", name)]
+    return [n for n in netns_names() if re.fullmatch(rf"{re.escape(prefix)}-node\d+", n)]
 
 
 def _links(prefix: str) -> list[str]:
-    names = (link["ifname"] for link in _ip_json("link", "show"))
-    return [name for name in names if re.fullmatch(rf"{prefix}-(br|node\d+)", name)]
-
-
-def _kill_processes(ns: str, timeout: float = 3.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _ip("netns", "pids", ns, missing_ok=True).split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), sig)
-        deadline = time.monotonic() + timeout
-        while _ip("netns", "pids", ns, missing_ok=True).split() and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-
-def _ip(*args: str, missing_ok: bool = False) -> str:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
-    gone = any(m in done.stderr for m in ("Cannot find device", "does not exist", "No such file"))
-    if done.returncode != 0 and not (missing_ok and gone):
-        raise PermanentError(f"`ip {' '.join(args)}` failed: {done.stderr.strip()}")
-    return done.stdout
-
-
-def _ip_json(*args: str, missing_ok: bool = False) -> list[dict[str, Any]]:
-    return list(json.loads(_ip("-j", *args, missing_ok=missing_ok) or "[]"))
+    return [n for n in link_names() if re.fullmatch(rf"{re.escape(prefix)}-(br|node\d+)", n)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,7 +275,7 @@ def _print_status(prefix: str) -> None:
         return
     for n in nodes:
         link = "PARTITIONED" if n.partitioned else "up"
-        print(f"{n.node:<8} {prefix}-{n.node:<10} {n.address:<15} {link:<11} {n.shape}")
+        print(f"{n.node:<8} {f'{prefix}-{n.node}':<14} {n.address:<15} {link:<11} {n.shape}")
     state = testbed_redis.state_dir(prefix)
     host = nodes[0].address.rsplit(".", 1)[0] + ".1"
     for port in testbed_redis.running(state):

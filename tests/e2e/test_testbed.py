@@ -9,6 +9,7 @@ import socket
 import string
 import subprocess
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from workers import shaping
-from workers.errors import PermanentError, UnknownNode
+from workers.errors import BadRequest, PermanentError, UnknownNode
 from workers.shaping import Shape, ShapingWarning
 from workers.testbed import Testbed, status, teardown
 
@@ -91,11 +92,13 @@ def unique_prefix() -> str:
 
 def leftovers(prefix: str) -> list[str]:
     """Namespaces, links and qdiscs on the host still named for ``prefix``."""
-    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
-    names += [link["ifname"] for link in json.loads(subprocess.run(
-        ["ip", "-j", "link", "show"], capture_output=True, text=True).stdout)]
-    qdiscs = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True).stdout
-    names += [line for line in qdiscs.splitlines() if f" {prefix}-" in line]
+
+    def out(*argv: str) -> str:
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+    names = out("ip", "netns", "list").split()
+    names += [link["ifname"] for link in json.loads(out("ip", "-j", "link", "show"))]
+    names += [line for line in out("tc", "qdisc", "show").splitlines() if f" {prefix}-" in line]
     return [name for name in names if name.startswith(f"{prefix}-") or f" {prefix}-" in name]
 
 
@@ -110,16 +113,18 @@ def bed() -> Iterator[Testbed]:
 
 def python_in(bed: Testbed, node: str, script: str, *args: object) -> subprocess.Popen[str]:
     """Start ``script`` in ``node``; if it prints "ready", return once it has."""
-    proc = bed.exec(node, [sys.executable, "-c", script, *map(str, args)],
-                    stdout=subprocess.PIPE, text=True)
+    proc = bed.exec(
+        node, [sys.executable, "-c", script, *map(str, args)], stdout=subprocess.PIPE, text=True
+    )
     if "ready" in script:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 
 
 def connects(bed: Testbed, node: str, host: str, port: int, timeout: float = 2.0) -> bool:
-    done = bed.run(node, [sys.executable, "-c", CONNECT, host, str(port), str(timeout)],
-                   timeout=timeout + 10)
+    done = bed.run(
+        node, [sys.executable, "-c", CONNECT, host, str(port), str(timeout)], timeout=timeout + 10
+    )
     return done.returncode == 0
 
 
@@ -145,7 +150,9 @@ def test_nodes_reach_each_other_and_the_host(bed: Testbed) -> None:
 
 
 @pytest.mark.parametrize(("rate", "low", "high"), [("1gbit", 700, 1100), ("100mbit", 70, 110)])
-def test_throughput_matches_the_shaped_rate(bed: Testbed, rate: str, low: float, high: float) -> None:
+def test_throughput_matches_the_shaped_rate(
+    bed: Testbed, rate: str, low: float, high: float
+) -> None:
     for node in ("node1", "node2"):
         bed.shape(node, rate)  # re-shaped live, from the fixture's 1gbit
         assert bed.shaping(node) == Shape(rate)
@@ -213,12 +220,14 @@ def test_down_removes_everything_and_can_repeat() -> None:
         assert leftovers(testbed.prefix)
         sleeper = testbed.exec("node1", ["sleep", "600"])
         testbed.start_redis(6391)
+        pidfile = Path(tempfile.gettempdir()) / f"ferry-testbed-{testbed.prefix}/redis-6391.pid"
+        redis_pid = int(pidfile.read_text())
     finally:
         testbed.down()
     assert leftovers(testbed.prefix) == []
     assert sleeper.wait(timeout=10) != 0
-    assert not any(b"redis-server" in p.read_bytes() and b":6391" in p.read_bytes()
-                   for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists())
+    assert not Path(f"/proc/{redis_pid}").exists()
+    assert not pidfile.parent.exists()
     testbed.down()
 
 
@@ -227,9 +236,24 @@ def test_cleanup_after_a_crashed_run(clean: Callable[[str], None]) -> None:
     prefix = unique_prefix()
     try:
         crashed = subprocess.run(  # a run that set up, then went away without cleaning up
-            [str(REPO / "ops" / "testbed"), "up", "--prefix", prefix, "--nodes", "2",
-             "--rate", "100mbit", "--delay", "0", "--redis-port", "6392"],
-            capture_output=True, text=True, timeout=60,
+            [
+                str(REPO / "ops" / "testbed"),
+                "up",
+                "--prefix",
+                prefix,
+                "--nodes",
+                "2",
+                "--rate",
+                "100mbit",
+                "--delay",
+                "0",
+                "--redis-port",
+                "6392",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert crashed.returncode == 0, crashed.stderr
         assert "10.77.0.12" in crashed.stdout and "redis://:" in crashed.stdout
@@ -265,3 +289,19 @@ def test_up_refuses_a_prefix_or_subnet_in_use(bed: Testbed) -> None:
         other.up()
     assert leftovers(other.prefix) == []
     assert len(status(bed.prefix)) == 3  # the running testbed is untouched
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Testbed("toolongprefix"),
+        lambda: Testbed("ft", nodes=0),
+        lambda: Testbed("ft", subnet="10.77"),
+        lambda: Testbed("ft", rate="fast"),
+        lambda: Testbed("ft", loss_pct=101),
+        lambda: teardown(".*"),  # a prefix is never a pattern
+    ],
+)
+def test_bad_input_is_refused_before_anything_runs(make: Callable[[], object]) -> None:
+    with pytest.raises(BadRequest):
+        make()
