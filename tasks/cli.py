@@ -296,3 +296,7 @@ def _yn(v: Any) -> str:
 
 def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+if __name__ == "__main__":
+    main()

@@ -148,7 +148,10 @@ class Ferry:
         if src == to:
             raise BadRequest(f"{container} already runs on {to}")
         dst = self.node(to)
-        self.node(src)
+        for rec in (self.node(src), dst):
+            probe = rec.get("probe", {})
+            if rec.get("runtime") == "criu" and not probe.get("criu_ok"):
+                raise CapabilityError(f"{rec['name']} cannot run CRIU: {probe.get('criu_reason')}")
         if dst.get("cordoned"):
             raise CapabilityError(f"{to} is cordoned: nothing new lands on it (`ferry uncordon {to}`)")
         if not self.store.r.exists(HEARTBEAT_KEY):

@@ -1,0 +1,31 @@
+"""Small helpers for tests that run real containers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+COUNTER = ("import time\ni = 0\nwhile True:\n    print('tick', i, flush=True)\n"
+           "    i += 1\n    time.sleep(0.05)\n")
+
+
+def ticks(log: str | Path) -> list[int]:
+    lines = Path(log).read_text().splitlines()
+    return [int(ln.split()[1]) for ln in lines if ln.startswith("tick ")]
+
+
+def wait_for(pred, timeout: float = 10.0, every: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {pred}")
+
+
+def assert_went_on(values: list[int], before: int) -> None:
+    """The counter never went back and went past where it was at the freeze."""
+    assert values == sorted(values), "the counter went backwards: two copies ran, or it restarted"
+    assert len(values) == len(set(values)), "a value was printed twice: two copies ran"
+    assert values[-1] > before
