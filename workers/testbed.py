@@ -203,6 +203,7 @@ def teardown(prefix: str) -> None:
 def status(prefix: str) -> list[NodeStatus]:
     """The nodes of the running testbed ``prefix``, sorted by number."""
     _check_prefix(prefix)
+    _preflight()
     nodes = []
     for ns in sorted(_namespaces(prefix), key=lambda name: int(name.rsplit("node", 1)[1])):
         eth0 = ip_json("-n", ns, "-4", "addr", "show", "dev", "eth0", missing_ok=True)

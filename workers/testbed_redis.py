@@ -86,9 +86,9 @@ def stop_all(state: Path, timeout: float = 5.0) -> None:
             continue
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if Path(f"/proc/{pid}").exists():
+        if _alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -99,6 +99,15 @@ def _pid(pidfile: Path) -> int | None:
         return pid if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes() else None
     except (OSError, ValueError):
         return None
+
+
+def _alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for its parent (init, here) to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _answers(host: str, port: int, secret: str) -> bool:
