@@ -8,8 +8,8 @@ node's veth pair:
     loss    a classic-BPF filter on ingress that drops a random share of packets
 
 Loss is a BPF filter rather than netem so that it works on kernels built
-without ``sch_netem`` (and drops on ingress so that the sender sees a lost
-packet, not a local queue drop that TCP would quietly resend). Delay has no
+without ``sch_netem``; it drops on ingress because a drop on the sender's own
+egress is reported to TCP as local congestion, and never looks like loss. Delay has no
 such fallback: without netem it is not applied and a ``ShapingWarning`` says so.
 A dropped packet is what the kernel handles as one: a TCP segment-offload burst
 of up to 64 KiB counts as one packet, exactly as it would for netem.

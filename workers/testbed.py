@@ -13,6 +13,8 @@ The nodes have no default route: traffic stays on the bridge. A service meant
 for the nodes must listen on the bridge address ``<subnet>.1``; one bound to
 127.0.0.1 is NOT reachable from a node, whose 127.0.0.1 is its own loopback.
 ``Testbed.start_redis`` starts a private, password-protected Redis there.
+On a host whose firewall filters bridged traffic (br_netfilter under Docker's
+FORWARD DROP policy), node-to-node packets are dropped: accept ``<prefix>-br``.
 
 Command line (``ops/testbed`` wraps it)::
 
