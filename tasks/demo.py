@@ -20,11 +20,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tasks.client import Ferry
-from tasks.settings import Settings
+from tasks.broker import stop_embedded
+from tasks.localcluster import LocalCluster
 from tasks.summary import one_line
+from workers.errors import FerryError
 
-COUNTER = ("import time\ni = 0\nwhile True:\n    print('tick', i, flush=True)\n"
+COUNTER = ("import time\ni = 0\nwhile True:\n    print('tick', i, time.time(), flush=True)\n"
            "    i += 1\n    time.sleep(0.1)\n")
 con = Console(stderr=True, highlight=False)
 
@@ -48,80 +49,71 @@ def last_tick(log: Path) -> int | None:
     return int(lines[-1].split()[1]) if lines else None
 
 
+def around(values: list[int], at: int, n: int = 3) -> str:
+    """The counter's values around ``at``, the last one printed before the freeze."""
+    i = values.index(at) if at in values else len(values) - 1
+    return (" ".join(map(str, values[max(0, i - n + 1):i + 1])) + " | "
+            + " ".join(map(str, values[i + 1:i + 1 + n])))
+
+
 def run_demo(count: int = 3, keep: bool = False, flower_port: int = 5555) -> int:
+    """Start a local cluster, move a counter across it, show that it went on."""
     base = Path(tempfile.mkdtemp(prefix="ferry-demo-"))
     ok, why = criu_usable()
     runtime = "criu" if ok else "sim"
     if not ok:
         con.print(f"[yellow]CRIU cannot run here ({why}): this demo uses the SIMULATED runtime[/]")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
-    env.update(FERRY_STATE_DIR=str(base), FERRY_RUNTIME=runtime, FERRY_HEARTBEAT_S="0.5")
-    settings = Settings.from_env(env)
-    client = Ferry(settings)  # starts the embedded Redis in base
-    env.update(FERRY_SECRET=client.settings.secret)
-    procs: list[subprocess.Popen[bytes]] = []
+    env["FERRY_RUNTIME"] = runtime
+    cluster = LocalCluster(base, env)
     nodes = [f"node{i}" for i in range(1, count + 1)]
     auth = f"ferry:{secrets.token_urlsafe(9)}"
-
-    def spawn(name: str, *argv: str) -> None:
-        log = open(base / f"{name}.log", "ab")
-        procs.append(subprocess.Popen([sys.executable, "-m", "tasks.cli", *argv], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT))
-
     try:
+        client = cluster.client  # starts the embedded Redis in base
         con.print(f"state dir {base}; embedded Redis on {base / 'redis.sock'}")
-        spawn("coordinator", "coordinator")
+        cluster.start_coordinator()
         for n in nodes:
-            spawn(n, "worker", "--node", n)
-        spawn("flower", "flower", "--port", str(flower_port), "--basic-auth", auth)
+            cluster.start_node(n)
+        cluster.start_flower(flower_port, auth)
         con.print(f"Flower on http://127.0.0.1:{flower_port} (user:password {auth})")
-        _wait_nodes(client, nodes)
+        cluster.wait_ready(nodes)
         info = client.run(nodes[0], [sys.executable, "-u", "-c", COUNTER], name="counter")
         log = Path(info["log"])
-        con.print(f"started container 'counter' on {nodes[0]} ({runtime}); log {log}")
+        label = "real CRIU" if ok else "SIMULATED"
+        con.print(f"started container 'counter' on {nodes[0]} ({label}); log {log}")
         time.sleep(2)
         for dst in nodes[1:] + ([nodes[0]] if count == 2 else []):
-            before = last_tick(log)
             m = client.migrate("counter", dst).wait(timeout=120)
-            time.sleep(1.0)
-            after = last_tick(log)
             con.print(one_line(m))
             if m.state.value != "done":
                 return 1
-            con.print(f"  counter was at {before} before, now at {after} on {dst}: "
-                      f"it went on where it stopped" if after is not None and before is not None
-                      and after > before else f"  counter: before {before}, after {after}")
+            time.sleep(1.0)
+            lines = ticks(log)
+            values = [v for v, _ in lines]
+            frozen = m.results["dump"]["freeze_start"]
+            at = max((v for v, t in lines if t <= frozen), default=values[0])
+            steady = values == list(range(len(values)))
+            con.print(f"  counter around the freeze ({m.src} | {dst}): {around(values, at)}"
+                      + ("; no value lost or repeated" if steady else "; [red]NOT continuous[/]"))
         con.print("[green]demo done[/]" + ("" if keep else "; tearing the cluster down"))
         if keep:
             con.print(f"the cluster keeps running: FERRY_STATE_DIR={base} ferry ps")
-            return 0
         return 0
     finally:
         if not keep:
             try:
-                client.kill("counter")
-            except Exception:  # the container may already be gone; the demo ends either way
-                pass
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            from tasks.broker import stop_embedded
-
+                cluster.client.kill("counter")
+            except FerryError:
+                pass  # the container may already be gone; the demo ends either way
+            cluster.stop()
             stop_embedded(base)
 
 
-def _wait_nodes(client: Ferry, nodes: list[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        up = {n["name"] for n in client.nodes() if n["alive"]}
-        ping = client.app.control.ping(timeout=0.5) or []
-        workers = " ".join(k for r in ping for k in r)
-        if set(nodes) <= up and all(f"urgent.{n}@" in workers for n in nodes) and \
-                client.store.r.exists("ferry:coordinator"):
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"the demo's nodes did not come up in {timeout:.0f} s")
+def ticks(log: Path) -> list[tuple[int, float]]:
+    """The counter's (value, time printed) lines from its log."""
+    try:
+        lines = log.read_text().splitlines()
+    except OSError:
+        return []
+    return [(int(p[1]), float(p[2])) for p in (ln.split() for ln in lines)
+            if len(p) == 3 and p[0] == "tick"]

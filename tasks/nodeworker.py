@@ -10,7 +10,6 @@ container its workers start or restore, so none is left a zombie.
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import signal

@@ -10,15 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
+from tasks.localcluster import ROOT, LocalCluster
+
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -53,80 +51,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         return f"redis+socket://{sock}"
 
 
-def _state_url(url: str) -> str:
-    return url.replace("redis+socket://", "unix://")
-
-
-class Cluster:
-    """Real ferry processes: a coordinator and node workers, on one Redis."""
-
-    def __init__(self, base: Path, url: str) -> None:
-        self.base = base
-        self.url = url
-        self.env = {**os.environ, "FERRY_STATE_DIR": str(base), "FERRY_BROKER_URL": url,
-                    "FERRY_RESULT_BACKEND": url, "FERRY_REDIS_URL": _state_url(url),
-                    "FERRY_SECRET": "test-secret-" + base.name, "FERRY_HEARTBEAT_S": "0.5",
-                    "PYTHONPATH": str(ROOT)}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs = base / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-
-    def spawn(self, key: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{key}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", *argv], env=self.env,
-                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        self.procs[key] = proc
-        return proc
-
-    def start_node(self, name: str) -> None:
-        self.spawn(name, ["worker", "--node", name])
-
-    def start_coordinator(self) -> None:
-        self.spawn("coordinator", ["coordinator"])
-
-    def client(self):  # type: ignore[no-untyped-def]
-        from tasks.client import Ferry
-        from tasks.settings import Settings
-
-        return Ferry(Settings.from_env(self.env))
-
-    def wait_ready(self, nodes: list[str], timeout: float = 60) -> None:
-        client = self.client()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            alive = {n["name"] for n in client.nodes() if n["alive"]}
-            workers = self._celery_workers(client)
-            if set(nodes) <= alive and client.store.r.exists("ferry:coordinator") and \
-                    all(f"urgent.{n}" in workers and f"main.{n}" in workers for n in nodes):
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"cluster not ready; logs in {self.logs}")
-
-    @staticmethod
-    def _celery_workers(client) -> str:  # type: ignore[no-untyped-def]
-        replies = client.app.control.ping(timeout=0.5) or []
-        return " ".join(k for r in replies for k in r)
-
-    def stop(self) -> None:
-        for p in self.procs.values():
-            p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-    def cli(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "tasks.cli", *argv], env=self.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout)
+def cluster_env(url: str, name: str) -> dict[str, str]:
+    return {"FERRY_BROKER_URL": url, "FERRY_RESULT_BACKEND": url,
+            "FERRY_REDIS_URL": url.replace("redis+socket://", "unix://"),
+            "FERRY_SECRET": "test-secret-" + name, "PYTHONPATH": str(ROOT)}
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[LocalCluster]:
     """Two real nodes (n1, n2) and a coordinator; CRIU runtime."""
     ok, why = criu_works()
     need(ok, why)
-    c = Cluster(tmp_path_factory.mktemp("cluster"), redis_url)
+    base = tmp_path_factory.mktemp("cluster")
+    c = LocalCluster(base, cluster_env(redis_url, base.name))
     try:
         c.start_coordinator()
         for n in ("n1", "n2"):
@@ -134,6 +71,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
         c.wait_ready(["n1", "n2"])
         yield c
     finally:
-        for k in list(c.client().containers()):
-            subprocess.run(["kill", "-9", str(k["pid"])], capture_output=True)
+        for k in c.client.containers():
+            if k["pid"] > 0:
+                subprocess.run(["kill", "-9", str(k["pid"])], capture_output=True)
         c.stop()

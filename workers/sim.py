@@ -78,15 +78,17 @@ class SimRuntime:
                              started=float(rec["started"]), log=str(rec["log"]),  # type: ignore[arg-type]
                              runtime=self.name, labels=dict(rec["labels"]))  # type: ignore[call-overload]
 
-    def _write_log(self, rec: dict[str, object]) -> None:
+    def _write_log(self, rec: dict[str, object], at: float | None = None) -> None:
         """Bring the container's log up to its counter, as the real counter would."""
         if rec["state"] != "running":
             return
-        now = self.counter(rec, time.time())
+        now = self.counter(rec, time.time() if at is None else at)
         logged = int(rec.get("logged", -1))  # type: ignore[call-overload]
         if now > logged:
+            base, since = int(rec["counter"]), float(rec["since"])  # type: ignore[call-overload, arg-type]
             with open(str(rec["log"]), "a") as f:
-                f.writelines(f"tick {i}\n" for i in range(logged + 1, now + 1))
+                f.writelines(f"tick {i} {since + (i - base) * TICK_S:.3f}\n"
+                             for i in range(logged + 1, now + 1))
             rec["logged"] = now
             self._save(rec)
 
@@ -118,13 +120,14 @@ class SimRuntime:
         rec = self._load(name)
         if rec["state"] == "exited":
             raise PermanentError(f"container {name!r} is not running")
-        self._write_log(rec)
+        frozen_at = time.time()
+        self._write_log(rec, frozen_at)
         started = time.monotonic()
         memory = int(rec["memory"])  # type: ignore[call-overload]
         frozen = self.model.dump_fixed_ms + self.model.dump_ms_per_mb * memory / 2**20
         time.sleep(frozen / 1000)
         images.mkdir(parents=True, exist_ok=True)
-        snap = {**rec, "counter": self.counter(rec, time.time()), "state": "frozen"}
+        snap = {**rec, "counter": self.counter(rec, frozen_at) + 1, "state": "frozen"}
         (images / "sim.json").write_text(json.dumps(snap))
         with open(images / "pages-1.img", "wb") as f:
             f.truncate(min(memory, self.model.image_cap))
@@ -146,7 +149,7 @@ class SimRuntime:
         started = time.monotonic()
         took = self.model.restore_fixed_ms + self.model.restore_ms_per_mb * snap["memory"] / 2**20
         time.sleep(took / 1000)
-        self._save({**snap, "state": "running", "since": time.time(), "logged": snap["counter"]})
+        self._save({**snap, "state": "running", "since": time.time(), "logged": snap["counter"] - 1})
         return RestoreStats(pid=0, restore_ms=took, forking_ms=0.0,
                             pages_restored=snap["memory"] // PAGE,
                             wall_ms=(time.monotonic() - started) * 1000)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.criu
 
 @pytest.fixture
 def victim(cluster):  # type: ignore[no-untyped-def]
-    client = cluster.client()
+    client = cluster.client
     info = client.run("n1", [sys.executable, "-u", "-c", COUNTER], name="victim")
     wait_for(lambda: any(c["name"] == "victim" for c in client.containers()))
     yield client, info
@@ -49,15 +49,11 @@ def test_bad_requests_are_refused_and_change_nothing(victim, call, error, words)
 
 def test_a_node_without_criu_is_refused(cluster, victim) -> None:  # type: ignore[no-untyped-def]
     client, info = victim
-    cluster.env["FERRY_CRIU_BIN"] = "/nonexistent/criu"
-    try:
-        cluster.start_node("nocriu")
-    finally:
-        del cluster.env["FERRY_CRIU_BIN"]
+    cluster.start_node("nocriu", env={"FERRY_CRIU_BIN": "/nonexistent/criu"})
     wait_for(lambda: any(n["name"] == "nocriu" and n["alive"] for n in client.nodes()), timeout=30)
     with pytest.raises(CapabilityError, match="nocriu cannot run CRIU"):
         client.migrate("victim", "nocriu")
-    cluster.procs.pop("nocriu").terminate()
+    cluster.stop("nocriu")
     _still_running(client, info)
 
 

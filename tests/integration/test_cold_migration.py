@@ -20,7 +20,7 @@ def _other(node: str) -> str:
 
 
 def test_counter_goes_on_on_the_destination_and_the_source_copy_is_gone(cluster) -> None:
-    client = cluster.client()
+    client = cluster.client
     info = client.run("n1", [sys.executable, "-u", "-c", COUNTER], name="counter")
     wait_for(lambda: len(ticks(info["log"])) > 10)
     m = client.migrate("counter", "n2").wait(timeout=60)
@@ -45,7 +45,7 @@ def test_counter_goes_on_on_the_destination_and_the_source_copy_is_gone(cluster)
 
 
 def test_a_process_tree_moves_whole(cluster) -> None:
-    client = cluster.client()
+    client = cluster.client
     script = ("import os, sys, time\n"
               "if os.fork() == 0:\n"
               "    i = 0\n"
@@ -65,7 +65,7 @@ def test_a_process_tree_moves_whole(cluster) -> None:
 
 
 def test_a_process_with_an_open_file_keeps_writing_it(cluster, tmp_path) -> None:
-    client = cluster.client()
+    client = cluster.client
     script = ("import time\n"
               "f = open('numbers', 'w')\n"
               "i = 0\n"
@@ -85,7 +85,7 @@ def test_a_process_with_an_open_file_keeps_writing_it(cluster, tmp_path) -> None
 
 
 def test_cli_migrate_prints_a_summary_and_json(cluster) -> None:
-    client = cluster.client()
+    client = cluster.client
     client.run("n1", [sys.executable, "-u", "-c", COUNTER], name="clicount")
     res = cluster.cli("migrate", "clicount", "--to", "n2", "--json")
     assert res.returncode == 0, res.stderr

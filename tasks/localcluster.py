@@ -1,0 +1,86 @@
+"""A ferry cluster of real processes on this machine: for the demo, tests and benchmarks.
+
+Each node is a real ``ferry worker`` with its own state dir, queues and
+data-plane listener; they share one broker and the container root.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Mapping
+
+from tasks.client import Ferry
+from tasks.coordinator import HEARTBEAT_KEY
+from tasks.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class LocalCluster:
+    """Coordinator, node workers and Flower as child processes, logs in ``base/logs``."""
+
+    def __init__(self, base: Path, env: Mapping[str, str]) -> None:
+        self.base = base
+        self.env = {**os.environ, **env, "FERRY_STATE_DIR": str(base)}
+        self.env.setdefault("FERRY_HEARTBEAT_S", "0.5")
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs = base / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._client: Ferry | None = None
+
+    @property
+    def client(self) -> Ferry:
+        if self._client is None:
+            self._client = Ferry(Settings.from_env(self.env))
+            self.env["FERRY_SECRET"] = self._client.settings.secret
+        return self._client
+
+    def spawn(self, key: str, *argv: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self.client  # resolve the broker and secret before any child starts
+        log: IO[bytes] = open(self.logs / f"{key}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", *argv],
+                                env={**self.env, **(env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+        self.procs[key] = proc
+        return proc
+
+    def start_node(self, name: str, env: Mapping[str, str] | None = None) -> None:
+        self.spawn(name, "worker", "--node", name, env=env)
+
+    def start_coordinator(self) -> None:
+        self.spawn("coordinator", "coordinator")
+
+    def start_flower(self, port: int, auth: str) -> None:
+        self.spawn("flower", "flower", "--port", str(port), "--basic-auth", auth)
+
+    def wait_ready(self, nodes: list[str], timeout: float = 60) -> None:
+        """Until every node is up with both its workers, and the coordinator beats."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            up = {n["name"] for n in self.client.nodes() if n["alive"]}
+            ping = self.client.app.control.ping(timeout=0.5) or []
+            workers = " ".join(k for r in ping for k in r)
+            if set(nodes) <= up and self.client.store.r.exists(HEARTBEAT_KEY) and \
+                    all(f"urgent.{n}@" in workers and f"main.{n}@" in workers for n in nodes):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"the cluster did not come up in {timeout:.0f} s; logs in {self.logs}")
+
+    def stop(self, key: str | None = None) -> None:
+        keys = [key] if key else list(self.procs)
+        for k in keys:
+            self.procs[k].terminate()
+        for k in keys:
+            try:
+                self.procs[k].wait(15)
+            except subprocess.TimeoutExpired:
+                self.procs[k].kill()
+            del self.procs[k]
+
+    def cli(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tasks.cli", *argv], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout)
