@@ -33,7 +33,7 @@ Worked example: 512 MiB dirtying 40 MiB/s over a 1 GbE link (~112 MiB/s)::
     >>> c = choose(pi1, pi2, Workload(512 << 20, 40 << 20), Link(112 << 20, 0.3),
     ...            Request("auto", 300))
     >>> c.strategy, c.iterative
-    ('hybrid', 'delta')
+    ('postcopy', None)
     >>> try:
     ...     choose(pi1, pi2, Workload(512 << 20), Link(112 << 20, 0.3), Request("precopy", 300))
     ... except CapabilityError as err:
@@ -49,7 +49,7 @@ from workers.errors import BadRequest, CapabilityError
 
 STRATEGIES: tuple[str, ...] = ("cold", "precopy", "delta", "postcopy", "hybrid", "auto")
 CONCRETE: tuple[str, ...] = STRATEGIES[:-1]
-FIXED_OVERHEAD_MS = 250.0  # CRIU dump + restore + verify of a small tree on a Pi 4
+FIXED_OVERHEAD_MS = 250.0  # default: CRIU dump + restore of a small tree on a Pi 4 (estimate)
 ROUND_TRIPS = 3  # control messages inside the freeze: dump, transfer, restore
 FAST_DIRTY = 0.30  # dirtying >= 30 % of the bandwidth: pre-copy converges badly
 LARGE = 10.0  # unmeasured and a full copy takes >= 10x the limit: treat as fast
@@ -58,7 +58,7 @@ HEADROOM = 0.10
 INSTEAD: dict[str, tuple[str, ...]] = {
     "precopy": ("delta", "postcopy"),
     "postcopy": ("precopy", "delta"),
-    "hybrid": ("precopy", "delta"),
+    "hybrid": ("precopy", "delta", "postcopy"),
 }
 
 
@@ -89,6 +89,7 @@ class Workload:
 class Link:
     bandwidth_bps: float
     rtt_ms: float = 0.0
+    overhead_ms: float = FIXED_OVERHEAD_MS  # fixed freeze-window cost on these nodes
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def cold_downtime_ms(wl: Workload, link: Link) -> float:
     """Expected downtime of a cold migration: the whole memory over the link, plus overheads."""
     return (
         wl.memory_bytes / link.bandwidth_bps * 1000.0
-        + FIXED_OVERHEAD_MS
+        + link.overhead_ms
         + ROUND_TRIPS * link.rtt_ms
     )
 
@@ -163,6 +164,9 @@ def strategy_refusal(strategy: str, src: NodeCaps, dst: NodeCaps) -> str | None:
     """Why this pair cannot run ``strategy`` (pair assumed able to migrate), or None."""
     if strategy == "precopy" and not src.soft_dirty:
         return f"precopy needs soft-dirty tracking; {src.name}'s kernel has none"
+    if strategy == "hybrid" and not src.soft_dirty:
+        # CRIU's lazy dump skips only the pages a soft-dirty pre-dump chain sent.
+        return f"hybrid needs soft-dirty tracking for its pre-copy half; {src.name}'s kernel has none"
     if strategy in ("postcopy", "hybrid"):
         for node in (dst, src):
             if not node.lazy_pages:
@@ -203,7 +207,7 @@ def choose(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request)
 
     cold_why = (
         f"cold copy of {_mib(wl.memory_bytes)} at {_rate(link.bandwidth_bps)} "
-        f"+ {FIXED_OVERHEAD_MS + ROUND_TRIPS * link.rtt_ms:.0f} ms overhead is ~{cold_ms:.0f} ms"
+        f"+ {link.overhead_ms + ROUND_TRIPS * link.rtt_ms:.0f} ms overhead is ~{cold_ms:.0f} ms"
     )
     if cold_ms <= limit:
         return Choice("cold", f"auto: {cold_why} <= {limit:g} ms limit")
@@ -224,6 +228,8 @@ def choose(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request)
     if fast and lazy_no is None:
         if dirty is not None and dirty >= bw:
             return Choice("postcopy", f"{why}: pre-copy cannot converge, postcopy")
+        if iterative == "delta":
+            return Choice("postcopy", f"{why}: postcopy ({src.name} has no soft-dirty for hybrid)")
         return Choice("hybrid", f"{why}: hybrid, {pre} then postcopy", iterative)
     if fast:
         why += f"; postcopy unavailable ({lazy_no}), the convergence rule will decide"

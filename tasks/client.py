@@ -14,12 +14,14 @@ URL and the cluster secret.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
 from celery import Celery
 
 from tasks.app import CONTROL_QUEUE, make_app, node_queue
+from tasks.chooser import Link, NodeCaps, Request, Workload, choose
+from tasks.convergence import Limits
 from tasks.broker import connect, resolve
 from tasks.coordinator import HEARTBEAT_KEY
 from tasks.machine import Migration, State
@@ -29,7 +31,19 @@ from workers.errors import (BadRequest, CapabilityError, FerryError, NodeUnavail
                             TooLate, UnknownContainer, UnknownNode)
 from workers.runtime import check_container_name
 
-STRATEGIES = ("auto", "cold")
+
+
+def caps(rec: dict[str, Any]) -> NodeCaps:
+    """A node's capabilities, as the chooser sees them, from its registry record."""
+    p = rec.get("probe", {})
+    sim = rec.get("runtime") == "sim"
+    return NodeCaps(name=rec["name"], arch=p.get("arch", "?"), runtime=rec.get("runtime", "criu"),
+                    criu_ok=sim or bool(p.get("criu_ok")), soft_dirty=sim or bool(p.get("soft_dirty")),
+                    lazy_pages=bool(p.get("lazy_pages")),
+                    lazy_pages_reason=str(p.get("lazy_pages_reason", "")),
+                    mem_free_bytes=int(p.get("mem_free_bytes", 1 << 40)),
+                    disk_free_bytes=int(p.get("disk_free_bytes", 1 << 40)),
+                    cordoned=bool(rec.get("cordoned")), criu_reason=str(p.get("criu_reason", "")))
 
 
 @dataclass
@@ -138,27 +152,43 @@ class Ferry:
         return out
 
     # -- migrations ------------------------------------------------------------
-    def migrate(self, container: str, to: str, strategy: str = "auto") -> MigrationHandle:
-        """Submit a migration of ``container`` to node ``to``."""
+    def migrate(self, container: str, to: str, strategy: str = "auto", *,
+                downtime_limit_ms: float = 300.0, max_iterations: int = 10,
+                goal_unchanged: float = 0.70, fallback: str = "postcopy",
+                hard_downtime_cap: bool = False) -> MigrationHandle:
+        """Submit a migration of ``container`` to node ``to``.
+
+        ``strategy`` is auto (chosen from both nodes' probes, the container's
+        size and the link), cold, precopy, delta, postcopy or hybrid. The
+        pre-copy knobs are LXD's where the meaning is the same: at most
+        ``max_iterations`` passes, stop once ``goal_unchanged`` of the pages
+        stayed unchanged; ferry also stops once the expected downtime is
+        under ``downtime_limit_ms``, and falls back (``fallback``: postcopy,
+        cold or abort) when the workload does not converge.
+        """
         check_container_name(container)
         check_node_name(to)
-        if strategy not in STRATEGIES:
-            raise BadRequest(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+        limits = Limits(max_iterations=max_iterations, goal_unchanged=goal_unchanged,
+                        downtime_limit_ms=downtime_limit_ms, fallback=fallback,  # type: ignore[arg-type]
+                        hard_downtime_cap=hard_downtime_cap)
         src = self.locate(container)
         if src == to:
             raise BadRequest(f"{container} already runs on {to}")
-        dst = self.node(to)
-        for rec in (self.node(src), dst):
+        dst_rec, src_rec = self.node(to), self.node(src)
+        for rec in (src_rec, dst_rec):
             probe = rec.get("probe", {})
             if rec.get("runtime") == "criu" and not probe.get("criu_ok"):
                 raise CapabilityError(f"{rec['name']} cannot run CRIU: {probe.get('criu_reason')}")
-        if dst.get("cordoned"):
-            raise CapabilityError(f"{to} is cordoned: nothing new lands on it (`ferry uncordon {to}`)")
+        memory = next(c["memory_bytes"] for c in src_rec["containers"] if c["name"] == container)
+        choice = choose(caps(src_rec), caps(dst_rec), Workload(memory),
+                        Link(self.settings.link_bps, overhead_ms=self.settings.freeze_overhead_ms),
+                        Request(strategy, downtime_limit_ms))
         if not self.store.r.exists(HEARTBEAT_KEY):
             raise NodeUnavailable("no coordinator is running: start `ferry coordinator`")
         now = time.time()
-        m = Migration(id=new_id(), container=container, src=src, dst=to,
-                      strategy="cold" if strategy == "auto" else strategy, created=now, updated=now)
+        m = Migration(id=new_id(), container=container, src=src, dst=to, strategy=choice.strategy,
+                      lazy=choice.strategy in ("postcopy", "hybrid"), limits=asdict(limits),
+                      reason=choice.reason, created=now, updated=now)
         self.store.create(m)
         self.app.send_task("ferry.control.start", args=(m.id,), queue=CONTROL_QUEUE)
         return MigrationHandle(m.id, self)

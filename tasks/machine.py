@@ -2,21 +2,27 @@
 
 The coordinator never blocks on a task. Each phase task reports an Event; the
 pure ``next_step(migration, event)`` returns the updated record and what to
-send next, to which node. Cold migration::
+send next, to which node. The phases of each strategy::
 
-    PREPARE(dst) -> DUMP(src, urgent) -> TRANSFER(src, urgent)
-      -> RESTORE(dst, urgent) -> VERIFY(dst, urgent) == point of no return ==
-      -> CLEANUP(src) -> DONE
+    cold      PREPARE DUMP TRANSFER RESTORE VERIFY | CLEANUP
+    postcopy  PREPARE DUMP(lazy) TRANSFER RESTORE(lazy) PAGES VERIFY | CLEANUP
+    precopy,  PREPARE PRECOPY... DUMP TRANSFER RESTORE VERIFY | CLEANUP
+    delta     (delta: each PRECOPY pass is followed by REBUILD on the destination)
+    hybrid    PREPARE PRECOPY... DUMP(lazy) TRANSFER RESTORE(lazy) PAGES VERIFY | CLEANUP
 
-Before the point of no return any failure (or a cancel) rolls back: ABORT on
-the destination (kill a restored copy, drop images), then RESUME the source
-(continue the frozen tree, or restore it from its own images). Once the
-destination has restored *and verified* the container, the migration can no
-longer fail: the source copy is removed, exactly once.
+``|`` is the point of no return: the destination has restored the container,
+holds all its pages, and has verified it running. Before it, any failure (or
+a cancel) rolls back: ABORT on the destination (kill a restored copy, drop
+images), then RESUME the source (continue the frozen tree, or restore it from
+its own images). After it the migration can no longer fail: the source copy
+is removed, exactly once.
 
-Every event names the phase and attempt it answers; an event for any other
-phase or attempt is stale (a redelivered or overtaken task) and changes
-nothing.
+After each PRECOPY pass the stop rule (tasks.convergence) decides: another
+pass, the final dump, or a fallback (post-copy, cold, or abort).
+
+Every send carries a ``step`` number, unique within the migration; an event
+for any step but the current one is stale (a redelivered or overtaken task)
+and changes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import zlib
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
+
+from tasks import convergence as conv
 
 
 class State(str, Enum):
@@ -42,9 +50,12 @@ class State(str, Enum):
 
 class Phase(str, Enum):
     PREPARE = "prepare"
-    DUMP = "dump"
+    PRECOPY = "precopy"  # one pass: snapshot while running, send what changed
+    REBUILD = "rebuild"  # delta: the destination rebuilds the pass's images
+    DUMP = "dump"  # the final dump: the tree freezes
     TRANSFER = "transfer"
     RESTORE = "restore"
+    PAGES = "pages"  # post-copy: wait until every page has reached the destination
     VERIFY = "verify"
     CLEANUP = "cleanup"
     ABORT = "abort"  # rollback: destination side
@@ -52,20 +63,35 @@ class Phase(str, Enum):
     FINISHED = "finished"
 
 
-# (phase, runs on "src" or "dst", through the node's urgent queue)
+# phase -> (runs on "src" or "dst", through the node's urgent queue)
 ROUTE: dict[Phase, tuple[str, bool]] = {
     Phase.PREPARE: ("dst", False),
+    Phase.PRECOPY: ("src", False),
+    Phase.REBUILD: ("dst", False),
     Phase.DUMP: ("src", True),
     Phase.TRANSFER: ("src", True),
     Phase.RESTORE: ("dst", True),
+    Phase.PAGES: ("src", False),
     Phase.VERIFY: ("dst", True),
     Phase.CLEANUP: ("src", False),
     Phase.ABORT: ("dst", True),
     Phase.RESUME: ("src", True),
 }
-FORWARD = [Phase.PREPARE, Phase.DUMP, Phase.TRANSFER, Phase.RESTORE, Phase.VERIFY, Phase.CLEANUP]
-# Phases after which a copy may exist on the destination: roll back dst first.
-DST_MAY_RUN = {Phase.RESTORE, Phase.VERIFY}
+STRATEGIES = ("cold", "precopy", "delta", "postcopy", "hybrid")
+ITERATIVE = {"precopy", "delta", "hybrid"}
+# Phases after which a copy may run on the destination: roll back dst first.
+DST_MAY_RUN = {Phase.RESTORE, Phase.PAGES, Phase.VERIFY}
+
+
+def phases(strategy: str, lazy: bool) -> list[Phase]:
+    """The forward phases of a strategy (without the repeated PRECOPY passes)."""
+    out = [Phase.PREPARE]
+    if strategy in ITERATIVE:
+        out.append(Phase.PRECOPY)
+    out += [Phase.DUMP, Phase.TRANSFER, Phase.RESTORE]
+    if lazy:
+        out.append(Phase.PAGES)
+    return out + [Phase.VERIFY, Phase.CLEANUP]
 
 
 @dataclass(frozen=True)
@@ -87,13 +113,19 @@ class Migration:
     src: str
     dst: str
     strategy: str = "cold"
+    lazy: bool = False  # the final dump leaves pages on the source (post-copy)
+    limits: dict[str, Any] = field(default_factory=dict)  # convergence.Limits fields
     state: State = State.PENDING
     phase: Phase | None = None
     attempt: int = 0
+    step: int = 0
     past_no_return: bool = False
     rollback: tuple[Phase, ...] = ()  # rollback steps still to finish
+    passes: tuple[dict[str, Any], ...] = ()  # one convergence.IterationStats per pass
     errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reason: str = ""  # why this strategy
     created: float = 0.0
     updated: float = 0.0
 
@@ -105,7 +137,7 @@ class Event:
     kind: str  # start | done | failed | cancel
     now: float
     phase: Phase | None = None
-    attempt: int = 0
+    step: int = 0
     result: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     transient: bool = False
@@ -113,12 +145,12 @@ class Event:
 
 @dataclass(frozen=True)
 class Send:
-    """Send phase task ``phase`` for attempt ``attempt`` to ``node``."""
+    """Send phase task ``phase`` (step ``step``) to ``node``."""
 
     phase: Phase
     node: str
     urgent: bool
-    attempt: int
+    step: int
     countdown: float = 0.0
 
 
@@ -137,28 +169,67 @@ def next_step(m: Migration, ev: Event, policy: Policy = Policy()) -> tuple[Migra
         return m, []
     if m.state is State.ROLLING_BACK:
         return _rollback_event(m, ev, policy)
-    if ev.phase is not m.phase or ev.attempt != m.attempt:
+    if ev.phase is not m.phase or ev.step != m.step:
         return m, []  # stale: a redelivered or overtaken task
     if ev.kind == "done":
-        return _advance(replace(m, results={**m.results, ev.phase.value: ev.result}), ev.phase)
+        m = replace(m, results={**m.results, ev.phase.value: ev.result})
+        return _advance(m, ev.phase, ev.result)
     if ev.kind == "failed":
         return _failed(m, ev, policy)
     return m, []
 
 
-def _enter(m: Migration, phase: Phase, attempt: int = 1, countdown: float = 0.0) -> tuple[Migration, list[Send]]:
+def _send(m: Migration, phase: Phase, step: int, countdown: float = 0.0) -> Send:
     side, urgent = ROUTE[phase]
-    node = m.src if side == "src" else m.dst
-    return replace(m, phase=phase, attempt=attempt), [Send(phase, node, urgent, attempt, countdown)]
+    return Send(phase, m.src if side == "src" else m.dst, urgent, step, countdown)
 
 
-def _advance(m: Migration, done: Phase) -> tuple[Migration, list[Send]]:
+def _enter(m: Migration, phase: Phase, attempt: int = 1, countdown: float = 0.0) -> tuple[Migration, list[Send]]:
+    m = replace(m, phase=phase, attempt=attempt, step=m.step + 1)
+    return m, [_send(m, phase, m.step, countdown)]
+
+
+def _advance(m: Migration, done: Phase, result: dict[str, Any]) -> tuple[Migration, list[Send]]:
     if done is Phase.VERIFY:
-        # Point of no return: restored on the destination and verified running.
+        # Point of no return: restored on the destination, every page there,
+        # verified running. From here the migration cannot fail.
         m = replace(m, past_no_return=True)
     if done is Phase.CLEANUP:
         return replace(m, state=State.DONE, phase=Phase.FINISHED, attempt=0), []
-    return _enter(m, FORWARD[FORWARD.index(done) + 1])
+    if done is Phase.PRECOPY:
+        m = replace(m, passes=(*m.passes, result["pass"]))
+        return _enter(m, Phase.REBUILD) if m.strategy == "delta" else _after_pass(m)
+    if done is Phase.REBUILD:
+        return _after_pass(m)
+    order = phases(m.strategy, m.lazy)
+    return _enter(m, order[order.index(done) + 1])
+
+
+def estimates(m: Migration) -> conv.Estimates:
+    """What the stop rule needs, from the passes measured so far."""
+    last = m.passes[-1]
+    bandwidth = last["bytes_sent"] / last["seconds"] if last["seconds"] > 0 else float("inf")
+    dump_ms = float(m.limits.get("dump_ms") or max(p["freeze_ms"] for p in m.passes))
+    return conv.Estimates(dump_ms=dump_ms, restore_ms=float(m.limits.get("restore_ms", dump_ms)),
+                          bandwidth_bps=bandwidth)
+
+
+def _after_pass(m: Migration) -> tuple[Migration, list[Send]]:
+    history = [conv.IterationStats(**p) for p in m.passes]
+    limits = conv.Limits(**{k: v for k, v in m.limits.items()
+                            if k in conv.Limits.__dataclass_fields__})
+    decision = conv.decide(history, limits, estimates(m))
+    m = replace(m, results={**m.results, "decision": {
+        "rule": decision.rule, "reason": decision.reason,
+        "expected_downtime_ms": decision.expected_downtime_ms}})
+    if isinstance(decision, conv.Continue):
+        return _enter(m, Phase.PRECOPY)
+    if isinstance(decision, conv.FallBack):
+        m = replace(m, warnings=(*m.warnings, f"falling back to {decision.to}: {decision.reason}"))
+        if decision.to == "abort":
+            return _roll_back(m, f"did not converge: {decision.reason}")
+        m = replace(m, lazy=decision.to == "postcopy")
+    return _enter(m, Phase.DUMP)
 
 
 def backoff(m: Migration, attempt: int, policy: Policy) -> float:
@@ -170,27 +241,27 @@ def backoff(m: Migration, attempt: int, policy: Policy) -> float:
 
 def _failed(m: Migration, ev: Event, policy: Policy) -> tuple[Migration, list[Send]]:
     assert ev.phase is not None
-    m = replace(m, errors=(*m.errors, f"{ev.phase.value} (attempt {ev.attempt}): {ev.error}"))
-    if ev.transient and ev.attempt < policy.max_attempts:
-        return _enter(m, ev.phase, ev.attempt + 1, backoff(m, ev.attempt + 1, policy))
+    m = replace(m, errors=(*m.errors, f"{ev.phase.value} (attempt {m.attempt}): {ev.error}"))
+    if ev.transient and m.attempt < policy.max_attempts:
+        return _enter(m, ev.phase, m.attempt + 1, backoff(m, m.attempt + 1, policy))
     if m.past_no_return:
         # Only CLEANUP runs here. The container runs on the destination; the
         # source copy stays frozen, and the record says so.
-        if ev.attempt < policy.rollback_attempts:
-            return _enter(m, ev.phase, ev.attempt + 1, backoff(m, ev.attempt + 1, policy))
+        if m.attempt < policy.rollback_attempts:
+            return _enter(m, ev.phase, m.attempt + 1, backoff(m, m.attempt + 1, policy))
         return replace(m, state=State.DONE, phase=Phase.FINISHED,
                        errors=(*m.errors, f"source copy left frozen on {m.src}")), []
     return _roll_back(m, f"{ev.phase.value} failed")
 
 
 def _roll_back(m: Migration, why: str) -> tuple[Migration, list[Send]]:
-    m = replace(m, state=State.ROLLING_BACK, errors=(*m.errors, f"rolling back: {why}"))
+    m = replace(m, state=State.ROLLING_BACK, errors=(*m.errors, f"rolling back: {why}"),
+                rollback=(Phase.ABORT, Phase.RESUME))
     if m.phase in DST_MAY_RUN:
         # A copy may run on the destination: stop it before the source resumes.
-        m = replace(m, rollback=(Phase.ABORT, Phase.RESUME))
         return _enter(m, Phase.ABORT)
-    m = replace(m, rollback=(Phase.ABORT, Phase.RESUME), phase=Phase.RESUME, attempt=1)
-    return m, [Send(Phase.RESUME, m.src, True, 1), Send(Phase.ABORT, m.dst, True, 1)]
+    m = replace(m, phase=Phase.RESUME, attempt=1, step=m.step + 1)
+    return m, [_send(m, Phase.RESUME, m.step), _send(m, Phase.ABORT, m.step)]
 
 
 def _rollback_event(m: Migration, ev: Event, policy: Policy) -> tuple[Migration, list[Send]]:
@@ -199,14 +270,11 @@ def _rollback_event(m: Migration, ev: Event, policy: Policy) -> tuple[Migration,
         return m, []
     sequential = m.phase is Phase.ABORT  # abort must finish before resume is sent
     if ev.kind == "failed":
-        m = replace(m, errors=(*m.errors, f"{ev.phase.value} (attempt {ev.attempt}): {ev.error}"))
-        if ev.attempt < policy.rollback_attempts:
-            side, urgent = ROUTE[ev.phase]
-            node = m.src if side == "src" else m.dst
-            wait = backoff(m, ev.attempt + 1, policy)
-            if sequential:
-                m = replace(m, attempt=ev.attempt + 1)
-            return m, [Send(ev.phase, node, urgent, ev.attempt + 1, wait)]
+        tries = 1 + sum(1 for e in m.errors if e.startswith(f"{ev.phase.value} (rollback)"))
+        m = replace(m, errors=(*m.errors, f"{ev.phase.value} (rollback) {tries}: {ev.error}"))
+        if tries < policy.rollback_attempts:
+            m = replace(m, step=m.step + 1)
+            return m, [_send(m, ev.phase, m.step, backoff(m, tries + 1, policy))]
         where = (f"the source copy on {m.src} could not be resumed" if ev.phase is Phase.RESUME
                  else f"a copy may remain on {m.dst}")
         return replace(m, state=State.FAILED, phase=Phase.FINISHED, rollback=(),

@@ -1,7 +1,7 @@
 """A node's Celery tasks: thin wrappers around tasks.phases and the runtime.
 
-Each phase task takes ``(migration_id, attempt)``, checks that the record
-still waits for exactly that phase and attempt on this node (a redelivered or
+Each phase task takes ``(migration_id, step)``, checks that the record
+still waits for exactly that phase and step on this node (a redelivered or
 overtaken task changes nothing), runs the phase, maps errors to transient or
 permanent, and feeds the outcome to the state machine. When the next step is
 another urgent step on this same node (dump -> transfer), it runs it at once
@@ -20,7 +20,8 @@ from celery import Celery, Task
 
 from tasks.app import node_queue
 from tasks.machine import ROUTE, Event, Migration, Phase, Send, State
-from tasks.phases import HANDLERS, NodeContext
+from tasks.passes import HANDLERS
+from tasks.phases import NodeContext
 from tasks.store import Store, check_migration_id
 from workers.errors import BadRequest, FerryError, TransientError
 from workers.runtime import check_container_name
@@ -31,38 +32,38 @@ log = logging.getLogger("ferry.node")
 def dispatch(app: Celery, mid: str, sends: list[Send]) -> None:
     """Send each step to its node's queue."""
     for s in sends:
-        app.send_task(f"ferry.node.{s.phase.value}", args=(mid, s.attempt),
+        app.send_task(f"ferry.node.{s.phase.value}", args=(mid, s.step),
                       queue=node_queue(s.node, s.urgent), countdown=s.countdown or None)
 
 
-def _expects(m: Migration, phase: Phase, attempt: int) -> bool:
+def _expects(m: Migration, phase: Phase, step: int) -> bool:
     if m.state is State.ROLLING_BACK:
         return phase in m.rollback
-    return m.state is State.RUNNING and m.phase is phase and m.attempt == attempt
+    return m.state is State.RUNNING and m.phase is phase and m.step == step
 
 
-def run_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, mid: str, attempt: int,
+def run_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, mid: str, step: int,
               task: Task | None = None, urgent: bool = False, max_deliveries: int = 3,
               after: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Run one phase for one migration on this node and advance the machine."""
     check_migration_id(mid)
-    if not isinstance(attempt, int) or attempt < 1:
-        raise BadRequest(f"bad attempt {attempt!r}")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+        raise BadRequest(f"bad step {step!r}")
     while True:
         m = store.get(mid)
         side, _ = ROUTE[phase]
         if (m.src if side == "src" else m.dst) != ctx.node:
             raise BadRequest(f"{phase.value} of {mid} belongs on {m.src if side == 'src' else m.dst}, "
                              f"not {ctx.node}")
-        if not _expects(m, phase, attempt):
-            log.info("%s %s attempt %s: stale, ignored (record at %s/%s)", mid, phase.value,
-                     attempt, m.state.value, m.phase.value if m.phase else "-")
+        if not _expects(m, phase, step):
+            log.info("%s %s step %s: stale, ignored (record at %s/%s step %s)", mid, phase.value,
+                     step, m.state.value, m.phase.value if m.phase else "-", m.step)
             return {"ignored": True}
-        if store.delivery(mid, phase.value, attempt) > max_deliveries:
-            ev = Event("failed", time.time(), phase, attempt,
+        if store.delivery(mid, phase.value, step) > max_deliveries:
+            ev = Event("failed", time.time(), phase, step,
                        error=f"delivered more than {max_deliveries} times; giving up")
         else:
-            ev = _attempt(store, ctx, phase, m, attempt, task)
+            ev = _attempt(store, ctx, phase, m, step, task)
             after()
         m, sends, _ = store.apply(mid, ev)
         inline = [s for s in sends if s.node == ctx.node and s.urgent == urgent and not s.countdown]
@@ -70,10 +71,10 @@ def run_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, mid: st
         if len(inline) != 1:
             dispatch(app, mid, inline)
             return {"state": m.state.value, "phase": m.phase.value if m.phase else None}
-        phase, attempt = inline[0].phase, inline[0].attempt
+        phase, step = inline[0].phase, inline[0].step
 
 
-def _attempt(store: Store, ctx: NodeContext, phase: Phase, m: Migration, attempt: int,
+def _attempt(store: Store, ctx: NodeContext, phase: Phase, m: Migration, step: int,
              task: Task | None) -> Event:
     def progress(numbers: dict[str, Any]) -> None:
         store.update(m.id, lambda r: _with_progress(r, phase, numbers), "progress")
@@ -84,14 +85,14 @@ def _attempt(store: Store, ctx: NodeContext, phase: Phase, m: Migration, attempt
     try:
         result = HANDLERS[phase](ctx, m, progress)
     except TransientError as exc:
-        return Event("failed", time.time(), phase, attempt, error=str(exc), transient=True)
+        return Event("failed", time.time(), phase, step, error=str(exc), transient=True)
     except FerryError as exc:
-        return Event("failed", time.time(), phase, attempt, error=str(exc))
+        return Event("failed", time.time(), phase, step, error=str(exc))
     except Exception as exc:  # a bug or an OS error we did not map: roll back, say what
         log.exception("%s %s failed unexpectedly", m.id, phase.value)
-        return Event("failed", time.time(), phase, attempt, error=f"{type(exc).__name__}: {exc}")
+        return Event("failed", time.time(), phase, step, error=f"{type(exc).__name__}: {exc}")
     result["started"] = started
-    return Event("done", time.time(), phase, attempt, result=result)
+    return Event("done", time.time(), phase, step, result=result)
 
 
 def _with_progress(m: Migration, phase: Phase, numbers: dict[str, Any]) -> Migration:
@@ -122,8 +123,8 @@ def register(app: Celery, store: Store, ctx: NodeContext, urgent: bool,
 
 def _register_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, urgent: bool,
                     after: Callable[[], None]) -> None:
-    def body(self: Task, mid: str, attempt: int) -> dict[str, Any]:
-        return run_phase(app, store, ctx, phase, mid, attempt, self, urgent, after=after)
+    def body(self: Task, mid: str, step: int) -> dict[str, Any]:
+        return run_phase(app, store, ctx, phase, mid, step, self, urgent, after=after)
 
     body.__name__ = phase.value
     body.__doc__ = f"The {phase.value} phase of a migration, on {ctx.node}."

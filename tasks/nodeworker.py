@@ -28,7 +28,7 @@ from tasks.phases import NodeContext
 from tasks.settings import Settings, check_node_name
 from tasks.store import Store
 from workers.criu import Criu
-from workers.probe import probe
+from workers.probe import probe, probe_lazy
 from workers.runtime import Runtime
 from workers.transfer import TransferServer
 
@@ -74,6 +74,8 @@ def serve(settings: Settings, node: str) -> int:
     store = Store(connect(s))
     runtime = make_runtime(s, node)
     facts = probe(home, Criu(s.criu_bin)) if s.runtime == "criu" else None
+    lazy = probe_lazy(Criu(s.criu_bin), home / "lazy-probe", facts, s.allow_pipe_max_size) \
+        if facts else (True, "")
     server = TransferServer(home / "incoming", s.secret.encode(), node, s.listen_host, s.listen_port)
     server.start()
     host, port = server.address
@@ -81,7 +83,8 @@ def serve(settings: Settings, node: str) -> int:
     record: dict[str, Any] = {
         "name": node, "address": address, "runtime": s.runtime, "host": socket.gethostname(),
         "pid": os.getpid(), "started": time.time(), "queues": [node_queue(node), node_queue(node, True)],
-        "probe": facts.to_dict() if facts else {"arch": os.uname().machine, "simulated": True},
+        "probe": {**(facts.to_dict() if facts else {"arch": os.uname().machine, "simulated": True}),
+                  "lazy_pages": lazy[0], "lazy_pages_reason": lazy[1]},
     }
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False

@@ -3,24 +3,30 @@
 Each takes the node's context and the migration record and returns a small
 JSON-able result, or raises a FerryError. Each is safe to run twice: a
 redelivered phase finds its own earlier work (a marker file) and returns it.
+
+Image dirs of migration M: on the source ``<images>/M/{pass-K,final,...}``,
+landed on the destination as ``<node>/incoming/M/{pass-K,final,...}``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from tasks.machine import Migration, Phase
-from workers.errors import BadRequest, PermanentError
+from workers.errors import BadRequest, CriuError, PermanentError
 from workers.runtime import Runtime
 from workers.tokens import issue_token
 from workers.transfer import send_files
 
 Progress = Callable[[dict[str, Any]], None]
+FINAL = "final"
 
 
 @dataclass(frozen=True)
@@ -33,35 +39,68 @@ class NodeContext:
     address: str  # host:port of this node's data-plane listener
     secret: bytes
     verify_grace_s: float = 0.2
+    pages_timeout_s: float = 600.0
 
-    def images(self, mid: str) -> Path:
+    def images(self, mid: str, sub: str = FINAL) -> Path:
         """Where this node dumps a migration's images (source side)."""
-        return self.node_dir / "images" / mid
+        return self.node_dir / "images" / mid / sub
 
-    def incoming(self, mid: str) -> Path:
+    def incoming(self, mid: str, sub: str = FINAL) -> Path:
         """Where the data plane lands a migration's images (destination side)."""
-        return self.node_dir / "incoming" / mid / "images"
+        return self.node_dir / "incoming" / mid / sub
+
+    @property
+    def host(self) -> str:
+        return self.address.rpartition(":")[0]
 
 
-def _marker(d: Path, phase: Phase) -> Path:
-    return d / f"ferry-{phase.value}.done"
-
-
-def _remembered(d: Path, phase: Phase) -> dict[str, Any] | None:
+def remembered(d: Path, phase: Phase) -> dict[str, Any] | None:
     try:
-        result: dict[str, Any] = json.loads(_marker(d, phase).read_text())
+        result: dict[str, Any] = json.loads((d / f"ferry-{phase.value}.done").read_text())
         return result
     except (OSError, ValueError):
         return None
 
 
-def _remember(d: Path, phase: Phase, result: dict[str, Any]) -> dict[str, Any]:
-    _marker(d, phase).write_text(json.dumps(result))
+def remember(d: Path, phase: Phase, result: dict[str, Any]) -> dict[str, Any]:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"ferry-{phase.value}.done").write_text(json.dumps(result))
     return result
 
 
+def last_pass(m: Migration) -> str | None:
+    return f"pass-{len(m.passes)}" if m.passes else None
+
+
+def send_dir(ctx: NodeContext, m: Migration, d: Path, sub: str, progress: Progress | None) -> dict[str, Any]:
+    """Send the image files of ``d`` to the destination's ``incoming/<mid>/<sub>``."""
+    address = str(m.results.get("prepare", {}).get("address", ""))
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise PermanentError(f"{m.dst} gave no data-plane address")
+    files = sorted(p for p in d.iterdir()
+                   if p.is_file() and not p.is_symlink() and not p.name.endswith(".done")
+                   and p.suffix != ".log" and not p.name.endswith(".socket"))
+    total = sum(p.stat().st_size for p in files)
+    started = time.monotonic()
+    last = [0.0]
+
+    def report(sent: int, _total: int) -> None:
+        now = time.monotonic()
+        if progress is not None and (now - last[0] >= 0.25 or sent >= total):
+            last[0] = now
+            rate = sent / max(now - started, 1e-6)
+            progress({"bytes_sent": sent, "bytes_total": total, "rate_bps": round(rate),
+                      "eta_s": round((total - sent) / rate, 2) if rate else None})
+
+    stats = send_files((host, int(port)), lambda: issue_token(ctx.secret, m.id, m.src, m.dst, time.time()),
+                       m.id, [(p, p.name) for p in files], subdir=sub, progress=report)
+    return {"bytes": stats.bytes, "files": stats.files, "wall_ms": round(stats.seconds * 1000, 3),
+            "resumed": stats.resumed}
+
+
 def prepare(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
-    if _has_live(ctx, m.container) and not _remembered(ctx.incoming(m.id), Phase.RESTORE):
+    if _has(ctx, m.container, live=True) and not remembered(ctx.incoming(m.id), Phase.RESTORE):
         raise BadRequest(f"a container named {m.container!r} already runs on {ctx.node}")
     ctx.incoming(m.id).parent.mkdir(parents=True, exist_ok=True)
     return {"address": ctx.address}
@@ -69,14 +108,21 @@ def prepare(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
 
 def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     d = ctx.images(m.id)
-    done = _remembered(d, Phase.DUMP)
+    done = remembered(d, Phase.DUMP)
     if done:
         return done
     if d.exists():
         shutil.rmtree(d)  # a dump that died half-way: start over
-    s = ctx.runtime.checkpoint(m.container, d)
+    prev = last_pass(m)
+    parent = ctx.images(m.id, prev) if prev and m.strategy in ("precopy", "hybrid") else None
+    if m.lazy:
+        port = free_port(ctx.host)
+        frozen_at = ctx.runtime.checkpoint_lazy(m.container, d, ctx.host, port, parent)
+        return remember(d, Phase.DUMP, {"freeze_start": frozen_at, "page_server": f"{ctx.host}:{port}",
+                                        "frozen_ms": 0.0, "freezing_ms": 0.0, "end": time.time()})
+    s = ctx.runtime.checkpoint(m.container, d, parent=parent)
     end = time.time()
-    return _remember(d, Phase.DUMP, {
+    return remember(d, Phase.DUMP, {
         "frozen_ms": s.frozen_ms, "freezing_ms": s.freezing_ms, "wall_ms": round(s.wall_ms, 3),
         "pages_written": s.pages_written, "image_bytes": s.image_bytes,
         # when the tree was frozen, on this node's clock
@@ -85,42 +131,56 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
 
 def transfer(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     d = ctx.images(m.id)
-    done = _remembered(d, Phase.TRANSFER)
+    done = remembered(d, Phase.TRANSFER)
     if done:
         return done
-    address = str(m.results.get("prepare", {}).get("address", ""))
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise PermanentError(f"{m.dst} gave no data-plane address")
-    files = sorted(p for p in d.iterdir()
-                   if p.is_file() and not p.name.endswith(".done") and p.suffix != ".log")
-    total = sum(p.stat().st_size for p in files)
-    started = time.monotonic()
-    last = [0.0]
+    prev = last_pass(m)
+    if m.strategy == "delta" and prev and not m.lazy:
+        from workers.delta import make_delta
 
-    def report(sent: int, _total: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 0.25 or sent >= total:
-            last[0] = now
-            rate = sent / max(now - started, 1e-6)
-            progress({"bytes_sent": sent, "bytes_total": total, "rate_bps": round(rate),
-                      "eta_s": round((total - sent) / rate, 2) if rate else None})
-
-    stats = send_files((host, int(port)), lambda: issue_token(ctx.secret, m.id, m.src, m.dst, time.time()),
-                       m.id, [(p, p.name) for p in files], subdir="images", progress=report)
-    return _remember(d, Phase.TRANSFER, {"bytes": stats.bytes, "files": stats.files,
-                                         "wall_ms": round(stats.seconds * 1000, 3),
-                                         "resumed": stats.resumed, "end": time.time()})
+        out = ctx.images(m.id, "final.out")
+        shutil.rmtree(out, ignore_errors=True)
+        delta = make_delta(ctx.images(m.id, prev), d, out)
+        result = {**send_dir(ctx, m, out, "final.delta", progress),
+                  "delta_ms": round(delta.seconds * 1000, 3), "bytes_total": delta.bytes_total}
+    else:
+        result = send_dir(ctx, m, d, FINAL, progress)
+    return remember(d, Phase.TRANSFER, {**result, "end": time.time()})
 
 
 def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     d = ctx.incoming(m.id)
-    done = _remembered(d, Phase.RESTORE)
+    done = remembered(d, Phase.RESTORE)
     if done:
         return done  # never restore twice
-    s = ctx.runtime.restore(m.container, d)
-    return _remember(d, Phase.RESTORE, {"pid": s.pid, "restore_ms": s.restore_ms,
-                                        "wall_ms": round(s.wall_ms, 3), "end": time.time()})
+    started = time.monotonic()
+    prev = last_pass(m)
+    rebuild_ms = 0.0
+    if m.strategy == "delta" and prev and not m.lazy:
+        from workers.delta import apply_delta
+
+        apply_delta(ctx.incoming(m.id, prev), ctx.incoming(m.id, "final.delta"), d)
+        rebuild_ms = (time.monotonic() - started) * 1000
+    elif prev and m.strategy in ("precopy", "hybrid"):
+        link = d / "parent"
+        if not link.is_symlink():
+            os.symlink(f"../{prev}", link)
+    page_server = None
+    if m.lazy:
+        host, _, port = str(m.results["dump"]["page_server"]).rpartition(":")
+        page_server = (host, int(port))
+    s = ctx.runtime.restore(m.container, d, page_server=page_server)
+    return remember(d, Phase.RESTORE, {"pid": s.pid, "restore_ms": s.restore_ms,
+                                       "rebuild_ms": round(rebuild_ms, 3),
+                                       "wall_ms": round((time.monotonic() - started) * 1000, 3),
+                                       "end": time.time()})
+
+
+def pages(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
+    """Post-copy: wait until the destination has pulled every page."""
+    s = ctx.runtime.wait_lazy(m.container, ctx.images(m.id), ctx.pages_timeout_s)
+    return {"pages_lazy": s.pages_lazy, "pages_written": s.pages_written,
+            "frozen_ms": s.frozen_ms, "end": time.time()}
 
 
 def verify(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
@@ -133,9 +193,9 @@ def verify(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
 
 def cleanup(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     """After the point of no return: remove the source copy, exactly once."""
-    if _has_entry(ctx, m.container):
+    if _has(ctx, m.container):
         ctx.runtime.kill(m.container)
-    shutil.rmtree(ctx.images(m.id), ignore_errors=True)
+    shutil.rmtree(ctx.images(m.id).parent, ignore_errors=True)
     return {"removed": True}
 
 
@@ -143,7 +203,7 @@ def abort(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     """Rollback on the destination: kill a copy this migration restored, drop its images."""
     d = ctx.incoming(m.id)
     killed = False
-    if _remembered(d, Phase.RESTORE) and _has_entry(ctx, m.container):
+    if remembered(d, Phase.RESTORE) and _has(ctx, m.container):
         ctx.runtime.kill(m.container)
         killed = True
     shutil.rmtree(d.parent, ignore_errors=True)
@@ -153,22 +213,44 @@ def abort(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
 def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     """Rollback on the source: continue the frozen copy, or restore it from its images."""
     d = ctx.images(m.id)
-    if not _has_entry(ctx, m.container):
+    if not _has(ctx, m.container):
         raise PermanentError(f"{m.container!r} is not in {ctx.node}'s inventory")
-    info = ctx.runtime.resume(m.container, d if _remembered(d, Phase.DUMP) else None)
-    shutil.rmtree(d, ignore_errors=True)
+    dumped = remembered(d, Phase.DUMP)
+    if dumped and "page_server" in dumped:
+        _end_lazy_dump(ctx, m, dumped["page_server"])
+        dumped = None  # a lazy dump leaves no pages on disk to restore from
+    info = ctx.runtime.resume(m.container, d if dumped else None)
+    shutil.rmtree(d.parent, ignore_errors=True)
     return {"pid": info.pid, "state": info.state}
 
 
-def _has_entry(ctx: NodeContext, name: str) -> bool:
-    return any(c.name == name for c in ctx.runtime.list())
+def _end_lazy_dump(ctx: NodeContext, m: Migration, page_server: str) -> None:
+    """Make a post-copy dump that still waits for its destination give up, so CRIU resumes the tree."""
+    host, _, port = page_server.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            pass  # a peer that hangs up at once fails the page transfer
+    except OSError:
+        pass  # the page server is gone already
+    try:
+        ctx.runtime.wait_lazy(m.container, ctx.images(m.id), 30)
+    except CriuError:
+        pass  # the expected end: the dump failed and CRIU resumed the tree
 
 
-def _has_live(ctx: NodeContext, name: str) -> bool:
-    return any(c.name == name and c.state != "exited" for c in ctx.runtime.list())
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
-HANDLERS: dict[Phase, Callable[[NodeContext, Migration, Progress], dict[str, Any]]] = {
+def _has(ctx: NodeContext, name: str, live: bool = False) -> bool:
+    return any(c.name == name and (not live or c.state != "exited") for c in ctx.runtime.list())
+
+
+HANDLERS_BASE: dict[Phase, Callable[[NodeContext, Migration, Progress], dict[str, Any]]] = {
     Phase.PREPARE: prepare, Phase.DUMP: dump, Phase.TRANSFER: transfer, Phase.RESTORE: restore,
-    Phase.VERIFY: verify, Phase.CLEANUP: cleanup, Phase.ABORT: abort, Phase.RESUME: resume,
+    Phase.PAGES: pages, Phase.VERIFY: verify, Phase.CLEANUP: cleanup, Phase.ABORT: abort,
+    Phase.RESUME: resume,
 }

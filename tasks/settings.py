@@ -49,6 +49,8 @@ class Settings:
     allow_pipe_max_size: bool = False  # may raise fs.pipe-max-size for post-copy
     criu_bin: str = "criu"
     runtime: str = "criu"  # criu | sim
+    link_bps: float = 125e6  # assumed node-to-node bandwidth (bytes/s) until measured
+    freeze_overhead_ms: float = 150.0  # fixed cost of a cold freeze window (measured: x86 VM)
     main_concurrency: int = 4  # slots for a node's ordinary work (node.<name>)
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -47,6 +47,8 @@ def from_json(raw: str) -> Migration:
     d["phase"] = Phase(d["phase"]) if d["phase"] else None
     d["rollback"] = tuple(Phase(p) for p in d["rollback"])
     d["errors"] = tuple(d["errors"])
+    d["warnings"] = tuple(d["warnings"])
+    d["passes"] = tuple(d["passes"])
     return Migration(**d)
 
 

@@ -54,7 +54,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 def cluster_env(url: str, name: str) -> dict[str, str]:
     return {"FERRY_BROKER_URL": url, "FERRY_RESULT_BACKEND": url,
             "FERRY_REDIS_URL": url.replace("redis+socket://", "unix://"),
-            "FERRY_SECRET": "test-secret-" + name, "PYTHONPATH": str(ROOT)}
+            "FERRY_SECRET": "test-secret-" + name, "PYTHONPATH": str(ROOT),
+            "FERRY_ALLOW_PIPE_MAX_SIZE": "1"}
 
 
 @pytest.fixture(scope="session")

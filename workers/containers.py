@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from workers import procs
-from workers.criu import Criu
+from workers.criu import Criu, dump_stats, explain
 from workers.errors import BadRequest, CriuError, PermanentError, UnknownContainer
 from workers.runtime import ContainerInfo, DumpStats, RestoreStats, check_container_name
 
@@ -138,15 +138,59 @@ class CriuRuntime:
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
         return stats
 
-    def restore(self, name: str, images: Path) -> RestoreStats:
-        """Restore ``name`` from ``images`` on this node and take it into the inventory."""
+    def predump(self, name: str, images: Path, parent: Path | None) -> DumpStats:
+        """A soft-dirty pre-dump pass (``criu pre-dump --track-mem``); the tree runs on."""
+        entry = self._live(name)
+        return self.criu.dump(entry.pid, images, pre=True, track_mem=True, parent=parent)
+
+    def checkpoint_lazy(self, name: str, images: Path, address: str, port: int,
+                        parent: Path | None = None) -> float:
+        """Dump ``name`` for post-copy: all but its pages, which CRIU's page server
+        on ``address:port`` hands out until the destination has them all. The
+        tree stays frozen (and is resumed by CRIU if the page transfer fails).
+        Returns when the tree froze (wall clock).
+        """
+        entry = self._live(name)
+        (images / "ferry-container.json").parent.mkdir(parents=True, exist_ok=True)
+        (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
+        _, frozen_at = self.criu.start_lazy_dump(entry.pid, images, address, port, parent)
+        self._save(replace(entry, state="frozen"))
+        return frozen_at
+
+    def wait_lazy(self, name: str, images: Path, timeout_s: float) -> DumpStats:
+        """Wait until a post-copy dump has served every page; its stats."""
+        log = images / "dump.log"
+        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace")
+            if "Dumping finished successfully" in text:
+                return dump_stats(images, (time.monotonic() - started) * 1000)
+            if "Dumping FAILED" in text:
+                entry = self._load(name)
+                self._save(replace(entry, state="running"))  # CRIU resumed it
+                errno, detail = explain(log)
+                raise CriuError("lazy dump", errno, log, detail)
+            time.sleep(0.01)
+        raise CriuError("lazy dump", 110, log, f"pages still in flight after {timeout_s:.0f} s")
+
+    def restore(self, name: str, images: Path, page_server: tuple[str, int] | None = None) -> RestoreStats:
+        """Restore ``name`` from ``images`` on this node and take it into the inventory.
+
+        With ``page_server`` (post-copy) the tree starts at once and its pages
+        come from the source's page server as it touches them.
+        """
         check_container_name(name)
         if self.has(name) and self.get(name).state in ("running", "frozen"):
             raise BadRequest(f"container {name!r} already runs on this node")
         meta = json.loads((images / "ferry-container.json").read_text())
         if meta.get("name") != name:
             raise PermanentError(f"images in {images} are of {meta.get('name')!r}, not {name!r}")
-        stats = self.criu.restore(images)
+        if page_server is not None:
+            self.criu.start_lazy_pages(images, *page_server)
+            stats = self.criu.restore(images, extra=("--lazy-pages",))
+        else:
+            stats = self.criu.restore(images)
         entry = Entry(name=name, pid=stats.pid, ticks=procs.start_ticks(stats.pid) or 0,
                       argv=tuple(meta["argv"]), workdir=meta["workdir"], log=meta["log"],
                       started=meta["started"], labels=meta.get("labels", {}))

@@ -13,6 +13,7 @@ import os
 import re
 import struct
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,60 @@ class Criu:
         self._run(op, argv, images / f"{op}.log")
         wall = (time.monotonic() - started) * 1000
         return dump_stats(images, wall)
+
+    def start_lazy_dump(self, pid: int, images: Path, address: str, port: int,
+                        parent: Path | None = None, timeout_s: float = 60) -> tuple[subprocess.Popen[bytes], float]:
+        """Start ``criu dump --lazy-pages``; return once the tree is frozen, dumped
+        but for its pages, and CRIU's page server waits on ``address:port``.
+
+        Returns the running dump and the wall time the tree froze at. The dump
+        ends when every page has gone (exit 0), or fails and resumes the tree.
+        """
+        images.mkdir(parents=True, exist_ok=True)
+        argv = ["dump", "-t", str(pid), "-D", str(images), "-o", "dump.log", "-v4", "--lazy-pages",
+                "--leave-stopped",
+                "--address", address, "--port", str(port)]
+        if parent is not None:
+            argv += ["--prev-images-dir", os.path.relpath(parent, images), "--track-mem"]
+        log = images / "dump.log"
+        started = time.time()
+        proc = self._spawn(argv)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if "Starting page server" in text:
+                match = re.search(r"\((\d+\.\d+)\) Seized task", text)
+                return proc, started + (float(match.group(1)) if match else 0.0)
+            if proc.poll() is not None:
+                errno, detail = explain(log)
+                raise CriuError("lazy dump", errno, log, detail)
+            time.sleep(0.002)
+        proc.kill()
+        raise CriuError("lazy dump", 110, log, f"no page server after {timeout_s:.0f} s")
+
+    def start_lazy_pages(self, images: Path, address: str, port: int) -> subprocess.Popen[bytes]:
+        """Start ``criu lazy-pages`` to pull pages from the source's page server."""
+        proc = self._spawn(["lazy-pages", "-D", str(images), "-o", "lazy-pages.log", "-v4",
+                            "--page-server", "--address", address, "--port", str(port)])
+        sock = images / "lazy-pages.socket"
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                errno, detail = explain(images / "lazy-pages.log")
+                raise CriuError("lazy-pages", errno, images / "lazy-pages.log", detail)
+            time.sleep(0.002)
+        return proc
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        try:
+            proc = subprocess.Popen([self.binary, *argv], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+        except FileNotFoundError as exc:
+            raise CriuError(argv[0], 2, None, f"{self.binary} not found: run ops/install-criu.sh") from exc
+        # Reap it when it ends, whoever waits for it by its log.
+        threading.Thread(target=proc.wait, daemon=True, name=f"criu-{argv[0]}").start()
+        return proc
 
     def restore(self, images: Path, *, extra: tuple[str, ...] = ()) -> RestoreStats:
         """Restore the tree in ``images``, detached; returns its new host pid."""

@@ -140,14 +140,40 @@ class SimRuntime:
                          pages_written=memory // PAGE, pages_lazy=0,
                          wall_ms=(time.monotonic() - started) * 1000, image_bytes=size)
 
-    def restore(self, name: str, images: Path) -> RestoreStats:
+    def predump(self, name: str, images: Path, parent: Path | None) -> DumpStats:
+        """A modelled soft-dirty pass: the sim kernel tracks dirty pages everywhere."""
+        return self.checkpoint(name, images, leave_running=True)
+
+    def checkpoint_lazy(self, name: str, images: Path, address: str, port: int,
+                        parent: Path | None = None) -> float:
+        """A modelled post-copy dump: frozen for the fixed cost only, pages stay behind."""
+        rec = self._load(name)
+        memory = int(rec["memory"])  # type: ignore[call-overload]
+        frozen_at = time.time()
+        lazy = SimModel(**{**self.model.__dict__, "dump_ms_per_mb": 0.0})
+        SimRuntime(self.inventory.parent, self.container_root, lazy).checkpoint(name, images)
+        (images / "sim-lazy.json").write_text(json.dumps({"memory": memory, "until": 0}))
+        return frozen_at
+
+    def wait_lazy(self, name: str, images: Path, timeout_s: float) -> DumpStats:
+        """Pages flow at the modelled dump speed once the destination pulls them."""
+        memory = json.loads((images / "sim-lazy.json").read_text())["memory"]
+        took = self.model.dump_ms_per_mb * memory / 2**20
+        time.sleep(min(took, timeout_s * 1000) / 1000)
+        return DumpStats(freezing_ms=0.0, frozen_ms=took, memdump_ms=took, memwrite_ms=0.0,
+                         pages_scanned=memory // PAGE, pages_skipped_parent=0, pages_written=0,
+                         pages_lazy=memory // PAGE, wall_ms=took, image_bytes=0)
+
+    def restore(self, name: str, images: Path,
+                page_server: tuple[str, int] | None = None) -> RestoreStats:
         snap = json.loads((images / "sim.json").read_text())
         if snap["name"] != name:
             raise PermanentError(f"images in {images} are of {snap['name']!r}, not {name!r}")
         if self._path(name).exists() and self._load(name)["state"] != "exited":
             raise BadRequest(f"container {name!r} already runs on this node")
         started = time.monotonic()
-        took = self.model.restore_fixed_ms + self.model.restore_ms_per_mb * snap["memory"] / 2**20
+        per_mb = 0.0 if page_server else self.model.restore_ms_per_mb
+        took = self.model.restore_fixed_ms + per_mb * snap["memory"] / 2**20
         time.sleep(took / 1000)
         self._save({**snap, "state": "running", "since": time.time(), "logged": snap["counter"] - 1})
         return RestoreStats(pid=0, restore_ms=took, forking_ms=0.0,

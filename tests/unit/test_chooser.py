@@ -89,15 +89,15 @@ CHOICES = [
         ["36%"],
     ),
     (
-        "fast-hybrid-delta",
+        "fast-no-soft-dirty-postcopy",
         NO_SD,
         DST,
         Workload(512 * MiB, 40 * MiB),
         GBE,
         AUTO,
-        "hybrid",
-        "delta",
-        ["delta"],
+        "postcopy",
+        None,
+        ["no soft-dirty for hybrid"],
     ),
     (
         "too-fast-postcopy",
@@ -122,14 +122,14 @@ CHOICES = [
         ["uffd-noncoop missing"],
     ),
     (
-        "fast-hybrid-1g",
+        "fast-1g-no-soft-dirty",
         NO_SD,
         node("pi-02"),
         Workload(1 * GiB, 90 * MiB),
         GBE,
         AUTO,
-        "hybrid",
-        "delta",
+        "postcopy",
+        None,
         [],
     ),
     (
@@ -191,7 +191,6 @@ CHOICES = [
     ("asked-delta", SRC, DST, BIG, GBE, Request("delta", 300), "delta", "delta", ["requested"]),
     ("asked-precopy", SRC, DST, BIG, GBE, Request("precopy", 300), "precopy", "precopy", []),
     ("asked-postcopy", SRC, DST, BIG, GBE, Request("postcopy", 300), "postcopy", None, []),
-    ("asked-hybrid-delta", NO_SD, DST, BIG, GBE, Request("hybrid", 300), "hybrid", "delta", []),
     ("cordoned-src-ok", node("pi-01", cordoned=True), DST, BIG, GBE, AUTO, "hybrid", "precopy", []),
 ]
 

@@ -8,40 +8,34 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.machine import (FORWARD, Event, Migration, Phase, Policy, Send, State, backoff,
-                           next_step)
+from tasks.machine import (Event, Migration, Phase, Policy, Send, State, backoff, next_step,
+                           phases)
 
 M = Migration(id="m-0123456789ab", container="web", src="a", dst="b", created=1.0, updated=1.0)
+COLD = phases("cold", False)
 
 
-def run(m: Migration, *events: Event) -> tuple[Migration, list[Send]]:
-    sends: list[Send] = []
-    for ev in events:
-        m, sends = next_step(m, ev)
-    return m, sends
+def done(m: Migration, **result: object) -> Event:
+    assert m.phase is not None
+    return Event("done", 2.0, m.phase, m.step, result=dict(result))
 
 
-def done(phase: Phase, attempt: int = 1, **result: object) -> Event:
-    return Event("done", 2.0, phase, attempt, result=dict(result))
+def failed(m: Migration, transient: bool = False, phase: Phase | None = None) -> Event:
+    return Event("failed", 2.0, phase or m.phase, m.step, error="boom", transient=transient)
 
 
-def failed(phase: Phase, attempt: int = 1, transient: bool = False) -> Event:
-    return Event("failed", 2.0, phase, attempt, error="boom", transient=transient)
-
-
-def at(phase: Phase) -> Migration:
-    """A running migration waiting for ``phase`` (attempt 1)."""
-    m, _ = run(M, Event("start", 1.5))
-    for p in FORWARD[: FORWARD.index(phase)]:
-        m, _ = next_step(m, done(p))
-    assert m.phase is phase
+def at(phase: Phase, m: Migration = M) -> Migration:
+    """A running migration waiting for ``phase``."""
+    m, _ = next_step(m, Event("start", 1.5))
+    while m.phase is not phase:
+        m, _ = next_step(m, done(m))
     return m
 
 
 def test_start_sends_prepare_to_destination() -> None:
-    m, sends = run(M, Event("start", 1.5))
+    m, sends = next_step(M, Event("start", 1.5))
     assert (m.state, m.phase, m.attempt) == (State.RUNNING, Phase.PREPARE, 1)
-    assert sends == [Send(Phase.PREPARE, "b", False, 1)]
+    assert sends == [Send(Phase.PREPARE, "b", False, m.step)]
 
 
 @pytest.mark.parametrize("phase,node,urgent", [
@@ -49,71 +43,95 @@ def test_start_sends_prepare_to_destination() -> None:
     (Phase.VERIFY, "b", True), (Phase.CLEANUP, "a", False),
 ])
 def test_forward_chain_routes_each_phase(phase: Phase, node: str, urgent: bool) -> None:
-    prev = FORWARD[FORWARD.index(phase) - 1]
-    m, sends = next_step(at(prev), done(prev))
+    m = at(COLD[COLD.index(phase) - 1])
+    m, sends = next_step(m, done(m))
     assert m.phase is phase
-    assert sends == [Send(phase, node, urgent, 1)]
+    assert sends == [Send(phase, node, urgent, m.step)]
+
+
+def test_every_send_has_a_new_step() -> None:
+    m, steps = at(Phase.PREPARE), set()
+    while m.state is State.RUNNING:
+        assert m.step not in steps
+        steps.add(m.step)
+        m, _ = next_step(m, done(m))
+    assert m.state is State.DONE
 
 
 def test_verify_is_the_point_of_no_return_and_cleanup_finishes() -> None:
-    m, _ = next_step(at(Phase.VERIFY), done(Phase.VERIFY))
+    m = at(Phase.VERIFY)
+    m, _ = next_step(m, done(m))
     assert m.past_no_return
-    m, sends = next_step(m, done(Phase.CLEANUP))
+    m, sends = next_step(m, done(m))
     assert (m.state, m.phase, sends) == (State.DONE, Phase.FINISHED, [])
 
 
+def test_postcopy_waits_for_every_page_before_the_point_of_no_return() -> None:
+    lazy = replace(M, strategy="postcopy", lazy=True)
+    m = at(Phase.RESTORE, lazy)
+    m, sends = next_step(m, done(m))
+    assert sends == [Send(Phase.PAGES, "a", False, m.step)] and not m.past_no_return
+    m, sends = next_step(m, failed(m))
+    assert m.state is State.ROLLING_BACK and sends == [Send(Phase.ABORT, "b", True, m.step)]
+
+
 def test_results_are_kept_per_phase() -> None:
-    m, _ = next_step(at(Phase.PREPARE), done(Phase.PREPARE, address="h:1"))
+    m = at(Phase.PREPARE)
+    m, _ = next_step(m, done(m, address="h:1"))
     assert m.results["prepare"] == {"address": "h:1"}
 
 
 @pytest.mark.parametrize("phase", [Phase.PREPARE, Phase.DUMP, Phase.TRANSFER])
 def test_permanent_failure_before_restore_resumes_source_and_aborts_destination(phase: Phase) -> None:
-    m, sends = next_step(at(phase), failed(phase))
+    m, sends = next_step(at(phase), failed(at(phase)))
     assert m.state is State.ROLLING_BACK
-    assert set(sends) == {Send(Phase.RESUME, "a", True, 1), Send(Phase.ABORT, "b", True, 1)}
-    m, _ = next_step(m, done(Phase.ABORT))
+    assert {(s.phase, s.node) for s in sends} == {(Phase.RESUME, "a"), (Phase.ABORT, "b")}
+    m, _ = next_step(m, Event("done", 3.0, Phase.ABORT))
     assert m.state is State.ROLLING_BACK
-    m, sends = next_step(m, done(Phase.RESUME))
+    m, sends = next_step(m, Event("done", 3.0, Phase.RESUME))
     assert (m.state, sends) == (State.ROLLED_BACK, [])
     assert any("failed" in e for e in m.errors)
 
 
 @pytest.mark.parametrize("phase", [Phase.RESTORE, Phase.VERIFY])
 def test_failure_once_a_copy_may_run_on_destination_aborts_it_before_resuming(phase: Phase) -> None:
-    m, sends = next_step(at(phase), failed(phase))
-    assert sends == [Send(Phase.ABORT, "b", True, 1)]
-    m, sends = next_step(m, done(Phase.ABORT))
-    assert sends == [Send(Phase.RESUME, "a", True, 1)]
-    m, _ = next_step(m, done(Phase.RESUME))
+    m = at(phase)
+    m, sends = next_step(m, failed(m))
+    assert [(s.phase, s.node) for s in sends] == [(Phase.ABORT, "b")]
+    m, sends = next_step(m, done(m))
+    assert [(s.phase, s.node) for s in sends] == [(Phase.RESUME, "a")]
+    m, _ = next_step(m, done(m))
     assert m.state is State.ROLLED_BACK
 
 
-@pytest.mark.parametrize("phase", FORWARD[:-1])
+@pytest.mark.parametrize("phase", COLD[:-1])
 def test_transient_failure_retries_the_same_phase_with_backoff(phase: Phase) -> None:
-    m, sends = next_step(at(phase), failed(phase, transient=True))
+    m = at(phase)
+    m, sends = next_step(m, failed(m, transient=True))
     assert (m.state, m.phase, m.attempt) == (State.RUNNING, phase, 2)
-    assert len(sends) == 1 and sends[0].attempt == 2 and sends[0].countdown > 0
+    assert len(sends) == 1 and sends[0].step == m.step and sends[0].countdown > 0
 
 
 def test_transient_failures_beyond_the_budget_roll_back() -> None:
     m = at(Phase.TRANSFER)
-    for attempt in (1, 2):
-        m, _ = next_step(m, failed(Phase.TRANSFER, attempt, transient=True))
-    m, _ = next_step(m, failed(Phase.TRANSFER, 3, transient=True))
+    for _ in range(Policy().max_attempts - 1):
+        m, _ = next_step(m, failed(m, transient=True))
+        assert m.state is State.RUNNING
+    m, _ = next_step(m, failed(m, transient=True))
     assert m.state is State.ROLLING_BACK
 
 
 def test_cleanup_failure_never_rolls_back() -> None:
-    m, _ = next_step(at(Phase.VERIFY), done(Phase.VERIFY))
-    for attempt in range(1, Policy().rollback_attempts):
-        m, sends = next_step(m, failed(Phase.CLEANUP, attempt))
+    m = at(Phase.VERIFY)
+    m, _ = next_step(m, done(m))
+    for _ in range(Policy().rollback_attempts - 1):
+        m, sends = next_step(m, failed(m))
         assert m.state is State.RUNNING and sends[0].phase is Phase.CLEANUP
-    m, sends = next_step(m, failed(Phase.CLEANUP, Policy().rollback_attempts))
+    m, sends = next_step(m, failed(m))
     assert m.state is State.DONE and "left frozen" in m.errors[-1]
 
 
-@pytest.mark.parametrize("phase", FORWARD[:-1])
+@pytest.mark.parametrize("phase", COLD[:-1])
 def test_cancel_before_the_point_of_no_return_rolls_back(phase: Phase) -> None:
     m, sends = next_step(at(phase), Event("cancel", 2.0))
     assert m.state is State.ROLLING_BACK and sends
@@ -121,39 +139,89 @@ def test_cancel_before_the_point_of_no_return_rolls_back(phase: Phase) -> None:
 
 
 def test_cancel_after_the_point_of_no_return_changes_nothing() -> None:
-    m, _ = next_step(at(Phase.VERIFY), done(Phase.VERIFY))
+    m = at(Phase.VERIFY)
+    m, _ = next_step(m, done(m))
     m2, sends = next_step(m, Event("cancel", 3.0))
     assert sends == [] and m2.state is State.RUNNING and m2.phase is Phase.CLEANUP
 
 
 def test_stale_events_change_nothing() -> None:
     m = at(Phase.TRANSFER)
-    for ev in (done(Phase.DUMP), done(Phase.TRANSFER, attempt=2), failed(Phase.PREPARE),
-               Event("start", 2.0)):
+    for ev in (Event("done", 2.0, Phase.DUMP, m.step - 1), Event("done", 2.0, Phase.TRANSFER, m.step - 1),
+               Event("failed", 2.0, Phase.PREPARE, 1), Event("start", 2.0)):
         m2, sends = next_step(m, ev)
         assert sends == [] and replace(m2, updated=m.updated) == m
 
 
 def test_a_phase_done_after_cancel_is_ignored() -> None:
-    m, _ = next_step(at(Phase.VERIFY), Event("cancel", 2.0))
-    m2, sends = next_step(m, done(Phase.VERIFY))
-    assert sends == [] and not m2.past_no_return
+    m = at(Phase.VERIFY)
+    m2, _ = next_step(m, Event("cancel", 2.0))
+    m3, sends = next_step(m2, done(m))
+    assert sends == [] and not m3.past_no_return
 
 
 def test_failed_rollback_ends_failed_with_where_the_container_is() -> None:
-    m, _ = next_step(at(Phase.DUMP), failed(Phase.DUMP))
-    for attempt in range(1, Policy().rollback_attempts):
-        m, sends = next_step(m, failed(Phase.RESUME, attempt))
+    m = at(Phase.DUMP)
+    m, _ = next_step(m, failed(m))
+    for _ in range(Policy().rollback_attempts - 1):
+        m, sends = next_step(m, failed(m, phase=Phase.RESUME))
         assert sends[0].phase is Phase.RESUME
-    m, _ = next_step(m, failed(Phase.RESUME, Policy().rollback_attempts))
+    m, _ = next_step(m, failed(m, phase=Phase.RESUME))
     assert m.state is State.FAILED and "could not be resumed" in m.errors[-1]
 
 
 def test_final_states_ignore_everything() -> None:
-    m, _ = next_step(at(Phase.DUMP), failed(Phase.DUMP))
-    m, _ = run(m, done(Phase.ABORT), done(Phase.RESUME))
-    for ev in (Event("cancel", 3.0), done(Phase.DUMP), Event("start", 3.0)):
+    m = at(Phase.DUMP)
+    m, _ = next_step(m, failed(m))
+    m, _ = next_step(m, Event("done", 3.0, Phase.ABORT))
+    m, _ = next_step(m, Event("done", 3.0, Phase.RESUME))
+    assert m.state is State.ROLLED_BACK
+    for ev in (Event("cancel", 3.0), Event("done", 3.0, Phase.DUMP, m.step), Event("start", 3.0)):
         assert next_step(m, ev)[1] == []
+
+
+def _pass(n: int, written: int, seconds: float = 1.0, total: int = 65536) -> dict[str, object]:
+    return {"iteration": n, "pages_total": total, "pages_written": written,
+            "pages_unchanged": total - written, "bytes_sent": written * 4096, "seconds": seconds,
+            "freeze_ms": 50.0, "dirty_rate_bps": written * 4096 / seconds / 10}
+
+
+def test_precopy_passes_until_the_stop_rule_says_final_dump() -> None:
+    m = at(Phase.PRECOPY, replace(M, strategy="precopy", limits={"downtime_limit_ms": 300}))
+    m, sends = next_step(m, done(m, **{"pass": _pass(1, 65536, seconds=4.0)}))
+    assert m.phase is Phase.PRECOPY and sends[0].phase is Phase.PRECOPY
+    m, sends = next_step(m, done(m, **{"pass": _pass(2, 500, seconds=0.1)}))
+    assert m.phase is Phase.DUMP and sends == [Send(Phase.DUMP, "a", True, m.step)]
+    assert m.results["decision"]["rule"] in ("downtime", "goal")
+    assert len(m.passes) == 2
+
+
+def test_each_delta_pass_is_rebuilt_on_the_destination_before_the_stop_rule() -> None:
+    m = at(Phase.PRECOPY, replace(M, strategy="delta"))
+    m, sends = next_step(m, done(m, **{"pass": _pass(1, 65536, seconds=4.0)}))
+    assert m.phase is Phase.REBUILD and sends == [Send(Phase.REBUILD, "b", False, m.step)]
+    assert "decision" not in m.results
+    m, sends = next_step(m, done(m))
+    assert m.phase is Phase.PRECOPY and m.results["decision"]["rule"] == "continue"
+
+
+def test_precopy_never_exceeds_the_iteration_limit() -> None:
+    m = at(Phase.PRECOPY, replace(M, strategy="precopy", limits={"max_iterations": 3,
+                                                                "goal_unchanged": 1.0}))
+    n = 0
+    while m.phase is Phase.PRECOPY:
+        n += 1
+        m, _ = next_step(m, done(m, **{"pass": _pass(n, 60000, seconds=10.0)}))
+    assert n <= 3 and m.phase in (Phase.DUMP, Phase.RESUME)
+
+
+def test_a_workload_that_does_not_converge_falls_back_to_postcopy() -> None:
+    m = at(Phase.PRECOPY, replace(M, strategy="hybrid", limits={"fallback": "postcopy",
+                                                                "downtime_limit_ms": 10}))
+    m, _ = next_step(m, done(m, **{"pass": _pass(1, 60000, seconds=0.5)}))
+    # dirtying 480 MB/s over a 480 MB/s link: it will never converge
+    m, _ = next_step(m, done(m, **{"pass": {**_pass(2, 60000, 0.5), "dirty_rate_bps": 1e12}}))
+    assert m.phase is Phase.DUMP and m.lazy and "falling back to postcopy" in m.warnings[-1]
 
 
 @given(attempt=st.integers(1, 50))
@@ -166,11 +234,11 @@ def test_backoff_is_bounded_and_grows(attempt: int) -> None:
 
 
 @given(events=st.lists(st.tuples(st.sampled_from(["done", "failed", "cancel"]),
-                                 st.sampled_from(list(Phase)), st.integers(1, 4), st.booleans()),
+                                 st.sampled_from(list(Phase)), st.integers(0, 12), st.booleans()),
                        max_size=30))
 @settings(max_examples=300)
 def test_never_both_rolled_back_and_past_the_point_of_no_return(events: list) -> None:
     m, _ = next_step(M, Event("start", 1.0))
-    for kind, phase, attempt, transient in events:
-        m, _ = next_step(m, Event(kind, 2.0, phase, attempt, error="x", transient=transient))
+    for kind, phase, step, transient in events:
+        m, _ = next_step(m, Event(kind, 2.0, phase, step, error="x", transient=transient))
         assert not (m.past_no_return and m.state in (State.ROLLING_BACK, State.ROLLED_BACK))
