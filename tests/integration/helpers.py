@@ -29,3 +29,16 @@ def assert_went_on(values: list[int], before: int) -> None:
     assert values == sorted(values), "the counter went backwards: two copies ran, or it restarted"
     assert len(values) == len(set(values)), "a value was printed twice: two copies ran"
     assert values[-1] > before
+
+DIRTY = ("import time\n"
+         "data = bytearray(b'x') * ({mb} << 20)\n"
+         "i = 0\n"
+         "while True:\n"
+         "    for p in range(i % 16, len(data) // 4096, {stride}):\n"
+         "        data[p * 4096] = i % 251\n"
+         "    print('tick', i, flush=True); i += 1; time.sleep(0.05)\n")
+
+
+def dirtying(mb: int = 32, stride: int = 16) -> str:
+    """A counter that holds ``mb`` MiB and rewrites one page in ``stride`` every tick."""
+    return DIRTY.format(mb=mb, stride=stride)

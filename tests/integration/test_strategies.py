@@ -1,0 +1,48 @@
+"""Every strategy this machine can run, for real, on a process that dirties its memory.
+
+The ones this kernel cannot run are skipped with the nodes' own probe
+reason, so the CI log shows which ran.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from tasks.chooser import strategy_refusal
+from tasks.client import caps
+from tasks.summary import downtime
+from tests.integration.helpers import assert_went_on, dirtying, ticks, wait_for
+from workers import procs
+
+pytestmark = pytest.mark.criu
+
+
+@pytest.mark.parametrize("strategy", ["cold", "delta", "postcopy", "precopy", "hybrid"])
+def test_strategy_moves_a_dirtying_process_that_goes_on(cluster, strategy: str) -> None:
+    client = cluster.client
+    src, dst = (caps(client.node(n)) for n in ("n1", "n2"))
+    refusal = strategy_refusal(strategy, src, dst)
+    if refusal:
+        pytest.skip(f"{strategy} cannot run on this machine: {refusal}")
+    name = f"dirty-{strategy}"
+    info = client.run("n1", [sys.executable, "-u", "-c", dirtying(32)], name=name)
+    wait_for(lambda: len(ticks(info["log"])) > 5)
+    m = client.migrate(name, "n2", strategy=strategy).wait(timeout=120)
+    assert m.state.value == "done", m.errors
+    assert m.strategy == strategy
+    before = max(ticks(info["log"]))
+    time.sleep(0.5)
+    assert_went_on(ticks(info["log"]), before)
+    assert not procs.alive(info["pid"])
+    d = downtime(m)
+    assert d is not None and d["downtime_ms"] > 0
+    if strategy in ("delta", "precopy", "hybrid"):
+        assert len(m.passes) >= 1 and "decision" in m.results
+    if strategy in ("postcopy", "hybrid"):
+        assert m.results["pages"]["last_page_after_restore_ms"] >= 0
+    print(f"{strategy}: downtime {d['downtime_ms']:.0f} ms, passes {len(m.passes)}, "
+          f"{m.results.get('decision', {}).get('reason', '')}")
+    client.kill(name)
