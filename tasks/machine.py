@@ -218,7 +218,13 @@ def _after_pass(m: Migration) -> tuple[Migration, list[Send]]:
     history = [conv.IterationStats(**p) for p in m.passes]
     limits = conv.Limits(**{k: v for k, v in m.limits.items()
                             if k in conv.Limits.__dataclass_fields__})
-    decision = conv.decide(history, limits, estimates(m))
+    if len(history) == 1 and limits.max_iterations > 1:
+        # The first pass copies everything; only the second measures how fast
+        # the workload dirties its memory, which every stop rule needs.
+        decision: conv.Decision = conv.Continue("first pass: the dirty rate is not measured yet",
+                                                float("inf"))
+    else:
+        decision = conv.decide(history, limits, estimates(m))
     m = replace(m, results={**m.results, "decision": {
         "rule": decision.rule, "reason": decision.reason,
         "expected_downtime_ms": decision.expected_downtime_ms}})

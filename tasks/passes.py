@@ -33,7 +33,7 @@ def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
         return done
     shutil.rmtree(d, ignore_errors=True)
     prev = last_pass(m)
-    since = float(m.passes[-1]["end"]) if m.passes else float(m.results["prepare"].get("end", time.time()))
+    since = float(m.results["precopy"]["end"]) if m.passes else time.time()
     if m.strategy == "delta":
         from workers.delta import make_delta
 

@@ -76,3 +76,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
             if k["pid"] > 0:
                 subprocess.run(["kill", "-9", str(k["pid"])], capture_output=True)
         c.stop()
+
+
+@pytest.fixture(scope="session")
+def sim_cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[LocalCluster]:
+    """Two SIMULATED nodes (s1, s2) and a coordinator: the sim runtime, labelled as such."""
+    base = tmp_path_factory.mktemp("simcluster")
+    c = LocalCluster(base, {**cluster_env(redis_url, base.name), "FERRY_RUNTIME": "sim"})
+    try:
+        c.start_coordinator()
+        for n in ("s1", "s2"):
+            c.start_node(n)
+        c.wait_ready(["s1", "s2"])
+        yield c
+    finally:
+        c.stop()

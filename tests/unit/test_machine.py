@@ -202,7 +202,7 @@ def test_each_delta_pass_is_rebuilt_on_the_destination_before_the_stop_rule() ->
     assert m.phase is Phase.REBUILD and sends == [Send(Phase.REBUILD, "b", False, m.step)]
     assert "decision" not in m.results
     m, sends = next_step(m, done(m))
-    assert m.phase is Phase.PRECOPY and m.results["decision"]["rule"] == "continue"
+    assert m.phase is Phase.PRECOPY and "first pass" in m.results["decision"]["reason"]
 
 
 def test_precopy_never_exceeds_the_iteration_limit() -> None:
@@ -213,6 +213,12 @@ def test_precopy_never_exceeds_the_iteration_limit() -> None:
         n += 1
         m, _ = next_step(m, done(m, **{"pass": _pass(n, 60000, seconds=10.0)}))
     assert n <= 3 and m.phase in (Phase.DUMP, Phase.RESUME)
+
+
+def test_a_single_allowed_pass_goes_straight_to_the_final_dump() -> None:
+    m = at(Phase.PRECOPY, replace(M, strategy="precopy", limits={"max_iterations": 1}))
+    m, _ = next_step(m, done(m, **{"pass": _pass(1, 65536)}))
+    assert m.phase is Phase.DUMP
 
 
 def test_a_workload_that_does_not_converge_falls_back_to_postcopy() -> None:
