@@ -147,17 +147,30 @@ def run(node: str, name: str | None, cmd: tuple[str, ...], as_json: bool) -> Non
 @main.command()
 @click.argument("container")
 @click.option("--to", "to", required=True, help="Destination node.")
-@click.option("--strategy", default="auto", show_default=True)
+@click.option("--strategy", default="auto", show_default=True,
+              type=click.Choice(["auto", "cold", "precopy", "delta", "postcopy", "hybrid"]))
+@click.option("--downtime-limit", "downtime_limit_ms", default=300.0, show_default=True,
+              help="ms: pre-copy stops once the expected downtime is under it.")
+@click.option("--max-iterations", default=10, show_default=True, help="Pre-copy passes at most.")
+@click.option("--goal", "goal_unchanged", default=0.70, show_default=True,
+              help="Stop pre-copy once this share of pages stayed unchanged (LXD's goal).")
+@click.option("--fallback", default="postcopy", show_default=True,
+              type=click.Choice(["postcopy", "cold", "abort"]),
+              help="What to do when pre-copy does not converge.")
+@click.option("--hard-cap", is_flag=True, help="Never exceed the downtime limit: abort instead.")
 @click.option("--no-wait", is_flag=True, help="Submit and print the migration id.")
 @click.option("--timeout", default=600.0, show_default=True)
 @json_opt
-def migrate(container: str, to: str, strategy: str, no_wait: bool, timeout: float,
+def migrate(container: str, to: str, strategy: str, downtime_limit_ms: float, max_iterations: int,
+            goal_unchanged: float, fallback: str, hard_cap: bool, no_wait: bool, timeout: float,
             as_json: bool) -> None:
     """Move CONTAINER to node TO."""
     from tasks.summary import one_line, summary
 
     client = _client()
-    handle = client.migrate(container, to, strategy)
+    handle = client.migrate(container, to, strategy, downtime_limit_ms=downtime_limit_ms,
+                            max_iterations=max_iterations, goal_unchanged=goal_unchanged,
+                            fallback=fallback, hard_downtime_cap=hard_cap)
     if no_wait:
         _emit(as_json, {"id": handle.id}, lambda: out.print(handle.id))
         return
@@ -210,6 +223,15 @@ def status(migration: str | None, as_json: bool) -> None:
             t = Table("field", "value", show_header=False)
             for k in ("id", "container", "src", "dst", "strategy", "state"):
                 t.add_row(k, str(s[k]))
+            t.add_row("why", m.reason)
+            for i, p in enumerate(m.passes, 1):
+                t.add_row(f"pass {i}", f"{p['bytes_sent'] / 2**20:.1f} MiB in {p['seconds']:.2f} s, "
+                          f"{p['pages_written']}/{p['pages_total']} pages changed, "
+                          f"freeze {p['freeze_ms']:.0f} ms, dirty {p['dirty_rate_bps'] / 2**20:.1f} MiB/s")
+            if "decision" in m.results:
+                t.add_row("stop rule", m.results["decision"]["reason"])
+            for w in m.warnings:
+                t.add_row("warning", w)
             t.add_row("phase", f"{m.phase.value if m.phase else '-'} (attempt {m.attempt})")
             for k in ("downtime_ms", "criu_freeze_ms", "wire_ms", "restore_ms", "overhead_ms"):
                 if k in s:
