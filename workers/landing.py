@@ -121,14 +121,17 @@ class Partial:
         return cls(os.dup(dir_fd), temp, base, where, fd)
 
     def write(self, data: memoryview) -> None:
-        """Append ``data`` and hash it; CapabilityError if the disk refuses (full, read-only)."""
+        """Append ``data``; CapabilityError if the disk refuses (full, read-only).
+
+        The caller feeds the same bytes to ``hasher`` (possibly on another thread)
+        and waits for it before the partial is kept, landed or handed on.
+        """
         try:
             done = 0
             while done < len(data):
                 done += os.write(self.fd, data[done:])
         except OSError as exc:
             raise CapabilityError(f"cannot store {self.where}: {exc.strerror}") from exc
-        self.hasher.update(data)
         self.have += len(data)
 
     def commit(self, *, sync: bool) -> tuple[int, int]:

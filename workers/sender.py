@@ -10,6 +10,8 @@ resumes where the receiver stopped.
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import select
 import socket
 import stat
@@ -29,6 +31,7 @@ from workers.throttle import TokenBucket
 log = logging.getLogger(__name__)
 
 CHUNK = 8 << 20  # bytes per sendfile call: how often progress is told and replies are read
+HASH_WINDOW = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ def send_files(
     reset, silent for ``timeout_s``), and TokenError, IntegrityError, BadRequest
     or CapabilityError (e.g. the receiver's disk is full) as the receiver replies.
     """
+    if retries < 0:
+        raise BadRequest(f"retries must be 0 or more, not {retries}")
     sources = [_source(Path(path), name) for path, name in files]
     own = TokenBucket(bandwidth_bps) if bandwidth_bps else None
     buckets = [b for b in (own, bucket) if b is not None]
@@ -98,7 +103,7 @@ def send_files(
     started = time.monotonic()
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferry-hash")
     try:
-        digests = [hasher.submit(_digest, s.path) for s in sources]
+        digests = [hasher.submit(_digest, s) for s in sources]
         for attempt in range(retries + 1):
             request = wire.PutRequest(
                 token_factory(), migration, subdir, tuple(s.entry for s in sources)
@@ -204,10 +209,24 @@ def _source(path: Path, name: str) -> _Source:
     return _Source(path, wire.FileEntry(name, st.st_size, version))
 
 
-def _digest(path: Path) -> str:
+def _digest(source: _Source) -> str:
+    """BLAKE3 of the file's first ``size`` bytes, the ones sendfile sends.
+
+    The file is mapped 16 MiB at a time: no copy through a buffer (a third of
+    the hashing cost), and resident memory stays small. A file truncated while
+    mapped would fault (SIGBUS); images are not written once dumped, and a
+    file already shorter than its manifest size is refused before mapping.
+    """
     hasher = blake3.blake3()
+    size = source.entry.size
     try:
-        hasher.update_mmap(path)
+        with source.path.open("rb") as f:
+            if os.fstat(f.fileno()).st_size < size:
+                raise IntegrityError(f"{source.path} shrank while being sent")
+            for offset in range(0, size, HASH_WINDOW):
+                length = min(HASH_WINDOW, size - offset)
+                with mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=offset) as m:
+                    hasher.update(m)
     except OSError as exc:
-        raise BadRequest(f"cannot read {path}: {exc.strerror}") from exc
+        raise BadRequest(f"cannot read {source.path}: {exc.strerror}") from exc
     return hasher.hexdigest()

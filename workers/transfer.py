@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import time
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 from workers import wire
@@ -34,7 +35,7 @@ __all__ = ["SendStats", "TokenBucket", "TransferServer", "send_files"]
 
 log = logging.getLogger(__name__)
 
-RECV_BUFFER = 4 << 20
+RECV_BUFFER = 4 << 20  # per connection, times two: one fills while the other is hashed
 _DRAIN_S = 5.0  # how long a refused sender gets to read the reply before the close
 _TICK_S = 0.2  # how often an idle server looks for expired partials
 
@@ -72,6 +73,7 @@ class TransferServer:
         self._lock = threading.Lock()
         self._sessions: dict[socket.socket, threading.Thread] = {}
         self._acceptor: threading.Thread | None = None
+        self._hashing = ThreadPoolExecutor(os.cpu_count(), thread_name_prefix="ferry-hash")
 
     def start(self) -> None:
         """Start listening and serving in background threads."""
@@ -80,7 +82,10 @@ class TransferServer:
         self._root_fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._listener = socket.create_server(self._bind, backlog=64)
         self._listener.settimeout(_TICK_S)
-        self._acceptor = threading.Thread(target=self._accept_loop, name="ferry-accept")
+        # Daemon threads: a forgotten stop() must not keep the worker process alive.
+        self._acceptor = threading.Thread(
+            target=self._accept_loop, name="ferry-accept", daemon=True
+        )
         self._acceptor.start()
 
     @property
@@ -103,6 +108,7 @@ class TransferServer:
         for conn, thread in sessions.items():
             _shutdown(conn)
             thread.join()
+        self._hashing.shutdown()
         self._landing.close()
         if self._root_fd >= 0:
             os.close(self._root_fd)
@@ -120,7 +126,9 @@ class TransferServer:
                 log.warning("data plane: accept failed: %s", exc)
                 time.sleep(_TICK_S)
                 continue
-            thread = threading.Thread(target=self._serve, args=(conn, peer), name="ferry-recv")
+            thread = threading.Thread(
+                target=self._serve, args=(conn, peer), name="ferry-recv", daemon=True
+            )
             with self._lock:
                 self._sessions[conn] = thread
             thread.start()
@@ -196,14 +204,14 @@ class TransferServer:
                 targets.append((dir_fd, base, self._landing.is_landed(key, dir_fd, base)))
             have = [held[k].have if k in held else 0 for k in keys]
             wire.send_frame(conn, {"type": "ready", "have": have, "done": [t[2] for t in targets]})
-            view = memoryview(bytearray(RECV_BUFFER))
+            buffers = (memoryview(bytearray(RECV_BUFFER)), memoryview(bytearray(RECV_BUFFER)))
             received = 0
             for entry, key, (dir_fd, base, done) in zip(request.files, keys, targets):
                 if not done:
                     partial = held.pop(key, None) or Partial.create(
                         dir_fd, base, where=f"{where}/{entry.name}"
                     )
-                    received += self._receive_file(conn, view, key, partial, entry.size)
+                    received += self._receive_file(conn, buffers, key, partial, entry.size)
             return received
         finally:
             now = time.monotonic()
@@ -213,18 +221,17 @@ class TransferServer:
                 os.close(fd)
 
     def _receive_file(
-        self, conn: socket.socket, view: memoryview, key: FileKey, partial: Partial, size: int
+        self,
+        conn: socket.socket,
+        buffers: tuple[memoryview, memoryview],
+        key: FileKey,
+        partial: Partial,
+        size: int,
     ) -> int:
         """Receive the rest of one file and its digest, then land it; return bytes received."""
         start = partial.have
         try:
-            while partial.have < size:
-                n = conn.recv_into(view, min(len(view), size - partial.have))
-                if n == 0:
-                    raise TransferError(
-                        f"sender closed the connection {partial.have} bytes into {partial.where}"
-                    )
-                partial.write(view[:n])
+            _stream(conn, partial, size, buffers, self._hashing)
             digest = wire.parse_end(wire.recv_frame(conn))
         except (TransferError, OSError):  # the connection failed, not the file: keep it
             self._landing.keep(key, partial, time.monotonic())
@@ -251,6 +258,50 @@ class TransferServer:
                     break
         except OSError:
             pass
+
+
+def _stream(
+    conn: socket.socket,
+    partial: Partial,
+    size: int,
+    buffers: tuple[memoryview, memoryview],
+    hashing: Executor,
+) -> None:
+    """Receive into ``partial`` until it holds ``size`` bytes.
+
+    Each buffer is written here and hashed on a pool thread while the other one
+    fills: receiving and hashing overlap, and one hash is in flight at a time,
+    so the hasher sees the bytes in order.
+    """
+    hashed: Future[object] | None = None
+    turn = 0
+    try:
+        while (want := min(len(buffers[0]), size - partial.have)) > 0:
+            view = buffers[turn][:want]
+            turn ^= 1
+            got = _fill(conn, view)
+            partial.write(view[:got])
+            if hashed is not None:
+                hashed.result()
+            hashed = hashing.submit(partial.hasher.update, view[:got])
+            if got < want:
+                raise TransferError(
+                    f"sender closed the connection {partial.have} bytes into {partial.where}"
+                )
+    finally:
+        if hashed is not None:  # also on failure: a kept partial's hash covers its bytes
+            hashed.result()
+
+
+def _fill(conn: socket.socket, view: memoryview) -> int:
+    """Receive until ``view`` is full or the peer closes; return the bytes received."""
+    got = 0
+    while got < len(view):
+        n = conn.recv_into(view[got:])
+        if n == 0:
+            break
+        got += n
+    return got
 
 
 def _shutdown(conn: socket.socket) -> None:

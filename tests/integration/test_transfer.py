@@ -130,6 +130,13 @@ def test_round_trip_several_files(server: TransferServer, tmp_path: Path) -> Non
     assert again == SendStats(0, 4, again.seconds, 0)
 
 
+def test_fsync_option_lands_files(serve: Serve, tmp_path: Path) -> None:
+    server = serve(fsync=True)
+    src = make(tmp_path / "a", 3 * MB)
+    send_files(server.address, fresh(), "m1", [(src, "a.img")])
+    assert digest(tmp_path / "dst" / "m1" / "images" / "a.img") == digest(src)
+
+
 # --- refused requests change nothing ----------------------------------------------------
 
 
@@ -216,6 +223,23 @@ def test_truncated_stream_leaves_nothing_in_place(serve: Serve, tmp_path: Path) 
     dst = tmp_path / "dst" / "m1" / "images"
     assert eventually(lambda: temps(tmp_path / "dst") == [])  # kept for a resume, then gone
     assert list(dst.iterdir()) == []
+
+
+def test_stop_deletes_partials(server: TransferServer, tmp_path: Path) -> None:
+    raw = Raw(server.address)
+    raw.put(fresh()(), [("a.img", MB)])
+    raw.sock.sendall(b"x" * 1000)
+    raw.close()
+    assert eventually(lambda: len(temps(tmp_path / "dst")) == 1)
+    server.stop()
+    assert temps(tmp_path / "dst") == []
+
+
+def test_leftovers_of_an_earlier_server_are_deleted(serve: Serve, tmp_path: Path) -> None:
+    leftover = tmp_path / "dst" / "m1" / "images" / ".ferry-0123.part"
+    make(leftover, 10)
+    serve()
+    assert not leftover.exists()
 
 
 def test_checksum_mismatch_refused(
