@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from tasks.broker import ssl_options
 from tasks.settings import Settings
 
 CONTROL_QUEUE = "ferry.control"
@@ -57,4 +58,8 @@ def make_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
+    # Kombu and Celery read TLS options from a rediss:// URL themselves; Flower
+    # reads only these settings (docs/security.md).
+    app.conf.broker_use_ssl = ssl_options(settings.broker_url) or False
+    app.conf.redis_backend_use_ssl = ssl_options(settings.result_backend) or False
     return app

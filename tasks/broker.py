@@ -11,10 +11,13 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 
@@ -42,6 +45,32 @@ def connect(settings: Settings) -> redis.Redis:
     """A client for ferry's state store (records, nodes, events)."""
     return redis.Redis.from_url(settings.redis_url, decode_responses=True,
                                 socket_connect_timeout=5, health_check_interval=30)
+
+
+CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+
+
+def ssl_options(url: str) -> dict[str, Any] | None:
+    """The TLS options of a ``rediss://`` URL, as Celery's ``*_use_ssl`` settings take them.
+
+    ``rediss://user:password@host:6379/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ferry/ca.crt``
+    (optionally ``ssl_certfile`` and ``ssl_keyfile`` for a client certificate).
+    ``ssl_cert_reqs`` defaults to ``required``. None for any other scheme.
+    """
+    if urlsplit(url).scheme != "rediss":
+        return None
+    query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+    reqs = query.get("ssl_cert_reqs", "required").lower().removeprefix("cert_")
+    if reqs not in CERT_REQS:
+        raise BadRequest(f"bad ssl_cert_reqs={query['ssl_cert_reqs']!r} in a rediss:// URL: "
+                         f"use one of {', '.join(CERT_REQS)}")
+    out: dict[str, Any] = {"ssl_cert_reqs": CERT_REQS[reqs]}
+    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if key in query:
+            if not Path(query[key]).is_file():
+                raise BadRequest(f"{key}={query[key]} in a rediss:// URL: no such file")
+            out[key] = query[key]
+    return out
 
 
 def _local_secret(s: Settings) -> str:
