@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from celery import Celery
 
 from tasks.app import CONTROL_QUEUE, make_app, node_queue
-from tasks.chooser import Link, NodeCaps, Request, Workload, choose
+from tasks.chooser import Link, NodeCaps, Request, Workload, choose, strategy_refusal
 from tasks.convergence import Limits
 from tasks.broker import connect, resolve
 from tasks.coordinator import HEARTBEAT_KEY
@@ -186,8 +186,11 @@ class Ferry:
         if not self.store.r.exists(HEARTBEAT_KEY):
             raise NodeUnavailable("no coordinator is running: start `ferry coordinator`")
         now = time.time()
+        extra = {"memory_bytes": memory, "timeout_action": self.settings.timeout_action,
+                 "lazy_ok": strategy_refusal("postcopy", caps(src_rec), caps(dst_rec)) is None}
         m = Migration(id=new_id(), container=container, src=src, dst=to, strategy=choice.strategy,
-                      lazy=choice.strategy in ("postcopy", "hybrid"), limits=asdict(limits),
+                      lazy=choice.strategy in ("postcopy", "hybrid"),
+                      limits={**asdict(limits), **extra},
                       reason=choice.reason, created=now, updated=now)
         self.store.create(m)
         self.app.send_task("ferry.control.start", args=(m.id,), queue=CONTROL_QUEUE)

@@ -6,6 +6,7 @@ advance it from there. It never waits on a task's result.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -18,9 +19,11 @@ from tasks.machine import Event
 from tasks.node import dispatch
 from tasks.settings import Settings
 from tasks.store import Store
-from workers.errors import TooLate
+from tasks.watchdog import Timeouts, check
+from workers.errors import BadRequest, TooLate
 
 HEARTBEAT_KEY = "ferry:coordinator"
+log = logging.getLogger("ferry.coordinator")
 
 
 def register(app: Celery, store: Store) -> None:
@@ -43,16 +46,51 @@ def register(app: Celery, store: Store) -> None:
         return {"migration": mid, "state": m.state.value}
 
 
+def sweep(app: Celery, store: Store, timeouts: Timeouts, node_ttl_s: float) -> int:
+    """Drive every unfinished migration on: timeouts, lost steps. Returns events applied.
+
+    This is also crash recovery: a restarted coordinator finds the in-flight
+    migrations in ``ferry:active`` and drives them to DONE or ROLLED_BACK.
+    """
+    now = time.time()
+    alive, restarted = {}, {}
+    for n in store.nodes():
+        alive[n["name"]] = n.get("state") == "up" and now - n.get("last_seen", 0) < node_ttl_s
+        for role, at in n.get("workers", {}).items():
+            restarted[f"{n['name']}/{role}"] = float(at)
+    applied = 0
+    for mid in store.active():
+        try:
+            m = store.get(mid)
+        except BadRequest:
+            continue
+        ev = check(m, now, alive, timeouts, restarted)
+        if ev is None:
+            continue
+        m, sends, changed = store.apply(mid, ev)
+        if changed:
+            log.warning("%s: %s -> %s", mid, ev.error, m.state.value)
+            dispatch(app, mid, sends)
+            applied += 1
+    return applied
+
+
 def serve(settings: Settings, concurrency: int = 4) -> None:
     """Run the coordinator until stopped."""
     s = resolve(settings)
     app = make_app(s)
     store = Store(connect(s))
     register(app, store)
+    timeouts = Timeouts(per_gib_s=s.timeout_per_gib_s, min_total_s=s.timeout_min_s,
+                        progress_s=s.progress_timeout_s, node_down_s=s.node_ttl_s)
 
     def beat() -> None:
         while True:
             store.r.set(HEARTBEAT_KEY, str(time.time()), ex=max(10, int(s.node_ttl_s)))
+            try:
+                sweep(app, store, timeouts, s.node_ttl_s)
+            except Exception:  # the sweep must outlive a broker blip; it runs again next beat
+                log.exception("sweep failed")
             time.sleep(s.heartbeat_s)
 
     threading.Thread(target=beat, daemon=True, name="coordinator-heartbeat").start()

@@ -134,7 +134,7 @@ class Migration:
 class Event:
     """What a phase task reports (or a user asks: ``start``, ``cancel``)."""
 
-    kind: str  # start | done | failed | cancel
+    kind: str  # start | done | failed | cancel | timeout | stalled
     now: float
     phase: Phase | None = None
     step: int = 0
@@ -165,9 +165,15 @@ def next_step(m: Migration, ev: Event, policy: Policy = Policy()) -> tuple[Migra
         if m.state is not State.RUNNING or m.past_no_return:
             return m, []
         return _roll_back(m, "cancelled by request")
+    if ev.kind == "timeout":
+        return _timed_out(m, ev)
     if m.state.final or ev.phase is None:
         return m, []
     if m.state is State.ROLLING_BACK:
+        if ev.kind == "stalled":
+            # A rollback step was lost (its worker died): send what is left again.
+            m = replace(m, step=m.step + 1, errors=(*m.errors, f"rollback stalled: {ev.error}"))
+            return m, [_send(m, p, m.step) for p in m.rollback]
         return _rollback_event(m, ev, policy)
     if ev.phase is not m.phase or ev.step != m.step:
         return m, []  # stale: a redelivered or overtaken task
@@ -176,7 +182,23 @@ def next_step(m: Migration, ev: Event, policy: Policy = Policy()) -> tuple[Migra
         return _advance(m, ev.phase, ev.result)
     if ev.kind == "failed":
         return _failed(m, ev, policy)
+    if ev.kind == "stalled":
+        # The step's worker died or its node vanished: try the phase again
+        # (phases are idempotent), within the retry budget.
+        return _failed(m, replace(ev, transient=True), policy)
     return m, []
+
+
+def _timed_out(m: Migration, ev: Event) -> tuple[Migration, list[Send]]:
+    """The whole migration ran past its time: abort, or force it to finish."""
+    if m.state is not State.RUNNING or m.past_no_return:
+        return m, []
+    if m.limits.get("timeout_action") == "force" and m.phase in (Phase.PRECOPY, Phase.REBUILD):
+        lazy = bool(m.limits.get("lazy_ok"))
+        m = replace(m, lazy=lazy, warnings=(*m.warnings, f"{ev.error}: forcing completion "
+                                            f"({'post-copy' if lazy else 'cold'})"))
+        return _enter(m, Phase.DUMP)
+    return _roll_back(m, ev.error or "timed out")
 
 
 def _send(m: Migration, phase: Phase, step: int, countdown: float = 0.0) -> Send:

@@ -51,6 +51,10 @@ class Settings:
     runtime: str = "criu"  # criu | sim
     link_bps: float = 125e6  # assumed node-to-node bandwidth (bytes/s) until measured
     freeze_overhead_ms: float = 150.0  # fixed cost of a cold freeze window (measured: x86 VM)
+    progress_timeout_s: float = 150.0  # a step with no progress this long is sent again
+    timeout_per_gib_s: float = 800.0  # a whole migration may take this per GiB ...
+    timeout_min_s: float = 120.0  # ... and at least this
+    timeout_action: str = "abort"  # abort | force (push a pre-copy to its final dump)
     main_concurrency: int = 4  # slots for a node's ordinary work (node.<name>)
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -5,6 +5,7 @@ Keys (all under ``ferry:``)::
     ferry:mig:<id>            JSON migration record (tasks.machine.Migration + stats)
     ferry:mig:<id>:events     stream of every change (phase, state, numbers)
     ferry:migs                sorted set of migration ids by creation time
+    ferry:active              set of migration ids not yet final
     ferry:node:<name>         JSON node record (probe, address, containers, heartbeat)
     ferry:nodes               set of node names
     ferry:cordon:<name>       present while the node is cordoned
@@ -64,6 +65,7 @@ class Store:
         if not self.r.set(key, to_json(m), nx=True):
             raise BadRequest(f"migration {m.id} exists already")
         self.r.zadd("ferry:migs", {m.id: m.created})
+        self.r.sadd("ferry:active", m.id)
         self._event(m, "created")
 
     def get(self, mid: str) -> Migration:
@@ -71,6 +73,10 @@ class Store:
         if raw is None:
             raise BadRequest(f"no migration {mid}: see `ferry status`")
         return from_json(str(raw))
+
+    def active(self) -> list[str]:
+        """Ids of the migrations not yet final (what a restarted coordinator drives on)."""
+        return sorted(str(i) for i in self.r.smembers("ferry:active"))
 
     def ids(self, limit: int = 50) -> list[str]:
         return [str(i) for i in self.r.zrevrange("ferry:migs", 0, limit - 1)]
@@ -101,6 +107,8 @@ class Store:
                     if changed:
                         pipe.set(key, to_json(new))
                         self._event(new, what, pipe)
+                        if new.state.final:
+                            pipe.srem("ferry:active", mid)
                     pipe.execute()
                     return new, sends, changed
                 except redis.WatchError:
