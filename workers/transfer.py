@@ -35,7 +35,7 @@ __all__ = ["SendStats", "TokenBucket", "TransferServer", "send_files"]
 
 log = logging.getLogger(__name__)
 
-RECV_BUFFER = 4 << 20  # per connection, times two: one fills while the other is hashed
+RECV_BUFFER = 2 << 20  # per connection, times two: one fills while the other is hashed
 _DRAIN_S = 5.0  # how long a refused sender gets to read the reply before the close
 _TICK_S = 0.2  # how often an idle server looks for expired partials
 
@@ -48,6 +48,7 @@ class TransferServer:
     that migration. A connection silent for ``stall_timeout_s`` is dropped. The
     bytes of a file cut off mid-way are kept ``resume_window_s`` for the
     sender to resume, then deleted. ``fsync`` makes each landed file durable.
+    Beyond ``max_sessions`` connections at once, new ones are told to retry.
     """
 
     def __init__(
@@ -61,10 +62,11 @@ class TransferServer:
         stall_timeout_s: float = 30.0,
         resume_window_s: float = 600.0,
         fsync: bool = False,
+        max_sessions: int = 64,
     ) -> None:
         self._root, self._secret, self._node = Path(root), secret, node
         self._bind = (host, port)
-        self._stall_s, self._fsync = stall_timeout_s, fsync
+        self._stall_s, self._fsync, self._max_sessions = stall_timeout_s, fsync, max_sessions
         self._nonces = NonceStore()
         self._landing = Landing(resume_window_s)
         self._listener: socket.socket | None = None
@@ -130,8 +132,13 @@ class TransferServer:
                 target=self._serve, args=(conn, peer), name="ferry-recv", daemon=True
             )
             with self._lock:
-                self._sessions[conn] = thread
-            thread.start()
+                busy = len(self._sessions) >= self._max_sessions
+                if not busy:
+                    self._sessions[conn] = thread
+            if busy:
+                _turn_away(conn, self._max_sessions)
+            else:
+                thread.start()
 
     def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         try:
@@ -302,6 +309,16 @@ def _fill(conn: socket.socket, view: memoryview) -> int:
             break
         got += n
     return got
+
+
+def _turn_away(conn: socket.socket, limit: int) -> None:
+    busy = TransferError(f"receiver busy with {limit} transfers; try again")
+    try:
+        conn.setblocking(False)
+        wire.send_frame(conn, wire.error_message(busy))
+    except OSError:
+        pass
+    conn.close()
 
 
 def _shutdown(conn: socket.socket) -> None:

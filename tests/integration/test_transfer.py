@@ -258,6 +258,7 @@ def test_garbage_instead_of_digest_refused(server: TransferServer, tmp_path: Pat
     raw.sock.sendall(b"0123456789")
     wire.send_frame(raw.sock, {"type": "end", "blake3": "not hex"})
     assert raw.reply()["error"] == "BadRequest"
+    raw.close()
     assert list((tmp_path / "dst" / "m1" / "images").iterdir()) == []
 
 
@@ -296,6 +297,7 @@ def test_stalled_sender_dropped(serve: Serve, tmp_path: Path) -> None:
     assert 0.4 < time.monotonic() - started < 5
     assert reply["error"] == "TransferError" and "no data for 0.5 s" in reply["message"]
     assert raw.sock.recv(1) == b""  # closed
+    raw.close()
     assert eventually(lambda: temps(tmp_path / "dst") == [])
 
 
@@ -402,6 +404,18 @@ def test_shared_bucket_limits_transfers_together(server: TransferServer, tmp_pat
         t.join()
     assert time.monotonic() - started >= 0.4
     assert len(list((tmp_path / "dst" / "m1" / "images").iterdir())) == 2
+
+
+def test_too_many_connections_turned_away(serve: Serve, tmp_path: Path) -> None:
+    server = serve(max_sessions=1)
+    idle = Raw(server.address)  # accepted first: holds the only session, sends nothing
+    extra = Raw(server.address)
+    reply = extra.reply()
+    assert reply["error"] == "TransferError" and "busy" in reply["message"]
+    extra.close()
+    idle.close()
+    src = make(tmp_path / "a", 100)
+    send_files(server.address, fresh(), "m1", [(src, "a.img")])
 
 
 def test_nobody_listening_is_transient() -> None:
