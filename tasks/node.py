@@ -23,6 +23,7 @@ from tasks.machine import ROUTE, Event, Migration, Phase, Send, State
 from tasks.passes import HANDLERS
 from tasks.phases import NodeContext
 from tasks.store import Store, check_migration_id
+from workers import failpoints
 from workers.errors import BadRequest, FerryError, TransientError
 from workers.runtime import check_container_name
 
@@ -82,8 +83,10 @@ def _attempt(store: Store, ctx: NodeContext, phase: Phase, m: Migration, step: i
             task.send_event("task-progress", migration=m.id, phase=phase.value, **numbers)
 
     started = time.time()
+    failpoints.hit(ctx.failpoints, phase.value, "before", m.id)
     try:
         result = HANDLERS[phase](ctx, m, progress)
+        failpoints.hit(ctx.failpoints, phase.value, "after", m.id)
     except TransientError as exc:
         return Event("failed", time.time(), phase, step, error=str(exc), transient=True)
     except FerryError as exc:

@@ -60,7 +60,7 @@ def _env(s: Settings) -> dict[str, str]:
     env.update(FERRY_STATE_DIR=str(s.state_dir), FERRY_BROKER_URL=s.broker_url,
                FERRY_RESULT_BACKEND=s.result_backend, FERRY_REDIS_URL=s.redis_url,
                FERRY_SECRET=s.secret, FERRY_RUNTIME=s.runtime,
-               FERRY_SHARED_DIR=str(s.container_root))
+               FERRY_SHARED_DIR=str(s.container_root), FERRY_FAILPOINTS=s.failpoints)
     return env
 
 
@@ -154,7 +154,7 @@ def celery_main(node: str, role: str, address: str) -> None:
     store = Store(connect(s))
     runtime = make_runtime(s, node)
     ctx = NodeContext(node=node, runtime=runtime, node_dir=node_dir(s, node), address=address,
-                      secret=s.secret.encode())
+                      secret=s.secret.encode(), failpoints=Path(s.failpoints) if s.failpoints else None)
     register(app, store, ctx, urgent, lambda: store.put_containers(node, _containers(runtime)))
     app.worker_main(["worker", "-Q", node_queue(node, urgent), "-n", f"{role}.{node}@%h",
                      "-P", "threads", "-c", "1" if urgent else str(s.main_concurrency),

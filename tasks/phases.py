@@ -40,6 +40,7 @@ class NodeContext:
     secret: bytes
     verify_grace_s: float = 0.2
     pages_timeout_s: float = 600.0
+    failpoints: Path | None = None  # fault suite only: workers.failpoints
 
     def images(self, mid: str, sub: str = FINAL) -> Path:
         """Where this node dumps a migration's images (source side)."""
@@ -192,14 +193,25 @@ def verify(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
     info = ctx.runtime.get(m.container)
     if info.state != "running":
         raise PermanentError(f"restored {m.container!r} is {info.state} on {ctx.node}, not running")
+    drop_images(ctx, ctx.incoming(m.id).parent, m.id)
     return {"pid": info.pid, "memory_bytes": info.memory_bytes}
+
+
+def drop_images(ctx: NodeContext, d: Path, mid: str) -> None:
+    """Remove a migration's image dirs, keeping CRIU's logs under ``<node>/logs/<mid>``."""
+    if d.exists():
+        keep = ctx.node_dir / "logs" / mid
+        keep.mkdir(parents=True, exist_ok=True)
+        for log in d.glob("*/*.log"):
+            shutil.copy2(log, keep / f"{log.parent.name}-{log.name}")
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def cleanup(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     """After the point of no return: remove the source copy, exactly once."""
     if _has(ctx, m.container):
         ctx.runtime.kill(m.container)
-    shutil.rmtree(ctx.images(m.id).parent, ignore_errors=True)
+    drop_images(ctx, ctx.images(m.id).parent, m.id)
     return {"removed": True}
 
 
@@ -210,7 +222,7 @@ def abort(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     if remembered(d, Phase.RESTORE) and _has(ctx, m.container):
         ctx.runtime.kill(m.container)
         killed = True
-    shutil.rmtree(d.parent, ignore_errors=True)
+    drop_images(ctx, d.parent, m.id)
     return {"killed": killed}
 
 
@@ -224,7 +236,7 @@ def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
         _end_lazy_dump(ctx, m, dumped["page_server"])
         dumped = None  # a lazy dump leaves no pages on disk to restore from
     info = ctx.runtime.resume(m.container, d if dumped else None)
-    shutil.rmtree(d.parent, ignore_errors=True)
+    drop_images(ctx, d.parent, m.id)
     return {"pid": info.pid, "state": info.state}
 
 

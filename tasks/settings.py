@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -56,7 +56,7 @@ class Settings:
     timeout_min_s: float = 120.0  # ... and at least this
     timeout_action: str = "abort"  # abort | force (push a pre-copy to its final dump)
     main_concurrency: int = 4  # slots for a node's ordinary work (node.<name>)
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    failpoints: str = ""  # fault suite only: a file of armed failpoints (workers.failpoints)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -54,7 +54,10 @@ def check(m: Migration, now: float, alive: dict[str, bool], t: Timeouts,
     ``alive`` says which nodes answer; ``restarted`` maps "node/main" and
     "node/urgent" to when that worker last (re)started.
     """
-    if m.state.final or m.state is State.PENDING or m.phase is None:
+    if m.state is State.PENDING:
+        # Submitted, but the start was lost (a coordinator died holding it).
+        return Event("start", now) if now - m.created > t.node_down_s else None
+    if m.state.final or m.phase is None:
         return None
     if m.state is State.RUNNING and not m.past_no_return:
         limit = total_limit_s(m, t)

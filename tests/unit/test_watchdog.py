@@ -32,7 +32,8 @@ def test_the_total_limit_scales_per_gib_with_a_floor(memory: int, limit: float) 
     (M, 1700.0, UP, {}, "timeout"),
     (replace(M, past_no_return=True, phase=Phase.CLEANUP), 1700.0, UP, {}, "stalled"),
     (replace(M, state=State.DONE), 5000.0, {}, {}, None),
-    (replace(M, state=State.PENDING), 5000.0, {}, {}, None),
+    (replace(M, state=State.PENDING, phase=None), 5.0, {}, {}, None),
+    (replace(M, state=State.PENDING, phase=None), 5000.0, {}, {}, "start"),
 ])
 def test_check(m: Migration, now: float, alive: dict, restarted: dict, kind: str | None) -> None:
     ev = check(m, now, alive, T, restarted)

@@ -1,0 +1,38 @@
+"""Failpoints: make a node worker die at a chosen phase, for the fault suite.
+
+With ``FERRY_FAILPOINTS=/path/to/file`` set, a worker reads that file before
+and after each phase; a line ``dump:kill-after`` (or ``restore:kill-before``,
+...) makes the worker running that phase SIGKILL itself there, once per
+migration: what a crash, an OOM kill or a power cut looks like to the rest of
+the cluster. Unset (the default) in production: nothing is read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+
+SPEC = re.compile(r"^[a-z]+:kill-(before|after)$")
+
+
+def armed(control: Path) -> frozenset[str]:
+    """The failpoints armed in ``control`` (well-formed lines only)."""
+    try:
+        lines = control.read_text().split()
+    except OSError:
+        return frozenset()
+    return frozenset(line for line in lines if SPEC.match(line))
+
+
+def hit(control: Path | None, phase: str, when: str, mid: str) -> None:
+    """Die here if ``phase:kill-<when>`` is armed and has not fired for ``mid`` yet."""
+    if control is None or f"{phase}:kill-{when}" not in armed(control):
+        return
+    mark = control.parent / f"{control.name}.{mid}.{phase}.{when}"
+    try:
+        os.close(os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
