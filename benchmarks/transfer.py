@@ -35,8 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workers.tokens import issue_token  # noqa: E402
-from workers.transfer import TransferServer, send_files  # noqa: E402
+from workers.tokens import issue_token
+from workers.transfer import TransferServer, send_files
 
 BUFFER = 4 << 20
 SECRET = secrets.token_bytes(32)
@@ -109,7 +109,9 @@ def ferry_send(address: tuple[str, int], path: Path) -> None:
     send_files(address, lambda: token, migration, [(path, "pages-1.img")])
 
 
-def measure(send: Send, address: tuple[str, int], path: Path, cleanup: Callable[[], None]) -> Sample:
+def measure(
+    send: Send, address: tuple[str, int], path: Path, cleanup: Callable[[], None]
+) -> Sample:
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     cpu, wall = time.process_time(), time.perf_counter()
     send(address, path)
@@ -130,9 +132,7 @@ def run(sizes: list[int], repeat: int, workdir: Path) -> list[Row]:
             src = _make_file(workdir / f"src-{size}", size)
             samples: dict[str, list[Sample]] = {"raw": [], "ferry": []}
             for _ in range(repeat):
-                samples["raw"].append(
-                    measure(raw_send, raw.address, src, lambda: _clear(raw_dir))
-                )
+                samples["raw"].append(measure(raw_send, raw.address, src, lambda: _clear(raw_dir)))
                 samples["ferry"].append(
                     measure(ferry_send, server.address, src, lambda: _clear(ferry_dir))
                 )
@@ -224,14 +224,19 @@ def main() -> None:
     sizes = [_size(s) for s in args.sizes.split(",")]
     print(f"loopback, {os.cpu_count()} CPUs, files in {args.dir}, median of {args.repeat}")
     print(HEADER)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="ferry-bench-") as work:
         rows = run(sizes, args.repeat, Path(work))
+    # Both ends share this machine's CPUs: other work on it moves the numbers.
+    load = (round(load_before, 2), round(os.getloadavg()[0], 2))
+    print(f"1-minute load average before, after: {load[0]}, {load[1]}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "what": "ferry send_files vs raw sendfile copy, loopback, both ends in one process",
         "cpus": os.cpu_count(),
         "dir": str(args.dir),
         "repeat": args.repeat,
+        "load_average_before_after": load,
         "rows": [asdict(r) for r in rows],
     }
     args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -33,7 +33,7 @@ from workers.errors import BadRequest, TokenError
 
 _DOMAIN = b"ferry-token-v1."
 _MAX_TOKEN_CHARS = 2048
-_TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 MIN_SECRET_BYTES = 16
 
 
@@ -66,7 +66,11 @@ def verify_token(secret: bytes, token: str, *, dst: str, now: float) -> Claims:
     Raises TokenError otherwise. Replays are not detected here (see NonceStore).
     """
     _check_secret(secret)
-    if not isinstance(token, str) or len(token) > _MAX_TOKEN_CHARS or not _TOKEN_SHAPE.match(token):
+    if (
+        not isinstance(token, str)
+        or len(token) > _MAX_TOKEN_CHARS
+        or not _TOKEN_SHAPE.fullmatch(token)
+    ):
         raise TokenError("malformed data-plane token")
     body, mac = token.split(".")
     if not hmac.compare_digest(_b64decode(mac), _mac(secret, body)):

@@ -48,7 +48,7 @@ VERSION = 1
 MAX_FRAME = 1 << 20
 MAX_FILES = 10_000
 _LENGTH = struct.Struct(">I")
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 # Most specific first: an error crosses the wire as the first of these it is an
 # instance of; any other (transient) error crosses as a TransferError.
 _WIRE_ERRORS: tuple[type[FerryError], ...] = (
@@ -165,7 +165,7 @@ def parse_put(message: Mapping[str, Any]) -> PutRequest:
 def parse_end(message: Mapping[str, Any]) -> str:
     """Check an ``end`` frame and return the BLAKE3 hex digest it carries."""
     digest = message.get("blake3")
-    if message["type"] != "end" or not isinstance(digest, str) or not _DIGEST.match(digest):
+    if message["type"] != "end" or not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
         raise BadRequest("expected an 'end' frame with a BLAKE3 hex digest after the file")
     return digest
 

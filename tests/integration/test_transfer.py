@@ -182,7 +182,7 @@ def test_bad_name_refused_and_nothing_written(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
 
 
-@pytest.mark.parametrize("migration", ["..", ".", "a/b", "", "x" * 65])
+@pytest.mark.parametrize("migration", ["..", ".", "a/b", "", "x" * 65, "m1\n"])
 def test_bad_migration_id_refused(server: TransferServer, tmp_path: Path, migration: str) -> None:
     src = make(tmp_path / "src", 100)
     with pytest.raises(BadRequest, match="bad migration id"):

@@ -71,6 +71,7 @@ REFUSED: list[tuple[str, Callable[[], str], dict[str, object], str]] = [
     ("no dot", lambda: _token().replace(".", ""), {}, "malformed"),
     ("two dots", lambda: _token() + ".x", {}, "malformed"),
     ("bad alphabet", lambda: _token().replace(".", ".+/"), {}, "malformed"),
+    ("trailing newline", lambda: _token() + "\n", {}, "malformed"),
     ("huge", lambda: "a" * 5000 + ".b", {}, "malformed"),
     ("truncated mac", lambda: _token()[:-4], {}, "bad signature"),
     ("signed non-JSON", lambda: _resign_raw(b"\xff\xfe"), {}, "not JSON"),
