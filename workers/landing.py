@@ -144,10 +144,10 @@ class Partial:
             if sync:
                 os.fsync(self.dir_fd)
         except OSError as exc:
+            self.discard()
             raise CapabilityError(f"cannot store {self.where}: {exc.strerror}") from exc
-        finally:
-            os.close(self.fd)
-            os.close(self.dir_fd)
+        os.close(self.fd)
+        os.close(self.dir_fd)
         return st.st_dev, st.st_ino
 
     def discard(self) -> None:
@@ -187,11 +187,12 @@ class Landing:
                 raise TransferError("another session still holds these files; try again")
             self._owners.update(dict.fromkeys(keys, owner))
 
-    def release(self, keys: list[FileKey]) -> None:
-        """Let other sessions work on ``keys``."""
+    def release(self, keys: list[FileKey], owner: socket.socket) -> None:
+        """Let other sessions work on the ``keys`` that ``owner`` holds."""
         with self._cond:
             for k in keys:
-                self._owners.pop(k, None)
+                if self._owners.get(k) is owner:
+                    del self._owners[k]
             self._cond.notify_all()
 
     def take(self, key: FileKey) -> Partial | None:

@@ -161,7 +161,7 @@ class TransferServer:
             try:
                 received = self._receive(conn, request, keys)
             finally:
-                self._landing.release(keys)
+                self._landing.release(keys, conn)
             wire.send_frame(conn, {"type": "done", "files": len(keys), "bytes": received})
             log.info("data plane: %s sent %d bytes for %s", peer, received, request.migration)
         except FerryError as exc:
