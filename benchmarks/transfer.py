@@ -11,13 +11,14 @@ medians are reported. Both ends run in this process, so CPU time
 (``time.process_time``) is sender plus receiver, and peak RSS (VmHWM, reset
 before each run) is both ends' together.
 
-A run over a real link would start the receivers on another node and hand
-their addresses to :func:`run`; the senders take only an address.
+The senders take only an address: a run over a real link would hand
+:func:`run` targets on another node instead of :func:`local_targets`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -109,39 +110,58 @@ def ferry_send(address: tuple[str, int], path: Path) -> None:
     send_files(address, lambda: token, migration, [(path, "pages-1.img")])
 
 
-def measure(
-    send: Send, address: tuple[str, int], path: Path, cleanup: Callable[[], None]
-) -> Sample:
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    cpu, wall = time.process_time(), time.perf_counter()
-    send(address, path)
-    sample = Sample(time.perf_counter() - wall, time.process_time() - cpu, _peak_rss_mb())
-    cleanup()
-    return sample
+@dataclass(frozen=True)
+class Target:
+    """Where one method's copies go, and how to empty it between runs."""
+
+    address: tuple[str, int]
+    cleanup: Callable[[], None]
 
 
-def run(sizes: list[int], repeat: int, workdir: Path) -> list[Row]:
+@contextlib.contextmanager
+def local_targets(workdir: Path) -> Iterator[dict[str, Target]]:
+    """Both receivers in this process, on 127.0.0.1, writing under ``workdir``.
+
+    A ``--via`` run would yield receivers on another node instead (their
+    addresses, and a cleanup that asks that node to delete the copies).
+    """
     raw_dir, ferry_dir = workdir / "raw", workdir / "ferry"
     raw_dir.mkdir()
     raw = RawReceiver(raw_dir)
     server = TransferServer(ferry_dir, SECRET, "bench")
     server.start()
-    rows = []
     try:
-        for size in sizes:
-            src = _make_file(workdir / f"src-{size}", size)
-            samples: dict[str, list[Sample]] = {"raw": [], "ferry": []}
-            for _ in range(repeat):
-                samples["raw"].append(measure(raw_send, raw.address, src, lambda: _clear(raw_dir)))
-                samples["ferry"].append(
-                    measure(ferry_send, server.address, src, lambda: _clear(ferry_dir))
-                )
-            src.unlink()
-            rows.append(_row(size, samples["raw"], samples["ferry"]))
-            _print_row(rows[-1])
+        yield {
+            "raw": Target(raw.address, lambda: _clear(raw_dir)),
+            "ferry": Target(server.address, lambda: _clear(ferry_dir)),
+        }
     finally:
         server.stop()
         raw.close()
+
+
+def measure(send: Send, target: Target, path: Path) -> Sample:
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    cpu, wall = time.process_time(), time.perf_counter()
+    send(target.address, path)
+    sample = Sample(time.perf_counter() - wall, time.process_time() - cpu, _peak_rss_mb())
+    target.cleanup()
+    return sample
+
+
+def run(sizes: list[int], repeat: int, workdir: Path, targets: dict[str, Target]) -> list[Row]:
+    """Copy a file of each size to each target, alternating, ``repeat`` times."""
+    rows = []
+    for size in sizes:
+        src = _make_file(workdir / f"src-{size}", size)
+        raw: list[Sample] = []
+        ferry: list[Sample] = []
+        for _ in range(repeat):
+            raw.append(measure(raw_send, targets["raw"], src))
+            ferry.append(measure(ferry_send, targets["ferry"], src))
+        src.unlink()
+        rows.append(_row(size, raw, ferry))
+        _print_row(rows[-1])
     return rows
 
 
@@ -225,8 +245,11 @@ def main() -> None:
     print(f"loopback, {os.cpu_count()} CPUs, files in {args.dir}, median of {args.repeat}")
     print(HEADER)
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(dir=args.dir, prefix="ferry-bench-") as work:
-        rows = run(sizes, args.repeat, Path(work))
+    with (
+        tempfile.TemporaryDirectory(dir=args.dir, prefix="ferry-bench-") as work,
+        local_targets(Path(work)) as targets,
+    ):
+        rows = run(sizes, args.repeat, Path(work), targets)
     # Both ends share this machine's CPUs: other work on it moves the numbers.
     load = (round(load_before, 2), round(os.getloadavg()[0], 2))
     print(f"1-minute load average before, after: {load[0]}, {load[1]}")
