@@ -38,7 +38,7 @@ DIGEST = "sha256"
 
 
 def enable_signing(app: Celery, key: Path, cert: Path, store: Path) -> None:
-    """Sign what ``app`` sends with ``key``/``cert``; accept only messages signed by a cert in ``store``.
+    """Sign what ``app`` sends with ``key``; accept only messages signed by a cert in ``store``.
 
     ``key`` is this process's RSA private key (PEM, readable by its owner
     only), ``cert`` its certificate, and ``store`` a directory of the

@@ -29,7 +29,8 @@ SECRETS = {"ferry_redis_password": "r" * 32, "ferry_secret": "s" * 64,
            "ferry_cluster_networks6": ["fd00:f::/64"]}
 INVENTORY = f"""
 [head]
-localhost ansible_connection=local ansible_python_interpreter={sys.executable} ferry_address=127.0.0.1
+localhost ansible_connection=local ansible_python_interpreter={sys.executable} \
+ferry_address=127.0.0.1
 [compute]
 localhost ferry_node=pi-01
 """
@@ -43,7 +44,8 @@ def ansible_playbook() -> str:
     return exe
 
 
-def play(tmp: Path, *args: str, extra: dict[str, object] | None = None) -> subprocess.CompletedProcess[str]:
+def play(tmp: Path, *args: str,
+         extra: dict[str, object] | None = None) -> subprocess.CompletedProcess[str]:
     inventory = tmp / "inventory.ini"
     inventory.write_text(INVENTORY)
     env = {**os.environ, "ANSIBLE_HOME": str(tmp / "ansible-home"), "ANSIBLE_NOCOLOR": "1",

@@ -64,7 +64,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_tls_redis(binary: str, d: Path, port: int, password: str) -> subprocess.Popen[bytes] | None:
+def start_tls_redis(binary: str, d: Path, port: int,
+                    password: str) -> subprocess.Popen[bytes] | None:
     """A TLS-only Redis on ``port``; None if this binary was built without TLS."""
     conf = d / "redis.conf"
     conf.write_text("\n".join([
@@ -156,7 +157,8 @@ def test_a_client_that_trusts_another_ca_is_refused(tls: dict[str, str], tmp_pat
     with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
         connect(settings(tls["rogue"], tmp_path)).ping()
     app = make_app(settings(tls["rogue"], tmp_path))
-    with app.connection_for_write() as conn, pytest.raises(Exception, match="certificate verify failed"):
+    refused = pytest.raises(Exception, match="certificate verify failed")
+    with app.connection_for_write() as conn, refused:
         conn.ensure_connection(max_retries=0)
 
 

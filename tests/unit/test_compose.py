@@ -106,13 +106,14 @@ def test_workers_get_what_criu_needs(name: str) -> None:
     assert mounts["/lib/modules"].endswith(":ro")
     assert "/sys/fs/cgroup" in mounts and "/var/lib/ferry" in mounts
     shared = w["environment"]["FERRY_SHARED_DIR"]
-    assert mounts[shared].split(":")[0] in COMPOSE["volumes"], "the shared dir must be a shared volume"
+    assert mounts[shared].split(":")[0] in COMPOSE["volumes"], "the shared dir: a shared volume"
     assert w["environment"]["FERRY_LISTEN_HOST"] == "0.0.0.0"
     assert w["environment"]["FERRY_ADVERTISE_HOST"] == name
 
 
 def test_each_worker_keeps_its_own_state() -> None:
-    states = [next(v for v in w["volumes"] if v.endswith(":/var/lib/ferry")) for w in WORKERS.values()]
+    states = [next(v for v in w["volumes"] if v.endswith(":/var/lib/ferry"))
+              for w in WORKERS.values()]
     assert len(set(states)) == len(states)
 
 
@@ -128,7 +129,7 @@ def test_one_env_file_carries_every_secret_and_the_passwords_agree() -> None:
         assert svc["env_file"] == "ferry.env", name
     assert "CHANGE-ME" not in (ROOT / "compose.yaml").read_text()
     redis = " ".join(SERVICES["redis"]["command"])
-    assert re.search(r'--requirepass "\$\$REDIS_PASSWORD"', redis), "the password must come from ferry.env"
+    assert re.search(r'--requirepass "\$\$REDIS_PASSWORD"', redis), "password not from ferry.env"
 
 
 def test_the_image_is_built_from_the_ops_dockerfile_with_the_criu_script() -> None:

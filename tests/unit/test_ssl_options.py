@@ -38,7 +38,8 @@ def test_certificate_files_are_passed_on_when_they_exist(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("query, says", [
     ("ssl_cert_reqs=maybe", "bad ssl_cert_reqs='maybe'"),
-    ("ssl_ca_certs=/nonexistent/ca.crt", "ssl_ca_certs=/nonexistent/ca.crt in a rediss:// URL: no such file"),
+    ("ssl_ca_certs=/nonexistent/ca.crt",
+     "ssl_ca_certs=/nonexistent/ca.crt in a rediss:// URL: no such file"),
 ])
 def test_a_bad_tls_option_is_a_clear_error(query: str, says: str) -> None:
     with pytest.raises(BadRequest, match=says.replace("(", r"\(")):
