@@ -95,7 +95,8 @@ def send_dir(ctx: NodeContext, m: Migration, d: Path, sub: str, progress: Progre
                       "eta_s": round((total - sent) / rate, 2) if rate else None})
 
     stats = send_files((host, int(port)), lambda: issue_token(ctx.secret, m.id, m.src, m.dst, time.time()),
-                       m.id, [(p, p.name) for p in files], subdir=sub, progress=report)
+                       m.id, [(p, p.name) for p in files], subdir=sub, progress=report,
+                       bandwidth_bps=m.limits.get("bandwidth_bps"))  # per migration, if capped
     return {"bytes": stats.bytes, "files": stats.files, "wall_ms": round(stats.seconds * 1000, 3),
             "resumed": stats.resumed}
 
@@ -160,7 +161,8 @@ def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     if m.strategy == "delta" and prev and not m.lazy:
         from workers.delta import apply_delta
 
-        apply_delta(ctx.incoming(m.id, prev), ctx.incoming(m.id, "final.delta"), d)
+        if not d.exists():  # apply_delta builds it whole or not at all
+            apply_delta(ctx.incoming(m.id, prev), ctx.incoming(m.id, "final.delta"), d)
         rebuild_ms = (time.monotonic() - started) * 1000
     elif prev and m.strategy in ("precopy", "hybrid"):
         link = d / "parent"
