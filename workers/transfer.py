@@ -1,42 +1,29 @@
 """ferry's transfer service: a migration's files, node to node, verified end to end.
 
 :class:`TransferServer` runs on every node and receives; :func:`send_files`
-sends (see :mod:`workers.sender`). The frames are in :mod:`workers.wire`,
-where and how bytes land in :mod:`workers.landing`.
+sends. The frames are in :mod:`workers.wire`; a session on the receiving side
+is :mod:`workers.receiver`, where bytes land is :mod:`workers.landing`, and
+the sending side is :mod:`workers.sender`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 import time
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 from workers import wire
-from workers.errors import BadRequest, FerryError, IntegrityError, TokenError, TransferError
-from workers.landing import (
-    FileKey,
-    Landing,
-    Partial,
-    check_id,
-    check_name,
-    check_target,
-    open_dir,
-    remove_leftovers,
-)
+from workers.errors import TransferError
+from workers.receiver import Receiver
 from workers.sender import SendStats, send_files
 from workers.throttle import TokenBucket
-from workers.tokens import NonceStore, verify_token
 
 __all__ = ["SendStats", "TokenBucket", "TransferServer", "send_files"]
 
 log = logging.getLogger(__name__)
 
-RECV_BUFFER = 2 << 20  # per connection, times two: one fills while the other is hashed
-_DRAIN_S = 5.0  # how long a refused sender gets to read the reply before the close
 _TICK_S = 0.2  # how often an idle server looks for expired partials
 
 
@@ -64,24 +51,24 @@ class TransferServer:
         fsync: bool = False,
         max_sessions: int = 64,
     ) -> None:
-        self._root, self._secret, self._node = Path(root), secret, node
-        self._bind = (host, port)
-        self._stall_s, self._fsync, self._max_sessions = stall_timeout_s, fsync, max_sessions
-        self._nonces = NonceStore()
-        self._landing = Landing(resume_window_s)
+        self._bind, self._max_sessions = (host, port), max_sessions
+        self._receiver = Receiver(
+            Path(root),
+            secret,
+            node,
+            stall_timeout_s=stall_timeout_s,
+            resume_window_s=resume_window_s,
+            fsync=fsync,
+        )
         self._listener: socket.socket | None = None
-        self._root_fd = -1
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._sessions: dict[socket.socket, threading.Thread] = {}
         self._acceptor: threading.Thread | None = None
-        self._hashing = ThreadPoolExecutor(os.cpu_count(), thread_name_prefix="ferry-hash")
 
     def start(self) -> None:
         """Start listening and serving in background threads."""
-        self._root.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(self._root)
-        self._root_fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._receiver.open()
         self._listener = socket.create_server(self._bind, backlog=64)
         self._listener.settimeout(_TICK_S)
         # Daemon threads: a forgotten stop() must not keep the worker process alive.
@@ -110,16 +97,12 @@ class TransferServer:
         for conn, thread in sessions.items():
             _shutdown(conn)
             thread.join()
-        self._hashing.shutdown()
-        self._landing.close()
-        if self._root_fd >= 0:
-            os.close(self._root_fd)
-            self._root_fd = -1
+        self._receiver.close()
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
         while not self._stopping.is_set():
-            self._landing.sweep(time.monotonic())
+            self._receiver.landing.sweep(time.monotonic())
             try:
                 conn, peer = self._listener.accept()
             except TimeoutError:
@@ -142,173 +125,11 @@ class TransferServer:
 
     def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         try:
-            conn.settimeout(self._stall_s)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._session(conn, peer)
+            self._receiver.serve(conn, peer)
         finally:
             with self._lock:
                 self._sessions.pop(conn, None)
             conn.close()
-
-    def _session(self, conn: socket.socket, peer: tuple[str, int]) -> None:
-        try:
-            request = self._admit(wire.recv_frame(conn))
-            keys: list[FileKey] = [
-                (request.migration, request.subdir, f.name, f.size, f.version)
-                for f in request.files
-            ]
-            self._landing.claim(keys, conn, wait_s=self._stall_s)
-            try:
-                received = self._receive(conn, request, keys)
-            finally:
-                self._landing.release(keys, conn)
-            wire.send_frame(conn, {"type": "done", "files": len(keys), "bytes": received})
-            log.info("data plane: %s sent %d bytes for %s", peer, received, request.migration)
-        except FerryError as exc:
-            log.warning("data plane: transfer from %s failed: %s", peer, exc)
-            self._refuse(conn, exc)
-        except TimeoutError:
-            log.warning("data plane: %s stalled for %s s, dropped", peer, self._stall_s)
-            self._refuse(conn, TransferError(f"no data for {self._stall_s} s; connection dropped"))
-        except OSError as exc:
-            log.warning("data plane: connection from %s lost: %s", peer, exc)
-
-    def _admit(self, message: dict[str, object]) -> wire.PutRequest:
-        """Check a request's token, then its names; nothing is touched before that."""
-        if message["type"] != "put":
-            raise BadRequest(f"unknown request type {message['type']!r}")
-        request = wire.parse_put(message)
-        now = time.time()
-        claims = verify_token(self._secret, request.token, dst=self._node, now=now)
-        if claims.migration != request.migration:
-            raise TokenError(
-                f"token is for migration {claims.migration!r}, not {request.migration!r}"
-            )
-        self._nonces.use(claims, now)
-        check_id("migration id", request.migration)
-        check_id("subdir", request.subdir)
-        for entry in request.files:
-            check_name(entry.name)
-        return request
-
-    def _receive(self, conn: socket.socket, request: wire.PutRequest, keys: list[FileKey]) -> int:
-        """Tell the sender what is missing, receive it, land it; return bytes received."""
-        where = f"{request.migration}/{request.subdir}"
-        top = open_dir(self._root_fd, [request.migration, request.subdir], where=where)
-        dirs = {"": top}
-        held: dict[FileKey, Partial] = {}
-        try:
-            targets = []
-            for entry, key in zip(request.files, keys):
-                *sub, base = check_name(entry.name)
-                if sub and sub[0] not in dirs:
-                    dirs[sub[0]] = open_dir(top, sub, where=where)
-                dir_fd = dirs[sub[0] if sub else ""]
-                check_target(dir_fd, base, where=f"{where}/{entry.name}")
-                partial = self._landing.take(key)
-                if partial is not None:
-                    held[key] = partial
-                targets.append((dir_fd, base, self._landing.is_landed(key, dir_fd, base)))
-            have = [held[k].have if k in held else 0 for k in keys]
-            wire.send_frame(conn, {"type": "ready", "have": have, "done": [t[2] for t in targets]})
-            buffers = (memoryview(bytearray(RECV_BUFFER)), memoryview(bytearray(RECV_BUFFER)))
-            received = 0
-            for entry, key, (dir_fd, base, done) in zip(request.files, keys, targets):
-                if not done:
-                    partial = held.pop(key, None) or Partial.create(
-                        dir_fd, base, where=f"{where}/{entry.name}"
-                    )
-                    received += self._receive_file(conn, buffers, key, partial, entry.size)
-            return received
-        finally:
-            now = time.monotonic()
-            for key, partial in held.items():
-                self._landing.keep(key, partial, now)
-            for fd in dirs.values():
-                os.close(fd)
-
-    def _receive_file(
-        self,
-        conn: socket.socket,
-        buffers: tuple[memoryview, memoryview],
-        key: FileKey,
-        partial: Partial,
-        size: int,
-    ) -> int:
-        """Receive the rest of one file and its digest, then land it; return bytes received."""
-        start = partial.have
-        try:
-            _stream(conn, partial, size, buffers, self._hashing)
-            digest = wire.parse_end(wire.recv_frame(conn))
-        except (TransferError, OSError):  # the connection failed, not the file: keep it
-            self._landing.keep(key, partial, time.monotonic())
-            raise
-        except BaseException:
-            partial.discard()
-            raise
-        if digest != partial.hasher.hexdigest():
-            partial.discard()
-            raise IntegrityError(f"{partial.where}: BLAKE3 digest does not match; not stored")
-        self._landing.landed(key, partial.commit(sync=self._fsync), time.monotonic())
-        return size - start
-
-    def _refuse(self, conn: socket.socket, exc: FerryError) -> None:
-        """Tell the sender why, then read what it already sent so the reply is not lost."""
-        try:
-            wire.send_frame(conn, wire.error_message(exc))
-            conn.shutdown(socket.SHUT_WR)
-            sink = bytearray(256 * 1024)
-            deadline = time.monotonic() + min(self._stall_s, _DRAIN_S)
-            while (left := deadline - time.monotonic()) > 0:
-                conn.settimeout(left)
-                if not conn.recv_into(sink):
-                    break
-        except OSError:
-            pass
-
-
-def _stream(
-    conn: socket.socket,
-    partial: Partial,
-    size: int,
-    buffers: tuple[memoryview, memoryview],
-    hashing: Executor,
-) -> None:
-    """Receive into ``partial`` until it holds ``size`` bytes.
-
-    Each buffer is written here and hashed on a pool thread while the other one
-    fills: receiving and hashing overlap, and one hash is in flight at a time,
-    so the hasher sees the bytes in order.
-    """
-    hashed: Future[object] | None = None
-    turn = 0
-    try:
-        while (want := min(len(buffers[0]), size - partial.have)) > 0:
-            view = buffers[turn][:want]
-            turn ^= 1
-            got = _fill(conn, view)
-            partial.write(view[:got])
-            if hashed is not None:
-                hashed.result()
-            hashed = hashing.submit(partial.hasher.update, view[:got])
-            if got < want:
-                raise TransferError(
-                    f"sender closed the connection {partial.have} bytes into {partial.where}"
-                )
-    finally:
-        if hashed is not None:  # also on failure: a kept partial's hash covers its bytes
-            hashed.result()
-
-
-def _fill(conn: socket.socket, view: memoryview) -> int:
-    """Receive until ``view`` is full or the peer closes; return the bytes received."""
-    got = 0
-    while got < len(view):
-        n = conn.recv_into(view[got:])
-        if n == 0:
-            break
-        got += n
-    return got
 
 
 def _turn_away(conn: socket.socket, limit: int) -> None:
