@@ -262,9 +262,9 @@ def _after_pass(m: Migration) -> tuple[Migration, list[Send]]:
 
 def backoff(m: Migration, attempt: int, policy: Policy) -> float:
     """Exponential backoff with a deterministic jitter of up to 20 %."""
-    base = min(policy.backoff_max_s, policy.backoff_s * 2 ** (attempt - 1))
+    base = min(policy.backoff_max_s, policy.backoff_s * 2.0 ** (attempt - 1))
     jitter = zlib.crc32(f"{m.id}/{m.phase}/{attempt}".encode()) % 1000 / 1000
-    return round(base * (1 + 0.2 * jitter), 3)
+    return float(round(base * (1 + 0.2 * jitter), 3))
 
 
 def _failed(m: Migration, ev: Event, policy: Policy) -> tuple[Migration, list[Send]]:

@@ -52,7 +52,7 @@ def make_runtime(settings: Settings, node: str) -> Runtime:
 
 
 def _containers(runtime: Runtime) -> list[dict[str, Any]]:
-    return [{**asdict(c), "argv": list(c.argv)} for c in runtime.list()]
+    return [{**asdict(c), "argv": list(c.argv)} for c in runtime.containers()]
 
 
 def _env(s: Settings) -> dict[str, str]:

@@ -264,7 +264,7 @@ def free_port(host: str) -> int:
 
 
 def _has(ctx: NodeContext, name: str, live: bool = False) -> bool:
-    return any(c.name == name and (not live or c.state != "exited") for c in ctx.runtime.list())
+    return any(c.name == name and (not live or c.state != "exited") for c in ctx.runtime.containers())
 
 
 HANDLERS_BASE: dict[Phase, Callable[[NodeContext, Migration, Progress], dict[str, Any]]] = {

@@ -57,7 +57,9 @@ class Store:
     """Migration records and node registry on one Redis connection."""
 
     def __init__(self, client: redis.Redis) -> None:
-        self.r = client
+        # redis-py types every reply as "Awaitable | Any" (one stub for sync and
+        # async clients); this client is synchronous.
+        self.r: Any = client
 
     # -- migrations ----------------------------------------------------------
     def create(self, m: Migration) -> None:

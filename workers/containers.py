@@ -78,7 +78,7 @@ class CriuRuntime:
                              memory_bytes=procs.rss_bytes(e.pid) if live else 0,
                              started=e.started, log=e.log, runtime=self.name, labels=e.labels)
 
-    def list(self) -> list[ContainerInfo]:
+    def containers(self) -> list[ContainerInfo]:
         out = []
         for path in sorted(self.inventory.glob("*.json")):
             try:

@@ -66,10 +66,10 @@ class SimRuntime:
 
     @staticmethod
     def counter(rec: dict[str, object], now: float) -> int:
-        base = int(rec["counter"])  # type: ignore[call-overload]
+        base = int(str(rec["counter"]))
         if rec["state"] != "running":
             return base
-        return base + int((now - float(rec["since"])) / TICK_S)  # type: ignore[arg-type]
+        return base + int((now - float(str(rec["since"]))) / TICK_S)
 
     def _info(self, rec: dict[str, object]) -> ContainerInfo:
         self._write_log(rec)
@@ -92,7 +92,7 @@ class SimRuntime:
             rec["logged"] = now
             self._save(rec)
 
-    def list(self) -> list[ContainerInfo]:
+    def containers(self) -> list[ContainerInfo]:
         return [self._info(self._load(p.stem)) for p in sorted(self.inventory.glob("*.json"))]
 
     def get(self, name: str) -> ContainerInfo:

