@@ -1,8 +1,10 @@
 """The ``ferry`` command.
 
-Exit codes: 0 ok; 1 the operation failed (a migration rolled back, ...);
-2 bad input (nothing was changed); 3 a broker, node or coordinator is
-unreachable; 4 gave up waiting. Every command takes ``--json``.
+Exit codes: 0 ok; 1 the operation failed (a migration rolled back, an
+evacuation left containers behind, ...); 2 bad input (nothing was changed,
+also: an evacuation refused because a container has no destination); 3 a
+broker, node or coordinator is unreachable; 4 gave up waiting (or an
+evacuation's timeout ended it). Every command takes ``--json``.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any
 
 import click
 from rich.console import Console
@@ -53,6 +56,8 @@ def main() -> None:
     """ferry: live-migrate containers between the nodes of a cluster."""
 
 
+# Flower's task columns: args are (migration, step); a running phase's result is its progress.
+FLOWER_COLUMNS = "name,uuid,state,args,result,received,started,runtime,worker"
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
@@ -80,12 +85,12 @@ def coordinator(concurrency: int) -> None:
 @click.option("--basic-auth", envvar="FERRY_FLOWER_AUTH", default="",
               help="user:password (env FERRY_FLOWER_AUTH).")
 def flower(port: int, address: str, basic_auth: str) -> None:
-    """Run Flower on ferry's broker."""
-    from tasks.broker import resolve
+    """Run Flower on ferry's broker (the tasks page lists each phase's args and progress)."""
     from tasks.app import make_app
+    from tasks.broker import resolve
 
     app = make_app(resolve(Settings.from_env()))
-    argv = ["flower", f"--port={port}", f"--address={address}"]
+    argv = ["flower", f"--port={port}", f"--address={address}", f"--tasks_columns={FLOWER_COLUMNS}"]
     if basic_auth:
         argv.append(f"--basic-auth={basic_auth}")
     app.start(argv)
@@ -273,8 +278,12 @@ def watch(migration: str, as_json: bool) -> None:
 @click.argument("migration")
 @json_opt
 def cancel(migration: str, as_json: bool) -> None:
-    """Roll a migration back (before its point of no return)."""
-    _client().cancel(migration)
+    """Roll a migration back (before its point of no return), or stop an evacuation (e-...)."""
+    client = _client()
+    if migration.startswith("e-"):
+        client.evacuation(migration).cancel()
+    else:
+        client.cancel(migration)
     _emit(as_json, {"id": migration, "cancel": "requested"},
           lambda: out.print(f"{migration}: cancel requested"))
 
@@ -284,9 +293,7 @@ def cancel(migration: str, as_json: bool) -> None:
 @json_opt
 def cordon(node: str, as_json: bool) -> None:
     """Mark NODE so that nothing new lands on it."""
-    c = _client()
-    c.node(node)
-    c.store.cordon(node, True)
+    _client().cordon(node)
     _emit(as_json, {"node": node, "cordoned": True}, lambda: out.print(f"{node} cordoned"))
 
 
@@ -295,10 +302,48 @@ def cordon(node: str, as_json: bool) -> None:
 @json_opt
 def uncordon(node: str, as_json: bool) -> None:
     """Let containers land on NODE again."""
-    c = _client()
-    c.node(node)
-    c.store.cordon(node, False)
+    _client().uncordon(node)
     _emit(as_json, {"node": node, "cordoned": False}, lambda: out.print(f"{node} uncordoned"))
+
+
+@main.command()
+@click.argument("node", required=False)
+@click.option("--to", default=None, help="Comma-separated destinations (default: any that fits).")
+@click.option("--dry-run", is_flag=True, help="Show the plan; cordon nothing, move nothing.")
+@click.option("--max-parallel", default=4, show_default=True, help="Migrations at once, in all.")
+@click.option("--per-node", default=2, show_default=True,
+              help="Migrations at once into one node, and out of one node.")
+@click.option("--bandwidth", default=None, help="Cap per migration, bytes/s: 50M, 64Mi, 800mbit.")
+@click.option("--strategy", default="auto", show_default=True,
+              type=click.Choice(["auto", "cold", "precopy", "delta", "postcopy", "hybrid"]))
+@click.option("--timeout", type=float, default=None,
+              help="s: then start no more moves and roll back those that still can.")
+@click.option("--allow-partial", is_flag=True,
+              help="Move what has a destination even if some containers have none.")
+@click.option("--cancel", "cancel_id", default=None, metavar="EVAC_ID",
+              help="Stop evacuation EVAC_ID from starting more moves.")
+@click.option("--no-wait", is_flag=True, help="Start and print the evacuation id.")
+@json_opt
+def evacuate(node: str | None, to: str | None, dry_run: bool, max_parallel: int, per_node: int,
+             bandwidth: str | None, strategy: str, timeout: float | None, allow_partial: bool,
+             cancel_id: str | None, no_wait: bool, as_json: bool) -> None:
+    """Move every container off NODE, which is cordoned first and stays cordoned.
+
+    Containers with no destination are shown before anything moves, and then
+    nothing moves unless --allow-partial. Exit codes: 0 every container moved;
+    1 some failed, rolled back, were not placed or not started (they still run
+    on NODE); 2 bad input, or a container has no destination (nothing moved);
+    3 a node or the coordinator is unreachable; 4 the timeout ended it.
+    """
+    from tasks.evacview import run
+
+    targets = [t.strip() for t in to.split(",") if t.strip()] if to is not None else None
+    if not node and not cancel_id:
+        raise click.UsageError("give the NODE to evacuate (or --cancel EVAC_ID)")
+    sys.exit(run(_client(), node, cancel_id, as_json, no_wait, out, err, to=targets,
+                 dry_run=dry_run, max_parallel=max_parallel, per_node=per_node,
+                 bandwidth=bandwidth, strategy=strategy, timeout=timeout,
+                 allow_partial=allow_partial))
 
 
 @main.command()

@@ -14,23 +14,32 @@ URL and the cluster secret.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from celery import Celery
 
 from tasks.app import CONTROL_QUEUE, make_app, node_queue
+from tasks.broker import connect, resolve
 from tasks.chooser import Link, NodeCaps, Request, Workload, choose, strategy_refusal
 from tasks.convergence import Limits
-from tasks.broker import connect, resolve
 from tasks.coordinator import HEARTBEAT_KEY
+from tasks.evacstore import EvacuationHandle, Records
 from tasks.machine import Migration, State
+from tasks.planner import PlanLimits
 from tasks.settings import Settings, check_node_name
 from tasks.store import Store, check_migration_id, new_id
-from workers.errors import (BadRequest, CapabilityError, FerryError, NodeUnavailable,
-                            TooLate, UnknownContainer, UnknownNode)
+from workers.errors import (
+    BadRequest,
+    CapabilityError,
+    FerryError,
+    NodeUnavailable,
+    TooLate,
+    UnknownContainer,
+    UnknownNode,
+)
 from workers.runtime import check_container_name
-
 
 
 def caps(rec: dict[str, Any]) -> NodeCaps:
@@ -83,10 +92,11 @@ class MigrationHandle:
 class Ferry:
     """A handle on a ferry cluster."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, store: Store | None = None,
+                 app: Celery | None = None) -> None:
         self.settings = resolve(settings or Settings.from_env())
-        self.store = Store(connect(self.settings))
-        self._app: Celery | None = None
+        self.store = store or Store(connect(self.settings))
+        self._app: Celery | None = app
 
     @property
     def app(self) -> Celery:
@@ -155,7 +165,8 @@ class Ferry:
     def migrate(self, container: str, to: str, strategy: str = "auto", *,
                 downtime_limit_ms: float = 300.0, max_iterations: int = 10,
                 goal_unchanged: float = 0.70, fallback: str = "postcopy",
-                hard_downtime_cap: bool = False) -> MigrationHandle:
+                hard_downtime_cap: bool = False,
+                bandwidth_bps: float | None = None) -> MigrationHandle:
         """Submit a migration of ``container`` to node ``to``.
 
         ``strategy`` is auto (chosen from both nodes' probes, the container's
@@ -164,7 +175,8 @@ class Ferry:
         ``max_iterations`` passes, stop once ``goal_unchanged`` of the pages
         stayed unchanged; ferry also stops once the expected downtime is
         under ``downtime_limit_ms``, and falls back (``fallback``: postcopy,
-        cold or abort) when the workload does not converge.
+        cold or abort) when the workload does not converge. ``bandwidth_bps``
+        caps this migration's data-plane transfers (bytes per second).
         """
         check_container_name(container)
         check_node_name(to)
@@ -180,14 +192,19 @@ class Ferry:
             if rec.get("runtime") == "criu" and not probe.get("criu_ok"):
                 raise CapabilityError(f"{rec['name']} cannot run CRIU: {probe.get('criu_reason')}")
         memory = next(c["memory_bytes"] for c in src_rec["containers"] if c["name"] == container)
+        if bandwidth_bps is not None and bandwidth_bps <= 0:
+            raise BadRequest(f"bandwidth must be > 0 bytes/s, not {bandwidth_bps}")
+        link = min(self.settings.link_bps, bandwidth_bps or self.settings.link_bps)
         choice = choose(caps(src_rec), caps(dst_rec), Workload(memory),
-                        Link(self.settings.link_bps, overhead_ms=self.settings.freeze_overhead_ms),
+                        Link(link, overhead_ms=self.settings.freeze_overhead_ms),
                         Request(strategy, downtime_limit_ms))
         if not self.store.r.exists(HEARTBEAT_KEY):
             raise NodeUnavailable("no coordinator is running: start `ferry coordinator`")
         now = time.time()
         extra = {"memory_bytes": memory, "timeout_action": self.settings.timeout_action,
                  "lazy_ok": strategy_refusal("postcopy", caps(src_rec), caps(dst_rec)) is None}
+        if bandwidth_bps:
+            extra["bandwidth_bps"] = bandwidth_bps  # tasks.phases.send_dir caps each transfer
         m = Migration(id=new_id(), container=container, src=src, dst=to, strategy=choice.strategy,
                       lazy=choice.strategy in ("postcopy", "hybrid"),
                       limits={**asdict(limits), **extra},
@@ -207,12 +224,14 @@ class Ferry:
         check_migration_id(mid)
         deadline = None if timeout is None else time.monotonic() + timeout
         last = "0"
-        for last, ev in self.store.events(mid):
+        for eid, ev in self.store.events(mid):
+            last = eid
             yield ev
         while not self.status(mid).state.final:
             if deadline is not None and time.monotonic() > deadline:
                 return
-            for last, ev in self.store.events(mid, after=last, block_ms=500):
+            for eid, ev in self.store.events(mid, after=last, block_ms=500):
+                last = eid
                 yield ev
 
     def cancel(self, mid: str) -> Migration:
@@ -224,3 +243,45 @@ class Ferry:
             raise TooLate(f"{mid} is past its point of no return: it will finish on {m.dst}")
         self.app.send_task("ferry.control.cancel", args=(mid,), queue=CONTROL_QUEUE)
         return m
+
+    # -- nodes out of service --------------------------------------------------
+    def cordon(self, node: str) -> None:
+        """Mark ``node`` so that nothing new lands on it (it may be down)."""
+        self._registered(node)
+        self.store.cordon(node, True)
+
+    def uncordon(self, node: str) -> None:
+        """Let containers land on ``node`` again."""
+        self._registered(node)
+        self.store.cordon(node, False)
+
+    def _registered(self, node: str) -> None:
+        if self.store.node(check_node_name(node)) is None:
+            raise UnknownNode(node, [n["name"] for n in self.store.nodes()])
+
+    def evacuate(self, node: str, to: Collection[str] | None = None, dry_run: bool = False,
+                 max_parallel: int = 4, per_node: int = 2, bandwidth: str | float | None = None,
+                 strategy: str = "auto", timeout: float | None = None,
+                 allow_partial: bool = False) -> EvacuationHandle:
+        """Move every container off ``node``, which is cordoned first and stays cordoned.
+
+        At most ``max_parallel`` migrations run at once, and ``per_node`` into
+        or out of one node; ``bandwidth`` (bytes/s, or ``"50M"``, ``"64Mi"``,
+        ``"800mbit"``) caps each. ``to`` limits the destinations. When a
+        container has nowhere to go nothing moves and Unplaceable (a
+        BadRequest) lists why, unless ``allow_partial``. A ``dry_run`` only
+        plans. After ``timeout`` s no new move starts and running ones roll
+        back where they still can.
+        """
+        from tasks.evacplan import parse_rate
+        from tasks.evacuation import start
+
+        limits = PlanLimits(max_parallel=max_parallel, per_node=per_node)
+        eid, preview = start(self, node, to=to, dry_run=dry_run, limits=limits,
+                             bandwidth_bps=parse_rate(bandwidth), strategy=strategy,
+                             timeout=timeout, allow_partial=allow_partial)
+        return EvacuationHandle(eid, self, preview)
+
+    def evacuation(self, eid: str) -> EvacuationHandle:
+        """A handle on evacuation ``eid`` (started here or elsewhere)."""
+        return EvacuationHandle(eid, self, Records(self.store.r).get(eid)["preview"])

@@ -28,6 +28,10 @@ log = logging.getLogger("ferry.coordinator")
 
 def register(app: Celery, store: Store) -> None:
     """Register the control tasks on ``app``."""
+    from tasks.evacuation import (
+        register as evacuation_tasks,  # imports the client, which imports us
+    )
+    evacuation_tasks(app, store)
 
     @app.task(name="ferry.control.start", bind=True)
     def start(self: Task, mid: str) -> dict[str, Any]:

@@ -10,8 +10,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Mapping
 
 from tasks.client import Ferry
 from tasks.coordinator import HEARTBEAT_KEY
@@ -40,11 +40,11 @@ class LocalCluster:
         return self._client
 
     def spawn(self, key: str, *argv: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-        self.client  # resolve the broker and secret before any child starts
-        log: IO[bytes] = open(self.logs / f"{key}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", *argv],
-                                env={**self.env, **(env or {})}, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=ROOT)
+        _ = self.client  # resolve the broker and secret before any child starts
+        with open(self.logs / f"{key}.log", "ab") as log:  # the child keeps its own copy
+            proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", *argv],
+                                    env={**self.env, **(env or {})}, stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=ROOT)
         self.procs[key] = proc
         return proc
 

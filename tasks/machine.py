@@ -195,8 +195,8 @@ def _timed_out(m: Migration, ev: Event) -> tuple[Migration, list[Send]]:
         return m, []
     if m.limits.get("timeout_action") == "force" and m.phase in (Phase.PRECOPY, Phase.REBUILD):
         lazy = bool(m.limits.get("lazy_ok"))
-        m = replace(m, lazy=lazy, warnings=(*m.warnings, f"{ev.error}: forcing completion "
-                                            f"({'post-copy' if lazy else 'cold'})"))
+        how = "post-copy" if lazy else "cold"
+        m = replace(m, lazy=lazy, warnings=(*m.warnings, f"{ev.error}: forcing completion ({how})"))
         return _enter(m, Phase.DUMP)
     return _roll_back(m, ev.error or "timed out")
 

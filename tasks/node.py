@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 from celery import Celery, Task
 
@@ -79,9 +80,9 @@ def _attempt(store: Store, ctx: NodeContext, phase: Phase, m: Migration, step: i
              task: Task | None) -> Event:
     def progress(numbers: dict[str, Any]) -> None:
         store.update(m.id, lambda r: _with_progress(r, phase, numbers), "progress")
-        if task is not None and task.request.id:
-            task.send_event("task-progress", migration=m.id, phase=phase.value, **numbers)
+        _tell_flower(task, m, phase, numbers)
 
+    _tell_flower(task, m, phase, {})
     started = time.time()
     failpoints.hit(ctx.failpoints, phase.value, "before", m.id)
     try:
@@ -96,6 +97,19 @@ def _attempt(store: Store, ctx: NodeContext, phase: Phase, m: Migration, step: i
         return Event("failed", time.time(), phase, step, error=f"{type(exc).__name__}: {exc}")
     result["started"] = started
     return Event("done", time.time(), phase, step, result=result)
+
+
+def _tell_flower(task: Task | None, m: Migration, phase: Phase, numbers: dict[str, Any]) -> None:
+    """A ``task-progress`` event: Flower shows the task as PROGRESS, with ``result`` saying where."""
+    if task is None or not task.request.id:
+        return
+    # Flower's task pages show only Celery's own fields; ``result`` is the one a
+    # custom state (PROGRESS) fills, until the task's real result replaces it.
+    text = f"{phase.value} of {m.container} ({m.src} -> {m.dst}, {m.strategy})"
+    if numbers.get("bytes_total"):
+        text += (f": {numbers['bytes_sent'] / 2**20:.1f} of {numbers['bytes_total'] / 2**20:.1f} MiB"
+                 f" at {numbers.get('rate_bps', 0) / 2**20:.1f} MiB/s")
+    task.send_event("task-progress", migration=m.id, phase=phase.value, result=text, **numbers)
 
 
 def _with_progress(m: Migration, phase: Phase, numbers: dict[str, Any]) -> Migration:

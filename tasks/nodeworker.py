@@ -107,7 +107,7 @@ def serve(settings: Settings, node: str) -> int:
                     children[role] = subprocess.Popen(
                         [sys.executable, "-m", "tasks.nodeworker", node, role, address], env=_env(s))
                     record.setdefault("workers", {})[role] = time.time()
-            _reap(set(c.pid for c in children.values()))
+            _reap({c.pid for c in children.values()})
             load = os.getloadavg()[0]
             store.put_node(node, {**record, "last_seen": time.time(), "load": load, "state": "up"})
             store.put_containers(node, _containers(runtime))

@@ -19,7 +19,15 @@ import time
 from typing import Any
 
 from tasks.machine import Migration, Phase
-from tasks.phases import HANDLERS_BASE, NodeContext, Progress, last_pass, remember, remembered, send_dir
+from tasks.phases import (
+    HANDLERS_BASE,
+    NodeContext,
+    Progress,
+    last_pass,
+    remember,
+    remembered,
+    send_dir,
+)
 
 PAGE = 4096
 

@@ -15,9 +15,10 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tasks.machine import Migration, Phase
 from workers.errors import BadRequest, CriuError, PermanentError

@@ -16,14 +16,16 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import redis
 
 from tasks.machine import Event, Migration, Phase, Policy, Send, State, next_step
 from workers.errors import BadRequest
 
+DEFAULT_POLICY = Policy()
 MIGRATION_ID = re.compile(r"^m-[0-9a-f]{12}$")
 EVENTS_MAX = 10_000
 
@@ -83,7 +85,7 @@ class Store:
     def ids(self, limit: int = 50) -> list[str]:
         return [str(i) for i in self.r.zrevrange("ferry:migs", 0, limit - 1)]
 
-    def apply(self, mid: str, ev: Event, policy: Policy = Policy()) -> tuple[Migration, list[Send], bool]:
+    def apply(self, mid: str, ev: Event, policy: Policy = DEFAULT_POLICY) -> tuple[Migration, list[Send], bool]:
         """Apply ``ev`` to the record atomically; returns (record, sends, changed)."""
         return self._transact(mid, lambda m: next_step(m, ev, policy), ev.kind)
 

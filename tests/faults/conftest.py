@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tasks.localcluster import LocalCluster
 from tests.conftest import cluster_env, criu_works, need
-
 
 TALLY: dict[str, int] = {"faults tried": 0, "containers lost": 0, "containers duplicated": 0,
                          "migrations without a final state": 0, "done": 0, "rolled back": 0}

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -72,13 +72,13 @@ def test_a_process_with_an_open_file_keeps_writing_it(cluster, tmp_path) -> None
               "while True:\n"
               "    f.write(f'{i}\\n'); f.flush(); i += 1; time.sleep(0.05)\n")
     info = client.run("n1", [sys.executable, "-u", "-c", script], name="writer")
-    numbers = os.path.join(os.path.dirname(info["log"]), "numbers")
-    wait_for(lambda: os.path.exists(numbers) and len(open(numbers).read().split()) > 5)
+    numbers = Path(info["log"]).parent / "numbers"
+    wait_for(lambda: numbers.exists() and len(numbers.read_text().split()) > 5)
     m = client.migrate("writer", "n2").wait(timeout=60)
     assert m.state.value == "done", m.errors
-    before = int(open(numbers).read().split()[-1])
+    before = int(numbers.read_text().split()[-1])
     time.sleep(0.4)
-    values = [int(v) for v in open(numbers).read().split()]
+    values = [int(v) for v in numbers.read_text().split()]
     assert values == list(range(len(values))), "the file was rewritten or written twice"
     assert values[-1] > before
     client.kill("writer")

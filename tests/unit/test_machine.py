@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.machine import (Event, Migration, Phase, Policy, Send, State, backoff, next_step,
-                           phases)
+from tasks.machine import Event, Migration, Phase, Policy, Send, State, backoff, next_step, phases
 
 M = Migration(id="m-0123456789ab", container="web", src="a", dst="b", created=1.0, updated=1.0)
 COLD = phases("cold", False)

@@ -67,6 +67,7 @@ def test_force_pushes_a_precopy_to_its_final_dump() -> None:
     m = replace(M, phase=Phase.PRECOPY, strategy="delta",
                 limits={"timeout_action": "force", "lazy_ok": True})
     m, sends = next_step(m, Event("timeout", 1700.0, error="timed out"))
+    assert [s.phase for s in sends] == [Phase.DUMP]
     assert m.phase is Phase.DUMP and m.lazy and "forcing completion" in m.warnings[-1]
 
 
