@@ -22,10 +22,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
+
+import redis
 
 from tasks.client import Ferry
 from tasks.localcluster import ROOT, LocalCluster
+from workers.errors import FerryError
 from workers.iproute import ip_json
 from workers.testbed import Testbed
 
@@ -55,15 +58,23 @@ def wait_subnet_free(timeout: float, subnet: str = SUBNET) -> str | None:
 class NetCluster:
     """A Testbed, a Redis on its bridge, a coordinator on the host and a worker in every node."""
 
-    def __init__(self, base: Path, nodes: int = 3, rate: str | None = "1gbit",
-                 prefix: str | None = None, secret: str | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        nodes: int = 3,
+        rate: str | None = "1gbit",
+        prefix: str | None = None,
+        secret: str | None = None,
+    ) -> None:
         self.base = base
-        self.bed = Testbed(prefix or unique_prefix(), nodes=nodes, subnet=SUBNET, rate=rate,
-                           delay_ms=0)
+        self.bed = Testbed(
+            prefix or unique_prefix(), nodes=nodes, subnet=SUBNET, rate=rate, delay_ms=0
+        )
         self.secret = secret or "e2e-" + "".join(random.choices(string.hexdigits, k=24))
         self.url = ""
         self.host: LocalCluster | None = None  # coordinator and client, on the host
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
         self.logs = base / "logs"
         self.shared = base / "shared"
 
@@ -79,12 +90,19 @@ class NetCluster:
     def env(self) -> dict[str, str]:
         """What every ferry process of this cluster is given (no other FERRY_* leaks in)."""
         clean = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
-        return {**clean, "FERRY_STATE_DIR": str(self.base), "FERRY_SHARED_DIR": str(self.shared),
-                "FERRY_BROKER_URL": self.url, "FERRY_REDIS_URL": self.url,
-                "FERRY_RESULT_BACKEND": self.url, "FERRY_SECRET": self.secret,
-                "FERRY_HEARTBEAT_S": "0.5", "PYTHONPATH": str(ROOT)}
+        return {
+            **clean,
+            "FERRY_STATE_DIR": str(self.base),
+            "FERRY_SHARED_DIR": str(self.shared),
+            "FERRY_BROKER_URL": self.url,
+            "FERRY_REDIS_URL": self.url,
+            "FERRY_RESULT_BACKEND": self.url,
+            "FERRY_SECRET": self.secret,
+            "FERRY_HEARTBEAT_S": "0.5",
+            "PYTHONPATH": str(ROOT),
+        }
 
-    def up(self, ready_timeout: float = 90) -> NetCluster:
+    def up(self, ready_timeout: float = 90) -> Self:
         """Bring the testbed, its Redis, the coordinator and every node's worker up."""
         self.logs.mkdir(parents=True, exist_ok=True)
         self.shared.mkdir(parents=True, exist_ok=True)
@@ -107,10 +125,16 @@ class NetCluster:
         """Start ``ferry worker --node <node>`` inside the node's namespace."""
         addr = self.bed.address(node)
         env = {**self.env(), "FERRY_LISTEN_HOST": addr, "FERRY_ADVERTISE_HOST": addr}
-        log: IO[bytes] = open(self.logs / f"{node}.log", "ab")
+        log: IO[bytes] = open(self.logs / f"{node}.log", "ab")  # noqa: SIM115 (closed in down)
+        self._logs.append(log)
         self.workers[node] = self.bed.exec(
-            node, [sys.executable, "-m", "tasks.cli", "worker", "--node", node],
-            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            node,
+            [sys.executable, "-m", "tasks.cli", "worker", "--node", node],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     def kill_containers(self) -> None:
         """Kill every container any node reported, by pid (the inventories may be stale)."""
@@ -118,11 +142,11 @@ class NetCluster:
             return
         try:
             found = self.client.containers()
-        except Exception:  # the broker may be gone already; the netns sweep follows
+        except (FerryError, redis.RedisError):  # the broker may be gone; the netns sweep follows
             found = []
         for c in found:
             if c.get("pid", 0) > 0:
-                subprocess.run(["kill", "-9", str(c["pid"])], capture_output=True)
+                subprocess.run(["kill", "-9", str(c["pid"])], capture_output=True, check=False)
 
     def down(self) -> None:
         """Stop everything this cluster started; safe to repeat."""
@@ -138,8 +162,11 @@ class NetCluster:
         if self.host is not None:
             self.host.stop()
         self.bed.down()  # also kills whatever still runs in the namespaces, and the Redis
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
 
-    def __enter__(self) -> NetCluster:
+    def __enter__(self) -> Self:
         return self.up()
 
     def __exit__(self, *exc: object) -> None:

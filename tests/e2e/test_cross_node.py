@@ -1,0 +1,130 @@
+"""Migrations between nodes that are network namespaces: real CRIU, real workers, a real link.
+
+The images cross the testbed's shaped veth links (node1 -> bridge -> node2),
+never loopback; the broker is a Redis on the bridge. Timings are printed
+(``pytest -s``) for docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.netcluster import NetCluster
+from tests.integration.helpers import COUNTER, assert_went_on, ticks, wait_for
+from workers import procs
+from workers.errors import FerryError
+
+pytestmark = pytest.mark.criu
+
+# 200 MiB of non-zero memory, then the counter: at 50 Mbit/s its images take ~35 s to send.
+BIG = (
+    "import time\nhold = bytearray(b'x') * (200 << 20)\ni = 0\nwhile True:\n"
+    "    print('tick', i, flush=True)\n    i += 1\n    time.sleep(0.05)\n"
+)
+
+
+def tx_bytes(cluster: NetCluster, node: str) -> int:
+    """Bytes the bridge has sent down ``node``'s link (the host end of its veth)."""
+    return int(Path(f"/sys/class/net/{cluster.bed.prefix}-{node}/statistics/tx_bytes").read_text())
+
+
+def kill_quietly(cluster: NetCluster, name: str) -> None:
+    """Kill ``name`` wherever it runs; a test's own failure must not be hidden by this one."""
+    try:
+        cluster.client.kill(name)
+    except FerryError:
+        pass  # gone already, or its node is unreachable: the fixture's teardown kills it
+
+
+def where(cluster: NetCluster, name: str) -> set[str]:
+    return {
+        c["node"]
+        for c in cluster.client.containers()
+        if c["name"] == name and c["state"] != "exited"
+    }
+
+
+def test_cold_migration_crosses_the_link_and_the_counter_goes_on(netcluster: NetCluster) -> None:
+    client = netcluster.client
+    info = client.run("node1", [sys.executable, "-u", "-c", COUNTER], name="xcounter")
+    try:
+        wait_for(lambda: len(ticks(info["log"])) > 10)
+        sent_before = tx_bytes(netcluster, "node2")
+        m = client.migrate("xcounter", "node2", strategy="cold").wait(timeout=60)
+        assert m.state.value == "done", m.errors
+        before = max(ticks(info["log"]))
+        time.sleep(0.5)
+        assert_went_on(ticks(info["log"]), before)
+        # the images went node1 -> node2 over the testbed link, to node2's testbed address
+        xfer = m.results["transfer"]
+        assert xfer["bytes"] > 0
+        assert m.results["prepare"]["address"].startswith(netcluster.bed.address("node2") + ":")
+        assert tx_bytes(netcluster, "node2") - sent_before >= xfer["bytes"]
+        # one copy, on node2
+        assert not procs.alive(info["pid"]), "the source copy still runs"
+        assert procs.alive(m.results["verify"]["pid"])
+        assert wait_for(lambda: where(netcluster, "xcounter") == {"node2"})
+        from tasks.summary import downtime
+
+        print(f"\nnode1 -> node2 over 1gbit: {downtime(m)}, {xfer['bytes']} bytes")
+    finally:
+        kill_quietly(netcluster, "xcounter")
+
+
+@pytest.mark.timeout(900)
+def test_a_partition_mid_transfer_rolls_back_and_the_source_goes_on(netcluster: NetCluster) -> None:
+    client, bed = netcluster.client, netcluster.bed
+    info = client.run("node1", [sys.executable, "-u", "-c", BIG], name="xbig")
+    mid = ""
+    try:
+        wait_for(lambda: len(ticks(info["log"])) > 5, timeout=60)
+        bed.shape("node1", "50mbit")
+        h = client.migrate("xbig", "node2", strategy="cold")
+        mid = h.id
+
+        def mid_transfer() -> bool:
+            m = h.status()
+            sent = m.results.get("progress", {}).get("bytes_sent", 0)
+            return m.phase is not None and m.phase.value == "transfer" and sent > 0
+
+        wait_for(mid_transfer, timeout=60, every=0.1)
+        frozen_at = max(ticks(info["log"]))
+        bed.partition("node2")
+        cut = time.monotonic()
+        # The source resumes while node2 is still cut off ...
+        wait_for(lambda: "resume" in h.status().results, timeout=600, every=0.5)
+        resumed_s = time.monotonic() - cut
+        m = h.status()
+        assert m.state.value in ("rolling_back", "rolled_back"), m.errors
+        assert any("transfer" in e for e in m.errors), m.errors
+        wait_for(lambda: max(ticks(info["log"])) > frozen_at + 5, timeout=10)
+        assert_went_on(ticks(info["log"]), frozen_at)
+        assert procs.alive(info["pid"]) and procs.state(info["pid"]) != "T"
+        # ... and once it is back, node2 drops what it had received: rolled back.
+        state_at_heal = m.state.value
+        bed.heal("node2")
+        healed = time.monotonic()
+        m = h.wait(timeout=300)
+        final_s = time.monotonic() - cut
+        assert m.state.value == "rolled_back", m.errors
+        assert m.results["resume"]["pid"] == info["pid"], (
+            "the source copy was restored, not resumed"
+        )
+        assert not (netcluster.base / "nodes" / "node2" / "incoming" / mid).exists()
+        assert wait_for(lambda: where(netcluster, "xbig") == {"node1"}, timeout=20)
+        assert_went_on(ticks(info["log"]), frozen_at)
+        frozen_s = m.results["resume"]["started"] - m.results["dump"]["freeze_start"]
+        print(
+            f"\npartition of node2 mid-transfer: the source was frozen {frozen_s:.1f} s; "
+            f"it resumed {resumed_s:.1f} s after the cut "
+            f"(record {state_at_heal} then); rolled_back {time.monotonic() - healed:.1f} s after "
+            f"the heal, {final_s:.1f} s after the cut; errors: {list(m.errors)}"
+        )
+    finally:
+        bed.heal("node2")
+        bed.shape("node1", "1gbit")
+        kill_quietly(netcluster, "xbig")
