@@ -204,7 +204,9 @@ def _stream(
 
     Each buffer is written here and hashed on a pool thread while the other one
     fills: receiving and hashing overlap, and one hash is in flight at a time,
-    so the hasher sees the bytes in order.
+    so the hasher sees the bytes in order. A file's last buffer is hashed
+    here: its digest is needed at once, and a small file never waits on a
+    thread hand-off.
     """
     hashed: Future[object] | None = None
     turn = 0
@@ -216,7 +218,11 @@ def _stream(
             partial.write(view[:got])
             if hashed is not None:
                 hashed.result()
-            hashed = hashing.submit(partial.hasher.update, view[:got])
+                hashed = None
+            if got < want or partial.have == size:
+                partial.hasher.update(view[:got])
+            else:
+                hashed = hashing.submit(partial.hasher.update, view[:got])
             if got < want:
                 raise TransferError(
                     f"sender closed the connection {partial.have} bytes into {partial.where}"
