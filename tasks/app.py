@@ -7,10 +7,13 @@ occupy) and ``ferry.control`` (coordinator, evacuation runner).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from celery import Celery
 
 from tasks.broker import ssl_options
 from tasks.settings import Settings
+from tasks.signing import enable_signing
 
 CONTROL_QUEUE = "ferry.control"
 
@@ -62,4 +65,7 @@ def make_app(settings: Settings) -> Celery:
     # reads only these settings (docs/security.md).
     app.conf.broker_use_ssl = ssl_options(settings.broker_url) or False
     app.conf.redis_backend_use_ssl = ssl_options(settings.result_backend) or False
+    if settings.signing_key:
+        enable_signing(app, Path(settings.signing_key), Path(settings.signing_cert),
+                       Path(settings.signing_certs))
     return app

@@ -20,6 +20,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from tasks.metrics import command as metrics_command
 from tasks.settings import Settings
 from workers.errors import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, FerryError
 
@@ -364,6 +365,8 @@ def _yn(v: Any) -> str:
 def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
+
+main.add_command(metrics_command)  # `ferry metrics`: defined beside its collector
 
 if __name__ == "__main__":
     main()

@@ -21,6 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from tasks.app import make_app, node_queue
 from tasks.broker import connect, resolve
 from tasks.node import register
@@ -109,8 +111,13 @@ def serve(settings: Settings, node: str) -> int:
                     record.setdefault("workers", {})[role] = time.time()
             _reap({c.pid for c in children.values()})
             load = os.getloadavg()[0]
-            store.put_node(node, {**record, "last_seen": time.time(), "load": load, "state": "up"})
-            store.put_containers(node, _containers(runtime))
+            try:
+                store.put_node(node, {**record, "last_seen": time.time(), "load": load, "state": "up"})
+                store.put_containers(node, _containers(runtime))
+            except redis.RedisError as exc:
+                # The broker is away: keep the workers (and any freeze-window
+                # step they run) alive; they reconnect, and so do we next beat.
+                log.warning("heartbeat of %s failed: %s", node, exc)
             time.sleep(s.heartbeat_s if not stopping else 0)
     finally:
         for child in children.values():
@@ -121,7 +128,10 @@ def serve(settings: Settings, node: str) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
         server.stop()
-        store.put_node(node, {**record, "last_seen": time.time(), "state": "stopped"})
+        try:
+            store.put_node(node, {**record, "last_seen": time.time(), "state": "stopped"})
+        except redis.RedisError:
+            pass  # the heartbeat going stale says the same
     return 0
 
 

@@ -57,6 +57,9 @@ class Settings:
     timeout_min_s: float = 120.0  # ... and at least this
     timeout_action: str = "abort"  # abort | force (push a pre-copy to its final dump)
     main_concurrency: int = 4  # slots for a node's ordinary work (node.<name>)
+    signing_key: str = ""  # Celery message signing (tasks/signing.py): this node's key ...
+    signing_cert: str = ""  # ... its certificate ...
+    signing_certs: str = ""  # ... and a folder of the cluster's trusted certificates (*.pem)
     failpoints: str = ""  # fault suite only: a file of armed failpoints (workers.failpoints)
 
     @classmethod
