@@ -197,6 +197,34 @@ def test_a_cancel_stops_new_moves_and_the_rest_stays_on_the_source(evac: LocalCl
         evac.client.evacuation(eid).cancel()
 
 
+def test_moves_pending_to_a_destination_that_is_cordoned_meanwhile_go_elsewhere(
+        evac: LocalCluster) -> None:
+    fresh(evac)
+    infos = counters(evac, "e1", sizes("rp"))
+    h = evac.client.evacuate("e1", to=TO, max_parallel=1, per_node=1)
+    evac.client.cordon("e3")  # as if e3 filled up or went into maintenance
+    rep = h.wait(timeout=180)
+    assert rep["counts"]["moved"] == 4, rep
+    on_e3 = [r["container"] for r in rep["containers"] if r["dst"] == "e3"]
+    assert len(on_e3) <= 1, "only a move started before the cordon may land on e3"
+    assert h.record()["excluded"] == {"e3": "it was cordoned"}
+    assert set(where(evac)) >= set(infos)
+
+
+def test_a_timeout_stops_the_evacuation_and_rolls_back_what_it_can(evac: LocalCluster) -> None:
+    fresh(evac)
+    counters(evac, "e1", sizes("to"))
+    res = evac.cli("evacuate", "e1", "--to", "e2,e3", "--max-parallel", "1", "--timeout", "0.5",
+                   "--json", timeout=180)
+    assert res.returncode == 4, res.stdout + res.stderr
+    rep = json.loads(res.stdout)
+    assert rep["state"] == "timed_out" and rep["counts"]["not_started"] >= 2, rep
+    now = where(evac)
+    for r in rep["containers"]:
+        assert r["outcome"] in ("moved", "rolled_back", "not_started")
+        assert now[r["container"]] == (r["dst"] if r["outcome"] == "moved" else "e1")
+
+
 def test_a_bandwidth_cap_holds_for_each_migration(evac: LocalCluster) -> None:
     fresh(evac)
     counters(evac, "e3", {"slow": 32})
