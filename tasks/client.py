@@ -20,6 +20,7 @@ from typing import Any
 
 from celery import Celery
 
+from tasks import auth
 from tasks.app import CONTROL_QUEUE, make_app, node_queue
 from tasks.broker import connect, resolve
 from tasks.chooser import Link, NodeCaps, Request, Workload, choose, strategy_refusal
@@ -99,6 +100,10 @@ class Ferry:
         self._app: Celery | None = app
 
     @property
+    def secret(self) -> bytes:
+        return self.settings.secret.encode()
+
+    @property
     def app(self) -> Celery:
         if self._app is None:
             self._app = make_app(self.settings)
@@ -144,13 +149,18 @@ class Ferry:
         name = check_container_name(name or f"c-{new_id()[2:10]}")
         if any(c["name"] == name and c["state"] != "exited" for c in self.containers()):
             raise BadRequest(f"a container named {name!r} already runs: see `ferry ps`")
-        res = self.app.send_task("ferry.node.run", args=(name, list(argv), labels or {}),
+        issued, argv, labels = time.time(), list(argv), labels or {}
+        mac = auth.sign(self.secret, "run", issued, node, name, argv, labels)
+        res = self.app.send_task("ferry.node.run", args=(name, argv, labels, issued, mac),
                                  queue=node_queue(node))
         return self._get(res, timeout)
 
     def kill(self, name: str, timeout: float = 30) -> dict[str, Any]:
         node = self.locate(name)
-        return self._get(self.app.send_task("ferry.node.kill", args=(name,), queue=node_queue(node)), timeout)
+        issued = time.time()
+        mac = auth.sign(self.secret, "kill", issued, node, name)
+        return self._get(self.app.send_task("ferry.node.kill", args=(name, issued, mac),
+                                            queue=node_queue(node)), timeout)
 
     def _get(self, res: Any, timeout: float) -> dict[str, Any]:
         try:
@@ -205,10 +215,13 @@ class Ferry:
                  "lazy_ok": strategy_refusal("postcopy", caps(src_rec), caps(dst_rec)) is None}
         if bandwidth_bps:
             extra["bandwidth_bps"] = bandwidth_bps  # tasks.phases.send_dir caps each transfer
-        m = Migration(id=new_id(), container=container, src=src, dst=to, strategy=choice.strategy,
+        m_id = new_id()
+        m = Migration(id=m_id, container=container, src=src, dst=to, strategy=choice.strategy,
                       lazy=choice.strategy in ("postcopy", "hybrid"),
                       limits={**asdict(limits), **extra},
-                      reason=choice.reason, created=now, updated=now)
+                      reason=choice.reason, created=now, updated=now,
+                      mac=auth.sign(self.secret, "migration", m_id, container, src, to,
+                                    choice.strategy))
         self.store.create(m)
         self.app.send_task("ferry.control.start", args=(m.id,), queue=CONTROL_QUEUE)
         return MigrationHandle(m.id, self)

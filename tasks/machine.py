@@ -126,6 +126,7 @@ class Migration:
     warnings: tuple[str, ...] = ()
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     reason: str = ""  # why this strategy
+    mac: str = ""  # tasks.auth: the cluster secret vouches for id, container, nodes, strategy
     created: float = 0.0
     updated: float = 0.0
 

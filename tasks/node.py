@@ -19,6 +19,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+from tasks import auth
 from tasks.app import node_queue
 from tasks.machine import ROUTE, Event, Migration, Phase, Send, State
 from tasks.passes import HANDLERS
@@ -57,6 +58,7 @@ def run_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, mid: st
         if (m.src if side == "src" else m.dst) != ctx.node:
             raise BadRequest(f"{phase.value} of {mid} belongs on {m.src if side == 'src' else m.dst}, "
                              f"not {ctx.node}")
+        auth.verify(ctx.secret, m.mac, "migration", m.id, m.container, m.src, m.dst, m.strategy)
         if not _expects(m, phase, step):
             log.info("%s %s step %s: stale, ignored (record at %s/%s step %s)", mid, phase.value,
                      step, m.state.value, m.phase.value if m.phase else "-", m.step)
@@ -123,17 +125,23 @@ def register(app: Celery, store: Store, ctx: NodeContext, urgent: bool,
         _register_phase(app, store, ctx, phase, urgent, on_inventory)
 
     @app.task(name="ferry.node.run", bind=True)
-    def run(self: Task, name: str, argv: list[str], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    def run(self: Task, name: str, argv: list[str], labels: dict[str, str], issued: float,
+            mac: str) -> dict[str, Any]:
         check_container_name(name)
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
             raise BadRequest("argv must be a list of strings")
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise BadRequest("labels must map names to strings")
+        auth.verify_fresh(ctx.secret, mac, issued, time.time(), "run", ctx.node, name, argv, labels)
         info = ctx.runtime.start(name, argv, labels)
         on_inventory()
         return {"name": info.name, "node": ctx.node, "pid": info.pid, "log": info.log}
 
     @app.task(name="ferry.node.kill", bind=True)
-    def kill(self: Task, name: str) -> dict[str, Any]:
-        ctx.runtime.kill(check_container_name(name))
+    def kill(self: Task, name: str, issued: float, mac: str) -> dict[str, Any]:
+        auth.verify_fresh(ctx.secret, mac, issued, time.time(), "kill", ctx.node,
+                          check_container_name(name))
+        ctx.runtime.kill(name)
         on_inventory()
         return {"name": name, "node": ctx.node, "killed": True}
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks import auth
 from tasks.machine import Migration, Phase
 from workers.errors import BadRequest, CriuError, PermanentError
 from workers.runtime import Runtime
@@ -76,7 +77,9 @@ def last_pass(m: Migration) -> str | None:
 
 def send_dir(ctx: NodeContext, m: Migration, d: Path, sub: str, progress: Progress | None) -> dict[str, Any]:
     """Send the image files of ``d`` to the destination's ``incoming/<mid>/<sub>``."""
-    address = str(m.results.get("prepare", {}).get("address", ""))
+    prepared = m.results.get("prepare", {})
+    address = str(prepared.get("address", ""))
+    auth.verify(ctx.secret, prepared.get("address_mac"), "address", m.id, m.dst, address)
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise PermanentError(f"{m.dst} gave no data-plane address")
@@ -106,7 +109,8 @@ def prepare(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     if _has(ctx, m.container, live=True) and not remembered(ctx.incoming(m.id), Phase.RESTORE):
         raise BadRequest(f"a container named {m.container!r} already runs on {ctx.node}")
     ctx.incoming(m.id).parent.mkdir(parents=True, exist_ok=True)
-    return {"address": ctx.address}
+    return {"address": ctx.address,
+            "address_mac": auth.sign(ctx.secret, "address", m.id, ctx.node, ctx.address)}
 
 
 def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
@@ -121,7 +125,10 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     if m.lazy:
         port = free_port(ctx.host)
         frozen_at = ctx.runtime.checkpoint_lazy(m.container, d, ctx.host, port, parent)
-        return remember(d, Phase.DUMP, {"freeze_start": frozen_at, "page_server": f"{ctx.host}:{port}",
+        server = f"{ctx.host}:{port}"
+        return remember(d, Phase.DUMP, {"freeze_start": frozen_at, "page_server": server,
+                                        "page_server_mac": auth.sign(ctx.secret, "address", m.id,
+                                                                     ctx.node, server),
                                         "frozen_ms": 0.0, "freezing_ms": 0.0, "end": time.time()})
     s = ctx.runtime.checkpoint(m.container, d, parent=parent)
     end = time.time()
@@ -171,7 +178,10 @@ def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
             os.symlink(f"../{prev}", link)
     page_server = None
     if m.lazy:
-        host, _, port = str(m.results["dump"]["page_server"]).rpartition(":")
+        server = str(m.results["dump"]["page_server"])
+        auth.verify(ctx.secret, m.results["dump"].get("page_server_mac"), "address", m.id, m.src,
+                    server)
+        host, _, port = server.rpartition(":")
         page_server = (host, int(port))
     s = ctx.runtime.restore(m.container, d, page_server=page_server)
     return remember(d, Phase.RESTORE, {"pid": s.pid, "restore_ms": s.restore_ms,

@@ -57,17 +57,44 @@ def test_a_node_without_criu_is_refused(cluster, victim) -> None:  # type: ignor
     _still_running(client, info)
 
 
-@pytest.mark.parametrize("task,args", [
-    ("ferry.node.dump", ("../../etc/passwd", 1)),
-    ("ferry.node.restore", ("m-000000000000", "1; rm -rf /")),
-    ("ferry.node.run", ("x", "rm -rf /")),
-    ("ferry.node.run", ("../x", ["true"])),
-    ("ferry.node.kill", ("victim; reboot",)),
+FORGED = "0" * 64
+
+
+@pytest.mark.parametrize("task,args,refusal", [
+    ("ferry.node.dump", ("../../etc/passwd", 1), "BadRequest"),
+    ("ferry.node.restore", ("m-000000000000", "1; rm -rf /"), "BadRequest"),
+    ("ferry.node.run", ("x", "rm -rf /", {}, 0.0, FORGED), "BadRequest"),
+    ("ferry.node.run", ("../x", ["true"], {}, 0.0, FORGED), "BadRequest"),
+    ("ferry.node.kill", ("victim; reboot", 0.0, FORGED), "BadRequest"),
+    # well-formed, but not signed with the cluster secret
+    ("ferry.node.run", ("evil", ["touch", "/tmp/ferry-pwned"], {}, "now", FORGED), "TokenError"),
+    ("ferry.node.kill", ("victim", "now", FORGED), "TokenError"),
+    ("ferry.node.kill", ("victim",), "TypeError"),
 ])
-def test_malformed_messages_sent_straight_to_a_node_queue_fail_cleanly(victim, task, args) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_or_unsigned_messages_sent_straight_to_a_node_queue_fail_cleanly(
+        victim, task, args, refusal) -> None:  # type: ignore[no-untyped-def]
     client, info = victim
+    args = tuple(time.time() if a == "now" else a for a in args)
     res = client.app.send_task(task, args=args, queue="node.n1")
     res.get(timeout=20, propagate=False)
     assert res.failed()
-    assert "BadRequest" in repr(res.result) or "bad" in str(res.result).lower()
+    assert refusal in repr(res.result)
+    assert not any(c["name"] == "evil" for c in client.containers())
+    _still_running(client, info)
+
+
+def test_a_tampered_migration_record_is_refused_by_the_node(victim) -> None:  # type: ignore[no-untyped-def]
+    client, info = victim
+    from dataclasses import replace
+
+    from tasks.machine import Migration, Phase, State
+    from tasks.store import new_id
+
+    m = Migration(id=new_id(), container="victim", src="n1", dst="n2", state=State.RUNNING,
+                  phase=Phase.DUMP, step=1, attempt=1, created=time.time(), updated=time.time())
+    client.store.create(replace(m, mac=FORGED))
+    res = client.app.send_task("ferry.node.dump", args=(m.id, 1), queue="node.n1.urgent")
+    res.get(timeout=20, propagate=False)
+    assert res.failed() and "TokenError" in repr(res.result)
+    assert client.status(m.id).phase is Phase.DUMP  # nothing moved on
     _still_running(client, info)
