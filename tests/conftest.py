@@ -8,14 +8,18 @@ and fails it in CI (CI=true).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TypeVar
 
 import pytest
 import redis
 
+from tasks.demo import criu_usable
 from tasks.localcluster import ROOT, LocalCluster
+
+C = TypeVar("C", bound=LocalCluster)
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -28,13 +32,7 @@ def need(ok: bool, why: str) -> None:
         pytest.skip(why)
 
 
-def criu_works() -> tuple[bool, str]:
-    if os.geteuid() != 0:
-        return False, "real CRIU needs root"
-    if not shutil.which("criu"):
-        return False, "criu is not installed (run ops/install-criu.sh)"
-    proc = subprocess.run(["criu", "check"], capture_output=True, text=True)
-    return proc.returncode == 0, f"criu check fails: {proc.stdout + proc.stderr}".strip()
+criu_works = criu_usable  # whether real CRIU can run here, and why not
 
 
 @pytest.fixture(scope="session")
@@ -58,18 +56,14 @@ def cluster_env(url: str, name: str) -> dict[str, str]:
             "FERRY_ALLOW_PIPE_MAX_SIZE": "1"}
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[LocalCluster]:
-    """Two real nodes (n1, n2) and a coordinator; CRIU runtime."""
-    ok, why = criu_works()
-    need(ok, why)
-    base = tmp_path_factory.mktemp("cluster")
-    c = LocalCluster(base, cluster_env(redis_url, base.name))
+@contextmanager
+def running(c: C, nodes: list[str]) -> Iterator[C]:
+    """``c`` with its coordinator and ``nodes`` up; every container killed and all stopped after."""
     try:
         c.start_coordinator()
-        for n in ("n1", "n2"):
+        for n in nodes:
             c.start_node(n)
-        c.wait_ready(["n1", "n2"])
+        c.wait_ready(nodes)
         yield c
     finally:
         for k in c.client.containers():
@@ -79,15 +73,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
 
 
 @pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[LocalCluster]:
+    """Two real nodes (n1, n2) and a coordinator; CRIU runtime."""
+    ok, why = criu_works()
+    need(ok, why)
+    base = tmp_path_factory.mktemp("cluster")
+    with running(LocalCluster(base, cluster_env(redis_url, base.name)), ["n1", "n2"]) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
 def sim_cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[LocalCluster]:
     """Two SIMULATED nodes (s1, s2) and a coordinator: the sim runtime, labelled as such."""
     base = tmp_path_factory.mktemp("simcluster")
-    c = LocalCluster(base, {**cluster_env(redis_url, base.name), "FERRY_RUNTIME": "sim"})
-    try:
-        c.start_coordinator()
-        for n in ("s1", "s2"):
-            c.start_node(n)
-        c.wait_ready(["s1", "s2"])
+    env = {**cluster_env(redis_url, base.name), "FERRY_RUNTIME": "sim"}
+    with running(LocalCluster(base, env), ["s1", "s2"]) as c:
         yield c
-    finally:
-        c.stop()

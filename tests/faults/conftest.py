@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tasks.localcluster import LocalCluster
-from tests.conftest import cluster_env, criu_works, need
+from tests.conftest import cluster_env, criu_works, need, running
 
 TALLY: dict[str, int] = {"faults tried": 0, "containers lost": 0, "containers duplicated": 0,
                          "migrations without a final state": 0, "done": 0, "rolled back": 0}
@@ -45,16 +45,5 @@ def faults(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
                             "FERRY_FAILPOINTS": str(base / "failpoints"),
                             "FERRY_PROGRESS_TIMEOUT_S": "20", "FERRY_NODE_TTL_S": "4"})
     c.disarm()
-    try:
-        c.start_coordinator()
-        for n in ("f1", "f2"):
-            c.start_node(n)
-        c.wait_ready(["f1", "f2"])
+    with running(c, ["f1", "f2"]):
         yield c
-    finally:
-        for k in c.client.containers():
-            if k["pid"] > 0:
-                import subprocess
-
-                subprocess.run(["kill", "-9", str(k["pid"])], capture_output=True)
-        c.stop()
