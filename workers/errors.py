@@ -11,6 +11,7 @@
         ├── CapabilityError         the node cannot do what was asked
         ├── TokenError              a data-plane token is wrong, expired or replayed
         ├── IntegrityError          bytes arrived but do not match their checksum
+        ├── NoSpace                 a node's disk is full (ENOSPC, EDQUOT)
         ├── CriuError               CRIU failed; carries op, errno and its log
         └── TooLate                 past the point of no return (cancel)
 
@@ -86,6 +87,10 @@ class TokenError(PermanentError):
 
 class IntegrityError(PermanentError):
     """Bytes arrived that do not match their checksum."""
+
+
+class NoSpace(PermanentError):
+    """A node's disk (or quota) is full: free space there, or pick another node."""
 
 
 class TooLate(PermanentError):

@@ -14,6 +14,7 @@ of an earlier process when the server starts.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import blake3
 
-from workers.errors import BadRequest, CapabilityError, TransferError
+from workers.errors import BadRequest, CapabilityError, NoSpace, TransferError
 
 ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 TEMP_PREFIX = ".ferry-"
@@ -97,6 +98,12 @@ def check_target(dir_fd: int, base: str, *, where: str) -> None:
         raise BadRequest(f"{where} exists and is a symlink or not a regular file")
 
 
+def store_error(what: str, exc: OSError) -> CapabilityError | NoSpace:
+    """The ferry error for a write the disk refused: NoSpace when it is full."""
+    cls = NoSpace if exc.errno in (errno.ENOSPC, errno.EDQUOT) else CapabilityError
+    return cls(f"{what}: {exc.strerror}")
+
+
 @dataclass(eq=False)
 class Partial:
     """A file being received: its open temp file, its length and the hash of its bytes."""
@@ -117,11 +124,11 @@ class Partial:
         try:
             fd = os.open(temp, _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
         except OSError as exc:
-            raise CapabilityError(f"cannot create {where}: {exc.strerror}") from exc
+            raise store_error(f"cannot create {where}", exc) from exc
         return cls(os.dup(dir_fd), temp, base, where, fd)
 
     def write(self, data: memoryview) -> None:
-        """Append ``data``; CapabilityError if the disk refuses (full, read-only).
+        """Append ``data``; NoSpace if the disk is full, CapabilityError if it refuses otherwise.
 
         The caller feeds the same bytes to ``hasher`` (possibly on another thread)
         and waits for it before the partial is kept, landed or handed on.
@@ -131,7 +138,7 @@ class Partial:
             while done < len(data):
                 done += os.write(self.fd, data[done:])
         except OSError as exc:
-            raise CapabilityError(f"cannot store {self.where}: {exc.strerror}") from exc
+            raise store_error(f"cannot store {self.where}", exc) from exc
         self.have += len(data)
 
     def commit(self, *, sync: bool) -> tuple[int, int]:
@@ -145,7 +152,7 @@ class Partial:
                 os.fsync(self.dir_fd)
         except OSError as exc:
             self.discard()
-            raise CapabilityError(f"cannot store {self.where}: {exc.strerror}") from exc
+            raise store_error(f"cannot store {self.where}", exc) from exc
         os.close(self.fd)
         os.close(self.dir_fd)
         return st.st_dev, st.st_ino

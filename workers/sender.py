@@ -91,8 +91,8 @@ def send_files(
     is called as bytes reach the receiver.
 
     Raises TransferError when the connection fails ``retries + 1`` times (refused,
-    reset, silent for ``timeout_s``), and TokenError, IntegrityError, BadRequest
-    or CapabilityError (e.g. the receiver's disk is full) as the receiver replies.
+    reset, silent for ``timeout_s``), and TokenError, IntegrityError, BadRequest,
+    CapabilityError or NoSpace (the receiver's disk is full) as the receiver replies.
     """
     if retries < 0:
         raise BadRequest(f"retries must be 0 or more, not {retries}")

@@ -39,6 +39,7 @@ from workers.errors import (
     CapabilityError,
     FerryError,
     IntegrityError,
+    NoSpace,
     PermanentError,
     TokenError,
     TransferError,
@@ -54,6 +55,7 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 _WIRE_ERRORS: tuple[type[FerryError], ...] = (
     TokenError,
     IntegrityError,
+    NoSpace,
     BadRequest,
     CapabilityError,
     PermanentError,

@@ -17,8 +17,8 @@ import pytest
 from workers import sender, wire
 from workers.errors import (
     BadRequest,
-    CapabilityError,
     IntegrityError,
+    NoSpace,
     TokenError,
     TransferError,
 )
@@ -278,7 +278,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 def test_disk_full_is_a_clean_error(serve: Serve, tmp_path: Path, tiny_disk: Path) -> None:
     server = serve(tiny_disk / "root")
     src = make(tmp_path / "big", 3 * MB)
-    with pytest.raises(CapabilityError, match="No space left on device"):
+    with pytest.raises(NoSpace, match="No space left on device"):
         send_files(server.address, fresh(), "m1", [(src, "pages-1.img")])
     assert list((tiny_disk / "root" / "m1" / "images").iterdir()) == []
     # The node keeps serving what fits.
