@@ -2,9 +2,10 @@
 
 Bytes arrive in two big buffers taken in turn: one is written to the temp file
 and hashed on a pool thread while the other fills, so receiving, writing and
-hashing overlap. A connection that fails mid-file keeps the file's bytes
-and hash state for a resume (see :mod:`workers.landing`); bad bytes, a bad
-request or a full disk delete them.
+hashing overlap. A compressed file arrives as zstd chunks, each inflated,
+written and hashed in turn. A connection that fails mid-file keeps the file's
+bytes and hash state for a resume (see :mod:`workers.landing`); bad bytes, a
+bad request or a full disk delete them.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class Receiver:
                     partial = held.pop(key, None) or Partial.create(
                         dir_fd, base, where=f"{where}/{entry.name}"
                     )
-                    received += self._receive_file(conn, buffers, key, partial, entry.size)
+                    received += self._receive_file(conn, buffers, key, partial, entry)
             return received
         finally:
             now = time.monotonic()
@@ -159,12 +160,15 @@ class Receiver:
         buffers: tuple[memoryview, memoryview],
         key: FileKey,
         partial: Partial,
-        size: int,
+        entry: wire.FileEntry,
     ) -> int:
-        """Receive the rest of one file and its digest, then land it; return bytes received."""
-        start = partial.have
+        """Receive the rest of one file and its digest, then land it; return file bytes received."""
+        start, size = partial.have, entry.size
         try:
-            _stream(conn, partial, size, buffers, self._hashing)
+            if entry.codec == "zstd":
+                _inflate(conn, partial, size)
+            else:
+                _stream(conn, partial, size, buffers, self._hashing)
             digest = wire.parse_end(wire.recv_frame(conn))
         except (TransferError, OSError):  # the connection failed, not the file: keep it
             self.landing.keep(key, partial, time.monotonic())
@@ -230,6 +234,14 @@ def _stream(
     finally:
         if hashed is not None:  # also on failure: a kept partial's hash covers its bytes
             hashed.result()
+
+
+def _inflate(conn: socket.socket, partial: Partial, size: int) -> None:
+    """Receive zstd chunks into ``partial`` until it holds ``size`` bytes."""
+    while partial.have < size:
+        data = wire.recv_chunk(conn, min(wire.CHUNK_PLAIN, size - partial.have))
+        partial.write(memoryview(data))
+        partial.hasher.update(data)
 
 
 def _fill(conn: socket.socket, view: memoryview) -> int:

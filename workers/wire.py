@@ -10,8 +10,15 @@ One TCP connection is one session with one fresh token::
         end {blake3}                          ->
                                               <-  done {files, bytes}      (or error)
 
-``files`` is the manifest, ``[{name, size, version}]``; ``version`` is the
-sender's opaque fingerprint of the file's content (it keys resumption).
+``files`` is the manifest, ``[{name, size, version, codec?}]``; ``version`` is
+the sender's opaque fingerprint of the file's content (it keys resumption).
+``codec`` (protocol version 2; absent means ``none``) says how the file's
+bytes travel: ``none`` is the raw bytes; ``zstd`` is a run of chunks, each a
+4-byte big-endian length and one zstd frame of at most ``CHUNK_PLAIN`` bytes of
+the file. ``size``, ``have`` and the digest always count the file's own
+(plain) bytes, so a resumed file may change codec and checking stays end to
+end. A request without a codec is sent as version 1, which older receivers
+accept.
 ``have[i]`` is how many bytes of file *i* the server already holds from an
 earlier session and ``done[i]`` says the file is already in place, so the
 client sends only what is missing. The file's BLAKE3 digest travels in its
@@ -30,9 +37,17 @@ import json
 import re
 import socket
 import struct
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
+
+try:
+    import zstandard
+except ImportError:  # optional: without it every file travels uncompressed
+    HAVE_ZSTD = False
+else:
+    HAVE_ZSTD = True
 
 from workers.errors import (
     BadRequest,
@@ -45,7 +60,12 @@ from workers.errors import (
     TransferError,
 )
 
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # accepted: 1 is a request without codecs
+CODECS = ("none", "zstd")
+CHUNK_PLAIN = 1 << 20  # file bytes per compressed chunk
+MAX_CHUNK = 2 * CHUNK_PLAIN  # compressed bytes per chunk, with room for incompressible data
+ZSTD_LEVEL = 1
 MAX_FRAME = 1 << 20
 MAX_FILES = 10_000
 _LENGTH = struct.Struct(">I")
@@ -69,6 +89,7 @@ class FileEntry:
     name: str
     size: int
     version: str
+    codec: str = "none"
 
 
 @dataclass(frozen=True)
@@ -82,10 +103,15 @@ class PutRequest:
 
     def message(self) -> dict[str, object]:
         """The ``put`` frame for this request."""
-        files = [{"name": f.name, "size": f.size, "version": f.version} for f in self.files]
+        files: list[dict[str, object]] = []
+        for f in self.files:
+            entry: dict[str, object] = {"name": f.name, "size": f.size, "version": f.version}
+            if f.codec != "none":
+                entry["codec"] = f.codec
+            files.append(entry)
         return {
             "type": "put",
-            "v": VERSION,
+            "v": VERSION if any(f.codec != "none" for f in self.files) else 1,
             "token": self.token,
             "migration": self.migration,
             "subdir": self.subdir,
@@ -150,7 +176,7 @@ def raise_error(message: Mapping[str, Any]) -> NoReturn:
 
 def parse_put(message: Mapping[str, Any]) -> PutRequest:
     """Check the shape of a ``put`` frame (not its paths or token) and return it."""
-    if message.get("v") != VERSION:
+    if message.get("v") not in VERSIONS:
         raise BadRequest(f"unsupported protocol version {message.get('v')!r} (want {VERSION})")
     token, migration, subdir = (message.get(k) for k in ("token", "migration", "subdir"))
     if not (isinstance(token, str) and isinstance(migration, str) and isinstance(subdir, str)):
@@ -162,6 +188,20 @@ def parse_put(message: Mapping[str, Any]) -> PutRequest:
     if len({e.name for e in entries}) != len(entries):
         raise BadRequest("put lists the same file name twice")
     return PutRequest(token, migration, subdir, entries)
+
+
+def parse_ready(message: Mapping[str, Any], sizes: list[int]) -> tuple[list[int], list[bool]]:
+    """The receiver's (bytes held, already in place) per file of the manifest, checked."""
+    have, done = message.get("have"), message.get("done")
+    if not (isinstance(have, list) and isinstance(done, list)):
+        raise TransferError("protocol error: 'ready' without 'have' and 'done' lists")
+    ok = len(have) == len(done) == len(sizes) and all(
+        isinstance(h, int) and isinstance(d, bool) and 0 <= h <= size
+        for h, d, size in zip(have, done, sizes)
+    )
+    if not ok:
+        raise TransferError("protocol error: 'ready' does not match the manifest")
+    return have, done
 
 
 def parse_end(message: Mapping[str, Any]) -> str:
@@ -180,4 +220,49 @@ def _file_entry(obj: object) -> FileEntry:
         raise BadRequest(f"manifest entry needs a string name and version: {obj!r:.200}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise BadRequest(f"manifest entry {name!r:.100} needs a non-negative integer size")
-    return FileEntry(name, size, version)
+    codec = obj.get("codec", "none")
+    if codec not in CODECS:
+        raise BadRequest(f"manifest entry {name!r:.100} has unknown codec {codec!r:.20}")
+    if codec == "zstd" and not HAVE_ZSTD:
+        raise CapabilityError("receiver cannot decompress zstd (no zstandard): send uncompressed")
+    return FileEntry(name, size, version, str(codec))
+
+
+_local = threading.local()
+
+
+def compress(data: bytes | memoryview) -> bytes:
+    """One zstd frame holding ``data`` (at most CHUNK_PLAIN bytes); thread-safe."""
+    if not hasattr(_local, "zstd"):
+        _local.zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    frame: bytes = _local.zstd.compress(data)
+    return frame
+
+
+def send_chunk(sock: socket.socket, frame: bytes) -> None:
+    """Send one compressed chunk: its length, then the frame."""
+    sock.sendall(_LENGTH.pack(len(frame)) + frame)
+
+
+def recv_chunk(sock: socket.socket, most: int) -> bytes:
+    """Receive one compressed chunk and return the at most ``most`` file bytes it holds.
+
+    IntegrityError if it is not one zstd frame of 1 to ``most`` bytes; it is
+    never inflated past its declared size, so a lying frame costs nothing.
+    """
+    (length,) = _LENGTH.unpack(recv_exact(sock, _LENGTH.size))
+    if length > MAX_CHUNK:
+        raise IntegrityError(f"compressed chunk of {length} bytes exceeds {MAX_CHUNK}")
+    frame = recv_exact(sock, length)
+    try:
+        size = zstandard.frame_content_size(frame)
+        if not 0 < size <= most:
+            raise IntegrityError(f"compressed chunk claims {size} bytes; expected 1 to {most}")
+        if not hasattr(_local, "unzstd"):
+            _local.unzstd = zstandard.ZstdDecompressor()
+        data: bytes = _local.unzstd.decompress(frame, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"compressed chunk is corrupt: {exc}") from exc
+    if len(data) != size:
+        raise IntegrityError(f"compressed chunk held {len(data)} bytes, not {size}")
+    return data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import threading
@@ -14,7 +15,7 @@ from typing import Any
 import blake3
 import pytest
 
-from workers import sender, wire
+from workers import sender, transfer, wire
 from workers.errors import (
     BadRequest,
     IntegrityError,
@@ -33,6 +34,19 @@ Serve = Callable[..., TransferServer]
 
 def fresh(migration: str = "m1", dst: str = "pi2", secret: bytes = SECRET) -> Callable[[], str]:
     return lambda: issue_token(secret, migration, "pi1", dst, now=time.time())
+
+
+def make_text(path: Path, size: int) -> Path:
+    """A file of ``size`` compressible bytes: lines of a few thousand random words."""
+    words = [os.urandom(4).hex() for _ in range(3000)]
+    rng = random.Random(size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        while size > 0:
+            block = " ".join(rng.choices(words, k=200_000)).encode()[: min(size, 16 * MB)]
+            f.write(block)
+            size -= len(block)
+    return path
 
 
 def make(path: Path, size: int) -> Path:
@@ -92,9 +106,9 @@ class Raw:
         self.sock = socket.create_connection(address, timeout=timeout)
 
     def put(
-        self, token: str, files: list[tuple[str, int]], migration: str = "m1"
+        self, token: str, files: list[tuple[str, int]], migration: str = "m1", codec: str = "none"
     ) -> dict[str, Any]:
-        entries = tuple(wire.FileEntry(name, size, "v1") for name, size in files)
+        entries = tuple(wire.FileEntry(name, size, "v1", codec) for name, size in files)
         wire.send_frame(self.sock, wire.PutRequest(token, migration, "images", entries).message())
         return wire.recv_frame(self.sock)
 
@@ -135,6 +149,107 @@ def test_fsync_option_lands_files(serve: Serve, tmp_path: Path) -> None:
     src = make(tmp_path / "a", 3 * MB)
     send_files(server.address, fresh(), "m1", [(src, "a.img")])
     assert digest(tmp_path / "dst" / "m1" / "images" / "a.img") == digest(src)
+
+
+# --- compression ------------------------------------------------------------------------
+
+zstd = pytest.mark.skipif(not wire.HAVE_ZSTD, reason="zstandard is not installed")
+
+
+@zstd
+def test_compressed_round_trip(server: TransferServer, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    files = [
+        (make_text(src / "text", 24 * MB + 5), "pages-1.img"),
+        (make(src / "random", 3 * MB), "pages-2.img"),
+        (make(src / "zeros", 0), "zeros.img"),
+        (make_text(src / "small", 1000), "core.img"),  # under MIN_COMPRESS: sent as it is
+    ]
+    (src / "zeros").write_bytes(bytes(5 * MB))
+    seen: list[tuple[int, int]] = []
+    stats = send_files(
+        server.address, fresh(), "m1", files, compression="zstd",
+        progress=lambda *p: seen.append(p),
+    )
+    total = sum(p.stat().st_size for p, _ in files)
+    assert stats.codec == "zstd" and stats.files == 4
+    assert stats.bytes < total // 2  # the text and the zeros shrink
+    assert seen[-1] == (total, total)
+    dst = tmp_path / "dst" / "m1" / "images"
+    for path, name in files:
+        assert digest(dst / name) == digest(path)
+    assert temps(tmp_path / "dst") == []
+
+
+@zstd
+def test_compression_beats_a_bandwidth_cap(server: TransferServer, tmp_path: Path) -> None:
+    src = make_text(tmp_path / "a", 30 * MB)
+    stats = send_files(server.address, fresh(), "m1", [(src, "a.img")], bandwidth_bps=20e6,
+                       compression="zstd")
+    assert stats.seconds < 1.0  # 1.6 s uncompressed at 20 MB/s
+    assert digest(tmp_path / "dst" / "m1" / "images" / "a.img") == digest(src)
+
+
+def test_auto_compression_stays_off_on_loopback(server: TransferServer, tmp_path: Path) -> None:
+    src = make_text(tmp_path / "a", 4 * MB)
+    stats = send_files(server.address, fresh(), "m1", [(src, "a.img")], bandwidth_bps=50e6,
+                       link_bps=12.5e6)
+    assert stats.codec == "none" and stats.bytes == 4 * MB
+    assert transfer.choose_codec("127.0.0.1", 12.5e6, [src]) == "none"
+    assert transfer.choose_codec("::1", 12.5e6, [src]) == "none"
+
+
+@zstd
+def test_auto_compression_on_a_slow_link_only_when_it_shrinks(tmp_path: Path) -> None:
+    text, noise = make_text(tmp_path / "text", 4 * MB), make(tmp_path / "noise", 4 * MB)
+    assert transfer.choose_codec("10.77.0.12", 12.5e6, [text]) == "zstd"
+    assert transfer.choose_codec("10.77.0.12", 12.5e6, [noise]) == "none"
+    assert transfer.choose_codec("10.77.0.12", None, [text]) == "none"  # no rate known
+
+
+def _frames(data: bytes) -> bytes:
+    return b"".join(
+        len(f).to_bytes(4, "big") + f
+        for f in (wire.compress(data[i : i + wire.CHUNK_PLAIN])
+                  for i in range(0, len(data), wire.CHUNK_PLAIN))
+    )
+
+
+def _flip(stream: bytes) -> bytes:
+    middle = len(stream) // 2
+    return stream[:middle] + bytes([stream[middle] ^ 0x55]) + stream[middle + 1 :]
+
+
+@zstd
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda s: (10).to_bytes(4, "big") + b"not a zstd frame",  # garbage
+        _flip,  # a flipped byte: bad frame, or good frame with other bytes
+        lambda s: _frames(b"x" * (3 * MB)),  # frames of more bytes than the file has
+        lambda s: (wire.MAX_CHUNK + 1).to_bytes(4, "big"),  # an absurd chunk length
+    ],
+    ids=["garbage", "flipped", "too-long", "huge-chunk"],
+)
+def test_corrupt_compressed_stream_refused(
+    server: TransferServer, tmp_path: Path, mangle: Callable[[bytes], bytes]
+) -> None:
+    data = make_text(tmp_path / "a", 2 * MB + 7).read_bytes()
+    raw = Raw(server.address)
+    assert raw.put(fresh()(), [("a.img", len(data))], codec="zstd")["type"] == "ready"
+    raw.sock.sendall(mangle(_frames(data)))
+    wire.send_frame(raw.sock, {"type": "end", "blake3": blake3.blake3(data).hexdigest()})
+    assert raw.reply()["error"] == "IntegrityError"
+    raw.close()
+    assert list((tmp_path / "dst" / "m1" / "images").iterdir()) == []
+    assert eventually(lambda: temps(tmp_path / "dst") == [])
+
+
+def test_unknown_codec_refused(server: TransferServer, tmp_path: Path) -> None:
+    raw = Raw(server.address)
+    reply = raw.put(fresh()(), [("a.img", 10)], codec="brotli")
+    assert reply["error"] == "BadRequest" and "unknown codec" in reply["message"]
+    raw.close()
 
 
 # --- refused requests change nothing ----------------------------------------------------
@@ -359,16 +474,17 @@ class CuttingProxy:
             s.close()
 
 
+@pytest.mark.parametrize("codec", ["none", pytest.param("zstd", marks=zstd)])
 @pytest.mark.parametrize("tell_server", [True, False], ids=["server-sees-drop", "silent-drop"])
 def test_dropped_connection_resumes(
-    server: TransferServer, tmp_path: Path, tell_server: bool
+    server: TransferServer, tmp_path: Path, tell_server: bool, codec: str
 ) -> None:
     size = 32 * MB
     files = [(make(tmp_path / "small", 1000), "core.img"), (make(tmp_path / "big", size), "p.img")]
     proxy = CuttingProxy(server.address, cut=size // 2, tell_server=tell_server)
     try:
         started = time.monotonic()
-        stats = send_files(proxy.address, fresh(), "m1", files, timeout_s=5)
+        stats = send_files(proxy.address, fresh(), "m1", files, timeout_s=5, compression=codec)
     finally:
         proxy.close()
     assert time.monotonic() - started < 10  # a silent drop is cut off, not waited out
