@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import struct
 import subprocess
 import threading
@@ -62,8 +63,17 @@ class Criu:
 
     def dump(self, pid: int, images: Path, *, leave_running: bool = False,
              leave_stopped: bool = False, parent: Path | None = None,
-             track_mem: bool = False, lazy: bool = False, pre: bool = False) -> DumpStats:
-        """Checkpoint the tree rooted at ``pid`` into ``images``."""
+             track_mem: bool = False, lazy: bool = False, pre: bool = False,
+             page_server: tuple[str, int] | None = None) -> DumpStats:
+        """Checkpoint the tree rooted at ``pid`` into ``images``.
+
+        With ``page_server`` (host, port) the pages and pagemaps go to that
+        :meth:`start_page_server` instead; the rest still lands in ``images``.
+        CRIU corks its page-server socket and sends its last command without
+        a push, which then waits out the kernel's 200 ms cork ceiling with the
+        tree frozen; so CRIU gets a unix socket (``--ps-socket``, where the
+        cork is a no-op) and a relay here carries it over TCP.
+        """
         images.mkdir(parents=True, exist_ok=True)
         op = "pre-dump" if pre else "dump"
         argv = [op, "-t", str(pid), "-D", str(images), "-o", f"{op}.log", "-v4"]
@@ -78,7 +88,12 @@ class Criu:
         if lazy:
             argv.append("--lazy-pages")
         started = time.monotonic()
-        self._run(op, argv, images / f"{op}.log")
+        if page_server is None:
+            self._run(op, argv, images / f"{op}.log")
+        else:
+            with _Relay(op, page_server) as fd:
+                self._run(op, [*argv, "--page-server", "--ps-socket", str(fd)],
+                          images / f"{op}.log", pass_fds=(fd,))
         wall = (time.monotonic() - started) * 1000
         return dump_stats(images, wall)
 
@@ -125,6 +140,28 @@ class Criu:
             time.sleep(0.002)
         return proc
 
+    def start_page_server(self, images: Path, address: str, port: int,
+                          timeout_s: float = 10) -> subprocess.Popen[bytes]:
+        """Start ``criu page-server`` writing into ``images``; return once it listens.
+
+        It takes one dump's pages and pagemaps (``dump(page_server=...)``) and
+        exits when that dump disconnects: 0 if all went well.
+        """
+        images.mkdir(parents=True, exist_ok=True)
+        log = images / "page-server.log"
+        log.unlink(missing_ok=True)
+        proc = self._spawn(["page-server", "-D", str(images), "-o", log.name, "-v4",
+                            "--address", address, "--port", str(port)])
+        deadline = time.monotonic() + timeout_s
+        while "Starting page server" not in (log.read_text(errors="replace")
+                                             if log.exists() else ""):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                errno, detail = explain(log)
+                raise CriuError("page-server", errno, log, detail or f"not listening on {port}")
+            time.sleep(0.002)
+        return proc
+
     def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
         try:
             proc = subprocess.Popen([self.binary, *argv], stdin=subprocess.DEVNULL,
@@ -158,10 +195,11 @@ class Criu:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise CriuError(argv[0].lstrip("-"), 0, None, str(exc)) from exc
 
-    def _run(self, op: str, argv: list[str], log: Path) -> None:
+    def _run(self, op: str, argv: list[str], log: Path, pass_fds: tuple[int, ...] = ()) -> None:
         try:
             proc = subprocess.run([self.binary, *argv], capture_output=True, text=True,
-                                  timeout=self.timeout_s, stdin=subprocess.DEVNULL)
+                                  timeout=self.timeout_s, stdin=subprocess.DEVNULL,
+                                  pass_fds=pass_fds)
         except FileNotFoundError as exc:
             raise CriuError(op, 2, None, f"{self.binary} not found: run ops/install-criu.sh") from exc
         except subprocess.TimeoutExpired as exc:
@@ -169,6 +207,55 @@ class Criu:
         if proc.returncode != 0:
             errno, detail = explain(log, proc.stderr)
             raise CriuError(op, errno, log, detail)
+
+
+class _Relay:
+    """A unix socket for CRIU, spliced both ways to a TCP connection to ``address``."""
+
+    def __init__(self, op: str, address: tuple[str, int]) -> None:
+        self._op, self._address = op, address
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> int:
+        try:
+            self._tcp = socket.create_connection(self._address, timeout=10)
+        except OSError as exc:
+            host, port = self._address
+            raise CriuError(self._op, exc.errno or 0, None,
+                            f"page server {host}:{port} does not answer") from exc
+        self._tcp.settimeout(None)
+        self._tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._mine, self._criu = socket.socketpair()
+        for a, b in ((self._mine, self._tcp), (self._tcp, self._mine)):
+            thread = threading.Thread(target=_pump, args=(a, b), daemon=True, name="criu-relay")
+            thread.start()
+            self._threads.append(thread)
+        return self._criu.fileno()
+
+    def __exit__(self, *exc: object) -> None:
+        self._criu.close()  # CRIU has exited: its end reads EOF, and so does the peer
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._mine.close()
+        self._tcp.close()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    """Splice ``src`` into ``dst`` until EOF, then half-close ``dst``."""
+    r, w = os.pipe()
+    try:
+        while n := os.splice(src.fileno(), w, 1 << 20):
+            while n:
+                n -= os.splice(r, dst.fileno(), n)
+    except OSError:
+        pass  # the other side went away; CRIU reports the failure
+    finally:
+        os.close(r)
+        os.close(w)
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
 
 def explain(log: Path, stderr: str = "") -> tuple[int, str]:
