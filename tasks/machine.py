@@ -81,6 +81,8 @@ STRATEGIES = ("cold", "precopy", "delta", "postcopy", "hybrid")
 ITERATIVE = {"precopy", "delta", "hybrid"}
 # Phases after which a copy may run on the destination: roll back dst first.
 DST_MAY_RUN = {Phase.RESTORE, Phase.PAGES, Phase.VERIFY}
+# Phases inside the container's freeze window (before the restore resumes it).
+FREEZE = {Phase.DUMP, Phase.TRANSFER, Phase.RESTORE}
 
 
 def phases(strategy: str, lazy: bool) -> list[Phase]:
@@ -172,8 +174,12 @@ def next_step(m: Migration, ev: Event, policy: Policy = Policy()) -> tuple[Migra
         return m, []
     if m.state is State.ROLLING_BACK:
         if ev.kind == "stalled":
-            # A rollback step was lost (its worker died): send what is left again.
+            # A rollback step was lost (its worker died, its node is away):
+            # send what is left again, a bounded number of times.
+            stalls = 1 + sum(1 for e in m.errors if e.startswith("rollback stalled"))
             m = replace(m, step=m.step + 1, errors=(*m.errors, f"rollback stalled: {ev.error}"))
+            if stalls > policy.rollback_attempts:
+                return _rollback_failed(m, m.rollback[0])
             return m, [_send(m, p, m.step) for p in m.rollback]
         return _rollback_event(m, ev, policy)
     if ev.phase is not m.phase or ev.step != m.step:
@@ -186,7 +192,7 @@ def next_step(m: Migration, ev: Event, policy: Policy = Policy()) -> tuple[Migra
     if ev.kind == "stalled":
         # The step's worker died or its node vanished: try the phase again
         # (phases are idempotent), within the retry budget.
-        return _failed(m, replace(ev, transient=True), policy)
+        return _failed(m, ev, policy)
     return m, []
 
 
@@ -271,7 +277,11 @@ def backoff(m: Migration, attempt: int, policy: Policy) -> float:
 def _failed(m: Migration, ev: Event, policy: Policy) -> tuple[Migration, list[Send]]:
     assert ev.phase is not None
     m = replace(m, errors=(*m.errors, f"{ev.phase.value} (attempt {m.attempt}): {ev.error}"))
-    if ev.transient and m.attempt < policy.max_attempts:
+    # Inside the freeze window a flaky link is not worth keeping the container
+    # frozen for (the data plane already retried): roll back and resume it.
+    # A lost step (its worker died) is sent again, wherever it was.
+    retry = ev.kind == "stalled" or (ev.transient and ev.phase not in FREEZE)
+    if retry and m.attempt < policy.max_attempts:
         return _enter(m, ev.phase, m.attempt + 1, backoff(m, m.attempt + 1, policy))
     if m.past_no_return:
         # Only CLEANUP runs here. The container runs on the destination; the
@@ -293,6 +303,13 @@ def _roll_back(m: Migration, why: str) -> tuple[Migration, list[Send]]:
     return m, [_send(m, Phase.RESUME, m.step), _send(m, Phase.ABORT, m.step)]
 
 
+def _rollback_failed(m: Migration, phase: Phase) -> tuple[Migration, list[Send]]:
+    where = (f"the source copy on {m.src} could not be resumed" if phase is Phase.RESUME
+             else f"a copy may remain on {m.dst}; the source stays frozen on {m.src}")
+    return replace(m, state=State.FAILED, phase=Phase.FINISHED, rollback=(),
+                   errors=(*m.errors, f"rollback failed: {where}")), []
+
+
 def _rollback_event(m: Migration, ev: Event, policy: Policy) -> tuple[Migration, list[Send]]:
     assert ev.phase is not None
     if ev.phase not in m.rollback:
@@ -304,15 +321,14 @@ def _rollback_event(m: Migration, ev: Event, policy: Policy) -> tuple[Migration,
         if tries < policy.rollback_attempts:
             m = replace(m, step=m.step + 1)
             return m, [_send(m, ev.phase, m.step, backoff(m, tries + 1, policy))]
-        where = (f"the source copy on {m.src} could not be resumed" if ev.phase is Phase.RESUME
-                 else f"a copy may remain on {m.dst}")
-        return replace(m, state=State.FAILED, phase=Phase.FINISHED, rollback=(),
-                       errors=(*m.errors, f"rollback failed: {where}")), []
+        return _rollback_failed(m, ev.phase)
     if ev.kind != "done":
         return m, []
     left = tuple(p for p in m.rollback if p is not ev.phase)
     m = replace(m, rollback=left, results={**m.results, ev.phase.value: ev.result})
-    if not left:
+    if not left or (ev.phase is Phase.RESUME and not sequential):
+        # The source runs again. A destination that never restored holds no
+        # copy: its ABORT only tidies images, whenever it gets there.
         return replace(m, state=State.ROLLED_BACK, phase=Phase.FINISHED, attempt=0), []
     if sequential and ev.phase is Phase.ABORT:
         return _enter(m, Phase.RESUME)

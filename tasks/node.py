@@ -26,7 +26,7 @@ from tasks.passes import HANDLERS
 from tasks.phases import NodeContext
 from tasks.store import Store, check_migration_id
 from workers import failpoints
-from workers.errors import BadRequest, FerryError, TransientError
+from workers.errors import BadRequest, FerryError, Superseded, TransientError
 from workers.runtime import check_container_name
 
 log = logging.getLogger("ferry.node")
@@ -42,6 +42,8 @@ def dispatch(app: Celery, mid: str, sends: list[Send]) -> None:
 def _expects(m: Migration, phase: Phase, step: int) -> bool:
     if m.state is State.ROLLING_BACK:
         return phase in m.rollback
+    if m.state is State.ROLLED_BACK:
+        return phase is Phase.ABORT  # a late abort still tidies the destination
     return m.state is State.RUNNING and m.phase is phase and m.step == step
 
 
@@ -81,7 +83,11 @@ def run_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, mid: st
 def _attempt(store: Store, ctx: NodeContext, phase: Phase, m: Migration, step: int,
              task: Task | None) -> Event:
     def progress(numbers: dict[str, Any]) -> None:
-        store.update(m.id, lambda r: _with_progress(r, phase, numbers), "progress")
+        now = store.update(m.id, lambda r: _with_progress(r, phase, numbers), "progress")
+        if now.step != m.step or now.state is not State.RUNNING:
+            # Cancelled, timed out or superseded: stop sending, free this slot
+            # for the rollback steps queued behind it.
+            raise Superseded(f"{m.id} moved on ({now.state.value}); {phase.value} stops")
         _tell_flower(task, m, phase, numbers)
 
     _tell_flower(task, m, phase, {})

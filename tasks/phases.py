@@ -29,6 +29,7 @@ from workers.transfer import send_files
 
 Progress = Callable[[dict[str, Any]], None]
 FINAL = "final"
+FROZEN_TIMEOUT_S = 10.0  # silence on the data plane that ends a freeze-window transfer
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,13 @@ def last_pass(m: Migration) -> str | None:
     return f"pass-{len(m.passes)}" if m.passes else None
 
 
-def send_dir(ctx: NodeContext, m: Migration, d: Path, sub: str, progress: Progress | None) -> dict[str, Any]:
-    """Send the image files of ``d`` to the destination's ``incoming/<mid>/<sub>``."""
+def send_dir(ctx: NodeContext, m: Migration, d: Path, sub: str, progress: Progress | None,
+             frozen: bool = False) -> dict[str, Any]:
+    """Send the image files of ``d`` to the destination's ``incoming/<mid>/<sub>``.
+
+    ``frozen``: the container is frozen while this runs, so a dead link gives
+    up after seconds (and the migration rolls back) rather than minutes.
+    """
     prepared = m.results.get("prepare", {})
     address = str(prepared.get("address", ""))
     auth.verify(ctx.secret, prepared.get("address_mac"), "address", m.id, m.dst, address)
@@ -100,7 +106,8 @@ def send_dir(ctx: NodeContext, m: Migration, d: Path, sub: str, progress: Progre
 
     stats = send_files((host, int(port)), lambda: issue_token(ctx.secret, m.id, m.src, m.dst, time.time()),
                        m.id, [(p, p.name) for p in files], subdir=sub, progress=report,
-                       bandwidth_bps=m.limits.get("bandwidth_bps"))  # per migration, if capped
+                       bandwidth_bps=m.limits.get("bandwidth_bps"),  # per migration, if capped
+                       timeout_s=FROZEN_TIMEOUT_S if frozen else 30.0, retries=1 if frozen else 3)
     return {"bytes": stats.bytes, "files": stats.files, "wall_ms": round(stats.seconds * 1000, 3),
             "resumed": stats.resumed}
 
@@ -151,10 +158,10 @@ def transfer(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, An
         out = ctx.images(m.id, "final.out")
         shutil.rmtree(out, ignore_errors=True)
         delta = make_delta(ctx.images(m.id, prev), d, out)
-        result = {**send_dir(ctx, m, out, "final.delta", progress),
+        result = {**send_dir(ctx, m, out, "final.delta", progress, frozen=True),
                   "delta_ms": round(delta.seconds * 1000, 3), "bytes_total": delta.bytes_total}
     else:
-        result = send_dir(ctx, m, d, FINAL, progress)
+        result = send_dir(ctx, m, d, FINAL, progress, frozen=True)
     return remember(d, Phase.TRANSFER, {**result, "end": time.time()})
 
 

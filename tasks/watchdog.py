@@ -66,16 +66,17 @@ def check(m: Migration, now: float, alive: dict[str, bool], t: Timeouts,
                                                f"(limit {limit:.0f} s)")
     quiet = now - m.updated
     phases = list(m.rollback) if m.state is State.ROLLING_BACK else [m.phase]
-    slots = [(m.src if ROUTE[p][0] == "src" else m.dst, ROUTE[p][1]) for p in phases if p in ROUTE]
-    down = [n for n, _ in slots if not alive.get(n, False)]
+    slots = [(p, m.src if ROUTE[p][0] == "src" else m.dst, ROUTE[p][1])
+             for p in phases if p in ROUTE]
+    down = [f"{n} ({p.value})" for p, n, _ in slots if not alive.get(n, False)]
     if down and quiet > t.node_down_s:
         return Event("stalled", now, m.phase, m.step,
-                     error=f"{', '.join(down)} stopped answering during {m.phase.value}")
-    lost = [f"{n}/{'urgent' if u else 'main'}" for n, u in slots
+                     error=f"{', '.join(down)} stopped answering")
+    lost = [f"{n}/{'urgent' if u else 'main'} ({p.value})" for p, n, u in slots
             if (restarted or {}).get(f"{n}/{'urgent' if u else 'main'}", 0.0) > m.updated]
     if lost:
         return Event("stalled", now, m.phase, m.step,
-                     error=f"worker {', '.join(lost)} restarted during {m.phase.value}")
+                     error=f"worker {', '.join(lost)} restarted")
     if quiet > t.progress_s and m.phase is not Phase.FINISHED:
         return Event("stalled", now, m.phase, m.step,
                      error=f"no progress in {m.phase.value} for {quiet:.0f} s")

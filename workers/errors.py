@@ -13,6 +13,7 @@
         ├── IntegrityError          bytes arrived but do not match their checksum
         ├── NoSpace                 a node's disk is full (ENOSPC, EDQUOT)
         ├── CriuError               CRIU failed; carries op, errno and its log
+        ├── Superseded              the migration moved on (cancelled, timed out) mid-step
         └── TooLate                 past the point of no return (cancel)
 
 The CLI prints ``error: <message>`` and exits with ``exit_code``.
@@ -91,6 +92,10 @@ class IntegrityError(PermanentError):
 
 class NoSpace(PermanentError):
     """A node's disk (or quota) is full: free space there, or pick another node."""
+
+
+class Superseded(PermanentError):
+    """The migration moved on (cancelled, timed out, retried) while this step ran."""
 
 
 class TooLate(PermanentError):

@@ -103,7 +103,7 @@ def test_failure_once_a_copy_may_run_on_destination_aborts_it_before_resuming(ph
     assert m.state is State.ROLLED_BACK
 
 
-@pytest.mark.parametrize("phase", COLD[:-1])
+@pytest.mark.parametrize("phase", [Phase.PREPARE, Phase.VERIFY])
 def test_transient_failure_retries_the_same_phase_with_backoff(phase: Phase) -> None:
     m = at(phase)
     m, sends = next_step(m, failed(m, transient=True))
@@ -111,8 +111,42 @@ def test_transient_failure_retries_the_same_phase_with_backoff(phase: Phase) -> 
     assert len(sends) == 1 and sends[0].step == m.step and sends[0].countdown > 0
 
 
-def test_transient_failures_beyond_the_budget_roll_back() -> None:
+@pytest.mark.parametrize("phase", [Phase.DUMP, Phase.TRANSFER, Phase.RESTORE])
+def test_a_transient_failure_inside_the_freeze_window_rolls_back_at_once(phase: Phase) -> None:
+    m = at(phase)
+    m, _ = next_step(m, failed(m, transient=True))
+    assert m.state is State.ROLLING_BACK
+
+
+@pytest.mark.parametrize("phase", COLD[:-1])
+def test_a_lost_step_is_sent_again_even_inside_the_freeze_window(phase: Phase) -> None:
+    m = at(phase)
+    m, sends = next_step(m, Event("stalled", 3.0, phase, m.step, error="worker restarted"))
+    assert (m.state, m.phase, m.attempt) == (State.RUNNING, phase, 2)
+    assert sends[0].step == m.step
+
+
+def test_a_rollback_before_any_restore_ends_once_the_source_runs() -> None:
     m = at(Phase.TRANSFER)
+    m, _ = next_step(m, failed(m))
+    m, _ = next_step(m, Event("done", 3.0, Phase.RESUME))
+    assert m.state is State.ROLLED_BACK  # the destination's abort only tidies, later
+
+
+def test_a_rollback_whose_destination_never_answers_ends_failed_with_the_source_frozen() -> None:
+    m = at(Phase.VERIFY)
+    m, _ = next_step(m, failed(m))
+    assert m.phase is Phase.ABORT
+    for _ in range(Policy().rollback_attempts):
+        m, sends = next_step(m, Event("stalled", 9.0, Phase.ABORT, m.step, error="b is away"))
+        assert sends and m.state is State.ROLLING_BACK
+    m, sends = next_step(m, Event("stalled", 9.0, Phase.ABORT, m.step, error="b is away"))
+    assert m.state is State.FAILED and sends == []
+    assert "a copy may remain on b; the source stays frozen on a" in m.errors[-1]
+
+
+def test_transient_failures_beyond_the_budget_roll_back() -> None:
+    m = at(Phase.PREPARE)
     for _ in range(Policy().max_attempts - 1):
         m, _ = next_step(m, failed(m, transient=True))
         assert m.state is State.RUNNING
