@@ -26,11 +26,12 @@ turn, with ``--leave-running``:
 freeze window costs before the restore, which is the same for every method.
 The page server is started before the freeze (``setup``, not counted).
 
-Links: ``loopback`` runs both ends on 127.0.0.1; ``1gbit`` and ``100mbit``
+Rows of links not measured in a run are kept from the JSON file. Links:
+``loopback`` runs both ends on 127.0.0.1; ``1gbit`` and ``100mbit``
 put the source (the process, its dumps, its sends) in one testbed netns and
 the destination (``TransferServer``, page server) in another, so the pages
 cross two tbf-shaped veths. Images go to ``--dir`` on both ends; here that is
-the VM's disk through the page cache, not a Pi's SD card (see the report).
+the VM's disk through the page cache: a Pi's SD card makes a local dump dearer.
 """
 
 from __future__ import annotations
@@ -366,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
                 with Testbed(unique_prefix("fp"), nodes=2, subnet=SUBNET, delay_ms=0) as bed:
                     for link in shaped:
                         rows += run_link(link, args, methods, work, pki, bed)
+    if Path(args.json).exists():  # keep the rows of links not measured in this run
+        measured = {r["link"] for r in rows}
+        old = json.loads(Path(args.json).read_text()).get("rows", [])
+        rows = [r for r in old if r["link"] not in measured] + rows
     report = {
         "what": "cold final dump: local dump + ferry send vs CRIU page server (median of runs)",
         "cpus": os.cpu_count(), "criu": Criu().version(), "runs": args.runs,

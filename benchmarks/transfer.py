@@ -1,75 +1,79 @@
-"""ferry's data plane against a raw TCP copy, over loopback, in one run.
+"""ferry's data plane against raw TCP and rsync, over loopback and shaped testbed links.
 
-    .venv/bin/python benchmarks/transfer.py [--sizes 64M,256M,1G] [--repeat 5]
+    .venv/bin/python benchmarks/transfer.py                         # loopback, random (~3 min)
+    .venv/bin/python benchmarks/transfer.py --links 1gbit --sizes 64M,256M --kinds random,text
+    .venv/bin/python benchmarks/transfer.py --links 100mbit --sizes 256M --kinds random,text \\
+        --repeat 1                                                  # (~6 min)
+        [--methods raw,ferry,zstd,rsync] [--repeat 3] [--budget-s 540] [--wait-testbed 120]
         [--dir /dev/shm] [--json docs/benchmarks/transfer.json]
+    .venv/bin/python benchmarks/transfer.py --markdown              # the saved table
 
-For each size, a file is copied to a receiver that writes it to disk, first
-by the baseline (``sendfile`` to a plain receiver: ``recv_into`` + ``write``,
-nothing checked) then by ferry (``send_files`` to a ``TransferServer``: token,
-BLAKE3 on both ends, temp file and rename), alternating, ``--repeat`` times;
-medians are reported. Both ends run in this process, so CPU time
-(``time.process_time``) is sender plus receiver, and peak RSS (VmHWM, reset
-before each run) is both ends' together.
+One file of each size and kind (``random``: incompressible; ``text``: lines of
+random words, which zstd shrinks to about 30 %; ``zeros``) is copied by each
+method in turn, ``--repeat`` times, and medians are reported:
 
-The senders take only an address: a run over a real link would hand
-:func:`run` targets on another node instead of :func:`local_targets`.
+- ``raw``: ``sendfile`` to a plain receiver (``recv_into`` + ``write``), nothing checked;
+- ``ferry``: ``send_files`` uncompressed (token, BLAKE3 on both ends, temp file, rename);
+- ``zstd``: ``send_files`` with zstd compression forced;
+- ``rsync``: ``workers.fsync.rsync_push`` into a ``RsyncTarget`` daemon (empty target).
+
+The receivers run in a helper process, the senders in another: on a testbed
+link, each in its node's network namespace, so the bytes cross two
+tbf-shaped veths (no added delay). ``ratio`` is raw's time over the method's
+(1.0 = as fast as raw TCP), each run paired with the raw run just before it.
+CPU s/GB is both ends' CPU time (threads and rsync's processes included) per
+GB of file. Peak RSS is each end's: VmHWM, reset before each run, for the
+Python ends; the rsync client's max RSS, and the rsync daemon's processes'
+sampled every 20 ms, for rsync. ``auto`` is what ``send_files(compression=
+"auto")`` would choose for that data at the link's rate. Cells that would not
+fit in ``--budget-s`` (by the link's rate) are skipped, and say so. Rows of
+links, sizes and kinds not measured in a run are kept from the JSON file.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
+import random
 import re
+import resource
 import secrets
+import shutil
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
+from workers.fsync import RsyncTarget, rsync_push
 from workers.tokens import issue_token
-from workers.transfer import TransferServer, send_files
+from workers.transfer import TransferServer, choose_codec, send_files
 
 BUFFER = 4 << 20
-SECRET = secrets.token_bytes(32)
-Send = Callable[[tuple[str, int], Path], None]
+# One secret for this run and its helper processes (they inherit the environment).
+SECRET = bytes.fromhex(os.environ.setdefault("FERRY_BENCH_SECRET", secrets.token_hex(32)))
+RATES = {"loopback": None, "1gbit": 125e6, "100mbit": 12.5e6}  # bytes/s of the link
+GUESS_BPS = {"loopback": 600e6, "1gbit": 110e6, "100mbit": 11.5e6}  # to plan the budget
+METHODS = ("raw", "ferry", "zstd", "rsync")
 
 
-@dataclass(frozen=True)
-class Sample:
-    seconds: float
-    cpu_s: float
-    peak_rss_mb: float
-
-
-@dataclass(frozen=True)
-class Row:
-    size_mb: int
-    raw_mb_s: float
-    ferry_mb_s: float
-    ratio: float
-    raw_cpu_s_per_gb: float
-    ferry_cpu_s_per_gb: float
-    raw_peak_rss_mb: float
-    ferry_peak_rss_mb: float
-
-
+# -- the receiving end -----------------------------------------------------------------
 class RawReceiver:
     """The baseline: reads an 8-byte length, then that many bytes into a file; acks one byte."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, host: str) -> None:
         self._dir = directory
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        self._listener = socket.create_server((host, 0))
+        self.port: int = self._listener.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -93,129 +97,211 @@ class RawReceiver:
                     os.close(fd)
                 conn.sendall(b"k")
 
+
+class RsyncWatch:
+    """Peak RSS of the rsync processes of one process group, sampled every 20 ms."""
+
+    def __init__(self, pgid: int) -> None:
+        self.pgid, self.peak_kb, self._on = pgid, 0, threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def begin(self) -> None:
+        self.peak_kb = 0
+        self._on.set()
+
+    def end(self) -> float:
+        self._on.clear()
+        return self.peak_kb / 1024
+
+    def _sample(self) -> None:
+        while True:
+            self._on.wait()
+            total = 0
+            for proc in Path("/proc").glob("[0-9]*"):
+                try:
+                    name, rest = (proc / "stat").read_text().rsplit(")", 1)
+                    if name.endswith("(rsync") and int(rest.split()[2]) == self.pgid:
+                        total += int((proc / "statm").read_text().split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+            self.peak_kb = max(self.peak_kb, total * os.sysconf("SC_PAGE_SIZE") // 1024)
+            time.sleep(0.02)
+
+
+def daemon_cpu_s(pid: int) -> float:
+    """CPU time of a process and of the children it has reaped."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def receivers(host: str, where: Path) -> None:
+    """The receiving helper: serve until stdin closes; ``begin``/``end`` bracket one run."""
+    for sub in ("raw", "ferry", "rsync"):
+        (where / sub).mkdir(parents=True)
+    raw = RawReceiver(where / "raw", host)
+    server = TransferServer(where / "ferry", SECRET, "bench", host=host)
+    server.start()
+    target = RsyncTarget(where / "rsync", "bench", SECRET, host, state=where / "rsyncd")
+    port, module = target.start()
+    daemon = json.loads((where / "rsyncd" / "daemon.json").read_text())["pid"]
+    watch = RsyncWatch(daemon)  # the daemon leads its own process group
+    print(json.dumps({"raw": raw.port, "ferry": server.address[1], "rsync": port,
+                      "module": module}), flush=True)
+    cpu = 0.0
+    for line in sys.stdin:
+        if line.strip() == "begin":
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM back to the current RSS
+            watch.begin()
+            cpu = time.process_time() + daemon_cpu_s(daemon)
+            print("ok", flush=True)
+        elif line.strip() == "end":
+            time.sleep(0.05)  # let the daemon reap its connection (its CPU counts then)
+            used = time.process_time() + daemon_cpu_s(daemon) - cpu
+            print(json.dumps({"cpu_s": used, "rss_mb": peak_rss_mb(),
+                              "rsync_rss_mb": watch.end()}), flush=True)
+        elif line.strip() == "clean":
+            for sub in ("raw", "ferry", "rsync"):
+                clear(where / sub)
+            print("ok", flush=True)
+    target.stop()
+    server.stop()
+
+
+# -- the sending end -------------------------------------------------------------------
+class Peer:
+    """The receiving helper, one line in, one line out."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        self.ports: dict[str, Any] = json.loads(self.ask(None))
+
+    def ask(self, line: str | None) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if line is not None:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if not answer:
+            raise SystemExit("the receiving helper died")
+        return answer
+
     def close(self) -> None:
-        self._listener.close()
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
 
 
-def raw_send(address: tuple[str, int], path: Path) -> None:
-    with socket.create_connection(address) as sock, path.open("rb") as f:
-        sock.sendall(struct.pack(">Q", path.stat().st_size))
-        sock.sendfile(f)
-        sock.recv(1)
-
-
-def ferry_send(address: tuple[str, int], path: Path) -> None:
+def send(method: str, host: str, peer: Peer, path: Path) -> int:
+    """Copy ``path`` by ``method``; return the bytes that crossed the wire (file bytes)."""
+    if method == "raw":
+        with socket.create_connection((host, peer.ports["raw"])) as sock, path.open("rb") as f:
+            sock.sendall(struct.pack(">Q", path.stat().st_size))
+            sock.sendfile(f)
+            sock.recv(1)
+        return path.stat().st_size
+    if method == "rsync":
+        rsync_push(path.parent, host, peer.ports["rsync"], peer.ports["module"], "bench", SECRET)
+        return path.stat().st_size
     migration = "bench-" + secrets.token_hex(4)  # a new id each run: nothing to resume
     token = issue_token(SECRET, migration, "bench", "bench", now=time.time())
-    send_files(address, lambda: token, migration, [(path, "pages-1.img")])
+    codec = "zstd" if method == "zstd" else "none"
+    stats = send_files((host, peer.ports["ferry"]), lambda: token, migration,
+                       [(path, "pages-1.img")], compression=codec)
+    return stats.bytes
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where one method's copies go, and how to empty it between runs."""
-
-    address: tuple[str, int]
-    cleanup: Callable[[], None]
-
-
-@contextlib.contextmanager
-def local_targets(workdir: Path) -> Iterator[dict[str, Target]]:
-    """Both receivers in this process, on 127.0.0.1, writing under ``workdir``.
-
-    A ``--via`` run would yield receivers on another node instead (their
-    addresses, and a cleanup that asks that node to delete the copies).
-    """
-    raw_dir, ferry_dir = workdir / "raw", workdir / "ferry"
-    raw_dir.mkdir()
-    raw = RawReceiver(raw_dir)
-    server = TransferServer(ferry_dir, SECRET, "bench")
-    server.start()
-    try:
-        yield {
-            "raw": Target(raw.address, lambda: _clear(raw_dir)),
-            "ferry": Target(server.address, lambda: _clear(ferry_dir)),
-        }
-    finally:
-        server.stop()
-        raw.close()
-
-
-def measure(send: Send, target: Target, path: Path) -> Sample:
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+def measure(method: str, host: str, peer: Peer, path: Path, watch: RsyncWatch) -> dict[str, float]:
+    peer.ask("begin")
+    Path("/proc/self/clear_refs").write_text("5")
+    watch.begin()
+    before = _children_cpu()
     cpu, wall = time.process_time(), time.perf_counter()
-    send(target.address, path)
-    sample = Sample(time.perf_counter() - wall, time.process_time() - cpu, _peak_rss_mb())
-    target.cleanup()
-    return sample
+    wire = send(method, host, peer, path)
+    seconds = time.perf_counter() - wall
+    sent_cpu = time.process_time() - cpu + _children_cpu() - before
+    rsync_rss = watch.end()
+    far = json.loads(peer.ask("end"))
+    peer.ask("clean")
+    return {"seconds": seconds, "cpu_s": sent_cpu + far["cpu_s"], "wire_mb": wire / 1e6,
+            "sender_rss_mb": rsync_rss if method == "rsync" else peak_rss_mb(),
+            "receiver_rss_mb": far["rsync_rss_mb"] if method == "rsync" else far["rss_mb"]}
 
 
-def run(sizes: list[int], repeat: int, workdir: Path, targets: dict[str, Target]) -> list[Row]:
-    """Copy a file of each size to each target, alternating, ``repeat`` times."""
+def senders(link: str, host: str, dst_netns: str | None, args: argparse.Namespace) -> None:
+    """The sending helper: every cell of ``link`` that fits the budget; rows on stdout."""
+    into = ["ip", "netns", "exec", dst_netns] if dst_netns else []
+    work = Path(tempfile.mkdtemp(prefix="ferry-bench-", dir=args.dir))
+    peer = Peer([*into, sys.executable, __file__, "--role", "receivers", "--host", host,
+                 "--dir", str(work / "dst")])
+    deadline = time.monotonic() + args.budget_s
+    watch = RsyncWatch(os.getpgid(0))  # the rsync clients run in this process group
     rows = []
-    for size in sizes:
-        src = _make_file(workdir / f"src-{size}", size)
-        raw: list[Sample] = []
-        ferry: list[Sample] = []
-        for _ in range(repeat):
-            raw.append(measure(raw_send, targets["raw"], src))
-            ferry.append(measure(ferry_send, targets["ferry"], src))
-        src.unlink()
-        rows.append(_row(size, raw, ferry))
-        _print_row(rows[-1])
-    return rows
+    try:
+        for size in [parse_size(s) for s in args.sizes.split(",")]:
+            for kind in args.kinds.split(","):
+                methods = args.methods.split(",")
+                cost = args.repeat * len(methods) * size / GUESS_BPS[link]
+                if time.monotonic() + cost > deadline:
+                    rows.append({"link": link, "kind": kind, "size_mb": size >> 20,
+                                 "skipped": f"~{cost:.0f} s would not fit in the budget"})
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+                    continue
+                path = make_file(work / "src" / f"{kind}-{size}" / "pages-1.img", size, kind)
+                samples: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
+                for _ in range(args.repeat):
+                    for method in methods:
+                        samples[method].append(measure(method, host, peer, path, watch))
+                auto = choose_codec(host, RATES[link], [path])
+                rows += [row(link, kind, size, m, samples[m], samples.get("raw"), auto)
+                         for m in methods]
+                for r in rows[-len(methods):]:
+                    print(json.dumps(r), file=sys.stderr, flush=True)
+                shutil.rmtree(path.parent)
+    finally:
+        peer.close()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(rows))
 
 
-def _row(size: int, raw: list[Sample], ferry: list[Sample]) -> Row:
-    r, f = _median(raw), _median(ferry)
-    gb = size / 1e9
-    # Each ferry run is paired with the raw run just before it, under the same
-    # background load: the median of the pairs' ratios is steadier than the
-    # ratio of the medians.
-    ratio = statistics.median(a.seconds / b.seconds for a, b in zip(raw, ferry))
-    return Row(
-        size_mb=size >> 20,
-        raw_mb_s=round(size / 1e6 / r.seconds, 1),
-        ferry_mb_s=round(size / 1e6 / f.seconds, 1),
-        ratio=round(ratio, 3),
-        raw_cpu_s_per_gb=round(r.cpu_s / gb, 3),
-        ferry_cpu_s_per_gb=round(f.cpu_s / gb, 3),
-        raw_peak_rss_mb=r.peak_rss_mb,
-        ferry_peak_rss_mb=f.peak_rss_mb,
-    )
+def row(link: str, kind: str, size: int, method: str, samples: list[dict[str, float]],
+        raw: list[dict[str, float]] | None, auto: str) -> dict[str, Any]:
+    seconds = statistics.median(s["seconds"] for s in samples)
+    out: dict[str, Any] = {
+        "link": link, "kind": kind, "size_mb": size >> 20, "method": method,
+        "mb_s": round(size / 1e6 / seconds, 1),
+        "ratio": None, "wire_mb": round(statistics.median(s["wire_mb"] for s in samples), 1),
+        "cpu_s_per_gb": round(statistics.median(s["cpu_s"] for s in samples) / (size / 1e9), 3),
+        "sender_rss_mb": round(max(s["sender_rss_mb"] for s in samples), 1),
+        "receiver_rss_mb": round(max(s["receiver_rss_mb"] for s in samples), 1),
+        "auto": auto, "runs": len(samples),
+    }
+    if raw is not None:  # each run against the raw run just before it, under the same load
+        out["ratio"] = round(statistics.median(
+            r["seconds"] / s["seconds"] for r, s in zip(raw, samples)), 3)
+    return out
 
 
-def _median(samples: list[Sample]) -> Sample:
-    return Sample(
-        statistics.median(s.seconds for s in samples),
-        statistics.median(s.cpu_s for s in samples),
-        max(s.peak_rss_mb for s in samples),
-    )
-
-
-HEADER = (
-    f"{'size':>7} {'raw MB/s':>9} {'ferry MB/s':>10} {'ratio':>6} "
-    f"{'raw CPU s/GB':>12} {'ferry CPU s/GB':>14} {'raw RSS MB':>10} {'ferry RSS MB':>12}"
-)
-
-
-def _print_row(row: Row) -> None:
-    print(
-        f"{row.size_mb:>5}MB {row.raw_mb_s:>9.0f} {row.ferry_mb_s:>10.0f} {row.ratio:>6.2f} "
-        f"{row.raw_cpu_s_per_gb:>12.2f} {row.ferry_cpu_s_per_gb:>14.2f} "
-        f"{row.raw_peak_rss_mb:>10.0f} {row.ferry_peak_rss_mb:>12.0f}",
-        flush=True,
-    )
-
-
-def _make_file(path: Path, size: int) -> Path:
-    block = os.urandom(16 << 20)
+# -- helpers ---------------------------------------------------------------------------
+def make_file(path: Path, size: int, kind: str) -> Path:
+    path.parent.mkdir(parents=True)
+    words = [os.urandom(4).hex() for _ in range(3000)]
+    rng = random.Random(size)
     with path.open("wb") as f:
-        for offset in range(0, size, len(block)):
-            f.write(block[: size - offset])
+        done = 0
+        while done < size:
+            if kind == "random":
+                block = os.urandom(16 << 20)
+            elif kind == "text":
+                block = " ".join(rng.choices(words, k=200_000)).encode()
+            else:
+                block = bytes(16 << 20)
+            f.write(block[: size - done])
+            done += min(len(block), size - done)
     return path
 
 
-def _clear(directory: Path) -> None:
+def clear(directory: Path) -> None:
     for path in sorted(directory.rglob("*"), reverse=True):
         if path.is_dir() and not path.is_symlink():
             path.rmdir()
@@ -223,48 +309,131 @@ def _clear(directory: Path) -> None:
             path.unlink()
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     status = Path("/proc/self/status").read_text()
     match = re.search(r"VmHWM:\s+(\d+) kB", status)
     return round(int(match.group(1)) / 1024, 1) if match else float("nan")
 
 
-def _size(text: str) -> int:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def parse_size(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     return int(text[:-1]) * units[text[-1].upper()] if text[-1].isalpha() else int(text)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+# -- the run ---------------------------------------------------------------------------
+def run_link(link: str, args: argparse.Namespace, bed: Any) -> list[dict[str, Any]]:
+    common = ["--sizes", args.sizes, "--kinds", args.kinds, "--methods", args.methods,
+              "--repeat", str(args.repeat), "--budget-s", str(args.budget_s), "--dir", args.dir]
+    if bed is None:
+        argv = [sys.executable, __file__, "--role", "senders", "--link", link,
+                "--host", "127.0.0.1", *common]
+    else:
+        for node in bed.nodes:
+            bed.shape(node, link)
+        argv = ["ip", "netns", "exec", f"{bed.prefix}-node1", sys.executable, __file__,
+                "--role", "senders", "--link", link, "--host", bed.address("node2"),
+                "--dst-netns", f"{bed.prefix}-node2", *common]
+    done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
+    rows: list[dict[str, Any]] = json.loads(done.stdout)
+    return rows
+
+
+HEADER = ("| link | kind | size | method | MB/s | ratio to raw | wire MB | CPU s/GB | "
+          "sender RSS MB | receiver RSS MB | auto |\n"
+          "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [HEADER]
+    for r in report["rows"]:
+        if "skipped" in r:
+            lines.append(f"| {r['link']} | {r['kind']} | {r['size_mb']} MB | skipped: "
+                         f"{r['skipped']} |")
+            continue
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append(
+            f"| {r['link']} | {r['kind']} | {r['size_mb']} MB | {r['method']} | {r['mb_s']:.0f} "
+            f"| {ratio} | {r['wire_mb']:.0f} | {r['cpu_s_per_gb']:.2f} | "
+            f"{r['sender_rss_mb']:.0f} | {r['receiver_rss_mb']:.0f} | {r['auto']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/transfer.py",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="64M,256M,1G")
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--dir", type=Path, default=Path("/dev/shm"))
-    parser.add_argument("--json", type=Path, default=Path("docs/benchmarks/transfer.json"))
-    args = parser.parse_args()
-    sizes = [_size(s) for s in args.sizes.split(",")]
-    print(f"loopback, {os.cpu_count()} CPUs, files in {args.dir}, median of {args.repeat}")
-    print(HEADER)
+    parser.add_argument("--kinds", default="random", help="random,text,zeros")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--links", default="loopback", help="loopback,1gbit,100mbit")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--budget-s", type=float, default=540, help="per link")
+    parser.add_argument("--wait-testbed", type=float, default=120)
+    parser.add_argument("--dir", default="/dev/shm" if Path("/dev/shm").is_dir() else "/tmp")
+    parser.add_argument("--json", type=Path, default=ROOT / "docs/benchmarks/transfer.json")
+    parser.add_argument("--markdown", action="store_true", help="print the saved JSON")
+    parser.add_argument("--role", choices=["senders", "receivers"], help=argparse.SUPPRESS)
+    parser.add_argument("--link", help=argparse.SUPPRESS)
+    parser.add_argument("--host", help=argparse.SUPPRESS)
+    parser.add_argument("--dst-netns", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.role == "receivers":
+        receivers(args.host, Path(args.dir))
+        return 0
+    if args.role == "senders":
+        senders(args.link, args.host, args.dst_netns, args)
+        return 0
+    if args.markdown:
+        print(markdown(json.loads(args.json.read_text())))
+        return 0
+    links = args.links.split(",")
+    if any(link not in RATES for link in links):
+        parser.error(f"--links: choose from {', '.join(RATES)}")
     load_before = os.getloadavg()[0]
-    with (
-        tempfile.TemporaryDirectory(dir=args.dir, prefix="ferry-bench-") as work,
-        local_targets(Path(work)) as targets,
-    ):
-        rows = run(sizes, args.repeat, Path(work), targets)
-    # Both ends share this machine's CPUs: other work on it moves the numbers.
+    rows = run_link("loopback", args, None) if "loopback" in links else []
+    shaped = [link for link in links if link != "loopback"]
+    if shaped:
+        if os.geteuid() != 0:
+            print("error: the testbed needs root", file=sys.stderr)
+            return 2
+        from tests.e2e.netcluster import SUBNET, unique_prefix, wait_subnet_free
+        from workers.testbed import Testbed
+
+        holder = wait_subnet_free(args.wait_testbed)
+        if holder:
+            print(f"error: another testbed holds {SUBNET}.0/24 (on {holder}); not measured: "
+                  f"{', '.join(shaped)}", file=sys.stderr)
+        else:
+            with Testbed(unique_prefix("ft"), nodes=2, subnet=SUBNET, delay_ms=0) as bed:
+                for link in shaped:
+                    rows += run_link(link, args, bed)
     load = (round(load_before, 2), round(os.getloadavg()[0], 2))
-    print(f"1-minute load average before, after: {load[0]}, {load[1]}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
+    key = ("link", "kind", "size_mb", "method")
+    measured = {tuple(r.get(k) for k in key) for r in rows}
+    cells = {(r["link"], r["kind"], r["size_mb"]) for r in rows}
+    kept = []
+    if args.json.exists():
+        old = json.loads(args.json.read_text())
+        kept = [r for r in old.get("rows", []) if "link" in r
+                and tuple(r.get(k) for k in key) not in measured
+                and (r["link"], r["kind"], r["size_mb"]) not in cells]
+    order = {link: i for i, link in enumerate(RATES)}
+    every = sorted(kept + rows, key=lambda r: (order[r["link"]], r["kind"], r["size_mb"],
+                                               METHODS.index(r.get("method", "raw"))))
     report = {
-        "what": "ferry send_files vs raw sendfile copy, loopback, both ends in one process",
-        "cpus": os.cpu_count(),
-        "dir": str(args.dir),
-        "repeat": args.repeat,
-        "load_average_before_after": load,
-        "rows": [asdict(r) for r in rows],
+        "what": "ferry (plain and zstd) vs raw TCP vs rsync; medians; see benchmarks/transfer.py",
+        "cpus": os.cpu_count(), "dir": args.dir,
+        "load_average_before_after": load, "rows": every,
     }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    print(markdown(report))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -236,8 +236,12 @@ class _Relay:
         self._criu.close()  # CRIU has exited: its end reads EOF, and so does the peer
         for thread in self._threads:
             thread.join(timeout=10)
-        self._mine.close()
-        self._tcp.close()
+        for sock in (self._mine, self._tcp):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a pump stuck on a silent peer
+            except OSError:
+                pass
+            sock.close()
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:

@@ -8,11 +8,9 @@ id, whose password is derived from the cluster secret and that id (HMAC), so
 only a node holding the secret can write, and only for that migration. Like
 the rest of the data plane the channel is authenticated, not encrypted.
 
-Run as root the daemon chroots into the module, so no symlink can lead a
-write outside it, and stored symlinks keep their values. Without root there is
-no chroot: rsync munges stored symlinks (``/rsyncd-munged/`` prefix, never
-followable) and :meth:`RsyncTarget.stop` restores their values once the
-daemon is gone. Everything is argv lists, never a shell.
+As root the daemon chroots into the module, so no symlink can lead a write
+outside it and symlinks keep their values; without root rsync munges them
+(never followable) and :meth:`RsyncTarget.stop` restores them. No shell.
 """
 
 from __future__ import annotations
@@ -80,14 +78,14 @@ class RsyncTarget:
 
     def __init__(self, root: Path, mid: str, secret: bytes, host: str, *,
                  allow: str | None = None, state: Path | None = None,
-                 chroot: bool | None = None, max_connections: int = 4) -> None:
+                 chroot: bool | None = None) -> None:
         self.root, self.mid, self.host = _check_root(root), check_id("migration id", mid), host
         _check_host(host)
         if allow is not None:
             _check_address(allow)
-        self._secret, self._allow, self._max = secret, allow, max_connections
+        self._secret, self._allow = secret, allow
         self._chroot = os.geteuid() == 0 if chroot is None else chroot
-        self.state = state or Path(tempfile.mkdtemp(prefix=f"ferry-rsyncd-{mid}-"))
+        self.state = _check_conf_path(state or Path(tempfile.mkdtemp(prefix="ferry-rsyncd-")))
 
     def start(self) -> tuple[int, str]:
         """Start the daemon (or find it running); return its (port, module)."""
@@ -140,7 +138,7 @@ class RsyncTarget:
             f"use chroot = {'yes' if self._chroot else 'no'}",
             # A chroot already keeps symlinks in; without one, munge them (see stop()).
             f"munge symlinks = {'no' if self._chroot else 'yes'}",
-            "numeric ids = yes", f"max connections = {self._max}", "timeout = 120",
+            "numeric ids = yes", "max connections = 4", "timeout = 120",
         ]
         if os.geteuid() == 0:
             lines += ["uid = 0", "gid = 0"]  # keep owners: -a --numeric-ids
@@ -278,10 +276,13 @@ def _check_root(root: Path) -> Path:
     root = Path(root)
     if not root.is_absolute() or root.is_symlink() or not root.is_dir():
         raise BadRequest(f"cannot sync into {root}: want an absolute path to a directory")
-    root = root.resolve()
-    if any(ord(c) < 32 or c == "%" for c in str(root)):  # rsyncd.conf expands %VAR%
-        raise BadRequest(f"cannot sync into {str(root)!r}: control characters or '%' in path")
-    return root
+    return _check_conf_path(root.resolve())
+
+
+def _check_conf_path(path: Path) -> Path:
+    if any(ord(c) < 32 or c == "%" for c in str(path)):  # rsyncd.conf expands %VAR%
+        raise BadRequest(f"cannot use {str(path)!r} for rsync: control characters or '%' in it")
+    return path
 
 
 def _check_host(host: str) -> None:
