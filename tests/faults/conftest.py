@@ -9,17 +9,14 @@ import pytest
 
 from tasks.localcluster import LocalCluster
 from tests.conftest import cluster_env, criu_works, need, running
-
-TALLY: dict[str, int] = {"faults tried": 0, "containers lost": 0, "containers duplicated": 0,
-                         "migrations without a final state": 0, "done": 0, "rolled back": 0}
+from tests.faults.tally import TALLY
 
 
-@pytest.fixture(scope="session", autouse=True)
-def fault_table() -> Iterator[dict[str, int]]:
-    """Print the suite's table at the end: the last three rows must stay 0."""
-    yield TALLY
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault suite's table, in every run's summary."""
     if TALLY["faults tried"]:
-        print("\nfault suite: " + ", ".join(f"{k} {v}" for k, v in TALLY.items()))
+        terminalreporter.write_line(
+            "fault suite: " + ", ".join(f"{k} {v}" for k, v in TALLY.items()))
 
 
 class FaultCluster(LocalCluster):

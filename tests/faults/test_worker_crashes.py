@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tasks.localcluster import LocalCluster
-from tests.faults.conftest import TALLY
+from tests.faults.tally import TALLY
 from tests.integration.helpers import assert_went_on, dirtying, ticks, wait_for
 from workers import procs
 
