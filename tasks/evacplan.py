@@ -28,7 +28,10 @@ POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
 
 def parse_rate(rate: str | float | None) -> float | None:
-    """Bytes per second from ``50M`` (MB/s), ``64Mi`` (MiB/s), ``800mbit`` or a number; None stays None."""
+    """Bytes per second from ``50M`` (MB/s), ``64Mi`` (MiB/s), ``800mbit`` or a number.
+
+    None stays None (no cap).
+    """
     if rate is None:
         return None
     if isinstance(rate, (int, float)) and not isinstance(rate, bool):
@@ -132,6 +135,7 @@ def report(rec: Mapping[str, Any]) -> dict[str, Any]:
             "counts": counts, "makespan_s": makespan, "lower_bound_s": bound,
             "ratio": round(makespan / bound, 3) if bound > 0 else None,
             "link_bps": rec["link_bps"], "left_on_source": left, "cordoned": True,
+            "excluded": rec.get("excluded", {}),
             "message": _message(rec, rows, counts, left, makespan, bound)}
 
 
@@ -148,10 +152,13 @@ def _message(rec: Mapping[str, Any], rows: list[dict[str, Any]], counts: Mapping
         parts.append(f"still running on {node}: {', '.join(left)}")
     for r in rows:
         if r["outcome"] == "failed" and r["migration"]:
-            parts.append(f"{r['container']} failed to roll back: see `ferry status {r['migration']}`")
+            parts.append(f"{r['container']} failed to roll back: "
+                         f"see `ferry status {r['migration']}`")
     for o in OUTCOMES[1:]:
         if counts[o]:
             parts.append(f"{o.replace('_', ' ')}: "
                          f"{', '.join(r['container'] for r in rows if r['outcome'] == o)}")
-    tail = "`ferry uncordon " + node + "` once it is back" if not left else "fix, then evacuate again"
+    for dst, why in rec.get("excluded", {}).items():
+        parts.append(f"no more moves to {dst}: {why}")
+    tail = "fix, then evacuate again" if left else f"`ferry uncordon {node}` once it is back"
     return "; ".join(parts) + f"; {node} stays cordoned: {tail}"

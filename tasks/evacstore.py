@@ -123,7 +123,8 @@ class EvacuationHandle:
             running.append({"container": name, "dst": mv["dst"], "migration": m.id,
                             "state": m.state.value, "phase": m.phase.value if m.phase else None,
                             "strategy": m.strategy, "bytes_sent": p.get("bytes_sent", 0),
-                            "bytes_total": p.get("bytes_total"), "memory_bytes": mv["memory_bytes"]})
+                            "bytes_total": p.get("bytes_total"),
+                            "memory_bytes": mv["memory_bytes"]})
         counts = Counter(mv["outcome"] for mv in rec["moves"].values())
         end = rec["finished"] or time.time()
         return {"id": rec["id"], "node": rec["node"], "state": rec["state"],

@@ -53,9 +53,10 @@ from workers.errors import (
 )
 
 TICK_TASK = "ferry.control.evacuate_tick"
-TICK_S = 0.5
+TICK_S = 0.25  # how soon a finished move is followed by the next: ticks cost a few ms
 OUTCOME = {State.DONE: "moved", State.ROLLED_BACK: "rolled_back", State.FAILED: "failed"}
-SOURCE_PHASES = (Phase.PRECOPY, Phase.DUMP, Phase.CLEANUP)  # a failure there is not the destination's
+SOURCE_PHASES = (Phase.PRECOPY, Phase.DUMP, Phase.CLEANUP)  # failing there: not the destination
+STRIKES = 2  # failed migrations blamed on a destination before it takes no more moves
 
 
 class Unplaceable(BadRequest):
@@ -118,7 +119,8 @@ def start(client: Ferry, node: str, *, to: Collection[str] | None = None, dry_ru
                "strategy": strategy, "bandwidth_bps": bandwidth_bps, "limits": asdict(limits),
                "link_bps": client.settings.link_bps, "state": "running", "stop": None,
                "deadline": now + timeout if timeout else None, "plan": plan_to_json(p),
-               "excluded": {}, "moves": moves, "preview": preview, "started": now, "finished": None, "report": None}
+               "excluded": {}, "strikes": {}, "moves": moves, "preview": preview,
+               "started": now, "finished": None, "report": None}
         recs.put(rec)
         client.app.send_task(TICK_TASK, args=(eid,), queue=CONTROL_QUEUE)
     except BaseException:
@@ -182,8 +184,10 @@ def _advance(client: Ferry, recs: Records, rec: dict[str, Any], now: float) -> N
                     except FerryError:
                         pass  # past its point of no return, or just over
     records = {n["name"]: n for n in client.nodes()}
-    for dst in failed_dsts:
-        p = _replan(rec, p, dst, "a migration to it failed", records)
+    for dst in failed_dsts:  # one failure may be the container's; STRIKES are the node's
+        rec["strikes"][dst] = rec["strikes"].get(dst, 0) + 1
+        if rec["strikes"][dst] == STRIKES:
+            p = _replan(rec, p, dst, f"{STRIKES} migrations to it failed", records)
     if rec["stop"]:
         for mv in moves.values():
             if mv["outcome"] == PENDING:
@@ -302,7 +306,7 @@ def register(app: Celery, store: Store, settings: Settings | None = None) -> Non
 
     @app.task(name=TICK_TASK, bind=True)
     def evacuate_tick(self: Task, eid: str) -> dict[str, Any]:
-        """Advance evacuation ``eid`` once; it sends itself again until every container has an outcome."""
+        """Advance evacuation ``eid`` once; it sends itself again until every container is done."""
         if not clients:
             clients.append(Ferry(settings, store=store, app=app))
         return tick(clients[0], check_evac_id(eid))

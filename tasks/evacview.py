@@ -118,7 +118,8 @@ def run(client: Ferry, node: str | None, cancel_id: str | None, as_json: bool, n
         raise
     if handle.dry_run:
         emit(handle.plan, plan_table(handle.plan))
-        return EXIT_USAGE if handle.plan["unplaceable"] and not options["allow_partial"] else EXIT_OK
+        refused = handle.plan["unplaceable"] and not options["allow_partial"]
+        return EXIT_USAGE if refused else EXIT_OK
     if no_wait:
         emit({"id": handle.id}, handle.id)
         return EXIT_OK

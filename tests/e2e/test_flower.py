@@ -43,7 +43,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def flower(tmp_path_factory: pytest.TempPathFactory,
            redis_url: str) -> Iterator[tuple[LocalCluster, str, tuple[str, str]]]:
-    """SIMULATED nodes f1 and f2, a coordinator, and Flower with basic auth: (cluster, url, auth)."""
+    """SIMULATED nodes f1 and f2, a coordinator, Flower with basic auth: (cluster, url, auth)."""
     need(Path(CHROMIUM).exists(), "chromium is not installed: apt-get install chromium")
     try:
         import playwright.sync_api  # noqa: F401

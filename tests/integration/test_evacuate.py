@@ -142,7 +142,8 @@ def test_four_counters_leave_e1_and_go_on(evac: LocalCluster) -> None:
         time.sleep(0.1)
     rep = h.wait(timeout=5)
     assert rep["state"] == "done" and rep["counts"]["moved"] == 4, rep
-    assert {r["container"]: r["outcome"] for r in rep["containers"]} == dict.fromkeys(infos, "moved")
+    outcomes = {r["container"]: r["outcome"] for r in rep["containers"]}
+    assert outcomes == dict.fromkeys(infos, "moved")
     assert [r["container"] for r in rep["containers"]] == list(infos), "smallest first"
     for r in rep["containers"]:
         assert r["dst"] in ("e2", "e3") and r["downtime_ms"] > 0 and r["total_s"] > 0

@@ -39,7 +39,8 @@ def test_parse_rate_refuses(text: str) -> None:
         parse_rate(text)
 
 
-def rec(name: str, free: int, containers: list[dict[str, object]] = (), **kw: object) -> dict:  # type: ignore[assignment]
+def rec(name: str, free: int, containers: tuple[dict[str, object], ...] = (),
+        **kw: object) -> dict[str, object]:
     probe = {"arch": "x86_64", "mem_total_bytes": 4096 * M, "mem_free_bytes": free,
              "criu_ok": True}
     return {"name": name, "runtime": "criu", "probe": probe, "alive": True, "cordoned": False,
