@@ -1,14 +1,13 @@
-"""A cluster whose workers can be made to die at any phase (workers.failpoints)."""
+"""The fault suite's cluster fixture and its table in the run's summary."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tasks.localcluster import LocalCluster
 from tests.conftest import cluster_env, criu_works, need, running
+from tests.faults.cluster import NODES, FaultCluster
 from tests.faults.tally import TALLY
 
 
@@ -19,18 +18,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             "fault suite: " + ", ".join(f"{k} {v}" for k, v in TALLY.items()))
 
 
-class FaultCluster(LocalCluster):
-    """A LocalCluster with a failpoint file every worker reads."""
-
-    @property
-    def control(self) -> Path:
-        return self.base / "failpoints"
-
-    def arm(self, point: str) -> None:
-        self.control.write_text(point + "\n")
-
-    def disarm(self) -> None:
-        self.control.write_text("")
+def fault_env(redis_url: str, base_name: str, control: str) -> dict[str, str]:
+    return {**cluster_env(redis_url, base_name), "FERRY_FAILPOINTS": control,
+            "FERRY_PROGRESS_TIMEOUT_S": "20", "FERRY_NODE_TTL_S": "4"}
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +28,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
     ok, why = criu_works()
     need(ok, why)
     base = tmp_path_factory.mktemp("faults")
-    c = FaultCluster(base, {**cluster_env(redis_url, base.name),
-                            "FERRY_FAILPOINTS": str(base / "failpoints"),
-                            "FERRY_PROGRESS_TIMEOUT_S": "20", "FERRY_NODE_TTL_S": "4"})
+    c = FaultCluster(base, fault_env(redis_url, base.name, str(base / "failpoints")))
     c.disarm()
-    with running(c, ["f1", "f2"]):
+    with running(c, list(NODES)):
         yield c

@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from tests.faults.test_worker_crashes import copies, leftovers
 from tests.integration.helpers import assert_went_on, dirtying, ticks, wait_for
 from workers.errors import BadRequest, TooLate
 
@@ -26,11 +25,11 @@ def test_cancel_during_precopy_rolls_back_and_the_source_goes_on(faults) -> None
     client.cancel(handle.id)
     m = handle.wait(timeout=60)
     assert m.state.value == "rolled_back" and "cancelled by request" in " ".join(m.errors)
-    assert copies(faults, "f-cancel") == [info["pid"]], "the source copy must be the one running"
+    assert faults.copies("f-cancel") == [info["pid"]], "the source copy must be the one running"
     before = max(ticks(info["log"]))
     time.sleep(0.5)
     assert_went_on(ticks(info["log"]), before)
-    wait_for(lambda: not leftovers(faults, handle.id), timeout=10)
+    wait_for(lambda: not faults.leftovers(handle.id), timeout=10)
     with pytest.raises(BadRequest, match="already rolled_back"):
         client.cancel(handle.id)
     client.kill("f-cancel")
