@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import need
 from workers import procs
 from workers.errors import BadRequest, TokenError
 from workers.fsync import RsyncTarget, password, rsync_push
@@ -17,17 +18,13 @@ from workers.fsync import RsyncTarget, password, rsync_push
 SECRET = b"integration-secret-0123456789"
 MID = "m1"
 
-if shutil.which("rsync") is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("rsync is missing: ops/dev installs it (apt-get install rsync)")
-    pytest.skip("rsync is not installed", allow_module_level=True)
-
 Start = Callable[..., tuple[RsyncTarget, int, str]]
 
 
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Start]:
     """Start rsync daemons writing into tmp_path/dst (by default); stop them after the test."""
+    need(shutil.which("rsync") is not None, "rsync is not installed (apt-get install rsync)")
     started: list[RsyncTarget] = []
 
     def run(root: Path | None = None, **options: object) -> tuple[RsyncTarget, int, str]:
