@@ -99,23 +99,31 @@ class RawReceiver:
 
 
 class RsyncWatch:
-    """Peak RSS of the rsync processes of one process group, sampled every 20 ms."""
+    """Peak RSS of the rsync processes of one process group, sampled every 50 ms.
+
+    Sampling reads /proc, which costs CPU in this process: ``end`` says how
+    much, for the caller to take off what it measures.
+    """
 
     def __init__(self, pgid: int) -> None:
-        self.pgid, self.peak_kb, self._on = pgid, 0, threading.Event()
+        self.pgid, self.peak_kb, self.spent, self._on = pgid, 0, 0.0, threading.Event()
         threading.Thread(target=self._sample, daemon=True).start()
 
     def begin(self) -> None:
-        self.peak_kb = 0
         self._on.set()
 
-    def end(self) -> float:
+    def end(self) -> tuple[float, float]:
+        """The peak RSS (MB) and the sampling's CPU (s) since ``begin``; both start again."""
         self._on.clear()
-        return self.peak_kb / 1024
+        time.sleep(0.06)  # let a sample in progress finish and count its CPU
+        out = (self.peak_kb / 1024, self.spent)
+        self.peak_kb, self.spent = 0, 0.0
+        return out
 
     def _sample(self) -> None:
         while True:
             self._on.wait()
+            cpu = time.thread_time()
             total = 0
             for proc in Path("/proc").glob("[0-9]*"):
                 try:
@@ -125,7 +133,8 @@ class RsyncWatch:
                 except (OSError, ValueError, IndexError):
                     continue
             self.peak_kb = max(self.peak_kb, total * os.sysconf("SC_PAGE_SIZE") // 1024)
-            time.sleep(0.02)
+            self.spent += time.thread_time() - cpu
+            time.sleep(0.05)
 
 
 def daemon_cpu_s(pid: int) -> float:
@@ -149,16 +158,18 @@ def receivers(host: str, where: Path) -> None:
                       "module": module}), flush=True)
     cpu = 0.0
     for line in sys.stdin:
-        if line.strip() == "begin":
+        if line.split()[0] == "begin":
             Path("/proc/self/clear_refs").write_text("5")  # VmHWM back to the current RSS
-            watch.begin()
+            if line.split()[1:] == ["rsync"]:
+                watch.begin()
             cpu = time.process_time() + daemon_cpu_s(daemon)
             print("ok", flush=True)
         elif line.strip() == "end":
+            rsync_rss, sampling = watch.end()
             time.sleep(0.05)  # let the daemon reap its connection (its CPU counts then)
-            used = time.process_time() + daemon_cpu_s(daemon) - cpu
+            used = time.process_time() + daemon_cpu_s(daemon) - cpu - sampling
             print(json.dumps({"cpu_s": used, "rss_mb": peak_rss_mb(),
-                              "rsync_rss_mb": watch.end()}), flush=True)
+                              "rsync_rss_mb": rsync_rss}), flush=True)
         elif line.strip() == "clean":
             for sub in ("raw", "ferry", "rsync"):
                 clear(where / sub)
@@ -212,15 +223,16 @@ def send(method: str, host: str, peer: Peer, path: Path) -> int:
 
 
 def measure(method: str, host: str, peer: Peer, path: Path, watch: RsyncWatch) -> dict[str, float]:
-    peer.ask("begin")
+    peer.ask(f"begin {method}")
     Path("/proc/self/clear_refs").write_text("5")
-    watch.begin()
+    if method == "rsync":
+        watch.begin()
     before = _children_cpu()
     cpu, wall = time.process_time(), time.perf_counter()
     wire = send(method, host, peer, path)
     seconds = time.perf_counter() - wall
-    sent_cpu = time.process_time() - cpu + _children_cpu() - before
-    rsync_rss = watch.end()
+    rsync_rss, sampling = watch.end()
+    sent_cpu = time.process_time() - cpu + _children_cpu() - before - sampling
     far = json.loads(peer.ask("end"))
     peer.ask("clean")
     return {"seconds": seconds, "cpu_s": sent_cpu + far["cpu_s"], "wire_mb": wire / 1e6,
