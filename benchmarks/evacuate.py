@@ -24,7 +24,8 @@ control plane (queues, coordinator, the evacuation tick) at scale. Its bytes
 are not its memory, so no bound is given, only moves per second.
 
 A cell that would not fit in what is left of ``--budget-s`` is skipped and
-the JSON says so; rows of a kind not run are kept from the existing file.
+the JSON says so. Rows of another kind, link or strategy are kept from the
+existing file, and so are keys this script does not write (``findings``).
 """
 
 from __future__ import annotations
@@ -96,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.note:
             r["note"] = args.note
     print_table(rows)
-    write_json(Path(args.json), rows, {"real", "sim"} if args.only is None else {args.only},
-               " ".join(sys.argv))
+    write_json(Path(args.json), rows, " ".join(sys.argv))
     return 0
 
 
@@ -246,11 +246,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               f"{r['moves_per_s']:>7.2f} {mean:>9} {worst:>7}  {r['outcomes']}")
 
 
-def write_json(path: Path, rows: list[dict[str, Any]], kinds: set[str], command: str) -> None:
-    old: list[dict[str, Any]] = []
-    if path.exists():
-        old = [r for r in json.loads(path.read_text()).get("rows", []) if r["kind"] not in kinds]
-    out = {"benchmark": "evacuate", "generated": datetime.datetime.now(datetime.UTC).isoformat(
+def write_json(path: Path, rows: list[dict[str, Any]], command: str) -> None:
+    """Rows of this run replace those of the same kind, link and strategy; the rest stay."""
+    def key(r: dict[str, Any]) -> tuple[str, str, str]:
+        return r["kind"], r["link"], r["strategy"]
+
+    prev: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    new = {key(r) for r in rows}
+    old = [r for r in prev.get("rows", []) if key(r) not in new]
+    out = {**prev, "benchmark": "evacuate", "generated": datetime.datetime.now(datetime.UTC).isoformat(
                timespec="seconds"),
            "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                        "python": platform.python_version(), "load1": os.getloadavg()[0]},
