@@ -26,10 +26,11 @@ import redis
 from tasks.app import make_app, node_queue
 from tasks.broker import connect, resolve
 from tasks.node import register
-from tasks.phases import NodeContext
+from tasks.phases import NodeContext, collect
 from tasks.settings import Settings, check_node_name
 from tasks.store import Store
 from workers.criu import Criu
+from workers.errors import BadRequest
 from workers.probe import probe, probe_lazy
 from workers.runtime import Runtime
 from workers.transfer import TransferServer
@@ -114,6 +115,7 @@ def serve(settings: Settings, node: str) -> int:
             try:
                 store.put_node(node, {**record, "last_seen": time.time(), "load": load, "state": "up"})
                 store.put_containers(node, _containers(runtime))
+                collect(home, lambda mid: _final(store, mid))
             except redis.RedisError as exc:
                 # The broker is away: keep the workers (and any freeze-window
                 # step they run) alive; they reconnect, and so do we next beat.
@@ -133,6 +135,14 @@ def serve(settings: Settings, node: str) -> int:
         except redis.RedisError:
             pass  # the heartbeat going stale says the same
     return 0
+
+
+def _final(store: Store, mid: str) -> bool:
+    """Whether migration ``mid`` is over (or unknown: its images are orphans)."""
+    try:
+        return store.get(mid).state.final
+    except BadRequest:
+        return True
 
 
 def _reap(keep: set[int]) -> None:

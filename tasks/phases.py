@@ -213,14 +213,26 @@ def verify(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
     info = ctx.runtime.get(m.container)
     if info.state != "running":
         raise PermanentError(f"restored {m.container!r} is {info.state} on {ctx.node}, not running")
-    drop_images(ctx, ctx.incoming(m.id).parent, m.id)
+    # The images (and the restore marker an ABORT relies on) stay until the
+    # migration is final: the node's garbage collector (collect) drops them.
     return {"pid": info.pid, "memory_bytes": info.memory_bytes}
 
 
-def drop_images(ctx: NodeContext, d: Path, mid: str) -> None:
+def collect(node_dir: Path, is_final: Callable[[str], bool]) -> list[str]:
+    """Drop the image dirs of every finished migration on this node; the ids dropped."""
+    dropped = []
+    for side in ("images", "incoming"):
+        for d in sorted((node_dir / side).glob("m-*")):
+            if d.is_dir() and is_final(d.name):
+                drop_images(node_dir, d, d.name)
+                dropped.append(d.name)
+    return dropped
+
+
+def drop_images(node_dir: Path, d: Path, mid: str) -> None:
     """Remove a migration's image dirs, keeping CRIU's logs under ``<node>/logs/<mid>``."""
     if d.exists():
-        keep = ctx.node_dir / "logs" / mid
+        keep = node_dir / "logs" / mid
         keep.mkdir(parents=True, exist_ok=True)
         for log in d.glob("*/*.log"):
             shutil.copy2(log, keep / f"{log.parent.name}-{log.name}")
@@ -231,7 +243,7 @@ def cleanup(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     """After the point of no return: remove the source copy, exactly once."""
     if _has(ctx, m.container):
         ctx.runtime.kill(m.container)
-    drop_images(ctx, ctx.images(m.id).parent, m.id)
+    drop_images(ctx.node_dir, ctx.images(m.id).parent, m.id)
     return {"removed": True}
 
 
@@ -242,7 +254,7 @@ def abort(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     if remembered(d, Phase.RESTORE) and _has(ctx, m.container):
         ctx.runtime.kill(m.container)
         killed = True
-    drop_images(ctx, d.parent, m.id)
+    drop_images(ctx.node_dir, d.parent, m.id)
     return {"killed": killed}
 
 
@@ -256,7 +268,7 @@ def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
         _end_lazy_dump(ctx, m, dumped["page_server"])
         dumped = None  # a lazy dump leaves no pages on disk to restore from
     info = ctx.runtime.resume(m.container, d if dumped else None)
-    drop_images(ctx, d.parent, m.id)
+    drop_images(ctx.node_dir, d.parent, m.id)
     return {"pid": info.pid, "state": info.state}
 
 
