@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,9 @@ class SimRuntime:
 
     def _save(self, rec: dict[str, object]) -> None:
         path = self._path(str(rec["name"]))
-        path.with_suffix(".tmp").write_text(json.dumps(rec))
-        os.replace(path.with_suffix(".tmp"), path)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
+        tmp.write_text(json.dumps(rec))
+        os.replace(tmp, path)
 
     @staticmethod
     def counter(rec: dict[str, object], now: float) -> int:
@@ -93,7 +95,13 @@ class SimRuntime:
             self._save(rec)
 
     def containers(self) -> list[ContainerInfo]:
-        return [self._info(self._load(p.stem)) for p in sorted(self.inventory.glob("*.json"))]
+        out = []
+        for p in sorted(self.inventory.glob("*.json")):
+            try:
+                out.append(self._info(self._load(p.stem)))
+            except UnknownContainer:
+                continue  # killed since the glob
+        return out
 
     def get(self, name: str) -> ContainerInfo:
         return self._info(self._load(name))
