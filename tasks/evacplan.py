@@ -27,6 +27,16 @@ RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(bit|b)?(?:/s)?\s*$", re.
 POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
 
+class Unplaceable(BadRequest):
+    """Some containers have no destination: nothing was moved. ``preview`` is the plan."""
+
+    def __init__(self, preview: dict[str, Any]) -> None:
+        names = ", ".join(u["container"] for u in preview["unplaceable"])
+        super().__init__(f"nothing moved: no destination for {names} (see the plan); "
+                         "--allow-partial moves the others")
+        self.preview = preview
+
+
 def parse_rate(rate: str | float | None) -> float | None:
     """Bytes per second from ``50M`` (MB/s), ``64Mi`` (MiB/s), ``800mbit`` or a number.
 

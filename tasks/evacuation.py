@@ -1,17 +1,14 @@
 """The evacuation runner: drain a node by driving tasks.planner, never blocking.
 
-:func:`start` (client side) takes the node's lock, cordons the node, plans
-from the registry and, when a container has nowhere to go, refuses before
-anything moves (unless partial evacuations are allowed); then it stores the
-record and sends the first ``ferry.control.evacuate_tick``. Each tick follows
-the migrations it started, starts the next moves the limits allow (through
-``Ferry.migrate``, so each is validated like any other migration), re-plans
-the moves pending to a destination that failed or filled, and sends itself
-again ``TICK_S`` later until every container has an outcome. The drained node
-stays cordoned; whatever did not move still runs there. Records, locks and
-the client's handle: tasks.evacstore.
+:func:`start` (client side) takes the node's lock, cordons it, plans from the
+registry, refuses before anything moves when a container has nowhere to go
+(unless partial evacuations are allowed), stores the record (tasks.evacstore)
+and sends the first ``ferry.control.evacuate_tick``. Each tick follows its
+migrations, starts the next moves the limits allow through ``Ferry.migrate``
+(validated like any other), re-plans moves pending to a destination that failed
+or filled, and sends itself again ``TICK_S`` later until every container has an
+outcome. The node stays cordoned; whatever did not move still runs there.
 """
-
 from __future__ import annotations
 
 import secrets
@@ -28,6 +25,7 @@ from tasks.chooser import STRATEGIES
 from tasks.client import Ferry
 from tasks.coordinator import HEARTBEAT_KEY
 from tasks.evacplan import (
+    Unplaceable,
     bound_s,
     compatible,
     live,
@@ -57,16 +55,6 @@ TICK_S = 0.25  # how soon a finished move is followed by the next: ticks cost a 
 OUTCOME = {State.DONE: "moved", State.ROLLED_BACK: "rolled_back", State.FAILED: "failed"}
 SOURCE_PHASES = (Phase.PRECOPY, Phase.DUMP, Phase.CLEANUP)  # failing there: not the destination
 STRIKES = 2  # failed migrations blamed on a destination before it takes no more moves
-
-
-class Unplaceable(BadRequest):
-    """Some containers have no destination: nothing was moved. ``preview`` is the plan."""
-
-    def __init__(self, preview: dict[str, Any]) -> None:
-        names = ", ".join(u["container"] for u in preview["unplaceable"])
-        super().__init__(f"nothing moved: no destination for {names} (see the plan); "
-                         "--allow-partial moves the others")
-        self.preview = preview
 
 
 def start(client: Ferry, node: str, *, to: Collection[str] | None = None, dry_run: bool = False,
