@@ -70,8 +70,11 @@ def run_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, mid: st
                        error=f"delivered more than {max_deliveries} times; giving up")
         else:
             ev = _attempt(store, ctx, phase, m, step, task)
-            after()
         m, sends, _ = store.apply(mid, ev)
+        try:
+            after()  # the node's published inventory; the outcome is recorded already
+        except Exception:  # a broker blip must not lose a phase's outcome; next heartbeat republishes
+            log.exception("%s: publishing %s's inventory failed", mid, ctx.node)
         inline = [s for s in sends if s.node == ctx.node and s.urgent == urgent and not s.countdown]
         dispatch(app, mid, [s for s in sends if s not in inline])
         if len(inline) != 1:
