@@ -49,10 +49,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         return f"redis+socket://{sock}"
 
 
-def cluster_env(url: str, name: str) -> dict[str, str]:
+def cluster_env(url: str) -> dict[str, str]:
     return {"FERRY_BROKER_URL": url, "FERRY_RESULT_BACKEND": url,
             "FERRY_REDIS_URL": url.replace("redis+socket://", "unix://"),
-            "FERRY_SECRET": "test-secret-" + name, "PYTHONPATH": str(ROOT),
+            # One secret for every test cluster: they share the broker, so any
+            # coordinator may serve any cluster's control tasks.
+            "FERRY_SECRET": "test-secret-of-this-session", "PYTHONPATH": str(ROOT),
             "FERRY_ALLOW_PIPE_MAX_SIZE": "1"}
 
 
@@ -78,7 +80,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
     ok, why = criu_works()
     need(ok, why)
     base = tmp_path_factory.mktemp("cluster")
-    with running(LocalCluster(base, cluster_env(redis_url, base.name)), ["n1", "n2"]) as c:
+    with running(LocalCluster(base, cluster_env(redis_url)), ["n1", "n2"]) as c:
         yield c
 
 
@@ -86,6 +88,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
 def sim_cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[LocalCluster]:
     """Two SIMULATED nodes (s1, s2) and a coordinator: the sim runtime, labelled as such."""
     base = tmp_path_factory.mktemp("simcluster")
-    env = {**cluster_env(redis_url, base.name), "FERRY_RUNTIME": "sim"}
+    env = {**cluster_env(redis_url), "FERRY_RUNTIME": "sim"}
     with running(LocalCluster(base, env), ["s1", "s2"]) as c:
         yield c

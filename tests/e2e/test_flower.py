@@ -50,7 +50,7 @@ def flower(tmp_path_factory: pytest.TempPathFactory,
     except ImportError:
         need(False, "playwright is not installed: pip install playwright (no `playwright install`)")
     base = tmp_path_factory.mktemp("flower")
-    c = LocalCluster(base, {**cluster_env(redis_url, base.name), "FERRY_RUNTIME": "sim"})
+    c = LocalCluster(base, {**cluster_env(redis_url), "FERRY_RUNTIME": "sim"})
     auth = ("ferry", secrets.token_hex(8))
     port = free_port()
     try:

@@ -18,8 +18,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             "fault suite: " + ", ".join(f"{k} {v}" for k, v in TALLY.items()))
 
 
-def fault_env(redis_url: str, base_name: str, control: str) -> dict[str, str]:
-    return {**cluster_env(redis_url, base_name), "FERRY_FAILPOINTS": control,
+def fault_env(redis_url: str, control: str) -> dict[str, str]:
+    return {**cluster_env(redis_url), "FERRY_FAILPOINTS": control,
             "FERRY_PROGRESS_TIMEOUT_S": "20", "FERRY_NODE_TTL_S": "4"}
 
 
@@ -28,7 +28,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
     ok, why = criu_works()
     need(ok, why)
     base = tmp_path_factory.mktemp("faults")
-    c = FaultCluster(base, fault_env(redis_url, base.name, str(base / "failpoints")))
+    c = FaultCluster(base, fault_env(redis_url, str(base / "failpoints")))
     c.disarm()
     with running(c, list(NODES)):
         yield c

@@ -43,7 +43,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     base = Path(tempfile.mkdtemp(prefix="ferry-soak-"))
     sock = base / "redis.sock"
-    c = FaultCluster(base, fault_env(f"redis+socket://{sock}", base.name, str(base / "failpoints")))
+    c = FaultCluster(base, fault_env(f"redis+socket://{sock}", str(base / "failpoints")))
     from tasks.broker import ensure_embedded
 
     ensure_embedded(base)

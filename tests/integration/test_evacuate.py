@@ -38,7 +38,7 @@ def evac(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[L
     ok, why = criu_works()
     need(ok, why)
     base = tmp_path_factory.mktemp("evac")
-    c = LocalCluster(base, cluster_env(redis_url, base.name))
+    c = LocalCluster(base, cluster_env(redis_url))
     try:
         c.start_coordinator()
         for n in NODES:

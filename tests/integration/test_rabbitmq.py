@@ -55,7 +55,7 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory,
         redis.Redis.from_url(url).flushdb()
     else:
         url = f"redis+socket://{ensure_embedded(base / 'redis')}"
-    c = LocalCluster(base, {**cluster_env(url, base.name), "FERRY_BROKER_URL": AMQP_URL})
+    c = LocalCluster(base, {**cluster_env(url), "FERRY_BROKER_URL": AMQP_URL})
     tag = secrets.token_hex(3)
     nodes = [f"rq{tag}a", f"rq{tag}b"]
     try:

@@ -74,7 +74,7 @@ def kombu_state() -> Iterator[None]:
 def signed(redis_url: str, keys: dict[str, Path], kombu_state: None,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A signing worker on a queue of its own, and what its task saw."""
-    env = {**cluster_env(redis_url, "signing"),
+    env = {**cluster_env(redis_url),
            "FERRY_STATE_DIR": str(tmp_path_factory.mktemp("state"))}
     settings = Settings.from_env(env)
     queue = f"test.signing.{secrets.token_hex(4)}"
