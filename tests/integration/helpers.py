@@ -10,8 +10,11 @@ COUNTER = ("import time\ni = 0\nwhile True:\n    print('tick', i, flush=True)\n"
 
 
 def ticks(log: str | Path) -> list[int]:
-    lines = Path(log).read_text().splitlines()
-    return [int(ln.split()[1]) for ln in lines if ln.startswith("tick ")]
+    """The counter's values in its log; a line still being written is left out."""
+    text = Path(log).read_text()
+    lines = text.splitlines()[: None if text.endswith("\n") else -1]
+    return [int(p[1]) for p in (ln.split() for ln in lines)
+            if len(p) >= 2 and p[0] == "tick" and p[1].isdigit()]
 
 
 def wait_for(pred, timeout: float = 10.0, every: float = 0.05):  # type: ignore[no-untyped-def]
