@@ -96,7 +96,7 @@ def exit_code(rep: dict[str, Any]) -> int:
 def run(client: Ferry, node: str | None, cancel_id: str | None, as_json: bool, no_wait: bool,
         out: Console, err: Console, **options: Any) -> int:
     """Cancel evacuation ``cancel_id``, or evacuate ``node`` and follow it; the exit code."""
-    from tasks.evacuation import Unplaceable
+    from tasks.evacplan import Unplaceable
 
     def emit(data: Any, human: Any) -> None:
         if as_json:
