@@ -1,7 +1,7 @@
 """Every strategy side by side: downtime and where it goes, total time, bytes, passes.
 
-    .venv/bin/python benchmarks/strategies.py                 # default: fits in 10 min on 2 cores
-    .venv/bin/python benchmarks/strategies.py --sizes 64,256,1024 --runs 5 \\
+    sudo .venv/bin/python benchmarks/strategies.py            # default: fits in 10 min on 2 cores
+    sudo .venv/bin/python benchmarks/strategies.py --sizes 64,256,1024 --runs 5 \\
         --links loopback,1gbit,100mbit [--rates 1,10,50] [--strategies cold,delta,postcopy]
         [--budget-s 500] [--dir /tmp] [--json ...] [--png ...]
     .venv/bin/python benchmarks/strategies.py --markdown      # the saved table, as markdown
@@ -61,7 +61,9 @@ The run keeps to ``--budget-s`` (500 s, so that with the wait the default run
 ends within 10 minutes on a 2-core machine), counted from its start: a cell
 that would not fit, by what the cells so far cost, is skipped, a cell stops
 between runs once the time is up, and the JSON says so. Rows of cells not run
-this time (or skipped) are kept from the JSON file.
+this time (or skipped) are kept from the JSON file. Each cell is saved as it
+ends, and a SIGTERM takes the clusters and the testbed down and keeps what was
+measured.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -203,28 +206,34 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, strategies, time.monotonic() + args.budget_s)
     Bench.testbed_wait_s = args.wait_testbed_s
     started = time.monotonic()
-    if "loopback" in links:
-        with loopback_cluster(Path(args.dir)) as (client, base):
-            bench.run_link(client, base, "loopback", ("n1", "n2"), ("s1", "s2"), sizes, rates)
-    shaped = [lk for lk in links if lk != "loopback"]
-    if shaped:
-        with testbed_cluster(Path(args.dir)) as cluster:
-            if cluster is None:
-                for link in shaped:
-                    bench.skip_link(link, sizes, rates, bench.testbed_why)
-            else:
-                for link in shaped:
-                    for node in cluster.nodes:
-                        cluster.bed.shape(node, link)
-                    bench.run_link(
-                        cluster.client,
-                        cluster.base,
-                        link,
-                        ("node1", "node2"),
-                        ("node3", "node4"),
-                        sizes,
-                        rates,
-                    )
+    # A SIGTERM unwinds like an exception, so the clusters and the testbed are
+    # taken down and what was measured is kept (each cell is saved as it ends).
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        if "loopback" in links:
+            with loopback_cluster(Path(args.dir)) as (client, base):
+                bench.run_link(client, base, "loopback", ("n1", "n2"), ("s1", "s2"), sizes, rates)
+        shaped = [lk for lk in links if lk != "loopback"]
+        if shaped:
+            with testbed_cluster(Path(args.dir)) as cluster:
+                if cluster is None:
+                    for link in shaped:
+                        bench.skip_link(link, sizes, rates, bench.testbed_why)
+                else:
+                    for link in shaped:
+                        for node in cluster.nodes:
+                            cluster.bed.shape(node, link)
+                        bench.run_link(
+                            cluster.client,
+                            cluster.base,
+                            link,
+                            ("node1", "node2"),
+                            ("node3", "node4"),
+                            sizes,
+                            rates,
+                        )
+    except Terminated:
+        print("terminated: the clusters are down; rows measured so far are saved", flush=True)
     elapsed = time.monotonic() - started
     doc = write_json(Path(args.json), bench.rows, args, elapsed)
     print()
@@ -235,6 +244,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(bench.rows)} rows in {elapsed:.0f} s; wrote {args.json}")
     plot(doc, Path(args.png))
     return 0 if all(r.get("state") != "failed" for r in bench.rows) else 1
+
+
+class Terminated(Exception):
+    """SIGTERM, raised where the run is."""
+
+
+_cleaning = 0  # > 0 while a cluster is being taken down: a SIGTERM must not cut that short
+
+
+def _terminated(signum: int, frame: object) -> None:
+    if not _cleaning:
+        raise Terminated
+
+
+@contextmanager
+def _not_interrupted() -> Iterator[None]:
+    global _cleaning
+    _cleaning += 1
+    try:
+        yield
+    finally:
+        _cleaning -= 1
 
 
 # -- clusters --------------------------------------------------------------------------
@@ -259,10 +290,11 @@ def loopback_cluster(where: Path) -> Iterator[tuple[Ferry, Path]]:
         print(f"loopback cluster: up in {time.monotonic() - t0:.0f} s", flush=True)
         yield cluster.client, base
     finally:
-        kill_all(cluster.client)
-        cluster.stop()
-        stop_embedded(base)
-        shutil.rmtree(base, ignore_errors=True)
+        with _not_interrupted():
+            kill_all(cluster.client)
+            cluster.stop()
+            stop_embedded(base)
+            shutil.rmtree(base, ignore_errors=True)
 
 
 @contextmanager
@@ -310,8 +342,9 @@ def testbed_cluster(where: Path) -> Iterator[Any]:
         print(f"testbed: up in {time.monotonic() - t0:.0f} s", flush=True)
         yield cluster
     finally:
-        cluster.down()
-        shutil.rmtree(base, ignore_errors=True)
+        with _not_interrupted():
+            cluster.down()
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def kill_all(client: Ferry) -> None:
@@ -363,14 +396,29 @@ def wait_until(pred: Any, timeout: float, what: str) -> None:
 _LAZY = re.compile(r"UFFD transferred pages: \((\d+)/(\d+)\)")
 
 
-def lazy_pages_sent(base: Path, m: Migration) -> int | None:
-    """Pages CRIU's page server sent after the restore, from the destination's lazy-pages log."""
-    log = base / "nodes" / m.dst / "logs" / m.id / "final-lazy-pages.log"
-    try:
-        found = _LAZY.findall(log.read_text(errors="replace"))
-    except OSError:
-        return None
-    return int(found[-1][0]) if found else None
+def lazy_pages_sent(base: Path, m: Migration, wait_s: float = 5.0) -> int | None:
+    """Pages CRIU's page server sent after the restore, from the destination's lazy-pages log.
+
+    The log is in the migration's incoming dir until the node's heartbeat
+    collects it into ``logs/<mid>`` once the migration is final.
+    """
+    node = base / "nodes" / m.dst
+    logs = (
+        node / "logs" / m.id / "final-lazy-pages.log",
+        node / "incoming" / m.id / "final" / "lazy-pages.log",
+    )
+    deadline = time.monotonic() + wait_s
+    while True:
+        for log in logs:
+            try:
+                found = _LAZY.findall(log.read_text(errors="replace"))
+            except OSError:
+                continue
+            if found:
+                return int(found[-1][0])
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
 
 
 def sample(m: Migration, base: Path, simulated: bool) -> dict[str, Any]:
@@ -448,12 +496,13 @@ class Bench:
         self.fixed = dict(GUESS_FIXED_S)
         self.per_mib = dict(GUESS_S_PER_MIB)
         self._printed = False
+        self.started = time.monotonic()
 
     def estimate_s(self, kind: str, link: str, size: int) -> float:
         """What a cell should cost: per run, a fixed part plus (real CRIU) a part per MiB."""
         n = len(self.real if kind == "real" else self.sim) / 3
         per_run = self.fixed[kind] + (size * self.per_mib[link] if kind == "real" else 0.0)
-        return self.args.runs * n * per_run + 3 + size / 100
+        return float(self.args.runs * n * per_run + 3 + size / 100)
 
     def fits(self, kind: str, link: str, size: int) -> tuple[bool, str]:
         need, left = self.estimate_s(kind, link, size), self.deadline - time.monotonic()
@@ -613,6 +662,8 @@ class Bench:
             self.rows.append(row)
             print(text_table([row], header=not self._printed), flush=True)
             self._printed = True
+        # saved as each cell ends: a run cut short keeps what it measured
+        write_json(Path(self.args.json), self.rows, self.args, time.monotonic() - self.started)
 
     def learn(self, kind: str, link: str, size: int, cell_s: float, n: int) -> None:
         """Refit the cost model from the cell just measured."""
@@ -645,10 +696,10 @@ def aggregate(samples: list[dict[str, Any]], errors: list[str]) -> dict[str, Any
 # -- output ----------------------------------------------------------------------------
 def _label(r: dict[str, Any]) -> str:
     """The strategy asked for, ``->`` what it finished as where it fell back (xN: N runs)."""
-    s = r["strategy"].removeprefix("sim:")
+    s = str(r["strategy"]).removeprefix("sim:")
     finals = r.get("finished_as", {})
     if isinstance(finals, list):  # rows written before the counts were kept
-        finals = dict.fromkeys(finals, r.get("runs", 0))
+        finals = dict(collections.Counter(x["final"] for x in r.get("samples", [])))
     fell = [f + ("" if n == r.get("runs") else f"x{n}") for f, n in finals.items() if f != s]
     label = s + (f"->{'/'.join(fell)}" if fell else "")
     return label + (" SIMULATED" if r["simulated"] else "")
@@ -1014,13 +1065,18 @@ def plot(doc: dict[str, Any], png: Path) -> None:
             ax.set_ylabel("ms")
             ax.set_title(f"{link}, {size} MiB", fontsize=10)
             if not legend:
-                legend = bool(ax.legend(fontsize=7, ncol=2, loc="upper left"))
+                handles, names = ax.get_legend_handles_labels()
+                legend = bool(handles)
+                if legend:
+                    fig.legend(handles, names, fontsize=8, ncol=6, loc="upper right")
     fig.suptitle(
         "Median downtime split into its parts (black tick: median downtime; hatched, *: "
         "SIMULATED; red x: did not finish)",
         fontsize=11,
+        x=0.01,
+        ha="left",
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=100)
     print(f"wrote {png}")
