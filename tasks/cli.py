@@ -239,7 +239,8 @@ def status(migration: str | None, as_json: bool) -> None:
             for w in m.warnings:
                 t.add_row("warning", w)
             t.add_row("phase", f"{m.phase.value if m.phase else '-'} (attempt {m.attempt})")
-            for k in ("downtime_ms", "criu_freeze_ms", "wire_ms", "restore_ms", "overhead_ms"):
+            for k in ("downtime_ms", "criu_freeze_ms", "delta_ms", "wire_ms", "rebuild_ms",
+                      "restore_ms", "overhead_ms"):
                 if k in s:
                     t.add_row(k.replace("_ms", " (ms)"), str(s[k]))
             t.add_row("total (s)", str(s["total_s"]))

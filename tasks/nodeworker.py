@@ -30,7 +30,7 @@ from tasks.phases import NodeContext, collect
 from tasks.settings import Settings, check_node_name
 from tasks.store import Store
 from workers.criu import Criu
-from workers.errors import BadRequest
+from workers.errors import BadRequest, FerryError
 from workers.probe import probe, probe_lazy
 from workers.runtime import Runtime
 from workers.transfer import TransferServer
@@ -116,9 +116,10 @@ def serve(settings: Settings, node: str) -> int:
                 store.put_node(node, {**record, "last_seen": time.time(), "load": load, "state": "up"})
                 store.put_containers(node, _containers(runtime))
                 collect(home, lambda mid: _final(store, mid))
-            except redis.RedisError as exc:
-                # The broker is away: keep the workers (and any freeze-window
-                # step they run) alive; they reconnect, and so do we next beat.
+            except (redis.RedisError, FerryError, OSError) as exc:
+                # The broker is away, or /proc or the disk hiccuped: keep the
+                # workers (and any freeze-window step they run) alive; the
+                # next beat tries again.
                 log.warning("heartbeat of %s failed: %s", node, exc)
             time.sleep(s.heartbeat_s if not stopping else 0)
     finally:

@@ -133,10 +133,14 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
         port = free_port(ctx.host)
         frozen_at = ctx.runtime.checkpoint_lazy(m.container, d, ctx.host, port, parent)
         server = f"{ctx.host}:{port}"
+        end = time.time()
         return remember(d, Phase.DUMP, {"freeze_start": frozen_at, "page_server": server,
                                         "page_server_mac": auth.sign(ctx.secret, "address", m.id,
                                                                      ctx.node, server),
-                                        "frozen_ms": 0.0, "freezing_ms": 0.0, "end": time.time()})
+                                        # the dump froze the tree at frozen_at and returns
+                                        # once all but the pages are written
+                                        "frozen_ms": round((end - frozen_at) * 1000, 3),
+                                        "freezing_ms": 0.0, "end": end})
     s = ctx.runtime.checkpoint(m.container, d, parent=parent)
     end = time.time()
     return remember(d, Phase.DUMP, {

@@ -95,11 +95,6 @@ class Settings:
         return replace(self, **changes)
 
     @property
-    def embedded(self) -> bool:
-        """True when ferry runs its own Redis in state_dir."""
-        return not (self.broker_url and self.redis_url)
-
-    @property
     def container_root(self) -> Path:
         return self.shared_dir or self.state_dir / "shared"
 

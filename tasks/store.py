@@ -163,10 +163,6 @@ class Store:
         out = [self.node(str(n)) for n in sorted(self.r.smembers("ferry:nodes"))]
         return [n for n in out if n is not None]
 
-    def forget_node(self, name: str) -> None:
-        self.r.delete(f"ferry:node:{name}", f"ferry:node:{name}:containers")
-        self.r.srem("ferry:nodes", name)
-
     def cordon(self, name: str, on: bool) -> None:
         if on:
             self.r.set(f"ferry:cordon:{name}", "1")

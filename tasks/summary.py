@@ -16,9 +16,11 @@ def downtime(m: Migration) -> dict[str, float] | None:
 
     downtime = from the moment CRIU froze the tree on the source to the moment
     the restored tree resumed on the destination. Its parts: ``criu_freeze``
-    (CRIU's own frozen time in the dump), ``wire`` (images over the data
-    plane), ``restore`` (the criu restore call) and ``overhead`` (everything
-    else: queues, task start, bookkeeping).
+    (CRIU's own frozen time in the dump), ``delta`` (delta only: finding the
+    changed blocks), ``wire`` (images over the data plane), ``rebuild`` (delta
+    only: the destination rebuilding the image set), ``restore`` (the criu
+    restore call) and ``overhead`` (everything else: queues, task start,
+    bookkeeping).
     """
     r = m.results
     dump, xfer, rest = r.get("dump"), r.get("transfer"), r.get("restore")
@@ -26,11 +28,14 @@ def downtime(m: Migration) -> dict[str, float] | None:
         return None
     total = (rest["end"] - dump["freeze_start"]) * 1000
     criu = dump["frozen_ms"] + dump["freezing_ms"]
+    delta = xfer.get("delta_ms", 0.0) if xfer else 0.0
     wire = xfer["wall_ms"] if xfer else 0.0
-    restore = rest["wall_ms"]
+    rebuild = rest.get("rebuild_ms", 0.0)
+    restore = rest["wall_ms"] - rebuild
     return {"downtime_ms": round(total, 1), "criu_freeze_ms": round(criu, 1),
-            "wire_ms": round(wire, 1), "restore_ms": round(restore, 1),
-            "overhead_ms": round(total - criu - wire - restore, 1)}
+            "delta_ms": round(delta, 1), "wire_ms": round(wire, 1),
+            "rebuild_ms": round(rebuild, 1), "restore_ms": round(restore, 1),
+            "overhead_ms": round(total - criu - delta - wire - rebuild - restore, 1)}
 
 
 def summary(m: Migration) -> dict[str, Any]:

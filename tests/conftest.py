@@ -68,8 +68,8 @@ def running(c: C, nodes: list[str]) -> Iterator[C]:
         c.wait_ready(nodes)
         yield c
     finally:
-        for k in c.client.containers():
-            if k["pid"] > 0:
+        for k in c.client.containers():  # its own nodes' only: other clusters share the Redis
+            if k["node"] in nodes and k["pid"] > 0:
                 subprocess.run(["kill", "-9", str(k["pid"])], capture_output=True)
         c.stop()
 

@@ -15,7 +15,7 @@ import pytest
 
 from tasks.evacuation import Unplaceable
 from tasks.localcluster import LocalCluster
-from tests.conftest import cluster_env, criu_works, need
+from tests.conftest import cluster_env, criu_works, need, running
 from tests.integration.helpers import assert_went_on, dirtying, ticks, wait_for
 from workers import procs
 from workers.errors import BadRequest
@@ -38,18 +38,8 @@ def evac(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[L
     ok, why = criu_works()
     need(ok, why)
     base = tmp_path_factory.mktemp("evac")
-    c = LocalCluster(base, cluster_env(redis_url))
-    try:
-        c.start_coordinator()
-        for n in NODES:
-            c.start_node(n)
-        c.wait_ready(NODES)
+    with running(LocalCluster(base, cluster_env(redis_url)), NODES) as c:
         yield c
-    finally:
-        for k in c.client.containers():
-            if k["node"] in NODES and k["pid"] > 0:
-                subprocess.run(["kill", "-9", str(k["pid"])], capture_output=True)
-        c.stop()
 
 
 def where(c: LocalCluster) -> dict[str, str]:

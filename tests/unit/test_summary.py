@@ -1,0 +1,34 @@
+"""The downtime split: its parts add up to the whole, each in its own column."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.machine import Migration
+from tasks.summary import downtime
+
+M = Migration(id="m-0123456789ab", container="web", src="a", dst="b")
+
+
+def test_nothing_until_the_container_was_restored() -> None:
+    assert downtime(M) is None
+
+
+@pytest.mark.parametrize("results,parts", [
+    # cold: CRIU's freeze, the wire, the restore, and what is left
+    ({"dump": {"freeze_start": 100.0, "frozen_ms": 40.0, "freezing_ms": 2.0},
+      "transfer": {"wall_ms": 100.0}, "restore": {"end": 100.2, "wall_ms": 50.0}},
+     {"criu_freeze_ms": 42.0, "delta_ms": 0.0, "wire_ms": 100.0, "rebuild_ms": 0.0,
+      "restore_ms": 50.0, "overhead_ms": 8.0}),
+    # delta: finding the blocks and rebuilding them are parts of their own
+    ({"dump": {"freeze_start": 100.0, "frozen_ms": 40.0, "freezing_ms": 0.0},
+      "transfer": {"wall_ms": 20.0, "delta_ms": 60.0},
+      "restore": {"end": 100.3, "wall_ms": 170.0, "rebuild_ms": 120.0}},
+     {"criu_freeze_ms": 40.0, "delta_ms": 60.0, "wire_ms": 20.0, "rebuild_ms": 120.0,
+      "restore_ms": 50.0, "overhead_ms": 10.0}),
+])
+def test_the_parts_add_up(results: dict, parts: dict) -> None:
+    d = downtime(Migration(**{**M.__dict__, "results": results}))
+    assert d is not None
+    assert {k: v for k, v in d.items() if k != "downtime_ms"} == pytest.approx(parts)
+    assert sum(parts.values()) == pytest.approx(d["downtime_ms"])
