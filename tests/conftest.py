@@ -36,17 +36,19 @@ criu_works = criu_usable  # whether real CRIU can run here, and why not
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         r = redis.Redis(host="127.0.0.1", port=6379, db=9, socket_connect_timeout=1)
         r.ping()
         r.flushdb()
-        return "redis://127.0.0.1:6379/9"
     except redis.RedisError:
-        from tasks.broker import ensure_embedded
+        from tasks.broker import ensure_embedded, stop_embedded
 
-        sock = ensure_embedded(tmp_path_factory.mktemp("embedded"))
-        return f"redis+socket://{sock}"
+        home = tmp_path_factory.mktemp("embedded")
+        yield f"redis+socket://{ensure_embedded(home)}"
+        stop_embedded(home)  # leave no server behind the session
+        return
+    yield "redis://127.0.0.1:6379/9"
 
 
 def cluster_env(url: str) -> dict[str, str]:
