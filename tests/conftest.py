@@ -1,6 +1,7 @@
 """Shared fixtures: a real Redis, real node workers, a real coordinator.
 
-Redis is the one on 127.0.0.1:6379 when it answers (database 9, flushed),
+Redis is the one on 127.0.0.1:6379 when it answers (database 9, flushed;
+FERRY_TEST_DB picks another, so two test runs on one machine keep apart),
 else ferry's embedded one. A missing real service skips a test on a laptop
 and fails it in CI (CI=true).
 """
@@ -22,6 +23,7 @@ from tasks.localcluster import ROOT, LocalCluster
 C = TypeVar("C", bound=LocalCluster)
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TEST_DB = int(os.environ.get("FERRY_TEST_DB", "9"))
 
 
 def need(ok: bool, why: str) -> None:
@@ -38,7 +40,7 @@ criu_works = criu_usable  # whether real CRIU can run here, and why not
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
-        r = redis.Redis(host="127.0.0.1", port=6379, db=9, socket_connect_timeout=1)
+        r = redis.Redis(host="127.0.0.1", port=6379, db=TEST_DB, socket_connect_timeout=1)
         r.ping()
         r.flushdb()
     except redis.RedisError:
@@ -48,7 +50,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"redis+socket://{ensure_embedded(home)}"
         stop_embedded(home)  # leave no server behind the session
         return
-    yield "redis://127.0.0.1:6379/9"
+    yield f"redis://127.0.0.1:6379/{TEST_DB}"
 
 
 def cluster_env(url: str) -> dict[str, str]:
