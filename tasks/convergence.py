@@ -16,6 +16,12 @@ with it):
                     the cap is hard (the downtime is over the limit here).
 ``growth``          the dirty set grew > ``max_growth`` over its previous pass
                     two passes running (p.haul's grow rate): FallBack.
+``saturated``       from pass 2 on, the pass resent >= ``saturation`` of all
+                    pages: the workload rewrites its memory faster than a pass
+                    goes round, so every pass is a full copy: FallBack.
+``stalled``         from pass 3 on, the dirty set shrank by less than
+                    ``min_shrink`` two passes running: more passes cannot lower
+                    the downtime (a hot set larger than the goal allows): FallBack.
 ``dirty-rate``      the workload dirties memory at least as fast as the link
                     sends it: FallBack.
 ``continue``        none of the above: run another pass.
@@ -56,7 +62,8 @@ from workers.errors import BadRequest
 
 Fallback = Literal["postcopy", "cold", "abort"]
 Rule = Literal[
-    "downtime", "floor", "goal", "min-pages", "max-iterations", "growth", "dirty-rate", "continue"
+    "downtime", "floor", "goal", "min-pages", "max-iterations", "growth", "saturated", "stalled",
+    "dirty-rate", "continue",
 ]
 FALLBACKS: tuple[str, ...] = ("postcopy", "cold", "abort")
 
@@ -82,6 +89,8 @@ class Limits:
     downtime_limit_ms: float = 300.0
     min_pages: int = 64
     max_growth: float = 0.10
+    saturation: float = 0.90  # share of all pages one pass may resend before pre-copy gives up
+    min_shrink: float = 0.10  # the dirty set must shrink this much per pass to be worth another
     fallback: Fallback = "postcopy"
     hard_downtime_cap: bool = False
 
@@ -92,6 +101,8 @@ class Limits:
             raise BadRequest(f"goal_unchanged must be in (0, 1], not {self.goal_unchanged}")
         if self.downtime_limit_ms <= 0 or self.min_pages < 0 or self.max_growth < 0:
             raise BadRequest("downtime_limit_ms must be > 0; min_pages, max_growth >= 0")
+        if not 0.0 < self.saturation <= 1.0 or not 0.0 <= self.min_shrink < 1.0:
+            raise BadRequest("saturation must be in (0, 1] and min_shrink in [0, 1)")
         if self.fallback not in FALLBACKS:
             raise BadRequest(f"fallback must be one of {', '.join(FALLBACKS)}")
         if self.hard_downtime_cap and self.fallback == "cold":
@@ -162,6 +173,11 @@ def growth(prev: IterationStats, cur: IterationStats) -> float:
     return (cur.pages_written - prev.pages_written) / prev.pages_written
 
 
+def changed_share(s: IterationStats) -> float:
+    """Share of all pages the pass sent again."""
+    return s.pages_written / s.pages_total if s.pages_total else 0.0
+
+
 def decide(history: Sequence[IterationStats], limits: Limits, est: Estimates) -> Decision:
     """Decide what follows the last pass in ``history`` (oldest first)."""
     _check(history)
@@ -198,13 +214,19 @@ def decide(history: Sequence[IterationStats], limits: Limits, est: Estimates) ->
         if hard:
             return fall("max-iterations", f"{why}, downtime over the hard cap {cap:g} ms")
         return final("max-iterations", why)
-    if len(history) >= 3:
-        g1, g2 = growth(history[-3], history[-2]), growth(history[-2], last)
-        if g1 > limits.max_growth and g2 > limits.max_growth:
-            return fall(
-                "growth",
-                f"dirty set grew {g1:.0%} then {g2:.0%} (> {limits.max_growth:.0%} twice)",
-            )
+    # The dirty set's change over the last two passes (none before pass 3).
+    g1, g2 = (growth(history[-3], history[-2]), growth(history[-2], last)) \
+        if len(history) >= 3 else (-math.inf, -math.inf)
+    if min(g1, g2) > limits.max_growth:
+        return fall(
+            "growth", f"dirty set grew {g1:.0%} then {g2:.0%} (> {limits.max_growth:.0%} twice)"
+        )
+    if passes >= 2 and changed_share(last) >= limits.saturation:
+        return fall("saturated", f"pass {passes} resent {changed_share(last):.0%} of all pages "
+                                 f"(>= {limits.saturation:.0%}): every pass is a full copy")
+    if min(g1, g2) > -limits.min_shrink:
+        return fall("stalled", f"dirty set changed {g1:+.0%} then {g2:+.0%}: shrinking less "
+                               f"than {limits.min_shrink:.0%} a pass")
     if last.dirty_rate_bps >= est.bandwidth_bps:
         return fall(
             "dirty-rate",

@@ -69,8 +69,8 @@ class DeltaStats:
     files_delta: int
     bytes_total: int  # the target image set (cur)
     bytes_out: int  # what is to be sent: everything written to out
-    blocks_changed: int  # in the files shipped as deltas
-    blocks_total: int
+    blocks_changed: int  # of the pages images; one shipped whole counts whole
+    blocks_total: int  # of the pages images
     seconds: float
 
 
@@ -108,6 +108,9 @@ def make_delta(prev: Path | None, cur: Path, out: Path, block: int = 4096) -> De
             else:
                 _link_or_copy(src, tmp / name)
                 entries.append(_Entry(name, size, _hash(src), "whole"))
+                if name.startswith("pages-"):  # every block of it goes: all changed
+                    blocks = -(-size // block)
+                    changed, total = changed + blocks, total + blocks
         doc = {"format": "ferry-delta", "version": VERSION, "block": block,
                "files": [vars(e) for e in entries]}
         (tmp / MANIFEST).write_text(json.dumps(doc, indent=1))

@@ -53,7 +53,35 @@ TABLE = [
     ("min-pages", [p(1, 64, secs=2.0)], Limits(), EST, FinalDump, "min-pages", None),
     ("above-min", [p(1, 65, secs=2.0)], Limits(), EST, Continue, "continue", None),
     ("max-iter", passes(*[TOTAL] * 10, secs=2.0), Limits(), EST, FinalDump, "max-iterations", None),
-    ("max-iter-9", passes(*[TOTAL] * 9, secs=2.0), Limits(), EST, Continue, "continue", None),
+    (
+        "max-iter-9",
+        passes(*[int(TOTAL * 0.8**k) for k in range(9)], secs=2.0),
+        Limits(goal_unchanged=1.0),
+        EST,
+        Continue,
+        "continue",
+        None,
+    ),
+    ("saturated", passes(TOTAL, 120000, secs=2.0), Limits(), EST, FallBack, "saturated", "postcopy"),
+    ("below-saturated", passes(TOTAL, 117000, secs=2.0), Limits(), EST, Continue, "continue", None),
+    (
+        "stalled",
+        passes(TOTAL, 60000, 56000, 53000, secs=2.0),
+        Limits(fallback="cold"),
+        EST,
+        FallBack,
+        "stalled",
+        "cold",
+    ),
+    (
+        "shrinking",
+        passes(TOTAL, 60000, 56000, 50000, secs=2.0),
+        Limits(),
+        EST,
+        Continue,
+        "continue",
+        None,
+    ),
     (
         "max-iter-hard",
         passes(*[TOTAL] * 10, secs=2.0),
@@ -81,23 +109,23 @@ TABLE = [
         "growth",
         "abort",
     ),
-    (
+    (  # grew once: not p.haul's growth, but not shrinking either
         "growth-once",
         passes(TOTAL, 40000, 44001, 44001, secs=2.0),
         Limits(),
         EST,
-        Continue,
-        "continue",
-        None,
+        FallBack,
+        "stalled",
+        "postcopy",
     ),
     (
         "growth-10pc",
         passes(TOTAL, 40000, 44000, 48400, secs=2.0),
         Limits(),
         EST,
-        Continue,
-        "continue",
-        None,
+        FallBack,
+        "stalled",
+        "postcopy",
     ),
     (
         "growth-cold",
@@ -309,6 +337,10 @@ def test_the_named_rule_really_fired(h, limits, est) -> None:
     elif isinstance(d, FallBack):
         assert d.to == limits.fallback
         assert down > cap
+        if d.rule == "saturated":
+            assert last.iteration >= 2 and last.pages_written >= limits.saturation * last.pages_total
+        elif d.rule == "stalled":
+            assert len(h) >= 3 and h[-1].pages_written >= (1 - limits.min_shrink) * h[-2].pages_written
     else:
         assert down > cap and last.iteration < limits.max_iterations
 
