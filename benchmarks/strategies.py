@@ -36,7 +36,7 @@ the restored tree resumed on the destination), split here more finely than
              server up, which ``summary`` books as overhead)
 ``delta``    delta only: ``make_delta`` on the source, inside the freeze window
 ``wire``     images over the data plane
-``rebuild``  delta only: ``apply_delta`` on the destination (copy, patch, hash)
+``rebuild``  delta only: ``apply_delta`` on the destination (patch in place, hash)
 ``restore``  the restore call (``criu restore``; post-copy: lazy-pages daemon too)
 ``overhead`` the rest: queue hops, task start, bookkeeping (orchestration)
 

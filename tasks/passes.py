@@ -75,10 +75,8 @@ def rebuild(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     target = ctx.incoming(m.id, f"pass-{k}")
     if not target.exists():
         base = ctx.incoming(m.id, f"pass-{k - 1}") if k > 1 else None
-        apply_delta(base, ctx.incoming(m.id, f"pass-{k}.delta"), target)
-        shutil.rmtree(ctx.incoming(m.id, f"pass-{k}.delta"), ignore_errors=True)
-        if base is not None:
-            shutil.rmtree(base, ignore_errors=True)
+        apply_delta(base, ctx.incoming(m.id, f"pass-{k}.delta"), target)  # base becomes target
+    shutil.rmtree(ctx.incoming(m.id, f"pass-{k}.delta"), ignore_errors=True)
     return {"pass": k}
 
 

@@ -180,7 +180,7 @@ def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     if m.strategy == "delta" and prev and not m.lazy:
         from workers.delta import apply_delta
 
-        if not d.exists():  # apply_delta builds it whole or not at all
+        if not d.exists():  # the last pass, patched in place, becomes it once verified
             apply_delta(ctx.incoming(m.id, prev), ctx.incoming(m.id, "final.delta"), d)
         rebuild_ms = (time.monotonic() - started) * 1000
     elif prev and m.strategy in ("precopy", "hybrid"):

@@ -125,27 +125,55 @@ def make_delta(prev: Path | None, cur: Path, out: Path, block: int = 4096) -> De
 def apply_delta(base: Path | None, received: Path, target: Path) -> None:
     """Build the image set that ``received``'s manifest describes into ``target``, verified.
 
-    ``base`` is the previous pass's full image set (None on the first pass);
-    ``target`` must be absent or empty. Raises BadRequest for a malformed
-    manifest or delta, IntegrityError when a built file does not match its
-    size and BLAKE3 or the base is not the one the delta was made against;
-    ``target`` is then left as it was.
+    ``base`` is the previous pass's full image set (None on the first pass),
+    which is used up: its files are patched in place and the dir becomes
+    ``target``, so no pass copies the whole image again (an SD card's write
+    budget, and the final pass's freeze window). ``target`` must be absent or
+    empty. Raises BadRequest for a malformed manifest or delta, IntegrityError
+    when a built file does not match its size and BLAKE3 or the base is not the
+    one the delta was made against; ``target`` is then left as it was.
+
+    Safe to run again on a base a crash left half-patched: a run writes each
+    changed block's new bytes at its offset and puts whole files in place, so
+    repeating it gives the same files, and nothing is renamed to ``target``
+    before every file matches its BLAKE3.
     """
     block, entries = _read_manifest(received)
-    with _staged(target) as tmp:
-        for e in entries:
-            built = tmp / e.name
-            if e.ship == "whole":
-                _link_or_copy(_received(received, e.name), built)
-            elif base is None or not (base / e.name).is_file():
-                raise IntegrityError(f"{e.name}: no copy from the previous pass to patch")
-            else:
-                shutil.copyfile(base / e.name, built)
-                _patch(_received(received, e.name + SUFFIX), built, e, block)
-            size = built.stat().st_size
-            if size != e.size or _hash(built) != e.blake3:
-                raise IntegrityError(f"{e.name}: built {size} B that do not match the manifest "
-                                     f"({e.size} B, blake3 {e.blake3[:16]}...)")
+    if base is None:
+        with _staged(target) as tmp:
+            _build(tmp, received, entries, block)
+        return
+    if target.exists() and any(target.iterdir()):
+        raise BadRequest(f"{target} is not empty: it holds an earlier pass")
+    if not base.is_dir():
+        raise IntegrityError(f"{base}: no copy from the previous pass to patch")
+    _build(base, received, entries, block)
+    keep = {e.name for e in entries}
+    for stale in base.iterdir():  # images the new dump no longer has
+        if stale.name not in keep:
+            stale.unlink()
+    if target.exists():
+        target.rmdir()
+    os.rename(base, target)
+
+
+def _build(into: Path, received: Path, entries: list[_Entry], block: int) -> None:
+    """Make each of ``entries`` in ``into``: whole files put in place, deltas patched in place."""
+    for e in entries:
+        built = into / e.name
+        if e.ship == "whole":
+            part = into / f".{e.name}.part"
+            part.unlink(missing_ok=True)
+            _link_or_copy(_received(received, e.name), part)
+            os.replace(part, built)
+        elif not built.is_file() or built.is_symlink():
+            raise IntegrityError(f"{e.name}: no copy from the previous pass to patch")
+        else:
+            _patch(_received(received, e.name + SUFFIX), built, e, block)
+        size = built.stat().st_size
+        if size != e.size or _hash(built) != e.blake3:
+            raise IntegrityError(f"{e.name}: built {size} B that do not match the manifest "
+                                 f"({e.size} B, blake3 {e.blake3[:16]}...)")
 
 
 @contextmanager
@@ -243,7 +271,7 @@ def _map(path: Path) -> memoryview:
 
 
 def _patch(delta: Path, built: Path, e: _Entry, block: int) -> None:
-    """Write ``delta``'s runs into ``built``, a copy of the base file, in place."""
+    """Write ``delta``'s runs into ``built``, the base file, in place."""
     with open(delta, "rb") as f, open(built, "r+b", buffering=0) as out:
         head = f.read(_HEADER.size)
         if len(head) != _HEADER.size:

@@ -162,6 +162,31 @@ def test_a_corrupted_block_is_detected_and_nothing_is_built(tmp_path: Path) -> N
     _no_target(tmp_path)
 
 
+def test_the_base_is_patched_in_place_and_becomes_the_target(tmp_path: Path) -> None:
+    prev, out = _delta_pass(tmp_path)
+    inode = (prev / "pages-1.img").stat().st_ino
+    apply_delta(prev, out, tmp_path / "target")
+    same_files(tmp_path / "d2", tmp_path / "target")
+    assert not prev.exists()
+    assert (tmp_path / "target" / "pages-1.img").stat().st_ino == inode  # no copy was made
+
+
+def test_a_rebuild_run_again_on_a_half_patched_base_builds_the_right_files(tmp_path: Path) -> None:
+    """A worker that died mid-patch: the redelivered rebuild repeats it and gets it right."""
+    prev, out = _delta_pass(tmp_path)
+    delta = out / ("pages-1.img" + SUFFIX)
+    good = delta.read_bytes()
+    bad = bytearray(good)
+    bad[-100] ^= 1
+    delta.write_bytes(bad)
+    with pytest.raises(IntegrityError):
+        apply_delta(prev, out, tmp_path / "target")  # patched the base, then failed its check
+    _no_target(tmp_path)
+    delta.write_bytes(good)
+    apply_delta(prev, out, tmp_path / "target")
+    same_files(tmp_path / "d2", tmp_path / "target")
+
+
 def test_a_base_that_is_not_the_previous_pass_is_detected(tmp_path: Path) -> None:
     prev, out = _delta_pass(tmp_path)
     with pytest.raises(IntegrityError):
