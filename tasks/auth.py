@@ -7,11 +7,12 @@ with the cluster secret over what it asks for:
 
 - ``ferry.node.run`` / ``ferry.node.kill``: over the node, the container and
   the command, with the time it was issued (valid for ``MAX_AGE_S``);
-- a migration record: over its id, container, source, destination and
-  strategy, checked by both nodes before every phase;
+- a migration record: over its id, container, source, destination,
+  strategy and synced directories, checked by both nodes before every phase;
 - the addresses a node hands out (its data-plane listener, CRIU's page
-  server): over the migration, the node and the address, checked before
-  any byte is sent there.
+  server, its rsync daemons): over the migration, the node and the address
+  (and for rsync the directory it writes), checked before any byte is sent
+  there.
 
 Submitting work therefore needs the broker URL *and* the cluster secret.
 """

@@ -141,11 +141,15 @@ def ps(as_json: bool) -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--node", required=True)
 @click.option("--name", default=None, help="Container name (default: generated).")
+@click.option("--sync", "sync", multiple=True, metavar="DIR",
+              help="A node-local directory that moves with it (rsync); repeatable. "
+                   "Absolute, below the node's sync_roots or the container's workdir.")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @json_opt
-def run(node: str, name: str | None, cmd: tuple[str, ...], as_json: bool) -> None:
-    """Start CMD on NODE as a container: ferry run --node N -- CMD ..."""
-    res = _client().run(node, list(cmd), name)
+def run(node: str, name: str | None, sync: tuple[str, ...], cmd: tuple[str, ...],
+        as_json: bool) -> None:
+    """Start CMD on NODE as a container: ferry run --node N [--sync DIR] -- CMD ..."""
+    res = _client().run(node, list(cmd), name, sync=sync)
     _emit(as_json, res, lambda: out.print(f"{res['name']} runs on {res['node']} (pid {res['pid']}, "
                                           f"log {res['log']})"))
 
@@ -238,9 +242,14 @@ def status(migration: str | None, as_json: bool) -> None:
                 t.add_row("stop rule", m.results["decision"]["reason"])
             for w in m.warnings:
                 t.add_row("warning", w)
+            for p in ("sync", "final_sync"):
+                if p in m.results:
+                    r = m.results[p]
+                    t.add_row(p.replace("_", " "), f"{r['bytes'] / 2**20:.2f} MiB, {r['files']} files, "
+                              f"{r['deleted']} deleted, in {r['wall_ms']:.0f} ms ({r['dirs']} dirs)")
             t.add_row("phase", f"{m.phase.value if m.phase else '-'} (attempt {m.attempt})")
-            for k in ("downtime_ms", "criu_freeze_ms", "delta_ms", "wire_ms", "rebuild_ms",
-                      "restore_ms", "overhead_ms"):
+            for k in ("downtime_ms", "criu_freeze_ms", "delta_ms", "wire_ms", "fsync_ms",
+                      "rebuild_ms", "restore_ms", "overhead_ms"):
                 if k in s:
                     t.add_row(k.replace("_ms", " (ms)"), str(s[k]))
             t.add_row("total (s)", str(s["total_s"]))

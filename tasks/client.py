@@ -143,15 +143,26 @@ class Ferry:
         raise UnknownContainer(name)
 
     def run(self, node: str, argv: list[str], name: str | None = None,
-            labels: dict[str, str] | None = None, timeout: float = 30) -> dict[str, Any]:
-        """Start ``argv`` as a container on ``node``."""
+            labels: dict[str, str] | None = None, timeout: float = 30,
+            sync: Collection[str] = ()) -> dict[str, Any]:
+        """Start ``argv`` as a container on ``node``.
+
+        ``sync``: its directories that are not on shared storage (absolute
+        paths below the node's ``sync_roots``, or its workdir): each
+        migration copies them with rsync. The node checks them (see
+        workers.syncdirs) and refuses the container if one is not allowed.
+        """
         self.node(node)
         name = check_container_name(name or f"c-{new_id()[2:10]}")
+        sync = list(sync)
+        bad = next((d for d in sync if not isinstance(d, str) or not d.startswith("/")), None)
+        if bad is not None:
+            raise BadRequest(f"bad sync dir {bad!r}: want an absolute path")
         if any(c["name"] == name and c["state"] != "exited" for c in self.containers()):
             raise BadRequest(f"a container named {name!r} already runs: see `ferry ps`")
         issued, argv, labels = time.time(), list(argv), labels or {}
-        mac = auth.sign(self.secret, "run", issued, node, name, argv, labels)
-        res = self.app.send_task("ferry.node.run", args=(name, argv, labels, issued, mac),
+        mac = auth.sign(self.secret, "run", issued, node, name, argv, labels, sync)
+        res = self.app.send_task("ferry.node.run", args=(name, argv, labels, sync, issued, mac),
                                  queue=node_queue(node))
         return self._get(res, timeout)
 
@@ -201,7 +212,8 @@ class Ferry:
             probe = rec.get("probe", {})
             if rec.get("runtime") == "criu" and not probe.get("criu_ok"):
                 raise CapabilityError(f"{rec['name']} cannot run CRIU: {probe.get('criu_reason')}")
-        memory = next(c["memory_bytes"] for c in src_rec["containers"] if c["name"] == container)
+        held = next(c for c in src_rec["containers"] if c["name"] == container)
+        memory, sync = held["memory_bytes"], list(held.get("sync", ()))
         if bandwidth_bps is not None and bandwidth_bps <= 0:
             raise BadRequest(f"bandwidth must be > 0 bytes/s, not {bandwidth_bps}")
         link = min(self.settings.link_bps, bandwidth_bps or self.settings.link_bps)
@@ -217,11 +229,11 @@ class Ferry:
             extra["bandwidth_bps"] = bandwidth_bps  # tasks.phases.send_dir caps each transfer
         m_id = new_id()
         m = Migration(id=m_id, container=container, src=src, dst=to, strategy=choice.strategy,
-                      lazy=choice.strategy in ("postcopy", "hybrid"),
+                      lazy=choice.strategy in ("postcopy", "hybrid"), sync=tuple(sync),
                       limits={**asdict(limits), **extra},
                       reason=choice.reason, created=now, updated=now,
                       mac=auth.sign(self.secret, "migration", m_id, container, src, to,
-                                    choice.strategy))
+                                    choice.strategy, sync))
         self.store.create(m)
         self.app.send_task("ferry.control.start", args=(m.id,), queue=CONTROL_QUEUE)
         return MigrationHandle(m.id, self)

@@ -215,7 +215,8 @@ def _blames_dst(m: Migration) -> bool:
     """Whether a migration that did not finish failed on its destination or the link."""
     if any("cancelled by request" in e for e in m.errors):
         return False
-    failed = next((ph for ph in phases(m.strategy, m.lazy) if ph.value not in m.results), None)
+    order = phases(m.strategy, m.lazy, bool(m.sync))
+    failed = next((ph for ph in order if ph.value not in m.results), None)
     return failed is not None and failed not in SOURCE_PHASES
 
 

@@ -1,7 +1,10 @@
 """A ferry cluster of real processes on this machine: for the demo, tests and benchmarks.
 
 Each node is a real ``ferry worker`` with its own state dir, queues and
-data-plane listener; they share one broker and the container root.
+data-plane listener; they share one broker and the container root. A node
+may get node-local storage: it runs in a private mount namespace where its
+own directory is bind-mounted on a path common to all nodes (``mounts``), so
+one path holds different content on each node, as on separate machines.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tasks.client import Ferry
@@ -23,8 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 class LocalCluster:
     """Coordinator, node workers and Flower as child processes, logs in ``base/logs``."""
 
-    def __init__(self, base: Path, env: Mapping[str, str]) -> None:
+    def __init__(self, base: Path, env: Mapping[str, str],
+                 mounts: Mapping[str, Mapping[Path, Path]] | None = None) -> None:
         self.base = base
+        self.mounts = mounts or {}  # node -> {its own dir: the common path it is mounted on}
         self.env = {**os.environ, **env, "FERRY_STATE_DIR": str(base)}
         self.env.setdefault("FERRY_HEARTBEAT_S", "0.5")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -39,17 +44,20 @@ class LocalCluster:
             self.env["FERRY_SECRET"] = self._client.settings.secret
         return self._client
 
-    def spawn(self, key: str, *argv: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(self, key: str, *argv: str, env: Mapping[str, str] | None = None,
+              prefix: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         _ = self.client  # resolve the broker and secret before any child starts
         with open(self.logs / f"{key}.log", "ab") as log:  # the child keeps its own copy
-            proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", *argv],
+            proc = subprocess.Popen([*prefix, sys.executable, "-m", "tasks.cli", *argv],
                                     env={**self.env, **(env or {})}, stdout=log,
                                     stderr=subprocess.STDOUT, cwd=ROOT)
         self.procs[key] = proc
         return proc
 
     def start_node(self, name: str, env: Mapping[str, str] | None = None) -> None:
-        self.spawn(name, "worker", "--node", name, env=env)
+        mounts = self.mounts.get(name)
+        self.spawn(name, "worker", "--node", name, env=env,
+                   prefix=private_mounts(mounts) if mounts else ())
 
     def start_coordinator(self) -> None:
         self.spawn("coordinator", "coordinator")
@@ -84,3 +92,13 @@ class LocalCluster:
     def cli(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "tasks.cli", *argv], env=self.env, cwd=ROOT,
                               capture_output=True, text=True, timeout=timeout)
+
+
+def private_mounts(mounts: Mapping[Path, Path]) -> list[str]:
+    """A command prefix: run in a private mount namespace with each dir bind-mounted (needs root)."""
+    # The paths are the shell's arguments, never part of its script.
+    script = ('while [ "$1" != -- ]; do mount --bind "$1" "$2" || exit 1; shift 2; done; '
+              'shift; exec "$@"')
+    pairs = [str(p) for own, common in mounts.items() for p in (own, common)]
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
+            *pairs, "--"]

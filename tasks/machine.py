@@ -10,6 +10,10 @@ send next, to which node. The phases of each strategy::
     delta     (delta: each PRECOPY pass is followed by REBUILD on the destination)
     hybrid    PREPARE PRECOPY... DUMP(lazy) TRANSFER RESTORE(lazy) PAGES VERIFY | CLEANUP
 
+A container that declared node-local directories (``sync``) gets two more:
+SYNC after PREPARE (rsync's first pass, while it runs) and FINAL_SYNC after
+TRANSFER (what changed, inside the freeze window); the others skip both.
+
 ``|`` is the point of no return: the destination has restored the container,
 holds all its pages, and has verified it running. Before it, any failure (or
 a cancel) rolls back: ABORT on the destination (kill a restored copy, drop
@@ -50,10 +54,12 @@ class State(str, Enum):
 
 class Phase(str, Enum):
     PREPARE = "prepare"
+    SYNC = "sync"  # the declared directories' first rsync pass, while the container runs
     PRECOPY = "precopy"  # one pass: snapshot while running, send what changed
     REBUILD = "rebuild"  # delta: the destination rebuilds the pass's images
     DUMP = "dump"  # the final dump: the tree freezes
     TRANSFER = "transfer"
+    FINAL_SYNC = "final_sync"  # rsync again, inside the freeze window: what changed
     RESTORE = "restore"
     PAGES = "pages"  # post-copy: wait until every page has reached the destination
     VERIFY = "verify"
@@ -66,10 +72,12 @@ class Phase(str, Enum):
 # phase -> (runs on "src" or "dst", through the node's urgent queue)
 ROUTE: dict[Phase, tuple[str, bool]] = {
     Phase.PREPARE: ("dst", False),
+    Phase.SYNC: ("src", False),
     Phase.PRECOPY: ("src", False),
     Phase.REBUILD: ("dst", False),
     Phase.DUMP: ("src", True),
     Phase.TRANSFER: ("src", True),
+    Phase.FINAL_SYNC: ("src", True),
     Phase.RESTORE: ("dst", True),
     Phase.PAGES: ("src", False),
     Phase.VERIFY: ("dst", True),
@@ -82,15 +90,20 @@ ITERATIVE = {"precopy", "delta", "hybrid"}
 # Phases after which a copy may run on the destination: roll back dst first.
 DST_MAY_RUN = {Phase.RESTORE, Phase.PAGES, Phase.VERIFY}
 # Phases inside the container's freeze window (before the restore resumes it).
-FREEZE = {Phase.DUMP, Phase.TRANSFER, Phase.RESTORE}
+FREEZE = {Phase.DUMP, Phase.TRANSFER, Phase.FINAL_SYNC, Phase.RESTORE}
 
 
-def phases(strategy: str, lazy: bool) -> list[Phase]:
+def phases(strategy: str, lazy: bool, sync: bool = False) -> list[Phase]:
     """The forward phases of a strategy (without the repeated PRECOPY passes)."""
     out = [Phase.PREPARE]
+    if sync:
+        out.append(Phase.SYNC)
     if strategy in ITERATIVE:
         out.append(Phase.PRECOPY)
-    out += [Phase.DUMP, Phase.TRANSFER, Phase.RESTORE]
+    out += [Phase.DUMP, Phase.TRANSFER]
+    if sync:
+        out.append(Phase.FINAL_SYNC)
+    out.append(Phase.RESTORE)
     if lazy:
         out.append(Phase.PAGES)
     return out + [Phase.VERIFY, Phase.CLEANUP]
@@ -116,6 +129,7 @@ class Migration:
     dst: str
     strategy: str = "cold"
     lazy: bool = False  # the final dump leaves pages on the source (post-copy)
+    sync: tuple[str, ...] = ()  # the container's node-local directories, synced with rsync
     limits: dict[str, Any] = field(default_factory=dict)  # convergence.Limits fields
     state: State = State.PENDING
     phase: Phase | None = None
@@ -128,7 +142,7 @@ class Migration:
     warnings: tuple[str, ...] = ()
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     reason: str = ""  # why this strategy
-    mac: str = ""  # tasks.auth: the cluster secret vouches for id, container, nodes, strategy
+    mac: str = ""  # tasks.auth: the cluster secret vouches for id, container, nodes, strategy, sync
     created: float = 0.0
     updated: float = 0.0
 
@@ -230,7 +244,7 @@ def _advance(m: Migration, done: Phase, result: dict[str, Any]) -> tuple[Migrati
         return _enter(m, Phase.REBUILD) if m.strategy == "delta" else _after_pass(m)
     if done is Phase.REBUILD:
         return _after_pass(m)
-    order = phases(m.strategy, m.lazy)
+    order = phases(m.strategy, m.lazy, bool(m.sync))
     return _enter(m, order[order.index(done) + 1])
 
 

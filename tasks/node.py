@@ -60,7 +60,8 @@ def run_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, mid: st
         if (m.src if side == "src" else m.dst) != ctx.node:
             raise BadRequest(f"{phase.value} of {mid} belongs on {m.src if side == 'src' else m.dst}, "
                              f"not {ctx.node}")
-        auth.verify(ctx.secret, m.mac, "migration", m.id, m.container, m.src, m.dst, m.strategy)
+        auth.verify(ctx.secret, m.mac, "migration", m.id, m.container, m.src, m.dst, m.strategy,
+                    list(m.sync))
         if not _expects(m, phase, step):
             log.info("%s %s step %s: stale, ignored (record at %s/%s step %s)", mid, phase.value,
                      step, m.state.value, m.phase.value if m.phase else "-", m.step)
@@ -134,15 +135,18 @@ def register(app: Celery, store: Store, ctx: NodeContext, urgent: bool,
         _register_phase(app, store, ctx, phase, urgent, on_inventory)
 
     @app.task(name="ferry.node.run", bind=True)
-    def run(self: Task, name: str, argv: list[str], labels: dict[str, str], issued: float,
-            mac: str) -> dict[str, Any]:
+    def run(self: Task, name: str, argv: list[str], labels: dict[str, str], sync: list[str],
+            issued: float, mac: str) -> dict[str, Any]:
         check_container_name(name)
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
             raise BadRequest("argv must be a list of strings")
         if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
             raise BadRequest("labels must map names to strings")
-        auth.verify_fresh(ctx.secret, mac, issued, time.time(), "run", ctx.node, name, argv, labels)
-        info = ctx.runtime.start(name, argv, labels)
+        if not isinstance(sync, list) or not all(isinstance(d, str) for d in sync):
+            raise BadRequest("sync must be a list of paths")
+        auth.verify_fresh(ctx.secret, mac, issued, time.time(), "run", ctx.node, name, argv, labels,
+                          sync)
+        info = ctx.runtime.start(name, argv, labels, tuple(sync))
         on_inventory()
         return {"name": info.name, "node": ctx.node, "pid": info.pid, "log": info.log}
 

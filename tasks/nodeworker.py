@@ -25,6 +25,7 @@ import redis
 
 from tasks.app import make_app, node_queue
 from tasks.broker import connect, resolve
+from tasks.machine import State
 from tasks.node import register
 from tasks.phases import NodeContext, collect
 from tasks.settings import Settings, check_node_name
@@ -51,7 +52,8 @@ def make_runtime(settings: Settings, node: str) -> Runtime:
         return SimRuntime(node_dir(settings, node), settings.container_root)
     from workers.containers import CriuRuntime
 
-    return CriuRuntime(node_dir(settings, node), settings.container_root, Criu(settings.criu_bin))
+    return CriuRuntime(node_dir(settings, node), settings.container_root, Criu(settings.criu_bin),
+                       settings.sync_root_paths)
 
 
 def _containers(runtime: Runtime) -> list[dict[str, Any]]:
@@ -63,7 +65,8 @@ def _env(s: Settings) -> dict[str, str]:
     env.update(FERRY_STATE_DIR=str(s.state_dir), FERRY_BROKER_URL=s.broker_url,
                FERRY_RESULT_BACKEND=s.result_backend, FERRY_REDIS_URL=s.redis_url,
                FERRY_SECRET=s.secret, FERRY_RUNTIME=s.runtime,
-               FERRY_SHARED_DIR=str(s.container_root), FERRY_FAILPOINTS=s.failpoints)
+               FERRY_SHARED_DIR=str(s.container_root), FERRY_FAILPOINTS=s.failpoints,
+               FERRY_SYNC_ROOTS=s.sync_roots)
     return env
 
 
@@ -115,7 +118,7 @@ def serve(settings: Settings, node: str) -> int:
             try:
                 store.put_node(node, {**record, "last_seen": time.time(), "load": load, "state": "up"})
                 store.put_containers(node, _containers(runtime))
-                collect(home, lambda mid: _final(store, mid))
+                collect(home, lambda mid: _state(store, mid))
             except (redis.RedisError, FerryError, OSError) as exc:
                 # The broker is away, or /proc or the disk hiccuped: keep the
                 # workers (and any freeze-window step they run) alive; the
@@ -138,12 +141,12 @@ def serve(settings: Settings, node: str) -> int:
     return 0
 
 
-def _final(store: Store, mid: str) -> bool:
-    """Whether migration ``mid`` is over (or unknown: its images are orphans)."""
+def _state(store: Store, mid: str) -> State | None:
+    """Migration ``mid``'s state; None if its record is gone."""
     try:
-        return store.get(mid).state.final
+        return store.get(mid).state
     except BadRequest:
-        return True
+        return None
 
 
 def _reap(keep: set[int]) -> None:
@@ -175,7 +178,8 @@ def celery_main(node: str, role: str, address: str) -> None:
     store = Store(connect(s))
     runtime = make_runtime(s, node)
     ctx = NodeContext(node=node, runtime=runtime, node_dir=node_dir(s, node), address=address,
-                      secret=s.secret.encode(), failpoints=Path(s.failpoints) if s.failpoints else None)
+                      secret=s.secret.encode(), failpoints=Path(s.failpoints) if s.failpoints else None,
+                      container_root=s.container_root, sync_roots=s.sync_root_paths)
     register(app, store, ctx, urgent, lambda: store.put_containers(node, _containers(runtime)))
     app.worker_main(["worker", "-Q", node_queue(node, urgent), "-n", f"{role}.{node}@%h",
                      "-P", "threads", "-c", "1" if urgent else str(s.main_concurrency),

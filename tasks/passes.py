@@ -18,6 +18,7 @@ import shutil
 import time
 from typing import Any
 
+from tasks import syncpasses
 from tasks.machine import Migration, Phase
 from tasks.phases import (
     HANDLERS_BASE,
@@ -80,4 +81,5 @@ def rebuild(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     return {"pass": k}
 
 
-HANDLERS = {**HANDLERS_BASE, Phase.PRECOPY: precopy, Phase.REBUILD: rebuild}
+HANDLERS = {**HANDLERS_BASE, Phase.PRECOPY: precopy, Phase.REBUILD: rebuild,
+            Phase.SYNC: syncpasses.sync, Phase.FINAL_SYNC: syncpasses.final_sync}

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks import auth
-from tasks.machine import Migration, Phase
+from tasks import auth, syncpasses
+from tasks.machine import Migration, Phase, State
 from workers.errors import BadRequest, CriuError, PermanentError
 from workers.runtime import Runtime
 from workers.tokens import issue_token
@@ -41,6 +41,8 @@ class NodeContext:
     node_dir: Path  # this node's own state
     address: str  # host:port of this node's data-plane listener
     secret: bytes
+    container_root: Path  # where containers' workdirs are (a sync dir may be below one)
+    sync_roots: tuple[Path, ...] = ()  # below these, containers may declare sync dirs
     verify_grace_s: float = 0.2
     pages_timeout_s: float = 600.0
     failpoints: Path | None = None  # fault suite only: workers.failpoints
@@ -117,7 +119,8 @@ def prepare(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
         raise BadRequest(f"a container named {m.container!r} already runs on {ctx.node}")
     ctx.incoming(m.id).parent.mkdir(parents=True, exist_ok=True)
     return {"address": ctx.address,
-            "address_mac": auth.sign(ctx.secret, "address", m.id, ctx.node, ctx.address)}
+            "address_mac": auth.sign(ctx.secret, "address", m.id, ctx.node, ctx.address),
+            **(syncpasses.open_targets(ctx, m) if m.sync else {})}
 
 
 def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
@@ -175,6 +178,8 @@ def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     if done:
         return done  # never restore twice
     started = time.monotonic()
+    # Nothing may write the synced dirs any more (and unmunged symlinks are back).
+    sync_stop_ms = syncpasses.close_targets(ctx, m) if m.sync else 0.0
     prev = last_pass(m)
     rebuild_ms = 0.0
     if m.strategy == "delta" and prev and not m.lazy:
@@ -197,6 +202,7 @@ def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     s = ctx.runtime.restore(m.container, d, page_server=page_server)
     return remember(d, Phase.RESTORE, {"pid": s.pid, "restore_ms": s.restore_ms,
                                        "rebuild_ms": round(rebuild_ms, 3),
+                                       "sync_stop_ms": sync_stop_ms,
                                        "wall_ms": round((time.monotonic() - started) * 1000, 3),
                                        "end": time.time()})
 
@@ -222,15 +228,18 @@ def verify(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
     return {"pid": info.pid, "memory_bytes": info.memory_bytes}
 
 
-def collect(node_dir: Path, is_final: Callable[[str], bool]) -> list[str]:
-    """Drop the image dirs of every finished migration on this node; the ids dropped."""
+def collect(node_dir: Path, state_of: Callable[[str], State | None]) -> list[str]:
+    """Drop the image dirs of every finished migration on this node (and of any whose
+    record is gone), stop its rsync daemons; the ids dropped.
+    """
     dropped = []
     for side in ("images", "incoming"):
         for d in sorted((node_dir / side).glob("m-*")):
-            if d.is_dir() and is_final(d.name):
+            state = state_of(d.name)
+            if d.is_dir() and (state is None or state.final):
                 drop_images(node_dir, d, d.name)
                 dropped.append(d.name)
-    return dropped
+    return dropped + syncpasses.collect(node_dir, state_of)
 
 
 def drop_images(node_dir: Path, d: Path, mid: str) -> None:
@@ -248,7 +257,7 @@ def cleanup(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     if _has(ctx, m.container):
         ctx.runtime.kill(m.container)
     drop_images(ctx.node_dir, ctx.images(m.id).parent, m.id)
-    return {"removed": True}
+    return {"removed": True, "sync_removed": syncpasses.remove_source(ctx, m) if m.sync else []}
 
 
 def abort(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
@@ -259,7 +268,7 @@ def abort(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
         ctx.runtime.kill(m.container)
         killed = True
     drop_images(ctx.node_dir, d.parent, m.id)
-    return {"killed": killed}
+    return {"killed": killed, "sync_removed": syncpasses.drop(ctx, m) if m.sync else []}
 
 
 def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:

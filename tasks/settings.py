@@ -40,6 +40,7 @@ class Settings:
     redis_url: str = ""  # migration records and node registry (always Redis)
     secret: str = ""  # cluster secret: data-plane tokens; empty -> generated in state_dir
     shared_dir: Path | None = None  # container dirs on storage every node sees
+    sync_roots: str = ""  # ':'-separated dirs below which containers may declare sync dirs
     listen_host: str = "127.0.0.1"  # data-plane listener address
     listen_port: int = 0  # 0: pick a free port
     advertise_host: str = ""  # address other nodes dial; default listen_host
@@ -98,6 +99,12 @@ class Settings:
     def container_root(self) -> Path:
         return self.shared_dir or self.state_dir / "shared"
 
+    @property
+    def sync_root_paths(self) -> tuple[Path, ...]:
+        from workers.syncdirs import parse_roots
+
+        return parse_roots(self.sync_roots)
+
 
 def _coerce(name: str, raw: Any, default: Any) -> Any:
     try:
@@ -107,6 +114,8 @@ def _coerce(name: str, raw: Any, default: Any) -> Any:
                     raise ValueError(raw)
                 return raw.lower() in {"1", "true", "yes", "on"}
             return bool(raw)
+        if name == "sync_roots" and isinstance(raw, list):  # TOML: a list of paths
+            return ":".join(str(p) for p in raw)
         if isinstance(default, Path) or name == "shared_dir":
             return Path(raw).expanduser() if raw not in ("", None) else None
         if isinstance(default, int):

@@ -52,6 +52,7 @@ def from_json(raw: str) -> Migration:
     d["errors"] = tuple(d["errors"])
     d["warnings"] = tuple(d["warnings"])
     d["passes"] = tuple(d["passes"])
+    d["sync"] = tuple(d.get("sync", ()))
     return Migration(**d)
 
 

@@ -17,10 +17,11 @@ def downtime(m: Migration) -> dict[str, float] | None:
     downtime = from the moment CRIU froze the tree on the source to the moment
     the restored tree resumed on the destination. Its parts: ``criu_freeze``
     (CRIU's own frozen time in the dump), ``delta`` (delta only: finding the
-    changed blocks), ``wire`` (images over the data plane), ``rebuild`` (delta
-    only: the destination rebuilding the image set), ``restore`` (the criu
-    restore call) and ``overhead`` (everything else: queues, task start,
-    bookkeeping).
+    changed blocks), ``wire`` (images over the data plane), ``fsync`` (a
+    container with sync dirs: rsync's final pass, and stopping the
+    destination's daemons), ``rebuild`` (delta only: the destination
+    rebuilding the image set), ``restore`` (the criu restore call) and
+    ``overhead`` (everything else: queues, task start, bookkeeping).
     """
     r = m.results
     dump, xfer, rest = r.get("dump"), r.get("transfer"), r.get("restore")
@@ -31,11 +32,13 @@ def downtime(m: Migration) -> dict[str, float] | None:
     delta = xfer.get("delta_ms", 0.0) if xfer else 0.0
     wire = xfer["wall_ms"] if xfer else 0.0
     rebuild = rest.get("rebuild_ms", 0.0)
-    restore = rest["wall_ms"] - rebuild
+    stop = rest.get("sync_stop_ms", 0.0)
+    fsync = r.get("final_sync", {}).get("wall_ms", 0.0) + stop
+    restore = rest["wall_ms"] - rebuild - stop
     return {"downtime_ms": round(total, 1), "criu_freeze_ms": round(criu, 1),
-            "delta_ms": round(delta, 1), "wire_ms": round(wire, 1),
+            "delta_ms": round(delta, 1), "wire_ms": round(wire, 1), "fsync_ms": round(fsync, 1),
             "rebuild_ms": round(rebuild, 1), "restore_ms": round(restore, 1),
-            "overhead_ms": round(total - criu - delta - wire - rebuild - restore, 1)}
+            "overhead_ms": round(total - criu - delta - wire - fsync - rebuild - restore, 1)}
 
 
 def summary(m: Migration) -> dict[str, Any]:
@@ -44,7 +47,9 @@ def summary(m: Migration) -> dict[str, Any]:
     xfer = m.results.get("transfer", {})
     return {"id": m.id, "container": m.container, "src": m.src, "dst": m.dst,
             "state": m.state.value, "strategy": m.strategy,
-            "total_s": round(m.updated - m.created, 3), "bytes": xfer.get("bytes", 0), **d,
+            "total_s": round(m.updated - m.created, 3), "bytes": xfer.get("bytes", 0),
+            "sync_bytes": sum(m.results.get(p, {}).get("bytes", 0) for p in ("sync", "final_sync")),
+            **d,
             "errors": list(m.errors)}
 
 

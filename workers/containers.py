@@ -22,6 +22,7 @@ from workers import procs
 from workers.criu import Criu, dump_stats, explain
 from workers.errors import BadRequest, CriuError, PermanentError, UnknownContainer
 from workers.runtime import ContainerInfo, DumpStats, RestoreStats, check_container_name
+from workers.syncdirs import check_dirs
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Entry:
     started: float
     state: str = "running"  # running | frozen
     labels: dict[str, str] = field(default_factory=dict)
+    sync: tuple[str, ...] = ()  # declared node-local directories (workers.syncdirs)
 
 
 class CriuRuntime:
@@ -44,9 +46,11 @@ class CriuRuntime:
 
     name = "criu"
 
-    def __init__(self, state_dir: Path, container_root: Path, criu: Criu | None = None) -> None:
+    def __init__(self, state_dir: Path, container_root: Path, criu: Criu | None = None,
+                 sync_roots: tuple[Path, ...] = ()) -> None:
         self.inventory = state_dir / "containers"
         self.container_root = container_root
+        self.sync_roots = sync_roots
         self.criu = criu or Criu()
         self.inventory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.container_root.mkdir(parents=True, exist_ok=True)
@@ -61,6 +65,7 @@ class CriuRuntime:
         except FileNotFoundError:
             raise UnknownContainer(name) from None
         raw["argv"] = tuple(raw["argv"])
+        raw["sync"] = tuple(raw.get("sync", ()))
         return Entry(**raw)
 
     def _save(self, entry: Entry) -> None:
@@ -76,7 +81,8 @@ class CriuRuntime:
             st = "frozen"
         return ContainerInfo(name=e.name, pid=e.pid, argv=e.argv, state=st,
                              memory_bytes=procs.rss_bytes(e.pid) if live else 0,
-                             started=e.started, log=e.log, runtime=self.name, labels=e.labels)
+                             started=e.started, log=e.log, runtime=self.name, labels=e.labels,
+                             sync=e.sync)
 
     def containers(self) -> list[ContainerInfo]:
         out = []
@@ -94,14 +100,16 @@ class CriuRuntime:
         return self._path(name).exists()
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self, name: str, argv: list[str], labels: dict[str, str] | None = None) -> ContainerInfo:
-        """Start ``argv`` as container ``name`` on this node."""
+    def start(self, name: str, argv: list[str], labels: dict[str, str] | None = None,
+              sync: tuple[str, ...] = ()) -> ContainerInfo:
+        """Start ``argv`` as container ``name`` on this node, declaring its ``sync`` dirs."""
         check_container_name(name)
         if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
             raise BadRequest("a container needs a command: ferry run --node N -- CMD ...")
         if self.has(name) and self.get(name).state != "exited":
             raise BadRequest(f"container {name!r} already runs on this node")
         workdir = self.container_root / name
+        sync = self._check_sync(name, sync, workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         log = workdir / "log"
         proc = subprocess.run(
@@ -114,7 +122,7 @@ class CriuRuntime:
         pid = int(proc.stdout.strip())
         ticks = procs.start_ticks(pid) or 0
         entry = Entry(name=name, pid=pid, ticks=ticks, argv=tuple(argv), workdir=str(workdir),
-                      log=str(log), started=time.time(), labels=dict(labels or {}))
+                      log=str(log), started=time.time(), labels=dict(labels or {}), sync=sync)
         self._save(entry)
         return self._info(entry)
 
@@ -193,9 +201,22 @@ class CriuRuntime:
             stats = self.criu.restore(images)
         entry = Entry(name=name, pid=stats.pid, ticks=procs.start_ticks(stats.pid) or 0,
                       argv=tuple(meta["argv"]), workdir=meta["workdir"], log=meta["log"],
-                      started=meta["started"], labels=meta.get("labels", {}))
+                      started=meta["started"], labels=meta.get("labels", {}),
+                      sync=tuple(meta.get("sync", ())))  # the declaration moves with it
         self._save(entry)
         return stats
+
+    def _check_sync(self, name: str, sync: tuple[str, ...], workdir: Path) -> tuple[str, ...]:
+        """``sync`` if this node may sync every dir and no other container declared one of them."""
+        check_dirs(sync, self.sync_roots, workdir, exist=True)
+        for other in self.containers():
+            if other.name == name or other.state == "exited":
+                continue
+            for a in sync:
+                for b in other.sync:
+                    if a == b or Path(a) in Path(b).parents or Path(b) in Path(a).parents:
+                        raise BadRequest(f"sync dir {a} overlaps {b}, declared by {other.name!r}")
+        return tuple(sync)
 
     def resume(self, name: str, images: Path | None = None) -> ContainerInfo:
         """Bring a frozen or lost source copy back to running.

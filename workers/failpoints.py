@@ -14,7 +14,7 @@ import re
 import signal
 from pathlib import Path
 
-SPEC = re.compile(r"^[a-z]+:kill-(before|after)$")
+SPEC = re.compile(r"^[a-z_]+:kill-(before|after)$")
 
 
 def armed(control: Path) -> frozenset[str]:

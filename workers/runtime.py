@@ -40,6 +40,7 @@ class ContainerInfo:
     log: str
     runtime: str
     labels: dict[str, str] = field(default_factory=dict)
+    sync: tuple[str, ...] = ()  # node-local directories synced when it migrates (workers.syncdirs)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ class Runtime(Protocol):
 
     def get(self, name: str) -> ContainerInfo: ...
 
-    def start(self, name: str, argv: list[str], labels: dict[str, str] | None = None) -> ContainerInfo: ...
+    def start(self, name: str, argv: list[str], labels: dict[str, str] | None = None,
+              sync: tuple[str, ...] = ()) -> ContainerInfo: ...
 
     def checkpoint(self, name: str, images: Path, *, leave_running: bool = False,
                    parent: Path | None = None) -> DumpStats: ...

@@ -106,8 +106,11 @@ class SimRuntime:
     def get(self, name: str) -> ContainerInfo:
         return self._info(self._load(name))
 
-    def start(self, name: str, argv: list[str], labels: dict[str, str] | None = None) -> ContainerInfo:
+    def start(self, name: str, argv: list[str], labels: dict[str, str] | None = None,
+              sync: tuple[str, ...] = ()) -> ContainerInfo:
         check_container_name(name)
+        if sync:
+            raise BadRequest("the sim runtime syncs no directories: run the container on criu nodes")
         if self._path(name).exists():
             raise BadRequest(f"container {name!r} already runs on this node")
         labels = dict(labels or {})

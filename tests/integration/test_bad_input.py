@@ -63,11 +63,13 @@ FORGED = "0" * 64
 @pytest.mark.parametrize("task,args,refusal", [
     ("ferry.node.dump", ("../../etc/passwd", 1), "BadRequest"),
     ("ferry.node.restore", ("m-000000000000", "1; rm -rf /"), "BadRequest"),
-    ("ferry.node.run", ("x", "rm -rf /", {}, 0.0, FORGED), "BadRequest"),
-    ("ferry.node.run", ("../x", ["true"], {}, 0.0, FORGED), "BadRequest"),
+    ("ferry.node.run", ("x", "rm -rf /", {}, [], 0.0, FORGED), "BadRequest"),
+    ("ferry.node.run", ("../x", ["true"], {}, [], 0.0, FORGED), "BadRequest"),
+    ("ferry.node.run", ("evil", ["true"], {}, "/etc", 0.0, FORGED), "BadRequest"),
     ("ferry.node.kill", ("victim; reboot", 0.0, FORGED), "BadRequest"),
     # well-formed, but not signed with the cluster secret
-    ("ferry.node.run", ("evil", ["touch", "/tmp/ferry-pwned"], {}, "now", FORGED), "TokenError"),
+    ("ferry.node.run", ("evil", ["touch", "/tmp/ferry-pwned"], {}, [], "now", FORGED),
+     "TokenError"),
     ("ferry.node.kill", ("victim", "now", FORGED), "TokenError"),
     ("ferry.node.kill", ("victim",), "TypeError"),
 ])

@@ -8,7 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.machine import Event, Migration, Phase, Policy, Send, State, backoff, next_step, phases
+from tasks.machine import (
+    FREEZE,
+    Event,
+    Migration,
+    Phase,
+    Policy,
+    Send,
+    State,
+    backoff,
+    next_step,
+    phases,
+)
 
 M = Migration(id="m-0123456789ab", container="web", src="a", dst="b", created=1.0, updated=1.0)
 COLD = phases("cold", False)
@@ -281,3 +292,51 @@ def test_never_both_rolled_back_and_past_the_point_of_no_return(events: list) ->
     for kind, phase, step, transient in events:
         m, _ = next_step(m, Event(kind, 2.0, phase, step, error="x", transient=transient))
         assert not (m.past_no_return and m.state in (State.ROLLING_BACK, State.ROLLED_BACK))
+
+
+SYNCED = replace(M, sync=("/srv/local/web",))
+
+
+@pytest.mark.parametrize("strategy,lazy,order", [
+    ("cold", False, ["prepare", "sync", "dump", "transfer", "final_sync", "restore", "verify",
+                     "cleanup"]),
+    ("postcopy", True, ["prepare", "sync", "dump", "transfer", "final_sync", "restore", "pages",
+                        "verify", "cleanup"]),
+    ("delta", False, ["prepare", "sync", "precopy", "dump", "transfer", "final_sync", "restore",
+                      "verify", "cleanup"]),
+])
+def test_sync_dirs_add_a_first_pass_and_a_final_one_in_the_freeze_window(
+        strategy: str, lazy: bool, order: list[str]) -> None:
+    assert [p.value for p in phases(strategy, lazy, sync=True)] == order
+    assert Phase.FINAL_SYNC in FREEZE and Phase.SYNC not in FREEZE
+
+
+def test_without_sync_dirs_no_sync_phase_runs() -> None:
+    m, seen = at(Phase.PREPARE), []
+    while m.state is State.RUNNING:
+        seen.append(m.phase)
+        m, _ = next_step(m, done(m))
+    assert Phase.SYNC not in seen and Phase.FINAL_SYNC not in seen
+
+
+@pytest.mark.parametrize("phase,urgent", [(Phase.SYNC, False), (Phase.FINAL_SYNC, True)])
+def test_sync_passes_run_on_the_source(phase: Phase, urgent: bool) -> None:
+    m = at(phase, SYNCED)
+    assert m.phase is phase
+    prev = at(phases("cold", False, True)[phases("cold", False, True).index(phase) - 1], SYNCED)
+    _, sends = next_step(prev, done(prev))
+    assert sends == [Send(phase, "a", urgent, m.step)]
+
+
+def test_a_failed_final_pass_rolls_back_at_once_and_aborts_the_destination() -> None:
+    m = at(Phase.FINAL_SYNC, SYNCED)
+    m, sends = next_step(m, failed(m, transient=True))
+    assert m.state is State.ROLLING_BACK
+    assert {(s.phase, s.node) for s in sends} == {(Phase.RESUME, "a"), (Phase.ABORT, "b")}
+
+
+def test_a_transient_failure_of_the_first_pass_is_retried() -> None:
+    m = at(Phase.SYNC, SYNCED)
+    m, sends = next_step(m, failed(m, transient=True))
+    assert (m.state, m.phase, m.attempt) == (State.RUNNING, Phase.SYNC, 2)
+    assert sends[0].countdown > 0

@@ -1,0 +1,177 @@
+"""Filesystem sync in real migrations: node-local dirs move with their container.
+
+Two nodes on one machine, each in its own mount namespace with its own
+"disk" bind-mounted on one common path (LocalCluster ``mounts``): the same
+path holds different content on each node, as on two Raspberry Pis. A real
+CRIU container keeps appending to a file it holds open in its declared dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tasks.localcluster import LocalCluster
+from tests.conftest import cluster_env, criu_works, need, running
+from tests.integration.helpers import wait_for
+from workers.errors import BadRequest
+
+pytestmark = pytest.mark.criu
+
+NODES = ("f1", "f2")
+# Appends a number to its file every 20 ms, the file open all along; exits as
+# soon as its node holds a "poison" file (a destination that fails on restore).
+WRITER = ("import os, sys, time\n"
+          "d = sys.argv[1]\n"
+          "f = open(os.path.join(d, 'lines'), 'a')\n"
+          "i = 0\n"
+          "while not os.path.exists(os.path.join(os.path.dirname(d), 'poison')):\n"
+          "    f.write(f'{i}\\n'); f.flush(); i += 1; time.sleep(0.02)\n")
+
+
+class Disks(LocalCluster):
+    local: Path  # the common path: node-local storage
+
+    def disk(self, node: str) -> Path:
+        """What ``local`` holds on ``node``, seen from outside its namespace."""
+        return self.base / f"{node}-disk"
+
+
+@pytest.fixture(scope="module")
+def disks(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Disks]:
+    ok, why = criu_works()
+    need(ok, why)
+    need(shutil.which("rsync") is not None, "rsync is not installed (apt-get install rsync)")
+    need(os.geteuid() == 0, "private mount namespaces need root")
+    base = tmp_path_factory.mktemp("fsync")
+    local = base / "local"
+    local.mkdir()
+    for n in NODES:
+        (base / f"{n}-disk").mkdir()
+    env = {**cluster_env(redis_url), "FERRY_SYNC_ROOTS": str(local)}
+    c = Disks(base, env, mounts={n: {base / f"{n}-disk": local} for n in NODES})
+    c.local = local
+    with running(c, list(NODES)) as up:
+        yield up
+
+
+def numbers(path: Path) -> list[int]:
+    text = path.read_text() if path.exists() else ""
+    return [int(x) for x in text.splitlines()[: None if text.endswith("\n") else -1]]
+
+
+def start_writer(c: Disks, name: str, node: str = "f1") -> Path:
+    job = c.local / name
+    (c.disk(node) / name / "data").mkdir(parents=True)
+    for i in range(20):  # data the container does not touch: sent once, in the first pass
+        (c.disk(node) / name / "data" / f"blob-{i}").write_bytes(os.urandom(50_000))
+    c.client.run(node, [sys.executable, "-u", "-c", WRITER, str(job)], name=name, sync=[str(job)])
+    wait_for(lambda: len(numbers(c.disk(node) / name / "lines")) > 20)
+    return job
+
+
+def assert_went_on(values: list[int], before: int) -> None:
+    """Every number once, in order, from 0: none lost, none repeated; and it went on."""
+    assert values == list(range(len(values))), "a number was lost or written twice"
+    assert values[-1] > before
+
+
+def test_a_synced_dir_moves_with_its_container_cold_and_back_with_delta(disks: Disks) -> None:
+    c = disks
+    job = start_writer(c, "writer")
+    assert next(k for k in c.client.containers() if k["name"] == "writer")["sync"] == [str(job)]
+    m = c.client.migrate("writer", "f2", "cold").wait(timeout=90)
+    assert m.state.value == "done", m.errors
+    before = numbers(c.disk("f2") / "writer" / "lines")[-1]
+    time.sleep(0.5)
+    assert_went_on(numbers(c.disk("f2") / "writer" / "lines"), before)
+    assert not (c.disk("f1") / "writer").exists(), "the source's copy is still there"
+    assert sorted(p.name for p in (c.disk("f2") / "writer" / "data").iterdir()) == \
+        sorted(f"blob-{i}" for i in range(20))
+    assert m.results["sync"]["bytes"] > 1_000_000 > m.results["final_sync"]["bytes"]
+    from tasks.summary import downtime, summary
+
+    d = downtime(m)
+    assert d is not None and d["fsync_ms"] > 0
+    assert summary(m)["sync_bytes"] > 1_000_000
+    # The declaration moved with it: back again, with delta.
+    back = c.client.migrate("writer", "f1", "delta").wait(timeout=90)
+    assert back.state.value == "done", back.errors
+    before = numbers(c.disk("f1") / "writer" / "lines")[-1]
+    time.sleep(0.5)
+    assert_went_on(numbers(c.disk("f1") / "writer" / "lines"), before)
+    assert not (c.disk("f2") / "writer").exists()
+    assert not list((c.base / "nodes" / "f2" / "fsync").glob("m-*")), "sync state left behind"
+    c.client.kill("writer")
+
+
+def test_a_destination_that_fails_leaves_the_source_dir_and_removes_its_copy(disks: Disks) -> None:
+    c = disks
+    start_writer(c, "doomed")
+    (c.disk("f2") / "poison").write_text("the restored copy exits at once")
+    try:
+        m = c.client.migrate("doomed", "f2", "cold").wait(timeout=90)
+    finally:
+        (c.disk("f2") / "poison").unlink()
+    assert m.state.value == "rolled_back", m.errors
+    assert "final_sync" in m.results and "restore" in m.results  # it got that far
+    assert any("verify" in e for e in m.errors), m.errors
+    assert not (c.disk("f2") / "doomed").exists(), "the destination's partial copy is left"
+    before = numbers(c.disk("f1") / "doomed" / "lines")[-1]
+    time.sleep(0.5)
+    assert_went_on(numbers(c.disk("f1") / "doomed" / "lines"), before)
+    assert len(list((c.disk("f1") / "doomed" / "data").iterdir())) == 20
+    c.client.kill("doomed")
+
+
+def test_a_destination_dir_with_data_of_its_own_is_refused_and_kept(disks: Disks) -> None:
+    c = disks
+    start_writer(c, "clash")
+    (c.disk("f2") / "clash").mkdir()
+    (c.disk("f2") / "clash" / "theirs").write_text("not from this migration")
+    m = c.client.migrate("clash", "f2", "cold").wait(timeout=60)
+    assert m.state.value == "rolled_back"
+    assert any("already exists" in e for e in m.errors), m.errors
+    assert (c.disk("f2") / "clash" / "theirs").read_text() == "not from this migration"
+    assert [p.name for p in (c.disk("f2") / "clash").iterdir()] == ["theirs"]
+    before = numbers(c.disk("f1") / "clash" / "lines")[-1]
+    time.sleep(0.3)
+    assert_went_on(numbers(c.disk("f1") / "clash" / "lines"), before)
+    c.client.kill("clash")
+    shutil.rmtree(c.disk("f2") / "clash")
+
+
+@pytest.mark.parametrize(("sync", "message"), [
+    (lambda c: str(c.base / "elsewhere"), "outside what this node allows"),
+    (lambda c: str(c.local / "link" / "d"), "is a symlink"),
+    (lambda c: "relative/dir", "want an absolute path"),
+    (lambda c: f"{c.local}/a/../a", "no '.', '..'"),
+    (lambda c: str(c.local), "outside what this node allows"),  # a root itself
+    (lambda c: str(c.local / "missing"), "does not exist"),
+], ids=["outside", "symlink", "relative", "dotdot", "root", "missing"])
+def test_bad_sync_dirs_are_refused_and_nothing_starts(disks: Disks, sync, message: str) -> None:
+    c = disks
+    (c.base / "elsewhere").mkdir(exist_ok=True)
+    (c.disk("f1") / "a").mkdir(exist_ok=True)
+    (c.disk("f1") / "real" / "d").mkdir(parents=True, exist_ok=True)
+    if not (c.disk("f1") / "link").is_symlink():
+        (c.disk("f1") / "link").symlink_to(c.local / "real")
+    with pytest.raises(BadRequest, match=message):
+        c.client.run("f1", [sys.executable, "-c", "import time; time.sleep(60)"], name="bad",
+                     sync=[sync(c)])
+    assert not any(k["name"] == "bad" for k in c.client.containers())
+    assert not (c.base / "shared" / "bad").exists()
+
+
+def test_the_cli_takes_sync_dirs_and_says_what_is_wrong(disks: Disks) -> None:
+    c = disks
+    done = c.cli("run", "--node", "f1", "--name", "badcli", "--sync", "/etc", "--", "sleep", "60")
+    assert done.returncode == 2, done.stderr
+    assert "error:" in done.stderr and "outside what this node allows" in done.stderr
+    assert not any(k["name"] == "badcli" for k in c.client.containers())
