@@ -23,10 +23,11 @@ is the median of ``--runs`` migrations, column by column (the parts need not
 add up to the median downtime). ``precopy`` and ``hybrid`` need soft-dirty
 tracking, which this kernel lacks (ferry refuses them): their rows come from
 the ``sim`` runtime (workers/sim.py) through the same queue, coordinator and
-data plane, and are labelled SIMULATED. The sim has no dirty-rate model (every
-pass "writes" the whole memory) and writes at most 1 MiB of image: its rows
-are per size and link only, its bytes and wire times are not the real ones,
-and a sim ``cold`` row is there to compare the model with real CRIU.
+data plane, and are labelled SIMULATED. Its containers dirty memory at the
+model's default rate and hot set (docs/sim.md), not the cell's rate: its rows
+are per size and link only, and a sim ``cold`` row is there to compare the
+model with real CRIU. (The rows in docs/benchmarks/strategies.json predate
+that model: that sim had no dirty rate and wrote at most 1 MiB of image.)
 
 Downtime is ``tasks.summary.downtime``'s (CRIU froze the tree on the source ->
 the restored tree resumed on the destination), split here more finely than

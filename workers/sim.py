@@ -1,14 +1,17 @@
 """The ``sim`` runtime: a model of containers, honest about being one.
 
 A simulated container is a counter that advances every 0.1 s while it runs,
-with a memory size (label ``sim.memory``, bytes; default 64 MiB). Checkpoint
-and restore take the time the model says and write a small image set (the
-counter, plus a sparse pages file of up to ``image_cap`` bytes so the data
-plane moves real bytes). The model's speeds come from real CRIU 4.1.1 on a
-2-core x86 VM: a dump costs about 1.5 ms per MB frozen (56 ms at 64 MB,
-812 ms at 512 MB) and a restore about 0.8 ms per MB. It stands in for CRIU
-only where a test or demo says "simulated": never in a test that claims a
-real migration.
+with a memory of ``sim.memory`` bytes that it dirties as workers.simmodel
+says (``sim.dirty_rate`` bytes/s, mostly in a hot set of ``sim.hot_set``
+bytes). Its memory is a sparse file beside its inventory record: each
+snapshot stamps the pages dirtied since the last one, so a full image set
+carries the whole memory (zeros where never written) with a CRIU-shaped
+pagemap, and ``delta`` finds the changed blocks as it does in CRIU's images;
+a pre-dump or a dump with a parent writes only the dirtied pages. Checkpoint
+and restore sleep for the model's freeze and restore times. It stands in for
+CRIU only where a test, demo or benchmark says "simulated": never in a test
+that claims a real migration. The model's numbers and where they come from:
+docs/sim.md.
 """
 
 from __future__ import annotations
@@ -17,26 +20,46 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from workers.errors import BadRequest, PermanentError, UnknownContainer
 from workers.runtime import ContainerInfo, DumpStats, RestoreStats, check_container_name
+from workers.simmodel import (
+    MIB,
+    PAGE,
+    SimModel,
+    Workload,
+    dirtied,
+    dump_ms,
+    pages,
+    restore_ms,
+    windows,
+    workload,
+)
 
 TICK_S = 0.1
-PAGE = 4096
+# What workers.delta reads of a pagemap: two magics, a size, then field 1 = pages_id 1.
+PAGEMAP = bytes(12) + b"\x08\x01"
+_CHUNK = 16 * MIB
 
 
-@dataclass(frozen=True)
-class SimModel:
-    """Costs of the simulated runtime (see the module docstring for their source)."""
-
-    dump_fixed_ms: float = 20.0
-    dump_ms_per_mb: float = 1.5
-    restore_fixed_ms: float = 15.0
-    restore_ms_per_mb: float = 0.8
-    image_cap: int = 1 << 20
-    default_memory: int = 64 << 20
+def copy_sparse(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` leaving its holes holes (a sim memory is mostly zeros)."""
+    with open(src, "rb") as f, open(dst, "wb") as w:
+        size = os.fstat(f.fileno()).st_size
+        w.truncate(size)
+        off = 0
+        while off < size:
+            try:
+                off = os.lseek(f.fileno(), off, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            end = os.lseek(f.fileno(), off, os.SEEK_HOLE)
+            while off < end:
+                n = os.copy_file_range(f.fileno(), w.fileno(), min(end - off, _CHUNK), off, off)
+                if n <= 0:
+                    raise OSError(f"short copy of {src} at {off}")
+                off += n
 
 
 class SimRuntime:
@@ -106,6 +129,39 @@ class SimRuntime:
     def get(self, name: str) -> ContainerInfo:
         return self._info(self._load(name))
 
+    def _mem(self, name: str) -> Path:
+        return self.inventory / f"{check_container_name(name)}.mem"
+
+    def _fresh_memory(self, name: str, memory: int) -> None:
+        """A new memory for ``name``, never written: all holes; its mtime is its last snapshot."""
+        with open(self._mem(name), "wb") as f:
+            f.truncate(pages(memory) * PAGE)
+
+    def _workload(self, rec: dict[str, object]) -> Workload:
+        return workload(self.model, {**rec["labels"], "sim.memory": str(rec["memory"])})  # type: ignore[dict-item]
+
+    def _snapshot(self, rec: dict[str, object], now: float) -> int:
+        """Stamp the pages dirtied since the last snapshot; how many there were.
+
+        The last snapshot's time is the memory file's mtime (no record write
+        that another process could overwrite); frozen time dirties nothing.
+        """
+        mem = self._mem(str(rec["name"]))
+        wl = self._workload(rec)
+        ran = 0.0
+        if rec["state"] == "running":
+            ran = now - max(mem.stat().st_mtime, float(rec["since"]))  # type: ignore[arg-type]
+        hot_cold = dirtied(wl, ran, self.model.hot_writes)
+        turn = int(now * 10)
+        stamp = turn.to_bytes(8, "little") * (PAGE // 8)
+        with open(mem, "r+b") as f:
+            for a, b in windows(wl, hot_cold, turn):
+                for lo in range(a, b, _CHUNK // PAGE):
+                    hi = min(b, lo + _CHUNK // PAGE)
+                    os.pwrite(f.fileno(), stamp * (hi - lo), lo * PAGE)
+        os.utime(mem, (now, now))
+        return sum(hot_cold)
+
     def start(self, name: str, argv: list[str], labels: dict[str, str] | None = None,
               sync: tuple[str, ...] = ()) -> ContainerInfo:
         check_container_name(name)
@@ -114,62 +170,79 @@ class SimRuntime:
         if self._path(name).exists():
             raise BadRequest(f"container {name!r} already runs on this node")
         labels = dict(labels or {})
-        try:
-            memory = int(labels.get("sim.memory", self.model.default_memory))
-        except ValueError as exc:
-            raise BadRequest(f"bad sim.memory label {labels['sim.memory']!r}") from exc
+        memory = workload(self.model, labels).memory  # every sim.* label checked here
         workdir = self.container_root / name
         workdir.mkdir(parents=True, exist_ok=True)
+        now = time.time()
         rec: dict[str, object] = {"name": name, "argv": list(argv), "labels": labels, "memory": memory,
-                                  "counter": 0, "since": time.time(), "state": "running",
-                                  "started": time.time(), "log": str(workdir / "log"), "logged": -1}
+                                  "counter": 0, "since": now, "state": "running",
+                                  "started": now, "log": str(workdir / "log"), "logged": -1}
+        self._fresh_memory(name, memory)
         self._save(rec)
         return self._info(rec)
 
-    def checkpoint(self, name: str, images: Path, *, leave_running: bool = False,
-                   parent: Path | None = None) -> DumpStats:
+    def _live(self, name: str) -> dict[str, object]:
         rec = self._load(name)
         if rec["state"] == "exited":
             raise PermanentError(f"container {name!r} is not running")
-        frozen_at = time.time()
-        self._write_log(rec, frozen_at)
+        return rec
+
+    def _dump(self, rec: dict[str, object], images: Path, now: float, whole: bool,
+              lazy: bool = False) -> DumpStats:
+        """Write ``rec``'s images as of ``now``: the whole memory, or only what was dirtied."""
         started = time.monotonic()
-        memory = int(rec["memory"])  # type: ignore[call-overload]
-        frozen = self.model.dump_fixed_ms + self.model.dump_ms_per_mb * memory / 2**20
+        name, memory = str(rec["name"]), int(rec["memory"])  # type: ignore[call-overload]
+        dirty = self._snapshot(rec, now)
+        total = pages(memory)
+        written = 0 if lazy else total if whole else dirty
+        frozen = self.model.dump_fixed_ms if lazy else dump_ms(self.model, written * PAGE)
         time.sleep(frozen / 1000)
         images.mkdir(parents=True, exist_ok=True)
-        snap = {**rec, "counter": self.counter(rec, frozen_at) + 1, "state": "frozen"}
+        snap = {**rec, "counter": self.counter(rec, now) + 1, "state": "frozen"}
         (images / "sim.json").write_text(json.dumps(snap))
-        with open(images / "pages-1.img", "wb") as f:
-            f.truncate(min(memory, self.model.image_cap))
+        if whole and not lazy:
+            copy_sparse(self._mem(name), images / "pages-1.img")
+            (images / "pagemap-1.img").write_bytes(PAGEMAP)
+        else:
+            with open(images / "pages-1.img", "wb") as f:
+                f.truncate(written * PAGE)
         (images / "ferry-container.json").write_text(json.dumps({"name": name}))
-        if not leave_running:
-            self._save(snap)
         size = sum(p.stat().st_size for p in images.iterdir() if p.is_file())
         return DumpStats(freezing_ms=0.0, frozen_ms=frozen, memdump_ms=frozen, memwrite_ms=0.0,
-                         pages_scanned=memory // PAGE, pages_skipped_parent=0,
-                         pages_written=memory // PAGE, pages_lazy=0,
+                         pages_scanned=total, pages_skipped_parent=total - written if not whole else 0,
+                         pages_written=written, pages_lazy=total if lazy else 0,
                          wall_ms=(time.monotonic() - started) * 1000, image_bytes=size)
 
+    def checkpoint(self, name: str, images: Path, *, leave_running: bool = False,
+                   parent: Path | None = None) -> DumpStats:
+        """A modelled dump: whole, or with ``parent`` only the pages dirtied since it."""
+        rec = self._live(name)
+        now = time.time()
+        self._write_log(rec, now)
+        stats = self._dump(rec, images, now, whole=parent is None)
+        if not leave_running:
+            self._save({**rec, "counter": self.counter(rec, now) + 1, "state": "frozen"})
+        return stats
+
     def predump(self, name: str, images: Path, parent: Path | None) -> DumpStats:
-        """A modelled soft-dirty pass: the sim kernel tracks dirty pages everywhere."""
-        return self.checkpoint(name, images, leave_running=True)
+        """A modelled soft-dirty pass (the sim kernel tracks dirty pages): the container runs on."""
+        return self._dump(self._live(name), images, time.time(), whole=parent is None)
 
     def checkpoint_lazy(self, name: str, images: Path, address: str, port: int,
                         parent: Path | None = None) -> float:
         """A modelled post-copy dump: frozen for the fixed cost only, pages stay behind."""
-        rec = self._load(name)
-        memory = int(rec["memory"])  # type: ignore[call-overload]
+        rec = self._live(name)
         frozen_at = time.time()
-        lazy = SimModel(**{**self.model.__dict__, "dump_ms_per_mb": 0.0})
-        SimRuntime(self.inventory.parent, self.container_root, lazy).checkpoint(name, images)
-        (images / "sim-lazy.json").write_text(json.dumps({"memory": memory, "until": 0}))
+        self._write_log(rec, frozen_at)
+        self._dump(rec, images, frozen_at, whole=True, lazy=True)
+        self._save({**rec, "counter": self.counter(rec, frozen_at) + 1, "state": "frozen"})
+        (images / "sim-lazy.json").write_text(json.dumps({"memory": rec["memory"]}))
         return frozen_at
 
     def wait_lazy(self, name: str, images: Path, timeout_s: float) -> DumpStats:
         """Pages flow at the modelled dump speed once the destination pulls them."""
         memory = json.loads((images / "sim-lazy.json").read_text())["memory"]
-        took = self.model.dump_ms_per_mb * memory / 2**20
+        took = self.model.dump_ms_per_mb * memory / MIB
         time.sleep(min(took, timeout_s * 1000) / 1000)
         return DumpStats(freezing_ms=0.0, frozen_ms=took, memdump_ms=took, memwrite_ms=0.0,
                          pages_scanned=memory // PAGE, pages_skipped_parent=0, pages_written=0,
@@ -177,15 +250,17 @@ class SimRuntime:
 
     def restore(self, name: str, images: Path,
                 page_server: tuple[str, int] | None = None) -> RestoreStats:
+        """A modelled restore; with ``page_server`` (post-copy) the pages come later."""
+        check_container_name(name)
         snap = json.loads((images / "sim.json").read_text())
         if snap["name"] != name:
             raise PermanentError(f"images in {images} are of {snap['name']!r}, not {name!r}")
         if self._path(name).exists() and self._load(name)["state"] != "exited":
             raise BadRequest(f"container {name!r} already runs on this node")
         started = time.monotonic()
-        per_mb = 0.0 if page_server else self.model.restore_ms_per_mb
-        took = self.model.restore_fixed_ms + per_mb * snap["memory"] / 2**20
+        took = restore_ms(self.model, snap["memory"], lazy=page_server is not None)
         time.sleep(took / 1000)
+        self._fresh_memory(name, snap["memory"])
         self._save({**snap, "state": "running", "since": time.time(), "logged": snap["counter"] - 1})
         return RestoreStats(pid=0, restore_ms=took, forking_ms=0.0,
                             pages_restored=snap["memory"] // PAGE,
@@ -201,3 +276,4 @@ class SimRuntime:
     def kill(self, name: str) -> None:
         self._load(name)
         self._path(name).unlink(missing_ok=True)
+        self._mem(name).unlink(missing_ok=True)
