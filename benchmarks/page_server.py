@@ -12,9 +12,11 @@ turn, with ``--leave-running``:
 
 - ``local``: ``criu dump`` into a local images dir, then ``send_files`` to the
   destination's ``TransferServer`` (token, BLAKE3, temp file and rename).
-- ``ps``: ``Criu.dump(page_server=...)``: pages and pagemaps stream to ``criu
-  page-server`` on the destination through ferry's unix-socket relay; then
-  the rest of the images (a few KiB) go by ``send_files``.
+- ``ps``: ferry's pages stream (``workers.pagestream``): the relay dials the
+  destination's ``TransferServer`` with a token, which hands the connection
+  to a ``criu page-server --ps-socket``; BLAKE3 on both ends, checked before
+  the dump counts as done; then the rest of the images (a few KiB) go by
+  ``send_files``.
 - ``ps-corked``: the same through CRIU's own TCP connection (``--address
   --port``), which holds its last command in a corked socket for the
   kernel's 200 ms cork ceiling while the tree is frozen.
@@ -24,7 +26,8 @@ turn, with ``--leave-running``:
 ``frozen`` is CRIU's frozen time (tree frozen until CRIU lets it go),
 ``downtime`` is dump wall time plus send wall time: what a cold migration's
 freeze window costs before the restore, which is the same for every method.
-The page server is started before the freeze (``setup``, not counted).
+CRIU's own page servers are started before the freeze (``setup``, not
+counted); ferry's is started by the session, inside the dump's time.
 
 Rows of links not measured in a run are kept from the JSON file. Links:
 ``loopback`` runs both ends on 127.0.0.1; ``1gbit`` and ``100mbit``
@@ -53,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from workers.criu import Criu, dump_stats
+from workers.pagestream import PagesTarget, Relay, check_pages
 from workers.tokens import issue_token
 from workers.transfer import TransferServer, send_files
 
@@ -70,8 +74,10 @@ COLUMNS = ("frozen_ms", "dump_ms", "send_ms", "downtime_ms")
 
 # -- the destination: a TransferServer and page servers, driven over stdin -------------
 def destination(host: str, where: Path) -> None:
-    """Serve until stdin closes: ``ps NAME [TLSDIR]`` starts a page server, ``wait`` reaps it."""
-    server = TransferServer(where / "ferry", SECRET, "dst", host=host)
+    """Serve until stdin closes: ``ps NAME [TLSDIR]`` starts CRIU's own page server on a
+    port, ``wait`` reaps it; the TransferServer serves ferry's pages sessions itself."""
+    server = TransferServer(where / "ferry", SECRET, "dst", host=host,
+                            page_server=Criu().page_server)
     server.start()
     print(server.address[1], flush=True)
     proc: subprocess.Popen[bytes] | None = None
@@ -81,14 +87,11 @@ def destination(host: str, where: Path) -> None:
             images = where / "ps" / args[0]
             port = free_port(host)
             started = time.monotonic()
-            if args[1:]:  # CRIU's own TLS: spawn it by hand, the adapter has no TLS option
-                images.mkdir(parents=True)
-                proc = subprocess.Popen(["criu", "page-server", "-D", str(images), "-o", "ps.log",
-                                         "--address", host, "--port", str(port),
-                                         *tls_args(Path(args[1]))])
-                wait_listening(host, port)
-            else:
-                proc = Criu().start_page_server(images, host, port)
+            images.mkdir(parents=True)  # the adapter never listens on a port: spawn it by hand
+            proc = subprocess.Popen(["criu", "page-server", "-D", str(images), "-o", "ps.log",
+                                     "--address", host, "--port", str(port),
+                                     *(tls_args(Path(args[1])) if args[1:] else [])])
+            wait_listening(host, port)
             print(port, round((time.monotonic() - started) * 1000, 1), flush=True)
         elif cmd == "wait":
             assert proc is not None
@@ -221,19 +224,24 @@ def dump_and_send(method: str, pid: int, dst: str, peer: Peer, where: Path, tag:
     started = time.monotonic()
     if method == "local":
         stats = Criu().dump(pid, images, leave_running=True)
+    elif method == "ps":
+        relay = Relay(PagesTarget((dst, peer.port), lambda: issue_token(SECRET, mid, "src", "dst",
+                                                                        now=time.time()),
+                                  mid, "final"))
+        with relay as fd:
+            stats = Criu().dump(pid, images, leave_running=True, ps_socket=fd)
+        assert relay.stats is not None
+        check_pages(relay.stats.to_dict(), where / "dst" / "ferry" / mid / "final")
     else:
         port, setup = peer.ask(f"ps {mid}" + (f" {pki}" if method == "ps-tls" else ""))
         setup_ms = float(setup)
         started = time.monotonic()
-        if method == "ps":
-            stats = Criu().dump(pid, images, leave_running=True, page_server=(dst, int(port)))
-        else:  # CRIU's own connection, plain or TLS
-            images.mkdir(parents=True)
-            extra = tls_args(pki) if method == "ps-tls" and pki else []
-            subprocess.run(["criu", "dump", "-t", str(pid), "-D", str(images), "-o", "dump.log",
-                            "--leave-running", "--page-server", "--address", dst, "--port", port,
-                            *extra], check=True, capture_output=True)
-            stats = dump_stats(images, (time.monotonic() - started) * 1000)
+        images.mkdir(parents=True)  # CRIU's own connection, plain or TLS
+        extra = tls_args(pki) if method == "ps-tls" and pki else []
+        subprocess.run(["criu", "dump", "-t", str(pid), "-D", str(images), "-o", "dump.log",
+                        "--leave-running", "--page-server", "--address", dst, "--port", port,
+                        *extra], check=True, capture_output=True)
+        stats = dump_stats(images, (time.monotonic() - started) * 1000)
         if peer.ask("wait") != ["0"]:
             raise SystemExit(f"page server failed for {mid}")
     dumped = time.monotonic()

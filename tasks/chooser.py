@@ -245,3 +245,35 @@ def _check(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request)
         raise BadRequest("downtime limit and bandwidth must be > 0, rtt >= 0")
     if wl.memory_bytes < 0 or (wl.dirty_rate_bps is not None and wl.dirty_rate_bps < 0):
         raise BadRequest("memory and dirty rate must be >= 0")
+
+
+PAGE_SERVER_MODES = ("auto", "on", "off")
+
+
+def page_server(mode: str, strategy: str, src: NodeCaps, dst: NodeCaps) -> tuple[bool, str]:
+    """Whether the final dump streams its pages into the destination's CRIU page server; why.
+
+    It can for a ``cold`` migration between two ``criu`` nodes (delta's block
+    diff and pre-copy's parent images need the pages on the source's disk;
+    post-copy serves them from there). Where it can, it beat a local dump and
+    a send at every size and link measured (docs/BENCHMARKS.md, "The page
+    server"), so ``auto`` uses it there; ``on`` refuses a migration where it
+    cannot; ``off`` never uses it.
+
+    >>> pi = NodeCaps("pi-01", "aarch64", "criu", True, True, True, "", 4 << 30, 32 << 30)
+    >>> page_server("auto", "cold", pi, pi)[0], page_server("auto", "delta", pi, pi)[0]
+    (True, False)
+    """
+    if mode not in PAGE_SERVER_MODES:
+        raise BadRequest(f"page_server must be one of {', '.join(PAGE_SERVER_MODES)}, not {mode!r}")
+    if mode == "off":
+        return False, "page server off"
+    why_not = ("" if strategy == "cold" else f"{strategy} needs the pages on the source's disk")
+    for node in (src, dst):
+        if node.runtime != "criu":
+            why_not = why_not or f"{node.name} runs {node.runtime}, not criu"
+    if why_not:
+        if mode == "on":
+            raise CapabilityError(f"page_server=on, but {why_not}: use page_server=auto")
+        return False, why_not
+    return True, "cold between two criu nodes: pages stream into the destination's CRIU"

@@ -24,6 +24,7 @@ from tasks import auth
 from tasks.app import CONTROL_QUEUE, make_app, node_queue
 from tasks.broker import connect, resolve
 from tasks.chooser import Link, NodeCaps, Request, Workload, choose, strategy_refusal
+from tasks.chooser import page_server as use_page_server
 from tasks.convergence import Limits
 from tasks.coordinator import HEARTBEAT_KEY
 from tasks.evacstore import EvacuationHandle, Records
@@ -187,7 +188,8 @@ class Ferry:
                 downtime_limit_ms: float = 300.0, max_iterations: int = 10,
                 goal_unchanged: float = 0.70, fallback: str = "postcopy",
                 hard_downtime_cap: bool = False,
-                bandwidth_bps: float | None = None) -> MigrationHandle:
+                bandwidth_bps: float | None = None,
+                page_server: str | None = None) -> MigrationHandle:
         """Submit a migration of ``container`` to node ``to``.
 
         ``strategy`` is auto (chosen from both nodes' probes, the container's
@@ -198,6 +200,8 @@ class Ferry:
         under ``downtime_limit_ms``, and falls back (``fallback``: postcopy,
         cold or abort) when the workload does not converge. ``bandwidth_bps``
         caps this migration's data-plane transfers (bytes per second).
+        ``page_server`` (auto, on, off; default the ``page_server`` setting):
+        whether a cold dump streams its pages into the destination's CRIU.
         """
         check_container_name(container)
         check_node_name(to)
@@ -220,10 +224,13 @@ class Ferry:
         choice = choose(caps(src_rec), caps(dst_rec), Workload(memory),
                         Link(link, overhead_ms=self.settings.freeze_overhead_ms),
                         Request(strategy, downtime_limit_ms))
+        pages, _ = use_page_server(page_server or self.settings.page_server, choice.strategy,
+                                   caps(src_rec), caps(dst_rec))
         if not self.store.r.exists(HEARTBEAT_KEY):
             raise NodeUnavailable("no coordinator is running: start `ferry coordinator`")
         now = time.time()
         extra = {"memory_bytes": memory, "timeout_action": self.settings.timeout_action,
+                 "page_server": pages, "link_bps": self.settings.link_bps,
                  "lazy_ok": strategy_refusal("postcopy", caps(src_rec), caps(dst_rec)) is None}
         if bandwidth_bps:
             extra["bandwidth_bps"] = bandwidth_bps  # tasks.phases.send_dir caps each transfer

@@ -82,7 +82,8 @@ def serve(settings: Settings, node: str) -> int:
     facts = probe(home, Criu(s.criu_bin)) if s.runtime == "criu" else None
     lazy = probe_lazy(Criu(s.criu_bin), home / "lazy-probe", facts, s.allow_pipe_max_size) \
         if facts else (True, "")
-    server = TransferServer(home / "incoming", s.secret.encode(), node, s.listen_host, s.listen_port)
+    server = TransferServer(home / "incoming", s.secret.encode(), node, s.listen_host, s.listen_port,
+                            page_server=Criu(s.criu_bin).page_server if facts else None)
     server.start()
     host, port = server.address
     address = f"{s.advertise_host or host}:{port}"

@@ -19,16 +19,9 @@ import time
 from typing import Any
 
 from tasks import syncpasses
+from tasks.dataplane import Progress, send_dir
 from tasks.machine import Migration, Phase
-from tasks.phases import (
-    HANDLERS_BASE,
-    NodeContext,
-    Progress,
-    last_pass,
-    remember,
-    remembered,
-    send_dir,
-)
+from tasks.phases import HANDLERS_BASE, NodeContext, last_pass, remember, remembered
 
 PAGE = 4096
 

@@ -21,15 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from tasks import auth, syncpasses
+from tasks.dataplane import Progress, pages_target, send_dir
 from tasks.machine import Migration, Phase, State
 from workers.errors import BadRequest, CriuError, PermanentError
+from workers.pagestream import check_pages
 from workers.runtime import Runtime
-from workers.tokens import issue_token
-from workers.transfer import send_files
 
-Progress = Callable[[dict[str, Any]], None]
 FINAL = "final"
-FROZEN_TIMEOUT_S = 10.0  # silence on the data plane that ends a freeze-window transfer
 
 
 @dataclass(frozen=True)
@@ -78,42 +76,6 @@ def last_pass(m: Migration) -> str | None:
     return f"pass-{len(m.passes)}" if m.passes else None
 
 
-def send_dir(ctx: NodeContext, m: Migration, d: Path, sub: str, progress: Progress | None,
-             frozen: bool = False) -> dict[str, Any]:
-    """Send the image files of ``d`` to the destination's ``incoming/<mid>/<sub>``.
-
-    ``frozen``: the container is frozen while this runs, so a dead link gives
-    up after seconds (and the migration rolls back) rather than minutes.
-    """
-    prepared = m.results.get("prepare", {})
-    address = str(prepared.get("address", ""))
-    auth.verify(ctx.secret, prepared.get("address_mac"), "address", m.id, m.dst, address)
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise PermanentError(f"{m.dst} gave no data-plane address")
-    files = sorted(p for p in d.iterdir()
-                   if p.is_file() and not p.is_symlink() and not p.name.endswith(".done")
-                   and p.suffix != ".log" and not p.name.endswith(".socket"))
-    total = sum(p.stat().st_size for p in files)
-    started = time.monotonic()
-    last = [0.0]
-
-    def report(sent: int, _total: int) -> None:
-        now = time.monotonic()
-        if progress is not None and (now - last[0] >= 0.25 or sent >= total):
-            last[0] = now
-            rate = sent / max(now - started, 1e-6)
-            progress({"bytes_sent": sent, "bytes_total": total, "rate_bps": round(rate),
-                      "eta_s": round((total - sent) / rate, 2) if rate else None})
-
-    stats = send_files((host, int(port)), lambda: issue_token(ctx.secret, m.id, m.src, m.dst, time.time()),
-                       m.id, [(p, p.name) for p in files], subdir=sub, progress=report,
-                       bandwidth_bps=m.limits.get("bandwidth_bps"),  # per migration, if capped
-                       timeout_s=FROZEN_TIMEOUT_S if frozen else 30.0, retries=1 if frozen else 3)
-    return {"bytes": stats.bytes, "files": stats.files, "wall_ms": round(stats.seconds * 1000, 3),
-            "resumed": stats.resumed}
-
-
 def prepare(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     if _has(ctx, m.container, live=True) and not remembered(ctx.incoming(m.id), Phase.RESTORE):
         raise BadRequest(f"a container named {m.container!r} already runs on {ctx.node}")
@@ -144,13 +106,21 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
                                         # once all but the pages are written
                                         "frozen_ms": round((end - frozen_at) * 1000, 3),
                                         "freezing_ms": 0.0, "end": end})
-    s = ctx.runtime.checkpoint(m.container, d, parent=parent)
+    # Pages straight into the destination's CRIU, where the planner chose it
+    # (tasks.chooser.page_server): only a cold dump, which has no parent.
+    streamed = bool(m.limits.get("page_server")) and parent is None
+    s = ctx.runtime.checkpoint(m.container, d, parent=parent,
+                               pages=pages_target(ctx, m, FINAL, progress) if streamed else None)
     end = time.time()
-    return remember(d, Phase.DUMP, {
+    result: dict[str, Any] = {
         "frozen_ms": s.frozen_ms, "freezing_ms": s.freezing_ms, "wall_ms": round(s.wall_ms, 3),
         "pages_written": s.pages_written, "image_bytes": s.image_bytes,
         # when the tree was frozen, on this node's clock
-        "freeze_start": end - (s.frozen_ms + s.freezing_ms) / 1000, "end": end})
+        "freeze_start": end - (s.frozen_ms + s.freezing_ms) / 1000, "end": end}
+    if s.pages is not None:
+        # CRIU's memwrite time is its pages crossing the wire, inside the freeze
+        result.update(pages=s.pages.to_dict(), memwrite_ms=s.memwrite_ms)
+    return remember(d, Phase.DUMP, result)
 
 
 def transfer(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
@@ -192,6 +162,8 @@ def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
         link = d / "parent"
         if not link.is_symlink():
             os.symlink(f"../{prev}", link)
+    if "pages" in m.results["dump"]:
+        check_pages(m.results["dump"]["pages"], d)  # never restore pages that differ
     page_server = None
     if m.lazy:
         server = str(m.results["dump"]["page_server"])
@@ -279,7 +251,8 @@ def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
     dumped = remembered(d, Phase.DUMP)
     if dumped and "page_server" in dumped:
         _end_lazy_dump(ctx, m, dumped["page_server"])
-        dumped = None  # a lazy dump leaves no pages on disk to restore from
+    if dumped and ("page_server" in dumped or "pages" in dumped):
+        dumped = None  # its pages are not on this node's disk to restore from
     info = ctx.runtime.resume(m.container, d if dumped else None)
     drop_images(ctx.node_dir, d.parent, m.id)
     return {"pid": info.pid, "state": info.state}

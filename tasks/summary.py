@@ -21,16 +21,20 @@ def downtime(m: Migration) -> dict[str, float] | None:
     container with sync dirs: rsync's final pass, and stopping the
     destination's daemons), ``rebuild`` (delta only: the destination
     rebuilding the image set), ``restore`` (the criu restore call) and
-    ``overhead`` (everything else: queues, task start, bookkeeping).
+    ``overhead`` (everything else: queues, task start, bookkeeping). When the
+    dump streamed its pages to the destination's page server, the wire
+    overlaps the dump: CRIU's time writing pages (its ``memwrite``) moves
+    from ``criu_freeze`` to ``wire``.
     """
     r = m.results
     dump, xfer, rest = r.get("dump"), r.get("transfer"), r.get("restore")
     if not (dump and rest):
         return None
     total = (rest["end"] - dump["freeze_start"]) * 1000
-    criu = dump["frozen_ms"] + dump["freezing_ms"]
+    streamed = dump.get("memwrite_ms", 0.0) if "pages" in dump else 0.0
+    criu = dump["frozen_ms"] + dump["freezing_ms"] - streamed
     delta = xfer.get("delta_ms", 0.0) if xfer else 0.0
-    wire = xfer["wall_ms"] if xfer else 0.0
+    wire = (xfer["wall_ms"] if xfer else 0.0) + streamed
     rebuild = rest.get("rebuild_ms", 0.0)
     stop = rest.get("sync_stop_ms", 0.0)
     fsync = r.get("final_sync", {}).get("wall_ms", 0.0) + stop

@@ -29,7 +29,8 @@ from workers.errors import PermanentError
 from workers.fsync import SyncStats, rsync_push
 
 if TYPE_CHECKING:
-    from tasks.phases import NodeContext, Progress
+    from tasks.dataplane import Progress
+    from tasks.phases import NodeContext
 
 FROZEN_TIMEOUT_S = 10.0  # rsync I/O silence that ends a freeze-window pass
 HEARTBEAT_S = 5.0  # a long first pass reports progress this often (the watchdog waits 150 s)

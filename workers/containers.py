@@ -21,6 +21,7 @@ from pathlib import Path
 from workers import procs
 from workers.criu import Criu, dump_stats, explain
 from workers.errors import BadRequest, CriuError, PermanentError, UnknownContainer
+from workers.pagestream import PagesTarget, Relay
 from workers.runtime import ContainerInfo, DumpStats, RestoreStats, check_container_name
 from workers.syncdirs import check_dirs
 
@@ -133,14 +134,24 @@ class CriuRuntime:
         return entry
 
     def checkpoint(self, name: str, images: Path, *, leave_running: bool = False,
-                   parent: Path | None = None) -> DumpStats:
+                   parent: Path | None = None, pages: PagesTarget | None = None) -> DumpStats:
         """Dump ``name`` into ``images``; the tree stays frozen unless ``leave_running``.
 
-        A failed dump leaves the container running (CRIU resumes it).
+        With ``pages`` the pages stream to the destination's page server
+        (:mod:`workers.pagestream`) instead. A failed dump leaves the container
+        running (CRIU resumes it).
         """
         entry = self._live(name)
-        stats = self.criu.dump(entry.pid, images, leave_running=leave_running,
-                               leave_stopped=not leave_running, parent=parent)
+        if pages is None:
+            stats = self.criu.dump(entry.pid, images, leave_running=leave_running,
+                                   leave_stopped=not leave_running, parent=parent)
+        else:
+            relay = Relay(pages)
+            with relay as fd:
+                stats = self.criu.dump(entry.pid, images, leave_running=leave_running,
+                                       leave_stopped=not leave_running, parent=parent,
+                                       ps_socket=fd)
+            stats = replace(stats, pages=relay.stats)
         if not leave_running:
             self._save(replace(entry, state="frozen"))
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))

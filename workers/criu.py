@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import struct
 import subprocess
 import threading
@@ -64,15 +63,12 @@ class Criu:
     def dump(self, pid: int, images: Path, *, leave_running: bool = False,
              leave_stopped: bool = False, parent: Path | None = None,
              track_mem: bool = False, lazy: bool = False, pre: bool = False,
-             page_server: tuple[str, int] | None = None) -> DumpStats:
+             ps_socket: int | None = None) -> DumpStats:
         """Checkpoint the tree rooted at ``pid`` into ``images``.
 
-        With ``page_server`` (host, port) the pages and pagemaps go to that
-        :meth:`start_page_server` instead; the rest still lands in ``images``.
-        CRIU corks its page-server socket and sends its last command without
-        a push, which then waits out the kernel's 200 ms cork ceiling with the
-        tree frozen; so CRIU gets a unix socket (``--ps-socket``, where the
-        cork is a no-op) and a relay here carries it over TCP.
+        With ``ps_socket`` (a connected socket, see :class:`workers.pagestream.Relay`)
+        the pages and pagemaps go through it to a :meth:`page_server`; the
+        rest still lands in ``images``.
         """
         images.mkdir(parents=True, exist_ok=True)
         op = "pre-dump" if pre else "dump"
@@ -87,13 +83,12 @@ class Criu:
             argv.append("--track-mem")
         if lazy:
             argv.append("--lazy-pages")
+        fds: tuple[int, ...] = ()
+        if ps_socket is not None:
+            argv += ["--page-server", "--ps-socket", str(ps_socket)]
+            fds = (ps_socket,)
         started = time.monotonic()
-        if page_server is None:
-            self._run(op, argv, images / f"{op}.log")
-        else:
-            with _Relay(op, page_server) as fd:
-                self._run(op, [*argv, "--page-server", "--ps-socket", str(fd)],
-                          images / f"{op}.log", pass_fds=(fd,))
+        self._run(op, argv, images / f"{op}.log", pass_fds=fds)
         wall = (time.monotonic() - started) * 1000
         return dump_stats(images, wall)
 
@@ -140,33 +135,20 @@ class Criu:
             time.sleep(0.002)
         return proc
 
-    def start_page_server(self, images: Path, address: str, port: int,
-                          timeout_s: float = 10) -> subprocess.Popen[bytes]:
-        """Start ``criu page-server`` writing into ``images``; return once it listens.
+    def page_server(self, images: Path, sock: int) -> subprocess.Popen[bytes]:
+        """Start ``criu page-server`` on the connected socket ``sock``, writing into ``images``.
 
-        It takes one dump's pages and pagemaps (``dump(page_server=...)``) and
-        exits when that dump disconnects: 0 if all went well.
+        It listens on nothing: it serves the one dump at the other end of
+        ``sock`` and exits when that dump disconnects, 0 if all went well.
         """
-        images.mkdir(parents=True, exist_ok=True)
-        log = images / "page-server.log"
-        log.unlink(missing_ok=True)
-        proc = self._spawn(["page-server", "-D", str(images), "-o", log.name, "-v4",
-                            "--address", address, "--port", str(port)])
-        deadline = time.monotonic() + timeout_s
-        while "Starting page server" not in (log.read_text(errors="replace")
-                                             if log.exists() else ""):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                errno, detail = explain(log)
-                raise CriuError("page-server", errno, log, detail or f"not listening on {port}")
-            time.sleep(0.002)
-        return proc
+        return self._spawn(["page-server", "-D", str(images), "-o", "page-server.log", "-v4",
+                            "--ps-socket", str(sock)], pass_fds=(sock,))
 
-    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, argv: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         try:
             proc = subprocess.Popen([self.binary, *argv], stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, pass_fds=pass_fds)
         except FileNotFoundError as exc:
             raise CriuError(argv[0], 2, None, f"{self.binary} not found: run ops/install-criu.sh") from exc
         # Reap it when it ends, whoever waits for it by its log.
@@ -207,59 +189,6 @@ class Criu:
         if proc.returncode != 0:
             errno, detail = explain(log, proc.stderr)
             raise CriuError(op, errno, log, detail)
-
-
-class _Relay:
-    """A unix socket for CRIU, spliced both ways to a TCP connection to ``address``."""
-
-    def __init__(self, op: str, address: tuple[str, int]) -> None:
-        self._op, self._address = op, address
-        self._threads: list[threading.Thread] = []
-
-    def __enter__(self) -> int:
-        try:
-            self._tcp = socket.create_connection(self._address, timeout=10)
-        except OSError as exc:
-            host, port = self._address
-            raise CriuError(self._op, exc.errno or 0, None,
-                            f"page server {host}:{port} does not answer") from exc
-        self._tcp.settimeout(None)
-        self._tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._mine, self._criu = socket.socketpair()
-        for a, b in ((self._mine, self._tcp), (self._tcp, self._mine)):
-            thread = threading.Thread(target=_pump, args=(a, b), daemon=True, name="criu-relay")
-            thread.start()
-            self._threads.append(thread)
-        return self._criu.fileno()
-
-    def __exit__(self, *exc: object) -> None:
-        self._criu.close()  # CRIU has exited: its end reads EOF, and so does the peer
-        for thread in self._threads:
-            thread.join(timeout=10)
-        for sock in (self._mine, self._tcp):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a pump stuck on a silent peer
-            except OSError:
-                pass
-            sock.close()
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    """Splice ``src`` into ``dst`` until EOF, then half-close ``dst``."""
-    r, w = os.pipe()
-    try:
-        while n := os.splice(src.fileno(), w, 1 << 20):
-            while n:
-                n -= os.splice(r, dst.fileno(), n)
-    except OSError:
-        pass  # the other side went away; CRIU reports the failure
-    finally:
-        os.close(r)
-        os.close(w)
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
 
 def explain(log: Path, stderr: str = "") -> tuple[int, str]:

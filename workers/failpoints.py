@@ -4,7 +4,9 @@ With ``FERRY_FAILPOINTS=/path/to/file`` set, a worker reads that file before
 and after each phase; a line ``dump:kill-after`` (or ``restore:kill-before``,
 ...) makes the worker running that phase SIGKILL itself there, once per
 migration: what a crash, an OOM kill or a power cut looks like to the rest of
-the cluster. Unset (the default) in production: nothing is read.
+the cluster. A line ``pages:corrupt`` flips one byte of every pages stream the
+node sends, after it was hashed (:mod:`workers.pagestream`): what a bad link
+or a bad NIC looks like. Unset (the default) in production: nothing is read.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 import signal
 from pathlib import Path
 
-SPEC = re.compile(r"^[a-z_]+:kill-(before|after)$")
+SPEC = re.compile(r"^[a-z_]+:(kill-before|kill-after|corrupt)$")
 
 
 def armed(control: Path) -> frozenset[str]:
@@ -36,3 +38,8 @@ def hit(control: Path | None, phase: str, when: str, mid: str) -> None:
     except FileExistsError:
         return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def corrupting(control: Path | None, stream: str) -> bool:
+    """Whether ``stream:corrupt`` is armed."""
+    return control is not None and f"{stream}:corrupt" in armed(control)

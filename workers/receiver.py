@@ -13,12 +13,21 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 from workers import wire
-from workers.errors import BadRequest, FerryError, IntegrityError, TokenError, TransferError
+from workers.errors import (
+    BadRequest,
+    CapabilityError,
+    FerryError,
+    IntegrityError,
+    TokenError,
+    TransferError,
+)
 from workers.landing import (
     FileKey,
     Landing,
@@ -29,6 +38,7 @@ from workers.landing import (
     open_dir,
     remove_leftovers,
 )
+from workers.pagestream import serve_pages
 from workers.tokens import NonceStore, verify_token
 
 log = logging.getLogger(__name__)
@@ -49,8 +59,10 @@ class Receiver:
         stall_timeout_s: float,
         resume_window_s: float,
         fsync: bool,
+        page_server: Callable[[Path, int], subprocess.Popen[bytes]] | None = None,
     ) -> None:
         self._root, self._secret, self._node = root, secret, node
+        self._page_server = page_server  # workers.criu.Criu.page_server, where CRIU runs
         self._stall_s, self._fsync = stall_timeout_s, fsync
         self._root_fd = -1
         self._nonces = NonceStore()
@@ -79,7 +91,11 @@ class Receiver:
 
     def _session(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         try:
-            request = self._admit(wire.recv_frame(conn))
+            message = wire.recv_frame(conn)
+            if message["type"] == "pages":
+                self._pages(conn, message, peer)
+                return
+            request = self._admit(message)
             keys: list[FileKey] = [
                 (request.migration, request.subdir, f.name, f.size, f.version)
                 for f in request.files
@@ -105,18 +121,33 @@ class Receiver:
         if message["type"] != "put":
             raise BadRequest(f"unknown request type {message['type']!r}")
         request = wire.parse_put(message)
-        now = time.time()
-        claims = verify_token(self._secret, request.token, dst=self._node, now=now)
-        if claims.migration != request.migration:
-            raise TokenError(
-                f"token is for migration {claims.migration!r}, not {request.migration!r}"
-            )
-        self._nonces.use(claims, now)
-        check_id("migration id", request.migration)
+        self._check_token(request.token, request.migration)
         check_id("subdir", request.subdir)
         for entry in request.files:
             check_name(entry.name)
         return request
+
+    def _check_token(self, token: str, migration: str) -> None:
+        """Accept ``token`` once, for ``migration`` on this node; TokenError otherwise."""
+        now = time.time()
+        claims = verify_token(self._secret, token, dst=self._node, now=now)
+        if claims.migration != migration:
+            raise TokenError(f"token is for migration {claims.migration!r}, not {migration!r}")
+        self._nonces.use(claims, now)
+        check_id("migration id", migration)
+
+    def _pages(self, conn: socket.socket, message: dict[str, object], peer: tuple[str, int]) -> None:
+        """A pages session (workers.pagestream): the token first, then CRIU's page server."""
+        token, migration, subdir = wire.parse_pages(message)
+        self._check_token(token, migration)
+        check_id("subdir", subdir)
+        if self._page_server is None:
+            raise CapabilityError(f"{self._node} runs no CRIU: send the pages as files")
+        where = f"{migration}/{subdir}"
+        os.close(open_dir(self._root_fd, [migration, subdir], where=where))
+        wire.send_frame(conn, {"type": "ready"})
+        received = serve_pages(conn, self._root / migration / subdir, self._page_server)
+        log.info("data plane: %s streamed %d bytes of pages for %s", peer, received, migration)
 
     def _receive(self, conn: socket.socket, request: wire.PutRequest, keys: list[FileKey]) -> int:
         """Tell the sender what is missing, receive it, land it; return bytes received."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from workers.errors import BadRequest
+from workers.pagestream import PagesTarget, StreamStats
 
 CONTAINER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
@@ -57,6 +58,7 @@ class DumpStats:
     pages_lazy: int
     wall_ms: float  # the whole criu call, as the worker saw it
     image_bytes: int  # bytes in the images dir after the dump
+    pages: StreamStats | None = None  # the pages went to the destination's page server
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class Runtime(Protocol):
               sync: tuple[str, ...] = ()) -> ContainerInfo: ...
 
     def checkpoint(self, name: str, images: Path, *, leave_running: bool = False,
-                   parent: Path | None = None) -> DumpStats: ...
+                   parent: Path | None = None, pages: PagesTarget | None = None) -> DumpStats: ...
 
     def predump(self, name: str, images: Path, parent: Path | None) -> DumpStats: ...
 

@@ -22,7 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-from workers.errors import BadRequest, PermanentError, UnknownContainer
+from workers.errors import BadRequest, CapabilityError, PermanentError, UnknownContainer
+from workers.pagestream import PagesTarget
 from workers.runtime import ContainerInfo, DumpStats, RestoreStats, check_container_name
 from workers.simmodel import (
     MIB,
@@ -214,8 +215,10 @@ class SimRuntime:
                          wall_ms=(time.monotonic() - started) * 1000, image_bytes=size)
 
     def checkpoint(self, name: str, images: Path, *, leave_running: bool = False,
-                   parent: Path | None = None) -> DumpStats:
+                   parent: Path | None = None, pages: PagesTarget | None = None) -> DumpStats:
         """A modelled dump: whole, or with ``parent`` only the pages dirtied since it."""
+        if pages is not None:
+            raise CapabilityError("the sim runtime has no CRIU page server: dump to files")
         rec = self._live(name)
         now = time.time()
         self._write_log(rec, now)

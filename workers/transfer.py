@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,8 @@ class TransferServer:
     bytes of a file cut off mid-way are kept ``resume_window_s`` for the
     sender to resume, then deleted. ``fsync`` makes each landed file durable.
     Beyond ``max_sessions`` connections at once, new ones are told to retry.
+    ``page_server`` (:meth:`workers.criu.Criu.page_server`) serves pages
+    sessions (:mod:`workers.pagestream`); without it they are refused.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class TransferServer:
         resume_window_s: float = 600.0,
         fsync: bool = False,
         max_sessions: int = 64,
+        page_server: Callable[[Path, int], subprocess.Popen[bytes]] | None = None,
     ) -> None:
         self._bind, self._max_sessions = (host, port), max_sessions
         self._receiver = Receiver(
@@ -65,6 +69,7 @@ class TransferServer:
             stall_timeout_s=stall_timeout_s,
             resume_window_s=resume_window_s,
             fsync=fsync,
+            page_server=page_server,
         )
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()

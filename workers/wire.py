@@ -27,8 +27,9 @@ client sends only what is missing. The file's BLAKE3 digest travels in its
 A frame is a 4-byte big-endian length then a UTF-8 JSON object whose
 ``type`` names it. The server may answer ``error {error, message}`` at any
 point and then stops reading; ``error`` names a class of
-:mod:`workers.errors`. New request types (e.g. ``blocks`` for delta
-transfer) are new ``type`` values after the same token check.
+:mod:`workers.errors`. Other request types are new ``type`` values after the
+same token check: ``pages`` streams a dump's pages into the destination's
+CRIU page server (:mod:`workers.pagestream`).
 """
 
 from __future__ import annotations
@@ -188,6 +189,16 @@ def parse_put(message: Mapping[str, Any]) -> PutRequest:
     if len({e.name for e in entries}) != len(entries):
         raise BadRequest("put lists the same file name twice")
     return PutRequest(token, migration, subdir, entries)
+
+
+def parse_pages(message: Mapping[str, Any]) -> tuple[str, str, str]:
+    """Check the shape of a ``pages`` frame (workers.pagestream): token, migration, subdir."""
+    if message.get("v") not in VERSIONS:
+        raise BadRequest(f"unsupported protocol version {message.get('v')!r} (want {VERSION})")
+    token, migration, subdir = (message.get(k) for k in ("token", "migration", "subdir"))
+    if not (isinstance(token, str) and isinstance(migration, str) and isinstance(subdir, str)):
+        raise BadRequest("pages needs string 'token', 'migration' and 'subdir'")
+    return token, migration, subdir
 
 
 def parse_ready(message: Mapping[str, Any], sizes: list[int]) -> tuple[list[int], list[bool]]:

@@ -23,8 +23,12 @@ def test_counter_goes_on_on_the_destination_and_the_source_copy_is_gone(cluster)
     client = cluster.client
     info = client.run("n1", [sys.executable, "-u", "-c", COUNTER], name="counter")
     wait_for(lambda: len(ticks(info["log"])) > 10)
-    m = client.migrate("counter", "n2").wait(timeout=60)
+    m = client.migrate("counter", "n2", strategy="cold").wait(timeout=60)
     assert m.state.value == "done", m.errors
+    # the pages streamed into n2's CRIU page server behind a token, and checked
+    assert m.limits["page_server"] is True
+    pages = m.results["dump"]["pages"]
+    assert pages["bytes"] > 0 and len(pages["blake3"]) == 64
     before = max(ticks(info["log"]))
     time.sleep(0.5)
     after = ticks(info["log"])
@@ -38,6 +42,7 @@ def test_counter_goes_on_on_the_destination_and_the_source_copy_is_gone(cluster)
 
     d = downtime(m)
     assert d is not None and d["downtime_ms"] > 0
+    assert d["wire_ms"] >= m.results["dump"]["memwrite_ms"]  # the pages crossed inside the dump
     # and back again: the restored copy is an ordinary container of n2
     back = client.migrate("counter", "n1").wait(timeout=60)
     assert back.state.value == "done", back.errors
@@ -55,8 +60,9 @@ def test_a_process_tree_moves_whole(cluster) -> None:
     info = client.run("n1", [sys.executable, "-u", "-c", script], name="tree")
     wait_for(lambda: len(ticks(info["log"])) > 5)
     assert len(procs.tree(info["pid"])) == 2
-    m = client.migrate("tree", "n2").wait(timeout=60)
+    m = client.migrate("tree", "n2", page_server="off").wait(timeout=60)
     assert m.state.value == "done", m.errors
+    assert "pages" not in m.results["dump"]  # every image went as a file
     before = max(ticks(info["log"]))
     time.sleep(0.4)
     assert_went_on(ticks(info["log"]), before)

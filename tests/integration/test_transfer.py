@@ -6,7 +6,6 @@ import os
 import random
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,14 +15,9 @@ from typing import Any
 import blake3
 import pytest
 
-from tasks.localcluster import ROOT
-from tests.conftest import criu_works, need
-from tests.integration.helpers import assert_went_on, ticks, wait_for
-from workers import procs, sender, transfer, wire
-from workers.criu import Criu
+from workers import sender, transfer, wire
 from workers.errors import (
     BadRequest,
-    CriuError,
     IntegrityError,
     NoSpace,
     TokenError,
@@ -545,73 +539,3 @@ def test_nobody_listening_is_transient() -> None:
         address = s.getsockname()[:2]
     with pytest.raises(TransferError, match="failed 2 times"):
         send_files(address, fresh(), "m1", [], retries=1)
-
-
-# --- CRIU's page server, fed through the adapter's relay --------------------------------
-
-TICKER = """\
-import time
-hold = bytearray(b"\\xa5") * (32 << 20)
-i = 0
-while True:
-    print("tick", i, flush=True)
-    i += 1
-    time.sleep(0.05)
-"""
-
-
-@pytest.fixture
-def ticker(tmp_path: Path) -> Iterator[tuple[int, Path, list[int]]]:
-    """A container holding 32 MiB that ticks; its pid, its log, and pids to kill at the end."""
-    ok, why = criu_works()
-    need(ok, why)
-    box = tmp_path / "box"
-    box.mkdir()
-    argv = [sys.executable, "-m", "workers.launch", "--name", "ticker", "--dir", str(box),
-            "--log", str(box / "log"), "--", sys.executable, "-u", "-c", TICKER]
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=30)
-    assert done.returncode == 0, done.stderr
-    pids = [int(done.stdout)]
-    wait_for(lambda: len(ticks(box / "log")) >= 3)
-    yield pids[0], box / "log", pids
-    for pid in pids:
-        procs.kill_and_wait(pid)
-
-
-@pytest.mark.criu
-def test_page_server_dump_restores(
-    server: TransferServer, tmp_path: Path, ticker: tuple[int, Path, list[int]]
-) -> None:
-    pid, log, pids = ticker
-    criu, images, landed = Criu(), tmp_path / "src", tmp_path / "dst" / "m1" / "final"
-    port = free_port()
-    page_server = criu.start_page_server(landed, "127.0.0.1", port)
-    stats = criu.dump(pid, images, page_server=("127.0.0.1", port))
-    assert page_server.wait(timeout=30) == 0
-    before = max(ticks(log))
-    # The pages went straight to the destination; the rest follows by the data plane.
-    assert not list(images.glob("pages-*.img")) and list(landed.glob("pages-*.img"))
-    assert stats.frozen_ms < 150  # no 200 ms wait for a corked last command
-    rest = [(p, p.name) for p in images.iterdir() if p.suffix == ".img"]
-    send_files(server.address, fresh(), "m1", rest, subdir="final")
-    pids.append(criu.restore(landed).pid)
-    wait_for(lambda: max(ticks(log)) > before + 3)
-    assert_went_on(ticks(log), before)
-
-
-@pytest.mark.criu
-def test_page_server_unreachable_leaves_the_tree_running(
-    tmp_path: Path, ticker: tuple[int, Path, list[int]]
-) -> None:
-    pid, log, _ = ticker
-    with pytest.raises(CriuError, match="page server 127.0.0.1"):
-        Criu().dump(pid, tmp_path / "src", page_server=("127.0.0.1", free_port()))
-    before = max(ticks(log))
-    wait_for(lambda: max(ticks(log)) > before)
-    assert procs.alive(pid)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

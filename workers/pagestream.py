@@ -1,0 +1,258 @@
+"""The pages stream: a dump's pages straight into the destination's CRIU, behind ferry's token.
+
+``criu dump --page-server`` sends pages and pagemaps over a socket to a
+``criu page-server``, which writes them as images. A bare page server takes
+the first connection to its port, so ferry never opens one. The source's
+:class:`Relay` dials the destination's transfer service and asks for a pages
+session with a fresh token for the migration::
+
+    relay (source)                              receiver (destination)
+    pages {v, token, migration, subdir}    ->
+                                           <-   ready {}                 (or error)
+    CRIU's bytes, raw, then half-close     ->   <- the page server's replies, raw
+
+The receiver checks the token exactly as for files, then starts ``criu
+page-server --ps-socket`` on one end of a socketpair (CRIU reuses a connected
+socket: no port is listened on) and splices the connection to the other
+(:func:`serve_pages`). CRIU's socket is a unix one on both sides, so its corked
+last command costs no 200 ms wait with the tree frozen.
+
+Both ends hash what CRIU sent with BLAKE3. The source's digest travels with
+the dump's result (the control plane); the destination writes its own to
+``ferry-pages.json`` beside the images once its page server has exited, and
+the restore refuses images whose digest differs (:func:`check_pages`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from workers import wire
+from workers.errors import CriuError, IntegrityError, TransferError
+from workers.throttle import TokenBucket
+
+MARKER = "ferry-pages.json"  # the destination's digest of a finished pages session
+BUFFER = 1 << 20
+_PROGRESS_S = 0.25
+_EXIT_WAIT_S = 30.0  # how long a page server may take to write its last pages and exit
+
+
+@dataclass(frozen=True)
+class PagesTarget:
+    """Where a dump's pages go: the destination's transfer service, for one migration."""
+
+    address: tuple[str, int]
+    token: Callable[[], str]  # a fresh data-plane token per connection
+    migration: str
+    subdir: str
+    bandwidth_bps: float | None = None  # this migration's cap, if any
+    progress: Callable[[int, float], None] | None = None  # (bytes sent, seconds so far)
+    stall_s: float = 10.0  # silence that ends the stream (the tree is frozen)
+    corrupt: bool = False  # fault suite only: flip one byte on the wire, after hashing
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """What the source sent through one pages session."""
+
+    bytes: int
+    blake3: str
+    seconds: float  # from the first byte to the last
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bytes": self.bytes, "blake3": self.blake3,
+                "wall_ms": round(self.seconds * 1000, 3)}
+
+
+class Relay:
+    """A unix socket for ``criu dump``, carried to the destination's page server.
+
+    ``with Relay(target) as fd`` connects and is admitted (TokenError,
+    CapabilityError... as the receiver replies; TransferError if it does not
+    answer) before CRIU starts; :attr:`stats` is set once the block ends.
+    """
+
+    def __init__(self, target: PagesTarget) -> None:
+        self._target = target
+        self._threads: list[threading.Thread] = []
+        self._hasher = blake3.blake3()
+        self._sent = 0
+        self._first = self._last = 0.0
+        self.stats: StreamStats | None = None
+
+    def __enter__(self) -> int:
+        t = self._target
+        try:
+            self._tcp = socket.create_connection(t.address, timeout=t.stall_s)
+        except OSError as exc:
+            host, port = t.address
+            raise TransferError(f"pages stream: {host}:{port} does not answer: {exc}") from exc
+        try:
+            self._tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            wire.send_frame(self._tcp, {"type": "pages", "v": wire.VERSION, "token": t.token(),
+                                        "migration": t.migration, "subdir": t.subdir})
+            wire.expect(wire.recv_frame(self._tcp), "ready")
+        except BaseException:
+            self._tcp.close()
+            raise
+        self._mine, self._criu = socket.socketpair()
+        bucket = TokenBucket(t.bandwidth_bps) if t.bandwidth_bps else None
+        for target, args in ((self._forward, (bucket,)), (self._backward, ())):
+            thread = threading.Thread(target=target, args=args, daemon=True, name="ferry-pages")
+            thread.start()
+            self._threads.append(thread)
+        return self._criu.fileno()
+
+    def __exit__(self, *exc: object) -> None:
+        self._criu.close()  # CRIU has exited: its end reads EOF, and so does the peer
+        for thread in self._threads:
+            thread.join(timeout=self._target.stall_s + 5)
+        for sock in (self._mine, self._tcp):
+            _shut(sock, socket.SHUT_RDWR)  # wakes a pump stuck on a silent peer
+            sock.close()
+        self.stats = StreamStats(self._sent, self._hasher.hexdigest(),
+                                 max(0.0, self._last - self._first))
+
+    def _forward(self, bucket: TokenBucket | None) -> None:
+        """CRIU's bytes to the destination: hashed, throttled, counted."""
+        t, buf = self._target, memoryview(bytearray(BUFFER))
+        told, corrupt = 0.0, t.corrupt
+        try:
+            while n := self._mine.recv_into(buf):
+                now = time.monotonic()
+                if not self._sent:
+                    self._first = now
+                chunk = buf[:n]
+                self._hasher.update(chunk)
+                if corrupt and self._sent + n > BUFFER // 2:  # well into the pages
+                    flipped = bytearray(chunk)
+                    flipped[n // 2] ^= 0xFF
+                    chunk, corrupt = memoryview(flipped), False
+                if bucket is not None:
+                    for at in range(0, n, bucket.burst):
+                        bucket.take(min(bucket.burst, n - at))
+                self._tcp.sendall(chunk)
+                self._sent += n
+                self._last = time.monotonic()
+                if t.progress is not None and self._last - told >= _PROGRESS_S:
+                    told = self._last
+                    t.progress(self._sent, self._last - self._first)
+        except OSError:
+            pass  # the destination went away or stalled; CRIU reports the failure
+        finally:
+            _shut(self._tcp, socket.SHUT_WR)
+            _shut(self._mine, socket.SHUT_RD)
+
+    def _backward(self) -> None:
+        """The page server's replies to CRIU; a destination silent too long ends the stream."""
+        idle_since = time.monotonic()
+        while True:
+            try:
+                data = self._tcp.recv(64 << 10)
+            except TimeoutError:
+                busy = max(idle_since, self._last)
+                if time.monotonic() - busy < self._target.stall_s:
+                    continue
+                break
+            except OSError:
+                break
+            if not data:
+                break
+            idle_since = time.monotonic()
+            try:
+                self._mine.sendall(data)
+            except OSError:
+                break
+        _shut(self._mine, socket.SHUT_WR)
+        _shut(self._tcp, socket.SHUT_RDWR)
+
+
+def serve_pages(conn: socket.socket, images: Path,
+                page_server: Callable[[Path, int], subprocess.Popen[bytes]]) -> int:
+    """Run one admitted pages session on ``conn``: CRIU's page server writes into ``images``.
+
+    Earlier pages in ``images`` (a dump that died half-way) are dropped first.
+    Writes :data:`MARKER` (bytes, BLAKE3, the page server's exit status) once
+    the page server has exited; returns the bytes received.
+    """
+    for old in (*images.glob("pages-*.img"), *images.glob("pagemap-*.img"), images / MARKER):
+        old.unlink(missing_ok=True)
+    ours, theirs = socket.socketpair()
+    try:
+        proc = page_server(images, theirs.fileno())
+    finally:
+        theirs.close()
+    hasher, got = blake3.blake3(), [0]
+
+    def forward() -> None:  # the source's bytes to the page server, hashed
+        buf = memoryview(bytearray(BUFFER))
+        try:
+            while n := conn.recv_into(buf):
+                hasher.update(buf[:n])
+                got[0] += n
+                ours.sendall(buf[:n])
+        except OSError:
+            proc.kill()  # a stalled or broken source: the page server must not wait forever
+        _shut(ours, socket.SHUT_WR)
+
+    thread = threading.Thread(target=forward, daemon=True, name="ferry-pages-in")
+    thread.start()
+    try:
+        while data := ours.recv(64 << 10):
+            conn.sendall(data)
+    except OSError:
+        proc.kill()
+    try:
+        status = proc.wait(timeout=_EXIT_WAIT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        status = proc.wait()
+    _shut(conn, socket.SHUT_RDWR)  # the source's forward pump stops if it still runs
+    thread.join()
+    ours.close()
+    tmp = images / f".{MARKER}.tmp"
+    tmp.write_text(json.dumps({"bytes": got[0], "blake3": hasher.hexdigest(), "exit": status}))
+    os.replace(tmp, images / MARKER)
+    return got[0]
+
+
+def check_pages(sent: dict[str, Any], images: Path, wait_s: float = 10.0) -> None:
+    """Refuse ``images`` unless their pages session ended well and its digest is ``sent``'s.
+
+    Waits up to ``wait_s`` for the destination to finish the session (its
+    page server writes the last pages after the source's dump returned).
+    """
+    marker = images / MARKER
+    deadline = time.monotonic() + wait_s
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        got = json.loads(marker.read_text())
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"{images}: the pages stream never finished here; not restored") \
+            from exc
+    if got.get("exit") != 0:
+        raise CriuError("page-server", 0, images / "page-server.log",
+                        f"exited with status {got.get('exit')}; pages incomplete, not restored")
+    if got.get("bytes") != sent.get("bytes") or got.get("blake3") != sent.get("blake3"):
+        raise IntegrityError(
+            f"{images}: pages stream digest does not match the source's "
+            f"({got.get('bytes')} bytes here, {sent.get('bytes')} sent); not restored")
+
+
+def _shut(sock: socket.socket, how: int) -> None:
+    try:
+        sock.shutdown(how)
+    except OSError:
+        pass
