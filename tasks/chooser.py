@@ -250,24 +250,24 @@ def _check(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request)
 PAGE_SERVER_MODES = ("auto", "on", "off")
 
 
-def page_server(mode: str, strategy: str, src: NodeCaps, dst: NodeCaps) -> tuple[bool, str]:
-    """Whether the final dump streams its pages into the destination's CRIU page server; why.
+def page_server(mode: str, strategy: str, src: NodeCaps, dst: NodeCaps) -> tuple[str, str]:
+    """The page-server mode a migration gets (``auto``, ``on`` or ``off``), and why.
 
-    It can for a ``cold`` migration between two ``criu`` nodes (delta's block
-    diff and pre-copy's parent images need the pages on the source's disk;
-    post-copy serves them from there). Where it can, it beat a local dump and
-    a send at every size and link measured (docs/BENCHMARKS.md, "The page
-    server"), so ``auto`` uses it there; ``on`` refuses a migration where it
-    cannot; ``off`` never uses it.
+    Only a ``cold`` migration between two ``criu`` nodes can stream its dump's
+    pages into the destination's CRIU (delta's block diff and pre-copy's
+    parent images need the pages on the source's disk; post-copy serves them
+    from there): elsewhere it is ``off``, and ``on`` is refused. Whether
+    ``auto`` streams is decided at the dump, from the link
+    (:func:`workers.transfer.stream_pages`).
 
     >>> pi = NodeCaps("pi-01", "aarch64", "criu", True, True, True, "", 4 << 30, 32 << 30)
     >>> page_server("auto", "cold", pi, pi)[0], page_server("auto", "delta", pi, pi)[0]
-    (True, False)
+    ('auto', 'off')
     """
     if mode not in PAGE_SERVER_MODES:
         raise BadRequest(f"page_server must be one of {', '.join(PAGE_SERVER_MODES)}, not {mode!r}")
     if mode == "off":
-        return False, "page server off"
+        return "off", "page server off"
     why_not = ("" if strategy == "cold" else f"{strategy} needs the pages on the source's disk")
     for node in (src, dst):
         if node.runtime != "criu":
@@ -275,5 +275,5 @@ def page_server(mode: str, strategy: str, src: NodeCaps, dst: NodeCaps) -> tuple
     if why_not:
         if mode == "on":
             raise CapabilityError(f"page_server=on, but {why_not}: use page_server=auto")
-        return False, why_not
-    return True, "cold between two criu nodes: pages stream into the destination's CRIU"
+        return "off", why_not
+    return mode, "cold between two criu nodes: its pages may stream into the destination's CRIU"

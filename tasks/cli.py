@@ -168,19 +168,24 @@ def run(node: str, name: str | None, sync: tuple[str, ...], cmd: tuple[str, ...]
               type=click.Choice(["postcopy", "cold", "abort"]),
               help="What to do when pre-copy does not converge.")
 @click.option("--hard-cap", is_flag=True, help="Never exceed the downtime limit: abort instead.")
+@click.option("--page-server", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="Stream a cold dump's pages into the destination's CRIU [setting page_server].")
+@click.option("--compression", type=click.Choice(["auto", "none", "zstd"]), default=None,
+              help="How image files travel [setting compression].")
 @click.option("--no-wait", is_flag=True, help="Submit and print the migration id.")
 @click.option("--timeout", default=600.0, show_default=True)
 @json_opt
 def migrate(container: str, to: str, strategy: str, downtime_limit_ms: float, max_iterations: int,
-            goal_unchanged: float, fallback: str, hard_cap: bool, no_wait: bool, timeout: float,
-            as_json: bool) -> None:
+            goal_unchanged: float, fallback: str, hard_cap: bool, page_server: str | None,
+            compression: str | None, no_wait: bool, timeout: float, as_json: bool) -> None:
     """Move CONTAINER to node TO."""
     from tasks.summary import one_line, summary
 
     client = _client()
     handle = client.migrate(container, to, strategy, downtime_limit_ms=downtime_limit_ms,
                             max_iterations=max_iterations, goal_unchanged=goal_unchanged,
-                            fallback=fallback, hard_downtime_cap=hard_cap)
+                            fallback=fallback, hard_downtime_cap=hard_cap,
+                            page_server=page_server, compression=compression)
     if no_wait:
         _emit(as_json, {"id": handle.id}, lambda: out.print(handle.id))
         return

@@ -42,6 +42,7 @@ from workers.errors import (
     UnknownNode,
 )
 from workers.runtime import check_container_name
+from workers.wire import CODECS
 
 
 def caps(rec: dict[str, Any]) -> NodeCaps:
@@ -189,7 +190,8 @@ class Ferry:
                 goal_unchanged: float = 0.70, fallback: str = "postcopy",
                 hard_downtime_cap: bool = False,
                 bandwidth_bps: float | None = None,
-                page_server: str | None = None) -> MigrationHandle:
+                page_server: str | None = None,
+                compression: str | None = None) -> MigrationHandle:
         """Submit a migration of ``container`` to node ``to``.
 
         ``strategy`` is auto (chosen from both nodes' probes, the container's
@@ -202,6 +204,9 @@ class Ferry:
         caps this migration's data-plane transfers (bytes per second).
         ``page_server`` (auto, on, off; default the ``page_server`` setting):
         whether a cold dump streams its pages into the destination's CRIU.
+        ``compression`` (auto, none, zstd; default the ``compression``
+        setting): how image files travel; auto compresses when the link is
+        slow enough for it to pay.
         """
         check_container_name(container)
         check_node_name(to)
@@ -224,13 +229,17 @@ class Ferry:
         choice = choose(caps(src_rec), caps(dst_rec), Workload(memory),
                         Link(link, overhead_ms=self.settings.freeze_overhead_ms),
                         Request(strategy, downtime_limit_ms))
-        pages, _ = use_page_server(page_server or self.settings.page_server, choice.strategy,
+        compression = compression or self.settings.compression
+        if compression not in ("auto", *CODECS):
+            raise BadRequest(f"compression must be auto, none or zstd, not {compression!r}")
+        pages, pages_why = use_page_server(page_server or self.settings.page_server, choice.strategy,
                                    caps(src_rec), caps(dst_rec))
         if not self.store.r.exists(HEARTBEAT_KEY):
             raise NodeUnavailable("no coordinator is running: start `ferry coordinator`")
         now = time.time()
         extra = {"memory_bytes": memory, "timeout_action": self.settings.timeout_action,
-                 "page_server": pages, "link_bps": self.settings.link_bps,
+                 "page_server": pages, "page_server_why": pages_why, "link_bps": self.settings.link_bps,
+                 "compression": compression,
                  "lazy_ok": strategy_refusal("postcopy", caps(src_rec), caps(dst_rec)) is None}
         if bandwidth_bps:
             extra["bandwidth_bps"] = bandwidth_bps  # tasks.phases.send_dir caps each transfer

@@ -20,7 +20,7 @@ from workers import failpoints
 from workers.errors import PermanentError
 from workers.pagestream import PagesTarget
 from workers.tokens import issue_token
-from workers.transfer import send_files
+from workers.transfer import send_files, stream_pages
 
 if TYPE_CHECKING:
     from tasks.phases import NodeContext
@@ -38,6 +38,14 @@ def dst_address(ctx: NodeContext, m: Migration) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise PermanentError(f"{m.dst} gave no data-plane address")
     return host, int(port)
+
+
+def streams_pages(ctx: NodeContext, m: Migration) -> bool:
+    """Whether this migration's final dump streams its pages (tasks.chooser.page_server)."""
+    rates = [r for r in (m.limits.get("bandwidth_bps"), link_bps(m)) if r]
+    return stream_pages(str(m.limits.get("page_server", "off")),
+                        str(m.limits.get("compression", "auto")), dst_address(ctx, m)[0],
+                        min(rates, default=None))
 
 
 def link_bps(m: Migration) -> float | None:
@@ -76,7 +84,7 @@ def send_dir(ctx: NodeContext, m: Migration, d: Path, sub: str, progress: Progre
     stats = send_files(dst_address(ctx, m), lambda: issue_token(ctx.secret, m.id, m.src, m.dst, time.time()),
                        m.id, [(p, p.name) for p in files], subdir=sub, progress=report,
                        bandwidth_bps=m.limits.get("bandwidth_bps"),  # per migration, if capped
-                       link_bps=link_bps(m),
+                       link_bps=link_bps(m), compression=m.limits.get("compression", "auto"),
                        timeout_s=FROZEN_TIMEOUT_S if frozen else 30.0, retries=1 if frozen else 3)
     return {"bytes": stats.bytes, "files": stats.files, "wall_ms": round(stats.seconds * 1000, 3),
             "resumed": stats.resumed, "codec": stats.codec}

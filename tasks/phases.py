@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import auth, syncpasses
-from tasks.dataplane import Progress, pages_target, send_dir
+from tasks.dataplane import Progress, pages_target, send_dir, streams_pages
 from tasks.machine import Migration, Phase, State
 from workers.errors import BadRequest, CriuError, PermanentError
 from workers.pagestream import check_pages
@@ -106,9 +106,9 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
                                         # once all but the pages are written
                                         "frozen_ms": round((end - frozen_at) * 1000, 3),
                                         "freezing_ms": 0.0, "end": end})
-    # Pages straight into the destination's CRIU, where the planner chose it
-    # (tasks.chooser.page_server): only a cold dump, which has no parent.
-    streamed = bool(m.limits.get("page_server")) and parent is None
+    # Pages straight into the destination's CRIU where the planner allows it
+    # (tasks.chooser.page_server: a cold dump, which has no parent) and it pays.
+    streamed = parent is None and streams_pages(ctx, m)
     s = ctx.runtime.checkpoint(m.container, d, parent=parent,
                                pages=pages_target(ctx, m, FINAL, progress) if streamed else None)
     end = time.time()

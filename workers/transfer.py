@@ -27,7 +27,8 @@ from workers.receiver import Receiver
 from workers.sender import COMPRESSORS, MIN_COMPRESS, SendStats
 from workers.throttle import TokenBucket
 
-__all__ = ["SendStats", "TokenBucket", "TransferServer", "choose_codec", "send_files"]
+__all__ = ["SendStats", "TokenBucket", "TransferServer", "choose_codec", "send_files",
+           "stream_pages"]
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +199,30 @@ def choose_codec(host: str, rate_bps: float | None, paths: Sequence[Path]) -> st
     """``zstd`` if compressing ``paths`` toward ``host`` at ``rate_bps`` pays, else ``none``."""
     if not wire.HAVE_ZSTD or rate_bps is None or _is_loopback(host):
         return "none"
-    ratio = sample_ratio(paths)
-    speed = compression_speed() * max(1, COMPRESSORS - 1)  # a core hashes and feeds the socket
-    return "zstd" if worth_compressing(rate_bps, speed, ratio) else "none"
+    return "zstd" if worth_compressing(rate_bps, compressor_bps(), sample_ratio(paths)) else "none"
+
+
+def compressor_bps() -> float:
+    """Bytes per second this node compresses one transfer at (a core hashes and feeds the socket)."""
+    return compression_speed() * max(1, COMPRESSORS - 1)
+
+
+def stream_pages(mode: str, compression: str, host: str, rate_bps: float | None) -> bool:
+    """Whether a final dump streams its pages to ``host``'s page server (else: files).
+
+    ``on`` and ``off`` say so. ``auto`` streams unless compression could pay
+    on this link: the stream saves the local dump's write and read (measured:
+    ahead at every size, docs/BENCHMARKS.md) but travels uncompressed, while
+    files are compressed when the link is slow for the CPU and they shrink
+    (:func:`choose_codec`), which can halve the wire time. So: stream toward
+    loopback, over an unknown or fast link (faster than the CPU compresses,
+    by :func:`worth_compressing` with ideal data), or when compression is off.
+    """
+    if mode != "auto":
+        return mode == "on"
+    if compression == "none" or not wire.HAVE_ZSTD or rate_bps is None or _is_loopback(host):
+        return True
+    return not worth_compressing(rate_bps, compressor_bps(), 0.0)
 
 
 def worth_compressing(rate_bps: float, speed_bps: float, ratio: float) -> bool:

@@ -405,3 +405,27 @@ def test_auto_always_answers_a_healthy_pair(wl, link, req, data) -> None:
     c = choose(src, dst, wl, link, replace(req, strategy="auto"))
     assert c.strategy in usable(src, dst)
     assert c.reason.startswith("auto: ")
+
+
+@pytest.mark.parametrize(
+    ("mode", "strategy", "runtime", "expected"),
+    [
+        ("auto", "cold", "criu", "auto"),
+        ("on", "cold", "criu", "on"),
+        ("off", "cold", "criu", "off"),
+        ("auto", "delta", "criu", "off"),  # its block diff needs the pages on the source's disk
+        ("auto", "precopy", "criu", "off"),  # its parent images are on the source
+        ("auto", "postcopy", "criu", "off"),  # the source serves them itself
+        ("auto", "cold", "sim", "off"),  # no CRIU to stream into
+    ],
+)
+def test_page_server_mode(mode: str, strategy: str, runtime: str, expected: str) -> None:
+    a, b = node("a", runtime=runtime), node("b", runtime=runtime)
+    assert tasks.chooser.page_server(mode, strategy, a, b)[0] == expected
+
+
+def test_page_server_on_where_it_cannot_is_refused() -> None:
+    with pytest.raises(CapabilityError, match="delta needs the pages"):
+        tasks.chooser.page_server("on", "delta", node("a"), node("b"))
+    with pytest.raises(BadRequest, match="page_server must be"):
+        tasks.chooser.page_server("maybe", "cold", node("a"), node("b"))
