@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tasks import syncpasses
+from tasks.machine import Migration, State
+from tasks.phases import NodeContext
 from tests.conftest import need
 from workers import procs
 from workers.errors import BadRequest, TokenError
@@ -182,3 +186,35 @@ def test_bad_input_refused(
 ) -> None:
     with pytest.raises(BadRequest, match=message):
         call(tmp_path)
+
+
+@pytest.mark.parametrize(("final", "kept"), [
+    (State.DONE, True),  # the copy is the container's now
+    (State.ROLLED_BACK, False),  # ABORT never got there: the partial copy goes
+    (State.FAILED, True),  # a copy may be in use here: keep it
+    (None, True),  # the record is gone: never guess, keep it
+], ids=["done", "rolled-back", "failed", "unknown"])
+def test_a_destination_s_daemons_outlive_no_migration(tmp_path: Path, final: State | None,
+                                                       kept: bool) -> None:
+    """PREPARE twice finds the same daemons; the heartbeat's GC stops them once the migration is final."""
+    need(shutil.which("rsync") is not None, "rsync is not installed (apt-get install rsync)")
+    root, src = tmp_path / "local", tmp_path / "src"
+    root.mkdir()
+    populate(src)
+    ctx = NodeContext(node="b", runtime=None, node_dir=tmp_path / "node",  # type: ignore[arg-type]
+                      address="127.0.0.1:1", secret=SECRET, container_root=tmp_path / "shared",
+                      sync_roots=(root,))
+    m = Migration(id="m-00000000000a", container="web", src="a", dst="b",
+                  sync=(str(root / "web"),))
+    first, again = syncpasses.open_targets(ctx, m), syncpasses.open_targets(ctx, m)
+    assert first == again
+    target = first["sync"][0]
+    port = int(target["address"].rpartition(":")[2])
+    rsync_push(src, "127.0.0.1", port, target["module"], m.id, SECRET)
+    state = syncpasses.state_dir(ctx.node_dir, m.id)
+    pid = json.loads((state / "rsyncd-0" / "daemon.json").read_text())["pid"]
+    assert syncpasses.collect(ctx.node_dir, lambda mid: State.RUNNING) == []
+    assert procs.alive(pid)
+    assert syncpasses.collect(ctx.node_dir, lambda mid: final) == [m.id]
+    assert not procs.alive(pid) and not state.exists()
+    assert (root / "web" / "keep.txt").exists() is kept
