@@ -118,12 +118,14 @@ class RsyncTarget:
         """Stop the daemon, restore munged symlinks and delete the state; safe to repeat."""
         running = self._running()
         if running is not None:
-            os.killpg(running.pid, signal.SIGTERM)  # the daemon and its connections
+            # The daemon and its connections. Not SIGTERM: rsync's handler sleeps
+            # 400 ms, inside the freeze window here; the daemon keeps nothing
+            # that needs flushing (a push it cuts short leaves only its temp
+            # files, in a copy that is removed or pushed again).
+            os.killpg(running.pid, signal.SIGKILL)
             deadline = time.monotonic() + 5
             while procs.alive(running.pid, running.ticks) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if procs.alive(running.pid, running.ticks):
-                os.killpg(running.pid, signal.SIGKILL)
+                time.sleep(0.001)
         if not self._chroot:
             unmunge(self.root)
         shutil.rmtree(self.state, ignore_errors=True)
@@ -139,6 +141,8 @@ class RsyncTarget:
             # A chroot already keeps symlinks in; without one, munge them (see stop()).
             f"munge symlinks = {'no' if self._chroot else 'yes'}",
             "numeric ids = yes", "max connections = 4", "timeout = 120",
+            # rsync's many small messages otherwise wait on delayed ACKs (~40 ms each)
+            "socket options = TCP_NODELAY",
         ]
         if os.geteuid() == 0:
             lines += ["uid = 0", "gid = 0"]  # keep owners: -a --numeric-ids
@@ -197,7 +201,8 @@ def rsync_push(src_dir: Path, host: str, port: int, module: str, mid: str, secre
         raise BadRequest(f"bad rsync port {port}")
     netloc = f"[{host}]" if ":" in host else host
     argv = ["rsync", "-a", "--delete", "--numeric-ids", "--stats", "--no-human-readable",
-            f"--timeout={max(1, round(timeout_s))}", "--contimeout=10"]
+            f"--timeout={max(1, round(timeout_s))}", "--contimeout=10",
+            "--sockopts=TCP_NODELAY"]  # a pass that sends little: 180 -> 50 ms on loopback
     if bandwidth_bps:
         argv.append(f"--bwlimit={max(1, round(bandwidth_bps / 1024))}")  # KiB/s
     with tempfile.TemporaryDirectory(prefix="ferry-rsync-") as tmp:
