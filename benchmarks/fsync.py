@@ -183,8 +183,8 @@ def line(r: dict[str, Any]) -> str:
 
 def markdown(doc: dict[str, Any]) -> str:
     """The saved rows as a markdown table (ms; medians over the runs)."""
-    out = ["| data set | MiB | dir | downtime | fsync (final pass) | criu freeze | wire | restore "
-           "| overhead | final pass bytes | first pass | total | load 1 min |",
+    out = [("| data set | MiB | dir | downtime | fsync (final pass) | criu freeze | wire | restore "
+            "| overhead | final pass bytes | first pass | total | load 1 min |"),
            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in doc["rows"]:
         if "downtime_ms" not in r:

@@ -66,7 +66,7 @@ def _env(s: Settings) -> dict[str, str]:
                FERRY_RESULT_BACKEND=s.result_backend, FERRY_REDIS_URL=s.redis_url,
                FERRY_SECRET=s.secret, FERRY_RUNTIME=s.runtime,
                FERRY_SHARED_DIR=str(s.container_root), FERRY_FAILPOINTS=s.failpoints,
-               FERRY_SYNC_ROOTS=s.sync_roots)
+               FERRY_SYNC_ROOTS=s.sync_roots, FERRY_SYNC_PORTS=s.sync_ports)
     return env
 
 
@@ -74,6 +74,7 @@ def serve(settings: Settings, node: str) -> int:
     """Run node ``node`` until SIGTERM or SIGINT."""
     check_node_name(node)
     s = resolve(settings)
+    _ = s.sync_root_paths, s.sync_port_range  # a bad setting stops the node now, not mid-migration
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     home = node_dir(s, node)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -180,7 +181,8 @@ def celery_main(node: str, role: str, address: str) -> None:
     runtime = make_runtime(s, node)
     ctx = NodeContext(node=node, runtime=runtime, node_dir=node_dir(s, node), address=address,
                       secret=s.secret.encode(), failpoints=Path(s.failpoints) if s.failpoints else None,
-                      container_root=s.container_root, sync_roots=s.sync_root_paths)
+                      container_root=s.container_root, sync_roots=s.sync_root_paths,
+                      sync_ports=s.sync_port_range)
     register(app, store, ctx, urgent, lambda: store.put_containers(node, _containers(runtime)))
     app.worker_main(["worker", "-Q", node_queue(node, urgent), "-n", f"{role}.{node}@%h",
                      "-P", "threads", "-c", "1" if urgent else str(s.main_concurrency),

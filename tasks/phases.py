@@ -41,6 +41,7 @@ class NodeContext:
     secret: bytes
     container_root: Path  # where containers' workdirs are (a sync dir may be below one)
     sync_roots: tuple[Path, ...] = ()  # below these, containers may declare sync dirs
+    sync_ports: tuple[int, int] | None = None  # the rsync daemons' port range (None: any)
     verify_grace_s: float = 0.2
     pages_timeout_s: float = 600.0
     failpoints: Path | None = None  # fault suite only: workers.failpoints

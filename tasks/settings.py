@@ -41,6 +41,7 @@ class Settings:
     secret: str = ""  # cluster secret: data-plane tokens; empty -> generated in state_dir
     shared_dir: Path | None = None  # container dirs on storage every node sees
     sync_roots: str = ""  # ':'-separated dirs below which containers may declare sync dirs
+    sync_ports: str = ""  # FIRST-LAST: the rsync daemons' ports (for the firewall); empty: any
     listen_host: str = "127.0.0.1"  # data-plane listener address
     listen_port: int = 0  # 0: pick a free port
     advertise_host: str = ""  # address other nodes dial; default listen_host
@@ -106,6 +107,12 @@ class Settings:
         from workers.syncdirs import parse_roots
 
         return parse_roots(self.sync_roots)
+
+    @property
+    def sync_port_range(self) -> tuple[int, int] | None:
+        from workers.syncdirs import parse_ports
+
+        return parse_ports(self.sync_ports)
 
 
 def _coerce(name: str, raw: Any, default: Any) -> Any:

@@ -49,7 +49,7 @@ def open_targets(ctx: NodeContext, m: Migration) -> dict[str, Any]:
     """Destination, in PREPARE: claim the dirs, start their daemons; their signed addresses."""
     state = state_dir(ctx.node_dir, m.id)
     syncdirs.claim(state, m.sync, *_rules(ctx, m))
-    targets = syncdirs.start_targets(state, m.id, ctx.secret, ctx.host)
+    targets = syncdirs.start_targets(state, m.id, ctx.secret, ctx.host, ctx.sync_ports)
     for t in targets:
         t["address"] = f"{ctx.host}:{t.pop('port')}"
         t["mac"] = auth.sign(ctx.secret, "rsync", m.id, ctx.node, t["dir"], t["address"],

@@ -70,7 +70,8 @@ def password(secret: bytes, mid: str) -> str:
 class RsyncTarget:
     """A private rsync daemon on ``host`` writing into ``root`` for migration ``mid``.
 
-    ``allow`` limits clients to one address. ``state`` keeps the daemon's
+    ``allow`` limits clients to one address; ``ports`` (first, last) is the
+    range it listens in (default: any free port). ``state`` keeps the daemon's
     config, secrets and pid (0700; default: a fresh temp dir): with the same
     ``state``, another process finds a running daemon (``start`` returns it
     again) and can ``stop`` it. ``chroot`` defaults to whether this is root.
@@ -78,12 +79,12 @@ class RsyncTarget:
 
     def __init__(self, root: Path, mid: str, secret: bytes, host: str, *,
                  allow: str | None = None, state: Path | None = None,
-                 chroot: bool | None = None) -> None:
+                 chroot: bool | None = None, ports: tuple[int, int] | None = None) -> None:
         self.root, self.mid, self.host = _check_root(root), check_id("migration id", mid), host
         _check_host(host)
         if allow is not None:
             _check_address(allow)
-        self._secret, self._allow = secret, allow
+        self._secret, self._allow, self._ports = secret, allow, ports
         self._chroot = os.geteuid() == 0 if chroot is None else chroot
         self.state = _check_conf_path(state or Path(tempfile.mkdtemp(prefix="ferry-rsyncd-")))
 
@@ -99,7 +100,7 @@ class RsyncTarget:
         _write_private(self.state / "secrets", f"{self.mid}:{password(self._secret, self.mid)}\n")
         (self.state / "rsyncd.conf").write_text(self._config())
         for _ in range(5):
-            port = _free_port(self.host)
+            port = _free_port(self.host, self._ports)
             proc = subprocess.Popen(
                 ["rsync", "--daemon", "--no-detach", f"--config={self.state / 'rsyncd.conf'}",
                  "--port", str(port), "--address", self.host],
@@ -270,11 +271,19 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+def _free_port(host: str, ports: tuple[int, int] | None = None) -> int:
+    """A port free on ``host`` now: any, or the first free one in ``ports`` (first, last)."""
+    first, last = ports or (0, 0)
+    for candidate in range(first, last + 1):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            try:
+                s.bind((host, candidate))
+            except OSError:
+                continue  # taken: another migration's daemon, or anything else
+            port: int = s.getsockname()[1]
+            return port
+    raise CapabilityError(f"no free port for an rsync daemon on {host} in {first}-{last}: "
+                          "too many migrations at once for sync_ports")
 
 
 def _check_root(root: Path) -> Path:

@@ -35,6 +35,16 @@ from workers.fsync import RsyncTarget
 MAX_DIRS = 16
 
 
+def parse_ports(text: str) -> tuple[int, int] | None:
+    """The ``sync_ports`` setting (``FIRST-LAST``; empty: any free port)."""
+    if not text:
+        return None
+    first, _, last = text.partition("-")
+    if not (first.isdigit() and last.isdigit() and 1024 <= int(first) <= int(last) < 65536):
+        raise BadRequest(f"bad sync_ports {text!r}: want FIRST-LAST, e.g. 7071-7086")
+    return int(first), int(last)
+
+
 def parse_roots(text: str) -> tuple[Path, ...]:
     """The ``sync_roots`` setting (``:``-separated absolute paths) as paths."""
     roots = tuple(Path(p) for p in text.split(":") if p)
@@ -110,11 +120,15 @@ def claim(state: Path, dirs: Sequence[str], roots: Sequence[Path], workdir: Path
         Path(d).mkdir(parents=True, exist_ok=True)
 
 
-def start_targets(state: Path, mid: str, secret: bytes, host: str) -> list[dict[str, object]]:
-    """Start (or find) one rsync daemon per claimed dir; their dirs, ports and module."""
+def start_targets(state: Path, mid: str, secret: bytes, host: str,
+                  ports: tuple[int, int] | None = None) -> list[dict[str, object]]:
+    """Start (or find) one rsync daemon per claimed dir, in ``ports`` if given; their
+    dirs, ports and module.
+    """
     out: list[dict[str, object]] = []
     for i, d in enumerate(claimed(state)):
-        port, module = RsyncTarget(Path(d), mid, secret, host, state=state / f"rsyncd-{i}").start()
+        port, module = RsyncTarget(Path(d), mid, secret, host, state=state / f"rsyncd-{i}",
+                                   ports=ports).start()
         out.append({"dir": d, "port": port, "module": module})
     return out
 

@@ -96,6 +96,7 @@ def test_the_environment_file_is_private_and_ferry_reads_it(rendered: Path) -> N
     s = Settings.from_env(env)
     assert (s.broker_url, s.redis_url, s.secret) == (url, url, "s" * 64)
     assert (s.listen_host, s.listen_port, s.advertise_host) == ("127.0.0.1", 7070, "127.0.0.1")
+    assert s.sync_port_range == (7071, 7086)  # the rsync daemons: where the firewall admits
     assert env["FERRY_FLOWER_AUTH"] == "admin:flower-password-1"
 
 
@@ -133,7 +134,7 @@ def test_sshd_takes_keys_only_and_keeps_sftp(rendered: Path, tmp_path: Path) -> 
 def test_the_nft_rules_admit_only_the_cluster_network(rendered: Path) -> None:
     rules = (rendered / "etc/ferry/ferry.nft").read_text()
     assert "10.0.0.0/24, 192.168.50.0/24" in rules and "fd00:f::/64" in rules
-    assert "tcp dport { 6379, 5555, 7070 } counter drop" in rules
+    assert "tcp dport { 6379, 5555, 7070, 7071-7086 } counter drop" in rules
     nft = shutil.which("nft") or "/usr/sbin/nft"
     if not (os.path.exists(nft) and os.geteuid() == 0):
         pytest.skip("nft -c needs the nftables package and root")

@@ -16,8 +16,8 @@ from tasks.machine import Migration, State
 from tasks.phases import NodeContext
 from tests.conftest import need
 from workers import procs
-from workers.errors import BadRequest, TokenError
-from workers.fsync import RsyncTarget, password, rsync_push
+from workers.errors import BadRequest, CapabilityError, TokenError
+from workers.fsync import RsyncTarget, _free_port, password, rsync_push
 
 SECRET = b"integration-secret-0123456789"
 MID = "m1"
@@ -158,6 +158,18 @@ def test_symlink_cannot_lead_a_write_outside(start: Start, tmp_path: Path, chroo
     target.stop()  # the links keep (or get back) their values
     assert os.readlink(tmp_path / "dst" / "abs") == str(outside)
     assert os.readlink(tmp_path / "dst" / "rel") == "../outside"
+
+
+def test_daemons_listen_in_the_port_range_the_firewall_admits(start: Start, tmp_path: Path) -> None:
+    first = _free_port("127.0.0.1")  # an ephemeral port is free: so, likely, the next
+    ports = (first, first + 1)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    assert {start(one, ports=ports)[1], start(two, ports=ports)[1]} == {first, first + 1}
+    (tmp_path / "three").mkdir()
+    with pytest.raises(CapabilityError, match="no free port"):
+        start(tmp_path / "three", ports=ports)
 
 
 def test_bandwidth_limit(start: Start, tmp_path: Path) -> None:
