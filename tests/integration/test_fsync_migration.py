@@ -130,6 +130,26 @@ def test_a_destination_that_fails_leaves_the_source_dir_and_removes_its_copy(dis
     c.client.kill("doomed")
 
 
+def test_a_cancel_during_the_first_pass_removes_the_partial_copy(disks: Disks) -> None:
+    c = disks
+    start_writer(c, "slow")
+    (c.disk("f1") / "slow" / "big").write_bytes(os.urandom(3_000_000))
+    h = c.client.migrate("slow", "f2", "cold", bandwidth_bps=500_000)  # a first pass of ~6 s
+    wait_for(lambda: (c.disk("f2") / "slow").exists() and h.status().phase.value == "sync",
+             timeout=30)
+    time.sleep(1)
+    c.client.cancel(h.id)
+    m = h.wait(timeout=60)
+    assert m.state.value == "rolled_back", m.errors
+    wait_for(lambda: not (c.disk("f2") / "slow").exists(), timeout=10)
+    assert not list((c.base / "nodes" / "f2" / "fsync").glob(f"{m.id}*"))
+    assert (c.disk("f1") / "slow" / "big").stat().st_size == 3_000_000
+    before = numbers(c.disk("f1") / "slow" / "lines")[-1]
+    time.sleep(0.3)
+    assert_went_on(numbers(c.disk("f1") / "slow" / "lines"), before)
+    c.client.kill("slow")
+
+
 def test_a_destination_dir_with_data_of_its_own_is_refused_and_kept(disks: Disks) -> None:
     c = disks
     start_writer(c, "clash")
