@@ -23,6 +23,7 @@ refused here: the path exists on both nodes).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -103,21 +104,25 @@ def claim(state: Path, dirs: Sequence[str], roots: Sequence[Path], workdir: Path
     """Create the destination's empty ``dirs`` for a migration, recording what it creates.
 
     Safe to repeat: a claim already recorded in ``state`` is only completed.
+    Two migrations claiming one dir at once: one of them is refused.
     """
     record = state / "claim.json"
-    if not record.exists():
-        check_dirs(list(dirs), roots, workdir, exist=False)
-        created = {}
-        for d in dirs:
-            p = Path(d)
-            missing = [q for q in (*reversed(p.parents), p) if not q.exists()]
-            created[d] = str(missing[0])
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = state / "claim.tmp"
-        tmp.write_text(json.dumps(created))
-        os.replace(tmp, record)  # recorded before it is made: a rollback finds it
-    for d in json.loads(record.read_text()):
-        Path(d).mkdir(parents=True, exist_ok=True)
+    state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(state.parent / ".claim.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # from the check to the mkdir: no other claim between
+        if not record.exists():
+            check_dirs(list(dirs), roots, workdir, exist=False)
+            created = {}
+            for d in dirs:
+                p = Path(d)
+                missing = [q for q in (*reversed(p.parents), p) if not q.exists()]
+                created[d] = str(missing[0])
+            state.mkdir(exist_ok=True, mode=0o700)
+            tmp = state / "claim.tmp"
+            tmp.write_text(json.dumps(created))
+            os.replace(tmp, record)  # recorded before it is made: a rollback finds it
+        for d in json.loads(record.read_text()):
+            Path(d).mkdir(parents=True, exist_ok=True)
 
 
 def start_targets(state: Path, mid: str, secret: bytes, host: str,
