@@ -20,6 +20,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from tasks.settings import Settings
 from workers.errors import BadRequest, NodeUnavailable
@@ -41,10 +43,22 @@ def resolve(settings: Settings) -> Settings:
     return s
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A client for ferry's state store (records, nodes, events)."""
+# How long a node or the coordinator keeps retrying a state-store call while
+# Redis restarts: about 30 s of backoff (capped at 2 s a try), so a phase's
+# outcome outlives a restart instead of being lost with it.
+PATIENT = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
+
+
+def connect(settings: Settings, patient: bool = False) -> redis.Redis:
+    """A client for ferry's state store (records, nodes, events).
+
+    ``patient`` (node workers, the coordinator): a call that finds Redis away
+    is retried for about 30 s (:data:`PATIENT`); a command-line client fails
+    after redis-py's default few tries instead, and says Redis is away.
+    """
     return redis.Redis.from_url(settings.redis_url, decode_responses=True,
-                                socket_connect_timeout=5, health_check_interval=30)
+                                socket_connect_timeout=5, health_check_interval=30,
+                                **({"retry": PATIENT} if patient else {}))
 
 
 CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}

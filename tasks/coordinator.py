@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from celery import Celery, Task
 
 from tasks.app import CONTROL_QUEUE, make_app
 from tasks.broker import connect, resolve
-from tasks.machine import Event
+from tasks.machine import Event, Migration
 from tasks.node import dispatch
 from tasks.settings import Settings
 from tasks.store import Store
@@ -63,6 +64,9 @@ def sweep(app: Celery, store: Store, timeouts: Timeouts, node_ttl_s: float) -> i
         for role, at in n.get("workers", {}).items():
             restarted[f"{n['name']}/{role}"] = float(at)
     applied = 0
+    if store.restarted():
+        for mid in store.active():
+            store.update(mid, _noted_restart, "redis-restarted")
     for mid in store.active():
         try:
             m = store.get(mid)
@@ -79,21 +83,26 @@ def sweep(app: Celery, store: Store, timeouts: Timeouts, node_ttl_s: float) -> i
     return applied
 
 
+def _noted_restart(m: Migration) -> Migration:
+    where = m.phase.value if m.phase else m.state.value
+    return replace(m, warnings=(*m.warnings, f"the state store (Redis) restarted during {where}"))
+
+
 def serve(settings: Settings, concurrency: int = 4) -> None:
     """Run the coordinator until stopped."""
     s = resolve(settings)
     app = make_app(s)
-    store = Store(connect(s))
+    store = Store(connect(s, patient=True))
     register(app, store)
     timeouts = Timeouts(per_gib_s=s.timeout_per_gib_s, min_total_s=s.timeout_min_s,
                         progress_s=s.progress_timeout_s, node_down_s=s.node_ttl_s)
 
     def beat() -> None:
         while True:
-            store.r.set(HEARTBEAT_KEY, str(time.time()), ex=max(10, int(s.node_ttl_s)))
             try:
+                store.r.set(HEARTBEAT_KEY, str(time.time()), ex=max(10, int(s.node_ttl_s)))
                 sweep(app, store, timeouts, s.node_ttl_s)
-            except Exception:  # the sweep must outlive a broker blip; it runs again next beat
+            except Exception:  # the beat must outlive a Redis restart; it runs again next time
                 log.exception("sweep failed")
             time.sleep(s.heartbeat_s)
 

@@ -84,7 +84,8 @@ def serve(settings: Settings, node: str) -> int:
     lazy = probe_lazy(Criu(s.criu_bin), home / "lazy-probe", facts, s.allow_pipe_max_size) \
         if facts else (True, "")
     server = TransferServer(home / "incoming", s.secret.encode(), node, s.listen_host, s.listen_port,
-                            page_server=Criu(s.criu_bin).page_server if facts else None)
+                            page_server=Criu(s.criu_bin).page_server if facts else None,
+                            failpoints=Path(s.failpoints) if s.failpoints else None)
     server.start()
     host, port = server.address
     address = f"{s.advertise_host or host}:{port}"
@@ -177,7 +178,7 @@ def celery_main(node: str, role: str, address: str) -> None:
     s = resolve(Settings.from_env())
     urgent = role == "urgent"
     app = make_app(s)
-    store = Store(connect(s))
+    store = Store(connect(s, patient=True))
     runtime = make_runtime(s, node)
     ctx = NodeContext(node=node, runtime=runtime, node_dir=node_dir(s, node), address=address,
                       secret=s.secret.encode(), failpoints=Path(s.failpoints) if s.failpoints else None,

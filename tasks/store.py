@@ -9,6 +9,7 @@ Keys (all under ``ferry:``)::
     ferry:node:<name>         JSON node record (probe, address, containers, heartbeat)
     ferry:nodes               set of node names
     ferry:cordon:<name>       present while the node is cordoned
+    ferry:redis-run-id        the Redis run_id the coordinator last saw (restarts)
 """
 
 from __future__ import annotations
@@ -139,6 +140,19 @@ class Store:
         n = int(self.r.incr(key))
         self.r.expire(key, 7 * 86400)
         return n
+
+    def restarted(self) -> bool:
+        """Whether Redis restarted since the last call (anyone's): its run_id changed.
+
+        False when the first call, or when the ACL refuses INFO (docs/security.md
+        grants it).
+        """
+        try:
+            run_id = str(self.r.info("server")["run_id"])
+        except redis.ResponseError:  # NOPERM: INFO not granted
+            return False
+        last = self.r.getset("ferry:redis-run-id", run_id)
+        return last is not None and str(last) != run_id
 
     # -- nodes ---------------------------------------------------------------
     def put_node(self, name: str, record: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
-from workers import wire
+from workers import failpoints, wire
 from workers.errors import (
     BadRequest,
     CapabilityError,
@@ -60,8 +60,10 @@ class Receiver:
         resume_window_s: float,
         fsync: bool,
         page_server: Callable[[Path, int], subprocess.Popen[bytes]] | None = None,
+        failpoints: Path | None = None,
     ) -> None:
         self._root, self._secret, self._node = root, secret, node
+        self._failpoints = failpoints
         self._page_server = page_server  # workers.criu.Criu.page_server, where CRIU runs
         self._stall_s, self._fsync = stall_timeout_s, fsync
         self._root_fd = -1
@@ -199,7 +201,8 @@ class Receiver:
             if entry.codec == "zstd":
                 _inflate(conn, partial, size)
             else:
-                _stream(conn, partial, size, buffers, self._hashing)
+                flip = failpoints.fire(self._failpoints, "receive:corrupt", key[0])
+                _stream(conn, partial, size, buffers, self._hashing, flip)
             digest = wire.parse_end(wire.recv_frame(conn))
         except (TransferError, OSError):  # the connection failed, not the file: keep it
             self.landing.keep(key, partial, time.monotonic())
@@ -234,6 +237,7 @@ def _stream(
     size: int,
     buffers: tuple[memoryview, memoryview],
     hashing: Executor,
+    flip: bool = False,
 ) -> None:
     """Receive into ``partial`` until it holds ``size`` bytes.
 
@@ -241,7 +245,7 @@ def _stream(
     fills: receiving and hashing overlap, and one hash is in flight at a time,
     so the hasher sees the bytes in order. A file's last buffer is hashed
     here: its digest is needed at once, and a small file never waits on a
-    thread hand-off.
+    thread hand-off. ``flip`` (fault suite only) damages the first byte, as a bad link would.
     """
     hashed: Future[object] | None = None
     turn = 0
@@ -250,6 +254,9 @@ def _stream(
             view = buffers[turn][:want]
             turn ^= 1
             got = _fill(conn, view)
+            if flip and got:
+                view[0] ^= 0xFF
+                flip = False
             partial.write(view[:got])
             if hashed is not None:
                 hashed.result()

@@ -46,6 +46,7 @@ class TransferServer:
     Beyond ``max_sessions`` connections at once, new ones are told to retry.
     ``page_server`` (:meth:`workers.criu.Criu.page_server`) serves pages
     sessions (:mod:`workers.pagestream`); without it they are refused.
+    ``failpoints``: the fault suite's control file (workers.failpoints); None in production.
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class TransferServer:
         fsync: bool = False,
         max_sessions: int = 64,
         page_server: Callable[[Path, int], subprocess.Popen[bytes]] | None = None,
+        failpoints: Path | None = None,
     ) -> None:
         self._bind, self._max_sessions = (host, port), max_sessions
         self._receiver = Receiver(
@@ -71,6 +73,7 @@ class TransferServer:
             resume_window_s=resume_window_s,
             fsync=fsync,
             page_server=page_server,
+            failpoints=failpoints,
         )
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()

@@ -1,0 +1,71 @@
+"""Redis restarts mid-migration (kill -9, then started on the same append-only
+data): the container is never lost or duplicated, every migration ends DONE
+or ROLLED_BACK, and its record says Redis restarted.
+
+The suite runs its own Redis (tests.faults.cluster.PrivateRedis), never the
+machine's: the shared test Redis keeps nothing on disk and other test runs
+use it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import criu_works, need, running
+from tests.faults.cluster import NODES, REDIS, FaultCluster, PrivateRedis, outcome, said
+from tests.faults.conftest import fault_env
+from tests.integration.helpers import dirtying, ticks, wait_for
+
+pytestmark = pytest.mark.criu
+
+OUTAGE_S = 2.0  # how long Redis stays away, while the held phase goes on
+
+
+@pytest.fixture(scope="module")
+def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FaultCluster, PrivateRedis]]:
+    ok, why = criu_works()
+    need(ok, why)
+    base = tmp_path_factory.mktemp("redis-restart")
+    rds = PrivateRedis(base / "redis")
+    rds.start()
+    c = FaultCluster(base, fault_env(rds.url, str(base / "failpoints")))
+    c.disarm()
+    try:
+        with running(c, list(NODES)):
+            yield c, rds
+    finally:
+        if rds.proc is not None and rds.proc.poll() is None:
+            rds.kill()
+
+
+def restart_redis_in(c: FaultCluster, rds: PrivateRedis, mid: str, point: str) -> None:
+    """Once a worker holds ``mid`` at ``point``: kill Redis, let the phase go on, start Redis."""
+    wait_for(lambda: c.held(mid, point), timeout=90)
+    rds.kill()
+    c.release(mid, point)
+    time.sleep(OUTAGE_S)
+    rds.start()
+
+
+@pytest.mark.parametrize("strategy,point", [(s, p) for s, points in REDIS.items() for p in points])
+def test_a_redis_restart_in_a_phase_loses_nothing(restartable, strategy: str, point: str) -> None:
+    c, rds = restartable
+    name = f"r-{strategy}-{point.split(':')[0]}"
+    info = c.client.run("f1", [sys.executable, "-u", "-c", dirtying(16)], name=name)
+    wait_for(lambda: len(ticks(info["log"])) > 5)
+    c.arm(point)
+    try:
+        handle = c.client.migrate(name, "f2", strategy=strategy)
+        restart_redis_in(c, rds, handle.id, point)
+        handle.wait(timeout=180)
+    finally:
+        c.disarm()
+        if not rds.answers():
+            rds.start()
+    print(f"{strategy:8} redis restart at {point:22} -> "
+          f"{outcome(c, name, info['log'], handle.id, said('(Redis) restarted'))}")
+    c.client.kill(name)
