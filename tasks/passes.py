@@ -58,7 +58,9 @@ def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
              "pages_unchanged": total - changed, "bytes_sent": sent["bytes"],
              "seconds": max(sent["wall_ms"] / 1000, 1e-6), "freeze_ms": s.frozen_ms + s.freezing_ms,
              "dirty_rate_bps": changed * PAGE / interval if prev else 0.0}
-    return remember(d, Phase.PRECOPY, {"pass": stats, "end": end})
+    # reconnections that resumed a dropped transfer, over every pass so far
+    resumed = int(m.results.get("precopy", {}).get("resumed", 0)) + int(sent["resumed"])
+    return remember(d, Phase.PRECOPY, {"pass": stats, "end": end, "resumed": resumed})
 
 
 def rebuild(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
