@@ -22,6 +22,9 @@ from workers.errors import CriuError
 from workers.runtime import DumpStats, RestoreStats
 
 _ERROR_LINE = re.compile(r"Error \((?:[^)]*)\):\s*(.*)")
+# Lines CRIU logs as errors and then carries on from: never the reason a call failed.
+# (Raising RLIMIT_NOFILE is refused inside a user namespace or under a hard cap.)
+_HARMLESS = ("rlimit: Can't setup RLIMIT_NOFILE",)
 _ERRNO = re.compile(r"\b[Ee]rrno[ =:]*(\d+)|\((?:errno )?(\d+)\)$")
 # CRIU's stats.proto field numbers (dump_stats_entry / restore_stats_entry).
 _DUMP_FIELDS = {1: "freezing_time", 2: "frozen_time", 3: "memdump_time", 4: "memwrite_time",
@@ -199,7 +202,7 @@ def explain(log: Path, stderr: str = "") -> tuple[int, str]:
         text = stderr
     for line in text.splitlines():
         match = _ERROR_LINE.search(line)
-        if match:
+        if match and not match.group(1).startswith(_HARMLESS):
             detail = match.group(1).strip()
             num = _ERRNO.search(detail)
             errno = int(next(g for g in num.groups() if g)) if num else 0

@@ -94,13 +94,21 @@ def full_disk(faults) -> Iterator[FaultCluster]:  # type: ignore[no-untyped-def]
         faults.wait_ready(["f1", "f2"])
 
 
-@pytest.mark.parametrize("strategy", ["cold", "delta"])
-def test_a_full_destination_disk_rolls_back(full_disk: FaultCluster, strategy: str) -> None:
-    name = f"d-full-{strategy}"
+@pytest.mark.parametrize("strategy,page_server", [
+    ("cold", "off"), ("delta", "off"),
+    pytest.param("cold", "on", marks=pytest.mark.xfail(strict=True, reason=(
+        "streamed pages: the destination's page server fails with ENOSPC, but the "
+        "source's dump only sees 'Broken pipe' (no error frame after ready), so the "
+        "record does not say the disk was full")))])
+def test_a_full_destination_disk_rolls_back(full_disk: FaultCluster, strategy: str,
+                                            page_server: str) -> None:
+    name = f"d-full-{strategy}-{page_server}"
     log = start(full_disk, name)
-    handle = full_disk.client.migrate(name, "f2", strategy=strategy)
+    handle = full_disk.client.migrate(name, "f2", strategy=strategy, page_server=page_server)
     handle.wait(timeout=120)
-    state = outcome(full_disk, name, log, handle.id, said("No space left"))
+    try:
+        state = outcome(full_disk, name, log, handle.id, said("No space left"))
+    finally:
+        full_disk.client.kill(name)
     assert state == "rolled_back"
-    print(f"{strategy:8} destination disk full -> {state}")
-    full_disk.client.kill(name)
+    print(f"{strategy:8} destination disk full (page server {page_server}) -> {state}")
