@@ -135,15 +135,15 @@ class RsyncTarget:
         s = self.state
         lines = [
             f"pid file = {s / 'rsyncd.pid'}", f"lock file = {s / 'rsyncd.lock'}",
-            f"log file = {s / 'rsyncd.log'}", "reverse lookup = no", f"[{MODULE}]",
+            f"log file = {s / 'rsyncd.log'}", "reverse lookup = no",
+            # Global only. rsync's many small messages otherwise wait on delayed ACKs.
+            "socket options = TCP_NODELAY", f"[{MODULE}]",
             f"path = {self.root}", f"auth users = {self.mid}", f"secrets file = {s / 'secrets'}",
             "strict modes = yes", "read only = false", "write only = true", "list = false",
             f"use chroot = {'yes' if self._chroot else 'no'}",
             # A chroot already keeps symlinks in; without one, munge them (see stop()).
             f"munge symlinks = {'no' if self._chroot else 'yes'}",
             "numeric ids = yes", "max connections = 4", "timeout = 120",
-            # rsync's many small messages otherwise wait on delayed ACKs (~40 ms each)
-            "socket options = TCP_NODELAY",
         ]
         if os.geteuid() == 0:
             lines += ["uid = 0", "gid = 0"]  # keep owners: -a --numeric-ids
@@ -203,7 +203,7 @@ def rsync_push(src_dir: Path, host: str, port: int, module: str, mid: str, secre
     netloc = f"[{host}]" if ":" in host else host
     argv = ["rsync", "-a", "--delete", "--numeric-ids", "--stats", "--no-human-readable",
             f"--timeout={max(1, round(timeout_s))}", "--contimeout=10",
-            "--sockopts=TCP_NODELAY"]  # a pass that sends little: 180 -> 50 ms on loopback
+            "--sockopts=TCP_NODELAY"]  # with the daemon's: a small pass 180 -> 10 ms on loopback
     if bandwidth_bps:
         argv.append(f"--bwlimit={max(1, round(bandwidth_bps / 1024))}")  # KiB/s
     with tempfile.TemporaryDirectory(prefix="ferry-rsync-") as tmp:
