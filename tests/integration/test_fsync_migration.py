@@ -135,7 +135,7 @@ def test_a_cancel_during_the_first_pass_removes_the_partial_copy(disks: Disks) -
     start_writer(c, "slow")
     (c.disk("f1") / "slow" / "big").write_bytes(os.urandom(3_000_000))
     h = c.client.migrate("slow", "f2", "cold", bandwidth_bps=500_000)  # a first pass of ~6 s
-    wait_for(lambda: (c.disk("f2") / "slow").exists() and h.status().phase.value == "sync",
+    wait_for(lambda: (c.disk("f2") / "slow").exists() and h.status().phase == "sync",
              timeout=30)
     time.sleep(1)
     c.client.cancel(h.id)
