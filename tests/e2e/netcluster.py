@@ -8,7 +8,8 @@
 Every node's data plane binds and advertises its testbed address, so images
 cross the node's shaped veth link, never loopback. The nodes share the mount
 namespace, so the container root (``FERRY_SHARED_DIR``) is one host directory:
-it models the shared storage of a real cluster. Used by the e2e tests and by
+it models the shared storage of a real cluster. ``mounts`` gives nodes
+node-local storage too (tasks.localcluster.private_mounts). Used by the e2e tests and by
 ``benchmarks/cold.py --testbed``.
 """
 
@@ -21,13 +22,14 @@ import string
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Self
 
 import redis
 
 from tasks.client import Ferry
-from tasks.localcluster import ROOT, LocalCluster
+from tasks.localcluster import ROOT, LocalCluster, private_mounts
 from workers.errors import FerryError
 from workers.iproute import ip_json
 from workers.testbed import Testbed
@@ -65,8 +67,10 @@ class NetCluster:
         rate: str | None = "1gbit",
         prefix: str | None = None,
         secret: str | None = None,
+        mounts: Mapping[str, Mapping[Path, Path]] | None = None,
     ) -> None:
         self.base = base
+        self.mounts = mounts or {}  # node -> {its own dir: the common path it is mounted on}
         self.bed = Testbed(
             prefix or unique_prefix(), nodes=nodes, subnet=SUBNET, rate=rate, delay_ms=0
         )
@@ -127,9 +131,11 @@ class NetCluster:
         env = {**self.env(), "FERRY_LISTEN_HOST": addr, "FERRY_ADVERTISE_HOST": addr}
         log: IO[bytes] = open(self.logs / f"{node}.log", "ab")  # noqa: SIM115 (closed in down)
         self._logs.append(log)
+        mounts = self.mounts.get(node)
         self.workers[node] = self.bed.exec(
             node,
-            [sys.executable, "-m", "tasks.cli", "worker", "--node", node],
+            [*(private_mounts(mounts) if mounts else ()), sys.executable, "-m", "tasks.cli",
+             "worker", "--node", node],
             env=env,
             cwd=ROOT,
             stdout=log,
