@@ -58,8 +58,8 @@ from tasks.summary import downtime, summary
 from workers.errors import FerryError, PermanentError
 
 HOLDER = (
-    "import sys, time\n"
-    "hold = bytearray(b'\\xa5') * (int(sys.argv[1]) << 20)  # every page written, non-zero\n"
+    "import os, sys, time\n"
+    "hold = bytearray(os.urandom(int(sys.argv[1]) << 20))  # every page written, incompressible\n"
     "i = 0\n"
     "while True:\n"
     "    print('tick', i, time.time(), flush=True)\n"

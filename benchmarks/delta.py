@@ -39,9 +39,9 @@ from workers.criu import Criu
 from workers.delta import apply_delta, make_delta
 
 DIRTIER = """\
-import random, sys, time
+import os, random, sys, time
 P = 4096
-buf = bytearray(b"\\xa5") * (int(sys.argv[1]) << 20)
+buf = bytearray(os.urandom(int(sys.argv[1]) << 20))  # incompressible: zstd cannot shrink it
 pages = len(buf) // P
 per_tick = pages * int(sys.argv[2]) // 1000
 i = 0

@@ -54,8 +54,8 @@ from tasks.evacplan import bound_s, plan_from_json
 from tasks.localcluster import LocalCluster
 from workers.errors import BadRequest
 
-HOLDER = ("import sys, time\n"
-          "hold = bytearray(b'\\xa5') * (int(sys.argv[1]) << 20)  # every page written\n"
+HOLDER = ("import os, sys, time\n"
+          "hold = bytearray(os.urandom(int(sys.argv[1]) << 20))  # every page written, incompressible\n"
           "i = 0\n"
           "while True:\n"
           "    print('tick', i, flush=True); i += 1; time.sleep(0.05)\n")

@@ -61,8 +61,8 @@ from workers.tokens import issue_token
 from workers.transfer import TransferServer, send_files
 
 HOLDER = (
-    "import sys, time\n"
-    "hold = bytearray(b'\\xa5') * (int(sys.argv[1]) << 20)  # every page written, non-zero\n"
+    "import os, sys, time\n"
+    "hold = bytearray(os.urandom(int(sys.argv[1]) << 20))  # every page written, incompressible\n"
     "while True:\n"
     "    time.sleep(0.05)\n"
 )

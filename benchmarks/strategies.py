@@ -102,9 +102,9 @@ from tasks.summary import downtime
 from workers.errors import FerryError
 
 DIRTIER = """\
-import sys, time
+import os, sys, time
 P = 4096
-buf = bytearray(b"\\xa5") * (int(sys.argv[1]) << 20)
+buf = bytearray(os.urandom(int(sys.argv[1]) << 20))  # incompressible: zstd cannot shrink it
 pages = len(buf) // P
 rate = pages * float(sys.argv[2]) / 100.0  # pages rewritten per second
 cursor = touched = i = 0
