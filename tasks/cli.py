@@ -305,6 +305,24 @@ def cancel(migration: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("target")
+@click.option("--keep", required=True, metavar="WHERE",
+              help="source or destination (for a migration), or a node (for a container).")
+@click.option("--force", is_flag=True,
+              help="Nodes that do not answer run no copy (they are off, or wiped).")
+@json_opt
+def resolve(target: str, keep: str, force: bool, as_json: bool) -> None:
+    """Keep one copy of a split container (continued if frozen) and kill the others.
+
+    TARGET is a FAILED migration (m-...; --keep source|destination) or a
+    container (--keep NODE), e.g. after Redis lost its records.
+    """
+    s = _client().resolve(target, keep, force)
+    _emit(as_json, {"target": target, "keep": s.keep, "killed": list(s.kill), "note": s.note},
+          lambda: out.print(f"{target}: {s.note}", highlight=False))
+
+
+@main.command()
 @click.argument("node")
 @json_opt
 def cordon(node: str, as_json: bool) -> None:

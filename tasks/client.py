@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
@@ -43,6 +43,9 @@ from workers.errors import (
 )
 from workers.runtime import check_container_name
 from workers.wire import CODECS
+
+if TYPE_CHECKING:
+    from tasks.resolve import Settle
 
 
 def caps(rec: dict[str, Any]) -> NodeCaps:
@@ -168,11 +171,15 @@ class Ferry:
                                  queue=node_queue(node))
         return self._get(res, timeout)
 
-    def kill(self, name: str, timeout: float = 30) -> dict[str, Any]:
-        node = self.locate(name)
+    def kill(self, name: str, timeout: float = 30, node: str | None = None) -> dict[str, Any]:
+        """Kill container ``name`` (the copy on ``node``, where two nodes hold one)."""
+        return self.command("kill", node or self.locate(name), check_container_name(name), timeout)
+
+    def command(self, kind: str, node: str, name: str, timeout: float = 30) -> dict[str, Any]:
+        """Send the signed ``ferry.node.<kind>`` (kill, continue) of ``name`` to ``node``; its answer."""
         issued = time.time()
-        mac = auth.sign(self.secret, "kill", issued, node, name)
-        return self._get(self.app.send_task("ferry.node.kill", args=(name, issued, mac),
+        mac = auth.sign(self.secret, kind, issued, node, name)
+        return self._get(self.app.send_task(f"ferry.node.{kind}", args=(name, issued, mac),
                                             queue=node_queue(node)), timeout)
 
     def _get(self, res: Any, timeout: float) -> dict[str, Any]:
@@ -284,6 +291,18 @@ class Ferry:
             raise TooLate(f"{mid} is past its point of no return: it will finish on {m.dst}")
         self.app.send_task("ferry.control.cancel", args=(mid,), queue=CONTROL_QUEUE)
         return m
+
+    def resolve(self, target: str, keep: str, force: bool = False) -> Settle:
+        """Keep one copy of a split container, continued if frozen; kill the others.
+
+        ``target``: a FAILED migration (``keep`` its ``source`` or
+        ``destination``), or a container (``keep`` the copy on that node).
+        See tasks.resolve; raises BadRequest or NodeUnavailable (nothing done)
+        when that is not safe.
+        """
+        from tasks.resolve import resolve as settle
+
+        return settle(self, target, keep, force)
 
     # -- nodes out of service --------------------------------------------------
     def cordon(self, node: str) -> None:

@@ -158,6 +158,15 @@ def register(app: Celery, store: Store, ctx: NodeContext, urgent: bool,
         on_inventory()
         return {"name": name, "node": ctx.node, "killed": True}
 
+    @app.task(name="ferry.node.continue", bind=True)
+    def continue_(self: Task, name: str, issued: float, mac: str) -> dict[str, Any]:
+        """Continue a frozen copy (``ferry resolve``); a running one is left as it is."""
+        auth.verify_fresh(ctx.secret, mac, issued, time.time(), "continue", ctx.node,
+                          check_container_name(name))
+        info = ctx.runtime.resume(name)
+        on_inventory()
+        return {"name": name, "node": ctx.node, "pid": info.pid, "state": info.state}
+
 
 def _register_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, urgent: bool,
                     after: Callable[[], None]) -> None:
