@@ -16,6 +16,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import redis
+
 from tasks.client import Ferry
 from tasks.coordinator import HEARTBEAT_KEY
 from tasks.settings import Settings
@@ -69,8 +71,12 @@ class LocalCluster:
         """Until every node is up with both its workers, and the coordinator beats."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            up = {n["name"] for n in self.client.nodes() if n["alive"]}
-            ping = self.client.app.control.ping(timeout=0.5) or []
+            try:
+                up = {n["name"] for n in self.client.nodes() if n["alive"]}
+                ping = self.client.app.control.ping(timeout=0.5) or []
+            except redis.RedisError:  # the broker restarts: this client reconnects next round
+                time.sleep(0.2)
+                continue
             workers = " ".join(k for r in ping for k in r)
             if set(nodes) <= up and self.client.store.r.exists(HEARTBEAT_KEY) and \
                     all(f"urgent.{n}@" in workers and f"main.{n}@" in workers for n in nodes):

@@ -19,6 +19,7 @@ from tests.conftest import criu_works, need, running
 from tests.faults.cluster import NODES, REDIS, FaultCluster, PrivateRedis, outcome, said
 from tests.faults.conftest import fault_env
 from tests.integration.helpers import dirtying, ticks, wait_for
+from workers.errors import BadRequest
 
 pytestmark = pytest.mark.criu
 
@@ -68,4 +69,45 @@ def test_a_redis_restart_in_a_phase_loses_nothing(restartable, strategy: str, po
             rds.start()
     print(f"{strategy:8} redis restart at {point:22} -> "
           f"{outcome(c, name, info['log'], handle.id, said('(Redis) restarted'))}")
+    c.client.kill(name)
+
+
+@pytest.mark.parametrize("point,survivor", [("transfer:pause-before", "f1"),
+                                            ("restore:pause-after", "f2")])
+def test_a_redis_that_lost_its_data_leaves_one_copy_for_resolve(restartable, point: str,
+                                                                survivor: str) -> None:
+    """Redis restarts empty (no AOF) inside the freeze window: the records are gone.
+
+    Nothing is lost and nothing runs twice: the source stays frozen (no record
+    says resume it) and a restored copy runs on; the nodes drop the images of
+    the migration they no longer know. `ferry resolve NAME --keep NODE` then
+    keeps the copy ``ferry ps`` shows (frozen on f1, or running on f2) and
+    kills the other.
+    """
+    c, rds = restartable
+    name = f"r-lost-{point.split(':')[0]}"
+    info = c.client.run("f1", [sys.executable, "-u", "-c", dirtying(16)], name=name)
+    wait_for(lambda: len(ticks(info["log"])) > 5)
+    c.arm(point)
+    try:
+        handle = c.client.migrate(name, "f2", strategy="cold")
+        wait_for(lambda: c.held(handle.id, point), timeout=90)
+        rds.kill()
+        (rds.home / "appendonly.aof").unlink()
+        c.release(handle.id, point)
+        rds.start()
+    finally:
+        c.disarm()
+    with pytest.raises(BadRequest, match="no migration"):
+        c.client.status(handle.id)
+    c.wait_ready(list(NODES))  # the nodes and the coordinator registered again
+    wait_for(lambda: not c.leftovers(handle.id), timeout=20)
+    states = {k["node"]: k["state"] for k in c.client.containers() if k["name"] == name}
+    assert states[survivor] in ("running", "frozen") and len(c.copies(name)) <= 1, states
+    s = c.client.resolve(name, survivor)
+    assert s.keep == survivor and s.kill == tuple(n for n in states if n != survivor)
+    assert len(c.copies(name)) == 1
+    before = max(ticks(info["log"]))
+    wait_for(lambda: max(ticks(info["log"])) > before + 5, timeout=20)
+    print(f"redis lost its data at {point}: {states}; {s.note}")
     c.client.kill(name)
