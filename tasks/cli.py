@@ -129,10 +129,10 @@ def ps(as_json: bool) -> None:
     rows = _client().containers()
 
     def show() -> None:
-        t = Table("container", "node", "state", "pid", "memory", "command")
+        t = Table("container", "node", "state", "pid", "memory", "synced dirs", "command")
         for c in rows:
             t.add_row(c["name"], c["node"], c["state"], str(c["pid"]), _gib(c["memory_bytes"]),
-                      " ".join(c["argv"])[:60])
+                      " ".join(c.get("sync", [])) or "-", " ".join(c["argv"])[:60])
         out.print(t)
 
     _emit(as_json, rows, show)

@@ -8,6 +8,7 @@ CRIU container keeps appending to a file it holds open in its declared dir.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -111,6 +112,25 @@ def test_a_synced_dir_moves_with_its_container_cold_and_back_with_delta(disks: D
     c.client.kill("writer")
 
 
+def test_post_copy_syncs_the_dir_before_the_restore_too(disks: Disks) -> None:
+    from tasks.chooser import strategy_refusal
+    from tasks.client import caps
+
+    c = disks
+    refusal = strategy_refusal("postcopy", *(caps(c.client.node(n)) for n in NODES))
+    if refusal:
+        pytest.skip(f"postcopy cannot run on this machine: {refusal}")
+    start_writer(c, "lazy")
+    m = c.client.migrate("lazy", "f2", "postcopy").wait(timeout=90)
+    assert m.state.value == "done", m.errors
+    assert "pages" in m.results and m.results["final_sync"]["dirs"] == 1
+    before = numbers(c.disk("f2") / "lazy" / "lines")[-1]
+    time.sleep(0.5)
+    assert_went_on(numbers(c.disk("f2") / "lazy" / "lines"), before)
+    assert not (c.disk("f1") / "lazy").exists()
+    c.client.kill("lazy")
+
+
 def test_a_destination_that_fails_leaves_the_source_dir_and_removes_its_copy(disks: Disks) -> None:
     c = disks
     start_writer(c, "doomed")
@@ -191,6 +211,13 @@ def test_bad_sync_dirs_are_refused_and_nothing_starts(disks: Disks, sync, messag
 
 def test_the_cli_takes_sync_dirs_and_says_what_is_wrong(disks: Disks) -> None:
     c = disks
+    (c.disk("f1") / "clijob").mkdir()
+    done = c.cli("run", "--node", "f1", "--name", "clijob", "--sync", str(c.local / "clijob"),
+                 "--", "sleep", "60")
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(c.cli("ps", "--json").stdout)
+    assert next(k for k in listed if k["name"] == "clijob")["sync"] == [str(c.local / "clijob")]
+    c.client.kill("clijob")
     done = c.cli("run", "--node", "f1", "--name", "badcli", "--sync", "/etc", "--", "sleep", "60")
     assert done.returncode == 2, done.stderr
     assert "error:" in done.stderr and "outside what this node allows" in done.stderr
