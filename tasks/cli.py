@@ -10,6 +10,7 @@ evacuation's timeout ended it). Every command takes ``--json``.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tasks.metrics import command as metrics_command
@@ -48,13 +50,31 @@ class FerryGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FerryError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
 
 
 @click.group(cls=FerryGroup)
 def main() -> None:
     """ferry: live-migrate containers between the nodes of a cluster."""
+
+
+class Positive(click.ParamType[float]):
+    """A finite number > 0 (click's FloatRange lets NaN through)."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not 0 < number < math.inf:
+            self.fail(f"{value!r} is not a finite number > 0", param, ctx)
+        return number
+
+
+POSITIVE = Positive()
 
 
 # Flower's task columns: args are (migration, step); a running phase's result is its progress.
@@ -160,8 +180,10 @@ def run(node: str, name: str | None, sync: tuple[str, ...], cmd: tuple[str, ...]
 @click.option("--strategy", default="auto", show_default=True,
               type=click.Choice(["auto", "cold", "precopy", "delta", "postcopy", "hybrid"]))
 @click.option("--downtime-limit", "downtime_limit_ms", default=300.0, show_default=True,
+              type=POSITIVE,
               help="ms: pre-copy stops once the expected downtime is under it.")
-@click.option("--max-iterations", default=10, show_default=True, help="Pre-copy passes at most.")
+@click.option("--max-iterations", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Pre-copy passes at most.")
 @click.option("--goal", "goal_unchanged", default=0.70, show_default=True,
               help="Stop pre-copy once this share of pages stayed unchanged (LXD's goal).")
 @click.option("--fallback", default="postcopy", show_default=True,
@@ -173,7 +195,8 @@ def run(node: str, name: str | None, sync: tuple[str, ...], cmd: tuple[str, ...]
 @click.option("--compression", type=click.Choice(["auto", "none", "zstd"]), default=None,
               help="How image files travel [setting compression].")
 @click.option("--no-wait", is_flag=True, help="Submit and print the migration id.")
-@click.option("--timeout", default=600.0, show_default=True)
+@click.option("--timeout", default=600.0, show_default=True, type=POSITIVE,
+              help="s: then stop waiting (exit 4); the migration goes on.")
 @json_opt
 def migrate(container: str, to: str, strategy: str, downtime_limit_ms: float, max_iterations: int,
             goal_unchanged: float, fallback: str, hard_cap: bool, page_server: str | None,
@@ -344,13 +367,14 @@ def uncordon(node: str, as_json: bool) -> None:
 @click.argument("node", required=False)
 @click.option("--to", default=None, help="Comma-separated destinations (default: any that fits).")
 @click.option("--dry-run", is_flag=True, help="Show the plan; cordon nothing, move nothing.")
-@click.option("--max-parallel", default=4, show_default=True, help="Migrations at once, in all.")
-@click.option("--per-node", default=2, show_default=True,
+@click.option("--max-parallel", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Migrations at once, in all.")
+@click.option("--per-node", default=2, show_default=True, type=click.IntRange(min=1),
               help="Migrations at once into one node, and out of one node.")
 @click.option("--bandwidth", default=None, help="Cap per migration, bytes/s: 50M, 64Mi, 800mbit.")
 @click.option("--strategy", default="auto", show_default=True,
               type=click.Choice(["auto", "cold", "precopy", "delta", "postcopy", "hybrid"]))
-@click.option("--timeout", type=float, default=None,
+@click.option("--timeout", type=POSITIVE, default=None,
               help="s: then start no more moves and roll back those that still can.")
 @click.option("--allow-partial", is_flag=True,
               help="Move what has a destination even if some containers have none.")

@@ -158,7 +158,7 @@ class Ferry:
         workers.syncdirs) and refuses the container if one is not allowed.
         """
         self.node(node)
-        name = check_container_name(name or f"c-{new_id()[2:10]}")
+        name = check_container_name(f"c-{new_id()[2:10]}" if name is None else name)
         sync = list(sync)
         bad = next((d for d in sync if not isinstance(d, str) or not d.startswith("/")), None)
         if bad is not None:
@@ -230,8 +230,8 @@ class Ferry:
                 raise CapabilityError(f"{rec['name']} cannot run CRIU: {probe.get('criu_reason')}")
         held = next(c for c in src_rec["containers"] if c["name"] == container)
         memory, sync = held["memory_bytes"], list(held.get("sync", ()))
-        if bandwidth_bps is not None and bandwidth_bps <= 0:
-            raise BadRequest(f"bandwidth must be > 0 bytes/s, not {bandwidth_bps}")
+        if bandwidth_bps is not None and not 0 < bandwidth_bps < float("inf"):  # NaN too
+            raise BadRequest(f"bandwidth must be > 0 bytes/s and finite, not {bandwidth_bps}")
         link = min(self.settings.link_bps, bandwidth_bps or self.settings.link_bps)
         choice = choose(caps(src_rec), caps(dst_rec), Workload(memory),
                         Link(link, overhead_ms=self.settings.freeze_overhead_ms),

@@ -95,19 +95,31 @@ class Limits:
     hard_downtime_cap: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_iterations < 1:
-            raise BadRequest(f"max_iterations must be >= 1, not {self.max_iterations}")
+        if not _whole(self.max_iterations) or self.max_iterations < 1:
+            raise BadRequest(f"max_iterations must be a whole number >= 1, not "
+                             f"{self.max_iterations!r}")
+        # Written so that NaN fails each test (every comparison with NaN is false).
         if not 0.0 < self.goal_unchanged <= 1.0:
-            raise BadRequest(f"goal_unchanged must be in (0, 1], not {self.goal_unchanged}")
-        if self.downtime_limit_ms <= 0 or self.min_pages < 0 or self.max_growth < 0:
-            raise BadRequest("downtime_limit_ms must be > 0; min_pages, max_growth >= 0")
+            raise BadRequest(f"goal_unchanged must be in (0, 1], not {self.goal_unchanged!r}")
+        if not 0.0 < self.downtime_limit_ms < math.inf:
+            raise BadRequest(f"downtime_limit_ms must be a finite number > 0, not "
+                             f"{self.downtime_limit_ms!r}")
+        if not _whole(self.min_pages) or self.min_pages < 0:
+            raise BadRequest(f"min_pages must be a whole number >= 0, not {self.min_pages!r}")
+        if not 0.0 <= self.max_growth < math.inf:
+            raise BadRequest(f"max_growth must be a finite number >= 0, not {self.max_growth!r}")
         if not 0.0 < self.saturation <= 1.0 or not 0.0 <= self.min_shrink < 1.0:
-            raise BadRequest("saturation must be in (0, 1] and min_shrink in [0, 1)")
+            raise BadRequest(f"saturation must be in (0, 1] and min_shrink in [0, 1), not "
+                             f"{self.saturation!r} and {self.min_shrink!r}")
         if self.fallback not in FALLBACKS:
             raise BadRequest(f"fallback must be one of {', '.join(FALLBACKS)}")
         if self.hard_downtime_cap and self.fallback == "cold":
             # cold stops the container for the whole copy: it cannot honour a cap
             raise BadRequest("a hard downtime cap cannot fall back to cold: use postcopy or abort")
+
+
+def _whole(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ node that never probed its memory (the ``sim`` runtime) counts as 1 TiB.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -54,8 +55,8 @@ def parse_rate(rate: str | float | None) -> float | None:
         value = float(num) * (1024 if binary else 1000) ** POWERS[prefix.lower()]
         if (unit or "").lower() == "bit":
             value /= 8
-    if value <= 0:
-        raise BadRequest(f"rate must be > 0, not {rate!r}")
+    if not value > 0 or math.isinf(value):  # NaN is not > 0
+        raise BadRequest(f"rate must be > 0 and finite, not {rate!r}")
     return value
 
 

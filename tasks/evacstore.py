@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 LOCK_TTL_S = 600  # a node lock no tick refreshed for this long belongs to a dead evacuation
 TICK_LOCK_S = 60  # longer than any tick: a tick that died lets the next one in after this
-EVAC_ID = re.compile(r"^e-[0-9a-f]{12}$")
+EVAC_ID = re.compile(r"^e-[0-9a-f]{12}\Z")
 OUTCOMES = ("moved", "rolled_back", "failed", "not_placed", "not_started", "gone")
 PENDING, RUNNING = "pending", "running"  # a move's outcome before one of OUTCOMES
 

@@ -71,8 +71,8 @@ def start(client: Ferry, node: str, *, to: Collection[str] | None = None, dry_ru
     limits = limits or PlanLimits()
     if strategy not in STRATEGIES:
         raise BadRequest(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
-    if timeout is not None and timeout <= 0:
-        raise BadRequest(f"timeout must be > 0 s, not {timeout}")
+    if timeout is not None and not 0 < timeout < float("inf"):  # NaN too
+        raise BadRequest(f"timeout must be > 0 s and finite, not {timeout}")
     known = [n["name"] for n in client.nodes()]
     targets = None if to is None else {check_node_name(n) for n in to}
     for n in sorted(targets or ()):

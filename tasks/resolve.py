@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from tasks.machine import Migration, State
 from tasks.settings import check_node_name
 from tasks.store import MIGRATION_ID
-from workers.errors import BadRequest, NodeUnavailable
+from workers.errors import BadRequest, NodeUnavailable, UnknownNode
 from workers.runtime import check_container_name
 
 if TYPE_CHECKING:
@@ -92,6 +92,8 @@ def resolve(client: Ferry, target: str, keep: str, force: bool = False) -> Settl
     name = m.container if m else check_container_name(target)
     node = keep_node(m, keep) if m else check_node_name(keep)
     alive = {n["name"]: bool(n["alive"]) for n in client.nodes()}
+    if node not in alive:
+        raise UnknownNode(node, list(alive))
     # A migration's copies can be on its two nodes only; a container's, on any.
     copies: dict[str, str | None] = dict.fromkeys((m.src, m.dst) if m else alive)
     for c in client.containers():

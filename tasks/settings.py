@@ -12,7 +12,7 @@ from typing import Any
 
 from workers.errors import BadRequest
 
-NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}\Z")  # \Z: "$" would let a trailing newline in
 
 DEFAULT_STATE_DIR = Path("/var/lib/ferry") if os.geteuid() == 0 else Path.home() / ".ferry"
 

@@ -27,7 +27,7 @@ from tasks.machine import Event, Migration, Phase, Policy, Send, State, next_ste
 from workers.errors import BadRequest
 
 DEFAULT_POLICY = Policy()
-MIGRATION_ID = re.compile(r"^m-[0-9a-f]{12}$")
+MIGRATION_ID = re.compile(r"^m-[0-9a-f]{12}\Z")
 EVENTS_MAX = 10_000
 
 

@@ -57,8 +57,8 @@ _HEADER = struct.Struct("<8sHHIQQ64s")
 _RUN = struct.Struct("<QI")
 _CHUNK_BLOCKS = 256  # compare 1 MiB at once; only a chunk that differs is split into blocks
 _SKIP = (".log", ".done")  # CRIU's logs and ferry's phase markers are not images
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
-_HEX = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}\Z")
+_HEX = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)

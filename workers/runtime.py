@@ -15,7 +15,7 @@ from typing import Protocol
 from workers.errors import BadRequest
 from workers.pagestream import PagesTarget, StreamStats
 
-CONTAINER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+CONTAINER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")  # \Z: "$" would let a trailing newline in
 
 
 def check_container_name(name: object) -> str:
