@@ -33,6 +33,7 @@ from workers.syncdirs import check_dirs
 CLUSTER = settings(max_examples=30, deadline=None, derandomize=True,
                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 VICTIM = "victim"
+CHANGES = ("ferry:mig", "ferry:active", "ferry:cordon:", "ferry:evac")
 
 # Near misses: a good value with one thing wrong, and plain garbage.
 WRONG = ["\n", "/", "../", " ", ";rm -rf /", "A", "$(reboot)", "\x00", "[/red]", "é", "*"]
@@ -81,9 +82,10 @@ def sim(sim_cluster: LocalCluster) -> Iterator[LocalCluster]:
 
 
 def snapshot(c: LocalCluster) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
-    """What a bad request must not change: ferry's keys, its migrations, every container."""
+    """What a bad request must not change: records and their events, cordons,
+    evacuations, every container (heartbeats and node records move on by themselves)."""
     r = c.client.store.r
-    keys = sorted(str(k) for k in r.scan_iter("ferry:*") if not str(k).startswith("ferry:deliv:"))
+    keys = sorted(str(k) for k in r.scan_iter("ferry:*") if str(k).startswith(CHANGES))
     containers = sorted((k["node"], k["name"], k["state"], k["pid"]) for k in c.client.containers())
     return keys, c.client.store.ids(1000), containers
 
