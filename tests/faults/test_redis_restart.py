@@ -10,7 +10,6 @@ use it.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,13 +17,11 @@ import pytest
 from tests.conftest import criu_works, need, running
 from tests.faults.cluster import NODES, REDIS, FaultCluster, PrivateRedis, outcome, said
 from tests.faults.conftest import fault_env
+from tests.faults.inject import restart_redis_in
 from tests.integration.helpers import dirtying, ticks, wait_for
 from workers.errors import BadRequest
 
 pytestmark = pytest.mark.criu
-
-OUTAGE_S = 2.0  # how long Redis stays away, while the held phase goes on
-
 
 @pytest.fixture(scope="module")
 def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FaultCluster, PrivateRedis]]:
@@ -41,15 +38,6 @@ def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Faul
     finally:
         if rds.proc is not None and rds.proc.poll() is None:
             rds.kill()
-
-
-def restart_redis_in(c: FaultCluster, rds: PrivateRedis, mid: str, point: str) -> None:
-    """Once a worker holds ``mid`` at ``point``: kill Redis, let the phase go on, start Redis."""
-    wait_for(lambda: c.held(mid, point), timeout=90)
-    rds.kill()
-    c.release(mid, point)
-    time.sleep(OUTAGE_S)
-    rds.start()
 
 
 @pytest.mark.parametrize("strategy,point", [(s, p) for s, points in REDIS.items() for p in points])
@@ -91,11 +79,7 @@ def test_a_redis_that_lost_its_data_leaves_one_copy_for_resolve(restartable, poi
     c.arm(point)
     try:
         handle = c.client.migrate(name, "f2", strategy="cold")
-        wait_for(lambda: c.held(handle.id, point), timeout=90)
-        rds.kill()
-        (rds.home / "appendonly.aof").unlink()
-        c.release(handle.id, point)
-        rds.start()
+        restart_redis_in(c, rds, handle.id, point, keep_data=False)
     finally:
         c.disarm()
     with pytest.raises(BadRequest, match="no migration"):
