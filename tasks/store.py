@@ -165,17 +165,13 @@ class Store:
         self.r.set(f"ferry:node:{name}:containers", json.dumps(containers))
 
     def node(self, name: str) -> dict[str, Any] | None:
-        raw, cont, cordon = self.r.mget(f"ferry:node:{name}", f"ferry:node:{name}:containers",
-                                        f"ferry:cordon:{name}")
-        if raw is None:
-            return None
-        rec: dict[str, Any] = json.loads(str(raw))
-        rec["containers"] = json.loads(str(cont)) if cont else []
-        rec["cordoned"] = cordon is not None
-        return rec
+        return _node(self.r.mget(*_node_keys(name)))
 
     def nodes(self) -> list[dict[str, Any]]:
-        out = [self.node(str(n)) for n in sorted(self.r.smembers("ferry:nodes"))]
+        names = sorted(str(n) for n in self.r.smembers("ferry:nodes"))
+        # one round trip for every node: an evacuation tick reads them all
+        replies = self.r.mget(*(k for n in names for k in _node_keys(n))) if names else []
+        out = [_node(replies[i:i + 3]) for i in range(0, len(replies), 3)]
         return [n for n in out if n is not None]
 
     def cordon(self, name: str, on: bool) -> None:
@@ -190,3 +186,17 @@ class Store:
                 yield self.get(mid)
             except BadRequest:
                 continue
+
+
+def _node_keys(name: str) -> tuple[str, str, str]:
+    return f"ferry:node:{name}", f"ferry:node:{name}:containers", f"ferry:cordon:{name}"
+
+
+def _node(replies: list[Any]) -> dict[str, Any] | None:
+    raw, cont, cordon = replies
+    if raw is None:
+        return None
+    rec: dict[str, Any] = json.loads(str(raw))
+    rec["containers"] = json.loads(str(cont)) if cont else []
+    rec["cordoned"] = cordon is not None
+    return rec
