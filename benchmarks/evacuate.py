@@ -19,9 +19,10 @@ bound uses 125 MB/s. On loopback nothing limits the link, so the bound uses
 the data plane's throughput as measured by the c=1 cell, and says so.
 
 ``sim``: SIMULATED nodes (the sim runtime models dump and restore times and
-sends a 1 MiB image per container, whatever its memory): this measures the
-control plane (queues, coordinator, the evacuation tick) at scale. Its bytes
-are not its memory, so no bound is given, only moves per second.
+sends each container's memory, docs/sim.md), 1 MiB containers: this measures
+the control plane (queues, coordinator, the evacuation tick) at scale, so no
+bound is given, only moves per second (benchmarks/scale.py measures it
+against its bound on 32 nodes).
 
 A cell that would not fit in what is left of ``--budget-s`` is skipped and
 the JSON says so. Rows of another kind, link or strategy are kept from the
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += run_kind(client, "real", link, sizes, levels, args.strategy, deadline)
     if args.only in (None, "sim"):
         with local_cluster(sim=True) as client:
-            rows += run_kind(client, "sim", "loopback", [64] * args.sim, levels, args.strategy,
+            rows += run_kind(client, "sim", "loopback", [1] * args.sim, levels, args.strategy,
                              deadline)
     for r in rows:
         if args.note:

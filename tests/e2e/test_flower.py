@@ -81,9 +81,10 @@ def test_flower_shows_each_phase_and_a_running_transfer_s_progress(flower: Any) 
 
     c, url, (user, password) = flower
     client = c.client
-    client.run("f1", ["counter"], name="flowerweb", labels={"sim.memory": str(64 << 20)})
+    client.run("f1", ["counter"], name="flowerweb", labels={"sim.memory": str(1 << 20)})
     wait_for(lambda: any(k["name"] == "flowerweb" for k in client.containers()))
-    # 1 MiB of sim images at 200 kB/s: the transfer runs for about 5 s, long enough to look at
+    # 1 MiB of sim memory (its images) at 200 kB/s: the transfer runs for about 5 s, long
+    # enough to look at
     m = client.migrate("flowerweb", "f2", strategy="cold", bandwidth_bps=200e3)
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
