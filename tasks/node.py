@@ -175,4 +175,6 @@ def _register_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, u
 
     body.__name__ = phase.value
     body.__doc__ = f"The {phase.value} phase of a migration, on {ctx.node}."
-    app.task(name=f"ferry.node.{phase.value}", bind=True)(body)
+    # Nobody waits on a phase task: its outcome is in the migration record, so
+    # Celery's result backend is not written (two writes a task, kept for days).
+    app.task(name=f"ferry.node.{phase.value}", bind=True, ignore_result=True)(body)
