@@ -25,7 +25,7 @@ from workers.errors import BadRequest
 
 pytestmark = pytest.mark.criu
 
-NODES = ("f1", "f2")
+NODES = ("d1", "d2")
 # Appends a number to its file every 20 ms, the file open all along; exits as
 # soon as its node holds a "poison" file (a destination that fails on restore).
 WRITER = ("import os, sys, time\n"
@@ -67,7 +67,7 @@ def numbers(path: Path) -> list[int]:
     return [int(x) for x in text.splitlines()[: None if text.endswith("\n") else -1]]
 
 
-def start_writer(c: Disks, name: str, node: str = "f1") -> Path:
+def start_writer(c: Disks, name: str, node: str = "d1") -> Path:
     job = c.local / name
     (c.disk(node) / name / "data").mkdir(parents=True)
     for i in range(20):  # data the container does not touch: sent once, in the first pass
@@ -85,15 +85,15 @@ def assert_went_on(values: list[int], before: int) -> None:
 
 def test_a_synced_dir_moves_with_its_container_cold_and_back_with_delta(disks: Disks) -> None:
     c = disks
-    job = start_writer(c, "writer")
-    assert next(k for k in c.client.containers() if k["name"] == "writer")["sync"] == [str(job)]
-    m = c.client.migrate("writer", "f2", "cold").wait(timeout=90)
+    job = start_writer(c, "fs-writer")
+    assert next(k for k in c.client.containers() if k["name"] == "fs-writer")["sync"] == [str(job)]
+    m = c.client.migrate("fs-writer", "d2", "cold").wait(timeout=90)
     assert m.state.value == "done", m.errors
-    before = numbers(c.disk("f2") / "writer" / "lines")[-1]
+    before = numbers(c.disk("d2") / "fs-writer" / "lines")[-1]
     time.sleep(0.5)
-    assert_went_on(numbers(c.disk("f2") / "writer" / "lines"), before)
-    assert not (c.disk("f1") / "writer").exists(), "the source's copy is still there"
-    assert sorted(p.name for p in (c.disk("f2") / "writer" / "data").iterdir()) == \
+    assert_went_on(numbers(c.disk("d2") / "fs-writer" / "lines"), before)
+    assert not (c.disk("d1") / "fs-writer").exists(), "the source's copy is still there"
+    assert sorted(p.name for p in (c.disk("d2") / "fs-writer" / "data").iterdir()) == \
         sorted(f"blob-{i}" for i in range(20))
     assert m.results["sync"]["bytes"] > 1_000_000 > m.results["final_sync"]["bytes"]
     from tasks.summary import downtime, summary
@@ -102,14 +102,14 @@ def test_a_synced_dir_moves_with_its_container_cold_and_back_with_delta(disks: D
     assert d is not None and d["fsync_ms"] > 0
     assert summary(m)["sync_bytes"] > 1_000_000
     # The declaration moved with it: back again, with delta.
-    back = c.client.migrate("writer", "f1", "delta").wait(timeout=90)
+    back = c.client.migrate("fs-writer", "d1", "delta").wait(timeout=90)
     assert back.state.value == "done", back.errors
-    before = numbers(c.disk("f1") / "writer" / "lines")[-1]
+    before = numbers(c.disk("d1") / "fs-writer" / "lines")[-1]
     time.sleep(0.5)
-    assert_went_on(numbers(c.disk("f1") / "writer" / "lines"), before)
-    assert not (c.disk("f2") / "writer").exists()
-    assert not list((c.base / "nodes" / "f2" / "fsync").glob("m-*")), "sync state left behind"
-    c.client.kill("writer")
+    assert_went_on(numbers(c.disk("d1") / "fs-writer" / "lines"), before)
+    assert not (c.disk("d2") / "fs-writer").exists()
+    assert not list((c.base / "nodes" / "d2" / "fsync").glob("m-*")), "sync state left behind"
+    c.client.kill("fs-writer")
 
 
 def test_post_copy_syncs_the_dir_before_the_restore_too(disks: Disks) -> None:
@@ -120,71 +120,71 @@ def test_post_copy_syncs_the_dir_before_the_restore_too(disks: Disks) -> None:
     refusal = strategy_refusal("postcopy", *(caps(c.client.node(n)) for n in NODES))
     if refusal:
         pytest.skip(f"postcopy cannot run on this machine: {refusal}")
-    start_writer(c, "lazy")
-    m = c.client.migrate("lazy", "f2", "postcopy").wait(timeout=90)
+    start_writer(c, "fs-lazy")
+    m = c.client.migrate("fs-lazy", "d2", "postcopy").wait(timeout=90)
     assert m.state.value == "done", m.errors
     assert "pages" in m.results and m.results["final_sync"]["dirs"] == 1
-    before = numbers(c.disk("f2") / "lazy" / "lines")[-1]
+    before = numbers(c.disk("d2") / "fs-lazy" / "lines")[-1]
     time.sleep(0.5)
-    assert_went_on(numbers(c.disk("f2") / "lazy" / "lines"), before)
-    assert not (c.disk("f1") / "lazy").exists()
-    c.client.kill("lazy")
+    assert_went_on(numbers(c.disk("d2") / "fs-lazy" / "lines"), before)
+    assert not (c.disk("d1") / "fs-lazy").exists()
+    c.client.kill("fs-lazy")
 
 
 def test_a_destination_that_fails_leaves_the_source_dir_and_removes_its_copy(disks: Disks) -> None:
     c = disks
-    start_writer(c, "doomed")
-    (c.disk("f2") / "poison").write_text("the restored copy exits at once")
+    start_writer(c, "fs-doomed")
+    (c.disk("d2") / "poison").write_text("the restored copy exits at once")
     try:
-        m = c.client.migrate("doomed", "f2", "cold").wait(timeout=90)
+        m = c.client.migrate("fs-doomed", "d2", "cold").wait(timeout=90)
     finally:
-        (c.disk("f2") / "poison").unlink()
+        (c.disk("d2") / "poison").unlink()
     assert m.state.value == "rolled_back", m.errors
     assert "final_sync" in m.results and "restore" in m.results  # it got that far
     assert any("verify" in e for e in m.errors), m.errors
-    assert not (c.disk("f2") / "doomed").exists(), "the destination's partial copy is left"
-    before = numbers(c.disk("f1") / "doomed" / "lines")[-1]
+    assert not (c.disk("d2") / "fs-doomed").exists(), "the destination's partial copy is left"
+    before = numbers(c.disk("d1") / "fs-doomed" / "lines")[-1]
     time.sleep(0.5)
-    assert_went_on(numbers(c.disk("f1") / "doomed" / "lines"), before)
-    assert len(list((c.disk("f1") / "doomed" / "data").iterdir())) == 20
-    c.client.kill("doomed")
+    assert_went_on(numbers(c.disk("d1") / "fs-doomed" / "lines"), before)
+    assert len(list((c.disk("d1") / "fs-doomed" / "data").iterdir())) == 20
+    c.client.kill("fs-doomed")
 
 
 def test_a_cancel_during_the_first_pass_removes_the_partial_copy(disks: Disks) -> None:
     c = disks
-    start_writer(c, "slow")
-    (c.disk("f1") / "slow" / "big").write_bytes(os.urandom(3_000_000))
-    h = c.client.migrate("slow", "f2", "cold", bandwidth_bps=500_000)  # a first pass of ~6 s
-    wait_for(lambda: (c.disk("f2") / "slow").exists() and h.status().phase == "sync",
+    start_writer(c, "fs-slow")
+    (c.disk("d1") / "fs-slow" / "big").write_bytes(os.urandom(3_000_000))
+    h = c.client.migrate("fs-slow", "d2", "cold", bandwidth_bps=500_000)  # a first pass of ~6 s
+    wait_for(lambda: (c.disk("d2") / "fs-slow").exists() and h.status().phase == "sync",
              timeout=30)
     time.sleep(1)
     c.client.cancel(h.id)
     m = h.wait(timeout=60)
     assert m.state.value == "rolled_back", m.errors
-    wait_for(lambda: not (c.disk("f2") / "slow").exists(), timeout=10)
-    assert not list((c.base / "nodes" / "f2" / "fsync").glob(f"{m.id}*"))
-    assert (c.disk("f1") / "slow" / "big").stat().st_size == 3_000_000
-    before = numbers(c.disk("f1") / "slow" / "lines")[-1]
+    wait_for(lambda: not (c.disk("d2") / "fs-slow").exists(), timeout=10)
+    assert not list((c.base / "nodes" / "d2" / "fsync").glob(f"{m.id}*"))
+    assert (c.disk("d1") / "fs-slow" / "big").stat().st_size == 3_000_000
+    before = numbers(c.disk("d1") / "fs-slow" / "lines")[-1]
     time.sleep(0.3)
-    assert_went_on(numbers(c.disk("f1") / "slow" / "lines"), before)
-    c.client.kill("slow")
+    assert_went_on(numbers(c.disk("d1") / "fs-slow" / "lines"), before)
+    c.client.kill("fs-slow")
 
 
 def test_a_destination_dir_with_data_of_its_own_is_refused_and_kept(disks: Disks) -> None:
     c = disks
-    start_writer(c, "clash")
-    (c.disk("f2") / "clash").mkdir()
-    (c.disk("f2") / "clash" / "theirs").write_text("not from this migration")
-    m = c.client.migrate("clash", "f2", "cold").wait(timeout=60)
+    start_writer(c, "fs-clash")
+    (c.disk("d2") / "fs-clash").mkdir()
+    (c.disk("d2") / "fs-clash" / "theirs").write_text("not from this migration")
+    m = c.client.migrate("fs-clash", "d2", "cold").wait(timeout=60)
     assert m.state.value == "rolled_back"
     assert any("already exists" in e for e in m.errors), m.errors
-    assert (c.disk("f2") / "clash" / "theirs").read_text() == "not from this migration"
-    assert [p.name for p in (c.disk("f2") / "clash").iterdir()] == ["theirs"]
-    before = numbers(c.disk("f1") / "clash" / "lines")[-1]
+    assert (c.disk("d2") / "fs-clash" / "theirs").read_text() == "not from this migration"
+    assert [p.name for p in (c.disk("d2") / "fs-clash").iterdir()] == ["theirs"]
+    before = numbers(c.disk("d1") / "fs-clash" / "lines")[-1]
     time.sleep(0.3)
-    assert_went_on(numbers(c.disk("f1") / "clash" / "lines"), before)
-    c.client.kill("clash")
-    shutil.rmtree(c.disk("f2") / "clash")
+    assert_went_on(numbers(c.disk("d1") / "fs-clash" / "lines"), before)
+    c.client.kill("fs-clash")
+    shutil.rmtree(c.disk("d2") / "fs-clash")
 
 
 @pytest.mark.parametrize(("sync", "message"), [
@@ -198,27 +198,27 @@ def test_a_destination_dir_with_data_of_its_own_is_refused_and_kept(disks: Disks
 def test_bad_sync_dirs_are_refused_and_nothing_starts(disks: Disks, sync, message: str) -> None:
     c = disks
     (c.base / "elsewhere").mkdir(exist_ok=True)
-    (c.disk("f1") / "a").mkdir(exist_ok=True)
-    (c.disk("f1") / "real" / "d").mkdir(parents=True, exist_ok=True)
-    if not (c.disk("f1") / "link").is_symlink():
-        (c.disk("f1") / "link").symlink_to(c.local / "real")
+    (c.disk("d1") / "a").mkdir(exist_ok=True)
+    (c.disk("d1") / "real" / "d").mkdir(parents=True, exist_ok=True)
+    if not (c.disk("d1") / "link").is_symlink():
+        (c.disk("d1") / "link").symlink_to(c.local / "real")
     with pytest.raises(BadRequest, match=message):
-        c.client.run("f1", [sys.executable, "-c", "import time; time.sleep(60)"], name="bad",
+        c.client.run("d1", [sys.executable, "-c", "import time; time.sleep(60)"], name="fs-bad",
                      sync=[sync(c)])
-    assert not any(k["name"] == "bad" for k in c.client.containers())
-    assert not (c.base / "shared" / "bad").exists()
+    assert not any(k["name"] == "fs-bad" for k in c.client.containers())
+    assert not (c.base / "shared" / "fs-bad").exists()
 
 
 def test_the_cli_takes_sync_dirs_and_says_what_is_wrong(disks: Disks) -> None:
     c = disks
-    (c.disk("f1") / "clijob").mkdir()
-    done = c.cli("run", "--node", "f1", "--name", "clijob", "--sync", str(c.local / "clijob"),
+    (c.disk("d1") / "fs-clijob").mkdir()
+    done = c.cli("run", "--node", "d1", "--name", "fs-clijob", "--sync", str(c.local / "fs-clijob"),
                  "--", "sleep", "60")
     assert done.returncode == 0, done.stderr
     listed = json.loads(c.cli("ps", "--json").stdout)
-    assert next(k for k in listed if k["name"] == "clijob")["sync"] == [str(c.local / "clijob")]
-    c.client.kill("clijob")
-    done = c.cli("run", "--node", "f1", "--name", "badcli", "--sync", "/etc", "--", "sleep", "60")
+    assert next(k for k in listed if k["name"] == "fs-clijob")["sync"] == [str(c.local / "fs-clijob")]
+    c.client.kill("fs-clijob")
+    done = c.cli("run", "--node", "d1", "--name", "fs-badcli", "--sync", "/etc", "--", "sleep", "60")
     assert done.returncode == 2, done.stderr
     assert "error:" in done.stderr and "outside what this node allows" in done.stderr
-    assert not any(k["name"] == "badcli" for k in c.client.containers())
+    assert not any(k["name"] == "fs-badcli" for k in c.client.containers())
