@@ -20,7 +20,7 @@ import pytest
 
 from tasks.localcluster import LocalCluster
 from tests.conftest import cluster_env, criu_works, need, running
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import COUNTER, ticks, wait_for
 from workers.errors import BadRequest
 
 pytestmark = pytest.mark.criu
@@ -222,3 +222,43 @@ def test_the_cli_takes_sync_dirs_and_says_what_is_wrong(disks: Disks) -> None:
     assert done.returncode == 2, done.stderr
     assert "error:" in done.stderr and "outside what this node allows" in done.stderr
     assert not any(k["name"] == "fs-badcli" for k in c.client.containers())
+
+
+@pytest.fixture(scope="module")
+def own_roots(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Disks]:
+    """Two nodes whose container roots are node-local too: nothing is shared."""
+    ok, why = criu_works()
+    need(ok, why)
+    need(shutil.which("rsync") is not None, "rsync is not installed (apt-get install rsync)")
+    need(os.geteuid() == 0, "private mount namespaces need root")
+    base = tmp_path_factory.mktemp("fsync-own-roots")
+    for common in ("local", "shared"):
+        (base / common).mkdir()
+    for n in ("w1", "w2"):
+        (base / f"{n}-disk").mkdir()
+        (base / f"{n}-shared").mkdir()
+    c = Disks(base, cluster_env(redis_url),
+              mounts={n: {base / f"{n}-disk": base / "local", base / f"{n}-shared": base / "shared"}
+                      for n in ("w1", "w2")})
+    c.local = base / "local"
+    with running(c, ["w1", "w2"]) as up:
+        yield up
+
+
+def test_a_container_root_that_is_not_shared_moves_by_syncing_the_workdir(own_roots: Disks) -> None:
+    c = own_roots
+    workdir = c.base / "shared" / "fs-own"  # where the node starts it: its log is in there
+    info = c.client.run("w1", [sys.executable, "-u", "-c", COUNTER], name="fs-own",
+                        sync=[str(workdir)])
+    assert info["log"] == str(workdir / "log")
+    log = c.base / "w1-shared" / "fs-own" / "log"
+    wait_for(lambda: log.exists() and len(ticks(log)) > 10)
+    m = c.client.migrate("fs-own", "w2", "cold").wait(timeout=90)
+    assert m.state.value == "done", m.errors
+    moved = c.base / "w2-shared" / "fs-own" / "log"
+    before = max(ticks(moved))
+    time.sleep(0.5)
+    values = ticks(moved)
+    assert values == list(range(len(values))) and values[-1] > before
+    assert not (c.base / "w1-shared" / "fs-own").exists()
+    c.client.kill("fs-own")
