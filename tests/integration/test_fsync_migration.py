@@ -217,6 +217,12 @@ def test_the_cli_takes_sync_dirs_and_says_what_is_wrong(disks: Disks) -> None:
     assert done.returncode == 0, done.stderr
     listed = json.loads(c.cli("ps", "--json").stdout)
     assert next(k for k in listed if k["name"] == "fs-clijob")["sync"] == [str(c.local / "fs-clijob")]
+    moved = c.cli("migrate", "fs-clijob", "--to", "d2", "--strategy", "cold", "--json")
+    assert moved.returncode == 0, moved.stderr
+    summary = json.loads(moved.stdout)
+    assert summary["sync_bytes"] > 0 and "fsync_ms" in summary
+    shown = c.cli("status", summary["id"])
+    assert "final sync" in shown.stdout and "fsync (ms)" in shown.stdout, shown.stdout
     c.client.kill("fs-clijob")
     done = c.cli("run", "--node", "d1", "--name", "fs-badcli", "--sync", "/etc", "--", "sleep", "60")
     assert done.returncode == 2, done.stderr
