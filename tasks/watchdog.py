@@ -6,7 +6,10 @@ out. Two clocks, like Nova and KubeVirt:
 - the whole migration may take ``per_gib_s`` per GiB of container memory
   (Nova: 800 s/GiB), at least ``min_total_s``; past it, the migration is
   aborted and rolled back (or, with ``timeout_action = "force"``, a pre-copy
-  is pushed to its final dump);
+  is pushed to its final dump). The first rsync pass of a container's
+  synced directories is not on this clock: its size is not the memory's (a
+  big directory over a Pi's link takes minutes), it reports progress every
+  few seconds, and rsync gives up after a minute of silence;
 - a step that shows no progress for ``progress_s`` (KubeVirt: 150 s), or
   whose node stopped answering for ``node_down_s``, is stalled: its worker
   died or its message was lost, and the phase is sent again (phases are
@@ -59,10 +62,11 @@ def check(m: Migration, now: float, alive: dict[str, bool], t: Timeouts,
         return Event("start", now) if now - m.created > t.node_down_s else None
     if m.state.final or m.phase is None:
         return None
-    if m.state is State.RUNNING and not m.past_no_return:
+    if m.state is State.RUNNING and not m.past_no_return and m.phase is not Phase.SYNC:
         limit = total_limit_s(m, t)
-        if now - m.created > limit:
-            return Event("timeout", now, error=f"timed out after {now - m.created:.0f} s "
+        spent = now - m.created - float(m.results.get("sync", {}).get("wall_ms", 0.0)) / 1000
+        if spent > limit:
+            return Event("timeout", now, error=f"timed out after {spent:.0f} s "
                                                f"(limit {limit:.0f} s)")
     quiet = now - m.updated
     phases = list(m.rollback) if m.state is State.ROLLING_BACK else [m.phase]

@@ -53,6 +53,16 @@ def test_a_step_stalled_beyond_the_budget_rolls_back() -> None:
     assert m.state is State.ROLLING_BACK and {s.phase for s in sends} == {Phase.RESUME, Phase.ABORT}
 
 
+def test_a_synced_dir_s_first_pass_is_not_on_the_migration_s_clock() -> None:
+    small = replace(M, limits={"memory_bytes": 0}, created=0.0, updated=990.0)  # limit 120 s
+    in_sync = replace(small, phase=Phase.SYNC)
+    assert check(in_sync, 1000.0, UP, T) is None  # 1000 s into a first pass that reports progress
+    after = replace(small, results={"sync": {"wall_ms": 950_000.0}})
+    assert check(after, 1000.0, UP, T) is None  # 50 s of the rest
+    late = check(after, 1100.0, UP, T)
+    assert late is not None and late.kind == "timeout" and "after 150 s" in late.error
+
+
 def test_a_timeout_rolls_back_before_the_point_of_no_return() -> None:
     m, _ = next_step(M, Event("timeout", 1700.0, error="timed out"))
     assert m.state is State.ROLLING_BACK and "timed out" in m.errors[-1]
