@@ -4,6 +4,7 @@
         [--nodes 32] [--containers 500] [--drain 4] [--mib 8,16,32] [--link 1gbit]
         [--strategy auto] [--per-node 2,4] [--json docs/benchmarks/scale.json]
         [--png docs/benchmarks/scale.png]
+    .venv/bin/python benchmarks/scale.py --markdown   # the table of docs/BENCHMARKS.md, from the JSON
 
 SIMULATED: every node is a full ``ferry worker`` (its supervisor with the data
 plane and heartbeat, and its two Celery workers, ``main`` and ``urgent``) with
@@ -43,6 +44,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,7 @@ from workers.procs import tree
 
 KINDS = (("migration records", "ferry:mig:", ""), ("event streams", "ferry:mig:", ":events"),
          ("task results", "celery-task-meta-", ""), ("evacuations", "ferry:evac:", ""),
-         ("nodes", "ferry:node", ""))
+         ("node records", "ferry:node", ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=400.0, help="s for the evacuations")
     ap.add_argument("--json", default=str(ROOT / "docs" / "benchmarks" / "scale.json"))
     ap.add_argument("--png", default=str(ROOT / "docs" / "benchmarks" / "scale.png"))
+    ap.add_argument("--markdown", action="store_true", help="print the saved JSON as markdown")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.json).read_text())))
+        return 0
     link = parse_rate(args.link)
     levels = [int(x) for x in args.per_node.split(",")]
     if link is None or args.drain * len(levels) >= args.nodes:
@@ -102,10 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         start_s = start_containers(client, nodes, args.containers, sizes)
         print(f"{args.containers} containers started in {start_s:.0f} s", file=sys.stderr)
         rest = nodes[args.drain * len(levels):]  # never drained: every round's destinations
+        idle = idle_cpu(cluster, client)
         rows = []
         for i, c in enumerate(levels):
             load = os.getloadavg()[0]
-            row = drain(cluster, client, nodes[i * args.drain:(i + 1) * args.drain], rest, c, args, link)
+            row = drain(cluster, client, nodes[i * args.drain:(i + 1) * args.drain], rest, c, args,
+                        link, idle)
             rows.append({**row, "load1_before_after": [round(load, 2), round(os.getloadavg()[0], 2)]})
     finally:
         cluster.stop()
@@ -114,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     run = {"nodes": args.nodes, "containers": args.containers, "mib": args.mib, "link": args.link,
            "link_bps": link, "strategy": args.strategy, "nodes_up_s": round(up_s, 1),
            "containers_started_per_s": round(args.containers / start_s, 1),
+           "idle_cpu_per_s": idle,
            "run_s": round(time.monotonic() - t_run, 1),
            "load1_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
     print_table(run, rows)
@@ -197,12 +206,27 @@ def redis_cpu(client: Ferry) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
+def cpu_all(cluster: LocalCluster, client: Ferry) -> dict[str, float]:
+    return {**cpu_s(cluster), "redis": redis_cpu(client)}
+
+
+def idle_cpu(cluster: LocalCluster, client: Ferry, seconds: float = 10.0) -> dict[str, float]:
+    """CPU per second the idle cluster uses (heartbeats, inventories, Celery's own polling)."""
+    before = cpu_all(cluster, client)
+    time.sleep(seconds)
+    after = cpu_all(cluster, client)
+    return {k: round((after[k] - before[k]) / seconds, 4) for k in before}
+
+
 def drain(cluster: LocalCluster, client: Ferry, drained: list[str], rest: list[str], per_node: int,
-          args: argparse.Namespace, link: float) -> dict[str, Any]:
-    """Evacuate ``drained`` at once to ``rest``; everything measured about it."""
+          args: argparse.Namespace, link: float, idle: dict[str, float]) -> dict[str, Any]:
+    """Evacuate ``drained`` at once to ``rest``; everything measured about it.
+
+    CPU per migration is net of what the idle cluster used over the makespan.
+    """
     r = client.store.r
     before_mem, before_keys = int(r.info("memory")["used_memory"]), key_memory(client)
-    cpu0, rcpu0 = cpu_s(cluster), redis_cpu(client)
+    cpu0 = cpu_all(cluster, client)
     sampler = Sampler(cluster, client)
     sampler.start()
     t0, wall0 = time.monotonic(), time.time()
@@ -216,7 +240,7 @@ def drain(cluster: LocalCluster, client: Ferry, drained: list[str], rest: list[s
     makespan = time.monotonic() - t0
     sampler.stop.set()
     sampler.join()
-    cpu1, rcpu1 = cpu_s(cluster), redis_cpu(client)
+    cpu1 = cpu_all(cluster, client)
     after_mem = int(r.info("memory")["used_memory"])
     recs = [h.record() for h in handles]
     moved = [row for rep in reports for row in rep["containers"] if row["outcome"] == "moved"]
@@ -224,7 +248,8 @@ def drain(cluster: LocalCluster, client: Ferry, drained: list[str], rest: list[s
     plans = [plan_from_json(rec["plan"]) for rec in recs]
     every = Plan(plans[0].drain, tuple(m for p in plans for m in p.moves), (), plans[0].headroom)
     bound = lower_bound_s(every, link)
-    ends = sorted(client.status(mid).updated - wall0 for mid in mids)
+    records = [client.status(mid) for mid in mids]
+    ends = sorted(m.updated - wall0 for m in records)
     events = [int(r.xlen(f"ferry:mig:{mid}:events")) for mid in mids]
     kinds = {k: v - before_keys[k] for k, v in key_memory(client).items()}
     running = Counter(c["name"] for c in client.containers() if c["state"] == "running")
@@ -233,7 +258,7 @@ def drain(cluster: LocalCluster, client: Ferry, drained: list[str], rest: list[s
     n = max(len(mids), 1)
     rss = roles(cluster)
     peak = {k: max(s["rss"][k] for s in sampler.samples) for k in rss} if sampler.samples else {}
-    coord = (cpu1["coordinator"] - cpu0["coordinator"]) / n
+    cpu = {k: max(cpu1[k] - cpu0[k] - idle[k] * makespan, 0.0) / n for k in cpu0}
     return {
         "drained": drained, "per_node": per_node, "max_parallel": 2 * per_node,
         "bandwidth_per_migration_bps": link / per_node,
@@ -247,11 +272,11 @@ def drain(cluster: LocalCluster, client: Ferry, drained: list[str], rest: list[s
         "driven_per_s": round(len(mids) / makespan, 2),
         "downtime_ms_median": _median([row["downtime_ms"] for row in moved]),
         "migration_s_median": _median([row["total_s"] for row in moved]),
-        "bytes_moved": sum(row["bytes"] for row in moved),
-        "coordinator_capacity_per_s": round(1 / coord, 1) if coord else None,
-        "cpu_s_per_migration": {"coordinator": round(coord, 4),
-                                "nodes": round((cpu1["nodes"] - cpu0["nodes"]) / n, 4),
-                                "redis": round((rcpu1 - rcpu0) / n, 4)},
+        "bytes_moved": sum(m.results.get("transfer", {}).get("bytes", 0)  # the final images
+                           + sum(p.get("bytes_sent", 0) for p in m.passes) for m in records),
+        "memory_moved": sum(m.memory_bytes for m in every.moves),
+        "coordinator_capacity_per_s": round(1 / cpu["coordinator"], 1) if cpu["coordinator"] else None,
+        "cpu_s_per_migration": {k: round(v, 4) for k, v in cpu.items()},
         "redis_used_before": before_mem, "redis_used_after": after_mem,
         "redis_used_peak": max([s["redis_used"] for s in sampler.samples] + [after_mem]),
         "redis_used_delta_per_migration": round((after_mem - before_mem) / n),
@@ -289,24 +314,35 @@ def _median(xs: list[Any]) -> float | None:
     return round(statistics.median(vals), 1) if vals else None
 
 
-def print_table(run: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    print(f"SIMULATED: {run['nodes']} sim nodes, {run['containers']} containers of {run['mib']} MiB, "
-          f"{run['link']} links, strategy {run['strategy']}; nodes up in {run['nodes_up_s']} s, "
-          f"{run['containers_started_per_s']} containers started per s; load {run['load1_before_after']}")
-    lines = [
+def headline(run: dict[str, Any]) -> str:
+    return (f"SIMULATED: {run['nodes']} sim nodes, {run['containers']} containers of {run['mib']} MiB, "
+            f"{run['link']} links, strategy {run['strategy']}; nodes up in {run['nodes_up_s']} s, "
+            f"{run['containers_started_per_s']} containers started per s; idle, the cluster used "
+            + ", ".join(f"{k} {v}" for k, v in run["idle_cpu_per_s"].items())
+            + " CPU s per s; load "
+            f"{run['load1_before_after'][0]} before, {run['load1_before_after'][1]} after "
+            f"({run['run_s']} s in all)")
+
+
+def lines() -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
+    """The table's rows: a label and how a round's row shows in it."""
+    return [
         ("drained at once", lambda r: f"{len(r['drained'])} ({r['drained'][0]}..{r['drained'][-1]})"),
         ("per node / per evacuation", lambda r: f"{r['per_node']} / {r['max_parallel']}"),
         ("moved", lambda r: f"{r['moved']} {r['outcomes']}"),
+        ("MB of memory moved / sent (all passes)",
+         lambda r: f"{r['memory_moved'] / 1e6:.0f} / {r['bytes_moved'] / 1e6:.0f}"),
         ("strategies", lambda r: f"{r['strategies']}"),
         ("planned per s (evacuate calls)", lambda r: f"{r['planned_per_s']}"),
         ("driven per s (done / makespan)", lambda r: f"{r['driven_per_s']}"),
         ("coordinator capacity per s (1/CPU)", lambda r: f"{r['coordinator_capacity_per_s']}"),
         ("makespan / lower bound", lambda r: f"{r['makespan_s']} / {r['lower_bound_s']} s = {r['ratio']}"),
         ("downtime / migration, medians", lambda r: f"{r['downtime_ms_median']} ms / {r['migration_s_median']} s"),
-        ("CPU s per migration", lambda r: " ".join(f"{k[:5]} {v}" for k, v in r["cpu_s_per_migration"].items())),
+        ("CPU s per migration (net of idle)", lambda r: " ".join(f"{k[:5]} {v}" for k, v in r["cpu_s_per_migration"].items())),
         ("Redis bytes per migration (keys)", lambda r: f"{r['redis_bytes_per_migration']}"),
         ("  used_memory delta per migration", lambda r: f"{r['redis_used_delta_per_migration']}"),
-        *[(f"  {k}", lambda r, k=k: f"{r['redis_key_bytes_per_migration'][k]}") for k, _, _ in KINDS],
+        *[(f"  of which {k}", lambda r, k=k: f"{r['redis_key_bytes_per_migration'][k]}")
+          for k, _, _ in KINDS],
         ("events per migration mean (min-max)", lambda r: "{mean} ({min}-{max})".format(**r["events_per_migration"])),
         *[(f"RSS MiB per {k} mean (max)", lambda r, k=k: "{mean} ({max}) x{count}".format(**r["rss_mib_per_process"][k]))
           for k in ("coordinator", "supervisor", "celery worker")],
@@ -314,8 +350,23 @@ def print_table(run: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         ("every container once, off the drained", lambda r: f"{r['exactly_once']}"),
         ("load1 before, after", lambda r: f"{r['load1_before_after']}"),
     ]
-    for label, cell in lines:
+
+
+def print_table(run: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    print(headline(run))
+    for label, cell in lines():
         print(f"{label:<40} " + " | ".join(f"{cell(r):<36}" for r in rows))
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The saved run as a markdown table, one column per round."""
+    rows = doc["rows"]
+    out = [f"{headline(doc['run'])}; measured {doc['generated']}.", "",
+           "| | " + " | ".join(f"round {i + 1}" for i in range(len(rows))) + " |",
+           "|---|" + "---|" * len(rows)]
+    out += [f"| {label.strip()} | " + " | ".join(cell(r).replace("|", "/") for r in rows) + " |"
+            for label, cell in lines()]
+    return "\n".join(out)
 
 
 def write(path: Path, png: Path, run: dict[str, Any], rows: list[dict[str, Any]],
