@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/cold.py                  # loopback only (~1 min)
     .venv/bin/python benchmarks/cold.py --testbed        # and the 1gbit, 100mbit links (~5 min)
     .venv/bin/python benchmarks/cold.py --links 100mbit --sizes 1024      # the slow cell (~9 min)
+    .venv/bin/python benchmarks/cold.py --page-server on,off --data fill,text,random  # side by side
         [--runs 5] [--budget-s 540] [--wait-testbed 120] [--dir /tmp]
+        [--page-server auto] [--compression auto] [--data random]
         [--json docs/benchmarks/cold.json]
     .venv/bin/python benchmarks/cold.py --markdown       # the saved table, as markdown
 
@@ -14,6 +16,14 @@ real Celery workers, and reports the median of each number over the runs
 (each column's own median: the parts need not add up to the downtime's).
 Size 0 is the tiny counter alone. ``seen`` is the downtime as the workload
 saw it: the longest silence of its 50 ms ticker, less the 50 ms.
+
+Each of ``--page-server`` (auto, on, off: the dump's pages stream into the
+destination's CRIU, or go as files), ``--compression`` (auto, none, zstd:
+how image files travel) and ``--data`` (what the memory holds: ``random``,
+incompressible, the default; ``text``, random words, which zstd shrinks to
+~0.36; ``fill``, one byte repeated, ~1/200) is a comma-separated axis; every
+combination is a cell. On a shaped link the client's ``link_bps`` is set to the link's rate,
+as an operator configures it, so automatic compression sees the link.
 
 Links: ``loopback`` is a LocalCluster on this host (embedded Redis in a temp
 dir, both data planes on 127.0.0.1). ``1gbit`` and ``100mbit`` are the
@@ -58,8 +68,17 @@ from tasks.summary import downtime, summary
 from workers.errors import FerryError, PermanentError
 
 HOLDER = (
-    "import os, sys, time\n"
-    "hold = bytearray(os.urandom(int(sys.argv[1]) << 20))  # every page written, incompressible\n"
+    "import os, random, sys, time\n"
+    "size, kind = int(sys.argv[1]) << 20, sys.argv[2]\n"
+    "if kind == 'random':\n"
+    "    hold = bytearray(os.urandom(size))\n"
+    "elif kind == 'text':  # 1 MiB of random words, repeated: zstd's window sees one copy\n"
+    "    rng = random.Random(0)\n"
+    "    words = [rng.randbytes(rng.randint(2, 6)).hex() for _ in range(5000)]\n"
+    "    block = ' '.join(rng.choices(words, k=200_000)).encode()[: 1 << 20]\n"
+    "    hold = bytearray(block * (size >> 20))\n"
+    "else:  # every page written, non-zero\n"
+    "    hold = bytearray(b'\\xa5') * size\n"
     "i = 0\n"
     "while True:\n"
     "    print('tick', i, time.time(), flush=True)\n"
@@ -70,6 +89,7 @@ NODES = ("n1", "n2")
 # What a cell is expected to cost before anything is measured: MB/s over the link, and
 # seconds per migration on top of the wire (dump, restore, queues, the settle pause).
 GUESS_MB_S = {"loopback": 300.0, "1gbit": 110.0, "100mbit": 11.5}
+LINK_BPS = {"1gbit": 125e6, "100mbit": 12.5e6}  # what an operator sets link_bps to
 FIXED_S = 2.5
 MB = 1e6  # rates in MB/s (10^6), container sizes in MiB
 COLUMNS = ("downtime_ms", "criu_freeze_ms", "wire_ms", "restore_ms", "overhead_ms")
@@ -85,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wait-testbed", type=float, default=120, help="s to wait for another testbed to go down"
     )
+    parser.add_argument("--page-server", default="auto", help="comma separated: auto,on,off")
+    parser.add_argument("--compression", default="auto", help="comma separated: auto,none,zstd")
+    parser.add_argument("--data", default="random", help="comma separated: random,text,fill")
     parser.add_argument("--markdown", action="store_true", help="print the saved JSON as markdown")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where state dirs go")
     parser.add_argument("--json", default=str(ROOT / "docs" / "benchmarks" / "cold.json"))
@@ -93,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(json.loads(Path(args.json).read_text())))
         return 0
     sizes = [int(s) for s in args.sizes.split(",")]
+    axes = list(itertools.product(args.page_server.split(","), args.compression.split(","),
+                                  args.data.split(",")))
     links = (
         args.links.split(",")
         if args.links
@@ -109,14 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     shaped = [lk for lk in links if lk != "loopback"]
     if loopback:
         with loopback_cluster(Path(args.dir)) as client:
-            rows += run_link(client, "loopback", sizes, args.runs, deadline, rates)
+            rows += run_link(client, "loopback", sizes, axes, args.runs, deadline, rates)
     if shaped:
         with testbed_cluster(Path(args.dir), args.wait_testbed) as (client, cluster, waited):
             deadline += waited  # waiting for another run's testbed is not this run's time
             for link in shaped:
                 for node in cluster.nodes:
                     cluster.bed.shape(node, link)
-                rows += run_link(client, link, sizes, args.runs, deadline, rates)
+                client.settings = client.settings.with_(link_bps=LINK_BPS[link])
+                rows += run_link(client, link, sizes, axes, args.runs, deadline, rates)
     elapsed = time.monotonic() - started
     print_table(rows)
     print(f"\n{len(rows)} cells in {elapsed:.0f} s")
@@ -231,11 +257,13 @@ def estimate_s(link: str, size_mb: int, runs: int, rates: dict[str, float]) -> f
 
 
 def run_link(
-    client: Ferry, link: str, sizes: list[int], runs: int, deadline: float, rates: dict[str, float]
+    client: Ferry, link: str, sizes: list[int], axes: list[tuple[str, str, str]], runs: int,
+    deadline: float, rates: dict[str, float],
 ) -> list[dict[str, Any]]:
     rows = []
     nodes = sorted(n["name"] for n in client.nodes() if n["alive"])[:2]
-    for size in sizes:
+    for size, (page_server, compression, data) in itertools.product(sizes, axes):
+        how = {"page_server": page_server, "compression": compression, "data": data}
         need = estimate_s(link, size, runs, rates)
         left = deadline - time.monotonic()
         if need > left:
@@ -247,24 +275,29 @@ def run_link(
                 {
                     "link": link,
                     "size_mib": size,
+                    **how,
                     "state": "skipped",
                     "why": f"time budget: ~{need:.0f} s needed, {left:.0f} s left",
                 }
             )
             continue
-        row = run_cell(client, link, size, runs, nodes)
+        row = run_cell(client, link, size, how, runs, nodes)
         rows.append(row)
         if row.get("mb_s"):
             rates[link] = row["mb_s"]
     return rows
 
 
-def run_cell(client: Ferry, link: str, size: int, runs: int, nodes: list[str]) -> dict[str, Any]:
-    name = f"cold{size}-{link}"  # a log of its own: the container root is shared
+def run_cell(
+    client: Ferry, link: str, size: int, how: dict[str, str], runs: int, nodes: list[str]
+) -> dict[str, Any]:
+    # a log of its own: the container root is shared
+    name = f"cold{size}-{link}-{how['page_server']}-{how['compression']}-{how['data']}"
     t0 = time.monotonic()
     load_before = os.getloadavg()[0]  # other work on the machine skews the numbers: say how much
     started = time.time()
-    info = client.run(nodes[0], [sys.executable, "-u", "-c", HOLDER, str(size)], name=name)
+    info = client.run(nodes[0], [sys.executable, "-u", "-c", HOLDER, str(size), how["data"]],
+                      name=name)
     samples: list[dict[str, Any]] = []
     failed: list[str] = []
     try:
@@ -277,7 +310,8 @@ def run_cell(client: Ferry, link: str, size: int, runs: int, nodes: list[str]) -
         for i in range(runs):
             dst = nodes[(i + 1) % 2]
             before = len(ticks(info["log"]))
-            m = client.migrate(name, dst, strategy="cold").wait(timeout=300 + size)
+            m = client.migrate(name, dst, strategy="cold", page_server=how["page_server"],
+                               compression=how["compression"]).wait(timeout=300 + size)
             if m.state.value != "done":
                 failed.append(f"run {i}: {m.state.value}: {'; '.join(m.errors)}")
                 break
@@ -288,7 +322,9 @@ def run_cell(client: Ferry, link: str, size: int, runs: int, nodes: list[str]) -
                 {
                     **d,
                     "total_s": s["total_s"],
-                    "bytes": xfer.get("bytes", 0),
+                    "bytes": s["bytes"],
+                    "streamed": "pages" in m.results["dump"],
+                    "codec": xfer.get("codec", "none"),
                     "image_bytes": m.results["dump"].get("image_bytes", 0),
                     "pages_written": m.results["dump"].get("pages_written", 0),
                     "dump_wall_ms": m.results["dump"].get("wall_ms", 0),
@@ -310,6 +346,7 @@ def run_cell(client: Ferry, link: str, size: int, runs: int, nodes: list[str]) -
     row = {
         "link": link,
         "size_mib": size,
+        **how,
         "runs": len(samples),
         "state": "failed" if failed else "ok",
         "cell_s": round(time.monotonic() - t0, 1),
@@ -328,28 +365,41 @@ def run_cell(client: Ferry, link: str, size: int, runs: int, nodes: list[str]) -
         row["mb_s"] = round(statistics.median(rate), 1) if rate else None
         row["downtime_ms_min"] = min(x["downtime_ms"] for x in samples)
         row["downtime_ms_max"] = max(x["downtime_ms"] for x in samples)
+        row["sent_as"] = "/".join(sorted({sent_as(x) for x in samples}))
     print_table([row], header=not hasattr(run_cell, "_printed"))
     run_cell._printed = True  # type: ignore[attr-defined]
     return row
+
+
+def sent_as(sample: dict[str, Any]) -> str:
+    """How a migration's images travelled: pages streamed, or all as files (and their codec)."""
+    return "stream" if sample["streamed"] else f"files {sample['codec']}"
+
+
+def axes_of(r: dict[str, Any]) -> tuple[str, str, str]:
+    """A row's page server, compression and data; rows from before these axes were
+    measured with files, uncompressed, of the fill holder."""
+    return r.get("page_server", "off"), r.get("compression", "none"), r.get("data", "fill")
 
 
 # -- output ----------------------------------------------------------------------------
 def print_table(rows: list[dict[str, Any]], header: bool = True) -> None:
     if header:
         print(
-            f"{'size':>8} {'link':>8} {'downtime':>9} {'seen':>7} {'criu':>7} {'wire':>8} {'restore':>8} "
+            f"{'size':>8} {'link':>8} {'ps/comp/data':>18} {'sent as':>10} {'downtime':>9} {'seen':>7} {'criu':>7} {'wire':>8} {'restore':>8} "
             f"{'overhead':>9} {'total':>7} {'bytes':>11} {'MB/s':>7}  (ms; medians of runs)"
         )
     for r in rows:
         if "downtime_ms" not in r:
             print(
-                f"{r['size_mib']:>5} MiB {r['link']:>8}  {r['state']}: "
+                f"{r['size_mib']:>5} MiB {r['link']:>8} {'/'.join(axes_of(r)):>18}  {r['state']}: "
                 f"{r.get('why') or '; '.join(r.get('errors', []))}"
             )
             continue
         flag = "" if r["state"] == "ok" else f"  {r['state']}: {'; '.join(r['errors'])}"
         print(
-            f"{r['size_mib']:>5} MiB {r['link']:>8} {r['downtime_ms']:>9.0f} "
+            f"{r['size_mib']:>5} MiB {r['link']:>8} {'/'.join(axes_of(r)):>18} "
+            f"{r.get('sent_as', ''):>10} {r['downtime_ms']:>9.0f} "
             f"{r.get('observed_gap_ms') or 0:>7.0f} "
             f"{r['criu_freeze_ms']:>7.0f} {r['wire_ms']:>8.0f} {r['restore_ms']:>8.0f} "
             f"{r['overhead_ms']:>9.0f} {r['total_s'] * 1000:>7.0f} {int(r['bytes']):>11} "
@@ -361,17 +411,20 @@ def print_table(rows: list[dict[str, Any]], header: bool = True) -> None:
 def markdown(doc: dict[str, Any]) -> str:
     """The saved rows as a markdown table (ms unless said; medians over the runs)."""
     out = [
-        "| size | link | downtime | seen | criu freeze | wire | restore | overhead | total | bytes | MB/s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ("| size | link | page server / compression / data | sent as | downtime | seen "
+        "| criu freeze | wire | restore | overhead | total | bytes | MB/s |"),
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["rows"]:
         size = f"{r['size_mib']} MiB" if r["size_mib"] else "counter"
         if "downtime_ms" not in r:
             why = r.get("why") or "; ".join(r.get("errors", []))
-            out.append(f"| {size} | {r['link']} | {r['state']}: {why} |||||||||")
+            out.append(f"| {size} | {r['link']} | {' / '.join(axes_of(r))} | {r['state']}: {why} "
+                       "||||||||||")
             continue
         out.append(
-            f"| {size} | {r['link']} | {r['downtime_ms']:.0f} | {r.get('observed_gap_ms') or 0:.0f} "
+            f"| {size} | {r['link']} | {' / '.join(axes_of(r))} | {r.get('sent_as', 'files none')} "
+            f"| {r['downtime_ms']:.0f} | {r.get('observed_gap_ms') or 0:.0f} "
             f"| {r['criu_freeze_ms']:.0f} | {r['wire_ms']:.0f} | {r['restore_ms']:.0f} "
             f"| {r['overhead_ms']:.0f} | {r['total_s'] * 1000:.0f} | {r['bytes'] / 1e6:.1f} MB "
             f"| {r['mb_s'] or 0:.0f} |"
@@ -392,10 +445,11 @@ def write_json(
             old = json.loads(path.read_text())
         except ValueError:
             old = {}
-    fresh = {(r["link"], r["size_mib"]) for r in rows}
-    kept = [r for r in old.get("rows", []) if (r.get("link"), r.get("size_mib")) not in fresh]
+    fresh = {(r["link"], r["size_mib"], axes_of(r)) for r in rows}
+    kept = [r for r in old.get("rows", [])
+            if (r.get("link"), r.get("size_mib"), axes_of(r)) not in fresh]
     order = {"loopback": 0, "1gbit": 1, "100mbit": 2}
-    merged = sorted(kept + rows, key=lambda r: (order.get(r["link"], 9), r["size_mib"]))
+    merged = sorted(kept + rows, key=lambda r: (order.get(r["link"], 9), r["size_mib"], axes_of(r)))
     doc = {
         "benchmark": "cold migration downtime and its parts (tasks.summary.downtime)",
         "units": {
@@ -406,6 +460,10 @@ def write_json(
             "observed_gap_ms": "longest silence of the container's 50 ms ticker around "
             "the migration, less 50 ms: the downtime as the workload saw it, median",
             "size_mib": "MiB of non-zero memory the container holds (0: the counter alone)",
+            "page_server, compression, data": "the cell's axes (see the module docstring); "
+            "rows without them predate them: files, uncompressed, fill",
+            "sent_as": "stream: the pages went to the destination's page server; "
+            "files CODEC: every image as a file",
         },
         "machine": machine(),
         "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

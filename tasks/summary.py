@@ -51,7 +51,9 @@ def summary(m: Migration) -> dict[str, Any]:
     xfer = m.results.get("transfer", {})
     return {"id": m.id, "container": m.container, "src": m.src, "dst": m.dst,
             "state": m.state.value, "strategy": m.strategy,
-            "total_s": round(m.updated - m.created, 3), "bytes": xfer.get("bytes", 0),
+            "total_s": round(m.updated - m.created, 3),
+            # image files, and the pages a cold dump streamed into the destination's CRIU
+            "bytes": xfer.get("bytes", 0) + m.results.get("dump", {}).get("pages", {}).get("bytes", 0),
             "sync_bytes": sum(m.results.get(p, {}).get("bytes", 0) for p in ("sync", "final_sync")),
             **d,
             "errors": list(m.errors)}

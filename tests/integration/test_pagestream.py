@@ -104,6 +104,19 @@ def test_pages_stream_dump_restores_where_it_stopped(
     assert_went_on(ticks(log), before)
 
 
+def test_the_bandwidth_cap_holds_and_progress_is_told(
+    server: TransferServer, tmp_path: Path, ticker: tuple[int, Path, list[int]]
+) -> None:
+    pid, _, _ = ticker
+    told: list[tuple[int, float]] = []
+    relay = dump(server, pid, tmp_path / "src", fresh(), bandwidth_bps=16e6,
+                 progress=lambda sent, seconds: told.append((sent, seconds)))
+    assert relay.stats is not None
+    assert relay.stats.seconds >= relay.stats.bytes / 16e6 * 0.9  # ~2 s for 33 MB
+    assert len(told) >= 4 and [t[0] for t in told] == sorted(t[0] for t in told)
+    assert told[-1][0] <= relay.stats.bytes and told[-1][0] / told[-1][1] < 16e6 * 1.2
+
+
 @pytest.mark.parametrize(
     ("token", "message"),
     [
