@@ -55,6 +55,7 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import machine
 from workers.criu import Criu, dump_stats
 from workers.pagestream import PagesTarget, Relay, check_pages
 from workers.tokens import issue_token
@@ -179,6 +180,7 @@ def source(dst: str, dst_netns: str | None, sizes: list[int], runs: int, methods
     try:
         for size in sizes:
             pid = start_holder(size, where)
+            load = os.getloadavg()[0]  # other work on the machine skews the numbers: say how much
             try:
                 samples: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
                 for run in range(runs):
@@ -186,7 +188,9 @@ def source(dst: str, dst_netns: str | None, sizes: list[int], runs: int, methods
                         samples[method].append(
                             dump_and_send(method, pid, dst, peer, where, f"{size}-{run}", pki))
                 for method in methods:
-                    rows.append(summarise(size, method, samples[method]))
+                    rows.append({**summarise(size, method, samples[method]),
+                                 "load1_before_after": [round(load, 2),
+                                                        round(os.getloadavg()[0], 2)]})
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             finally:
                 subprocess.run(["kill", "-9", str(pid)], check=False)
@@ -380,8 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(Path(args.json).read_text()).get("rows", [])
         rows = [r for r in old if r["link"] not in measured] + rows
     report = {
-        "what": "cold final dump: local dump + ferry send vs CRIU page server (median of runs)",
-        "cpus": os.cpu_count(), "criu": Criu().version(), "runs": args.runs,
+        "what": "cold final dump: local dump + ferry send vs ferry's pages stream (token, "
+                "BLAKE3) vs CRIU's own page server (median of runs)",
+        "machine": machine(), "criu": Criu().version(), "runs": args.runs,
         "seconds": round(time.monotonic() - started),
         "rows": rows,
         "crossover_mib": {link: {m: crossover(rows, link, m) for m in methods if m != "local"}

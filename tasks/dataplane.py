@@ -94,6 +94,7 @@ def pages_target(ctx: NodeContext, m: Migration, sub: str, progress: Progress) -
     """Where a cold dump streams its pages: the destination's page server, behind a token."""
     def report(sent: int, seconds: float) -> None:
         progress({"bytes_sent": sent, "rate_bps": round(sent / seconds) if seconds > 0 else None,
+                  "bytes_total": m.limits.get("memory_bytes"),  # about what CRIU dumps
                   "stream": "pages"})
 
     return PagesTarget(dst_address(ctx, m),

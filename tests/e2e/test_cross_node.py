@@ -51,31 +51,38 @@ def where(cluster: NetCluster, name: str) -> set[str]:
     }
 
 
-def test_cold_migration_crosses_the_link_and_the_counter_goes_on(netcluster: NetCluster) -> None:
+@pytest.mark.parametrize("page_server", ["off", "on"])
+def test_cold_migration_crosses_the_link_and_the_counter_goes_on(
+    netcluster: NetCluster, page_server: str
+) -> None:
     client = netcluster.client
-    info = client.run("node1", [sys.executable, "-u", "-c", COUNTER], name="xcounter")
+    name = f"xcounter-{page_server}"
+    info = client.run("node1", [sys.executable, "-u", "-c", COUNTER], name=name)
     try:
         wait_for(lambda: len(ticks(info["log"])) > 10)
         sent_before = tx_bytes(netcluster, "node2")
-        m = client.migrate("xcounter", "node2", strategy="cold").wait(timeout=60)
+        m = client.migrate(name, "node2", strategy="cold", page_server=page_server)
+        m = m.wait(timeout=60)
         assert m.state.value == "done", m.errors
         before = max(ticks(info["log"]))
         time.sleep(0.5)
         assert_went_on(ticks(info["log"]), before)
-        # the images went node1 -> node2 over the testbed link, to node2's testbed address
-        xfer = m.results["transfer"]
-        assert xfer["bytes"] > 0
+        # the images (and with the page server, the pages stream) went node1 -> node2
+        # over the testbed link, to node2's testbed address
+        from tasks.summary import downtime, summary
+
+        sent = summary(m)["bytes"]
+        assert sent > 0 and ("pages" in m.results["dump"]) is (page_server == "on")
         assert m.results["prepare"]["address"].startswith(netcluster.bed.address("node2") + ":")
-        assert tx_bytes(netcluster, "node2") - sent_before >= xfer["bytes"]
+        assert tx_bytes(netcluster, "node2") - sent_before >= sent
         # one copy, on node2
         assert not procs.alive(info["pid"]), "the source copy still runs"
         assert procs.alive(m.results["verify"]["pid"])
-        assert wait_for(lambda: where(netcluster, "xcounter") == {"node2"})
-        from tasks.summary import downtime
-
-        print(f"\nnode1 -> node2 over 1gbit: {downtime(m)}, {xfer['bytes']} bytes")
+        assert wait_for(lambda: where(netcluster, name) == {"node2"})
+        print(f"\nnode1 -> node2 over 1gbit, page server {page_server}: {downtime(m)}, "
+              f"{sent} bytes")
     finally:
-        kill_quietly(netcluster, "xcounter")
+        kill_quietly(netcluster, name)
 
 
 @pytest.mark.timeout(900)
