@@ -46,6 +46,7 @@ MARKER = "ferry-pages.json"  # the destination's digest of a finished pages sess
 BUFFER = 1 << 20
 _PROGRESS_S = 0.25
 _EXIT_WAIT_S = 30.0  # how long a page server may take to write its last pages and exit
+_ADMIT_S = 10.0  # how long the destination may take to admit a session
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,13 @@ class Relay:
         self._hasher = blake3.blake3()
         self._sent = 0
         self._first = self._last = 0.0
+        self._sending = False  # mid-chunk: waiting on the bandwidth cap or the socket
         self.stats: StreamStats | None = None
 
     def __enter__(self) -> int:
         t = self._target
         try:
-            self._tcp = socket.create_connection(t.address, timeout=t.stall_s)
+            self._tcp = socket.create_connection(t.address, timeout=max(t.stall_s, _ADMIT_S))
         except OSError as exc:
             host, port = t.address
             raise TransferError(f"pages stream: {host}:{port} does not answer: {exc}") from exc
@@ -103,6 +105,7 @@ class Relay:
             wire.send_frame(self._tcp, {"type": "pages", "v": wire.VERSION, "token": t.token(),
                                         "migration": t.migration, "subdir": t.subdir})
             wire.expect(wire.recv_frame(self._tcp), "ready")
+            self._tcp.settimeout(t.stall_s)
         except BaseException:
             self._tcp.close()
             raise
@@ -130,9 +133,9 @@ class Relay:
         told, corrupt = 0.0, t.corrupt
         try:
             while n := self._mine.recv_into(buf):
-                now = time.monotonic()
+                self._sending = True
                 if not self._sent:
-                    self._first = now
+                    self._first = time.monotonic()
                 chunk = buf[:n]
                 self._hasher.update(chunk)
                 if corrupt and self._sent + n > BUFFER // 2:  # well into the pages
@@ -142,9 +145,10 @@ class Relay:
                 if bucket is not None:
                     for at in range(0, n, bucket.burst):
                         bucket.take(min(bucket.burst, n - at))
-                self._tcp.sendall(chunk)
+                self._tcp.sendall(chunk)  # a peer silent for stall_s raises TimeoutError
                 self._sent += n
                 self._last = time.monotonic()
+                self._sending = False
                 if t.progress is not None and self._last - told >= _PROGRESS_S:
                     told = self._last
                     t.progress(self._sent, self._last - self._first)
@@ -161,9 +165,9 @@ class Relay:
             try:
                 data = self._tcp.recv(64 << 10)
             except TimeoutError:
-                busy = max(idle_since, self._last)
-                if time.monotonic() - busy < self._target.stall_s:
-                    continue
+                quiet = time.monotonic() - max(idle_since, self._last)
+                if self._sending or quiet < self._target.stall_s:
+                    continue  # the forward pump watches a stalled peer itself
                 break
             except OSError:
                 break

@@ -117,6 +117,16 @@ def test_the_bandwidth_cap_holds_and_progress_is_told(
     assert told[-1][0] <= relay.stats.bytes and told[-1][0] / told[-1][1] < 16e6 * 1.2
 
 
+def test_a_chunk_waiting_on_a_low_cap_is_not_a_stall(server: TransferServer, tmp_path: Path) -> None:
+    pid, _ = start_ticker(tmp_path, mib=1)
+    try:  # a chunk (~200 KiB from the socketpair) waits ~0.2 s for the cap: longer than the stall limit
+        relay = dump(server, pid, tmp_path / "src", fresh(), bandwidth_bps=1e6, stall_s=0.15)
+        assert relay.stats is not None and relay.stats.seconds > 1
+        check_pages(relay.stats.to_dict(), tmp_path / "dst" / "m1" / "final")
+    finally:
+        procs.kill_and_wait(pid)
+
+
 @pytest.mark.parametrize(
     ("token", "message"),
     [
