@@ -9,7 +9,10 @@ session with a fresh token for the migration::
     relay (source)                              receiver (destination)
     pages {v, token, migration, subdir}    ->
                                            <-   ready {}                 (or error)
-    CRIU's bytes, raw, then half-close     ->   <- the page server's replies, raw
+    CRIU's bytes, raw, then half-close     ->   <- the page server's replies, each a
+                                                   4-byte length and its bytes
+                                           <-   a zero length, then
+                                                done {bytes, blake3}     (or error)
 
 The receiver checks the token exactly as for files, then starts ``criu
 page-server --ps-socket`` on one end of a socketpair (CRIU reuses a connected
@@ -17,17 +20,22 @@ socket: no port is listened on) and splices the connection to the other
 (:func:`serve_pages`). CRIU's socket is a unix one on both sides, so its corked
 last command costs no 200 ms wait with the tree frozen.
 
-Both ends hash what CRIU sent with BLAKE3. The source's digest travels with
-the dump's result (the control plane); the destination writes its own to
-``ferry-pages.json`` beside the images once its page server has exited, and
-the restore refuses images whose digest differs (:func:`check_pages`).
+Both ends hash what CRIU sent with BLAKE3. Once its page server has exited,
+the destination writes its digest to ``ferry-pages.json`` beside the images
+and tells the source: ``done`` with its digest, or ``error`` with why its
+page server failed (a full disk is NoSpace). The relay fails the dump on an
+error or a digest that differs; the source's digest also travels with the
+dump's result (the control plane), and the restore refuses images whose
+digest differs from it (:func:`check_pages`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -39,7 +47,9 @@ from typing import Any
 import blake3
 
 from workers import wire
-from workers.errors import CriuError, IntegrityError, TransferError
+from workers.criu import explain
+from workers.errors import CriuError, FerryError, IntegrityError, PermanentError, TransferError
+from workers.landing import store_error
 from workers.throttle import TokenBucket
 
 MARKER = "ferry-pages.json"  # the destination's digest of a finished pages session
@@ -47,6 +57,7 @@ BUFFER = 1 << 20
 _PROGRESS_S = 0.25
 _EXIT_WAIT_S = 30.0  # how long a page server may take to write its last pages and exit
 _ADMIT_S = 10.0  # how long the destination may take to admit a session
+_LENGTH = struct.Struct(">I")
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,10 @@ class Relay:
     ``with Relay(target) as fd`` connects and is admitted (TokenError,
     CapabilityError... as the receiver replies; TransferError if it does not
     answer) before CRIU starts; :attr:`stats` is set once the block ends.
+    Leaving the block checks the destination's verdict: its error replaces a
+    failed dump's CriuError (chained), and after a dump that succeeded an
+    error, a differing digest (IntegrityError) or no verdict at all
+    (TransferError) is raised.
     """
 
     def __init__(self, target: PagesTarget) -> None:
@@ -91,6 +106,7 @@ class Relay:
         self._sent = 0
         self._first = self._last = 0.0
         self._sending = False  # mid-chunk: waiting on the bandwidth cap or the socket
+        self._verdict: dict[str, Any] | None = None  # the destination's last frame
         self.stats: StreamStats | None = None
 
     def __enter__(self) -> int:
@@ -117,15 +133,30 @@ class Relay:
             self._threads.append(thread)
         return self._criu.fileno()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, failure: BaseException | None, tb: object) -> None:
         self._criu.close()  # CRIU has exited: its end reads EOF, and so does the peer
         for thread in self._threads:
-            thread.join(timeout=self._target.stall_s + 5)
+            thread.join(timeout=self._target.stall_s + _EXIT_WAIT_S)
         for sock in (self._mine, self._tcp):
             _shut(sock, socket.SHUT_RDWR)  # wakes a pump stuck on a silent peer
             sock.close()
         self.stats = StreamStats(self._sent, self._hasher.hexdigest(),
                                  max(0.0, self._last - self._first))
+        verdict = self._verdict
+        if verdict is not None and verdict.get("type") == "error":
+            try:
+                wire.raise_error(verdict)
+            except FerryError as theirs:
+                raise theirs from failure  # why the destination failed, not just a broken pipe
+        if failure is not None:
+            return
+        if verdict is None:
+            raise TransferError("pages stream: the destination never said how its page server ended")
+        if (verdict.get("type"), verdict.get("bytes"), verdict.get("blake3")) != \
+                ("done", self.stats.bytes, self.stats.blake3):
+            raise IntegrityError(
+                f"pages stream digest does not match the source's ({verdict.get('bytes')} "
+                f"bytes landed, {self.stats.bytes} sent): the dump does not count")
 
     def _forward(self, bucket: TokenBucket | None) -> None:
         """CRIU's bytes to the destination: hashed, throttled, counted."""
@@ -159,27 +190,37 @@ class Relay:
             _shut(self._mine, socket.SHUT_RD)
 
     def _backward(self) -> None:
-        """The page server's replies to CRIU; a destination silent too long ends the stream."""
-        idle_since = time.monotonic()
-        while True:
-            try:
-                data = self._tcp.recv(64 << 10)
-            except TimeoutError:
-                quiet = time.monotonic() - max(idle_since, self._last)
-                if self._sending or quiet < self._target.stall_s:
-                    continue  # the forward pump watches a stalled peer itself
-                break
-            except OSError:
-                break
-            if not data:
-                break
-            idle_since = time.monotonic()
-            try:
-                self._mine.sendall(data)
-            except OSError:
-                break
+        """The page server's replies to CRIU, then the verdict; a destination silent
+        too long ends the stream."""
+        try:
+            while n := _LENGTH.unpack(self._read(_LENGTH.size))[0]:
+                self._mine.sendall(self._read(n))
+            _shut(self._mine, socket.SHUT_WR)  # the page server is done: so is CRIU's socket
+            (size,) = _LENGTH.unpack(self._read(_LENGTH.size))
+            if size > wire.MAX_FRAME:
+                raise TransferError(f"pages stream: a verdict of {size} bytes")
+            self._verdict = json.loads(self._read(size))
+        except (OSError, ValueError, FerryError):
+            pass  # no verdict: __exit__ says so if CRIU did not fail first
         _shut(self._mine, socket.SHUT_WR)
         _shut(self._tcp, socket.SHUT_RDWR)
+
+    def _read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes from the destination, however long the forward pump waits."""
+        buf = memoryview(bytearray(n))
+        got, heard = 0, time.monotonic()
+        while got < n:
+            try:
+                k = self._tcp.recv_into(buf[got:])
+            except TimeoutError:
+                quiet = time.monotonic() - max(heard, self._last)
+                if self._sending or quiet < self._target.stall_s:
+                    continue  # the forward pump watches a stalled peer itself
+                raise
+            if not k:
+                raise TransferError("pages stream: the destination hung up")
+            got, heard = got + k, time.monotonic()
+        return bytes(buf)
 
 
 def serve_pages(conn: socket.socket, images: Path,
@@ -214,7 +255,7 @@ def serve_pages(conn: socket.socket, images: Path,
     thread.start()
     try:
         while data := ours.recv(64 << 10):
-            conn.sendall(data)
+            conn.sendall(_LENGTH.pack(len(data)) + data)
     except OSError:
         proc.kill()
     try:
@@ -222,13 +263,38 @@ def serve_pages(conn: socket.socket, images: Path,
     except subprocess.TimeoutExpired:
         proc.kill()
         status = proc.wait()
-    _shut(conn, socket.SHUT_RDWR)  # the source's forward pump stops if it still runs
+    _shut(conn, socket.SHUT_RD)  # the source's forward pump stops if it still runs
     thread.join()
     ours.close()
+    verdict: dict[str, object] = {"type": "done", "bytes": got[0], "blake3": hasher.hexdigest()}
+    if status != 0:
+        verdict = wire.error_message(_failure(images / "page-server.log", status))
     tmp = images / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps({"bytes": got[0], "blake3": hasher.hexdigest(), "exit": status}))
-    os.replace(tmp, images / MARKER)
+    try:
+        tmp.write_text(json.dumps({"bytes": got[0], "blake3": hasher.hexdigest(), "exit": status}))
+        os.replace(tmp, images / MARKER)
+    except OSError as exc:  # a full disk, most likely: no marker, so no restore either
+        tmp.unlink(missing_ok=True)
+        if status == 0:
+            verdict = wire.error_message(store_error(f"{images / MARKER}", exc))
+    try:
+        conn.sendall(_LENGTH.pack(0))
+        wire.send_frame(conn, verdict)
+    except OSError:
+        pass  # the source is gone: its dump failed already
     return got[0]
+
+
+def _failure(log: Path, status: int) -> FerryError:
+    """Why a page server exited with ``status``, from its log: NoSpace for a full disk."""
+    code, detail = explain(log)
+    # CRIU's pr_perror ends a line with strerror(errno), not the number
+    code = code or next((c for c in (errno.ENOSPC, errno.EDQUOT)
+                         if detail.endswith(os.strerror(c))), 0)
+    if code:
+        return store_error("destination's page server", OSError(code, detail))
+    return PermanentError(f"destination's page server exited with status {status}: "
+                          f"{detail or 'no error in its log'}")
 
 
 def check_pages(sent: dict[str, Any], images: Path, wait_s: float = 10.0) -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from workers.errors import BadRequest
-from workers.pagestream import PagesTarget, StreamStats
+
+if TYPE_CHECKING:  # workers.pagestream reads CRIU's logs through workers.criu, which needs this
+    from workers.pagestream import PagesTarget, StreamStats
 
 CONTAINER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")  # \Z: "$" would let a trailing newline in
 

@@ -70,10 +70,7 @@ def tiny_incoming(faults) -> Iterator[FaultCluster]:  # type: ignore[no-untyped-
 
 @pytest.mark.parametrize("strategy,page_server", [
     ("cold", "off"), ("delta", "off"),
-    pytest.param("cold", "on", marks=pytest.mark.xfail(strict=True, reason=(
-        "streamed pages: the destination's page server fails with ENOSPC, but the "
-        "source's dump only sees 'Broken pipe' (no error frame after ready), so the "
-        "record does not say the disk was full")))])
+    ("cold", "on")])  # streamed pages: the destination's verdict says its disk was full
 def test_a_full_destination_disk_rolls_back(tiny_incoming: FaultCluster, strategy: str,
                                             page_server: str) -> None:
     name = f"d-full-{strategy}-{page_server}"

@@ -20,7 +20,7 @@ from tests.conftest import criu_works, need
 from tests.integration.helpers import assert_went_on, ticks, wait_for
 from workers import procs
 from workers.criu import Criu
-from workers.errors import CriuError, IntegrityError, TokenError, TransferError
+from workers.errors import CriuError, IntegrityError, PermanentError, TokenError, TransferError
 from workers.pagestream import MARKER, PagesTarget, Relay, check_pages
 from workers.tokens import issue_token
 from workers.transfer import TransferServer, send_files
@@ -160,12 +160,15 @@ def test_a_replayed_token_is_refused(
     assert {p.name: p.stat().st_mtime_ns for p in landed.iterdir()} == first
 
 
-def test_a_flipped_byte_is_caught_and_the_images_refused(
+def test_a_flipped_byte_fails_the_dump_and_the_images_are_refused(
     server: TransferServer, tmp_path: Path, ticker: tuple[int, Path, list[int]]
 ) -> None:
     pid, _, _ = ticker
-    relay = dump(server, pid, tmp_path / "src", fresh(), corrupt=True)
+    relay = Relay(PagesTarget(server.address, fresh(), "m1", "final", corrupt=True))
+    with pytest.raises(IntegrityError, match="digest does not match"), relay as fd:
+        Criu().dump(pid, tmp_path / "src", leave_stopped=True, ps_socket=fd)
     assert relay.stats is not None
+    # and were the dump taken anyway, the restore would refuse what landed
     with pytest.raises(IntegrityError, match="digest does not match"):
         check_pages(relay.stats.to_dict(), tmp_path / "dst" / "m1" / "final")
 
@@ -183,8 +186,10 @@ def test_the_page_server_dying_mid_dump_fails_it_and_the_tree_runs_on(
         killer = threading.Thread(target=_kill_page_server_when_busy, args=(tmp_path,),
                                   daemon=True)
         killer.start()
-        with pytest.raises(CriuError):  # the cap keeps the dump going for ~10 s
+        # the cap keeps the dump going for ~10 s; the destination says why it failed
+        with pytest.raises(PermanentError, match="page server exited with status -9") as err:
             dump(server, pid, tmp_path / "src", fresh(), bandwidth_bps=25e6)
+        assert isinstance(err.value.__cause__, CriuError)  # what CRIU saw: a broken pipe
         killer.join()
         os.kill(pid, signal.SIGCONT)  # what the source's RESUME does after --leave-stopped
         before = max(ticks(log))
