@@ -149,6 +149,8 @@ class SimRuntime:
         """
         mem = self._mem(str(rec["name"]))
         wl = self._workload(rec)
+        if not mem.exists():  # a container of a sim without memories: it starts one now
+            self._fresh_memory(str(rec["name"]), wl.memory)
         ran = 0.0
         if rec["state"] == "running":
             ran = now - max(mem.stat().st_mtime, float(rec["since"]))  # type: ignore[arg-type]

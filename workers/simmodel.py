@@ -15,13 +15,13 @@ shrink towards the hot set (plus the cold trickle of one pass), as a real
 workload with a working set does:
 
     >>> m = SimModel()
-    >>> mem = 64 << 20                                    # 16384 pages
-    >>> dirtied_pages(m, mem, 0.0)
-    0
-    >>> dirtied_pages(m, mem, 0.1)                        # 0.1 s: ~ rate * t
-    157
-    >>> dirtied_pages(m, mem, 10.0) < pages(mem) // 3     # 10 s: the hot set and a trickle
-    True
+    >>> wl = workload(m, {"sim.memory": str(64 << 20)})   # 16384 pages, 1639 of them hot
+    >>> dirtied(wl, 0.0, m.hot_writes)
+    (0, 0)
+    >>> dirtied(wl, 0.1, m.hot_writes)                    # 0.1 s: ~ rate * t, 90 % hot
+    (141, 16)
+    >>> dirtied(wl, 10.0, m.hot_writes)                   # 10 s: the whole hot set and a trickle
+    (1639, 1551)
 """
 
 from __future__ import annotations
@@ -103,11 +103,6 @@ def dirtied(wl: Workload, seconds: float, hot_writes: float) -> tuple[int, int]:
     writes = wl.dirty_bps / PAGE * max(seconds, 0.0)
     share = hot_writes if hot else 0.0
     return round(_distinct(hot, writes * share)), round(_distinct(total - hot, writes * (1 - share)))
-
-
-def dirtied_pages(model: SimModel, memory: int, seconds: float) -> int:
-    """Distinct pages a container of ``memory`` bytes and default dirtying dirties in ``seconds``."""
-    return sum(dirtied(workload(model, {"sim.memory": str(memory)}), seconds, model.hot_writes))
 
 
 def windows(wl: Workload, hot_cold: tuple[int, int], turn: int) -> list[tuple[int, int]]:
