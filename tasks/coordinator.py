@@ -35,15 +35,17 @@ def register(app: Celery, store: Store) -> None:
     evacuation_tasks(app, store)
 
     # No one waits on a control task's result (the record says what happened):
-    # the result backend is not written.
-    @app.task(name="ferry.control.start", bind=True, ignore_result=True)
+    # the result backend gets only failures.
+    @app.task(name="ferry.control.start", bind=True, ignore_result=True,
+              store_errors_even_if_ignored=True)
     def start(self: Task, mid: str) -> dict[str, Any]:
         """Start migration ``mid`` (its record exists, PENDING)."""
         m, sends, _ = store.apply(mid, Event("start", time.time()))
         dispatch(app, mid, sends)
         return {"migration": mid, "state": m.state.value}
 
-    @app.task(name="ferry.control.cancel", bind=True, ignore_result=True)
+    @app.task(name="ferry.control.cancel", bind=True, ignore_result=True,
+              store_errors_even_if_ignored=True)
     def cancel(self: Task, mid: str) -> dict[str, Any]:
         """Roll migration ``mid`` back, if it is not past its point of no return."""
         m, sends, _ = store.apply(mid, Event("cancel", time.time()))

@@ -293,7 +293,8 @@ def register(app: Celery, store: Store, settings: Settings | None = None) -> Non
     """Register ``ferry.control.evacuate_tick`` on ``app`` (the coordinator's)."""
     clients: list[Ferry] = []
 
-    @app.task(name=TICK_TASK, bind=True, ignore_result=True)  # 4 a second: the record is the result
+    # 4 a second: the record is the result; the backend gets only failures
+    @app.task(name=TICK_TASK, bind=True, ignore_result=True, store_errors_even_if_ignored=True)
     def evacuate_tick(self: Task, eid: str) -> dict[str, Any]:
         """Advance evacuation ``eid`` once; it sends itself again until every container is done."""
         if not clients:
