@@ -68,8 +68,12 @@ def sweep(app: Celery, store: Store, timeouts: Timeouts, node_ttl_s: float) -> i
         for role, at in n.get("workers", {}).items():
             restarted[f"{n['name']}/{role}"] = float(at)
     applied = 0
-    if store.restarted():
-        for mid in store.active():
+    since = store.restarted(now)
+    if since is not None:
+        # In flight now, or finished since the coordinator last looked (a busy
+        # coordinator may look only after a quick migration is done).
+        touched = {m.id for m in store.iter_migrations(200) if m.updated >= since}
+        for mid in sorted(touched | set(store.active())):
             store.update(mid, _noted_restart, "redis-restarted")
     for mid in store.active():
         try:
@@ -88,7 +92,7 @@ def sweep(app: Celery, store: Store, timeouts: Timeouts, node_ttl_s: float) -> i
 
 
 def _noted_restart(m: Migration) -> Migration:
-    where = m.phase.value if m.phase else m.state.value
+    where = m.phase.value if m.phase and not m.state.final else "its last steps"
     return replace(m, warnings=(*m.warnings, f"the state store (Redis) restarted during {where}"))
 
 

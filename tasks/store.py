@@ -9,7 +9,7 @@ Keys (all under ``ferry:``)::
     ferry:node:<name>         JSON node record (probe, address, containers, heartbeat)
     ferry:nodes               set of node names
     ferry:cordon:<name>       present while the node is cordoned
-    ferry:redis-run-id        the Redis run_id the coordinator last saw (restarts)
+    ferry:redis-run-id        [run_id, when] the coordinator last saw Redis (restarts)
 """
 
 from __future__ import annotations
@@ -141,18 +141,21 @@ class Store:
         self.r.expire(key, 7 * 86400)
         return n
 
-    def restarted(self) -> bool:
-        """Whether Redis restarted since the last call (anyone's): its run_id changed.
-
-        False when the first call, or when the ACL refuses INFO (docs/security.md
-        grants it).
+    def restarted(self, now: float) -> float | None:
+        """If Redis restarted since the last call (anyone's; its run_id changed), the
+        time of that call: the restart came after it. None otherwise, on the first
+        call, or when the ACL refuses INFO (docs/security.md grants it).
         """
         try:
             run_id = str(self.r.info("server")["run_id"])
         except redis.ResponseError:  # NOPERM: INFO not granted
-            return False
-        last = self.r.getset("ferry:redis-run-id", run_id)
-        return last is not None and str(last) != run_id
+            return None
+        last = self.r.getset("ferry:redis-run-id", json.dumps([run_id, now]))
+        try:
+            old, seen = json.loads(str(last))
+        except (TypeError, ValueError):
+            return None
+        return float(seen) if old != run_id else None
 
     # -- nodes ---------------------------------------------------------------
     def put_node(self, name: str, record: dict[str, Any]) -> None:
