@@ -49,7 +49,8 @@ FAULTS = [("kill", s, p) for s, points in (("cold", COLD), ("postcopy", POSTCOPY
     [("redis", s, p) for s, points in REDIS.items() for p in points] + \
     [("drop", "cold", "transfer"), ("drop", "delta", "precopy"), ("drop", "cold", "dump"),
      ("corrupt", "cold", "receive"), ("corrupt", "delta", "receive"),
-     ("disk-full", "cold", "incoming"), ("disk-full", "delta", "incoming")]
+     ("disk-full", "cold", "incoming"), ("disk-full", "delta", "incoming"),
+     ("disk-full", "cold", "streamed")]
 
 
 def one_round(c: FaultCluster, rds: PrivateRedis, kind: str, strategy: str, where: str,
@@ -63,8 +64,10 @@ def one_round(c: FaultCluster, rds: PrivateRedis, kind: str, strategy: str, wher
             undo.callback(c.disarm)
         if kind == "disk-full":
             undo.enter_context(full_disk(c, dst))
-        extra = {"bandwidth_bps": CAP_BPS, "page_server": "on" if where == "dump" else "off"} \
-            if kind == "drop" else {"page_server": "off"} if kind == "disk-full" else {}
+        # the pages cross in the dump (streamed) or as files
+        streamed = {"page_server": "on" if where in ("dump", "streamed") else "off"}
+        extra = {"bandwidth_bps": CAP_BPS, **streamed} if kind == "drop" else \
+            streamed if kind == "disk-full" else {}
         handle = c.client.migrate(name, dst, strategy=strategy, **extra)
         if kind == "redis":
             restart_redis_in(c, rds, handle.id, where)
