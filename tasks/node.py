@@ -175,8 +175,4 @@ def _register_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, u
 
     body.__name__ = phase.value
     body.__doc__ = f"The {phase.value} phase of a migration, on {ctx.node}."
-    # Nobody waits on a phase task: its outcome is in the migration record, so
-    # Celery's result backend gets only its failures (a refused message says why
-    # there), not two writes a task kept for days.
-    app.task(name=f"ferry.node.{phase.value}", bind=True, ignore_result=True,
-             store_errors_even_if_ignored=True)(body)
+    app.task(name=f"ferry.node.{phase.value}", bind=True)(body)
