@@ -74,7 +74,10 @@ def sweep(app: Celery, store: Store, timeouts: Timeouts, node_ttl_s: float) -> i
         # coordinator may look only after a quick migration is done).
         touched = {m.id for m in store.iter_migrations(200) if m.updated >= since}
         for mid in sorted(touched | set(store.active())):
-            store.update(mid, _noted_restart, "redis-restarted")
+            try:
+                store.update(mid, _noted_restart, "redis-restarted")
+            except BadRequest:  # its record is gone
+                continue
     for mid in store.active():
         try:
             m = store.get(mid)
