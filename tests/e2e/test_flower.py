@@ -3,11 +3,13 @@
 SIMULATED nodes (the sim runtime) run the migration: this tests what Flower
 shows, not CRIU. Chromium is Debian's (``apt-get install chromium``), driven
 by Playwright from PyPI (``pip install playwright``; no ``playwright
-install``). Screenshots land in docs/screenshots/.
+install``). Screenshots land in $FERRY_SCREENSHOTS, else a temp dir:
+``FERRY_SCREENSHOTS=docs/screenshots`` refreshes the docs' pictures.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import socket
@@ -20,14 +22,13 @@ from typing import Any
 
 import pytest
 
-from tasks.localcluster import ROOT, LocalCluster
+from tasks.localcluster import LocalCluster
 from tests.conftest import cluster_env, need
 from tests.integration.helpers import wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-SHOTS = ROOT / "docs" / "screenshots"
 # transfer and verify run inside the dump and restore tasks (the freeze window, no queue
 # in between): their progress shows on those tasks
 PHASES = ("prepare", "dump", "restore", "cleanup")
@@ -76,7 +77,7 @@ def _get(url: str, auth: tuple[str, str]) -> int:
         return 0
 
 
-def test_flower_shows_each_phase_and_a_running_transfer_s_progress(flower: Any) -> None:
+def test_flower_shows_each_phase_and_a_running_transfer_s_progress(flower: Any, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     c, url, (user, password) = flower
@@ -86,7 +87,8 @@ def test_flower_shows_each_phase_and_a_running_transfer_s_progress(flower: Any) 
     # 1 MiB of sim memory (its images) at 200 kB/s: the transfer runs for about 5 s, long
     # enough to look at
     m = client.migrate("flowerweb", "f2", strategy="cold", bandwidth_bps=200e3)
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    shots = Path(os.environ.get("FERRY_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         def new_page() -> Any:  # a context of its own: Flower keeps the last search in storage
@@ -101,12 +103,12 @@ def test_flower_shows_each_phase_and_a_running_transfer_s_progress(flower: Any) 
         text = row.inner_text()
         assert "PROGRESS" in text and "transfer of flowerweb (f1 -> f2, cold)" in text, text
         assert m.id in text  # the args: (migration id, step)
-        page.screenshot(path=str(SHOTS / "flower-tasks-progress.png"), full_page=True)
+        page.screenshot(path=str(shots / "flower-tasks-progress.png"), full_page=True)
         row.locator("a[href*='/task/']").first.click()
         page.wait_for_selector("text=Task details")
         body = page.inner_text("#task-page")
         assert "ferry.node.dump" in body and "PROGRESS" in body and " MiB at " in body, body
-        page.screenshot(path=str(SHOTS / "flower-task.png"), full_page=True)
+        page.screenshot(path=str(shots / "flower-task.png"), full_page=True)
 
         assert client.status(m.id).state.value in ("running", "done")
         assert m.wait(timeout=60).state.value == "done"
@@ -119,6 +121,6 @@ def test_flower_shows_each_phase_and_a_running_transfer_s_progress(flower: Any) 
                 timeout=15_000)
         shown = table.inner_text()
         assert m.id in shown and "SUCCESS" in shown and "ferry.control.start" in shown
-        page.screenshot(path=str(SHOTS / "flower-tasks.png"), full_page=True)
+        page.screenshot(path=str(shots / "flower-tasks.png"), full_page=True)
         browser.close()
     client.kill("flowerweb")
