@@ -203,7 +203,8 @@ def test_moves_pending_to_a_destination_that_is_cordoned_meanwhile_go_elsewhere(
     assert rep["counts"]["moved"] == 4, rep
     on_e3 = [r["container"] for r in rep["containers"] if r["dst"] == "e3"]
     assert len(on_e3) <= 1, "only a move started before the cordon may land on e3"
-    assert h.record()["excluded"] == {"e3": "it was cordoned"}
+    excluded = h.record()["excluded"]  # seen by the tick, or by the migrate it refused
+    assert list(excluded) == ["e3"] and "cordoned" in excluded["e3"], excluded
     assert set(where(evac)) >= set(infos)
 
 
