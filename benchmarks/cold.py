@@ -46,7 +46,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,9 +57,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import redis
 
-from benchmarks.machine import machine
+from benchmarks.machine import kill_all, machine
 from tasks.broker import stop_embedded
 from tasks.client import Ferry
 from tasks.localcluster import LocalCluster
@@ -202,15 +200,6 @@ def testbed_cluster(where: Path, wait_s: float) -> Iterator[tuple[Ferry, Any, fl
     finally:
         cluster.down()
         shutil.rmtree(base, ignore_errors=True)
-
-
-def kill_all(client: Ferry) -> None:
-    try:
-        for c in client.containers():
-            if c.get("pid", 0) > 0:
-                subprocess.run(["kill", "-9", str(c["pid"])], capture_output=True, check=False)
-    except (FerryError, redis.RedisError) as exc:  # the cluster is going down anyway
-        print(f"warning: could not list containers to kill them: {exc}", file=sys.stderr)
 
 
 # -- measuring -------------------------------------------------------------------------

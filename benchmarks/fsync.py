@@ -44,8 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cold import kill_all
-from benchmarks.machine import machine
+from benchmarks.machine import kill_all, machine
 from tasks.broker import stop_embedded
 from tasks.client import Ferry
 from tasks.localcluster import LocalCluster

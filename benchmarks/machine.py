@@ -1,4 +1,5 @@
-"""The machine a benchmark ran on, recorded beside its numbers."""
+"""What the benchmarks share: the machine a benchmark ran on (recorded beside its
+numbers), and killing a benchmark cluster's containers."""
 
 from __future__ import annotations
 
@@ -6,8 +7,14 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+import redis
+
+from tasks.client import Ferry
+from workers.errors import FerryError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,3 +69,13 @@ def machine() -> dict[str, Any]:
         "commit": out("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"),
         "tree_dirty": bool(dirty),
     }
+
+
+def kill_all(client: Ferry) -> None:
+    """Kill -9 every container the cluster lists: a benchmark's cluster is going down."""
+    try:
+        for c in client.containers():
+            if c.get("pid", 0) > 0:
+                subprocess.run(["kill", "-9", str(c["pid"])], capture_output=True, check=False)
+    except (FerryError, redis.RedisError) as exc:  # the cluster is going down anyway
+        print(f"warning: could not list containers to kill them: {exc}", file=sys.stderr)
