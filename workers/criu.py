@@ -15,6 +15,7 @@ import struct
 import subprocess
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,14 +139,23 @@ class Criu:
             time.sleep(0.002)
         return proc
 
-    def page_server(self, images: Path, sock: int) -> subprocess.Popen[bytes]:
+    def page_server(self, images: Path, sock: int) -> PipedLog:
         """Start ``criu page-server`` on the connected socket ``sock``, writing into ``images``.
 
         It listens on nothing: it serves the one dump at the other end of
         ``sock`` and exits when that dump disconnects, 0 if all went well.
+        Its log comes through a pipe (:class:`PipedLog`): the disk it fills
+        is the one its log would be on, and a log cut mid-line by a full disk
+        hides why it failed.
         """
-        return self._spawn(["page-server", "-D", str(images), "-o", "page-server.log", "-v4",
-                            "--ps-socket", str(sock)], pass_fds=(sock,))
+        argv = ["page-server", "-D", str(images), "-o", "-", "-v4", "--ps-socket", str(sock)]
+        try:
+            proc = subprocess.Popen([self.binary, *argv], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True, pass_fds=(sock,))
+        except FileNotFoundError as exc:
+            raise CriuError(argv[0], 2, None, f"{self.binary} not found: run ops/install-criu.sh") from exc
+        return PipedLog(proc, images / "page-server.log")
 
     def _spawn(self, argv: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         try:
@@ -194,12 +204,78 @@ class Criu:
             raise CriuError(op, errno, log, detail)
 
 
+class PipedLog:
+    """A running CRIU whose log (``-o -``) comes through a pipe.
+
+    The log is copied to ``path`` as it comes, for as long as that disk
+    takes it; the error lines and the last lines stay in memory too
+    (:meth:`text`), so a full disk cannot hide why CRIU failed.
+    """
+
+    _TAIL = 64  # lines kept besides the error lines
+
+    def __init__(self, proc: subprocess.Popen[bytes], path: Path) -> None:
+        self.proc = proc
+        self.path = path
+        self._errors: list[str] = []
+        self._tail: deque[str] = deque(maxlen=self._TAIL)
+        self._tap = threading.Thread(target=self._copy, daemon=True, name="criu-log")
+        self._tap.start()
+
+    def _copy(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            out = self.path.open("wb")
+        except OSError:
+            out = None
+        for raw in self.proc.stdout:
+            if out is not None:
+                try:
+                    out.write(raw)
+                    out.flush()
+                except OSError:  # the disk is full: the lines still reach text()
+                    out = None
+            line = raw.decode(errors="replace").rstrip("\n")
+            (self._errors if _ERROR_LINE.search(line) else self._tail).append(line)
+        if out is not None:
+            try:
+                out.close()
+            except OSError:
+                pass
+        self.proc.wait()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit status, once CRIU has exited and its whole log is read."""
+        status = self.proc.wait(timeout=timeout)
+        self._tap.join(timeout=5)  # a child of CRIU's could hold the pipe open
+        return status
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def text(self) -> str:
+        """The error lines, then the last lines: enough for :func:`explain_text`."""
+        return "\n".join([*self._errors, *self._tail])
+
+
 def explain(log: Path, stderr: str = "") -> tuple[int, str]:
     """The errno and the first error line of a failed CRIU call's log."""
     try:
         text = log.read_text(errors="replace")
     except OSError:
         text = stderr
+    return explain_text(text, stderr)
+
+
+def explain_text(text: str, stderr: str = "") -> tuple[int, str]:
+    """The errno and the first error line of a failed CRIU call's log ``text``.
+
+    >>> explain_text("(00.1) Error (criu/page-xfer.c:1121): page-xfer: "
+    ...              "Unable to spice data: No space left on device")
+    (0, 'page-xfer: Unable to spice data: No space left on device')
+    >>> explain_text("(00.1) Error (criu/cr-dump.c:1): Can't dump (errno 3)")
+    (3, "Can't dump (errno 3)")
+    """
     for line in text.splitlines():
         match = _ERROR_LINE.search(line)
         if match and not match.group(1).startswith(_HARMLESS):

@@ -47,7 +47,7 @@ from typing import Any
 import blake3
 
 from workers import wire
-from workers.criu import explain
+from workers.criu import PipedLog, explain_text
 from workers.errors import CriuError, FerryError, IntegrityError, PermanentError, TransferError
 from workers.landing import store_error
 from workers.throttle import TokenBucket
@@ -224,7 +224,7 @@ class Relay:
 
 
 def serve_pages(conn: socket.socket, images: Path,
-                page_server: Callable[[Path, int], subprocess.Popen[bytes]]) -> int:
+                page_server: Callable[[Path, int], PipedLog]) -> int:
     """Run one admitted pages session on ``conn``: CRIU's page server writes into ``images``.
 
     Earlier pages in ``images`` (a dump that died half-way) are dropped first.
@@ -268,7 +268,7 @@ def serve_pages(conn: socket.socket, images: Path,
     ours.close()
     verdict: dict[str, object] = {"type": "done", "bytes": got[0], "blake3": hasher.hexdigest()}
     if status != 0:
-        verdict = wire.error_message(_failure(images / "page-server.log", status))
+        verdict = wire.error_message(_failure(proc.text(), status))
     tmp = images / f".{MARKER}.tmp"
     try:
         tmp.write_text(json.dumps({"bytes": got[0], "blake3": hasher.hexdigest(), "exit": status}))
@@ -285,9 +285,9 @@ def serve_pages(conn: socket.socket, images: Path,
     return got[0]
 
 
-def _failure(log: Path, status: int) -> FerryError:
-    """Why a page server exited with ``status``, from its log: NoSpace for a full disk."""
-    code, detail = explain(log)
+def _failure(log: str, status: int) -> FerryError:
+    """Why a page server exited with ``status``, from its ``log``: NoSpace for a full disk."""
+    code, detail = explain_text(log)
     # CRIU's pr_perror ends a line with strerror(errno), not the number
     code = code or next((c for c in (errno.ENOSPC, errno.EDQUOT)
                          if detail.endswith(os.strerror(c))), 0)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 from workers import failpoints, wire
+from workers.criu import PipedLog
 from workers.errors import (
     BadRequest,
     CapabilityError,
@@ -59,7 +59,7 @@ class Receiver:
         stall_timeout_s: float,
         resume_window_s: float,
         fsync: bool,
-        page_server: Callable[[Path, int], subprocess.Popen[bytes]] | None = None,
+        page_server: Callable[[Path, int], PipedLog] | None = None,
         failpoints: Path | None = None,
     ) -> None:
         self._root, self._secret, self._node = root, secret, node

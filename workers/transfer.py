@@ -15,13 +15,13 @@ import logging
 import os
 import random
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from workers import sender, wire
+from workers.criu import PipedLog
 from workers.errors import BadRequest, TransferError
 from workers.receiver import Receiver
 from workers.sender import COMPRESSORS, MIN_COMPRESS, SendStats
@@ -61,7 +61,7 @@ class TransferServer:
         resume_window_s: float = 600.0,
         fsync: bool = False,
         max_sessions: int = 64,
-        page_server: Callable[[Path, int], subprocess.Popen[bytes]] | None = None,
+        page_server: Callable[[Path, int], PipedLog] | None = None,
         failpoints: Path | None = None,
     ) -> None:
         self._bind, self._max_sessions = (host, port), max_sessions

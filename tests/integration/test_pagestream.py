@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -20,7 +21,14 @@ from tests.conftest import criu_works, need
 from tests.integration.helpers import assert_went_on, ticks, wait_for
 from workers import procs
 from workers.criu import Criu
-from workers.errors import CriuError, IntegrityError, PermanentError, TokenError, TransferError
+from workers.errors import (
+    CriuError,
+    IntegrityError,
+    NoSpace,
+    PermanentError,
+    TokenError,
+    TransferError,
+)
 from workers.pagestream import MARKER, PagesTarget, Relay, check_pages
 from workers.tokens import issue_token
 from workers.transfer import TransferServer, send_files
@@ -198,6 +206,36 @@ def test_the_page_server_dying_mid_dump_fails_it_and_the_tree_runs_on(
         assert marker["exit"] != 0
     finally:
         procs.kill_and_wait(pid)
+
+
+def test_a_full_destination_disk_is_no_space_whatever_the_log_file_got(tmp_path: Path) -> None:
+    """The page server's log is on the disk it fills: its reason must not depend on that file."""
+    ok, why = criu_works()
+    need(ok, why)
+    need(os.geteuid() == 0, "mounting a tmpfs for the full disk needs root")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(dst)], check=True)
+    try:
+        filler = os.open(dst / "filler", os.O_WRONLY | os.O_CREAT)
+        try:  # not a byte left, not even for the log
+            while os.write(filler, b"\0" * 4096):
+                pass
+        except OSError as full:
+            assert full.errno == errno.ENOSPC
+        finally:
+            os.close(filler)
+        s = TransferServer(dst, SECRET, "pi2", page_server=Criu().page_server)
+        s.start()
+        pid, _ = start_ticker(tmp_path, mib=8)
+        try:
+            with pytest.raises(NoSpace, match="No space left"):
+                dump(s, pid, tmp_path / "src", fresh())
+        finally:
+            procs.kill_and_wait(pid)
+            s.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(dst)], check=True)
 
 
 def test_nobody_listening_is_a_transfer_error(tmp_path: Path) -> None:
