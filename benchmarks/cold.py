@@ -59,10 +59,10 @@ sys.path.insert(0, str(ROOT))
 
 
 from benchmarks.machine import kill_all, machine
-from tasks.broker import stop_embedded
-from tasks.client import Ferry
-from tasks.localcluster import LocalCluster
-from tasks.summary import downtime, summary
+from tasks.config.broker import stop_embedded
+from tasks.api.client import Ferry
+from tasks.api.localcluster import LocalCluster
+from tasks.core.summary import downtime, summary
 from workers.errors import FerryError, PermanentError
 
 HOLDER = (
@@ -215,7 +215,7 @@ def stamps(log: str) -> list[float]:
 def observed_gap_ms(log: str, start: float, end: float) -> float | None:
     """The longest silence of the counter between ``start`` and ``end``, less its 50 ms sleep.
 
-    A check on the downtime that tasks.summary computes from the phases' own
+    A check on the downtime that tasks.core.summary computes from the phases' own
     timestamps: the outage as the workload itself saw it.
     """
     t = [x for x in stamps(log) if start <= x <= end]
@@ -440,7 +440,7 @@ def write_json(
     order = {"loopback": 0, "1gbit": 1, "100mbit": 2}
     merged = sorted(kept + rows, key=lambda r: (order.get(r["link"], 9), r["size_mib"], axes_of(r)))
     doc = {
-        "benchmark": "cold migration downtime and its parts (tasks.summary.downtime)",
+        "benchmark": "cold migration downtime and its parts (tasks.core.summary.downtime)",
         "units": {
             "*_ms": "milliseconds, median over runs",
             "total_s": "submit to done, median",

@@ -4,7 +4,7 @@
         [--repeat 3] [--dir /dev/shm] [--json docs/benchmarks/delta.json]
 
 For each size (MB) and dirty rate (% of pages per second), a container started
-by ``workers.launch`` holds that much non-zero data and rewrites a tenth of
+by ``workers.runtimes.launch`` holds that much non-zero data and rewrites a tenth of
 the rate's pages every 100 ms. It is snapshotted with ``criu dump
 --leave-running`` twice, the dumps starting 1 s apart, into ``--dir``;
 ``make_delta`` compares the two, ``apply_delta`` rebuilds the second from the
@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from workers import procs
-from workers.criu import Criu
-from workers.delta import apply_delta, make_delta
+from workers.criu.adapter import Criu
+from workers.dataplane.delta import apply_delta, make_delta
 
 DIRTIER = """\
 import os, random, sys, time
@@ -74,7 +74,7 @@ def one(size_mb: int, rate: int, work: Path) -> Row:
     """Two snapshots of a fresh dirtier container, the delta between them, applied."""
     box = Path(tempfile.mkdtemp(dir=work))
     log = box / "log"
-    argv = [sys.executable, "-m", "workers.launch", "--name", "dirtier", "--dir", str(box),
+    argv = [sys.executable, "-m", "workers.runtimes.launch", "--name", "dirtier", "--dir", str(box),
             "--log", str(log), "--", sys.executable, "-u", "-c", DIRTIER, str(size_mb), str(rate)]
     pid = int(subprocess.run(argv, capture_output=True, text=True, check=True, cwd=ROOT).stdout)
     try:

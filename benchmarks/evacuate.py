@@ -8,7 +8,7 @@
 
 Each cell starts fresh containers on node1 and evacuates them to node2 and
 node3 with ``max_parallel = per_node = c``, then reads the evacuation report:
-makespan (start to last outcome), the lower bound (tasks.planner.lower_bound_s
+makespan (start to last outcome), the lower bound (tasks.core.planner.lower_bound_s
 over what moved: node1's bytes over its link) and each container's downtime.
 
 ``real``: ferry's own containers under real CRIU, each holding SIZE MiB of
@@ -49,10 +49,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tasks.broker import stop_embedded
-from tasks.client import Ferry
-from tasks.evacplan import bound_s, plan_from_json
-from tasks.localcluster import LocalCluster
+from tasks.config.broker import stop_embedded
+from tasks.api.client import Ferry
+from tasks.core.evacplan import bound_s, plan_from_json
+from tasks.api.localcluster import LocalCluster
 from workers.errors import BadRequest
 
 HOLDER = ("import os, sys, time\n"
@@ -63,7 +63,7 @@ HOLDER = ("import os, sys, time\n"
 NODES = ["node1", "node2", "node3"]
 TESTBED_BPS = 125e6  # a 1gbit tbf link
 SETUP_S = {"real": 20.0, "sim": 60.0}  # starting and killing a cell's containers
-SIM_RACE = ("workers/sim.py saves every container record through one fixed <name>.tmp: two "
+SIM_RACE = ("workers/runtimes/sim.py saves every container record through one fixed <name>.tmp: two "
             "processes saving one container at once collide (FileNotFoundError), which fails "
             "that run, phase or inventory; a unique temp name per writer fixes it")
 

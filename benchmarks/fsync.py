@@ -13,13 +13,13 @@ between two nodes with real CRIU, in two ways:
 
 - ``sync``: the dir is node-local and declared (``ferry run --sync``): each
   node worker runs in its own mount namespace with its own "disk" mounted on
-  the common path (tasks.localcluster ``mounts``), so the dir really moves:
+  the common path (tasks.api.localcluster ``mounts``), so the dir really moves:
   a first rsync pass while the container runs, and a final pass inside the
   freeze window;
 - ``shared``: the same data on storage both nodes see, nothing synced: what
   the same migration costs with shared storage.
 
-Downtime and its parts come from tasks.summary (medians over the runs);
+Downtime and its parts come from tasks.core.summary (medians over the runs);
 ``fsync`` is the final pass plus stopping the destination's rsync daemons.
 Loopback only: both nodes, the coordinator and rsync share this host's CPUs
 (and other people's work on them: the load is recorded with each row).
@@ -45,10 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import kill_all, machine
-from tasks.broker import stop_embedded
-from tasks.client import Ferry
-from tasks.localcluster import LocalCluster
-from tasks.summary import downtime
+from tasks.config.broker import stop_embedded
+from tasks.api.client import Ferry
+from tasks.api.localcluster import LocalCluster
+from tasks.core.summary import downtime
 
 NODES = ("n1", "n2")
 WRITER = ("import os, sys, time\n"
@@ -203,7 +203,7 @@ def write_json(path: Path, rows: list[dict[str, Any]], args: argparse.Namespace,
                elapsed: float) -> None:
     doc = {
         "benchmark": "cold migration downtime with a node-local dir synced (rsync) vs the "
-                     "same data on shared storage (tasks.summary.downtime)",
+                     "same data on shared storage (tasks.core.summary.downtime)",
         "units": {"*_ms": "milliseconds, median over runs",
                   "fsync_ms": "rsync's final pass inside the freeze window plus stopping the "
                               "destination's daemons, median",

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from tasks.client import Ferry
+from tasks.api.client import Ferry
 from workers.errors import FerryError
 
 ROOT = Path(__file__).resolve().parent.parent

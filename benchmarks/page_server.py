@@ -12,7 +12,7 @@ turn, with ``--leave-running``:
 
 - ``local``: ``criu dump`` into a local images dir, then ``send_files`` to the
   destination's ``TransferServer`` (token, BLAKE3, temp file and rename).
-- ``ps``: ferry's pages stream (``workers.pagestream``): the relay dials the
+- ``ps``: ferry's pages stream (``workers.dataplane.pagestream``): the relay dials the
   destination's ``TransferServer`` with a token, which hands the connection
   to a ``criu page-server --ps-socket``; BLAKE3 on both ends, checked before
   the dump counts as done; then the rest of the images (a few KiB) go by
@@ -56,10 +56,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import machine
-from workers.criu import Criu, dump_stats
-from workers.pagestream import PagesTarget, Relay, check_pages
-from workers.tokens import issue_token
-from workers.transfer import TransferServer, send_files
+from workers.criu.adapter import Criu, dump_stats
+from workers.dataplane.pagestream import PagesTarget, Relay, check_pages
+from workers.dataplane.tokens import issue_token
+from workers.dataplane.transfer import TransferServer, send_files
 
 HOLDER = (
     "import os, sys, time\n"
@@ -203,7 +203,7 @@ def start_holder(size: int, where: Path) -> int:
     workdir = where / f"holder-{size}"
     workdir.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        [sys.executable, "-m", "workers.launch", "--name", f"h{size}", "--dir", str(workdir),
+        [sys.executable, "-m", "workers.runtimes.launch", "--name", f"h{size}", "--dir", str(workdir),
          "--log", str(workdir / "log"), "--", sys.executable, "-c", HOLDER, str(size)],
         capture_output=True, text=True, check=True, cwd=ROOT)
     pid = int(done.stdout)
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         shaped = [link for link in links if link != "loopback"]
         if shaped:
             from tests.e2e.netcluster import SUBNET, unique_prefix, wait_subnet_free
-            from workers.testbed import Testbed
+            from tests.testbed.cluster import Testbed
 
             holder = wait_subnet_free(args.wait_testbed)
             if holder:

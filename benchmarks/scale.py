@@ -26,7 +26,7 @@ migration (MEMORY USAGE of every key, by kind, before and after; INFO
 used_memory's change too, which allocator reuse and client buffers make
 noisy), the workers' resident memory (per process, sampled), events per
 migration (the length of each migration's stream), and the makespan against
-its lower bound (tasks.planner.lower_bound_s over every move of every
+its lower bound (tasks.core.planner.lower_bound_s over every move of every
 drained node at the link rate). Every container is checked to run exactly
 once afterwards, off the drained nodes.
 """
@@ -53,11 +53,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import machine
-from tasks.broker import stop_embedded
-from tasks.client import Ferry
-from tasks.evacplan import parse_rate, plan_from_json
-from tasks.localcluster import LocalCluster
-from tasks.planner import Plan, lower_bound_s
+from tasks.config.broker import stop_embedded
+from tasks.api.client import Ferry
+from tasks.core.evacplan import parse_rate, plan_from_json
+from tasks.api.localcluster import LocalCluster
+from tasks.core.planner import Plan, lower_bound_s
 from workers.procs import tree
 
 KINDS = (("migration records", "ferry:mig:", ""), ("event streams", "ferry:mig:", ":events"),

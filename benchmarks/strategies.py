@@ -22,14 +22,14 @@ forth between two nodes, the strategies taking turns run after run; each row
 is the median of ``--runs`` migrations, column by column (the parts need not
 add up to the median downtime). ``precopy`` and ``hybrid`` need soft-dirty
 tracking, which this kernel lacks (ferry refuses them): their rows come from
-the ``sim`` runtime (workers/sim.py) through the same queue, coordinator and
+the ``sim`` runtime (workers/runtimes/sim.py) through the same queue, coordinator and
 data plane, and are labelled SIMULATED. Its containers dirty memory at the
 model's default rate and hot set (docs/sim.md), not the cell's rate: its rows
 are per size and link only, and a sim ``cold`` row is there to compare the
 model with real CRIU. (The rows in docs/benchmarks/strategies.json predate
 that model: that sim had no dirty rate and wrote at most 1 MiB of image.)
 
-Downtime is ``tasks.summary.downtime``'s (CRIU froze the tree on the source ->
+Downtime is ``tasks.core.summary.downtime``'s (CRIU froze the tree on the source ->
 the restored tree resumed on the destination), split here more finely than
 ``summary`` does:
 
@@ -92,11 +92,11 @@ sys.path.insert(0, str(ROOT))
 
 
 from benchmarks.machine import kill_all, machine
-from tasks.broker import stop_embedded
-from tasks.client import Ferry
-from tasks.localcluster import LocalCluster
-from tasks.machine import Migration
-from tasks.summary import downtime
+from tasks.config.broker import stop_embedded
+from tasks.api.client import Ferry
+from tasks.api.localcluster import LocalCluster
+from tasks.core.machine import Migration
+from tasks.core.summary import downtime
 from workers.errors import FerryError
 
 DIRTIER = """\

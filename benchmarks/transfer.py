@@ -15,7 +15,7 @@ method in turn, ``--repeat`` times, and medians are reported:
 - ``raw``: ``sendfile`` to a plain receiver (``recv_into`` + ``write``), nothing checked;
 - ``ferry``: ``send_files`` uncompressed (token, BLAKE3 on both ends, temp file, rename);
 - ``zstd``: ``send_files`` with zstd compression forced;
-- ``rsync``: ``workers.fsync.rsync_push`` into a ``RsyncTarget`` daemon (empty target).
+- ``rsync``: ``workers.dirsync.rsync.rsync_push`` into a ``RsyncTarget`` daemon (empty target).
 
 The receivers run in a helper process, the senders in another: on a testbed
 link, each in its node's network namespace, so the bytes cross two
@@ -54,9 +54,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workers.fsync import RsyncTarget, rsync_push
-from workers.tokens import issue_token
-from workers.transfer import TransferServer, choose_codec, send_files
+from workers.dirsync.rsync import RsyncTarget, rsync_push
+from workers.dataplane.tokens import issue_token
+from workers.dataplane.transfer import TransferServer, choose_codec, send_files
 
 BUFFER = 4 << 20
 # One secret for this run and its helper processes (they inherit the environment).
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             print("error: the testbed needs root", file=sys.stderr)
             return 2
         from tests.e2e.netcluster import SUBNET, unique_prefix, wait_subnet_free
-        from workers.testbed import Testbed
+        from tests.testbed.cluster import Testbed
 
         holder = wait_subnet_free(args.wait_testbed)
         if holder:

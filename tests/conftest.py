@@ -17,8 +17,8 @@ from typing import TypeVar
 import pytest
 import redis
 
-from tasks.demo import criu_usable
-from tasks.localcluster import ROOT, LocalCluster
+from tasks.api.demo import criu_usable
+from tasks.api.localcluster import ROOT, LocalCluster
 
 C = TypeVar("C", bound=LocalCluster)
 
@@ -44,7 +44,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         r.ping()
         r.flushdb()
     except redis.RedisError:
-        from tasks.broker import ensure_embedded, stop_embedded
+        from tasks.config.broker import ensure_embedded, stop_embedded
 
         home = tmp_path_factory.mktemp("embedded")
         yield f"redis+socket://{ensure_embedded(home)}"

@@ -15,7 +15,7 @@ and receives files. Lines:
   migration's first file as it arrives, once per migration, as a bad NIC or
   cable would.
 - ``pages:corrupt``: flips one byte of every pages stream the node sends,
-  after it was hashed (:mod:`workers.pagestream`).
+  after it was hashed (:mod:`workers.dataplane.pagestream`).
 
 Unset (the default) in production: nothing is read.
 """

@@ -9,7 +9,7 @@ Every node's data plane binds and advertises its testbed address, so images
 cross the node's shaped veth link, never loopback. The nodes share the mount
 namespace, so the container root (``FERRY_SHARED_DIR``) is one host directory:
 it models the shared storage of a real cluster. ``mounts`` gives nodes
-node-local storage too (tasks.localcluster.private_mounts). Used by the e2e tests and by
+node-local storage too (tasks.api.localcluster.private_mounts). Used by the e2e tests and by
 ``benchmarks/cold.py --testbed``.
 """
 
@@ -28,11 +28,11 @@ from typing import IO, Self
 
 import redis
 
-from tasks.client import Ferry
-from tasks.localcluster import ROOT, LocalCluster, private_mounts
+from tasks.api.client import Ferry
+from tasks.api.localcluster import ROOT, LocalCluster, private_mounts
 from workers.errors import FerryError
-from workers.iproute import ip_json
-from workers.testbed import Testbed
+from tests.testbed.iproute import ip_json
+from tests.testbed.cluster import Testbed
 
 SUBNET = "10.77.0"  # the one subnet a testbed may use on this machine
 
@@ -134,7 +134,7 @@ class NetCluster:
         mounts = self.mounts.get(node)
         self.workers[node] = self.bed.exec(
             node,
-            [*(private_mounts(mounts) if mounts else ()), sys.executable, "-m", "tasks.cli",
+            [*(private_mounts(mounts) if mounts else ()), sys.executable, "-m", "tasks.api.cli",
              "worker", "--node", node],
             env=env,
             cwd=ROOT,

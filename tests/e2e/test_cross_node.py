@@ -19,7 +19,7 @@ from tests.e2e.netcluster import NetCluster
 from tests.integration.helpers import COUNTER, assert_went_on, ticks, wait_for
 from workers import procs
 from workers.errors import FerryError
-from workers.iproute import ip
+from tests.testbed.iproute import ip
 
 pytestmark = pytest.mark.criu
 
@@ -69,7 +69,7 @@ def test_cold_migration_crosses_the_link_and_the_counter_goes_on(
         assert_went_on(ticks(info["log"]), before)
         # the images (and with the page server, the pages stream) went node1 -> node2
         # over the testbed link, to node2's testbed address
-        from tasks.summary import downtime, summary
+        from tasks.core.summary import downtime, summary
 
         sent = summary(m)["bytes"]
         assert sent > 0 and ("pages" in m.results["dump"]) is (page_server == "on")

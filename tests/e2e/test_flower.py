@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tasks.localcluster import LocalCluster
+from tasks.api.localcluster import LocalCluster
 from tests.conftest import cluster_env, need
 from tests.integration.helpers import wait_for
 

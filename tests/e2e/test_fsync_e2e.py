@@ -84,7 +84,7 @@ def test_a_synced_dir_crosses_the_link_to_the_destination_s_address(disks: Disks
         assert values == list(range(len(values))) and len(values) > before
         assert (c.disk("node2") / "xwriter" / "data").stat().st_size == DATA
         assert not (c.disk("node1") / "xwriter").exists()
-        from tasks.summary import downtime
+        from tasks.core.summary import downtime
 
         first, final = m.results["sync"], m.results["final_sync"]
         print(f"\nnode1 -> node2 over 1gbit with a {DATA / 1e6:.0f} MB synced dir: {downtime(m)}; "

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from workers import shaping
+from tests.testbed import shaping
 from workers.errors import BadRequest, PermanentError, UnknownNode
-from workers.shaping import Shape, ShapingWarning
-from workers.testbed import Testbed, status, teardown
+from tests.testbed.shaping import Shape, ShapingWarning
+from tests.testbed.cluster import Testbed, status, teardown
 
 # In CI a non-root run fails (with the same message) instead of skipping.
 pytestmark = pytest.mark.skipif(

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import redis
 
-from tasks.localcluster import LocalCluster
-from tasks.machine import Migration
+from tasks.api.localcluster import LocalCluster
+from tasks.core.machine import Migration
 from tests.faults.tally import TALLY
 from tests.integration.helpers import ticks, wait_for
-from workers import failpoints, procs
+from workers import failpoints
+from workers import procs
 
 NODES = ("f1", "f2")
 COLD = ["prepare:kill-before", "dump:kill-before", "dump:kill-after", "transfer:kill-before",

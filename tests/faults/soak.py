@@ -25,7 +25,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from tasks.demo import criu_usable
+from tasks.api.demo import criu_usable
 from tests.conftest import running
 from tests.faults.cluster import (
     COLD,

@@ -1,6 +1,6 @@
 """`ferry resolve`: settle a FAILED migration that left a restored copy on the
 destination and a frozen one on the source, as a rollback whose destination
-never answered does (tasks.resolve). Real CRIU, real copies on both nodes.
+never answered does (tasks.api.resolve). Real CRIU, real copies on both nodes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from tasks.machine import Phase, State
+from tasks.core.machine import Phase, State
 from tests.faults.cluster import FaultCluster
 from tests.integration.helpers import dirtying, ticks, wait_for
 from workers import procs

@@ -20,7 +20,8 @@ from tests.conftest import criu_works, need, running
 from tests.faults.cluster import NODES, FaultCluster, outcome, said
 from tests.faults.conftest import fault_env
 from tests.integration.helpers import ticks, wait_for
-from workers import failpoints, procs
+from workers import failpoints
+from workers import procs
 
 pytestmark = pytest.mark.criu
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.settings import Settings
+from tasks.config.settings import Settings
 from tests.conftest import need
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tasks.localcluster import ROOT
+from tasks.api.localcluster import ROOT
 
 DOC = ROOT / "docs" / "api.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)

@@ -20,15 +20,15 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.cli import main
-from tasks.evacplan import parse_rate
-from tasks.localcluster import LocalCluster
-from tasks.machine import STRATEGIES
-from tasks.settings import NODE_NAME
-from tasks.store import MIGRATION_ID
+from tasks.api.cli import main
+from tasks.core.evacplan import parse_rate
+from tasks.api.localcluster import LocalCluster
+from tasks.core.machine import STRATEGIES
+from tasks.config.settings import NODE_NAME
+from tasks.store.migrations import MIGRATION_ID
 from workers.errors import BadRequest, FerryError, UnknownNode
-from workers.runtime import CONTAINER_NAME
-from workers.syncdirs import check_dirs
+from workers.runtimes.base import CONTAINER_NAME
+from workers.dirsync.dirs import check_dirs
 
 CLUSTER = settings(max_examples=30, deadline=None, derandomize=True,
                    suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -204,7 +204,7 @@ def test_api_bad_bandwidths(sim, rate: str) -> None:
 @CLUSTER
 @given(path=BAD_PATHS)
 def test_api_bad_sync_paths(sim, path: str, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """The client refuses a relative path; the node (workers.syncdirs, criu nodes only)
+    """The client refuses a relative path; the node (workers.dirsync.dirs, criu nodes only)
     the rest, before anything is started."""
     if not path.startswith("/"):
         refused(sim, lambda: sim.client.run("s1", ["true"], name="synced", sync=[path]), path)

@@ -38,7 +38,7 @@ def test_counter_goes_on_on_the_destination_and_the_source_copy_is_gone(cluster)
     assert procs.alive(m.results["verify"]["pid"])
     where = wait_for(lambda: {c["node"] for c in client.containers() if c["name"] == "counter"} == {"n2"})
     assert where
-    from tasks.summary import downtime
+    from tasks.core.summary import downtime
 
     d = downtime(m)
     assert d is not None and d["downtime_ms"] > 0

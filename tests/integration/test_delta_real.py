@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks.localcluster import ROOT
+from tasks.api.localcluster import ROOT
 from tests.conftest import criu_works, need
 from tests.integration.helpers import ticks, wait_for
 from workers import procs
-from workers.criu import Criu
-from workers.delta import apply_delta, make_delta
+from workers.criu.adapter import Criu
+from workers.dataplane.delta import apply_delta, make_delta
 
 pytestmark = pytest.mark.criu
 
@@ -54,7 +54,7 @@ def started(shm: Path) -> Iterator[list[int]]:
     need(ok, why)
     box = shm / "box"
     box.mkdir()
-    argv = [sys.executable, "-m", "workers.launch", "--name", "dirtier", "--dir", str(box),
+    argv = [sys.executable, "-m", "workers.runtimes.launch", "--name", "dirtier", "--dir", str(box),
             "--log", str(box / "log"), "--", sys.executable, "-u", "-c", DIRTIER]
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=30, check=False)
     assert proc.returncode == 0, proc.stderr

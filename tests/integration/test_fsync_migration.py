@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.localcluster import LocalCluster
+from tasks.api.localcluster import LocalCluster
 from tests.conftest import cluster_env, criu_works, need, running
 from tests.integration.helpers import COUNTER, ticks, wait_for
 from workers.errors import BadRequest
@@ -96,7 +96,7 @@ def test_a_synced_dir_moves_with_its_container_cold_and_back_with_delta(disks: D
     assert sorted(p.name for p in (c.disk("d2") / "fs-writer" / "data").iterdir()) == \
         sorted(f"blob-{i}" for i in range(20))
     assert m.results["sync"]["bytes"] > 1_000_000 > m.results["final_sync"]["bytes"]
-    from tasks.summary import downtime, summary
+    from tasks.core.summary import downtime, summary
 
     d = downtime(m)
     assert d is not None and d["fsync_ms"] > 0
@@ -113,8 +113,8 @@ def test_a_synced_dir_moves_with_its_container_cold_and_back_with_delta(disks: D
 
 
 def test_post_copy_syncs_the_dir_before_the_restore_too(disks: Disks) -> None:
-    from tasks.chooser import strategy_refusal
-    from tasks.client import caps
+    from tasks.core.chooser import strategy_refusal
+    from tasks.api.client import caps
 
     c = disks
     refusal = strategy_refusal("postcopy", *(caps(c.client.node(n)) for n in NODES))

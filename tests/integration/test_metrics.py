@@ -17,13 +17,13 @@ import redis
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasks.app import make_app
-from tasks.broker import ensure_embedded, stop_embedded
-from tasks.coordinator import HEARTBEAT_KEY
-from tasks.machine import Migration, State
-from tasks.metrics import registry_for
-from tasks.settings import Settings
-from tasks.store import Store, new_id
+from tasks.messaging.app import make_app
+from tasks.config.broker import ensure_embedded, stop_embedded
+from tasks.control.coordinator import HEARTBEAT_KEY
+from tasks.core.machine import Migration, State
+from tasks.control.metrics import registry_for
+from tasks.config.settings import Settings
+from tasks.store.migrations import Store, new_id
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0
@@ -131,7 +131,7 @@ def test_serve_answers_on_http_and_stops_on_sigterm(settings: Settings) -> None:
     env = {**os.environ, "FERRY_STATE_DIR": str(settings.state_dir),
            "FERRY_BROKER_URL": settings.broker_url, "FERRY_REDIS_URL": settings.redis_url,
            "FERRY_SECRET": settings.secret, "PYTHONPATH": str(ROOT)}
-    code = ("from tasks.metrics import serve; from tasks.settings import Settings; "
+    code = ("from tasks.control.metrics import serve; from tasks.config.settings import Settings; "
             "serve(Settings.from_env(), 0, '127.0.0.1')")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                             text=True)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.localcluster import ROOT
+from tasks.api.localcluster import ROOT
 from tests.conftest import criu_works, need
 from tests.integration.helpers import assert_went_on, ticks, wait_for
 from workers import procs
-from workers.criu import Criu
+from workers.criu.adapter import Criu
 from workers.errors import (
     CriuError,
     IntegrityError,
@@ -29,9 +29,9 @@ from workers.errors import (
     TokenError,
     TransferError,
 )
-from workers.pagestream import MARKER, PagesTarget, Relay, check_pages
-from workers.tokens import issue_token
-from workers.transfer import TransferServer, send_files
+from workers.dataplane.pagestream import MARKER, PagesTarget, Relay, check_pages
+from workers.dataplane.tokens import issue_token
+from workers.dataplane.transfer import TransferServer, send_files
 
 pytestmark = pytest.mark.criu
 
@@ -64,7 +64,7 @@ def server(tmp_path: Path) -> Iterator[TransferServer]:
 def start_ticker(tmp_path: Path, mib: int = 32) -> tuple[int, Path]:
     box = tmp_path / "box"
     box.mkdir()
-    argv = [sys.executable, "-m", "workers.launch", "--name", "ticker", "--dir", str(box),
+    argv = [sys.executable, "-m", "workers.runtimes.launch", "--name", "ticker", "--dir", str(box),
             "--log", str(box / "log"), "--", sys.executable, "-u", "-c", TICKER, str(mib)]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert done.returncode == 0, done.stderr

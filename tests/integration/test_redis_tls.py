@@ -21,11 +21,11 @@ import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
 
-from tasks.app import make_app
-from tasks.broker import connect, resolve
-from tasks.machine import Migration
-from tasks.settings import Settings
-from tasks.store import Store, new_id
+from tasks.messaging.app import make_app
+from tasks.config.broker import connect, resolve
+from tasks.core.machine import Migration
+from tasks.config.settings import Settings
+from tasks.store.migrations import Store, new_id
 from tests.conftest import need
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""The runtime contract (workers.runtime.Runtime), one suite over every runtime.
+"""The runtime contract (workers.runtimes.base.Runtime), one suite over every runtime.
 
 ``criu`` is real CRIU on real processes; ``sim`` is the model (SIMULATED).
 Two runtimes of one kind with their own state dirs are two nodes sharing the
@@ -22,9 +22,9 @@ import pytest
 
 from tests.conftest import criu_works, need
 from tests.integration.helpers import COUNTER, assert_went_on, ticks, wait_for
-from workers.criu import Criu
+from workers.criu.adapter import Criu
 from workers.errors import BadRequest, PermanentError, UnknownContainer
-from workers.runtime import Runtime
+from workers.runtimes.base import Runtime
 
 MIB = 1 << 20
 
@@ -45,7 +45,7 @@ def criu_caps(tmp_path_factory: pytest.TempPathFactory) -> tuple[bool, tuple[boo
     """This node's pre-dump and post-copy capabilities, probed once as a node does."""
     ok, why = criu_works()
     need(ok, why)
-    from workers.probe import probe, probe_lazy
+    from workers.criu.probe import probe, probe_lazy
 
     home = tmp_path_factory.mktemp("probe")
     facts = probe(home, Criu())
@@ -56,13 +56,13 @@ def criu_caps(tmp_path_factory: pytest.TempPathFactory) -> tuple[bool, tuple[boo
 def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pair]:
     shared = tmp_path / "shared"
     if request.param == "criu":
-        from workers.containers import CriuRuntime
+        from workers.runtimes.criu import CriuRuntime
 
         soft, lazy = request.getfixturevalue("criu_caps")
         p = Pair("criu", CriuRuntime(tmp_path / "n1", shared), CriuRuntime(tmp_path / "n2", shared),
                  [sys.executable, "-u", "-c", COUNTER], {}, soft, lazy)
     else:
-        from workers.sim import SimRuntime
+        from workers.runtimes.sim import SimRuntime
 
         p = Pair("sim", SimRuntime(tmp_path / "n1", shared), SimRuntime(tmp_path / "n2", shared),
                  ["counter"], {"sim.memory": str(8 * MIB)}, True, (True, ""))

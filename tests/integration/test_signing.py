@@ -22,9 +22,9 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from kombu.serialization import registry
 
-from tasks.app import make_app
-from tasks.settings import Settings
-from tasks.signing import enable_signing
+from tasks.messaging.app import make_app
+from tasks.config.settings import Settings
+from tasks.messaging.signing import enable_signing
 from tests.conftest import CI, cluster_env, need
 from workers.errors import BadRequest
 

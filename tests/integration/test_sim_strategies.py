@@ -2,7 +2,7 @@
 on the sim runtime (a model of containers, not CRIU). This runs the
 strategies this kernel lacks (precopy, hybrid need soft-dirty tracking);
 the real-CRIU runs are in test_strategies.py. The sim's containers dirty
-their memory with a hot set (workers.simmodel), so pre-copy converges on its
+their memory with a hot set (workers.runtimes.simmodel), so pre-copy converges on its
 own stop rules instead of falling back.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.summary import downtime
+from tasks.core.summary import downtime
 from tests.integration.helpers import wait_for
 
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tasks.chooser
-from tasks.chooser import (
+import tasks.core.chooser
+from tasks.core.chooser import (
     CONCRETE,
     STRATEGIES,
     Link,
@@ -319,7 +319,7 @@ def test_usable_lists_what_the_pair_can_run() -> None:
 
 
 def test_worked_example_in_docstring() -> None:
-    assert doctest.testmod(tasks.chooser).failed == 0
+    assert doctest.testmod(tasks.core.chooser).failed == 0
 
 
 # --- properties -------------------------------------------------------------
@@ -421,11 +421,11 @@ def test_auto_always_answers_a_healthy_pair(wl, link, req, data) -> None:
 )
 def test_page_server_mode(mode: str, strategy: str, runtime: str, expected: str) -> None:
     a, b = node("a", runtime=runtime), node("b", runtime=runtime)
-    assert tasks.chooser.page_server(mode, strategy, a, b)[0] == expected
+    assert tasks.core.chooser.page_server(mode, strategy, a, b)[0] == expected
 
 
 def test_page_server_on_where_it_cannot_is_refused() -> None:
     with pytest.raises(CapabilityError, match="delta needs the pages"):
-        tasks.chooser.page_server("on", "delta", node("a"), node("b"))
+        tasks.core.chooser.page_server("on", "delta", node("a"), node("b"))
     with pytest.raises(BadRequest, match="page_server must be"):
-        tasks.chooser.page_server("maybe", "cold", node("a"), node("b"))
+        tasks.core.chooser.page_server("maybe", "cold", node("a"), node("b"))

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 import click
 import pytest
 
-from tasks.cli import main
-from tasks.settings import check_node_name
+from tasks.api.cli import main
+from tasks.config.settings import check_node_name
 from tests.conftest import CI
 
 try:  # the test extra: PyYAML, and check-jsonschema (which brings jsonschema)

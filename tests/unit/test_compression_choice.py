@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.dataplane import link_bps
-from tasks.machine import Migration
-from workers import transfer
-from workers.transfer import worth_compressing
+from tasks.node.dataplane import link_bps
+from tasks.core.machine import Migration
+from workers.dataplane import transfer
+from workers.dataplane.transfer import worth_compressing
 
 MBIT = 1e6 / 8
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tasks.convergence
-from tasks.convergence import (
+import tasks.core.convergence
+from tasks.core.convergence import (
     Continue,
     Estimates,
     FallBack,
@@ -249,7 +249,7 @@ def test_window_of_history_is_accepted() -> None:
 
 
 def test_worked_example_in_docstring() -> None:
-    assert doctest.testmod(tasks.convergence).failed == 0
+    assert doctest.testmod(tasks.core.convergence).failed == 0
 
 
 # --- properties -------------------------------------------------------------

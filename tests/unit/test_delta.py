@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workers.delta import MANIFEST, SUFFIX, apply_delta, make_delta
+from workers.dataplane.delta import MANIFEST, SUFFIX, apply_delta, make_delta
 from workers.errors import BadRequest, IntegrityError
 
 B = 4096

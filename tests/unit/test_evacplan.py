@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.evacplan import (
+from tasks.core.evacplan import (
     compatible,
     node_of,
     parse_rate,
@@ -13,7 +13,7 @@ from tasks.evacplan import (
     report,
     specs_of,
 )
-from tasks.planner import PlanLimits, plan
+from tasks.core.planner import PlanLimits, plan
 from workers.errors import BadRequest
 
 M = 1 << 20

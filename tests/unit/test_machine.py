@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.machine import (
+from tasks.core.machine import (
     FREEZE,
     Event,
     Migration,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tasks.planner
-from tasks.planner import (
+import tasks.core.planner
+from tasks.core.planner import (
     ContainerSpec,
     Move,
     Node,
@@ -253,7 +253,7 @@ def test_bad_input(make) -> None:
 
 
 def test_worked_example_in_docstring() -> None:
-    assert doctest.testmod(tasks.planner).failed == 0
+    assert doctest.testmod(tasks.core.planner).failed == 0
 
 
 # --- properties -------------------------------------------------------------

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import workers.simmodel
+import workers.runtimes.simmodel
 from workers.errors import BadRequest
-from workers.simmodel import (
+from workers.runtimes.simmodel import (
     MIB,
     PAGE,
     SimModel,
@@ -25,7 +25,7 @@ from workers.simmodel import (
 
 
 def test_docstring_examples() -> None:
-    assert doctest.testmod(workers.simmodel).failed == 0
+    assert doctest.testmod(workers.runtimes.simmodel).failed == 0
 
 
 @pytest.mark.parametrize(("labels", "expect"), [

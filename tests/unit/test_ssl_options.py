@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.broker import ssl_options
+from tasks.config.broker import ssl_options
 from workers.errors import BadRequest
 
 

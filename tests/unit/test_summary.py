@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.machine import Migration
-from tasks.summary import downtime
+from tasks.core.machine import Migration
+from tasks.core.summary import downtime
 
 M = Migration(id="m-0123456789ab", container="web", src="a", dst="b")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workers import syncdirs
+from workers.dirsync import dirs as syncdirs
 from workers.errors import BadRequest
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from workers.errors import BadRequest, TokenError
-from workers.tokens import Claims, NonceStore, issue_token, verify_token
+from workers.dataplane.tokens import Claims, NonceStore, issue_token, verify_token
 
 SECRET = b"cluster-secret-0123456789"
 NOW = 1_700_000_000.0

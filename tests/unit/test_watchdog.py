@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from tasks.machine import Event, Migration, Phase, State, next_step
-from tasks.watchdog import Timeouts, check, total_limit_s
+from tasks.core.machine import Event, Migration, Phase, State, next_step
+from tasks.core.watchdog import Timeouts, check, total_limit_s
 
 M = Migration(id="m-0123456789ab", container="web", src="a", dst="b", state=State.RUNNING,
               phase=Phase.DUMP, step=3, attempt=1, created=0.0, updated=10.0,
@@ -91,6 +91,6 @@ def test_a_lost_rollback_step_is_sent_again() -> None:
 def test_worked_example_in_docstring() -> None:
     import doctest
 
-    import tasks.watchdog
+    import tasks.core.watchdog
 
-    assert doctest.testmod(tasks.watchdog).failed == 0
+    assert doctest.testmod(tasks.core.watchdog).failed == 0

@@ -1,0 +1,1 @@
+"""What users hold: the Python API (Ferry, its handles), the ferry command, the local cluster."""

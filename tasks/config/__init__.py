@@ -1,0 +1,1 @@
+"""Settings, and where the broker, the result backend and the state store live."""

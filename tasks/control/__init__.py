@@ -1,0 +1,1 @@
+"""The control side on ferry.control: the coordinator, the evacuation runner, metrics."""

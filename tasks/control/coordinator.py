@@ -1,0 +1,123 @@
+"""The coordinator: control tasks on ``ferry.control``.
+
+It starts and cancels migrations by feeding the state machine; node tasks
+advance it from there. It never waits on a task's result.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+from celery import Celery, Task
+
+from tasks.messaging.app import CONTROL_QUEUE, make_app
+from tasks.config.broker import connect, resolve
+from tasks.core.machine import Event, Migration
+from tasks.node.tasks import dispatch
+from tasks.config.settings import Settings
+from tasks.store.migrations import Store
+from tasks.core.watchdog import Timeouts, check
+from workers.errors import BadRequest, TooLate
+
+HEARTBEAT_KEY = "ferry:coordinator"
+log = logging.getLogger("ferry.coordinator")
+
+
+def register(app: Celery, store: Store) -> None:
+    """Register the control tasks on ``app``."""
+    from tasks.control.evacuation import (
+        register as evacuation_tasks,  # imports the client, which imports us
+    )
+    evacuation_tasks(app, store)
+
+    # No one waits on a control task's result (the record says what happened):
+    # the result backend gets only failures.
+    @app.task(name="ferry.control.start", bind=True, ignore_result=True,
+              store_errors_even_if_ignored=True)
+    def start(self: Task, mid: str) -> dict[str, Any]:
+        """Start migration ``mid`` (its record exists, PENDING)."""
+        m, sends, _ = store.apply(mid, Event("start", time.time()))
+        dispatch(app, mid, sends)
+        return {"migration": mid, "state": m.state.value}
+
+    @app.task(name="ferry.control.cancel", bind=True, ignore_result=True,
+              store_errors_even_if_ignored=True)
+    def cancel(self: Task, mid: str) -> dict[str, Any]:
+        """Roll migration ``mid`` back, if it is not past its point of no return."""
+        m, sends, _ = store.apply(mid, Event("cancel", time.time()))
+        if m.past_no_return and not m.state.final:
+            raise TooLate(f"{mid} is past its point of no return: it will finish on {m.dst}")
+        dispatch(app, mid, sends)
+        return {"migration": mid, "state": m.state.value}
+
+
+def sweep(app: Celery, store: Store, timeouts: Timeouts, node_ttl_s: float) -> int:
+    """Drive every unfinished migration on: timeouts, lost steps. Returns events applied.
+
+    This is also crash recovery: a restarted coordinator finds the in-flight
+    migrations in ``ferry:active`` and drives them to DONE or ROLLED_BACK.
+    """
+    now = time.time()
+    alive, restarted = {}, {}
+    for n in store.nodes():
+        alive[n["name"]] = n.get("state") == "up" and now - n.get("last_seen", 0) < node_ttl_s
+        for role, at in n.get("workers", {}).items():
+            restarted[f"{n['name']}/{role}"] = float(at)
+    applied = 0
+    since = store.restarted(now)
+    if since is not None:
+        # In flight now, or finished since the coordinator last looked (a busy
+        # coordinator may look only after a quick migration is done).
+        touched = {m.id for m in store.iter_migrations(200) if m.updated >= since}
+        for mid in sorted(touched | set(store.active())):
+            try:
+                store.update(mid, _noted_restart, "redis-restarted")
+            except BadRequest:  # its record is gone
+                continue
+    for mid in store.active():
+        try:
+            m = store.get(mid)
+        except BadRequest:
+            continue
+        ev = check(m, now, alive, timeouts, restarted)
+        if ev is None:
+            continue
+        m, sends, changed = store.apply(mid, ev)
+        if changed:
+            log.warning("%s: %s -> %s", mid, ev.error, m.state.value)
+            dispatch(app, mid, sends)
+            applied += 1
+    return applied
+
+
+def _noted_restart(m: Migration) -> Migration:
+    where = m.phase.value if m.phase and not m.state.final else "its last steps"
+    return replace(m, warnings=(*m.warnings, f"the state store (Redis) restarted during {where}"))
+
+
+def serve(settings: Settings, concurrency: int = 4) -> None:
+    """Run the coordinator until stopped."""
+    s = resolve(settings)
+    app = make_app(s)
+    store = Store(connect(s, patient=True))
+    register(app, store)
+    timeouts = Timeouts(per_gib_s=s.timeout_per_gib_s, min_total_s=s.timeout_min_s,
+                        progress_s=s.progress_timeout_s, node_down_s=s.node_ttl_s)
+
+    def beat() -> None:
+        while True:
+            try:
+                store.r.set(HEARTBEAT_KEY, str(time.time()), ex=max(10, int(s.node_ttl_s)))
+                sweep(app, store, timeouts, s.node_ttl_s)
+            except Exception:  # the beat must outlive a Redis restart; it runs again next time
+                log.exception("sweep failed")
+            time.sleep(s.heartbeat_s)
+
+    threading.Thread(target=beat, daemon=True, name="coordinator-heartbeat").start()
+    app.worker_main(["worker", "-Q", CONTROL_QUEUE, "-n", "coordinator@%h", "-P", "threads",
+                     "-c", str(concurrency), "-E", "--without-gossip", "--without-mingle",
+                     "-l", "INFO"])

@@ -1,0 +1,279 @@
+"""The strategy chooser: which migration strategy a pair of nodes can run, and which to use.
+
+Pure: the two nodes' probed capabilities, the workload, the link and the
+request in; a :class:`Choice` out, or :class:`CapabilityError` naming the node
+and what to use instead.
+
+What each strategy needs (on top of a pair that can migrate at all):
+
+``cold``      nothing more.
+``delta``     nothing more: repeated ``criu dump --leave-running`` snapshots.
+``precopy``   soft-dirty tracking (CRIU feature ``mem_dirty_track``) on the SOURCE.
+``postcopy``  lazy pages on both nodes: uffd + uffd-noncoop on the DESTINATION
+              and a working lazy-pages probe on each (``NodeCaps.lazy_pages``).
+``hybrid``    postcopy's needs; its pre-copy half is precopy or else delta.
+
+A pair can migrate at all when both nodes share an architecture and a runtime,
+CRIU works on both (unless both run ``sim``), the destination is not cordoned
+and has memory and disk for the workload plus 10 % headroom (the images are
+sized as the whole memory: a post-copy that falls back needs them all).
+
+``auto``: ``cold`` when a full copy already fits the downtime limit; else
+``postcopy`` (dirty rate >= bandwidth: pre-copy can never converge) or
+``hybrid`` when lazy pages work and the workload dirties fast (>= 30 % of the
+bandwidth, or unmeasured and large); else ``precopy`` with soft-dirty, else
+``delta``. All ``*_bps`` are bytes per second.
+
+Worked example: 512 MiB dirtying 40 MiB/s over a 1 GbE link (~112 MiB/s)::
+
+    >>> pi1 = NodeCaps("pi-01", "aarch64", "criu", True, False, True, "",
+    ...                4 << 30, 32 << 30, False)
+    >>> pi2 = NodeCaps("pi-02", "aarch64", "criu", True, True, True, "",
+    ...                4 << 30, 32 << 30, False)
+    >>> c = choose(pi1, pi2, Workload(512 << 20, 40 << 20), Link(112 << 20, 0.3),
+    ...            Request("auto", 300))
+    >>> c.strategy, c.iterative
+    ('postcopy', None)
+    >>> try:
+    ...     choose(pi1, pi2, Workload(512 << 20), Link(112 << 20, 0.3), Request("precopy", 300))
+    ... except CapabilityError as err:
+    ...     print(err)
+    precopy needs soft-dirty tracking; pi-01's kernel has none: use delta or postcopy
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workers.errors import BadRequest, CapabilityError
+
+STRATEGIES: tuple[str, ...] = ("cold", "precopy", "delta", "postcopy", "hybrid", "auto")
+CONCRETE: tuple[str, ...] = STRATEGIES[:-1]
+FIXED_OVERHEAD_MS = 250.0  # default: CRIU dump + restore of a small tree on a Pi 4 (estimate)
+ROUND_TRIPS = 3  # control messages inside the freeze: dump, transfer, restore
+FAST_DIRTY = 0.30  # dirtying >= 30 % of the bandwidth: pre-copy converges badly
+LARGE = 10.0  # unmeasured and a full copy takes >= 10x the limit: treat as fast
+HEADROOM = 0.10
+# What to suggest instead of a strategy the nodes cannot run, best first.
+INSTEAD: dict[str, tuple[str, ...]] = {
+    "precopy": ("delta", "postcopy"),
+    "postcopy": ("precopy", "delta"),
+    "hybrid": ("precopy", "delta", "postcopy"),
+}
+
+
+@dataclass(frozen=True)
+class NodeCaps:
+    """What a node can do, as probed (see workers.criu.probe)."""
+
+    name: str
+    arch: str  # "x86_64", "aarch64", ...
+    runtime: str  # "criu" | "sim"
+    criu_ok: bool
+    soft_dirty: bool
+    lazy_pages: bool  # uffd + uffd-noncoop and a working lazy-pages probe
+    lazy_pages_reason: str  # why not, when lazy_pages is False
+    mem_free_bytes: int
+    disk_free_bytes: int
+    cordoned: bool = False
+    criu_reason: str = ""  # why not, when criu_ok is False
+
+
+@dataclass(frozen=True)
+class Workload:
+    memory_bytes: int
+    dirty_rate_bps: float | None = None  # None: not measured yet
+
+
+@dataclass(frozen=True)
+class Link:
+    bandwidth_bps: float
+    rtt_ms: float = 0.0
+    overhead_ms: float = FIXED_OVERHEAD_MS  # fixed freeze-window cost on these nodes
+
+
+@dataclass(frozen=True)
+class Request:
+    strategy: str = "auto"
+    downtime_limit_ms: float = 300.0
+
+
+@dataclass(frozen=True)
+class Choice:
+    strategy: str  # one of CONCRETE, never "auto"
+    reason: str
+    iterative: str | None = None  # "precopy" | "delta" for the pre-copy half, else None
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):.0f} MiB"
+
+
+def _rate(bps: float) -> str:
+    return f"{bps / (1 << 20):.1f} MiB/s"
+
+
+def cold_downtime_ms(wl: Workload, link: Link) -> float:
+    """Expected downtime of a cold migration: the whole memory over the link, plus overheads."""
+    return (
+        wl.memory_bytes / link.bandwidth_bps * 1000.0
+        + link.overhead_ms
+        + ROUND_TRIPS * link.rtt_ms
+    )
+
+
+def pair_refusal(src: NodeCaps, dst: NodeCaps) -> str | None:
+    """Why no container can move from ``src`` to ``dst`` at all, or None if it can."""
+    if src.arch != dst.arch:
+        return (
+            f"a CRIU image never crosses architectures: {src.name} is {src.arch}, "
+            f"{dst.name} is {dst.arch}"
+        )
+    if src.runtime != dst.runtime:
+        return (
+            f"{src.name} runs the {src.runtime} runtime and {dst.name} runs {dst.runtime}: "
+            "a migration stays within one runtime"
+        )
+    if src.runtime != "sim":
+        for node in (src, dst):
+            if not node.criu_ok:
+                why = f" ({node.criu_reason})" if node.criu_reason else ""
+                return f"CRIU does not work on {node.name}{why}: run ops/install-criu.sh there"
+    if dst.cordoned:
+        return f"{dst.name} is cordoned: uncordon it or pick another destination"
+    return None
+
+
+def fit_refusal(dst: NodeCaps, wl: Workload) -> str | None:
+    """Why ``dst`` has no room for ``wl`` (memory, then disk for the images), or None."""
+    need = wl.memory_bytes * (1 + HEADROOM)
+    if dst.mem_free_bytes < need:
+        return (
+            f"{dst.name} has {_mib(dst.mem_free_bytes)} free memory; the container needs "
+            f"{_mib(wl.memory_bytes)} + {HEADROOM:.0%} headroom: pick a node with more"
+        )
+    if dst.disk_free_bytes < need:
+        return (
+            f"{dst.name} has {_mib(dst.disk_free_bytes)} free disk; the images need up to "
+            f"{_mib(need)}: free space there or pick another node"
+        )
+    return None
+
+
+def strategy_refusal(strategy: str, src: NodeCaps, dst: NodeCaps) -> str | None:
+    """Why this pair cannot run ``strategy`` (pair assumed able to migrate), or None."""
+    if strategy == "precopy" and not src.soft_dirty:
+        return f"precopy needs soft-dirty tracking; {src.name}'s kernel has none"
+    if strategy == "hybrid" and not src.soft_dirty:
+        # CRIU's lazy dump skips only the pages a soft-dirty pre-dump chain sent.
+        return f"hybrid needs soft-dirty tracking for its pre-copy half; {src.name}'s kernel has none"
+    if strategy in ("postcopy", "hybrid"):
+        for node in (dst, src):
+            if not node.lazy_pages:
+                why = f" ({node.lazy_pages_reason})" if node.lazy_pages_reason else ""
+                return (
+                    f"{strategy} needs userfaultfd lazy pages on both nodes; "
+                    f"{node.name} has none{why}"
+                )
+    return None
+
+
+def usable(src: NodeCaps, dst: NodeCaps) -> list[str]:
+    """The concrete strategies this pair can run, in STRATEGIES order."""
+    if pair_refusal(src, dst) is not None:
+        return []
+    return [s for s in CONCRETE if strategy_refusal(s, src, dst) is None]
+
+
+def choose(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request) -> Choice:
+    """Pick the strategy for moving ``wl`` from ``src`` to ``dst``; CapabilityError if none."""
+    _check(src, dst, wl, link, req)
+    refusal = pair_refusal(src, dst) or fit_refusal(dst, wl)
+    if refusal:
+        raise CapabilityError(refusal)
+    iterative = "precopy" if src.soft_dirty else "delta"
+    cold_ms = cold_downtime_ms(wl, link)
+    limit = req.downtime_limit_ms
+    if req.strategy != "auto":
+        refusal = strategy_refusal(req.strategy, src, dst)
+        if refusal:
+            ok = [s for s in INSTEAD[req.strategy] if strategy_refusal(s, src, dst) is None]
+            raise CapabilityError(f"{refusal}: use {' or '.join(ok)}")
+        it = {"precopy": "precopy", "delta": "delta", "hybrid": iterative}.get(req.strategy)
+        why = f"requested {req.strategy}"
+        if req.strategy == "cold" and cold_ms > limit:
+            why += f" (expected downtime ~{cold_ms:.0f} ms, over the {limit:g} ms limit)"
+        return Choice(req.strategy, why, it)
+
+    cold_why = (
+        f"cold copy of {_mib(wl.memory_bytes)} at {_rate(link.bandwidth_bps)} "
+        f"+ {link.overhead_ms + ROUND_TRIPS * link.rtt_ms:.0f} ms overhead is ~{cold_ms:.0f} ms"
+    )
+    if cold_ms <= limit:
+        return Choice("cold", f"auto: {cold_why} <= {limit:g} ms limit")
+    why = f"auto: {cold_why} > {limit:g} ms limit"
+    bw, dirty = link.bandwidth_bps, wl.dirty_rate_bps
+    if dirty is None:
+        fast = cold_ms >= LARGE * limit
+        why += f"; dirty rate unmeasured and the workload is {'large' if fast else 'small'}"
+    else:
+        fast = dirty >= FAST_DIRTY * bw
+        why += f"; dirty rate {_rate(dirty)} is {dirty / bw:.0%} of the bandwidth"
+    lazy_no = strategy_refusal("postcopy", src, dst)
+    pre = (
+        "precopy (soft-dirty)"
+        if iterative == "precopy"
+        else f"delta ({src.name} has no soft-dirty)"
+    )
+    if fast and lazy_no is None:
+        if dirty is not None and dirty >= bw:
+            return Choice("postcopy", f"{why}: pre-copy cannot converge, postcopy")
+        if iterative == "delta":
+            return Choice("postcopy", f"{why}: postcopy ({src.name} has no soft-dirty for hybrid)")
+        return Choice("hybrid", f"{why}: hybrid, {pre} then postcopy", iterative)
+    if fast:
+        why += f"; postcopy unavailable ({lazy_no}), the convergence rule will decide"
+    return Choice(iterative, f"{why}: {pre}", iterative)
+
+
+def _check(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request) -> None:
+    if req.strategy not in STRATEGIES:
+        raise BadRequest(f"unknown strategy {req.strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if src.name == dst.name:
+        raise BadRequest(f"source and destination are both {src.name}")
+    if req.downtime_limit_ms <= 0 or link.bandwidth_bps <= 0 or link.rtt_ms < 0:
+        raise BadRequest("downtime limit and bandwidth must be > 0, rtt >= 0")
+    if wl.memory_bytes < 0 or (wl.dirty_rate_bps is not None and wl.dirty_rate_bps < 0):
+        raise BadRequest("memory and dirty rate must be >= 0")
+
+
+PAGE_SERVER_MODES = ("auto", "on", "off")
+
+
+def page_server(mode: str, strategy: str, src: NodeCaps, dst: NodeCaps) -> tuple[str, str]:
+    """The page-server mode a migration gets (``auto``, ``on`` or ``off``), and why.
+
+    Only a ``cold`` migration between two ``criu`` nodes can stream its dump's
+    pages into the destination's CRIU (delta's block diff and pre-copy's
+    parent images need the pages on the source's disk; post-copy serves them
+    from there): elsewhere it is ``off``, and ``on`` is refused. Whether
+    ``auto`` streams is decided at the dump, from the link
+    (:func:`workers.dataplane.transfer.stream_pages`).
+
+    >>> pi = NodeCaps("pi-01", "aarch64", "criu", True, True, True, "", 4 << 30, 32 << 30)
+    >>> page_server("auto", "cold", pi, pi)[0], page_server("auto", "delta", pi, pi)[0]
+    ('auto', 'off')
+    """
+    if mode not in PAGE_SERVER_MODES:
+        raise BadRequest(f"page_server must be one of {', '.join(PAGE_SERVER_MODES)}, not {mode!r}")
+    if mode == "off":
+        return "off", "page server off"
+    why_not = ("" if strategy == "cold" else f"{strategy} needs the pages on the source's disk")
+    for node in (src, dst):
+        if node.runtime != "criu":
+            why_not = why_not or f"{node.name} runs {node.runtime}, not criu"
+    if why_not:
+        if mode == "on":
+            raise CapabilityError(f"page_server=on, but {why_not}: use page_server=auto")
+        return "off", why_not
+    return mode, "cold between two criu nodes: its pages may stream into the destination's CRIU"

@@ -1,0 +1,1 @@
+"""The Celery app, its queues, and what vouches for the messages on them."""

@@ -1,0 +1,71 @@
+"""The Celery app: JSON only, late acks, capped redelivery, per-node queues.
+
+Queues: ``node.<name>`` (a node's ordinary work), ``node.<name>.urgent`` (the
+steps inside a container's freeze window, served by a slot nothing else may
+occupy) and ``ferry.control`` (coordinator, evacuation runner).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from celery import Celery
+
+from tasks.config.broker import ssl_options
+from tasks.config.settings import Settings
+from tasks.messaging.signing import enable_signing
+
+CONTROL_QUEUE = "ferry.control"
+
+
+def node_queue(node: str, urgent: bool = False) -> str:
+    return f"node.{node}.urgent" if urgent else f"node.{node}"
+
+
+def make_app(settings: Settings) -> Celery:
+    """A Celery app for resolved ``settings`` (see tasks.config.broker.resolve)."""
+    app = Celery("ferry", broker=settings.broker_url, backend=settings.result_backend,
+                 set_as_current=False)
+    transport = {
+        # Longer than the longest phase: an unacked task is redelivered only
+        # after this, so a slow dump is never handed to a second worker.
+        "visibility_timeout": settings.visibility_timeout_s,
+        # redis-py >= 8 defaults socket_timeout to 5 s, which would cut the
+        # transport's blocking BRPOP short; say what we want instead.
+        "socket_timeout": 30,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 25,
+    }
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        # A task whose worker process died is not put back: a phase that
+        # killed its worker (OOM) would otherwise loop forever. The record's
+        # delivery counter and the coordinator's recovery take over instead.
+        task_reject_on_worker_lost=False,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_track_started=True,
+        task_default_queue=CONTROL_QUEUE,
+        task_create_missing_queues=True,
+        result_expires=7 * 86400,
+        result_extended=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+    )
+    # Kombu and Celery read TLS options from a rediss:// URL themselves; Flower
+    # reads only these settings (docs/security.md).
+    app.conf.broker_use_ssl = ssl_options(settings.broker_url) or False
+    app.conf.redis_backend_use_ssl = ssl_options(settings.result_backend) or False
+    if settings.signing_key:
+        enable_signing(app, Path(settings.signing_key), Path(settings.signing_cert),
+                       Path(settings.signing_certs))
+    return app

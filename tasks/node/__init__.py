@@ -1,0 +1,1 @@
+"""A node's side of the queue: its Celery tasks, what each phase does, its worker process."""

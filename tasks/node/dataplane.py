@@ -1,0 +1,104 @@
+"""The data plane as the phases use it: where the destination listens, what the
+link carries, a dir of images sent as files, a dump's pages streamed.
+
+The bytes themselves move in :mod:`workers.dataplane.transfer` and
+:mod:`workers.dataplane.pagestream`; this module turns a migration record into their
+arguments: the address the destination's PREPARE signed, a fresh token per
+connection, the migration's bandwidth cap and the link's bandwidth.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tasks.messaging import auth
+from tasks.core.machine import Migration, estimates
+from workers import failpoints
+from workers.errors import PermanentError
+from workers.dataplane.pagestream import PagesTarget
+from workers.dataplane.tokens import issue_token
+from workers.dataplane.transfer import send_files, stream_pages
+
+if TYPE_CHECKING:
+    from tasks.node.phases import NodeContext
+
+Progress = Callable[[dict[str, Any]], None]
+FROZEN_TIMEOUT_S = 10.0  # silence on the data plane that ends a freeze-window transfer
+
+
+def dst_address(ctx: NodeContext, m: Migration) -> tuple[str, int]:
+    """The destination's data-plane address, as its PREPARE signed it."""
+    prepared = m.results.get("prepare", {})
+    address = str(prepared.get("address", ""))
+    auth.verify(ctx.secret, prepared.get("address_mac"), "address", m.id, m.dst, address)
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise PermanentError(f"{m.dst} gave no data-plane address")
+    return host, int(port)
+
+
+def streams_pages(ctx: NodeContext, m: Migration) -> bool:
+    """Whether this migration's final dump streams its pages (tasks.core.chooser.page_server)."""
+    rates = [r for r in (m.limits.get("bandwidth_bps"), link_bps(m)) if r]
+    return stream_pages(str(m.limits.get("page_server", "off")),
+                        str(m.limits.get("compression", "auto")), dst_address(ctx, m)[0],
+                        min(rates, default=None))
+
+
+def link_bps(m: Migration) -> float | None:
+    """The link's bandwidth as this migration knows it: measured by its passes, else configured."""
+    if m.passes:
+        measured = estimates(m).bandwidth_bps
+        if 0 < measured < float("inf"):
+            return measured
+    configured = m.limits.get("link_bps")
+    return float(configured) if configured else None
+
+
+def send_dir(ctx: NodeContext, m: Migration, d: Path, sub: str, progress: Progress | None,
+             frozen: bool = False) -> dict[str, Any]:
+    """Send the image files of ``d`` to the destination's ``incoming/<mid>/<sub>``.
+
+    ``frozen``: the container is frozen while this runs, so a dead link gives
+    up after seconds (and the migration rolls back) rather than minutes.
+    Compressed when the link (:func:`link_bps`) is slow enough for it to pay.
+    """
+    files = sorted(p for p in d.iterdir()
+                   if p.is_file() and not p.is_symlink() and not p.name.endswith(".done")
+                   and p.suffix != ".log" and not p.name.endswith(".socket"))
+    total = sum(p.stat().st_size for p in files)
+    started = time.monotonic()
+    last = [0.0]
+
+    def report(sent: int, _total: int) -> None:
+        now = time.monotonic()
+        if progress is not None and (now - last[0] >= 0.25 or sent >= total):
+            last[0] = now
+            rate = sent / max(now - started, 1e-6)
+            progress({"bytes_sent": sent, "bytes_total": total, "rate_bps": round(rate),
+                      "eta_s": round((total - sent) / rate, 2) if rate else None})
+
+    stats = send_files(dst_address(ctx, m), lambda: issue_token(ctx.secret, m.id, m.src, m.dst, time.time()),
+                       m.id, [(p, p.name) for p in files], subdir=sub, progress=report,
+                       bandwidth_bps=m.limits.get("bandwidth_bps"),  # per migration, if capped
+                       link_bps=link_bps(m), compression=m.limits.get("compression", "auto"),
+                       timeout_s=FROZEN_TIMEOUT_S if frozen else 30.0, retries=1 if frozen else 3)
+    return {"bytes": stats.bytes, "files": stats.files, "wall_ms": round(stats.seconds * 1000, 3),
+            "resumed": stats.resumed, "codec": stats.codec}
+
+
+def pages_target(ctx: NodeContext, m: Migration, sub: str, progress: Progress) -> PagesTarget:
+    """Where a cold dump streams its pages: the destination's page server, behind a token."""
+    def report(sent: int, seconds: float) -> None:
+        progress({"bytes_sent": sent, "rate_bps": round(sent / seconds) if seconds > 0 else None,
+                  "bytes_total": m.limits.get("memory_bytes"),  # about what CRIU dumps
+                  "stream": "pages"})
+
+    return PagesTarget(dst_address(ctx, m),
+                       lambda: issue_token(ctx.secret, m.id, m.src, m.dst, time.time()),
+                       m.id, sub, bandwidth_bps=m.limits.get("bandwidth_bps"), progress=report,
+                       stall_s=FROZEN_TIMEOUT_S,
+                       corrupt=failpoints.corrupting(ctx.failpoints, "pages"))

@@ -1,0 +1,293 @@
+"""What each migration phase does on its node: plain functions, no Celery.
+
+Each takes the node's context and the migration record and returns a small
+JSON-able result, or raises a FerryError. Each is safe to run twice: a
+redelivered phase finds its own earlier work (a marker file) and returns it.
+
+Image dirs of migration M: on the source ``<images>/M/{pass-K,final,...}``,
+landed on the destination as ``<node>/incoming/M/{pass-K,final,...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.messaging import auth
+
+from tasks.node import syncpasses
+from tasks.node.dataplane import Progress, pages_target, send_dir, streams_pages
+from tasks.core.machine import Migration, Phase, State
+from workers.errors import BadRequest, CriuError, PermanentError
+from workers.dataplane.pagestream import check_pages
+from workers.runtimes.base import Runtime
+
+FINAL = "final"
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """One node, as its phase tasks see it."""
+
+    node: str
+    runtime: Runtime
+    node_dir: Path  # this node's own state
+    address: str  # host:port of this node's data-plane listener
+    secret: bytes
+    container_root: Path  # where containers' workdirs are (a sync dir may be below one)
+    sync_roots: tuple[Path, ...] = ()  # below these, containers may declare sync dirs
+    sync_ports: tuple[int, int] | None = None  # the rsync daemons' port range (None: any)
+    verify_grace_s: float = 0.2
+    pages_timeout_s: float = 600.0
+    failpoints: Path | None = None  # fault suite only: workers.failpoints
+
+    def images(self, mid: str, sub: str = FINAL) -> Path:
+        """Where this node dumps a migration's images (source side)."""
+        return self.node_dir / "images" / mid / sub
+
+    def incoming(self, mid: str, sub: str = FINAL) -> Path:
+        """Where the data plane lands a migration's images (destination side)."""
+        return self.node_dir / "incoming" / mid / sub
+
+    @property
+    def host(self) -> str:
+        return self.address.rpartition(":")[0]
+
+
+def remembered(d: Path, phase: Phase) -> dict[str, Any] | None:
+    try:
+        result: dict[str, Any] = json.loads((d / f"ferry-{phase.value}.done").read_text())
+        return result
+    except (OSError, ValueError):
+        return None
+
+
+def remember(d: Path, phase: Phase, result: dict[str, Any]) -> dict[str, Any]:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"ferry-{phase.value}.done").write_text(json.dumps(result))
+    return result
+
+
+def last_pass(m: Migration) -> str | None:
+    return f"pass-{len(m.passes)}" if m.passes else None
+
+
+def prepare(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
+    if _has(ctx, m.container, live=True) and not remembered(ctx.incoming(m.id), Phase.RESTORE):
+        raise BadRequest(f"a container named {m.container!r} already runs on {ctx.node}")
+    ctx.incoming(m.id).parent.mkdir(parents=True, exist_ok=True)
+    return {"address": ctx.address,
+            "address_mac": auth.sign(ctx.secret, "address", m.id, ctx.node, ctx.address),
+            **(syncpasses.open_targets(ctx, m) if m.sync else {})}
+
+
+def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
+    d = ctx.images(m.id)
+    done = remembered(d, Phase.DUMP)
+    if done:
+        return done
+    if d.exists():
+        shutil.rmtree(d)  # a dump that died half-way: start over
+    prev = last_pass(m)
+    parent = ctx.images(m.id, prev) if prev and m.strategy in ("precopy", "hybrid") else None
+    if m.lazy:
+        port = free_port(ctx.host)
+        frozen_at = ctx.runtime.checkpoint_lazy(m.container, d, ctx.host, port, parent)
+        server = f"{ctx.host}:{port}"
+        end = time.time()
+        return remember(d, Phase.DUMP, {"freeze_start": frozen_at, "page_server": server,
+                                        "page_server_mac": auth.sign(ctx.secret, "address", m.id,
+                                                                     ctx.node, server),
+                                        # the dump froze the tree at frozen_at and returns
+                                        # once all but the pages are written
+                                        "frozen_ms": round((end - frozen_at) * 1000, 3),
+                                        "freezing_ms": 0.0, "end": end})
+    # Pages straight into the destination's CRIU where the planner allows it
+    # (tasks.core.chooser.page_server: a cold dump, which has no parent) and it pays.
+    streamed = parent is None and streams_pages(ctx, m)
+    s = ctx.runtime.checkpoint(m.container, d, parent=parent,
+                               pages=pages_target(ctx, m, FINAL, progress) if streamed else None)
+    end = time.time()
+    result: dict[str, Any] = {
+        "frozen_ms": s.frozen_ms, "freezing_ms": s.freezing_ms, "wall_ms": round(s.wall_ms, 3),
+        "pages_written": s.pages_written, "image_bytes": s.image_bytes,
+        # when the tree was frozen, on this node's clock
+        "freeze_start": end - (s.frozen_ms + s.freezing_ms) / 1000, "end": end}
+    if s.pages is not None:
+        # CRIU's memwrite time is its pages crossing the wire, inside the freeze
+        result.update(pages=s.pages.to_dict(), memwrite_ms=s.memwrite_ms)
+    return remember(d, Phase.DUMP, result)
+
+
+def transfer(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
+    d = ctx.images(m.id)
+    done = remembered(d, Phase.TRANSFER)
+    if done:
+        return done
+    prev = last_pass(m)
+    if m.strategy == "delta" and prev and not m.lazy:
+        from workers.dataplane.delta import make_delta
+
+        out = ctx.images(m.id, "final.out")
+        shutil.rmtree(out, ignore_errors=True)
+        delta = make_delta(ctx.images(m.id, prev), d, out)
+        result = {**send_dir(ctx, m, out, "final.delta", progress, frozen=True),
+                  "delta_ms": round(delta.seconds * 1000, 3), "bytes_total": delta.bytes_total}
+    else:
+        result = send_dir(ctx, m, d, FINAL, progress, frozen=True)
+    return remember(d, Phase.TRANSFER, {**result, "end": time.time()})
+
+
+def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
+    d = ctx.incoming(m.id)
+    done = remembered(d, Phase.RESTORE)
+    if done:
+        return done  # never restore twice
+    started = time.monotonic()
+    # Nothing may write the synced dirs any more (and unmunged symlinks are back).
+    sync_stop_ms = syncpasses.close_targets(ctx, m) if m.sync else 0.0
+    prev = last_pass(m)
+    rebuild_ms = 0.0
+    if m.strategy == "delta" and prev and not m.lazy:
+        from workers.dataplane.delta import apply_delta
+
+        if not d.exists():  # the last pass, patched in place, becomes it once verified
+            apply_delta(ctx.incoming(m.id, prev), ctx.incoming(m.id, "final.delta"), d)
+        rebuild_ms = (time.monotonic() - started) * 1000
+    elif prev and m.strategy in ("precopy", "hybrid"):
+        link = d / "parent"
+        if not link.is_symlink():
+            os.symlink(f"../{prev}", link)
+    if "pages" in m.results["dump"]:
+        check_pages(m.results["dump"]["pages"], d)  # never restore pages that differ
+    page_server = None
+    if m.lazy:
+        server = str(m.results["dump"]["page_server"])
+        auth.verify(ctx.secret, m.results["dump"].get("page_server_mac"), "address", m.id, m.src,
+                    server)
+        host, _, port = server.rpartition(":")
+        page_server = (host, int(port))
+    s = ctx.runtime.restore(m.container, d, page_server=page_server)
+    return remember(d, Phase.RESTORE, {"pid": s.pid, "restore_ms": s.restore_ms,
+                                       "rebuild_ms": round(rebuild_ms, 3),
+                                       "sync_stop_ms": sync_stop_ms,
+                                       "wall_ms": round((time.monotonic() - started) * 1000, 3),
+                                       "end": time.time()})
+
+
+def pages(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
+    """Post-copy: wait until the destination has pulled every page."""
+    s = ctx.runtime.wait_lazy(m.container, ctx.images(m.id), ctx.pages_timeout_s)
+    end = time.time()
+    # CRIU's stats for a lazy dump do not count the pages served later: say
+    # how long after the restore the last page arrived instead.
+    after = end - float(m.results["restore"]["end"])
+    return {"wall_ms": round(s.wall_ms, 3), "last_page_after_restore_ms": round(after * 1000, 1),
+            "end": end}
+
+
+def verify(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
+    time.sleep(ctx.verify_grace_s)
+    info = ctx.runtime.get(m.container)
+    if info.state != "running":
+        raise PermanentError(f"restored {m.container!r} is {info.state} on {ctx.node}, not running")
+    # The images (and the restore marker an ABORT relies on) stay until the
+    # migration is final: the node's garbage collector (collect) drops them.
+    return {"pid": info.pid, "memory_bytes": info.memory_bytes}
+
+
+def collect(node_dir: Path, state_of: Callable[[str], State | None]) -> list[str]:
+    """Drop the image dirs of every finished migration on this node (and of any whose
+    record is gone), stop its rsync daemons; the ids dropped.
+    """
+    dropped = []
+    for side in ("images", "incoming"):
+        for d in sorted((node_dir / side).glob("m-*")):
+            state = state_of(d.name)
+            if d.is_dir() and (state is None or state.final):
+                drop_images(node_dir, d, d.name)
+                dropped.append(d.name)
+    return dropped + syncpasses.collect(node_dir, state_of)
+
+
+def drop_images(node_dir: Path, d: Path, mid: str) -> None:
+    """Remove a migration's image dirs, keeping CRIU's logs under ``<node>/logs/<mid>``."""
+    if d.exists():
+        keep = node_dir / "logs" / mid
+        keep.mkdir(parents=True, exist_ok=True)
+        for log in d.glob("*/*.log"):
+            shutil.copy2(log, keep / f"{log.parent.name}-{log.name}")
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def cleanup(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
+    """After the point of no return: remove the source copy, exactly once."""
+    if _has(ctx, m.container):
+        ctx.runtime.kill(m.container)
+    drop_images(ctx.node_dir, ctx.images(m.id).parent, m.id)
+    return {"removed": True, "sync_removed": syncpasses.remove_source(ctx, m) if m.sync else []}
+
+
+def abort(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
+    """Rollback on the destination: kill a copy this migration restored, drop its images."""
+    d = ctx.incoming(m.id)
+    killed = False
+    if remembered(d, Phase.RESTORE) and _has(ctx, m.container):
+        ctx.runtime.kill(m.container)
+        killed = True
+    drop_images(ctx.node_dir, d.parent, m.id)
+    return {"killed": killed, "sync_removed": syncpasses.drop(ctx, m) if m.sync else []}
+
+
+def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
+    """Rollback on the source: continue the frozen copy, or restore it from its images."""
+    d = ctx.images(m.id)
+    if not _has(ctx, m.container):
+        raise PermanentError(f"{m.container!r} is not in {ctx.node}'s inventory")
+    dumped = remembered(d, Phase.DUMP)
+    if dumped and "page_server" in dumped:
+        _end_lazy_dump(ctx, m, dumped["page_server"])
+    if dumped and ("page_server" in dumped or "pages" in dumped):
+        dumped = None  # its pages are not on this node's disk to restore from
+    info = ctx.runtime.resume(m.container, d if dumped else None)
+    drop_images(ctx.node_dir, d.parent, m.id)
+    return {"pid": info.pid, "state": info.state}
+
+
+def _end_lazy_dump(ctx: NodeContext, m: Migration, page_server: str) -> None:
+    """Make a post-copy dump that still waits for its destination give up, so CRIU resumes the tree."""
+    host, _, port = page_server.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            pass  # a peer that hangs up at once fails the page transfer
+    except OSError:
+        pass  # the page server is gone already
+    try:
+        ctx.runtime.wait_lazy(m.container, ctx.images(m.id), 30)
+    except CriuError:
+        pass  # the expected end: the dump failed and CRIU resumed the tree
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _has(ctx: NodeContext, name: str, live: bool = False) -> bool:
+    return any(c.name == name and (not live or c.state != "exited") for c in ctx.runtime.containers())
+
+
+HANDLERS_BASE: dict[Phase, Callable[[NodeContext, Migration, Progress], dict[str, Any]]] = {
+    Phase.PREPARE: prepare, Phase.DUMP: dump, Phase.TRANSFER: transfer, Phase.RESTORE: restore,
+    Phase.PAGES: pages, Phase.VERIFY: verify, Phase.CLEANUP: cleanup, Phase.ABORT: abort,
+    Phase.RESUME: resume,
+}

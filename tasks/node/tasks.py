@@ -1,0 +1,178 @@
+"""A node's Celery tasks: thin wrappers around tasks.node.phases and the runtime.
+
+Each phase task takes ``(migration_id, step)``, checks that the record
+still waits for exactly that phase and step on this node (a redelivered or
+overtaken task changes nothing), runs the phase, maps errors to transient or
+permanent, and feeds the outcome to the state machine. When the next step is
+another urgent step on this same node (dump -> transfer), it runs it at once
+in this worker instead of a round trip through the queue: that is time inside
+the container's freeze window.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from celery import Celery, Task
+
+from tasks.messaging import auth
+from tasks.messaging.app import node_queue
+from tasks.core.machine import ROUTE, Event, Migration, Phase, Send, State
+from tasks.node.passes import HANDLERS
+from tasks.node.phases import NodeContext
+from tasks.store.migrations import Store, check_migration_id
+from workers import failpoints
+from workers.errors import BadRequest, FerryError, Superseded, TransientError
+from workers.runtimes.base import check_container_name
+
+log = logging.getLogger("ferry.node")
+
+
+def dispatch(app: Celery, mid: str, sends: list[Send]) -> None:
+    """Send each step to its node's queue."""
+    for s in sends:
+        app.send_task(f"ferry.node.{s.phase.value}", args=(mid, s.step),
+                      queue=node_queue(s.node, s.urgent), countdown=s.countdown or None)
+
+
+def _expects(m: Migration, phase: Phase, step: int) -> bool:
+    if m.state is State.ROLLING_BACK:
+        return phase in m.rollback
+    if m.state is State.ROLLED_BACK:
+        return phase is Phase.ABORT  # a late abort still tidies the destination
+    return m.state is State.RUNNING and m.phase is phase and m.step == step
+
+
+def run_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, mid: str, step: int,
+              task: Task | None = None, urgent: bool = False, max_deliveries: int = 3,
+              after: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Run one phase for one migration on this node and advance the machine."""
+    check_migration_id(mid)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+        raise BadRequest(f"bad step {step!r}")
+    while True:
+        m = store.get(mid)
+        side, _ = ROUTE[phase]
+        if (m.src if side == "src" else m.dst) != ctx.node:
+            raise BadRequest(f"{phase.value} of {mid} belongs on {m.src if side == 'src' else m.dst}, "
+                             f"not {ctx.node}")
+        auth.verify(ctx.secret, m.mac, "migration", m.id, m.container, m.src, m.dst, m.strategy,
+                    list(m.sync))
+        if not _expects(m, phase, step):
+            log.info("%s %s step %s: stale, ignored (record at %s/%s step %s)", mid, phase.value,
+                     step, m.state.value, m.phase.value if m.phase else "-", m.step)
+            return {"ignored": True}
+        if store.delivery(mid, phase.value, step) > max_deliveries:
+            ev = Event("failed", time.time(), phase, step,
+                       error=f"delivered more than {max_deliveries} times; giving up")
+        else:
+            ev = _attempt(store, ctx, phase, m, step, task)
+        m, sends, _ = store.apply(mid, ev)
+        try:
+            after()  # the node's published inventory; the outcome is recorded already
+        except Exception:  # a broker blip must not lose a phase's outcome; next heartbeat republishes
+            log.exception("%s: publishing %s's inventory failed", mid, ctx.node)
+        inline = [s for s in sends if s.node == ctx.node and s.urgent == urgent and not s.countdown]
+        dispatch(app, mid, [s for s in sends if s not in inline])
+        if len(inline) != 1:
+            dispatch(app, mid, inline)
+            return {"state": m.state.value, "phase": m.phase.value if m.phase else None}
+        phase, step = inline[0].phase, inline[0].step
+
+
+def _attempt(store: Store, ctx: NodeContext, phase: Phase, m: Migration, step: int,
+             task: Task | None) -> Event:
+    def progress(numbers: dict[str, Any]) -> None:
+        now = store.update(m.id, lambda r: _with_progress(r, phase, numbers), "progress")
+        if now.step != m.step or now.state is not State.RUNNING:
+            # Cancelled, timed out or superseded: stop sending, free this slot
+            # for the rollback steps queued behind it.
+            raise Superseded(f"{m.id} moved on ({now.state.value}); {phase.value} stops")
+        _tell_flower(task, m, phase, numbers)
+
+    _tell_flower(task, m, phase, {})
+    started = time.time()
+    failpoints.hit(ctx.failpoints, phase.value, "before", m.id)
+    try:
+        result = HANDLERS[phase](ctx, m, progress)
+        failpoints.hit(ctx.failpoints, phase.value, "after", m.id)
+    except TransientError as exc:
+        return Event("failed", time.time(), phase, step, error=str(exc), transient=True)
+    except FerryError as exc:
+        return Event("failed", time.time(), phase, step, error=str(exc))
+    except Exception as exc:  # a bug or an OS error we did not map: roll back, say what
+        log.exception("%s %s failed unexpectedly", m.id, phase.value)
+        return Event("failed", time.time(), phase, step, error=f"{type(exc).__name__}: {exc}")
+    result["started"] = started
+    return Event("done", time.time(), phase, step, result=result)
+
+
+def _tell_flower(task: Task | None, m: Migration, phase: Phase, numbers: dict[str, Any]) -> None:
+    """A ``task-progress`` event: Flower shows the task as PROGRESS, with ``result`` saying where."""
+    if task is None or not task.request.id:
+        return
+    # Flower's task pages show only Celery's own fields; ``result`` is the one a
+    # custom state (PROGRESS) fills, until the task's real result replaces it.
+    text = f"{phase.value} of {m.container} ({m.src} -> {m.dst}, {m.strategy})"
+    if numbers.get("bytes_total"):
+        text += (f": {numbers['bytes_sent'] / 2**20:.1f} of {numbers['bytes_total'] / 2**20:.1f} MiB"
+                 f" at {numbers.get('rate_bps', 0) / 2**20:.1f} MiB/s")
+    task.send_event("task-progress", migration=m.id, phase=phase.value, result=text, **numbers)
+
+
+def _with_progress(m: Migration, phase: Phase, numbers: dict[str, Any]) -> Migration:
+    return replace(m, results={**m.results, "progress": {"phase": phase.value, **numbers}})
+
+
+def register(app: Celery, store: Store, ctx: NodeContext, urgent: bool,
+             on_inventory: Callable[[], None]) -> None:
+    """Register this node's tasks on ``app``."""
+    for phase in HANDLERS:
+        _register_phase(app, store, ctx, phase, urgent, on_inventory)
+
+    @app.task(name="ferry.node.run", bind=True)
+    def run(self: Task, name: str, argv: list[str], labels: dict[str, str], sync: list[str],
+            issued: float, mac: str) -> dict[str, Any]:
+        check_container_name(name)
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise BadRequest("argv must be a list of strings")
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise BadRequest("labels must map names to strings")
+        if not isinstance(sync, list) or not all(isinstance(d, str) for d in sync):
+            raise BadRequest("sync must be a list of paths")
+        auth.verify_fresh(ctx.secret, mac, issued, time.time(), "run", ctx.node, name, argv, labels,
+                          sync)
+        info = ctx.runtime.start(name, argv, labels, tuple(sync))
+        on_inventory()
+        return {"name": info.name, "node": ctx.node, "pid": info.pid, "log": info.log}
+
+    @app.task(name="ferry.node.kill", bind=True)
+    def kill(self: Task, name: str, issued: float, mac: str) -> dict[str, Any]:
+        auth.verify_fresh(ctx.secret, mac, issued, time.time(), "kill", ctx.node,
+                          check_container_name(name))
+        ctx.runtime.kill(name)
+        on_inventory()
+        return {"name": name, "node": ctx.node, "killed": True}
+
+    @app.task(name="ferry.node.continue", bind=True)
+    def continue_(self: Task, name: str, issued: float, mac: str) -> dict[str, Any]:
+        """Continue a frozen copy (``ferry resolve``); a running one is left as it is."""
+        auth.verify_fresh(ctx.secret, mac, issued, time.time(), "continue", ctx.node,
+                          check_container_name(name))
+        info = ctx.runtime.resume(name)
+        on_inventory()
+        return {"name": name, "node": ctx.node, "pid": info.pid, "state": info.state}
+
+
+def _register_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, urgent: bool,
+                    after: Callable[[], None]) -> None:
+    def body(self: Task, mid: str, step: int) -> dict[str, Any]:
+        return run_phase(app, store, ctx, phase, mid, step, self, urgent, after=after)
+
+    body.__name__ = phase.value
+    body.__doc__ = f"The {phase.value} phase of a migration, on {ctx.node}."
+    app.task(name=f"ferry.node.{phase.value}", bind=True)(body)

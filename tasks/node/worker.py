@@ -1,0 +1,195 @@
+"""``ferry worker --node NAME``: one node's workers, listener and heartbeat.
+
+The supervisor probes the node, starts its data-plane listener, registers the
+node in Redis and keeps a heartbeat, and runs two Celery workers as child
+processes: ``main`` on ``node.<name>`` and ``urgent`` on ``node.<name>.urgent``
+(one slot, for freeze-window steps only). It is the child subreaper of every
+container its workers start or restore, so none is left a zombie.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tasks.messaging.app import make_app, node_queue
+from tasks.config.broker import connect, resolve
+from tasks.core.machine import State
+from tasks.node.tasks import register
+from tasks.node.phases import NodeContext, collect
+from tasks.config.settings import Settings, check_node_name
+from tasks.store.migrations import Store
+from workers.criu.adapter import Criu
+from workers.errors import BadRequest, FerryError
+from workers.criu.probe import probe, probe_lazy
+from workers.runtimes.base import Runtime
+from workers.dataplane.transfer import TransferServer
+
+log = logging.getLogger("ferry.worker")
+PR_SET_CHILD_SUBREAPER = 36
+ROLES = ("main", "urgent")
+
+
+def node_dir(settings: Settings, node: str) -> Path:
+    return settings.state_dir / "nodes" / node
+
+
+def make_runtime(settings: Settings, node: str) -> Runtime:
+    if settings.runtime == "sim":
+        from workers.runtimes.sim import SimRuntime
+
+        return SimRuntime(node_dir(settings, node), settings.container_root)
+    from workers.runtimes.criu import CriuRuntime
+
+    return CriuRuntime(node_dir(settings, node), settings.container_root, Criu(settings.criu_bin),
+                       settings.sync_root_paths)
+
+
+def _containers(runtime: Runtime) -> list[dict[str, Any]]:
+    return [{**asdict(c), "argv": list(c.argv)} for c in runtime.containers()]
+
+
+def _env(s: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(FERRY_STATE_DIR=str(s.state_dir), FERRY_BROKER_URL=s.broker_url,
+               FERRY_RESULT_BACKEND=s.result_backend, FERRY_REDIS_URL=s.redis_url,
+               FERRY_SECRET=s.secret, FERRY_RUNTIME=s.runtime,
+               FERRY_SHARED_DIR=str(s.container_root), FERRY_FAILPOINTS=s.failpoints,
+               FERRY_SYNC_ROOTS=s.sync_roots, FERRY_SYNC_PORTS=s.sync_ports)
+    return env
+
+
+def serve(settings: Settings, node: str) -> int:
+    """Run node ``node`` until SIGTERM or SIGINT."""
+    check_node_name(node)
+    s = resolve(settings)
+    _ = s.sync_root_paths, s.sync_port_range  # a bad setting stops the node now, not mid-migration
+    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    home = node_dir(s, node)
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = Store(connect(s))
+    runtime = make_runtime(s, node)
+    facts = probe(home, Criu(s.criu_bin)) if s.runtime == "criu" else None
+    lazy = probe_lazy(Criu(s.criu_bin), home / "lazy-probe", facts, s.allow_pipe_max_size) \
+        if facts else (True, "")
+    server = TransferServer(home / "incoming", s.secret.encode(), node, s.listen_host, s.listen_port,
+                            page_server=Criu(s.criu_bin).page_server if facts else None,
+                            failpoints=Path(s.failpoints) if s.failpoints else None)
+    server.start()
+    host, port = server.address
+    address = f"{s.advertise_host or host}:{port}"
+    record: dict[str, Any] = {
+        "name": node, "address": address, "runtime": s.runtime, "host": socket.gethostname(),
+        "pid": os.getpid(), "started": time.time(), "queues": [node_queue(node), node_queue(node, True)],
+        "probe": {**(facts.to_dict() if facts else {"arch": os.uname().machine, "simulated": True}),
+                  "lazy_pages": lazy[0], "lazy_pages_reason": lazy[1]},
+    }
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"ferry: node {node} up: data plane on {address}, queues {', '.join(record['queues'])}",
+          file=sys.stderr, flush=True)
+    try:
+        while not stopping:
+            for role in ROLES:
+                child = children.get(role)
+                if child is None or child.poll() is not None:
+                    if child is not None:
+                        log.warning("%s worker of %s exited (%s); restarting", role, node, child.returncode)
+                    children[role] = subprocess.Popen(
+                        [sys.executable, "-m", "tasks.node.worker", node, role, address], env=_env(s))
+                    record.setdefault("workers", {})[role] = time.time()
+            _reap({c.pid for c in children.values()})
+            load = os.getloadavg()[0]
+            try:
+                store.put_node(node, {**record, "last_seen": time.time(), "load": load, "state": "up"})
+                store.put_containers(node, _containers(runtime))
+                collect(home, lambda mid: _state(store, mid))
+            except (redis.RedisError, FerryError, OSError) as exc:
+                # The broker is away, or /proc or the disk hiccuped: keep the
+                # workers (and any freeze-window step they run) alive; the
+                # next beat tries again.
+                log.warning("heartbeat of %s failed: %s", node, exc)
+            time.sleep(s.heartbeat_s if not stopping else 0)
+    finally:
+        for child in children.values():
+            child.terminate()
+        for child in children.values():
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        server.stop()
+        try:
+            store.put_node(node, {**record, "last_seen": time.time(), "state": "stopped"})
+        except redis.RedisError:
+            pass  # the heartbeat going stale says the same
+    return 0
+
+
+def _state(store: Store, mid: str) -> State | None:
+    """Migration ``mid``'s state; None if its record is gone."""
+    try:
+        return store.get(mid).state
+    except BadRequest:
+        return None
+
+
+def _reap(keep: set[int]) -> None:
+    """Reap orphaned containers that died under us; leave our own children alone."""
+    me = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    try:
+        pids = [int(p) for p in me.read_text().split()]
+    except OSError:
+        return
+    for pid in pids:
+        if pid in keep:
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def celery_main(node: str, role: str, address: str) -> None:
+    """One of a node's Celery workers (a child of ``serve``)."""
+    s = resolve(Settings.from_env())
+    urgent = role == "urgent"
+    app = make_app(s)
+    store = Store(connect(s, patient=True))
+    runtime = make_runtime(s, node)
+    ctx = NodeContext(node=node, runtime=runtime, node_dir=node_dir(s, node), address=address,
+                      secret=s.secret.encode(), failpoints=Path(s.failpoints) if s.failpoints else None,
+                      container_root=s.container_root, sync_roots=s.sync_root_paths,
+                      sync_ports=s.sync_port_range)
+    register(app, store, ctx, urgent, lambda: store.put_containers(node, _containers(runtime)))
+    app.worker_main(["worker", "-Q", node_queue(node, urgent), "-n", f"{role}.{node}@%h",
+                     "-P", "threads", "-c", "1" if urgent else str(s.main_concurrency),
+                     "-E", "--without-gossip", "--without-mingle", "-l", "INFO"])
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    celery_main(sys.argv[1], sys.argv[2], sys.argv[3])

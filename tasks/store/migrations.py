@@ -1,0 +1,205 @@
+"""ferry's state in Redis: migration records, their event streams, the nodes.
+
+Keys (all under ``ferry:``)::
+
+    ferry:mig:<id>            JSON migration record (tasks.core.machine.Migration + stats)
+    ferry:mig:<id>:events     stream of every change (phase, state, numbers)
+    ferry:migs                sorted set of migration ids by creation time
+    ferry:active              set of migration ids not yet final
+    ferry:node:<name>         JSON node record (probe, address, containers, heartbeat)
+    ferry:nodes               set of node names
+    ferry:cordon:<name>       present while the node is cordoned
+    ferry:redis-run-id        [run_id, when] the coordinator last saw Redis (restarts)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, replace
+from typing import Any
+
+import redis
+
+from tasks.core.machine import Event, Migration, Phase, Policy, Send, State, next_step
+from workers.errors import BadRequest
+
+DEFAULT_POLICY = Policy()
+MIGRATION_ID = re.compile(r"^m-[0-9a-f]{12}\Z")
+EVENTS_MAX = 10_000
+
+
+def new_id() -> str:
+    return "m-" + secrets.token_hex(6)
+
+
+def check_migration_id(mid: object) -> str:
+    if not isinstance(mid, str) or not MIGRATION_ID.match(mid):
+        raise BadRequest(f"bad migration id {mid!r}: ids look like m-0123456789ab")
+    return mid
+
+
+def to_json(m: Migration) -> str:
+    return json.dumps(asdict(m))
+
+
+def from_json(raw: str) -> Migration:
+    d = json.loads(raw)
+    d["state"] = State(d["state"])
+    d["phase"] = Phase(d["phase"]) if d["phase"] else None
+    d["rollback"] = tuple(Phase(p) for p in d["rollback"])
+    d["errors"] = tuple(d["errors"])
+    d["warnings"] = tuple(d["warnings"])
+    d["passes"] = tuple(d["passes"])
+    d["sync"] = tuple(d.get("sync", ()))
+    return Migration(**d)
+
+
+class Store:
+    """Migration records and node registry on one Redis connection."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        # redis-py types every reply as "Awaitable | Any" (one stub for sync and
+        # async clients); this client is synchronous.
+        self.r: Any = client
+
+    # -- migrations ----------------------------------------------------------
+    def create(self, m: Migration) -> None:
+        key = f"ferry:mig:{m.id}"
+        if not self.r.set(key, to_json(m), nx=True):
+            raise BadRequest(f"migration {m.id} exists already")
+        self.r.zadd("ferry:migs", {m.id: m.created})
+        self.r.sadd("ferry:active", m.id)
+        self._event(m, "created")
+
+    def get(self, mid: str) -> Migration:
+        raw = self.r.get(f"ferry:mig:{check_migration_id(mid)}")
+        if raw is None:
+            raise BadRequest(f"no migration {mid}: see `ferry status`")
+        return from_json(str(raw))
+
+    def active(self) -> list[str]:
+        """Ids of the migrations not yet final (what a restarted coordinator drives on)."""
+        return sorted(str(i) for i in self.r.smembers("ferry:active"))
+
+    def ids(self, limit: int = 50) -> list[str]:
+        return [str(i) for i in self.r.zrevrange("ferry:migs", 0, limit - 1)]
+
+    def apply(self, mid: str, ev: Event, policy: Policy = DEFAULT_POLICY) -> tuple[Migration, list[Send], bool]:
+        """Apply ``ev`` to the record atomically; returns (record, sends, changed)."""
+        return self._transact(mid, lambda m: next_step(m, ev, policy), ev.kind)
+
+    def update(self, mid: str, change: Callable[[Migration], Migration], what: str) -> Migration:
+        """Change the record atomically outside the state machine (progress numbers)."""
+        m, _, _ = self._transact(mid, lambda m: (change(m), []), what)
+        return m
+
+    def _transact(self, mid: str, step: Callable[[Migration], tuple[Migration, list[Send]]],
+                  what: str) -> tuple[Migration, list[Send], bool]:
+        key = f"ferry:mig:{check_migration_id(mid)}"
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise BadRequest(f"no migration {mid}")
+                    old = from_json(str(raw))
+                    new, sends = step(old)
+                    changed = replace(new, updated=old.updated) != old
+                    pipe.multi()
+                    if changed:
+                        pipe.set(key, to_json(new))
+                        self._event(new, what, pipe)
+                        if new.state.final:
+                            pipe.srem("ferry:active", mid)
+                    pipe.execute()
+                    return new, sends, changed
+                except redis.WatchError:
+                    continue
+
+    def _event(self, m: Migration, what: str, pipe: Any = None) -> None:
+        fields = {"what": what, "state": m.state.value, "phase": m.phase.value if m.phase else "",
+                  "attempt": m.attempt, "t": m.updated,
+                  "progress": json.dumps(m.results.get("progress", {})),
+                  "error": m.errors[-1] if m.errors else ""}
+        (pipe or self.r).xadd(f"ferry:mig:{m.id}:events", fields, maxlen=EVENTS_MAX, approximate=True)
+
+    def events(self, mid: str, after: str = "0", block_ms: int | None = None) -> list[tuple[str, dict[str, str]]]:
+        key = f"ferry:mig:{check_migration_id(mid)}:events"
+        if block_ms is None:
+            return [(str(i), dict(f)) for i, f in self.r.xrange(key, min=f"({after}" if after != "0" else "-")]
+        got = self.r.xread({key: after}, block=block_ms)
+        return [(str(i), dict(f)) for _, entries in got for i, f in entries]
+
+    def delivery(self, mid: str, phase: str, attempt: int) -> int:
+        """Count deliveries of one (migration, phase, attempt): redeliveries are capped."""
+        key = f"ferry:deliv:{mid}:{phase}:{attempt}"
+        n = int(self.r.incr(key))
+        self.r.expire(key, 7 * 86400)
+        return n
+
+    def restarted(self, now: float) -> float | None:
+        """If Redis restarted since the last call (anyone's; its run_id changed), the
+        time of that call: the restart came after it. None otherwise, on the first
+        call, or when the ACL refuses INFO (docs/security.md grants it).
+        """
+        try:
+            run_id = str(self.r.info("server")["run_id"])
+        except redis.ResponseError:  # NOPERM: INFO not granted
+            return None
+        last = self.r.getset("ferry:redis-run-id", json.dumps([run_id, now]))
+        try:
+            old, seen = json.loads(str(last))
+        except (TypeError, ValueError):
+            return None
+        return float(seen) if old != run_id else None
+
+    # -- nodes ---------------------------------------------------------------
+    def put_node(self, name: str, record: dict[str, Any]) -> None:
+        with self.r.pipeline() as pipe:
+            pipe.set(f"ferry:node:{name}", json.dumps(record))
+            pipe.sadd("ferry:nodes", name)
+            pipe.execute()
+
+    def put_containers(self, name: str, containers: list[dict[str, Any]]) -> None:
+        self.r.set(f"ferry:node:{name}:containers", json.dumps(containers))
+
+    def node(self, name: str) -> dict[str, Any] | None:
+        return _node(self.r.mget(*_node_keys(name)))
+
+    def nodes(self) -> list[dict[str, Any]]:
+        names = sorted(str(n) for n in self.r.smembers("ferry:nodes"))
+        # one round trip for every node: an evacuation tick reads them all
+        replies = self.r.mget(*(k for n in names for k in _node_keys(n))) if names else []
+        out = [_node(replies[i:i + 3]) for i in range(0, len(replies), 3)]
+        return [n for n in out if n is not None]
+
+    def cordon(self, name: str, on: bool) -> None:
+        if on:
+            self.r.set(f"ferry:cordon:{name}", "1")
+        else:
+            self.r.delete(f"ferry:cordon:{name}")
+
+    def iter_migrations(self, limit: int = 50) -> Iterator[Migration]:
+        for mid in self.ids(limit):
+            try:
+                yield self.get(mid)
+            except BadRequest:
+                continue
+
+
+def _node_keys(name: str) -> tuple[str, str, str]:
+    return f"ferry:node:{name}", f"ferry:node:{name}:containers", f"ferry:cordon:{name}"
+
+
+def _node(replies: list[Any]) -> dict[str, Any] | None:
+    raw, cont, cordon = replies
+    if raw is None:
+        return None
+    rec: dict[str, Any] = json.loads(str(raw))
+    rec["containers"] = json.loads(str(cont)) if cont else []
+    rec["cordoned"] = cordon is not None
+    return rec

@@ -1,0 +1,345 @@
+"""The one adapter that talks to CRIU.
+
+ferry drives the ``criu`` binary as a subprocess rather than through its RPC:
+every call leaves its own log next to its images (quoted in errors), a dump
+can be watched and killed like any process, and nothing needs pycriu, whose
+protobuf pin (< 7) and ``images_dir_fd`` quirk in 4.1.1 would tie ferry to one
+CRIU build. CRIU's stats images are decoded here with a few lines of protobuf.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from workers.errors import CriuError
+from workers.runtimes.base import DumpStats, RestoreStats
+
+_ERROR_LINE = re.compile(r"Error \((?:[^)]*)\):\s*(.*)")
+# Lines CRIU logs as errors and then carries on from: never the reason a call failed.
+# (Raising RLIMIT_NOFILE is refused inside a user namespace or under a hard cap.)
+_HARMLESS = ("rlimit: Can't setup RLIMIT_NOFILE",)
+_ERRNO = re.compile(r"\b[Ee]rrno[ =:]*(\d+)|\((?:errno )?(\d+)\)$")
+# CRIU's stats.proto field numbers (dump_stats_entry / restore_stats_entry).
+_DUMP_FIELDS = {1: "freezing_time", 2: "frozen_time", 3: "memdump_time", 4: "memwrite_time",
+                5: "pages_scanned", 6: "pages_skipped_parent", 7: "pages_written",
+                9: "pages_lazy"}
+_RESTORE_FIELDS = {3: "forking_time", 4: "restore_time", 5: "pages_restored"}
+
+
+@dataclass(frozen=True)
+class Criu:
+    """The criu binary and how to call it."""
+
+    binary: str = "criu"
+    timeout_s: float = 600.0
+
+    def version(self) -> str:
+        out = self._plain(["--version"])
+        match = re.search(r"Version:\s*(\S+)", out)
+        return match.group(1) if match else ""
+
+    def check(self) -> tuple[bool, str]:
+        """``criu check``: whether CRIU works on this kernel, and its complaint if not."""
+        try:
+            proc = subprocess.run([self.binary, "check"], capture_output=True, text=True,
+                                  timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return False, str(exc)
+        text = (proc.stdout + proc.stderr).strip()
+        return proc.returncode == 0, text.splitlines()[-1] if text else ""
+
+    def feature(self, name: str) -> bool:
+        try:
+            proc = subprocess.run([self.binary, "check", "--feature", name],
+                                  capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return proc.returncode == 0
+
+    def dump(self, pid: int, images: Path, *, leave_running: bool = False,
+             leave_stopped: bool = False, parent: Path | None = None,
+             track_mem: bool = False, lazy: bool = False, pre: bool = False,
+             ps_socket: int | None = None) -> DumpStats:
+        """Checkpoint the tree rooted at ``pid`` into ``images``.
+
+        With ``ps_socket`` (a connected socket, see :class:`workers.dataplane.pagestream.Relay`)
+        the pages and pagemaps go through it to a :meth:`page_server`; the
+        rest still lands in ``images``.
+        """
+        images.mkdir(parents=True, exist_ok=True)
+        op = "pre-dump" if pre else "dump"
+        argv = [op, "-t", str(pid), "-D", str(images), "-o", f"{op}.log", "-v4"]
+        if leave_running and not pre:
+            argv.append("--leave-running")
+        if leave_stopped:
+            argv.append("--leave-stopped")
+        if parent is not None:
+            argv += ["--prev-images-dir", os.path.relpath(parent, images)]
+        if track_mem:
+            argv.append("--track-mem")
+        if lazy:
+            argv.append("--lazy-pages")
+        fds: tuple[int, ...] = ()
+        if ps_socket is not None:
+            argv += ["--page-server", "--ps-socket", str(ps_socket)]
+            fds = (ps_socket,)
+        started = time.monotonic()
+        self._run(op, argv, images / f"{op}.log", pass_fds=fds)
+        wall = (time.monotonic() - started) * 1000
+        return dump_stats(images, wall)
+
+    def start_lazy_dump(self, pid: int, images: Path, address: str, port: int,
+                        parent: Path | None = None, timeout_s: float = 60) -> tuple[subprocess.Popen[bytes], float]:
+        """Start ``criu dump --lazy-pages``; return once the tree is frozen, dumped
+        but for its pages, and CRIU's page server waits on ``address:port``.
+
+        Returns the running dump and the wall time the tree froze at. The dump
+        ends when every page has gone (exit 0), or fails and resumes the tree.
+        """
+        images.mkdir(parents=True, exist_ok=True)
+        argv = ["dump", "-t", str(pid), "-D", str(images), "-o", "dump.log", "-v4", "--lazy-pages",
+                "--leave-stopped",
+                "--address", address, "--port", str(port)]
+        if parent is not None:
+            argv += ["--prev-images-dir", os.path.relpath(parent, images), "--track-mem"]
+        log = images / "dump.log"
+        started = time.time()
+        proc = self._spawn(argv)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if "Starting page server" in text:
+                match = re.search(r"\((\d+\.\d+)\) Seized task", text)
+                return proc, started + (float(match.group(1)) if match else 0.0)
+            if proc.poll() is not None:
+                errno, detail = explain(log)
+                raise CriuError("lazy dump", errno, log, detail)
+            time.sleep(0.002)
+        proc.kill()
+        raise CriuError("lazy dump", 110, log, f"no page server after {timeout_s:.0f} s")
+
+    def start_lazy_pages(self, images: Path, address: str, port: int) -> subprocess.Popen[bytes]:
+        """Start ``criu lazy-pages`` to pull pages from the source's page server."""
+        proc = self._spawn(["lazy-pages", "-D", str(images), "-o", "lazy-pages.log", "-v4",
+                            "--page-server", "--address", address, "--port", str(port)])
+        sock = images / "lazy-pages.socket"
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                errno, detail = explain(images / "lazy-pages.log")
+                raise CriuError("lazy-pages", errno, images / "lazy-pages.log", detail)
+            time.sleep(0.002)
+        return proc
+
+    def page_server(self, images: Path, sock: int) -> PipedLog:
+        """Start ``criu page-server`` on the connected socket ``sock``, writing into ``images``.
+
+        It listens on nothing: it serves the one dump at the other end of
+        ``sock`` and exits when that dump disconnects, 0 if all went well.
+        Its log comes through a pipe (:class:`PipedLog`): the disk it fills
+        is the one its log would be on, and a log cut mid-line by a full disk
+        hides why it failed.
+        """
+        argv = ["page-server", "-D", str(images), "-o", "-", "-v4", "--ps-socket", str(sock)]
+        try:
+            proc = subprocess.Popen([self.binary, *argv], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True, pass_fds=(sock,))
+        except FileNotFoundError as exc:
+            raise CriuError(argv[0], 2, None, f"{self.binary} not found: run ops/install-criu.sh") from exc
+        return PipedLog(proc, images / "page-server.log")
+
+    def _spawn(self, argv: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+        try:
+            proc = subprocess.Popen([self.binary, *argv], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True, pass_fds=pass_fds)
+        except FileNotFoundError as exc:
+            raise CriuError(argv[0], 2, None, f"{self.binary} not found: run ops/install-criu.sh") from exc
+        # Reap it when it ends, whoever waits for it by its log.
+        threading.Thread(target=proc.wait, daemon=True, name=f"criu-{argv[0]}").start()
+        return proc
+
+    def restore(self, images: Path, *, extra: tuple[str, ...] = ()) -> RestoreStats:
+        """Restore the tree in ``images``, detached; returns its new host pid."""
+        pidfile = images / "restore.pid"
+        pidfile.unlink(missing_ok=True)
+        argv = ["restore", "-D", str(images), "-d", "--pidfile", str(pidfile),
+                "-o", "restore.log", "-v4", *extra]
+        started = time.monotonic()
+        self._run("restore", argv, images / "restore.log")
+        wall = (time.monotonic() - started) * 1000
+        pid = int(pidfile.read_text().strip())
+        fields = read_stats(images / "stats-restore", 2, _RESTORE_FIELDS)
+        return RestoreStats(pid=pid, restore_ms=fields.get("restore_time", 0) / 1000,
+                            forking_ms=fields.get("forking_time", 0) / 1000,
+                            pages_restored=fields.get("pages_restored", 0), wall_ms=wall)
+
+    def _plain(self, argv: list[str]) -> str:
+        try:
+            return subprocess.run([self.binary, *argv], capture_output=True, text=True,
+                                  timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CriuError(argv[0].lstrip("-"), 0, None, str(exc)) from exc
+
+    def _run(self, op: str, argv: list[str], log: Path, pass_fds: tuple[int, ...] = ()) -> None:
+        try:
+            proc = subprocess.run([self.binary, *argv], capture_output=True, text=True,
+                                  timeout=self.timeout_s, stdin=subprocess.DEVNULL,
+                                  pass_fds=pass_fds)
+        except FileNotFoundError as exc:
+            raise CriuError(op, 2, None, f"{self.binary} not found: run ops/install-criu.sh") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise CriuError(op, 110, log, f"no answer in {self.timeout_s:.0f} s") from exc
+        if proc.returncode != 0:
+            errno, detail = explain(log, proc.stderr)
+            raise CriuError(op, errno, log, detail)
+
+
+class PipedLog:
+    """A running CRIU whose log (``-o -``) comes through a pipe.
+
+    The log is copied to ``path`` as it comes, for as long as that disk
+    takes it; the error lines and the last lines stay in memory too
+    (:meth:`text`), so a full disk cannot hide why CRIU failed.
+    """
+
+    _TAIL = 64  # lines kept besides the error lines
+
+    def __init__(self, proc: subprocess.Popen[bytes], path: Path) -> None:
+        self.proc = proc
+        self.path = path
+        self._errors: list[str] = []
+        self._tail: deque[str] = deque(maxlen=self._TAIL)
+        self._tap = threading.Thread(target=self._copy, daemon=True, name="criu-log")
+        self._tap.start()
+
+    def _copy(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            out = self.path.open("wb")
+        except OSError:
+            out = None
+        for raw in self.proc.stdout:
+            if out is not None:
+                try:
+                    out.write(raw)
+                    out.flush()
+                except OSError:  # the disk is full: the lines still reach text()
+                    out = None
+            line = raw.decode(errors="replace").rstrip("\n")
+            (self._errors if _ERROR_LINE.search(line) else self._tail).append(line)
+        if out is not None:
+            try:
+                out.close()
+            except OSError:
+                pass
+        self.proc.wait()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit status, once CRIU has exited and its whole log is read."""
+        status = self.proc.wait(timeout=timeout)
+        self._tap.join(timeout=5)  # a child of CRIU's could hold the pipe open
+        return status
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def text(self) -> str:
+        """The error lines, then the last lines: enough for :func:`explain_text`."""
+        return "\n".join([*self._errors, *self._tail])
+
+
+def explain(log: Path, stderr: str = "") -> tuple[int, str]:
+    """The errno and the first error line of a failed CRIU call's log."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        text = stderr
+    return explain_text(text, stderr)
+
+
+def explain_text(text: str, stderr: str = "") -> tuple[int, str]:
+    """The errno and the first error line of a failed CRIU call's log ``text``.
+
+    >>> explain_text("(00.1) Error (criu/page-xfer.c:1121): page-xfer: "
+    ...              "Unable to spice data: No space left on device")
+    (0, 'page-xfer: Unable to spice data: No space left on device')
+    >>> explain_text("(00.1) Error (criu/cr-dump.c:1): Can't dump (errno 3)")
+    (3, "Can't dump (errno 3)")
+    """
+    for line in text.splitlines():
+        match = _ERROR_LINE.search(line)
+        if match and not match.group(1).startswith(_HARMLESS):
+            detail = match.group(1).strip()
+            num = _ERRNO.search(detail)
+            errno = int(next(g for g in num.groups() if g)) if num else 0
+            return errno, detail
+    return 0, (stderr.strip().splitlines() or [""])[-1]
+
+
+def dump_stats(images: Path, wall_ms: float) -> DumpStats:
+    """Read CRIU's stats-dump image of a finished dump in ``images``."""
+    f = read_stats(images / "stats-dump", 1, _DUMP_FIELDS)
+    size = sum(p.stat().st_size for p in images.iterdir() if p.is_file())
+    return DumpStats(
+        freezing_ms=f.get("freezing_time", 0) / 1000, frozen_ms=f.get("frozen_time", 0) / 1000,
+        memdump_ms=f.get("memdump_time", 0) / 1000, memwrite_ms=f.get("memwrite_time", 0) / 1000,
+        pages_scanned=f.get("pages_scanned", 0),
+        pages_skipped_parent=f.get("pages_skipped_parent", 0),
+        pages_written=f.get("pages_written", 0), pages_lazy=f.get("pages_lazy", 0),
+        wall_ms=wall_ms, image_bytes=size)
+
+
+def read_stats(path: Path, entry_field: int, names: dict[int, str]) -> dict[str, int]:
+    """Decode one CRIU stats image: two magics, a size, a stats_entry message."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return {}
+    if len(data) < 12:
+        return {}
+    (size,) = struct.unpack_from("<I", data, 8)
+    outer = _fields(data[12:12 + size])
+    inner = outer.get(entry_field)
+    if not isinstance(inner, bytes):
+        return {}
+    return {names[k]: v for k, v in _fields(inner).items() if k in names and isinstance(v, int)}
+
+
+def _fields(buf: bytes) -> dict[int, int | bytes]:
+    """The varint and length-delimited fields of one protobuf message."""
+    out: dict[int, int | bytes] = {}
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            out[number], pos = _varint(buf, pos)
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            out[number], pos = buf[pos:pos + length], pos + length
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            break
+    return out
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7

@@ -1,0 +1,1 @@
+"""Node to node: the transfer service, its wire format, tokens, delta blocks and the pages stream."""

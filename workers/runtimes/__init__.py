@@ -1,0 +1,1 @@
+"""The runtime seam and its drivers: criu (ferry's containers) and sim (a model)."""

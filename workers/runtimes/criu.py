@@ -1,0 +1,259 @@
+"""The ``criu`` runtime: ferry's own containers, checkpointed with real CRIU.
+
+A container is a process tree in new pid, uts and ipc namespaces (started by
+workers.runtimes.launch), with its working directory and log under the cluster's
+container root (storage every node sees, or synced). The node's inventory, one
+JSON file per container under ``<state>/containers``, is the authority on what
+the node manages: nothing outside it is ever checkpointed or killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from workers import procs
+from workers.criu.adapter import Criu, dump_stats, explain
+from workers.errors import BadRequest, CriuError, PermanentError, UnknownContainer
+from workers.dataplane.pagestream import PagesTarget, Relay
+from workers.runtimes.base import ContainerInfo, DumpStats, RestoreStats, check_container_name
+from workers.dirsync.dirs import check_dirs
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One inventory entry, as kept on the node's disk."""
+
+    name: str
+    pid: int
+    ticks: int
+    argv: tuple[str, ...]
+    workdir: str
+    log: str
+    started: float
+    state: str = "running"  # running | frozen
+    labels: dict[str, str] = field(default_factory=dict)
+    sync: tuple[str, ...] = ()  # declared node-local directories (workers.dirsync.dirs)
+
+
+class CriuRuntime:
+    """Runs, checkpoints and restores containers on this node with CRIU."""
+
+    name = "criu"
+
+    def __init__(self, state_dir: Path, container_root: Path, criu: Criu | None = None,
+                 sync_roots: tuple[Path, ...] = ()) -> None:
+        self.inventory = state_dir / "containers"
+        self.container_root = container_root
+        self.sync_roots = sync_roots
+        self.criu = criu or Criu()
+        self.inventory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.container_root.mkdir(parents=True, exist_ok=True)
+
+    # -- inventory ---------------------------------------------------------
+    def _path(self, name: str) -> Path:
+        return self.inventory / f"{check_container_name(name)}.json"
+
+    def _load(self, name: str) -> Entry:
+        try:
+            raw = json.loads(self._path(name).read_text())
+        except FileNotFoundError:
+            raise UnknownContainer(name) from None
+        raw["argv"] = tuple(raw["argv"])
+        raw["sync"] = tuple(raw.get("sync", ()))
+        return Entry(**raw)
+
+    def _save(self, entry: Entry) -> None:
+        path = self._path(entry.name)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(entry)))
+        os.replace(tmp, path)
+
+    def _info(self, e: Entry) -> ContainerInfo:
+        live = procs.alive(e.pid, e.ticks)
+        st = e.state if live else "exited"
+        if live and e.state == "running" and procs.state(e.pid) == "T":
+            st = "frozen"
+        return ContainerInfo(name=e.name, pid=e.pid, argv=e.argv, state=st,
+                             memory_bytes=procs.rss_bytes(e.pid) if live else 0,
+                             started=e.started, log=e.log, runtime=self.name, labels=e.labels,
+                             sync=e.sync)
+
+    def containers(self) -> list[ContainerInfo]:
+        out = []
+        for path in sorted(self.inventory.glob("*.json")):
+            try:
+                out.append(self._info(self._load(path.stem)))
+            except (UnknownContainer, ValueError, TypeError, KeyError):
+                continue
+        return out
+
+    def get(self, name: str) -> ContainerInfo:
+        return self._info(self._load(name))
+
+    def has(self, name: str) -> bool:
+        return self._path(name).exists()
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self, name: str, argv: list[str], labels: dict[str, str] | None = None,
+              sync: tuple[str, ...] = ()) -> ContainerInfo:
+        """Start ``argv`` as container ``name`` on this node, declaring its ``sync`` dirs."""
+        check_container_name(name)
+        if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
+            raise BadRequest("a container needs a command: ferry run --node N -- CMD ...")
+        if self.has(name) and self.get(name).state != "exited":
+            raise BadRequest(f"container {name!r} already runs on this node")
+        workdir = self.container_root / name
+        sync = self._check_sync(name, sync, workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        log = workdir / "log"
+        proc = subprocess.run(
+            [sys.executable, "-m", "workers.runtimes.launch", "--name", name, "--dir", str(workdir),
+             "--log", str(log), "--", *argv],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+            cwd=str(Path(__file__).resolve().parents[2]))
+        if proc.returncode != 0 or not proc.stdout.strip().isdigit():
+            raise BadRequest(f"cannot start {argv[0]!r}: {proc.stderr.strip() or proc.stdout.strip()}")
+        pid = int(proc.stdout.strip())
+        ticks = procs.start_ticks(pid) or 0
+        entry = Entry(name=name, pid=pid, ticks=ticks, argv=tuple(argv), workdir=str(workdir),
+                      log=str(log), started=time.time(), labels=dict(labels or {}), sync=sync)
+        self._save(entry)
+        return self._info(entry)
+
+    def _live(self, name: str) -> Entry:
+        entry = self._load(name)
+        if not procs.alive(entry.pid, entry.ticks):
+            raise PermanentError(f"container {name!r} is not running on this node (pid {entry.pid} is gone)")
+        return entry
+
+    def checkpoint(self, name: str, images: Path, *, leave_running: bool = False,
+                   parent: Path | None = None, pages: PagesTarget | None = None) -> DumpStats:
+        """Dump ``name`` into ``images``; the tree stays frozen unless ``leave_running``.
+
+        With ``pages`` the pages stream to the destination's page server
+        (:mod:`workers.dataplane.pagestream`) instead. A failed dump leaves the container
+        running (CRIU resumes it).
+        """
+        entry = self._live(name)
+        if pages is None:
+            stats = self.criu.dump(entry.pid, images, leave_running=leave_running,
+                                   leave_stopped=not leave_running, parent=parent)
+        else:
+            relay = Relay(pages)
+            with relay as fd:
+                stats = self.criu.dump(entry.pid, images, leave_running=leave_running,
+                                       leave_stopped=not leave_running, parent=parent,
+                                       ps_socket=fd)
+            stats = replace(stats, pages=relay.stats)
+        if not leave_running:
+            self._save(replace(entry, state="frozen"))
+        (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
+        return stats
+
+    def predump(self, name: str, images: Path, parent: Path | None) -> DumpStats:
+        """A soft-dirty pre-dump pass (``criu pre-dump --track-mem``); the tree runs on."""
+        entry = self._live(name)
+        return self.criu.dump(entry.pid, images, pre=True, track_mem=True, parent=parent)
+
+    def checkpoint_lazy(self, name: str, images: Path, address: str, port: int,
+                        parent: Path | None = None) -> float:
+        """Dump ``name`` for post-copy: all but its pages, which CRIU's page server
+        on ``address:port`` hands out until the destination has them all. The
+        tree stays frozen (and is resumed by CRIU if the page transfer fails).
+        Returns when the tree froze (wall clock).
+        """
+        entry = self._live(name)
+        (images / "ferry-container.json").parent.mkdir(parents=True, exist_ok=True)
+        (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
+        _, frozen_at = self.criu.start_lazy_dump(entry.pid, images, address, port, parent)
+        self._save(replace(entry, state="frozen"))
+        return frozen_at
+
+    def wait_lazy(self, name: str, images: Path, timeout_s: float) -> DumpStats:
+        """Wait until a post-copy dump has served every page; its stats."""
+        log = images / "dump.log"
+        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace")
+            if "Dumping finished successfully" in text:
+                return dump_stats(images, (time.monotonic() - started) * 1000)
+            if "Dumping FAILED" in text:
+                entry = self._load(name)
+                self._save(replace(entry, state="running"))  # CRIU resumed it
+                errno, detail = explain(log)
+                raise CriuError("lazy dump", errno, log, detail)
+            time.sleep(0.01)
+        raise CriuError("lazy dump", 110, log, f"pages still in flight after {timeout_s:.0f} s")
+
+    def restore(self, name: str, images: Path, page_server: tuple[str, int] | None = None) -> RestoreStats:
+        """Restore ``name`` from ``images`` on this node and take it into the inventory.
+
+        With ``page_server`` (post-copy) the tree starts at once and its pages
+        come from the source's page server as it touches them.
+        """
+        check_container_name(name)
+        if self.has(name) and self.get(name).state in ("running", "frozen"):
+            raise BadRequest(f"container {name!r} already runs on this node")
+        meta = json.loads((images / "ferry-container.json").read_text())
+        if meta.get("name") != name:
+            raise PermanentError(f"images in {images} are of {meta.get('name')!r}, not {name!r}")
+        if page_server is not None:
+            self.criu.start_lazy_pages(images, *page_server)
+            stats = self.criu.restore(images, extra=("--lazy-pages",))
+        else:
+            stats = self.criu.restore(images)
+        entry = Entry(name=name, pid=stats.pid, ticks=procs.start_ticks(stats.pid) or 0,
+                      argv=tuple(meta["argv"]), workdir=meta["workdir"], log=meta["log"],
+                      started=meta["started"], labels=meta.get("labels", {}),
+                      sync=tuple(meta.get("sync", ())))  # the declaration moves with it
+        self._save(entry)
+        return stats
+
+    def _check_sync(self, name: str, sync: tuple[str, ...], workdir: Path) -> tuple[str, ...]:
+        """``sync`` if this node may sync every dir and no other container declared one of them."""
+        check_dirs(sync, self.sync_roots, workdir, exist=True)
+        for other in self.containers():
+            if other.name == name or other.state == "exited":
+                continue
+            for a in sync:
+                for b in other.sync:
+                    if a == b or Path(a) in Path(b).parents or Path(b) in Path(a).parents:
+                        raise BadRequest(f"sync dir {a} overlaps {b}, declared by {other.name!r}")
+        return tuple(sync)
+
+    def resume(self, name: str, images: Path | None = None) -> ContainerInfo:
+        """Bring a frozen or lost source copy back to running.
+
+        Frozen (after a dump): continue it. Gone but its images are here:
+        restore it on this node. Running: nothing to do.
+        """
+        entry = self._load(name)
+        if procs.alive(entry.pid, entry.ticks):
+            procs.signal_tree(entry.pid, signal.SIGCONT)
+            entry = replace(entry, state="running")
+            self._save(entry)
+            return self._info(entry)
+        if images is None or not (images / "ferry-container.json").exists():
+            raise PermanentError(f"container {name!r} is gone and no images are left to restore it")
+        self._path(name).unlink(missing_ok=True)
+        try:
+            self.restore(name, images)
+        except CriuError:
+            self._save(entry)
+            raise
+        return self.get(name)
+
+    def kill(self, name: str) -> None:
+        """Kill ``name`` and forget it. Killing a container that is gone just forgets it."""
+        entry = self._load(name)
+        if procs.alive(entry.pid, entry.ticks) and not procs.kill_and_wait(entry.pid):
+            raise PermanentError(f"container {name!r} (pid {entry.pid}) would not die")
+        self._path(name).unlink(missing_ok=True)
