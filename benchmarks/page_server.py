@@ -57,7 +57,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import machine
 from workers.criu.adapter import Criu, dump_stats
-from workers.dataplane.pagestream import PagesTarget, Relay, check_pages
+from workers.dataplane.pagestream import Relay, check_pages
+from workers.records import PagesTarget
 from workers.dataplane.tokens import issue_token
 from workers.dataplane.transfer import TransferServer, send_files
 

@@ -22,7 +22,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from tasks.api import evacview
+from tasks.api.client import Ferry
+from tasks.api.demo import run_demo
+from tasks.config import broker
+from tasks.control import coordinator as control
 from tasks.control.metrics import command as metrics_command
+from tasks.core.summary import one_line, summary
+from tasks.messaging.app import make_app
+from tasks.node import worker as node_worker
 from tasks.config.settings import Settings
 from workers.errors import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, FerryError
 
@@ -30,9 +40,7 @@ err = Console(stderr=True)
 out = Console()
 
 
-def _client() -> Any:
-    from tasks.api.client import Ferry
-
+def _client() -> Ferry:
     return Ferry(Settings.from_env())
 
 
@@ -86,18 +94,14 @@ json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON for 
 @click.option("--node", required=True, help="This node's name (lowercase, digits, '-').")
 def worker(node: str) -> None:
     """Run this node's workers, data-plane listener and heartbeat."""
-    from tasks.node.worker import serve
-
-    sys.exit(serve(Settings.from_env(), node))
+    sys.exit(node_worker.serve(Settings.from_env(), node))
 
 
 @main.command()
 @click.option("--concurrency", default=4, show_default=True)
 def coordinator(concurrency: int) -> None:
     """Run the coordinator (consumes ferry.control)."""
-    from tasks.control.coordinator import serve
-
-    serve(Settings.from_env(), concurrency)
+    control.serve(Settings.from_env(), concurrency)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -107,10 +111,7 @@ def coordinator(concurrency: int) -> None:
               help="user:password (env FERRY_FLOWER_AUTH).")
 def flower(port: int, address: str, basic_auth: str) -> None:
     """Run Flower on ferry's broker (the tasks page lists each phase's args and progress)."""
-    from tasks.messaging.app import make_app
-    from tasks.config.broker import resolve
-
-    app = make_app(resolve(Settings.from_env()))
+    app = make_app(broker.resolve(Settings.from_env()))
     argv = ["flower", f"--port={port}", f"--address={address}", f"--tasks_columns={FLOWER_COLUMNS}"]
     if basic_auth:
         argv.append(f"--basic-auth={basic_auth}")
@@ -202,7 +203,6 @@ def migrate(container: str, to: str, strategy: str, downtime_limit_ms: float, ma
             goal_unchanged: float, fallback: str, hard_cap: bool, page_server: str | None,
             compression: str | None, no_wait: bool, timeout: float, as_json: bool) -> None:
     """Move CONTAINER to node TO."""
-    from tasks.core.summary import one_line, summary
 
     client = _client()
     handle = client.migrate(container, to, strategy, downtime_limit_ms=downtime_limit_ms,
@@ -224,7 +224,6 @@ def migrate(container: str, to: str, strategy: str, downtime_limit_ms: float, ma
 
 
 def _follow(client: Any, handle: Any, timeout: float, quiet: bool) -> Any:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     if quiet:
         return handle.wait(timeout)
@@ -249,7 +248,6 @@ def _follow(client: Any, handle: Any, timeout: float, quiet: bool) -> Any:
 @json_opt
 def status(migration: str | None, as_json: bool) -> None:
     """Show one migration's record, or the latest migrations."""
-    from tasks.core.summary import summary
 
     client = _client()
     if migration:
@@ -393,12 +391,10 @@ def evacuate(node: str | None, to: str | None, dry_run: bool, max_parallel: int,
     on NODE); 2 bad input, or a container has no destination (nothing moved);
     3 a node or the coordinator is unreachable; 4 the timeout ended it.
     """
-    from tasks.api.evacview import run
-
     targets = [t.strip() for t in to.split(",") if t.strip()] if to is not None else None
     if not node and not cancel_id:
         raise click.UsageError("give the NODE to evacuate (or --cancel EVAC_ID)")
-    sys.exit(run(_client(), node, cancel_id, as_json, no_wait, out, err, to=targets,
+    sys.exit(evacview.run(_client(), node, cancel_id, as_json, no_wait, out, err, to=targets,
                  dry_run=dry_run, max_parallel=max_parallel, per_node=per_node,
                  bandwidth=bandwidth, strategy=strategy, timeout=timeout,
                  allow_partial=allow_partial))
@@ -410,8 +406,6 @@ def evacuate(node: str | None, to: str | None, dry_run: bool, max_parallel: int,
 @click.option("--flower-port", default=5555, show_default=True)
 def demo(count: int, keep: bool, flower_port: int) -> None:
     """Migrate a counting container across a cluster of nodes on this machine."""
-    from tasks.api.demo import run_demo
-
     sys.exit(run_demo(count, keep, flower_port))
 
 

@@ -15,137 +15,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Iterator
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
-from celery import Celery
-
-from tasks.messaging import auth
-from tasks.messaging.app import CONTROL_QUEUE, make_app, node_queue
-from tasks.config.broker import connect, resolve
-from tasks.core.chooser import Link, NodeCaps, Request, Workload, choose, strategy_refusal
-from tasks.core.chooser import page_server as use_page_server
-from tasks.core.convergence import Limits
-from tasks.control.coordinator import HEARTBEAT_KEY
-from tasks.store.evacuations import EvacuationHandle, Records
-from tasks.core.machine import Migration, State
+from tasks.api.handles import EvacuationHandle, MigrationHandle
+from tasks.control.cluster import Cluster
+from tasks.control.evacuation import start
+from tasks.core.evacplan import parse_rate
+from tasks.core.machine import Migration
 from tasks.core.planner import PlanLimits
-from tasks.config.settings import Settings, check_node_name
-from tasks.store.migrations import Store, check_migration_id, new_id
-from workers.errors import (
-    BadRequest,
-    CapabilityError,
-    FerryError,
-    NodeUnavailable,
-    TooLate,
-    UnknownContainer,
-    UnknownNode,
+from tasks.core.resolve import LIVE, Settle, decide, keep_node
+from tasks.messaging import auth
+from tasks.messaging.app import node_queue
+from tasks.store.evacuations import Records
+from workers.errors import BadRequest, NodeUnavailable, UnknownNode
+from workers.ids import (
+    MIGRATION_ID,
+    check_container_name,
+    check_migration_id,
+    check_node_name,
+    new_id,
 )
-from workers.runtimes.base import check_container_name
-from workers.dataplane.wire import CODECS
-
-if TYPE_CHECKING:
-    from tasks.api.resolve import Settle
 
 
-def caps(rec: dict[str, Any]) -> NodeCaps:
-    """A node's capabilities, as the chooser sees them, from its registry record."""
-    p = rec.get("probe", {})
-    sim = rec.get("runtime") == "sim"
-    return NodeCaps(name=rec["name"], arch=p.get("arch", "?"), runtime=rec.get("runtime", "criu"),
-                    criu_ok=sim or bool(p.get("criu_ok")), soft_dirty=sim or bool(p.get("soft_dirty")),
-                    lazy_pages=bool(p.get("lazy_pages")),
-                    lazy_pages_reason=str(p.get("lazy_pages_reason", "")),
-                    mem_free_bytes=int(p.get("mem_free_bytes", 1 << 40)),
-                    disk_free_bytes=int(p.get("disk_free_bytes", 1 << 40)),
-                    cordoned=bool(rec.get("cordoned")), criu_reason=str(p.get("criu_reason", "")))
-
-
-@dataclass
-class MigrationHandle:
-    """A submitted migration: follow it, wait for it."""
-
-    id: str
-    client: Ferry
-
-    def status(self) -> Migration:
-        return self.client.status(self.id)
-
-    def progress(self) -> dict[str, Any]:
-        m = self.status()
-        return {"state": m.state.value, "phase": m.phase.value if m.phase else None,
-                "attempt": m.attempt, **m.results.get("progress", {})}
-
-    def wait(self, timeout: float | None = None, poll_s: float = 0.1) -> Migration:
-        """Block until the migration is final; raise TimeoutError after ``timeout`` s."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            m = self.status()
-            if m.state.final:
-                return m
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{self.id} still {m.state.value} ({m.phase}) after {timeout} s")
-            time.sleep(poll_s)
-
-    def result(self) -> Migration:
-        """The final record; raises FerryError if the migration did not finish DONE."""
-        m = self.wait()
-        if m.state is not State.DONE:
-            raise FerryError(f"{self.id} {m.state.value}: {m.errors[-1] if m.errors else ''}")
-        return m
-
-
-class Ferry:
-    """A handle on a ferry cluster."""
-
-    def __init__(self, settings: Settings | None = None, *, store: Store | None = None,
-                 app: Celery | None = None) -> None:
-        self.settings = resolve(settings or Settings.from_env())
-        self.store = store or Store(connect(self.settings))
-        self._app: Celery | None = app
-
-    @property
-    def secret(self) -> bytes:
-        return self.settings.secret.encode()
-
-    @property
-    def app(self) -> Celery:
-        if self._app is None:
-            self._app = make_app(self.settings)
-        return self._app
-
-    # -- nodes and containers --------------------------------------------------
-    def nodes(self) -> list[dict[str, Any]]:
-        """Every registered node, with ``alive`` from its heartbeat."""
-        now = time.time()
-        out = []
-        for n in self.store.nodes():
-            n["alive"] = n.get("state") == "up" and now - n.get("last_seen", 0) < self.settings.node_ttl_s
-            out.append(n)
-        return out
-
-    def node(self, name: str) -> dict[str, Any]:
-        check_node_name(name)
-        rec = self.store.node(name)
-        if rec is None:
-            raise UnknownNode(name, [n["name"] for n in self.store.nodes()])
-        rec["alive"] = rec.get("state") == "up" and time.time() - rec.get("last_seen", 0) < self.settings.node_ttl_s
-        if not rec["alive"]:
-            raise NodeUnavailable(f"node {name} is not answering (last seen "
-                                  f"{time.time() - rec.get('last_seen', 0):.0f} s ago): is `ferry worker --node {name}` running?")
-        return rec
-
-    def containers(self) -> list[dict[str, Any]]:
-        """Every container on every node, as the nodes last reported them."""
-        return [{**c, "node": n["name"]} for n in self.nodes() for c in n.get("containers", [])]
-
-    def locate(self, name: str) -> str:
-        """The node that runs container ``name``."""
-        check_container_name(name)
-        for c in self.containers():
-            if c["name"] == name and c["state"] != "exited":
-                return str(c["node"])
-        raise UnknownContainer(name)
+class Ferry(Cluster):
+    """A handle on a ferry cluster: everything the ``ferry`` command does."""
 
     def run(self, node: str, argv: list[str], name: str | None = None,
             labels: dict[str, str] | None = None, timeout: float = 30,
@@ -215,54 +109,11 @@ class Ferry:
         setting): how image files travel; auto compresses when the link is
         slow enough for it to pay.
         """
-        check_container_name(container)
-        check_node_name(to)
-        limits = Limits(max_iterations=max_iterations, goal_unchanged=goal_unchanged,
-                        downtime_limit_ms=downtime_limit_ms, fallback=fallback,  # type: ignore[arg-type]
-                        hard_downtime_cap=hard_downtime_cap)
-        src = self.locate(container)
-        if src == to:
-            raise BadRequest(f"{container} already runs on {to}")
-        dst_rec, src_rec = self.node(to), self.node(src)
-        for rec in (src_rec, dst_rec):
-            probe = rec.get("probe", {})
-            if rec.get("runtime") == "criu" and not probe.get("criu_ok"):
-                raise CapabilityError(f"{rec['name']} cannot run CRIU: {probe.get('criu_reason')}")
-        held = next(c for c in src_rec["containers"] if c["name"] == container)
-        memory, sync = held["memory_bytes"], list(held.get("sync", ()))
-        if bandwidth_bps is not None and not 0 < bandwidth_bps < float("inf"):  # NaN too
-            raise BadRequest(f"bandwidth must be > 0 bytes/s and finite, not {bandwidth_bps}")
-        link = min(self.settings.link_bps, bandwidth_bps or self.settings.link_bps)
-        choice = choose(caps(src_rec), caps(dst_rec), Workload(memory),
-                        Link(link, overhead_ms=self.settings.freeze_overhead_ms),
-                        Request(strategy, downtime_limit_ms))
-        compression = compression or self.settings.compression
-        if compression not in ("auto", *CODECS):
-            raise BadRequest(f"compression must be auto, none or zstd, not {compression!r}")
-        pages, pages_why = use_page_server(page_server or self.settings.page_server, choice.strategy,
-                                   caps(src_rec), caps(dst_rec))
-        if not self.store.r.exists(HEARTBEAT_KEY):
-            raise NodeUnavailable("no coordinator is running: start `ferry coordinator`")
-        now = time.time()
-        extra = {"memory_bytes": memory, "timeout_action": self.settings.timeout_action,
-                 "page_server": pages, "page_server_why": pages_why, "link_bps": self.settings.link_bps,
-                 "compression": compression,
-                 "lazy_ok": strategy_refusal("postcopy", caps(src_rec), caps(dst_rec)) is None}
-        if bandwidth_bps:
-            extra["bandwidth_bps"] = bandwidth_bps  # tasks.node.phases.send_dir caps each transfer
-        m_id = new_id()
-        m = Migration(id=m_id, container=container, src=src, dst=to, strategy=choice.strategy,
-                      lazy=choice.strategy in ("postcopy", "hybrid"), sync=tuple(sync),
-                      limits={**asdict(limits), **extra},
-                      reason=choice.reason, created=now, updated=now,
-                      mac=auth.sign(self.secret, "migration", m_id, container, src, to,
-                                    choice.strategy, sync))
-        self.store.create(m)
-        self.app.send_task("ferry.control.start", args=(m.id,), queue=CONTROL_QUEUE)
-        return MigrationHandle(m.id, self)
-
-    def status(self, mid: str) -> Migration:
-        return self.store.get(check_migration_id(mid))
+        return MigrationHandle(self.submit(
+            container, to, strategy, downtime_limit_ms=downtime_limit_ms,
+            max_iterations=max_iterations, goal_unchanged=goal_unchanged, fallback=fallback,
+            hard_downtime_cap=hard_downtime_cap, bandwidth_bps=bandwidth_bps,
+            page_server=page_server, compression=compression), self)
 
     def migrations(self, limit: int = 20) -> list[Migration]:
         return list(self.store.iter_migrations(limit))
@@ -282,27 +133,32 @@ class Ferry:
                 last = eid
                 yield ev
 
-    def cancel(self, mid: str) -> Migration:
-        """Roll ``mid`` back; TooLate once it is past its point of no return."""
-        m = self.status(mid)
-        if m.state.final:
-            raise BadRequest(f"{mid} is already {m.state.value}")
-        if m.past_no_return:
-            raise TooLate(f"{mid} is past its point of no return: it will finish on {m.dst}")
-        self.app.send_task("ferry.control.cancel", args=(mid,), queue=CONTROL_QUEUE)
-        return m
-
     def resolve(self, target: str, keep: str, force: bool = False) -> Settle:
         """Keep one copy of a split container, continued if frozen; kill the others.
 
         ``target``: a FAILED migration (``keep`` its ``source`` or
         ``destination``), or a container (``keep`` the copy on that node).
-        See tasks.api.resolve; raises BadRequest or NodeUnavailable (nothing done)
-        when that is not safe.
+        What is safe is decided by tasks.core.resolve.decide; it raises
+        BadRequest or NodeUnavailable (nothing done) when that is not safe.
         """
-        from tasks.api.resolve import resolve as settle
-
-        return settle(self, target, keep, force)
+        m = self.status(target) if MIGRATION_ID.match(target) else None
+        name = m.container if m else check_container_name(target)
+        node = keep_node(m, keep) if m else check_node_name(keep)
+        alive = {n["name"]: bool(n["alive"]) for n in self.nodes()}
+        if node not in alive:
+            raise UnknownNode(node, list(alive))
+        # A migration's copies can be on its two nodes only; a container's, on any.
+        copies: dict[str, str | None] = dict.fromkeys((m.src, m.dst) if m else alive)
+        for c in self.containers():
+            if c["name"] == name and c["node"] in copies and c["state"] in LIVE:
+                copies[c["node"]] = str(c["state"])
+        s = decide(name, node, copies, alive, force)
+        for other in s.kill:
+            self.command("kill", other, name)
+        self.command("continue", s.keep, name)
+        if m:
+            self.store.update(m.id, lambda r: replace(r, errors=(*r.errors, s.note)), "resolved")
+        return s
 
     # -- nodes out of service --------------------------------------------------
     def cordon(self, node: str) -> None:
@@ -333,9 +189,6 @@ class Ferry:
         plans. After ``timeout`` s no new move starts and running ones roll
         back where they still can.
         """
-        from tasks.core.evacplan import parse_rate
-        from tasks.control.evacuation import start
-
         limits = PlanLimits(max_parallel=max_parallel, per_node=per_node)
         eid, preview = start(self, node, to=to, dry_run=dry_run, limits=limits,
                              bandwidth_bps=parse_rate(bandwidth), strategy=strategy,

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
+
+from tasks.api.client import Ferry
+from tasks.core.evacplan import Unplaceable
 from rich.table import Table
 
-from tasks.store.evacuations import EvacuationHandle
+from tasks.api.handles import EvacuationHandle
 from workers.errors import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE
 
-if TYPE_CHECKING:
-    from tasks.api.client import Ferry
 
 COLOURS = {"moved": "green", "rolled_back": "yellow", "failed": "red", "not_placed": "red",
            "not_started": "yellow", "gone": "yellow"}
@@ -96,8 +97,6 @@ def exit_code(rep: dict[str, Any]) -> int:
 def run(client: Ferry, node: str | None, cancel_id: str | None, as_json: bool, no_wait: bool,
         out: Console, err: Console, **options: Any) -> int:
     """Cancel evacuation ``cancel_id``, or evacuate ``node`` and follow it; the exit code."""
-    from tasks.core.evacplan import Unplaceable
-
     def emit(data: Any, human: Any) -> None:
         if as_json:
             click.echo(json.dumps(data, default=str, indent=1))

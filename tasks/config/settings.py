@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -11,20 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from workers.errors import BadRequest
-
-NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}\Z")  # \Z: "$" would let a trailing newline in
+from workers.dirsync.dirs import parse_ports, parse_roots
 
 DEFAULT_STATE_DIR = Path("/var/lib/ferry") if os.geteuid() == 0 else Path.home() / ".ferry"
-
-
-def check_node_name(name: str) -> str:
-    """Return ``name`` if it is a valid node name, else raise BadRequest."""
-    if not isinstance(name, str) or not NODE_NAME.match(name):
-        raise BadRequest(
-            f"bad node name {name!r}: use 1-31 lowercase letters, digits and '-', "
-            "starting with a letter or digit"
-        )
-    return name
 
 
 @dataclass(frozen=True)
@@ -104,14 +92,10 @@ class Settings:
 
     @property
     def sync_root_paths(self) -> tuple[Path, ...]:
-        from workers.dirsync.dirs import parse_roots
-
         return parse_roots(self.sync_roots)
 
     @property
     def sync_port_range(self) -> tuple[int, int] | None:
-        from workers.dirsync.dirs import parse_ports
-
         return parse_ports(self.sync_ports)
 
 

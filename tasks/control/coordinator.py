@@ -17,21 +17,18 @@ from celery import Celery, Task
 from tasks.messaging.app import CONTROL_QUEUE, make_app
 from tasks.config.broker import connect, resolve
 from tasks.core.machine import Event, Migration
-from tasks.node.tasks import dispatch
+from tasks.messaging.app import dispatch
 from tasks.config.settings import Settings
 from tasks.store.migrations import Store
 from tasks.core.watchdog import Timeouts, check
+from tasks.control.evacuation import register as evacuation_tasks
 from workers.errors import BadRequest, TooLate
 
-HEARTBEAT_KEY = "ferry:coordinator"
 log = logging.getLogger("ferry.coordinator")
 
 
 def register(app: Celery, store: Store) -> None:
     """Register the control tasks on ``app``."""
-    from tasks.control.evacuation import (
-        register as evacuation_tasks,  # imports the client, which imports us
-    )
     evacuation_tasks(app, store)
 
     # No one waits on a control task's result (the record says what happened):
@@ -111,7 +108,7 @@ def serve(settings: Settings, concurrency: int = 4) -> None:
     def beat() -> None:
         while True:
             try:
-                store.r.set(HEARTBEAT_KEY, str(time.time()), ex=max(10, int(s.node_ttl_s)))
+                store.beat_coordinator(time.time(), s.node_ttl_s)
                 sweep(app, store, timeouts, s.node_ttl_s)
             except Exception:  # the beat must outlive a Redis restart; it runs again next time
                 log.exception("sweep failed")

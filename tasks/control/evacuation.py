@@ -4,7 +4,7 @@
 registry, refuses before anything moves when a container has nowhere to go
 (unless partial evacuations are allowed), stores the record (tasks.store.evacuations)
 and sends the first ``ferry.control.evacuate_tick``. Each tick follows its
-migrations, starts the next moves the limits allow through ``Ferry.migrate``
+migrations, starts the next moves the limits allow through ``Cluster.submit``
 (validated like any other), re-plans moves pending to a destination that failed
 or filled, and sends itself again ``TICK_S`` later until every container has an
 outcome. The node stays cordoned; whatever did not move still runs there.
@@ -22,8 +22,7 @@ from celery import Celery, Task
 
 from tasks.messaging.app import CONTROL_QUEUE
 from tasks.core.chooser import STRATEGIES
-from tasks.api.client import Ferry
-from tasks.control.coordinator import HEARTBEAT_KEY
+from tasks.control.cluster import Cluster
 from tasks.core.evacplan import (
     Unplaceable,
     bound_s,
@@ -35,10 +34,13 @@ from tasks.core.evacplan import (
     report,
     specs_of,
 )
-from tasks.store.evacuations import OUTCOMES, PENDING, RUNNING, Records, check_evac_id
+from tasks.store.evacuations import Records
+from tasks.core.evacplan import OUTCOMES, PENDING, RUNNING
+from workers.ids import check_evac_id
 from tasks.core.machine import Migration, Phase, State, phases
 from tasks.core.planner import Plan, PlanLimits, next_moves, plan, replan
-from tasks.config.settings import Settings, check_node_name
+from tasks.config.settings import Settings
+from workers.ids import check_node_name
 from tasks.store.migrations import Store
 from tasks.core.summary import summary
 from workers.errors import (
@@ -57,7 +59,7 @@ SOURCE_PHASES = (Phase.PRECOPY, Phase.DUMP, Phase.CLEANUP)  # failing there: not
 STRIKES = 2  # failed migrations blamed on a destination before it takes no more moves
 
 
-def start(client: Ferry, node: str, *, to: Collection[str] | None = None, dry_run: bool = False,
+def start(client: Cluster, node: str, *, to: Collection[str] | None = None, dry_run: bool = False,
           limits: PlanLimits | None = None, bandwidth_bps: float | None = None,
           strategy: str = "auto", timeout: float | None = None,
           allow_partial: bool = False) -> tuple[str | None, dict[str, Any]]:
@@ -83,7 +85,7 @@ def start(client: Ferry, node: str, *, to: Collection[str] | None = None, dry_ru
     client.node(node)  # registered and answering: its containers are checkpointed there
     if dry_run:
         return None, _preview(client, _plan(client, node, targets, limits, strategy), limits, True)
-    if not client.store.r.exists(HEARTBEAT_KEY):
+    if not client.store.coordinator_alive():
         raise NodeUnavailable("no coordinator is running: start `ferry coordinator`")
     eid, recs, now = "e-" + secrets.token_hex(6), Records(client.store.r), time.time()
     holder = recs.lock(node, eid)
@@ -120,7 +122,7 @@ def start(client: Ferry, node: str, *, to: Collection[str] | None = None, dry_ru
     return eid, preview
 
 
-def _plan(client: Ferry, node: str, targets: Collection[str] | None, limits: PlanLimits,
+def _plan(client: Cluster, node: str, targets: Collection[str] | None, limits: PlanLimits,
           strategy: str) -> Plan:
     records = {n["name"]: n for n in client.nodes()}
     drain = records[node]
@@ -129,13 +131,13 @@ def _plan(client: Ferry, node: str, targets: Collection[str] | None, limits: Pla
                 compatible(records, targets, strategy))
 
 
-def _preview(client: Ferry, p: Plan, limits: PlanLimits, dry_run: bool) -> dict[str, Any]:
+def _preview(client: Cluster, p: Plan, limits: PlanLimits, dry_run: bool) -> dict[str, Any]:
     return {"node": p.drain.name, "dry_run": dry_run, **plan_to_json(p), "limits": asdict(limits),
             "link_bps": client.settings.link_bps,
             "lower_bound_s": round(bound_s(p, client.settings.link_bps), 3)}
 
 
-def tick(client: Ferry, eid: str) -> dict[str, Any]:
+def tick(client: Cluster, eid: str) -> dict[str, Any]:
     """Advance evacuation ``eid`` once, and send the next tick unless it is over."""
     recs = Records(client.store.r)
     if not recs.hold_tick(eid):
@@ -156,7 +158,7 @@ def tick(client: Ferry, eid: str) -> dict[str, Any]:
     return {"evacuation": eid, "node": rec["node"], "state": rec["state"], **counts}
 
 
-def _advance(client: Ferry, recs: Records, rec: dict[str, Any], now: float) -> None:
+def _advance(client: Cluster, recs: Records, rec: dict[str, Any], now: float) -> None:
     moves = rec["moves"]
     p = plan_from_json(rec["plan"])
     failed_dsts = _follow(client, moves, now)
@@ -191,7 +193,7 @@ def _advance(client: Ferry, recs: Records, rec: dict[str, Any], now: float) -> N
         recs.refresh(rec["node"], rec["id"])
 
 
-def _follow(client: Ferry, moves: dict[str, dict[str, Any]], now: float) -> list[str]:
+def _follow(client: Cluster, moves: dict[str, dict[str, Any]], now: float) -> list[str]:
     """Record the outcome of each migration that ended; the destinations to blame."""
     blamed = []
     for mv in moves.values():
@@ -246,7 +248,7 @@ def _dst_refusal(rec: dict[str, Any] | None) -> str | None:
     return "it was cordoned" if rec.get("cordoned") else None
 
 
-def _start_moves(client: Ferry, recs: Records, rec: dict[str, Any], p: Plan,
+def _start_moves(client: Cluster, recs: Records, rec: dict[str, Any], p: Plan,
                  records: dict[str, dict[str, Any]], now: float) -> Plan:
     moves, drain = rec["moves"], rec["node"]
     src = records.get(drain)
@@ -271,8 +273,8 @@ def _start_moves(client: Ferry, recs: Records, rec: dict[str, Any], p: Plan,
             refusal = _dst_refusal(records.get(m.dst))
             if refusal is None:
                 try:
-                    h = client.migrate(m.container, m.dst, rec["strategy"],
-                                       bandwidth_bps=rec["bandwidth_bps"])
+                    mid = client.submit(m.container, m.dst, rec["strategy"],
+                                        bandwidth_bps=rec["bandwidth_bps"])
                 except CapabilityError as exc:  # the destination cannot take it after all
                     refusal = str(exc)
                 except TransientError as exc:
@@ -282,7 +284,7 @@ def _start_moves(client: Ferry, recs: Records, rec: dict[str, Any], p: Plan,
                     mv.update(outcome="failed", error=str(exc))
                     continue
                 else:
-                    mv.update(outcome=RUNNING, migration=h.id, started=now, error="")
+                    mv.update(outcome=RUNNING, migration=mid, started=now, error="")
                     recs.put(rec)  # saved at once: a container is never submitted twice
                     continue
             p = _replan(rec, p, m.dst, refusal, records)
@@ -291,12 +293,12 @@ def _start_moves(client: Ferry, recs: Records, rec: dict[str, Any], p: Plan,
 
 def register(app: Celery, store: Store, settings: Settings | None = None) -> None:
     """Register ``ferry.control.evacuate_tick`` on ``app`` (the coordinator's)."""
-    clients: list[Ferry] = []
+    clients: list[Cluster] = []
 
     # 4 a second: the record is the result; the backend gets only failures
     @app.task(name=TICK_TASK, bind=True, ignore_result=True, store_errors_even_if_ignored=True)
     def evacuate_tick(self: Task, eid: str) -> dict[str, Any]:
         """Advance evacuation ``eid`` once; it sends itself again until every container is done."""
         if not clients:
-            clients.append(Ferry(settings, store=store, app=app))
+            clients.append(Cluster(settings, store=store, app=app))
         return tick(clients[0], check_evac_id(eid))

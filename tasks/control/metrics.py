@@ -39,8 +39,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from tasks.messaging.app import node_queue
-from tasks.api.client import Ferry
-from tasks.control.coordinator import HEARTBEAT_KEY
+from tasks.control.cluster import Cluster
 from tasks.core.machine import Migration, State
 from tasks.config.settings import Settings
 from tasks.store.migrations import from_json
@@ -58,7 +57,7 @@ BATCH = 500
 class FerryCollector(Collector):
     """Reads ferry's state on every scrape and reports it as Prometheus metrics."""
 
-    def __init__(self, ferry: Ferry, broker: redis.Redis | None) -> None:
+    def __init__(self, ferry: Cluster, broker: redis.Redis | None) -> None:
         self.ferry = ferry
         self.broker = broker
 
@@ -70,7 +69,7 @@ class FerryCollector(Collector):
             yield self._queues([n["name"] for n in nodes])
         up = GaugeMetricFamily("ferry_coordinator_up",
                                "1 while the coordinator's heartbeat is fresh")
-        up.add_metric([], 1.0 if self.ferry.store.r.exists(HEARTBEAT_KEY) else 0.0)
+        up.add_metric([], 1.0 if self.ferry.store.coordinator_alive() else 0.0)
         yield up
 
     def _records(self) -> Iterator[Migration]:
@@ -179,7 +178,7 @@ def broker_client(url: str) -> redis.Redis | None:
 
 def registry_for(settings: Settings) -> CollectorRegistry:
     """A registry holding ferry's collector for ``settings``."""
-    ferry = Ferry(settings)
+    ferry = Cluster(settings)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FerryCollector(ferry, broker_client(ferry.settings.broker_url)))
     return registry

@@ -18,12 +18,13 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from tasks.core.chooser import pair_refusal, strategy_refusal
-from tasks.api.client import caps
-from tasks.store.evacuations import OUTCOMES
+from tasks.core.nodes import caps
 from tasks.core.planner import Compatible, ContainerSpec, Move, Node, Plan, lower_bound_s
 from workers.errors import BadRequest
 
-UNKNOWN_MEMORY = 1 << 40  # what tasks.api.client.caps assumes for a node that did not probe
+OUTCOMES = ("moved", "rolled_back", "failed", "not_placed", "not_started", "gone")
+PENDING, RUNNING = "pending", "running"  # a move's outcome before one of OUTCOMES
+UNKNOWN_MEMORY = 1 << 40  # what tasks.core.nodes.caps assumes for a node that did not probe
 RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(bit|b)?(?:/s)?\s*$", re.IGNORECASE)
 POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 

@@ -13,6 +13,7 @@ from celery import Celery
 
 from tasks.config.broker import ssl_options
 from tasks.config.settings import Settings
+from tasks.core.machine import Send
 from tasks.messaging.signing import enable_signing
 
 CONTROL_QUEUE = "ferry.control"
@@ -69,3 +70,10 @@ def make_app(settings: Settings) -> Celery:
         enable_signing(app, Path(settings.signing_key), Path(settings.signing_cert),
                        Path(settings.signing_certs))
     return app
+
+
+def dispatch(app: Celery, mid: str, sends: list[Send]) -> None:
+    """Send each step to its node's queue."""
+    for s in sends:
+        app.send_task(f"ferry.node.{s.phase.value}", args=(mid, s.step),
+                      queue=node_queue(s.node, s.urgent), countdown=s.countdown or None)

@@ -10,22 +10,19 @@ connection, the migration's bandwidth cap and the link's bandwidth.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tasks.messaging import auth
+from tasks.node.context import NodeContext, Progress
 from tasks.core.machine import Migration, estimates
 from workers import failpoints
 from workers.errors import PermanentError
-from workers.dataplane.pagestream import PagesTarget
+from workers.records import PagesTarget
 from workers.dataplane.tokens import issue_token
 from workers.dataplane.transfer import send_files, stream_pages
 
-if TYPE_CHECKING:
-    from tasks.node.phases import NodeContext
 
-Progress = Callable[[dict[str, Any]], None]
 FROZEN_TIMEOUT_S = 10.0  # silence on the data plane that ends a freeze-window transfer
 
 

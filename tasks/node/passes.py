@@ -18,10 +18,11 @@ import shutil
 import time
 from typing import Any
 
-from tasks.node import syncpasses
-from tasks.node.dataplane import Progress, send_dir
+from tasks.node.dataplane import send_dir
+from tasks.node.context import Progress
 from tasks.core.machine import Migration, Phase
-from tasks.node.phases import HANDLERS_BASE, NodeContext, last_pass, remember, remembered
+from tasks.node.context import NodeContext, last_pass, remember, remembered
+from workers.dataplane.delta import apply_delta, make_delta
 
 PAGE = 4096
 
@@ -37,7 +38,6 @@ def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     prev = last_pass(m)
     since = float(m.results["precopy"]["end"]) if m.passes else time.time()
     if m.strategy == "delta":
-        from workers.dataplane.delta import make_delta
 
         s = ctx.runtime.checkpoint(m.container, d, leave_running=True)
         out = ctx.images(m.id, f"pass-{k}.out")
@@ -65,7 +65,6 @@ def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
 
 def rebuild(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     """Delta only: rebuild the pass's full image set from the last one plus its delta."""
-    from workers.dataplane.delta import apply_delta
 
     k = len(m.passes)
     target = ctx.incoming(m.id, f"pass-{k}")
@@ -75,6 +74,3 @@ def rebuild(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     shutil.rmtree(ctx.incoming(m.id, f"pass-{k}.delta"), ignore_errors=True)
     return {"pass": k}
 
-
-HANDLERS = {**HANDLERS_BASE, Phase.PRECOPY: precopy, Phase.REBUILD: rebuild,
-            Phase.SYNC: syncpasses.sync, Phase.FINAL_SYNC: syncpasses.final_sync}

@@ -10,73 +10,24 @@ landed on the destination as ``<node>/incoming/M/{pass-K,final,...}``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tasks.messaging import auth
 
 from tasks.node import syncpasses
-from tasks.node.dataplane import Progress, pages_target, send_dir, streams_pages
+from tasks.node.dataplane import pages_target, send_dir, streams_pages
+from tasks.node.context import FINAL, NodeContext, Progress, last_pass, remember, remembered
+from workers.dataplane.delta import apply_delta, make_delta
 from tasks.core.machine import Migration, Phase, State
 from workers.errors import BadRequest, CriuError, PermanentError
 from workers.dataplane.pagestream import check_pages
-from workers.runtimes.base import Runtime
 
-FINAL = "final"
-
-
-@dataclass(frozen=True)
-class NodeContext:
-    """One node, as its phase tasks see it."""
-
-    node: str
-    runtime: Runtime
-    node_dir: Path  # this node's own state
-    address: str  # host:port of this node's data-plane listener
-    secret: bytes
-    container_root: Path  # where containers' workdirs are (a sync dir may be below one)
-    sync_roots: tuple[Path, ...] = ()  # below these, containers may declare sync dirs
-    sync_ports: tuple[int, int] | None = None  # the rsync daemons' port range (None: any)
-    verify_grace_s: float = 0.2
-    pages_timeout_s: float = 600.0
-    failpoints: Path | None = None  # fault suite only: workers.failpoints
-
-    def images(self, mid: str, sub: str = FINAL) -> Path:
-        """Where this node dumps a migration's images (source side)."""
-        return self.node_dir / "images" / mid / sub
-
-    def incoming(self, mid: str, sub: str = FINAL) -> Path:
-        """Where the data plane lands a migration's images (destination side)."""
-        return self.node_dir / "incoming" / mid / sub
-
-    @property
-    def host(self) -> str:
-        return self.address.rpartition(":")[0]
-
-
-def remembered(d: Path, phase: Phase) -> dict[str, Any] | None:
-    try:
-        result: dict[str, Any] = json.loads((d / f"ferry-{phase.value}.done").read_text())
-        return result
-    except (OSError, ValueError):
-        return None
-
-
-def remember(d: Path, phase: Phase, result: dict[str, Any]) -> dict[str, Any]:
-    d.mkdir(parents=True, exist_ok=True)
-    (d / f"ferry-{phase.value}.done").write_text(json.dumps(result))
-    return result
-
-
-def last_pass(m: Migration) -> str | None:
-    return f"pass-{len(m.passes)}" if m.passes else None
 
 
 def prepare(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
@@ -133,7 +84,6 @@ def transfer(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, An
         return done
     prev = last_pass(m)
     if m.strategy == "delta" and prev and not m.lazy:
-        from workers.dataplane.delta import make_delta
 
         out = ctx.images(m.id, "final.out")
         shutil.rmtree(out, ignore_errors=True)
@@ -156,7 +106,6 @@ def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     prev = last_pass(m)
     rebuild_ms = 0.0
     if m.strategy == "delta" and prev and not m.lazy:
-        from workers.dataplane.delta import apply_delta
 
         if not d.exists():  # the last pass, patched in place, becomes it once verified
             apply_delta(ctx.incoming(m.id, prev), ctx.incoming(m.id, "final.delta"), d)
@@ -285,9 +234,3 @@ def free_port(host: str) -> int:
 def _has(ctx: NodeContext, name: str, live: bool = False) -> bool:
     return any(c.name == name and (not live or c.state != "exited") for c in ctx.runtime.containers())
 
-
-HANDLERS_BASE: dict[Phase, Callable[[NodeContext, Migration, Progress], dict[str, Any]]] = {
-    Phase.PREPARE: prepare, Phase.DUMP: dump, Phase.TRANSFER: transfer, Phase.RESTORE: restore,
-    Phase.PAGES: pages, Phase.VERIFY: verify, Phase.CLEANUP: cleanup, Phase.ABORT: abort,
-    Phase.RESUME: resume,
-}

@@ -20,17 +20,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tasks.messaging import auth
+from tasks.node.context import NodeContext, Progress
 from tasks.core.machine import Migration, State
 from workers.dirsync import dirs as syncdirs
 from workers.errors import PermanentError
 from workers.dirsync.rsync import SyncStats, rsync_push
 
-if TYPE_CHECKING:
-    from tasks.node.dataplane import Progress
-    from tasks.node.phases import NodeContext
 
 FROZEN_TIMEOUT_S = 10.0  # rsync I/O silence that ends a freeze-window pass
 HEARTBEAT_S = 5.0  # a long first pass reports progress this often (the watchdog waits 150 s)

@@ -20,23 +20,17 @@ from typing import Any
 from celery import Celery, Task
 
 from tasks.messaging import auth
-from tasks.messaging.app import node_queue
-from tasks.core.machine import ROUTE, Event, Migration, Phase, Send, State
-from tasks.node.passes import HANDLERS
-from tasks.node.phases import NodeContext
-from tasks.store.migrations import Store, check_migration_id
+from tasks.messaging.app import dispatch
+from tasks.core.machine import ROUTE, Event, Migration, Phase, State
+from tasks.node.handlers import HANDLERS
+from tasks.node.context import NodeContext
+from tasks.store.migrations import Store
+from workers.ids import check_migration_id
 from workers import failpoints
 from workers.errors import BadRequest, FerryError, Superseded, TransientError
-from workers.runtimes.base import check_container_name
+from workers.ids import check_container_name
 
 log = logging.getLogger("ferry.node")
-
-
-def dispatch(app: Celery, mid: str, sends: list[Send]) -> None:
-    """Send each step to its node's queue."""
-    for s in sends:
-        app.send_task(f"ferry.node.{s.phase.value}", args=(mid, s.step),
-                      queue=node_queue(s.node, s.urgent), countdown=s.countdown or None)
 
 
 def _expects(m: Migration, phase: Phase, step: int) -> bool:

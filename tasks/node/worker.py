@@ -27,13 +27,17 @@ from tasks.messaging.app import make_app, node_queue
 from tasks.config.broker import connect, resolve
 from tasks.core.machine import State
 from tasks.node.tasks import register
-from tasks.node.phases import NodeContext, collect
-from tasks.config.settings import Settings, check_node_name
+from tasks.node.phases import collect
+from tasks.node.context import NodeContext
+from tasks.config.settings import Settings
+from workers.ids import check_node_name
 from tasks.store.migrations import Store
 from workers.criu.adapter import Criu
 from workers.errors import BadRequest, FerryError
 from workers.criu.probe import probe, probe_lazy
 from workers.runtimes.base import Runtime
+from workers.runtimes.criu import CriuRuntime
+from workers.runtimes.sim import SimRuntime
 from workers.dataplane.transfer import TransferServer
 
 log = logging.getLogger("ferry.worker")
@@ -47,11 +51,7 @@ def node_dir(settings: Settings, node: str) -> Path:
 
 def make_runtime(settings: Settings, node: str) -> Runtime:
     if settings.runtime == "sim":
-        from workers.runtimes.sim import SimRuntime
-
         return SimRuntime(node_dir(settings, node), settings.container_root)
-    from workers.runtimes.criu import CriuRuntime
-
     return CriuRuntime(node_dir(settings, node), settings.container_root, Criu(settings.criu_bin),
                        settings.sync_root_paths)
 

@@ -15,8 +15,6 @@ Keys (all under ``ferry:``)::
 from __future__ import annotations
 
 import json
-import re
-import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from typing import Any
@@ -25,20 +23,11 @@ import redis
 
 from tasks.core.machine import Event, Migration, Phase, Policy, Send, State, next_step
 from workers.errors import BadRequest
+from workers.ids import check_migration_id
 
 DEFAULT_POLICY = Policy()
-MIGRATION_ID = re.compile(r"^m-[0-9a-f]{12}\Z")
 EVENTS_MAX = 10_000
-
-
-def new_id() -> str:
-    return "m-" + secrets.token_hex(6)
-
-
-def check_migration_id(mid: object) -> str:
-    if not isinstance(mid, str) or not MIGRATION_ID.match(mid):
-        raise BadRequest(f"bad migration id {mid!r}: ids look like m-0123456789ab")
-    return mid
+COORDINATOR_KEY = "ferry:coordinator"  # the coordinator's heartbeat, expiring
 
 
 def to_json(m: Migration) -> str:
@@ -158,6 +147,13 @@ class Store:
         return float(seen) if old != run_id else None
 
     # -- nodes ---------------------------------------------------------------
+    def beat_coordinator(self, now: float, ttl_s: float) -> None:
+        """The coordinator is alive for ``ttl_s`` more seconds."""
+        self.r.set(COORDINATOR_KEY, str(now), ex=max(10, int(ttl_s)))
+
+    def coordinator_alive(self) -> bool:
+        return bool(self.r.exists(COORDINATOR_KEY))
+
     def put_node(self, name: str, record: dict[str, Any]) -> None:
         with self.r.pipeline() as pipe:
             pipe.set(f"ferry:node:{name}", json.dumps(record))

@@ -90,7 +90,7 @@ def test_a_tampered_migration_record_is_refused_by_the_node(victim) -> None:  # 
     from dataclasses import replace
 
     from tasks.core.machine import Migration, Phase, State
-    from tasks.store.migrations import new_id
+    from workers.ids import new_id
 
     m = Migration(id=new_id(), container="victim", src="n1", dst="n2", state=State.RUNNING,
                   phase=Phase.DUMP, step=1, attempt=1, created=time.time(), updated=time.time())

@@ -24,10 +24,10 @@ from tasks.api.cli import main
 from tasks.core.evacplan import parse_rate
 from tasks.api.localcluster import LocalCluster
 from tasks.core.machine import STRATEGIES
-from tasks.config.settings import NODE_NAME
-from tasks.store.migrations import MIGRATION_ID
+from workers.ids import NODE_NAME
+from workers.ids import MIGRATION_ID
 from workers.errors import BadRequest, FerryError, UnknownNode
-from workers.runtimes.base import CONTAINER_NAME
+from workers.ids import CONTAINER_NAME
 from workers.dirsync.dirs import check_dirs
 
 CLUSTER = settings(max_examples=30, deadline=None, derandomize=True,

@@ -13,7 +13,7 @@ import pytest
 
 from tasks.node import syncpasses
 from tasks.core.machine import Migration, State
-from tasks.node.phases import NodeContext
+from tasks.node.context import NodeContext
 from tests.conftest import need
 from workers import procs
 from workers.errors import BadRequest, CapabilityError, TokenError

@@ -114,7 +114,7 @@ def test_a_synced_dir_moves_with_its_container_cold_and_back_with_delta(disks: D
 
 def test_post_copy_syncs_the_dir_before_the_restore_too(disks: Disks) -> None:
     from tasks.core.chooser import strategy_refusal
-    from tasks.api.client import caps
+    from tasks.core.nodes import caps
 
     c = disks
     refusal = strategy_refusal("postcopy", *(caps(c.client.node(n)) for n in NODES))

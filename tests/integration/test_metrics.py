@@ -19,11 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.messaging.app import make_app
 from tasks.config.broker import ensure_embedded, stop_embedded
-from tasks.control.coordinator import HEARTBEAT_KEY
 from tasks.core.machine import Migration, State
 from tasks.control.metrics import registry_for
 from tasks.config.settings import Settings
-from tasks.store.migrations import Store, new_id
+from tasks.store.migrations import Store
+from workers.ids import new_id
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0
@@ -72,7 +72,7 @@ def populate(settings: Settings) -> None:
                           "probe": {"arch": "x86_64"}})
     store.put_containers("n1", [{"name": "web"}, {"name": "db"}])
     store.cordon("n2", True)
-    store.r.set(HEARTBEAT_KEY, str(now))
+    store.beat_coordinator(now, 30)
     app = make_app(settings)  # real messages, as the coordinator queues them
     for _ in range(2):
         app.send_task("ferry.node.prepare", args=("m-000000000000", 1), queue="node.n1")

@@ -29,7 +29,8 @@ from workers.errors import (
     TokenError,
     TransferError,
 )
-from workers.dataplane.pagestream import MARKER, PagesTarget, Relay, check_pages
+from workers.dataplane.pagestream import MARKER, Relay, check_pages
+from workers.records import PagesTarget
 from workers.dataplane.tokens import issue_token
 from workers.dataplane.transfer import TransferServer, send_files
 

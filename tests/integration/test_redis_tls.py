@@ -25,7 +25,8 @@ from tasks.messaging.app import make_app
 from tasks.config.broker import connect, resolve
 from tasks.core.machine import Migration
 from tasks.config.settings import Settings
-from tasks.store.migrations import Store, new_id
+from tasks.store.migrations import Store
+from workers.ids import new_id
 from tests.conftest import need
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tasks.core.chooser import strategy_refusal
-from tasks.api.client import caps
+from tasks.core.nodes import caps
 from tasks.core.summary import downtime
 from tests.integration.helpers import assert_went_on, dirtying, ticks, wait_for
 from workers import procs

@@ -17,7 +17,7 @@ import click
 import pytest
 
 from tasks.api.cli import main
-from tasks.config.settings import check_node_name
+from workers.ids import check_node_name
 from tests.conftest import CI
 
 try:  # the test extra: PyYAML, and check-jsonschema (which brings jsonschema)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.core.machine import Migration, State
-from tasks.api.resolve import decide, keep_node
+from tasks.core.resolve import decide, keep_node
 from workers.errors import BadRequest, NodeUnavailable
 
 UP = {"a": True, "b": True}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workers.errors import CriuError
-from workers.runtimes.base import DumpStats, RestoreStats
+from workers.records import DumpStats, RestoreStats
 
 _ERROR_LINE = re.compile(r"Error \((?:[^)]*)\):\s*(.*)")
 # Lines CRIU logs as errors and then carries on from: never the reason a call failed.

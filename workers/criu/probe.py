@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from workers.criu.adapter import Criu
+from workers import procs
+from workers.errors import CriuError
 
 FEATURES = ("mem_dirty_track", "uffd", "uffd-noncoop")
 
@@ -101,14 +106,6 @@ def probe_lazy(criu: Criu, scratch: Path, p: Probe, allow_raise: bool) -> tuple[
 
 
 def _lazy_round_trip(criu: Criu, scratch: Path) -> tuple[bool, str]:
-    import shutil
-    import socket
-    import subprocess
-    import sys
-
-    from workers import procs
-    from workers.errors import CriuError
-
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / "src").mkdir(parents=True)
     launched = subprocess.run(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import secrets
 import socket
 import stat
@@ -29,20 +28,12 @@ import blake3
 
 from workers.errors import BadRequest, CapabilityError, NoSpace, TransferError
 
-ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 TEMP_PREFIX = ".ferry-"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # (migration, subdir, name, size, version): one file's content at one destination.
 FileKey = tuple[str, str, str, int, str]
-
-
-def check_id(kind: str, value: str) -> str:
-    """Return ``value`` if it is a valid migration id or subdir name, else raise BadRequest."""
-    if not ID.fullmatch(value) or value in (".", ".."):
-        raise BadRequest(f"bad {kind} {value!r:.80}: use 1-64 of A-Z a-z 0-9 _ . -")
-    return value
 
 
 def check_name(name: str) -> list[str]:

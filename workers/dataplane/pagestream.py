@@ -40,7 +40,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from workers.dataplane import wire
 from workers.criu.adapter import PipedLog, explain_text
 from workers.errors import CriuError, FerryError, IntegrityError, PermanentError, TransferError
 from workers.dataplane.landing import store_error
+from workers.records import PagesTarget, StreamStats
 from workers.dataplane.throttle import TokenBucket
 
 MARKER = "ferry-pages.json"  # the destination's digest of a finished pages session
@@ -58,33 +58,6 @@ _PROGRESS_S = 0.25
 _EXIT_WAIT_S = 30.0  # how long a page server may take to write its last pages and exit
 _ADMIT_S = 10.0  # how long the destination may take to admit a session
 _LENGTH = struct.Struct(">I")
-
-
-@dataclass(frozen=True)
-class PagesTarget:
-    """Where a dump's pages go: the destination's transfer service, for one migration."""
-
-    address: tuple[str, int]
-    token: Callable[[], str]  # a fresh data-plane token per connection
-    migration: str
-    subdir: str
-    bandwidth_bps: float | None = None  # this migration's cap, if any
-    progress: Callable[[int, float], None] | None = None  # (bytes sent, seconds so far)
-    stall_s: float = 10.0  # silence that ends the stream (the tree is frozen)
-    corrupt: bool = False  # fault suite only: flip one byte on the wire, after hashing
-
-
-@dataclass(frozen=True)
-class StreamStats:
-    """What the source sent through one pages session."""
-
-    bytes: int
-    blake3: str
-    seconds: float  # from the first byte to the last
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"bytes": self.bytes, "blake3": self.blake3,
-                "wall_ms": round(self.seconds * 1000, 3)}
 
 
 class Relay:

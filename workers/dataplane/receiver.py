@@ -30,16 +30,8 @@ from workers.errors import (
     TokenError,
     TransferError,
 )
-from workers.dataplane.landing import (
-    FileKey,
-    Landing,
-    Partial,
-    check_id,
-    check_name,
-    check_target,
-    open_dir,
-    remove_leftovers,
-)
+from workers.dataplane.landing import FileKey, Landing, Partial, check_name, check_target, open_dir, remove_leftovers
+from workers.ids import check_id
 from workers.dataplane.pagestream import serve_pages
 from workers.dataplane.tokens import NonceStore, verify_token
 

@@ -41,7 +41,7 @@ from workers.errors import (
     TokenError,
     TransferError,
 )
-from workers.dataplane.landing import check_id
+from workers.ids import check_id
 
 MODULE = "fs"
 MUNGED = "/rsyncd-munged/"

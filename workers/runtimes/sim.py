@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 
 from workers.errors import BadRequest, CapabilityError, PermanentError, UnknownContainer
-from workers.dataplane.pagestream import PagesTarget
-from workers.runtimes.base import ContainerInfo, DumpStats, RestoreStats, check_container_name
+from workers.records import PagesTarget
+from workers.runtimes.base import ContainerInfo
+from workers.records import DumpStats, RestoreStats
+from workers.ids import check_container_name
 from workers.runtimes.simmodel import (
     MIB,
     PAGE,

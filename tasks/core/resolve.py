@@ -5,8 +5,8 @@ remain on <dst>; the source stays frozen on <src>"; one whose source could
 not be resumed ends FAILED too (tasks.core.machine); a Redis that restarted
 without its data forgets the migrations in flight, and a source frozen by
 one stays frozen. Only an operator can tell which copy should live
-(docs/operating.md, "A failed migration"). ``ferry resolve`` does what they
-decide, in the one safe order:
+(docs/operating.md, "A failed migration"). ``ferry resolve`` (tasks.api.client.Ferry.resolve)
+does what they decide, in the one safe order, which this module works out:
 
 1. every other node's live copy is killed; every node that could hold one
    must answer, unless ``force``: the operator vouches that the silent
@@ -22,17 +22,11 @@ copies never run at once.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from tasks.core.machine import Migration, State
-from tasks.config.settings import check_node_name
-from tasks.store.migrations import MIGRATION_ID
-from workers.errors import BadRequest, NodeUnavailable, UnknownNode
-from workers.runtimes.base import check_container_name
+from workers.errors import BadRequest, NodeUnavailable
 
-if TYPE_CHECKING:
-    from tasks.api.client import Ferry
 
 LIVE = ("running", "frozen")
 
@@ -83,26 +77,3 @@ def keep_node(m: Migration, keep: str) -> str:
     if keep not in ("source", "destination"):
         raise BadRequest(f"bad --keep {keep!r} for a migration: use source or destination")
     return m.src if keep == "source" else m.dst
-
-
-def resolve(client: Ferry, target: str, keep: str, force: bool = False) -> Settle:
-    """Settle migration ``target`` (m-...: keep its source or destination) or container
-    ``target`` (keep the copy on node ``keep``): do what :func:`decide` says."""
-    m = client.status(target) if MIGRATION_ID.match(target) else None
-    name = m.container if m else check_container_name(target)
-    node = keep_node(m, keep) if m else check_node_name(keep)
-    alive = {n["name"]: bool(n["alive"]) for n in client.nodes()}
-    if node not in alive:
-        raise UnknownNode(node, list(alive))
-    # A migration's copies can be on its two nodes only; a container's, on any.
-    copies: dict[str, str | None] = dict.fromkeys((m.src, m.dst) if m else alive)
-    for c in client.containers():
-        if c["name"] == name and c["node"] in copies and c["state"] in LIVE:
-            copies[c["node"]] = str(c["state"])
-    s = decide(name, node, copies, alive, force)
-    for other in s.kill:
-        client.command("kill", other, name)
-    client.command("continue", s.keep, name)
-    if m:
-        client.store.update(m.id, lambda r: replace(r, errors=(*r.errors, s.note)), "resolved")
-    return s
