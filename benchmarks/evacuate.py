@@ -49,10 +49,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tasks.config.broker import stop_embedded
 from tasks.api.client import Ferry
-from tasks.core.evacplan import bound_s, plan_from_json
 from tasks.api.localcluster import LocalCluster
+from tasks.config.broker import stop_embedded
+from tasks.core.evacplan import bound_s, plan_from_json
 from workers.errors import BadRequest
 
 HOLDER = ("import os, sys, time\n"

@@ -45,9 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import kill_all, machine
-from tasks.config.broker import stop_embedded
 from tasks.api.client import Ferry
 from tasks.api.localcluster import LocalCluster
+from tasks.config.broker import stop_embedded
 from tasks.core.summary import downtime
 
 NODES = ("n1", "n2")

@@ -58,9 +58,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.machine import machine
 from workers.criu.adapter import Criu, dump_stats
 from workers.dataplane.pagestream import Relay, check_pages
-from workers.records import PagesTarget
 from workers.dataplane.tokens import issue_token
 from workers.dataplane.transfer import TransferServer, send_files
+from workers.records import PagesTarget
 
 HOLDER = (
     "import os, sys, time\n"
@@ -300,7 +300,7 @@ def crossover(rows: list[dict[str, Any]], link: str, method: str) -> float | Non
         return 0.0  # it wins at every size measured
     xs, ys = list(diffs), list(diffs.values())
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=False)) / sum((x - mx) ** 2 for x in xs)
     if slope <= 0:
         return None
     return round(max(0.0, mx - my / slope), 1)

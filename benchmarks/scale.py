@@ -53,10 +53,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import machine
-from tasks.config.broker import stop_embedded
 from tasks.api.client import Ferry
-from tasks.core.evacplan import parse_rate, plan_from_json
 from tasks.api.localcluster import LocalCluster
+from tasks.config.broker import stop_embedded
+from tasks.core.evacplan import parse_rate, plan_from_json
 from tasks.core.planner import Plan, lower_bound_s
 from workers.procs import tree
 

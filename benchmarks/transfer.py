@@ -54,9 +54,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workers.dirsync.rsync import RsyncTarget, rsync_push
 from workers.dataplane.tokens import issue_token
 from workers.dataplane.transfer import TransferServer, choose_codec, send_files
+from workers.dirsync.rsync import RsyncTarget, rsync_push
 
 BUFFER = 4 << 20
 # One secret for this run and its helper processes (they inherit the environment).
@@ -290,7 +290,7 @@ def row(link: str, kind: str, size: int, method: str, samples: list[dict[str, fl
     }
     if raw is not None:  # each run against the raw run just before it, under the same load
         out["ratio"] = round(statistics.median(
-            r["seconds"] / s["seconds"] for r, s in zip(raw, samples)), 3)
+            r["seconds"] / s["seconds"] for r, s in zip(raw, samples, strict=False)), 3)
     return out
 
 

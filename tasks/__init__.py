@@ -27,7 +27,12 @@ _HOMES = {
         "TransferError", "UnknownNode", "UnknownContainer", "CapabilityError", "TokenError",
         "IntegrityError", "NoSpace", "CriuError", "Superseded", "TooLate")},
 }
-__all__ = sorted(_HOMES)
+__all__ = [
+    "BadRequest", "CapabilityError", "CriuError", "EvacuationHandle", "Ferry", "FerryError",
+    "IntegrityError", "Migration", "MigrationHandle", "NoSpace", "NodeUnavailable", "Phase",
+    "PermanentError", "Settings", "State", "Superseded", "TokenError", "TooLate",
+    "TransferError", "TransientError", "Unplaceable", "UnknownContainer", "UnknownNode",
+]
 
 if TYPE_CHECKING:  # what a type checker sees; at run time __getattr__ loads them
     from tasks.api.client import Ferry

@@ -20,20 +20,19 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
 
 from tasks.api import evacview
 from tasks.api.client import Ferry
 from tasks.api.demo import run_demo
 from tasks.config import broker
+from tasks.config.settings import Settings
 from tasks.control import coordinator as control
 from tasks.control.metrics import command as metrics_command
 from tasks.core.summary import one_line, summary
 from tasks.messaging.app import make_app
 from tasks.node import worker as node_worker
-from tasks.config.settings import Settings
 from workers.errors import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, FerryError
 
 err = Console(stderr=True)

@@ -9,6 +9,7 @@ labelled as simulated.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -20,8 +21,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tasks.config.broker import stop_embedded
 from tasks.api.localcluster import LocalCluster
+from tasks.config.broker import stop_embedded
 from tasks.core.summary import one_line
 from workers.errors import FerryError
 
@@ -101,10 +102,8 @@ def run_demo(count: int = 3, keep: bool = False, flower_port: int = 5555) -> int
         return 0
     finally:
         if not keep:
-            try:
+            with contextlib.suppress(FerryError):  # the container may already be gone; the demo ends either way
                 cluster.client.kill("counter")
-            except FerryError:
-                pass  # the container may already be gone; the demo ends either way
             cluster.stop()
             stop_embedded(base)
 

@@ -9,14 +9,12 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
-
-from tasks.api.client import Ferry
-from tasks.core.evacplan import Unplaceable
 from rich.table import Table
 
+from tasks.api.client import Ferry
 from tasks.api.handles import EvacuationHandle
+from tasks.core.evacplan import Unplaceable
 from workers.errors import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE
-
 
 COLOURS = {"moved": "green", "rolled_back": "yellow", "failed": "red", "not_placed": "red",
            "not_started": "yellow", "gone": "yellow"}

@@ -8,6 +8,7 @@ the socket and shares the one server; the first to need it starts it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import secrets
@@ -146,7 +147,5 @@ def stop_embedded(state_dir: Path) -> None:
     """Shut the embedded Redis of ``state_dir`` down, if it runs."""
     sock = state_dir / "redis.sock"
     if _answers(sock):
-        try:
+        with contextlib.suppress(redis.ConnectionError):
             redis.Redis(unix_socket_path=str(sock)).shutdown(nosave=True)
-        except redis.ConnectionError:
-            pass

@@ -9,8 +9,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from workers.errors import BadRequest
 from workers.dirsync.dirs import parse_ports, parse_roots
+from workers.errors import BadRequest
 
 DEFAULT_STATE_DIR = Path("/var/lib/ferry") if os.geteuid() == 0 else Path.home() / ".ferry"
 

@@ -14,14 +14,13 @@ from typing import Any
 
 from celery import Celery, Task
 
-from tasks.messaging.app import CONTROL_QUEUE, make_app
 from tasks.config.broker import connect, resolve
-from tasks.core.machine import Event, Migration
-from tasks.messaging.app import dispatch
 from tasks.config.settings import Settings
-from tasks.store.migrations import Store
-from tasks.core.watchdog import Timeouts, check
 from tasks.control.evacuation import register as evacuation_tasks
+from tasks.core.machine import Event, Migration
+from tasks.core.watchdog import Timeouts, check
+from tasks.messaging.app import CONTROL_QUEUE, dispatch, make_app
+from tasks.store.migrations import Store
 from workers.errors import BadRequest, TooLate
 
 log = logging.getLogger("ferry.coordinator")

@@ -11,6 +11,7 @@ outcome. The node stays cordoned; whatever did not move still runs there.
 """
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections import Counter
@@ -20,10 +21,13 @@ from typing import Any
 
 from celery import Celery, Task
 
-from tasks.messaging.app import CONTROL_QUEUE
-from tasks.core.chooser import STRATEGIES
+from tasks.config.settings import Settings
 from tasks.control.cluster import Cluster
+from tasks.core.chooser import STRATEGIES
 from tasks.core.evacplan import (
+    OUTCOMES,
+    PENDING,
+    RUNNING,
     Unplaceable,
     bound_s,
     compatible,
@@ -34,15 +38,12 @@ from tasks.core.evacplan import (
     report,
     specs_of,
 )
-from tasks.store.evacuations import Records
-from tasks.core.evacplan import OUTCOMES, PENDING, RUNNING
-from workers.ids import check_evac_id
 from tasks.core.machine import Migration, Phase, State, phases
 from tasks.core.planner import Plan, PlanLimits, next_moves, plan, replan
-from tasks.config.settings import Settings
-from workers.ids import check_node_name
-from tasks.store.migrations import Store
 from tasks.core.summary import summary
+from tasks.messaging.app import CONTROL_QUEUE
+from tasks.store.evacuations import Records
+from tasks.store.migrations import Store
 from workers.errors import (
     BadRequest,
     CapabilityError,
@@ -51,6 +52,7 @@ from workers.errors import (
     TransientError,
     UnknownNode,
 )
+from workers.ids import check_evac_id, check_node_name
 
 TICK_TASK = "ferry.control.evacuate_tick"
 TICK_S = 0.25  # how soon a finished move is followed by the next: ticks cost a few ms
@@ -169,10 +171,8 @@ def _advance(client: Cluster, recs: Records, rec: dict[str, Any], now: float) ->
             rec["stop"] = "timed_out"
             for mv in moves.values():  # roll back what still can; the rest finishes
                 if mv["outcome"] == RUNNING:
-                    try:
+                    with contextlib.suppress(FerryError):  # past its point of no return, or just over
                         client.cancel(mv["migration"])
-                    except FerryError:
-                        pass  # past its point of no return, or just over
     records = {n["name"]: n for n in client.nodes()}
     for dst in failed_dsts:  # one failure may be the container's; STRIKES are the node's
         rec["strikes"][dst] = rec["strikes"].get(dst, 0) + 1

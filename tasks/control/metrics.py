@@ -38,12 +38,12 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from tasks.messaging.app import node_queue
+from tasks.config.settings import Settings
 from tasks.control.cluster import Cluster
 from tasks.core.machine import Migration, State
-from tasks.config.settings import Settings
-from tasks.store.migrations import from_json
 from tasks.core.summary import summary
+from tasks.messaging.app import node_queue
+from tasks.store.migrations import from_json
 
 DOWNTIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)

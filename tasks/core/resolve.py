@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from tasks.core.machine import Migration, State
 from workers.errors import BadRequest, NodeUnavailable
 
-
 LIVE = ("running", "frozen")
 
 

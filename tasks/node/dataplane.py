@@ -13,15 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tasks.core.machine import Migration, estimates
 from tasks.messaging import auth
 from tasks.node.context import NodeContext, Progress
-from tasks.core.machine import Migration, estimates
 from workers import failpoints
-from workers.errors import PermanentError
-from workers.records import PagesTarget
 from workers.dataplane.tokens import issue_token
 from workers.dataplane.transfer import send_files, stream_pages
-
+from workers.errors import PermanentError
+from workers.records import PagesTarget
 
 FROZEN_TIMEOUT_S = 10.0  # silence on the data plane that ends a freeze-window transfer
 

@@ -18,10 +18,9 @@ import shutil
 import time
 from typing import Any
 
-from tasks.node.dataplane import send_dir
-from tasks.node.context import Progress
 from tasks.core.machine import Migration, Phase
-from tasks.node.context import NodeContext, last_pass, remember, remembered
+from tasks.node.context import NodeContext, Progress, last_pass, remember, remembered
+from tasks.node.dataplane import send_dir
 from workers.dataplane.delta import apply_delta, make_delta
 
 PAGE = 4096

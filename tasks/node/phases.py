@@ -10,6 +10,7 @@ landed on the destination as ``<node>/incoming/M/{pass-K,final,...}``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -18,16 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tasks.messaging import auth
-
-from tasks.node import syncpasses
-from tasks.node.dataplane import pages_target, send_dir, streams_pages
-from tasks.node.context import FINAL, NodeContext, Progress, last_pass, remember, remembered
-from workers.dataplane.delta import apply_delta, make_delta
 from tasks.core.machine import Migration, Phase, State
-from workers.errors import BadRequest, CriuError, PermanentError
+from tasks.messaging import auth
+from tasks.node import syncpasses
+from tasks.node.context import FINAL, NodeContext, Progress, last_pass, remember, remembered
+from tasks.node.dataplane import pages_target, send_dir, streams_pages
+from workers.dataplane.delta import apply_delta, make_delta
 from workers.dataplane.pagestream import check_pages
-
+from workers.errors import BadRequest, CriuError, PermanentError
 
 
 def prepare(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
@@ -213,15 +212,11 @@ def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
 def _end_lazy_dump(ctx: NodeContext, m: Migration, page_server: str) -> None:
     """Make a post-copy dump that still waits for its destination give up, so CRIU resumes the tree."""
     host, _, port = page_server.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            pass  # a peer that hangs up at once fails the page transfer
-    except OSError:
-        pass  # the page server is gone already
-    try:
+    # a peer that hangs up at once fails the page transfer (or the page server is gone already)
+    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=2):
+        pass
+    with contextlib.suppress(CriuError):  # the expected end: the dump failed and CRIU resumed the tree
         ctx.runtime.wait_lazy(m.container, ctx.images(m.id), 30)
-    except CriuError:
-        pass  # the expected end: the dump failed and CRIU resumed the tree
 
 
 def free_port(host: str) -> int:

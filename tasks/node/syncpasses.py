@@ -22,13 +22,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from tasks.core.machine import Migration, State
 from tasks.messaging import auth
 from tasks.node.context import NodeContext, Progress
-from tasks.core.machine import Migration, State
 from workers.dirsync import dirs as syncdirs
-from workers.errors import PermanentError
 from workers.dirsync.rsync import SyncStats, rsync_push
-
+from workers.errors import PermanentError
 
 FROZEN_TIMEOUT_S = 10.0  # rsync I/O silence that ends a freeze-window pass
 HEARTBEAT_S = 5.0  # a long first pass reports progress this often (the watchdog waits 150 s)

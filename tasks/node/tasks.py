@@ -19,16 +19,15 @@ from typing import Any
 
 from celery import Celery, Task
 
+from tasks.core.machine import ROUTE, Event, Migration, Phase, State
 from tasks.messaging import auth
 from tasks.messaging.app import dispatch
-from tasks.core.machine import ROUTE, Event, Migration, Phase, State
-from tasks.node.handlers import HANDLERS
 from tasks.node.context import NodeContext
+from tasks.node.handlers import HANDLERS
 from tasks.store.migrations import Store
-from workers.ids import check_migration_id
 from workers import failpoints
 from workers.errors import BadRequest, FerryError, Superseded, TransientError
-from workers.ids import check_container_name
+from workers.ids import check_container_name, check_migration_id
 
 log = logging.getLogger("ferry.node")
 

@@ -9,6 +9,7 @@ container its workers start or restore, so none is left a zombie.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -23,22 +24,22 @@ from typing import Any
 
 import redis
 
-from tasks.messaging.app import make_app, node_queue
 from tasks.config.broker import connect, resolve
-from tasks.core.machine import State
-from tasks.node.tasks import register
-from tasks.node.phases import collect
-from tasks.node.context import NodeContext
 from tasks.config.settings import Settings
-from workers.ids import check_node_name
+from tasks.core.machine import State
+from tasks.messaging.app import make_app, node_queue
+from tasks.node.context import NodeContext
+from tasks.node.phases import collect
+from tasks.node.tasks import register
 from tasks.store.migrations import Store
 from workers.criu.adapter import Criu
-from workers.errors import BadRequest, FerryError
 from workers.criu.probe import probe, probe_lazy
+from workers.dataplane.transfer import TransferServer
+from workers.errors import BadRequest, FerryError
+from workers.ids import check_node_name
 from workers.runtimes.base import Runtime
 from workers.runtimes.criu import CriuRuntime
 from workers.runtimes.sim import SimRuntime
-from workers.dataplane.transfer import TransferServer
 
 log = logging.getLogger("ferry.worker")
 PR_SET_CHILD_SUBREAPER = 36
@@ -137,10 +138,8 @@ def serve(settings: Settings, node: str) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
         server.stop()
-        try:
+        with contextlib.suppress(redis.RedisError):  # the heartbeat going stale says the same
             store.put_node(node, {**record, "last_seen": time.time(), "state": "stopped"})
-        except redis.RedisError:
-            pass  # the heartbeat going stale says the same
     return 0
 
 
@@ -167,10 +166,8 @@ def _reap(keep: set[int]) -> None:
         except OSError:
             continue
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
 
 
 def celery_main(node: str, role: str, address: str) -> None:

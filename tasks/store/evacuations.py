@@ -22,7 +22,6 @@ import redis
 from workers.errors import BadRequest
 from workers.ids import check_evac_id
 
-
 LOCK_TTL_S = 600  # a node lock no tick refreshed for this long belongs to a dead evacuation
 TICK_LOCK_S = 60  # longer than any tick: a tick that died lets the next one in after this
 

@@ -30,9 +30,9 @@ import redis
 
 from tasks.api.client import Ferry
 from tasks.api.localcluster import ROOT, LocalCluster, private_mounts
-from workers.errors import FerryError
-from tests.testbed.iproute import ip_json
 from tests.testbed.cluster import Testbed
+from tests.testbed.iproute import ip_json
+from workers.errors import FerryError
 
 SUBNET = "10.77.0"  # the one subnet a testbed may use on this machine
 

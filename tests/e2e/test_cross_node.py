@@ -7,6 +7,7 @@ never loopback; the broker is a Redis on the bridge. Timings are printed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -17,9 +18,9 @@ import pytest
 
 from tests.e2e.netcluster import NetCluster
 from tests.integration.helpers import COUNTER, assert_went_on, ticks, wait_for
+from tests.testbed.iproute import ip
 from workers import procs
 from workers.errors import FerryError
-from tests.testbed.iproute import ip
 
 pytestmark = pytest.mark.criu
 
@@ -37,10 +38,8 @@ def tx_bytes(cluster: NetCluster, node: str) -> int:
 
 def kill_quietly(cluster: NetCluster, name: str) -> None:
     """Kill ``name`` wherever it runs; a test's own failure must not be hidden by this one."""
-    try:
+    with contextlib.suppress(FerryError):  # gone already, or its node is unreachable: the fixture's teardown kills it
         cluster.client.kill(name)
-    except FerryError:
-        pass  # gone already, or its node is unreachable: the fixture's teardown kills it
 
 
 def where(cluster: NetCluster, name: str) -> set[str]:

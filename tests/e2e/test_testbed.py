@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.testbed import shaping
-from workers.errors import BadRequest, PermanentError, UnknownNode
-from tests.testbed.shaping import Shape, ShapingWarning
 from tests.testbed.cluster import Testbed, status, teardown
+from tests.testbed.shaping import Shape, ShapingWarning
+from workers.errors import BadRequest, PermanentError, UnknownNode
 
 # In CI a non-root run fails (with the same message) instead of skipping.
 pytestmark = pytest.mark.skipif(

@@ -14,8 +14,7 @@ from tasks.api.localcluster import LocalCluster
 from tasks.core.machine import Migration
 from tests.faults.tally import TALLY
 from tests.integration.helpers import ticks, wait_for
-from workers import failpoints
-from workers import procs
+from workers import failpoints, procs
 
 NODES = ("f1", "f2")
 COLD = ["prepare:kill-before", "dump:kill-before", "dump:kill-after", "transfer:kill-before",

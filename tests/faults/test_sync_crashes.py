@@ -20,8 +20,7 @@ from tests.conftest import criu_works, need, running
 from tests.faults.cluster import NODES, FaultCluster, outcome, said
 from tests.faults.conftest import fault_env
 from tests.integration.helpers import ticks, wait_for
-from workers import failpoints
-from workers import procs
+from workers import failpoints, procs
 
 pytestmark = pytest.mark.criu
 

@@ -21,14 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tasks.api.cli import main
-from tasks.core.evacplan import parse_rate
 from tasks.api.localcluster import LocalCluster
+from tasks.core.evacplan import parse_rate
 from tasks.core.machine import STRATEGIES
-from workers.ids import NODE_NAME
-from workers.ids import MIGRATION_ID
-from workers.errors import BadRequest, FerryError, UnknownNode
-from workers.ids import CONTAINER_NAME
 from workers.dirsync.dirs import check_dirs
+from workers.errors import BadRequest, FerryError, UnknownNode
+from workers.ids import CONTAINER_NAME, MIGRATION_ID, NODE_NAME
 
 CLUSTER = settings(max_examples=30, deadline=None, derandomize=True,
                    suppress_health_check=[HealthCheck.function_scoped_fixture])

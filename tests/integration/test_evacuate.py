@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tasks.control.evacuation import Unplaceable
 from tasks.api.localcluster import LocalCluster
+from tasks.control.evacuation import Unplaceable
 from tests.conftest import cluster_env, criu_works, need, running
 from tests.integration.helpers import assert_went_on, dirtying, ticks, wait_for
 from workers import procs

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.node import syncpasses
 from tasks.core.machine import Migration, State
+from tasks.node import syncpasses
 from tasks.node.context import NodeContext
 from tests.conftest import need
 from workers import procs
-from workers.errors import BadRequest, CapabilityError, TokenError
 from workers.dirsync.rsync import RsyncTarget, _free_port, password, rsync_push
+from workers.errors import BadRequest, CapabilityError, TokenError
 
 SECRET = b"integration-secret-0123456789"
 MID = "m1"

@@ -17,11 +17,11 @@ import redis
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasks.messaging.app import make_app
 from tasks.config.broker import ensure_embedded, stop_embedded
-from tasks.core.machine import Migration, State
-from tasks.control.metrics import registry_for
 from tasks.config.settings import Settings
+from tasks.control.metrics import registry_for
+from tasks.core.machine import Migration, State
+from tasks.messaging.app import make_app
 from tasks.store.migrations import Store
 from workers.ids import new_id
 

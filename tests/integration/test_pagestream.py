@@ -21,6 +21,9 @@ from tests.conftest import criu_works, need
 from tests.integration.helpers import assert_went_on, ticks, wait_for
 from workers import procs
 from workers.criu.adapter import Criu
+from workers.dataplane.pagestream import MARKER, Relay, check_pages
+from workers.dataplane.tokens import issue_token
+from workers.dataplane.transfer import TransferServer, send_files
 from workers.errors import (
     CriuError,
     IntegrityError,
@@ -29,10 +32,7 @@ from workers.errors import (
     TokenError,
     TransferError,
 )
-from workers.dataplane.pagestream import MARKER, Relay, check_pages
 from workers.records import PagesTarget
-from workers.dataplane.tokens import issue_token
-from workers.dataplane.transfer import TransferServer, send_files
 
 pytestmark = pytest.mark.criu
 

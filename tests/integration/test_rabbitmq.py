@@ -20,8 +20,8 @@ import pytest
 import redis
 from kombu.exceptions import OperationalError
 
-from tasks.config.broker import ensure_embedded, stop_embedded
 from tasks.api.localcluster import LocalCluster
+from tasks.config.broker import ensure_embedded, stop_embedded
 from tests.conftest import cluster_env, criu_works, need
 from tests.integration.helpers import COUNTER, assert_went_on, ticks, wait_for
 from workers import procs

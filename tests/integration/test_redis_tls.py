@@ -21,13 +21,13 @@ import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
 
-from tasks.messaging.app import make_app
 from tasks.config.broker import connect, resolve
-from tasks.core.machine import Migration
 from tasks.config.settings import Settings
+from tasks.core.machine import Migration
+from tasks.messaging.app import make_app
 from tasks.store.migrations import Store
-from workers.ids import new_id
 from tests.conftest import need
+from workers.ids import new_id
 
 ROOT = Path(__file__).resolve().parents[2]
 ACL_TEMPLATE = ROOT / "ops/ansible/roles/head/templates/redis-ferry.conf.j2"

@@ -22,8 +22,8 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from kombu.serialization import registry
 
-from tasks.messaging.app import make_app
 from tasks.config.settings import Settings
+from tasks.messaging.app import make_app
 from tasks.messaging.signing import enable_signing
 from tests.conftest import CI, cluster_env, need
 from workers.errors import BadRequest

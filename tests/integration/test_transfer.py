@@ -15,11 +15,9 @@ from typing import Any
 import blake3
 import pytest
 
-from workers.dataplane import sender
-
-from workers.dataplane import transfer
-
-from workers.dataplane import wire
+from workers.dataplane import sender, transfer, wire
+from workers.dataplane.tokens import issue_token
+from workers.dataplane.transfer import SendStats, TokenBucket, TransferServer, send_files
 from workers.errors import (
     BadRequest,
     IntegrityError,
@@ -27,8 +25,6 @@ from workers.errors import (
     TokenError,
     TransferError,
 )
-from workers.dataplane.tokens import issue_token
-from workers.dataplane.transfer import SendStats, TokenBucket, TransferServer, send_files
 
 SECRET = b"integration-secret-0123456789"
 MB = 1 << 20

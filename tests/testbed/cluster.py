@@ -38,12 +38,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-from tests.testbed import shaping
-
 from tests.testbed import redis_server as testbed_redis
-from workers.errors import BadRequest, CapabilityError, FerryError, PermanentError, UnknownNode
+from tests.testbed import shaping
 from tests.testbed.iproute import ip, ip_json, kill_netns_processes, link_names, netns_names
 from tests.testbed.shaping import Shape
+from workers.errors import BadRequest, CapabilityError, FerryError, PermanentError, UnknownNode
 
 _IFNAMSIZ = 15  # longest interface name Linux accepts
 Completed = subprocess.CompletedProcess[str]

@@ -17,8 +17,8 @@ import click
 import pytest
 
 from tasks.api.cli import main
-from workers.ids import check_node_name
 from tests.conftest import CI
+from workers.ids import check_node_name
 
 try:  # the test extra: PyYAML, and check-jsonschema (which brings jsonschema)
     import check_jsonschema  # noqa: F401

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.node.dataplane import link_bps
 from tasks.core.machine import Migration
+from tasks.node.dataplane import link_bps
 from workers.dataplane import transfer
 from workers.dataplane.transfer import worth_compressing
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from workers.errors import BadRequest, TokenError
 from workers.dataplane.tokens import Claims, NonceStore, issue_token, verify_token
+from workers.errors import BadRequest, TokenError
 
 SECRET = b"cluster-secret-0123456789"
 NOW = 1_700_000_000.0

@@ -9,6 +9,7 @@ CRIU build. CRIU's stats images are decoded here with a few lines of protobuf.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import struct
@@ -238,10 +239,8 @@ class PipedLog:
             line = raw.decode(errors="replace").rstrip("\n")
             (self._errors if _ERROR_LINE.search(line) else self._tail).append(line)
         if out is not None:
-            try:
+            with contextlib.suppress(OSError):
                 out.close()
-            except OSError:
-                pass
         self.proc.wait()
 
     def wait(self, timeout: float | None = None) -> int:

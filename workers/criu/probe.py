@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.criu.adapter import Criu
 from workers import procs
+from workers.criu.adapter import Criu
 from workers.errors import CriuError
 
 FEATURES = ("mem_dirty_track", "uffd", "uffd-noncoop")

@@ -14,6 +14,7 @@ of an earlier process when the server starts.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -63,10 +64,8 @@ def open_dir(parent_fd: int, parts: Iterable[str], *, where: str) -> int:
     fd = os.dup(parent_fd)
     try:
         for part in parts:
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.mkdir(part, 0o700, dir_fd=fd)
-            except FileExistsError:
-                pass
             try:
                 child = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:  # ELOOP: a symlink; ENOTDIR: a file
@@ -151,10 +150,8 @@ class Partial:
     def discard(self) -> None:
         """Delete the temp file."""
         os.close(self.fd)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.temp, dir_fd=self.dir_fd)
-        except FileNotFoundError:
-            pass
         os.close(self.dir_fd)
 
 
@@ -177,10 +174,8 @@ class Landing:
         """Make ``owner`` the only session working on ``keys``."""
         with self._cond:
             for other in {self._owners[k] for k in keys if k in self._owners}:
-                try:
+                with contextlib.suppress(OSError):
                     other.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
             if not self._cond.wait_for(lambda: self._owners.keys().isdisjoint(keys), wait_s):
                 raise TransferError("another session still holds these files; try again")
             self._owners.update(dict.fromkeys(keys, owner))

@@ -31,6 +31,7 @@ digest differs from it (:func:`check_pages`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -45,12 +46,12 @@ from typing import Any
 
 import blake3
 
-from workers.dataplane import wire
 from workers.criu.adapter import PipedLog, explain_text
-from workers.errors import CriuError, FerryError, IntegrityError, PermanentError, TransferError
+from workers.dataplane import wire
 from workers.dataplane.landing import store_error
-from workers.records import PagesTarget, StreamStats
 from workers.dataplane.throttle import TokenBucket
+from workers.errors import CriuError, FerryError, IntegrityError, PermanentError, TransferError
+from workers.records import PagesTarget, StreamStats
 
 MARKER = "ferry-pages.json"  # the destination's digest of a finished pages session
 BUFFER = 1 << 20
@@ -295,7 +296,5 @@ def check_pages(sent: dict[str, Any], images: Path, wait_s: float = 10.0) -> Non
 
 
 def _shut(sock: socket.socket, how: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(how)
-    except OSError:
-        pass

@@ -19,9 +19,19 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 from workers import failpoints
-
-from workers.dataplane import wire
 from workers.criu.adapter import PipedLog
+from workers.dataplane import wire
+from workers.dataplane.landing import (
+    FileKey,
+    Landing,
+    Partial,
+    check_name,
+    check_target,
+    open_dir,
+    remove_leftovers,
+)
+from workers.dataplane.pagestream import serve_pages
+from workers.dataplane.tokens import NonceStore, verify_token
 from workers.errors import (
     BadRequest,
     CapabilityError,
@@ -30,10 +40,7 @@ from workers.errors import (
     TokenError,
     TransferError,
 )
-from workers.dataplane.landing import FileKey, Landing, Partial, check_name, check_target, open_dir, remove_leftovers
 from workers.ids import check_id
-from workers.dataplane.pagestream import serve_pages
-from workers.dataplane.tokens import NonceStore, verify_token
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +160,7 @@ class Receiver:
         held: dict[FileKey, Partial] = {}
         try:
             targets = []
-            for entry, key in zip(request.files, keys):
+            for entry, key in zip(request.files, keys, strict=False):
                 *sub, base = check_name(entry.name)
                 if sub and sub[0] not in dirs:
                     dirs[sub[0]] = open_dir(top, sub, where=where)
@@ -167,7 +174,7 @@ class Receiver:
             wire.send_frame(conn, {"type": "ready", "have": have, "done": [t[2] for t in targets]})
             buffers = (memoryview(bytearray(RECV_BUFFER)), memoryview(bytearray(RECV_BUFFER)))
             received = 0
-            for entry, key, (dir_fd, base, done) in zip(request.files, keys, targets):
+            for entry, key, (dir_fd, base, done) in zip(request.files, keys, targets, strict=False):
                 if not done:
                     partial = held.pop(key, None) or Partial.create(
                         dir_fd, base, where=f"{where}/{entry.name}"

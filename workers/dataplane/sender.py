@@ -27,8 +27,8 @@ from pathlib import Path
 import blake3
 
 from workers.dataplane import wire
-from workers.errors import BadRequest, CapabilityError, IntegrityError, TransferError
 from workers.dataplane.throttle import TokenBucket
+from workers.errors import BadRequest, CapabilityError, IntegrityError, TransferError
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,10 @@ def _attempt(
         wire.send_frame(sock, request.message())
         reply = wire.expect(wire.recv_frame(sock), "ready")
         have, done = wire.parse_ready(reply, [s.entry.size for s in sources])
-        meter.restart(sum(s.entry.size if d else h for s, h, d in zip(sources, have, done)))
+        meter.restart(sum(s.entry.size if d else h for s, h, d in zip(sources, have, done, strict=False)))
         replies = select.poll()
         replies.register(sock, select.POLLIN)
-        for source, digest, start, landed in zip(sources, digests, have, done):
+        for source, digest, start, landed in zip(sources, digests, have, done, strict=False):
             if landed:
                 continue
             if source.entry.codec == "zstd":

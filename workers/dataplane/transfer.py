@@ -9,6 +9,7 @@ sending side is :mod:`workers.dataplane.sender`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -20,14 +21,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from workers.dataplane import sender
-
-from workers.dataplane import wire
 from workers.criu.adapter import PipedLog
-from workers.errors import BadRequest, TransferError
+from workers.dataplane import sender, wire
 from workers.dataplane.receiver import Receiver
 from workers.dataplane.sender import COMPRESSORS, MIN_COMPRESS, SendStats
 from workers.dataplane.throttle import TokenBucket
+from workers.errors import BadRequest, TransferError
 
 __all__ = ["SendStats", "TokenBucket", "TransferServer", "choose_codec", "send_files",
            "stream_pages"]
@@ -160,10 +159,8 @@ def _turn_away(conn: socket.socket, limit: int) -> None:
 
 
 def _shutdown(conn: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def send_files(

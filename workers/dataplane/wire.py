@@ -208,7 +208,7 @@ def parse_ready(message: Mapping[str, Any], sizes: list[int]) -> tuple[list[int]
         raise TransferError("protocol error: 'ready' without 'have' and 'done' lists")
     ok = len(have) == len(done) == len(sizes) and all(
         isinstance(h, int) and isinstance(d, bool) and 0 <= h <= size
-        for h, d, size in zip(have, done, sizes)
+        for h, d, size in zip(have, done, sizes, strict=False)
     )
     if not ok:
         raise TransferError("protocol error: 'ready' does not match the manifest")

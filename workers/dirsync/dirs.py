@@ -30,8 +30,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from workers.errors import BadRequest
 from workers.dirsync.rsync import RsyncTarget
+from workers.errors import BadRequest
 
 MAX_DIRS = 16
 

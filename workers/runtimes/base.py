@@ -13,6 +13,7 @@ from typing import Protocol
 
 from workers.records import DumpStats, PagesTarget, RestoreStats
 
+
 @dataclass(frozen=True)
 class ContainerInfo:
     """What a node knows about one of its containers."""

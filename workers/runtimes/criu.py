@@ -20,13 +20,12 @@ from pathlib import Path
 
 from workers import procs
 from workers.criu.adapter import Criu, dump_stats, explain
-from workers.errors import BadRequest, CriuError, PermanentError, UnknownContainer
 from workers.dataplane.pagestream import Relay
-from workers.records import PagesTarget
-from workers.runtimes.base import ContainerInfo
-from workers.records import DumpStats, RestoreStats
-from workers.ids import check_container_name
 from workers.dirsync.dirs import check_dirs
+from workers.errors import BadRequest, CriuError, PermanentError, UnknownContainer
+from workers.ids import check_container_name
+from workers.records import DumpStats, PagesTarget, RestoreStats
+from workers.runtimes.base import ContainerInfo
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 from workers.errors import BadRequest, CapabilityError, PermanentError, UnknownContainer
-from workers.records import PagesTarget
-from workers.runtimes.base import ContainerInfo
-from workers.records import DumpStats, RestoreStats
 from workers.ids import check_container_name
+from workers.records import DumpStats, PagesTarget, RestoreStats
+from workers.runtimes.base import ContainerInfo
 from workers.runtimes.simmodel import (
     MIB,
     PAGE,
