@@ -69,8 +69,13 @@ def tables(doc: Path = DOC) -> list[str]:
         name = m.group(2)
         if name not in RUNS:
             raise SystemExit(f"error: {doc} marks a table for unknown benchmark {name!r}")
-        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--markdown"],
-                             cwd=ROOT, capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--markdown"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if out.returncode != 0:
             raise SystemExit(f"error: benchmarks/{name}.py --markdown failed: {out.stderr.strip()}")
         done.append(name)
@@ -99,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     rewritten = tables()
     print(f"docs/BENCHMARKS.md: tables of {', '.join(rewritten) or 'nothing'} regenerated")
     if failed:
-        print(f"failed: {', '.join(failed)} (their tables show their last good JSON)", file=sys.stderr)
+        print(
+            f"failed: {', '.join(failed)} (their tables show their last good JSON)", file=sys.stderr
+        )
     return 1 if failed else 0
 
 

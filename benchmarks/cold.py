@@ -114,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(json.loads(Path(args.json).read_text())))
         return 0
     sizes = [int(s) for s in args.sizes.split(",")]
-    axes = list(itertools.product(args.page_server.split(","), args.compression.split(","),
-                                  args.data.split(",")))
+    axes = list(
+        itertools.product(
+            args.page_server.split(","), args.compression.split(","), args.data.split(",")
+        )
+    )
     links = (
         args.links.split(",")
         if args.links
@@ -246,8 +249,13 @@ def estimate_s(link: str, size_mb: int, runs: int, rates: dict[str, float]) -> f
 
 
 def run_link(
-    client: Ferry, link: str, sizes: list[int], axes: list[tuple[str, str, str]], runs: int,
-    deadline: float, rates: dict[str, float],
+    client: Ferry,
+    link: str,
+    sizes: list[int],
+    axes: list[tuple[str, str, str]],
+    runs: int,
+    deadline: float,
+    rates: dict[str, float],
 ) -> list[dict[str, Any]]:
     rows = []
     nodes = sorted(n["name"] for n in client.nodes() if n["alive"])[:2]
@@ -285,8 +293,9 @@ def run_cell(
     t0 = time.monotonic()
     load_before = os.getloadavg()[0]  # other work on the machine skews the numbers: say how much
     started = time.time()
-    info = client.run(nodes[0], [sys.executable, "-u", "-c", HOLDER, str(size), how["data"]],
-                      name=name)
+    info = client.run(
+        nodes[0], [sys.executable, "-u", "-c", HOLDER, str(size), how["data"]], name=name
+    )
     samples: list[dict[str, Any]] = []
     failed: list[str] = []
     try:
@@ -299,8 +308,13 @@ def run_cell(
         for i in range(runs):
             dst = nodes[(i + 1) % 2]
             before = len(ticks(info["log"]))
-            m = client.migrate(name, dst, strategy="cold", page_server=how["page_server"],
-                               compression=how["compression"]).wait(timeout=300 + size)
+            m = client.migrate(
+                name,
+                dst,
+                strategy="cold",
+                page_server=how["page_server"],
+                compression=how["compression"],
+            ).wait(timeout=300 + size)
             if m.state.value != "done":
                 failed.append(f"run {i}: {m.state.value}: {'; '.join(m.errors)}")
                 break
@@ -400,16 +414,20 @@ def print_table(rows: list[dict[str, Any]], header: bool = True) -> None:
 def markdown(doc: dict[str, Any]) -> str:
     """The saved rows as a markdown table (ms unless said; medians over the runs)."""
     out = [
-        ("| size | link | page server / compression / data | sent as | downtime | seen "
-        "| criu freeze | wire | restore | overhead | total | bytes | MB/s |"),
+        (
+            "| size | link | page server / compression / data | sent as | downtime | seen "
+            "| criu freeze | wire | restore | overhead | total | bytes | MB/s |"
+        ),
         "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["rows"]:
         size = f"{r['size_mib']} MiB" if r["size_mib"] else "counter"
         if "downtime_ms" not in r:
             why = r.get("why") or "; ".join(r.get("errors", []))
-            out.append(f"| {size} | {r['link']} | {' / '.join(axes_of(r))} | {r['state']}: {why} "
-                       "||||||||||")
+            out.append(
+                f"| {size} | {r['link']} | {' / '.join(axes_of(r))} | {r['state']}: {why} "
+                "||||||||||"
+            )
             continue
         out.append(
             f"| {size} | {r['link']} | {' / '.join(axes_of(r))} | {r.get('sent_as', 'files none')} "
@@ -435,8 +453,11 @@ def write_json(
         except ValueError:
             old = {}
     fresh = {(r["link"], r["size_mib"], axes_of(r)) for r in rows}
-    kept = [r for r in old.get("rows", [])
-            if (r.get("link"), r.get("size_mib"), axes_of(r)) not in fresh]
+    kept = [
+        r
+        for r in old.get("rows", [])
+        if (r.get("link"), r.get("size_mib"), axes_of(r)) not in fresh
+    ]
     order = {"loopback": 0, "1gbit": 1, "100mbit": 2}
     merged = sorted(kept + rows, key=lambda r: (order.get(r["link"], 9), r["size_mib"], axes_of(r)))
     doc = {

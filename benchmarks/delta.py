@@ -74,8 +74,24 @@ def one(size_mb: int, rate: int, work: Path) -> Row:
     """Two snapshots of a fresh dirtier container, the delta between them, applied."""
     box = Path(tempfile.mkdtemp(dir=work))
     log = box / "log"
-    argv = [sys.executable, "-m", "workers.runtimes.launch", "--name", "dirtier", "--dir", str(box),
-            "--log", str(log), "--", sys.executable, "-u", "-c", DIRTIER, str(size_mb), str(rate)]
+    argv = [
+        sys.executable,
+        "-m",
+        "workers.runtimes.launch",
+        "--name",
+        "dirtier",
+        "--dir",
+        str(box),
+        "--log",
+        str(log),
+        "--",
+        sys.executable,
+        "-u",
+        "-c",
+        DIRTIER,
+        str(size_mb),
+        str(rate),
+    ]
     pid = int(subprocess.run(argv, capture_output=True, text=True, check=True, cwd=ROOT).stdout)
     try:
         _wait_for_ticks(log, 3)
@@ -93,11 +109,20 @@ def one(size_mb: int, rate: int, work: Path) -> Row:
         procs.kill_and_wait(pid)
     shutil.rmtree(box)
     changed = stats.blocks_changed * 4096
-    return Row(size_mb=size_mb, dirty_pct_s=rate, freeze_ms=round(second.frozen_ms, 1),
-               make_s=round(stats.seconds, 3), make_cpu_s=round(make_cpu, 3), changed_bytes=changed, out_bytes=stats.bytes_out,
-               ratio=round(stats.bytes_out / changed, 3) if changed else float("inf"),
-               apply_s=round(apply_s, 3), apply_cpu_s=round(apply_cpu, 3), image_bytes=stats.bytes_total,
-               files_delta=stats.files_delta)
+    return Row(
+        size_mb=size_mb,
+        dirty_pct_s=rate,
+        freeze_ms=round(second.frozen_ms, 1),
+        make_s=round(stats.seconds, 3),
+        make_cpu_s=round(make_cpu, 3),
+        changed_bytes=changed,
+        out_bytes=stats.bytes_out,
+        ratio=round(stats.bytes_out / changed, 3) if changed else float("inf"),
+        apply_s=round(apply_s, 3),
+        apply_cpu_s=round(apply_cpu, 3),
+        image_bytes=stats.bytes_total,
+        files_delta=stats.files_delta,
+    )
 
 
 def median(rows: list[Row]) -> Row:
@@ -115,15 +140,20 @@ def _wait_for_ticks(log: Path, n: int, timeout_s: float = 30.0) -> None:
     raise TimeoutError(f"the dirtier printed fewer than {n} ticks in {timeout_s:.0f} s: {log}")
 
 
-HEADER = (f"{'size':>6} {'dirty':>7} {'freeze':>8} {'make':>7} {'(cpu)':>7} {'changed':>9} "
-          f"{'out':>9} {'ratio':>6} {'apply':>7} {'(cpu)':>7} {'delta?':>6}")
+HEADER = (
+    f"{'size':>6} {'dirty':>7} {'freeze':>8} {'make':>7} {'(cpu)':>7} {'changed':>9} "
+    f"{'out':>9} {'ratio':>6} {'apply':>7} {'(cpu)':>7} {'delta?':>6}"
+)
 
 
 def _print_row(r: Row) -> None:
-    print(f"{r.size_mb:>4}MB {r.dirty_pct_s:>5}%/s {r.freeze_ms:>6.0f}ms {r.make_s:>6.3f}s "
-          f"{r.make_cpu_s:>6.3f}s {r.changed_bytes / 1e6:>7.1f}MB {r.out_bytes / 1e6:>7.1f}MB "
-          f"{r.ratio:>6.3f} {r.apply_s:>6.3f}s {r.apply_cpu_s:>6.3f}s "
-          f"{'yes' if r.files_delta else 'no':>6}", flush=True)
+    print(
+        f"{r.size_mb:>4}MB {r.dirty_pct_s:>5}%/s {r.freeze_ms:>6.0f}ms {r.make_s:>6.3f}s "
+        f"{r.make_cpu_s:>6.3f}s {r.changed_bytes / 1e6:>7.1f}MB {r.out_bytes / 1e6:>7.1f}MB "
+        f"{r.ratio:>6.3f} {r.apply_s:>6.3f}s {r.apply_cpu_s:>6.3f}s "
+        f"{'yes' if r.files_delta else 'no':>6}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -135,8 +165,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "docs/benchmarks/delta.json")
     args = parser.parse_args()
     load = round(os.getloadavg()[0], 2)
-    print(f"{os.cpu_count()} CPUs, CRIU {Criu().version()}, images in {args.dir}, "
-          f"median of {args.repeat}; load average {load}")
+    print(
+        f"{os.cpu_count()} CPUs, CRIU {Criu().version()}, images in {args.dir}, "
+        f"median of {args.repeat}; load average {load}"
+    )
     print(HEADER)
     rows = []
     started = time.monotonic()
@@ -147,8 +179,12 @@ def main() -> None:
                 _print_row(rows[-1])
     report = {
         "what": "delta pre-copy: two criu dump --leave-running 1 s apart, make_delta, apply_delta",
-        "cpus": os.cpu_count(), "kernel": os.uname().release, "criu": Criu().version(),
-        "dir": str(args.dir), "repeat": args.repeat, "block": 4096,
+        "cpus": os.cpu_count(),
+        "kernel": os.uname().release,
+        "criu": Criu().version(),
+        "dir": str(args.dir),
+        "repeat": args.repeat,
+        "block": 4096,
         "load_average_1m": [load, round(os.getloadavg()[0], 2)],  # at start, at end
         "seconds": round(time.monotonic() - started, 1),
         "rows": [asdict(r) for r in rows],

@@ -55,17 +55,21 @@ from tasks.config.broker import stop_embedded
 from tasks.core.evacplan import bound_s, plan_from_json
 from workers.errors import BadRequest
 
-HOLDER = ("import os, sys, time\n"
-          "hold = bytearray(os.urandom(int(sys.argv[1]) << 20))  # every page written, incompressible\n"
-          "i = 0\n"
-          "while True:\n"
-          "    print('tick', i, flush=True); i += 1; time.sleep(0.05)\n")
+HOLDER = (
+    "import os, sys, time\n"
+    "hold = bytearray(os.urandom(int(sys.argv[1]) << 20))  # every page written, incompressible\n"
+    "i = 0\n"
+    "while True:\n"
+    "    print('tick', i, flush=True); i += 1; time.sleep(0.05)\n"
+)
 NODES = ["node1", "node2", "node3"]
 TESTBED_BPS = 125e6  # a 1gbit tbf link
 SETUP_S = {"real": 20.0, "sim": 60.0}  # starting and killing a cell's containers
-SIM_RACE = ("workers/runtimes/sim.py saves every container record through one fixed <name>.tmp: two "
-            "processes saving one container at once collide (FileNotFoundError), which fails "
-            "that run, phase or inventory; a unique temp name per writer fixes it")
+SIM_RACE = (
+    "workers/runtimes/sim.py saves every container record through one fixed <name>.tmp: two "
+    "processes saving one container at once collide (FileNotFoundError), which fails "
+    "that run, phase or inventory; a unique temp name per writer fixes it"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             rows += run_kind(client, "real", link, sizes, levels, args.strategy, deadline)
     if args.only in (None, "sim"):
         with local_cluster(sim=True) as client:
-            rows += run_kind(client, "sim", "loopback", [1] * args.sim, levels, args.strategy,
-                             deadline)
+            rows += run_kind(
+                client, "sim", "loopback", [1] * args.sim, levels, args.strategy, deadline
+            )
     for r in rows:
         if args.note:
             r["note"] = args.note
@@ -179,19 +184,37 @@ def start(client: Ferry, kind: str, sizes: list[int], tag: str) -> list[str]:
     raise TimeoutError("the containers' memory did not show in the registry in 60 s")
 
 
-def run_kind(client: Ferry, kind: str, link: str, sizes: list[int], levels: list[int],
-             strategy: str, deadline: float) -> list[dict[str, Any]]:
+def run_kind(
+    client: Ferry,
+    kind: str,
+    link: str,
+    sizes: list[int],
+    levels: list[int],
+    strategy: str,
+    deadline: float,
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     link_bps = TESTBED_BPS if link == "1gbit" else None
     expect = 0.0
     for c in levels:
-        base = {"kind": kind, "link": link, "strategy": strategy, "containers": len(sizes),
-                "mib_total": sum(sizes), "concurrency": c}
+        base = {
+            "kind": kind,
+            "link": link,
+            "strategy": strategy,
+            "containers": len(sizes),
+            "mib_total": sum(sizes),
+            "concurrency": c,
+        }
         left = deadline - time.monotonic()
         if expect + SETUP_S[kind] > left:
-            rows.append({**base, "state": "skipped",
-                         "why": f"time budget: ~{expect + SETUP_S[kind]:.0f} s needed, "
-                                f"{left:.0f} s left"})
+            rows.append(
+                {
+                    **base,
+                    "state": "skipped",
+                    "why": f"time budget: ~{expect + SETUP_S[kind]:.0f} s needed, "
+                    f"{left:.0f} s left",
+                }
+            )
             continue
         start(client, kind, sizes, f"{kind[0]}{c}")
         h = client.evacuate("node1", to=NODES[1:], max_parallel=c, per_node=c, strategy=strategy)
@@ -201,18 +224,27 @@ def run_kind(client: Ferry, kind: str, link: str, sizes: list[int], levels: list
         if kind == "real" and link_bps is None:  # loopback: the c=1 cell measures the link
             link_bps = measured_bps(client, moved)
         downs = [r["downtime_ms"] for r in moved if r["downtime_ms"] is not None]
-        row = {**base, "state": "ok", "evacuation": rep["id"], "makespan_s": rep["makespan_s"],
-               "moves_per_s": round(len(moved) / rep["makespan_s"], 2),
-               "outcomes": {k: v for k, v in rep["counts"].items() if v},
-               "downtime_ms_mean": round(statistics.mean(downs), 1) if downs else None,
-               "downtime_ms_max": max(downs) if downs else None,
-               "bytes_sent": sum(r["bytes"] for r in moved)}
+        row = {
+            **base,
+            "state": "ok",
+            "evacuation": rep["id"],
+            "makespan_s": rep["makespan_s"],
+            "moves_per_s": round(len(moved) / rep["makespan_s"], 2),
+            "outcomes": {k: v for k, v in rep["counts"].items() if v},
+            "downtime_ms_mean": round(statistics.mean(downs), 1) if downs else None,
+            "downtime_ms_max": max(downs) if downs else None,
+            "bytes_sent": sum(r["bytes"] for r in moved),
+        }
         if kind == "real" and link_bps:
             bound = bound_s(plan_from_json(rec["plan"]), link_bps, {r["container"] for r in moved})
-            row.update(lower_bound_s=round(bound, 3), link_bps=round(link_bps),
-                       ratio=round(rep["makespan_s"] / bound, 3) if bound else None,
-                       link_source="1gbit tbf" if link == "1gbit"
-                       else "loopback: data-plane throughput measured at c=1")
+            row.update(
+                lower_bound_s=round(bound, 3),
+                link_bps=round(link_bps),
+                ratio=round(rep["makespan_s"] / bound, 3) if bound else None,
+                link_source="1gbit tbf"
+                if link == "1gbit"
+                else "loopback: data-plane throughput measured at c=1",
+            )
         rows.append(row)
         print(f"{kind} c={c}: {rep['message']}", file=sys.stderr)
         expect = rep["makespan_s"]  # more concurrency should not take longer
@@ -230,39 +262,58 @@ def measured_bps(client: Ferry, moved: list[dict[str, Any]]) -> float | None:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = (f"{'kind':<5} {'link':<9} {'strategy':<8} {'n':>4} {'c':>2} {'makespan':>9} "
-            f"{'bound':>7} {'ratio':>6} {'moves/s':>7} {'down mean':>9} {'worst':>7}  outcomes")
+    head = (
+        f"{'kind':<5} {'link':<9} {'strategy':<8} {'n':>4} {'c':>2} {'makespan':>9} "
+        f"{'bound':>7} {'ratio':>6} {'moves/s':>7} {'down mean':>9} {'worst':>7}  outcomes"
+    )
     print(head)
     for r in rows:
         if r["state"] != "ok":
-            print(f"{r['kind']:<5} {r['link']:<9} {r['strategy']:<8} {r['containers']:>4} "
-                  f"{r['concurrency']:>2}  skipped: {r['why']}")
+            print(
+                f"{r['kind']:<5} {r['link']:<9} {r['strategy']:<8} {r['containers']:>4} "
+                f"{r['concurrency']:>2}  skipped: {r['why']}"
+            )
             continue
         bound = f"{r['lower_bound_s']:.2f}" if "lower_bound_s" in r else "-"
         ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "-"
         mean = f"{r['downtime_ms_mean']:.0f} ms" if r["downtime_ms_mean"] is not None else "-"
         worst = f"{r['downtime_ms_max']:.0f} ms" if r["downtime_ms_max"] is not None else "-"
-        print(f"{r['kind']:<5} {r['link']:<9} {r['strategy']:<8} {r['containers']:>4} "
-              f"{r['concurrency']:>2} {r['makespan_s']:>8.2f}s {bound:>7} {ratio:>6} "
-              f"{r['moves_per_s']:>7.2f} {mean:>9} {worst:>7}  {r['outcomes']}")
+        print(
+            f"{r['kind']:<5} {r['link']:<9} {r['strategy']:<8} {r['containers']:>4} "
+            f"{r['concurrency']:>2} {r['makespan_s']:>8.2f}s {bound:>7} {ratio:>6} "
+            f"{r['moves_per_s']:>7.2f} {mean:>9} {worst:>7}  {r['outcomes']}"
+        )
 
 
 def write_json(path: Path, rows: list[dict[str, Any]], command: str) -> None:
     """Rows of this run replace those of the same kind, link and strategy; the rest stay."""
+
     def key(r: dict[str, Any]) -> tuple[str, str, str]:
         return r["kind"], r["link"], r["strategy"]
 
     prev: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     new = {key(r) for r in rows}
     old = [r for r in prev.get("rows", []) if key(r) not in new]
-    out = {**prev, "benchmark": "evacuate", "generated": datetime.datetime.now(datetime.UTC).isoformat(
-               timespec="seconds"),
-           "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
-                       "python": platform.python_version(), "load1": os.getloadavg()[0]},
-           "command": command,
-           "units": {"makespan_s": "s", "lower_bound_s": "s", "downtime_ms_*": "ms",
-                     "link_bps": "bytes/s", "mib_total": "MiB of container memory"},
-           "rows": old + rows}
+    out = {
+        **prev,
+        "benchmark": "evacuate",
+        "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "load1": os.getloadavg()[0],
+        },
+        "command": command,
+        "units": {
+            "makespan_s": "s",
+            "lower_bound_s": "s",
+            "downtime_ms_*": "ms",
+            "link_bps": "bytes/s",
+            "mib_total": "MiB of container memory",
+        },
+        "rows": old + rows,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}", file=sys.stderr)

@@ -51,19 +51,24 @@ from tasks.config.broker import stop_embedded
 from tasks.core.summary import downtime
 
 NODES = ("n1", "n2")
-WRITER = ("import os, sys, time\n"
-          "f = open(os.path.join(sys.argv[1], 'lines'), 'a')\n"
-          "i = 0\n"
-          "while True:\n"
-          "    f.write(f'{i}\\n'); f.flush(); i += 1; time.sleep(0.02)\n")
+WRITER = (
+    "import os, sys, time\n"
+    "f = open(os.path.join(sys.argv[1], 'lines'), 'a')\n"
+    "i = 0\n"
+    "while True:\n"
+    "    f.write(f'{i}\\n'); f.flush(); i += 1; time.sleep(0.02)\n"
+)
 UNITS = {"k": 1 << 10, "m": 1 << 20}
 COLUMNS = ("downtime_ms", "fsync_ms", "criu_freeze_ms", "wire_ms", "restore_ms", "overhead_ms")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/fsync.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--sets", default="10000x4k,100x1m,10x50m",
-                        help="data sets, comma separated: FILESxSIZE (k, m)")
+    parser.add_argument(
+        "--sets",
+        default="10000x4k,100x1m,10x50m",
+        help="data sets, comma separated: FILESxSIZE (k, m)",
+    )
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--markdown", action="store_true", help="print the saved JSON as markdown")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where state dirs go")
@@ -102,8 +107,9 @@ def disks_cluster(where: Path) -> Iterator[tuple[Ferry, Path]]:
         (base / f"{n}-disk").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     env["FERRY_SYNC_ROOTS"] = str(base / "local")
-    cluster = LocalCluster(base, env, mounts={n: {base / f"{n}-disk": base / "local"}
-                                              for n in NODES})
+    cluster = LocalCluster(
+        base, env, mounts={n: {base / f"{n}-disk": base / "local"} for n in NODES}
+    )
     try:
         cluster.start_coordinator()
         for n in NODES:
@@ -125,15 +131,17 @@ def fill(d: Path, files: int, size: int) -> None:
         (sub / f"f{i}").write_bytes(os.urandom(size))
 
 
-def run_cell(client: Ferry, base: Path, spec: str, files: int, size: int, way: str,
-             runs: int) -> dict[str, Any]:
+def run_cell(
+    client: Ferry, base: Path, spec: str, files: int, size: int, way: str, runs: int
+) -> dict[str, Any]:
     name = f"fs-{way}-{spec.replace('x', '-')}"
     t0, load_before = time.monotonic(), os.getloadavg()[0]
     if way == "sync":
         job, disk = base / "local" / name, base / f"{NODES[0]}-disk" / name
         fill(disk, files, size)
-        client.run(NODES[0], [sys.executable, "-u", "-c", WRITER, str(job)], name=name,
-                   sync=[str(job)])
+        client.run(
+            NODES[0], [sys.executable, "-u", "-c", WRITER, str(job)], name=name, sync=[str(job)]
+        )
     else:
         job = base / "shared-data" / name  # both nodes see it: nothing to sync
         fill(job, files, size)
@@ -147,21 +155,32 @@ def run_cell(client: Ferry, base: Path, spec: str, files: int, size: int, way: s
                 errors.append(f"run {i}: {m.state.value}: {'; '.join(m.errors)}")
                 break
             first, final = m.results.get("sync", {}), m.results.get("final_sync", {})
-            samples.append({**(downtime(m) or {}), "total_s": round(m.updated - m.created, 3),
-                            "first_pass_ms": first.get("wall_ms", 0.0),
-                            "first_pass_bytes": first.get("bytes", 0),
-                            "final_pass_bytes": final.get("bytes", 0),
-                            "final_pass_files": final.get("files", 0), "id": m.id})
+            samples.append(
+                {
+                    **(downtime(m) or {}),
+                    "total_s": round(m.updated - m.created, 3),
+                    "first_pass_ms": first.get("wall_ms", 0.0),
+                    "first_pass_bytes": first.get("bytes", 0),
+                    "final_pass_bytes": final.get("bytes", 0),
+                    "final_pass_files": final.get("files", 0),
+                    "id": m.id,
+                }
+            )
             time.sleep(0.5)
     finally:
         client.kill(name)
     row: dict[str, Any] = {
-        "set": spec, "files": files, "mib": round(files * size / 2**20, 1), "way": way,
-        "runs": len(samples), "state": "failed" if errors else "ok",
+        "set": spec,
+        "files": files,
+        "mib": round(files * size / 2**20, 1),
+        "way": way,
+        "runs": len(samples),
+        "state": "failed" if errors else "ok",
         "cell_s": round(time.monotonic() - t0, 1),
         "load1_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "samples": samples}
+        "samples": samples,
+    }
     if errors:
         row["errors"] = errors
     for col in (*COLUMNS, "total_s", "first_pass_ms", "first_pass_bytes", "final_pass_bytes"):
@@ -174,17 +193,23 @@ def run_cell(client: Ferry, base: Path, spec: str, files: int, size: int, way: s
 def line(r: dict[str, Any]) -> str:
     if "downtime_ms" not in r:
         return f"{r['set']:>10} {r['way']:>6}  {r['state']}: {'; '.join(r.get('errors', []))}"
-    return (f"{r['set']:>10} {r['mib']:>7.1f} MiB {r['way']:>6}  downtime {r['downtime_ms']:>6.0f}"
-            f"  fsync {r['fsync_ms']:>6.0f}  final {r['final_pass_bytes'] / 1024:>7.1f} KiB"
-            f"  first pass {r['first_pass_ms']:>7.0f} ms  total {r['total_s']:>5.1f} s"
-            f"  load {r['load1_before_after']}")
+    return (
+        f"{r['set']:>10} {r['mib']:>7.1f} MiB {r['way']:>6}  downtime {r['downtime_ms']:>6.0f}"
+        f"  fsync {r['fsync_ms']:>6.0f}  final {r['final_pass_bytes'] / 1024:>7.1f} KiB"
+        f"  first pass {r['first_pass_ms']:>7.0f} ms  total {r['total_s']:>5.1f} s"
+        f"  load {r['load1_before_after']}"
+    )
 
 
 def markdown(doc: dict[str, Any]) -> str:
     """The saved rows as a markdown table (ms; medians over the runs)."""
-    out = [("| data set | MiB | dir | downtime | fsync (final pass) | criu freeze | wire | restore "
-            "| overhead | final pass bytes | first pass | total | load 1 min |"),
-           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    out = [
+        (
+            "| data set | MiB | dir | downtime | fsync (final pass) | criu freeze | wire | restore "
+            "| overhead | final pass bytes | first pass | total | load 1 min |"
+        ),
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in doc["rows"]:
         if "downtime_ms" not in r:
             out.append(f"| {r['set']} | {r['mib']} | {r['way']} | {r['state']} ||||||||||")
@@ -195,23 +220,27 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {r['fsync_ms']:.0f} | {r['criu_freeze_ms']:.0f} | {r['wire_ms']:.0f} "
             f"| {r['restore_ms']:.0f} | {r['overhead_ms']:.0f} "
             f"| {r['final_pass_bytes'] / 1024:.0f} KiB | {first} | {r['total_s']:.1f} s "
-            f"| {r['load1_before_after'][0]}-{r['load1_before_after'][1]} |")
+            f"| {r['load1_before_after'][0]}-{r['load1_before_after'][1]} |"
+        )
     return "\n".join(out)
 
 
-def write_json(path: Path, rows: list[dict[str, Any]], args: argparse.Namespace,
-               elapsed: float) -> None:
+def write_json(
+    path: Path, rows: list[dict[str, Any]], args: argparse.Namespace, elapsed: float
+) -> None:
     doc = {
         "benchmark": "cold migration downtime with a node-local dir synced (rsync) vs the "
-                     "same data on shared storage (tasks.core.summary.downtime)",
-        "units": {"*_ms": "milliseconds, median over runs",
-                  "fsync_ms": "rsync's final pass inside the freeze window plus stopping the "
-                              "destination's daemons, median",
-                  "first_pass_ms": "rsync's first pass, while the container runs, median",
-                  "*_bytes": "bytes rsync sent (its protocol included), median",
-                  "total_s": "submit to done, median"},
+        "same data on shared storage (tasks.core.summary.downtime)",
+        "units": {
+            "*_ms": "milliseconds, median over runs",
+            "fsync_ms": "rsync's final pass inside the freeze window plus stopping the "
+            "destination's daemons, median",
+            "first_pass_ms": "rsync's first pass, while the container runs, median",
+            "*_bytes": "bytes rsync sent (its protocol included), median",
+            "total_s": "submit to done, median",
+        },
         "conditions": "loopback: both nodes, the coordinator and rsync on this host's 2 CPUs, "
-                      "shared with other engineers' test runs (load1_before_after per row)",
+        "shared with other engineers' test runs (load1_before_after per row)",
         "machine": machine(),
         "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "last_command": " ".join(["benchmarks/fsync.py", *sys.argv[1:]]),

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def machine() -> dict[str, Any]:
     """CPU, memory, kernel, CRIU, Python, package versions and the commit."""
+
     def out(*argv: str) -> str:
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)

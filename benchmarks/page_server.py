@@ -78,8 +78,9 @@ COLUMNS = ("frozen_ms", "dump_ms", "send_ms", "downtime_ms")
 def destination(host: str, where: Path) -> None:
     """Serve until stdin closes: ``ps NAME [TLSDIR]`` starts CRIU's own page server on a
     port, ``wait`` reaps it; the TransferServer serves ferry's pages sessions itself."""
-    server = TransferServer(where / "ferry", SECRET, "dst", host=host,
-                            page_server=Criu().page_server)
+    server = TransferServer(
+        where / "ferry", SECRET, "dst", host=host, page_server=Criu().page_server
+    )
     server.start()
     print(server.address[1], flush=True)
     proc: subprocess.Popen[bytes] | None = None
@@ -90,9 +91,21 @@ def destination(host: str, where: Path) -> None:
             port = free_port(host)
             started = time.monotonic()
             images.mkdir(parents=True)  # the adapter never listens on a port: spawn it by hand
-            proc = subprocess.Popen(["criu", "page-server", "-D", str(images), "-o", "ps.log",
-                                     "--address", host, "--port", str(port),
-                                     *(tls_args(Path(args[1])) if args[1:] else [])])
+            proc = subprocess.Popen(
+                [
+                    "criu",
+                    "page-server",
+                    "-D",
+                    str(images),
+                    "-o",
+                    "ps.log",
+                    "--address",
+                    host,
+                    "--port",
+                    str(port),
+                    *(tls_args(Path(args[1])) if args[1:] else []),
+                ]
+            )
             wait_listening(host, port)
             print(port, round((time.monotonic() - started) * 1000, 1), flush=True)
         elif cmd == "wait":
@@ -116,16 +129,25 @@ def free_port(host: str) -> int:
 def wait_listening(host: str, port: int) -> None:
     """Poll ``ss`` (a test connection would use up the page server's one session)."""
     deadline = time.monotonic() + 10
-    while f"{host}:{port} " not in subprocess.run(["ss", "-Hltn"], capture_output=True,
-                                                  text=True).stdout:
+    while (
+        f"{host}:{port} "
+        not in subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdout
+    ):
         if time.monotonic() > deadline:
             raise SystemExit(f"page server on {host}:{port} did not come up")
         time.sleep(0.005)
 
 
 def tls_args(pki: Path) -> list[str]:
-    return ["--tls", "--tls-cacert", str(pki / "ca.pem"), "--tls-cert", str(pki / "cert.pem"),
-            "--tls-key", str(pki / "key.pem")]
+    return [
+        "--tls",
+        "--tls-cacert",
+        str(pki / "ca.pem"),
+        "--tls-cert",
+        str(pki / "cert.pem"),
+        "--tls-key",
+        str(pki / "key.pem"),
+    ]
 
 
 def make_pki(pki: Path, hosts: list[str]) -> None:
@@ -134,12 +156,50 @@ def make_pki(pki: Path, hosts: list[str]) -> None:
     san = "subjectAltName=" + ",".join(f"IP:{h}" for h in hosts)
     (pki / "ext").write_text(san + "\n")
     for argv in (
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-         "-days", "1", "-subj", "/CN=ferry-bench-ca"],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "req.csr",
-         "-subj", f"/CN={hosts[0]}"],
-        ["x509", "-req", "-in", "req.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-         "-CAcreateserial", "-out", "cert.pem", "-days", "1", "-extfile", "ext"],
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ferry-bench-ca",
+        ],
+        [
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "req.csr",
+            "-subj",
+            f"/CN={hosts[0]}",
+        ],
+        [
+            "x509",
+            "-req",
+            "-in",
+            "req.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext",
+        ],
     ):
         subprocess.run(["openssl", *argv], cwd=pki, check=True, capture_output=True)
 
@@ -149,8 +209,7 @@ class Peer:
     """The destination helper process, one line in, one line out."""
 
     def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.port = int(self.ask(None)[0])
 
     def ask(self, line: str | None) -> list[str]:
@@ -171,12 +230,30 @@ class Peer:
         self.proc.wait(timeout=30)
 
 
-def source(dst: str, dst_netns: str | None, sizes: list[int], runs: int, methods: list[str],
-           where: Path, pki: Path | None) -> list[dict[str, Any]]:
+def source(
+    dst: str,
+    dst_netns: str | None,
+    sizes: list[int],
+    runs: int,
+    methods: list[str],
+    where: Path,
+    pki: Path | None,
+) -> list[dict[str, Any]]:
     """Run every cell from this (the source's) network namespace; return the rows."""
     into = ["ip", "netns", "exec", dst_netns] if dst_netns else []
-    peer = Peer([*into, sys.executable, __file__, "--role", "dst", "--host", dst,
-                 "--dir", str(where / "dst")])
+    peer = Peer(
+        [
+            *into,
+            sys.executable,
+            __file__,
+            "--role",
+            "dst",
+            "--host",
+            dst,
+            "--dir",
+            str(where / "dst"),
+        ]
+    )
     rows = []
     try:
         for size in sizes:
@@ -187,11 +264,15 @@ def source(dst: str, dst_netns: str | None, sizes: list[int], runs: int, methods
                 for run in range(runs):
                     for method in methods:
                         samples[method].append(
-                            dump_and_send(method, pid, dst, peer, where, f"{size}-{run}", pki))
+                            dump_and_send(method, pid, dst, peer, where, f"{size}-{run}", pki)
+                        )
                 for method in methods:
-                    rows.append({**summarise(size, method, samples[method]),
-                                 "load1_before_after": [round(load, 2),
-                                                        round(os.getloadavg()[0], 2)]})
+                    rows.append(
+                        {
+                            **summarise(size, method, samples[method]),
+                            "load1_before_after": [round(load, 2), round(os.getloadavg()[0], 2)],
+                        }
+                    )
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             finally:
                 subprocess.run(["kill", "-9", str(pid)], check=False)
@@ -204,9 +285,27 @@ def start_holder(size: int, where: Path) -> int:
     workdir = where / f"holder-{size}"
     workdir.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        [sys.executable, "-m", "workers.runtimes.launch", "--name", f"h{size}", "--dir", str(workdir),
-         "--log", str(workdir / "log"), "--", sys.executable, "-c", HOLDER, str(size)],
-        capture_output=True, text=True, check=True, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "workers.runtimes.launch",
+            "--name",
+            f"h{size}",
+            "--dir",
+            str(workdir),
+            "--log",
+            str(workdir / "log"),
+            "--",
+            sys.executable,
+            "-c",
+            HOLDER,
+            str(size),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     pid = int(done.stdout)
     deadline = time.monotonic() + 60
     while rss_mb(pid) < size and time.monotonic() < deadline:  # wait until it holds it all
@@ -221,8 +320,9 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def dump_and_send(method: str, pid: int, dst: str, peer: Peer, where: Path, tag: str,
-                  pki: Path | None) -> dict[str, float]:
+def dump_and_send(
+    method: str, pid: int, dst: str, peer: Peer, where: Path, tag: str, pki: Path | None
+) -> dict[str, float]:
     images = where / "src" / f"{method}-{tag}"
     mid = f"{method}-{tag}"
     setup_ms = 0.0
@@ -230,9 +330,14 @@ def dump_and_send(method: str, pid: int, dst: str, peer: Peer, where: Path, tag:
     if method == "local":
         stats = Criu().dump(pid, images, leave_running=True)
     elif method == "ps":
-        relay = Relay(PagesTarget((dst, peer.port), lambda: issue_token(SECRET, mid, "src", "dst",
-                                                                        now=time.time()),
-                                  mid, "final"))
+        relay = Relay(
+            PagesTarget(
+                (dst, peer.port),
+                lambda: issue_token(SECRET, mid, "src", "dst", now=time.time()),
+                mid,
+                "final",
+            )
+        )
         with relay as fd:
             stats = Criu().dump(pid, images, leave_running=True, ps_socket=fd)
         assert relay.stats is not None
@@ -243,9 +348,27 @@ def dump_and_send(method: str, pid: int, dst: str, peer: Peer, where: Path, tag:
         started = time.monotonic()
         images.mkdir(parents=True)  # CRIU's own connection, plain or TLS
         extra = tls_args(pki) if method == "ps-tls" and pki else []
-        subprocess.run(["criu", "dump", "-t", str(pid), "-D", str(images), "-o", "dump.log",
-                        "--leave-running", "--page-server", "--address", dst, "--port", port,
-                        *extra], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "criu",
+                "dump",
+                "-t",
+                str(pid),
+                "-D",
+                str(images),
+                "-o",
+                "dump.log",
+                "--leave-running",
+                "--page-server",
+                "--address",
+                dst,
+                "--port",
+                port,
+                *extra,
+            ],
+            check=True,
+            capture_output=True,
+        )
         stats = dump_stats(images, (time.monotonic() - started) * 1000)
         if peer.ask("wait") != ["0"]:
             raise SystemExit(f"page server failed for {mid}")
@@ -257,9 +380,14 @@ def dump_and_send(method: str, pid: int, dst: str, peer: Peer, where: Path, tag:
     pages = sum(p.stat().st_size for p in files if p.name.startswith("pages-"))
     shutil.rmtree(images)
     peer.ask(f"clean {mid}")
-    return {"frozen_ms": stats.frozen_ms, "dump_ms": (dumped - started) * 1000,
-            "send_ms": (sent - dumped) * 1000, "downtime_ms": (sent - started) * 1000,
-            "setup_ms": setup_ms, "local_pages_mb": pages / 2**20}
+    return {
+        "frozen_ms": stats.frozen_ms,
+        "dump_ms": (dumped - started) * 1000,
+        "send_ms": (sent - dumped) * 1000,
+        "downtime_ms": (sent - started) * 1000,
+        "setup_ms": setup_ms,
+        "local_pages_mb": pages / 2**20,
+    }
 
 
 def summarise(size: int, method: str, samples: list[dict[str, float]]) -> dict[str, Any]:
@@ -270,18 +398,39 @@ def summarise(size: int, method: str, samples: list[dict[str, float]]) -> dict[s
 
 
 # -- the run ---------------------------------------------------------------------------
-def run_link(link: str, args: argparse.Namespace, methods: list[str], work: Path,
-             pki: Path | None, bed: Any) -> list[dict[str, Any]]:
-    common = ["--sizes", args.sizes, "--runs", str(args.runs), "--methods", ",".join(methods),
-              "--dir", str(work)] + (["--pki", str(pki)] if pki else [])
+def run_link(
+    link: str, args: argparse.Namespace, methods: list[str], work: Path, pki: Path | None, bed: Any
+) -> list[dict[str, Any]]:
+    common = [
+        "--sizes",
+        args.sizes,
+        "--runs",
+        str(args.runs),
+        "--methods",
+        ",".join(methods),
+        "--dir",
+        str(work),
+    ] + (["--pki", str(pki)] if pki else [])
     if link == "loopback":
         argv = [sys.executable, __file__, "--role", "src", "--dst", "127.0.0.1", *common]
     else:
         bed.shape("node1", link)
         bed.shape("node2", link)
-        argv = ["ip", "netns", "exec", f"{bed.prefix}-node1", sys.executable, __file__,
-                "--role", "src", "--dst", bed.address("node2"),
-                "--dst-netns", f"{bed.prefix}-node2", *common]
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            f"{bed.prefix}-node1",
+            sys.executable,
+            __file__,
+            "--role",
+            "src",
+            "--dst",
+            bed.address("node2"),
+            "--dst-netns",
+            f"{bed.prefix}-node2",
+            *common,
+        ]
     done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
     return [{"link": link, **row} for row in json.loads(done.stdout)]
 
@@ -300,18 +449,24 @@ def crossover(rows: list[dict[str, Any]], link: str, method: str) -> float | Non
         return 0.0  # it wins at every size measured
     xs, ys = list(diffs), list(diffs.values())
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=False)) / sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=False)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
     if slope <= 0:
         return None
     return round(max(0.0, mx - my / slope), 1)
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["| link | MiB | method | frozen ms | dump ms | send ms | downtime ms |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| link | MiB | method | frozen ms | dump ms | send ms | downtime ms |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
     for r in report["rows"]:
-        lines.append(f"| {r['link']} | {r['size_mib']} | {r['method']} | {r['frozen_ms']:.0f} | "
-                     f"{r['dump_ms']:.0f} | {r['send_ms']:.0f} | {r['downtime_ms']:.0f} |")
+        lines.append(
+            f"| {r['link']} | {r['size_mib']} | {r['method']} | {r['frozen_ms']:.0f} | "
+            f"{r['dump_ms']:.0f} | {r['send_ms']:.0f} | {r['downtime_ms']:.0f} |"
+        )
     lines.append("")
     for link, found in report["crossover_mib"].items():
         for method, size in found.items():
@@ -321,8 +476,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/page_server.py",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/page_server.py", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--sizes", default="64,256,1024", help="MiB, comma separated")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--links", default="loopback", help="loopback,1gbit,100mbit")
@@ -344,8 +500,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.role == "src":
-        rows = source(args.dst, args.dst_netns, sizes, args.runs, args.methods.split(","),
-                      Path(args.dir), args.pki)
+        rows = source(
+            args.dst,
+            args.dst_netns,
+            sizes,
+            args.runs,
+            args.methods.split(","),
+            Path(args.dir),
+            args.pki,
+        )
         print(json.dumps(rows))
         return 0
     if args.markdown:
@@ -373,9 +536,11 @@ def main(argv: list[str] | None = None) -> int:
 
             holder = wait_subnet_free(args.wait_testbed)
             if holder:
-                print(f"error: another testbed holds {SUBNET}.0/24 (on {holder}); "
-                      f"measured {', '.join(sorted(set(links) - set(shaped))) or 'nothing'}",
-                      file=sys.stderr)
+                print(
+                    f"error: another testbed holds {SUBNET}.0/24 (on {holder}); "
+                    f"measured {', '.join(sorted(set(links) - set(shaped))) or 'nothing'}",
+                    file=sys.stderr,
+                )
             else:
                 with Testbed(unique_prefix("fp"), nodes=2, subnet=SUBNET, delay_ms=0) as bed:
                     for link in shaped:
@@ -386,12 +551,16 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for r in old if r["link"] not in measured] + rows
     report = {
         "what": "cold final dump: local dump + ferry send vs ferry's pages stream (token, "
-                "BLAKE3) vs CRIU's own page server (median of runs)",
-        "machine": machine(), "criu": Criu().version(), "runs": args.runs,
+        "BLAKE3) vs CRIU's own page server (median of runs)",
+        "machine": machine(),
+        "criu": Criu().version(),
+        "runs": args.runs,
         "seconds": round(time.monotonic() - started),
         "rows": rows,
-        "crossover_mib": {link: {m: crossover(rows, link, m) for m in methods if m != "local"}
-                          for link in dict.fromkeys(r["link"] for r in rows)},
+        "crossover_mib": {
+            link: {m: crossover(rows, link, m) for m in methods if m != "local"}
+            for link in dict.fromkeys(r["link"] for r in rows)
+        },
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -60,9 +60,13 @@ from tasks.core.evacplan import parse_rate, plan_from_json
 from tasks.core.planner import Plan, lower_bound_s
 from workers.procs import tree
 
-KINDS = (("migration records", "ferry:mig:", ""), ("event streams", "ferry:mig:", ":events"),
-         ("task results", "celery-task-meta-", ""), ("evacuations", "ferry:evac:", ""),
-         ("node records", "ferry:node", ""))
+KINDS = (
+    ("migration records", "ferry:mig:", ""),
+    ("event streams", "ferry:mig:", ":events"),
+    ("task results", "celery-task-meta-", ""),
+    ("evacuations", "ferry:evac:", ""),
+    ("node records", "ferry:node", ""),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,14 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     link = parse_rate(args.link)
     levels = [int(x) for x in args.per_node.split(",")]
     if link is None or args.drain * len(levels) >= args.nodes:
-        raise SystemExit("error: --link must be a rate, and --drain times the levels fewer than --nodes")
+        raise SystemExit(
+            "error: --link must be a rate, and --drain times the levels fewer than --nodes"
+        )
     t_run = time.monotonic()
     load_before = os.getloadavg()
     base = Path(tempfile.mkdtemp(prefix="ferry-bench-scale-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     # a heartbeat every 2 s keeps 32 supervisors' inventory writes off the control plane's back
-    env.update(FERRY_RUNTIME="sim", FERRY_HEARTBEAT_S="2", FERRY_NODE_TTL_S="30",
-               FERRY_LINK_BPS=str(link))
+    env.update(
+        FERRY_RUNTIME="sim", FERRY_HEARTBEAT_S="2", FERRY_NODE_TTL_S="30", FERRY_LINK_BPS=str(link)
+    )
     cluster = LocalCluster(base, env)
     nodes = [f"node{i:02d}" for i in range(1, args.nodes + 1)]
     try:
@@ -107,26 +114,45 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [int(s) for s in args.mib.split(",")]
         start_s = start_containers(client, nodes, args.containers, sizes)
         print(f"{args.containers} containers started in {start_s:.0f} s", file=sys.stderr)
-        rest = nodes[args.drain * len(levels):]  # never drained: every round's destinations
+        rest = nodes[args.drain * len(levels) :]  # never drained: every round's destinations
         idle = idle_cpu(cluster, client)
         rows = []
         for i, c in enumerate(levels):
             load = os.getloadavg()[0]
-            row = drain(cluster, client, nodes[i * args.drain:(i + 1) * args.drain], rest, c, args,
-                        link, idle)
-            rows.append({**row, "load1_before_after": [round(load, 2), round(os.getloadavg()[0], 2)]})
+            row = drain(
+                cluster,
+                client,
+                nodes[i * args.drain : (i + 1) * args.drain],
+                rest,
+                c,
+                args,
+                link,
+                idle,
+            )
+            rows.append(
+                {**row, "load1_before_after": [round(load, 2), round(os.getloadavg()[0], 2)]}
+            )
     finally:
         cluster.stop()
         stop_embedded(base)
         shutil.rmtree(base, ignore_errors=True)
-    run = {"nodes": args.nodes, "containers": args.containers, "mib": args.mib, "link": args.link,
-           "link_bps": link, "strategy": args.strategy, "nodes_up_s": round(up_s, 1),
-           "containers_started_per_s": round(args.containers / start_s, 1),
-           "idle_cpu_per_s": idle,
-           "run_s": round(time.monotonic() - t_run, 1),
-           "load1_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
+    run = {
+        "nodes": args.nodes,
+        "containers": args.containers,
+        "mib": args.mib,
+        "link": args.link,
+        "link_bps": link,
+        "strategy": args.strategy,
+        "nodes_up_s": round(up_s, 1),
+        "containers_started_per_s": round(args.containers / start_s, 1),
+        "idle_cpu_per_s": idle,
+        "run_s": round(time.monotonic() - t_run, 1),
+        "load1_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+    }
     print_table(run, rows)
-    write(Path(args.json), Path(args.png), run, rows, " ".join(["benchmarks/scale.py", *sys.argv[1:]]))
+    write(
+        Path(args.json), Path(args.png), run, rows, " ".join(["benchmarks/scale.py", *sys.argv[1:]])
+    )
     return 0 if all(r["exactly_once"] for r in rows) else 1
 
 
@@ -135,8 +161,12 @@ def start_containers(client: Ferry, nodes: list[str], n: int, sizes: list[int]) 
     t0 = time.monotonic()
 
     def one(i: int) -> None:
-        client.run(nodes[i % len(nodes)], ["sim"], name=f"c{i:04d}",
-                   labels={"sim.memory": str(sizes[i % len(sizes)] << 20)})
+        client.run(
+            nodes[i % len(nodes)],
+            ["sim"],
+            name=f"c{i:04d}",
+            labels={"sim.memory": str(sizes[i % len(sizes)] << 20)},
+        )
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, range(n)))
@@ -161,9 +191,13 @@ class Sampler(threading.Thread):
         t0 = time.monotonic()
         while not self.stop.wait(0.5):
             rss = roles(self.cluster)
-            self.samples.append({"t": round(time.monotonic() - t0, 2),
-                                 "redis_used": int(self.r.info("memory")["used_memory"]),
-                                 "rss": {k: sum(v) for k, v in rss.items()}})
+            self.samples.append(
+                {
+                    "t": round(time.monotonic() - t0, 2),
+                    "redis_used": int(self.r.info("memory")["used_memory"]),
+                    "rss": {k: sum(v) for k, v in rss.items()},
+                }
+            )
 
 
 def roles(cluster: LocalCluster) -> dict[str, list[int]]:
@@ -171,8 +205,13 @@ def roles(cluster: LocalCluster) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {"coordinator": [], "supervisor": [], "celery worker": []}
     for key, proc in list(cluster.procs.items()):
         for pid in tree(proc.pid):
-            role = "coordinator" if key == "coordinator" else \
-                "supervisor" if pid == proc.pid else "celery worker"
+            role = (
+                "coordinator"
+                if key == "coordinator"
+                else "supervisor"
+                if pid == proc.pid
+                else "celery worker"
+            )
             out[role].append(_status(pid, "VmRSS") * 1024)
     return out
 
@@ -197,7 +236,9 @@ def cpu_s(cluster: LocalCluster) -> dict[str, float]:
                 f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            out["coordinator" if key == "coordinator" else "nodes"] += (int(f[11]) + int(f[12])) / tick
+            out["coordinator" if key == "coordinator" else "nodes"] += (
+                int(f[11]) + int(f[12])
+            ) / tick
     return out
 
 
@@ -218,8 +259,16 @@ def idle_cpu(cluster: LocalCluster, client: Ferry, seconds: float = 10.0) -> dic
     return {k: round((after[k] - before[k]) / seconds, 4) for k in before}
 
 
-def drain(cluster: LocalCluster, client: Ferry, drained: list[str], rest: list[str], per_node: int,
-          args: argparse.Namespace, link: float, idle: dict[str, float]) -> dict[str, Any]:
+def drain(
+    cluster: LocalCluster,
+    client: Ferry,
+    drained: list[str],
+    rest: list[str],
+    per_node: int,
+    args: argparse.Namespace,
+    link: float,
+    idle: dict[str, float],
+) -> dict[str, Any]:
     """Evacuate ``drained`` at once to ``rest``; everything measured about it.
 
     CPU per migration is net of what the idle cluster used over the makespan.
@@ -233,8 +282,16 @@ def drain(cluster: LocalCluster, client: Ferry, drained: list[str], rest: list[s
     handles, plan_s = [], []
     for n in drained:
         t = time.monotonic()
-        handles.append(client.evacuate(n, to=rest, max_parallel=2 * per_node, per_node=per_node,
-                                       bandwidth=link / per_node, strategy=args.strategy))
+        handles.append(
+            client.evacuate(
+                n,
+                to=rest,
+                max_parallel=2 * per_node,
+                per_node=per_node,
+                bandwidth=link / per_node,
+                strategy=args.strategy,
+            )
+        )
         plan_s.append(time.monotonic() - t)
     reports = [h.wait(timeout=args.timeout) for h in handles]
     makespan = time.monotonic() - t0
@@ -260,38 +317,60 @@ def drain(cluster: LocalCluster, client: Ferry, drained: list[str], rest: list[s
     peak = {k: max(s["rss"][k] for s in sampler.samples) for k in rss} if sampler.samples else {}
     cpu = {k: max(cpu1[k] - cpu0[k] - idle[k] * makespan, 0.0) / n for k in cpu0}
     return {
-        "drained": drained, "per_node": per_node, "max_parallel": 2 * per_node,
+        "drained": drained,
+        "per_node": per_node,
+        "max_parallel": 2 * per_node,
         "bandwidth_per_migration_bps": link / per_node,
-        "planned": planned, "plan_s": [round(s, 3) for s in plan_s],
+        "planned": planned,
+        "plan_s": [round(s, 3) for s in plan_s],
         "planned_per_s": round(planned / sum(plan_s), 1),
-        "moved": len(mids), "outcomes": dict(Counter(row["outcome"] for rep in reports
-                                                     for row in rep["containers"])),
+        "moved": len(mids),
+        "outcomes": dict(Counter(row["outcome"] for rep in reports for row in rep["containers"])),
         "strategies": dict(Counter(row["strategy"] for row in moved)),
-        "makespan_s": round(makespan, 2), "lower_bound_s": round(bound, 2),
+        "makespan_s": round(makespan, 2),
+        "lower_bound_s": round(bound, 2),
         "ratio": round(makespan / bound, 2) if bound else None,
         "driven_per_s": round(len(mids) / makespan, 2),
         "downtime_ms_median": _median([row["downtime_ms"] for row in moved]),
         "migration_s_median": _median([row["total_s"] for row in moved]),
-        "bytes_moved": sum(m.results.get("transfer", {}).get("bytes", 0)  # the final images
-                           + sum(p.get("bytes_sent", 0) for p in m.passes) for m in records),
+        "bytes_moved": sum(
+            m.results.get("transfer", {}).get("bytes", 0)  # the final images
+            + sum(p.get("bytes_sent", 0) for p in m.passes)
+            for m in records
+        ),
         "memory_moved": sum(m.memory_bytes for m in every.moves),
-        "coordinator_capacity_per_s": round(1 / cpu["coordinator"], 1) if cpu["coordinator"] else None,
+        "coordinator_capacity_per_s": round(1 / cpu["coordinator"], 1)
+        if cpu["coordinator"]
+        else None,
         "cpu_s_per_migration": {k: round(v, 4) for k, v in cpu.items()},
-        "redis_used_before": before_mem, "redis_used_after": after_mem,
+        "redis_used_before": before_mem,
+        "redis_used_after": after_mem,
         "redis_used_peak": max([s["redis_used"] for s in sampler.samples] + [after_mem]),
         "redis_used_delta_per_migration": round((after_mem - before_mem) / n),
         "redis_bytes_per_migration": round(sum(kinds.values()) / n),
         "redis_key_bytes_per_migration": {k: round(v / n) for k, v in kinds.items()},
-        "events_per_migration": {"mean": round(statistics.mean(events), 1) if events else None,
-                                 "min": min(events, default=None), "max": max(events, default=None)},
-        "rss_mib_per_process": {k: {"mean": round(statistics.mean(v) / 2**20, 1),
-                                    "max": round(max(v) / 2**20, 1), "count": len(v)}
-                                for k, v in rss.items() if v},
+        "events_per_migration": {
+            "mean": round(statistics.mean(events), 1) if events else None,
+            "min": min(events, default=None),
+            "max": max(events, default=None),
+        },
+        "rss_mib_per_process": {
+            k: {
+                "mean": round(statistics.mean(v) / 2**20, 1),
+                "max": round(max(v) / 2**20, 1),
+                "count": len(v),
+            }
+            for k, v in rss.items()
+            if v
+        },
         "rss_mib_total_peak": round(sum(peak.values()) / 2**20, 1),
-        "exactly_once": all(v == 1 for v in running.values()) and len(running) == args.containers
-                        and not any(node in drained for node in where.values()),
-        "timeline": {"done_s": [round(e, 2) for e in ends],
-                     "samples": sampler.samples[:: max(1, len(sampler.samples) // 200)]},
+        "exactly_once": all(v == 1 for v in running.values())
+        and len(running) == args.containers
+        and not any(node in drained for node in where.values()),
+        "timeline": {
+            "done_s": [round(e, 2) for e in ends],
+            "samples": sampler.samples[:: max(1, len(sampler.samples) // 200)],
+        },
     }
 
 
@@ -302,8 +381,11 @@ def key_memory(client: Ferry) -> dict[str, int]:
     for key in r.scan_iter(count=1000):
         key = key.decode() if isinstance(key, bytes) else str(key)
         for kind, prefix, suffix in KINDS:
-            if key.startswith(prefix) and key.endswith(suffix) and \
-                    (suffix or not key.endswith(":events")):
+            if (
+                key.startswith(prefix)
+                and key.endswith(suffix)
+                and (suffix or not key.endswith(":events"))
+            ):
                 out[kind] += int(r.memory_usage(key, samples=0) or 0)
                 break
     return out
@@ -315,37 +397,63 @@ def _median(xs: list[Any]) -> float | None:
 
 
 def headline(run: dict[str, Any]) -> str:
-    return (f"SIMULATED: {run['nodes']} sim nodes, {run['containers']} containers of {run['mib']} MiB, "
-            f"{run['link']} links, strategy {run['strategy']}; nodes up in {run['nodes_up_s']} s, "
-            f"{run['containers_started_per_s']} containers started per s; idle, the cluster used "
-            + ", ".join(f"{k} {v}" for k, v in run["idle_cpu_per_s"].items())
-            + " CPU s per s; load "
-            f"{run['load1_before_after'][0]} before, {run['load1_before_after'][1]} after "
-            f"({run['run_s']} s in all)")
+    return (
+        f"SIMULATED: {run['nodes']} sim nodes, {run['containers']} containers of {run['mib']} MiB, "
+        f"{run['link']} links, strategy {run['strategy']}; nodes up in {run['nodes_up_s']} s, "
+        f"{run['containers_started_per_s']} containers started per s; idle, the cluster used "
+        + ", ".join(f"{k} {v}" for k, v in run["idle_cpu_per_s"].items())
+        + " CPU s per s; load "
+        f"{run['load1_before_after'][0]} before, {run['load1_before_after'][1]} after "
+        f"({run['run_s']} s in all)"
+    )
 
 
 def lines() -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
     """The table's rows: a label and how a round's row shows in it."""
     return [
-        ("drained at once", lambda r: f"{len(r['drained'])} ({r['drained'][0]}..{r['drained'][-1]})"),
+        (
+            "drained at once",
+            lambda r: f"{len(r['drained'])} ({r['drained'][0]}..{r['drained'][-1]})",
+        ),
         ("per node / per evacuation", lambda r: f"{r['per_node']} / {r['max_parallel']}"),
         ("moved", lambda r: f"{r['moved']} {r['outcomes']}"),
-        ("MB of memory moved / sent (all passes)",
-         lambda r: f"{r['memory_moved'] / 1e6:.0f} / {r['bytes_moved'] / 1e6:.0f}"),
+        (
+            "MB of memory moved / sent (all passes)",
+            lambda r: f"{r['memory_moved'] / 1e6:.0f} / {r['bytes_moved'] / 1e6:.0f}",
+        ),
         ("strategies", lambda r: f"{r['strategies']}"),
         ("planned per s (evacuate calls)", lambda r: f"{r['planned_per_s']}"),
         ("driven per s (done / makespan)", lambda r: f"{r['driven_per_s']}"),
         ("coordinator capacity per s (1/CPU)", lambda r: f"{r['coordinator_capacity_per_s']}"),
-        ("makespan / lower bound", lambda r: f"{r['makespan_s']} / {r['lower_bound_s']} s = {r['ratio']}"),
-        ("downtime / migration, medians", lambda r: f"{r['downtime_ms_median']} ms / {r['migration_s_median']} s"),
-        ("CPU s per migration (net of idle)", lambda r: " ".join(f"{k[:5]} {v}" for k, v in r["cpu_s_per_migration"].items())),
+        (
+            "makespan / lower bound",
+            lambda r: f"{r['makespan_s']} / {r['lower_bound_s']} s = {r['ratio']}",
+        ),
+        (
+            "downtime / migration, medians",
+            lambda r: f"{r['downtime_ms_median']} ms / {r['migration_s_median']} s",
+        ),
+        (
+            "CPU s per migration (net of idle)",
+            lambda r: " ".join(f"{k[:5]} {v}" for k, v in r["cpu_s_per_migration"].items()),
+        ),
         ("Redis bytes per migration (keys)", lambda r: f"{r['redis_bytes_per_migration']}"),
         ("  used_memory delta per migration", lambda r: f"{r['redis_used_delta_per_migration']}"),
-        *[(f"  of which {k}", lambda r, k=k: f"{r['redis_key_bytes_per_migration'][k]}")
-          for k, _, _ in KINDS],
-        ("events per migration mean (min-max)", lambda r: "{mean} ({min}-{max})".format(**r["events_per_migration"])),
-        *[(f"RSS MiB per {k} mean (max)", lambda r, k=k: "{mean} ({max}) x{count}".format(**r["rss_mib_per_process"][k]))
-          for k in ("coordinator", "supervisor", "celery worker")],
+        *[
+            (f"  of which {k}", lambda r, k=k: f"{r['redis_key_bytes_per_migration'][k]}")
+            for k, _, _ in KINDS
+        ],
+        (
+            "events per migration mean (min-max)",
+            lambda r: "{mean} ({min}-{max})".format(**r["events_per_migration"]),
+        ),
+        *[
+            (
+                f"RSS MiB per {k} mean (max)",
+                lambda r, k=k: "{mean} ({max}) x{count}".format(**r["rss_mib_per_process"][k]),
+            )
+            for k in ("coordinator", "supervisor", "celery worker")
+        ],
         ("RSS MiB, every process, peak", lambda r: f"{r['rss_mib_total_peak']}"),
         ("every container once, off the drained", lambda r: f"{r['exactly_once']}"),
         ("load1 before, after", lambda r: f"{r['load1_before_after']}"),
@@ -361,21 +469,32 @@ def print_table(run: dict[str, Any], rows: list[dict[str, Any]]) -> None:
 def markdown(doc: dict[str, Any]) -> str:
     """The saved run as a markdown table, one column per round."""
     rows = doc["rows"]
-    out = [f"{headline(doc['run'])}; measured {doc['generated']}.", "",
-           "| | " + " | ".join(f"round {i + 1}" for i in range(len(rows))) + " |",
-           "|---|" + "---|" * len(rows)]
-    out += [f"| {label.strip()} | " + " | ".join(cell(r).replace("|", "/") for r in rows) + " |"
-            for label, cell in lines()]
+    out = [
+        f"{headline(doc['run'])}; measured {doc['generated']}.",
+        "",
+        "| | " + " | ".join(f"round {i + 1}" for i in range(len(rows))) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    out += [
+        f"| {label.strip()} | " + " | ".join(cell(r).replace("|", "/") for r in rows) + " |"
+        for label, cell in lines()
+    ]
     return "\n".join(out)
 
 
-def write(path: Path, png: Path, run: dict[str, Any], rows: list[dict[str, Any]],
-          command: str) -> None:
-    out = {"benchmark": "scale", "simulated": "true: the sim runtime (docs/sim.md), never real CRIU",
-           "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-           "machine": {**machine(), "load1": os.getloadavg()[0]}, "command": command,
-           "units": {"*_s": "s", "*_bps": "bytes/s", "redis_*": "bytes", "rss_*": "MiB"},
-           "run": run, "rows": rows}
+def write(
+    path: Path, png: Path, run: dict[str, Any], rows: list[dict[str, Any]], command: str
+) -> None:
+    out = {
+        "benchmark": "scale",
+        "simulated": "true: the sim runtime (docs/sim.md), never real CRIU",
+        "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {**machine(), "load1": os.getloadavg()[0]},
+        "command": command,
+        "units": {"*_s": "s", "*_bps": "bytes/s", "redis_*": "bytes", "rss_*": "MiB"},
+        "run": run,
+        "rows": rows,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}", file=sys.stderr)
@@ -394,21 +513,36 @@ def plot(png: Path, run: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for r in rows:
         done = r["timeline"]["done_s"]
-        line = a.step(done, range(1, len(done) + 1), where="post",
-                      label=f"per node {r['per_node']}: {r['makespan_s']:.1f} s")[0]
-        a.axvline(r["lower_bound_s"], color=line.get_color(), linestyle="--",
-                  label=f"lower bound {r['lower_bound_s']:.1f} s")
-    a.set(xlabel="s since the evacuations started", ylabel="migrations done",
-          title=f"SIMULATED: {len(rows[0]['drained'])} of {run['nodes']} nodes drained at once, "
-                f"{run['link']} links")
+        line = a.step(
+            done,
+            range(1, len(done) + 1),
+            where="post",
+            label=f"per node {r['per_node']}: {r['makespan_s']:.1f} s",
+        )[0]
+        a.axvline(
+            r["lower_bound_s"],
+            color=line.get_color(),
+            linestyle="--",
+            label=f"lower bound {r['lower_bound_s']:.1f} s",
+        )
+    a.set(
+        xlabel="s since the evacuations started",
+        ylabel="migrations done",
+        title=f"SIMULATED: {len(rows[0]['drained'])} of {run['nodes']} nodes drained at once, "
+        f"{run['link']} links",
+    )
     a.legend(fontsize="small")
     s = rows[0]["timeline"]["samples"]
     t = [x["t"] for x in s]
     b.plot(t, [x["redis_used"] / 2**20 for x in s], label="Redis used_memory")
     for k in ("celery worker", "supervisor", "coordinator"):
         b.plot(t, [x["rss"][k] / 2**20 for x in s], label=f"RSS, all {k} processes")
-    b.set(xlabel=f"s (per node {rows[0]['per_node']})", ylabel="MiB", yscale="log",
-          title="memory during the first round")
+    b.set(
+        xlabel=f"s (per node {rows[0]['per_node']})",
+        ylabel="MiB",
+        yscale="log",
+        title="memory during the first round",
+    )
     b.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(png, dpi=90)

@@ -154,8 +154,10 @@ def receivers(host: str, where: Path) -> None:
     port, module = target.start()
     daemon = json.loads((where / "rsyncd" / "daemon.json").read_text())["pid"]
     watch = RsyncWatch(daemon)  # the daemon leads its own process group
-    print(json.dumps({"raw": raw.port, "ferry": server.address[1], "rsync": port,
-                      "module": module}), flush=True)
+    print(
+        json.dumps({"raw": raw.port, "ferry": server.address[1], "rsync": port, "module": module}),
+        flush=True,
+    )
     cpu = 0.0
     for line in sys.stdin:
         if line.split()[0] == "begin":
@@ -168,8 +170,10 @@ def receivers(host: str, where: Path) -> None:
             rsync_rss, sampling = watch.end()
             time.sleep(0.05)  # let the daemon reap its connection (its CPU counts then)
             used = time.process_time() + daemon_cpu_s(daemon) - cpu - sampling
-            print(json.dumps({"cpu_s": used, "rss_mb": peak_rss_mb(),
-                              "rsync_rss_mb": rsync_rss}), flush=True)
+            print(
+                json.dumps({"cpu_s": used, "rss_mb": peak_rss_mb(), "rsync_rss_mb": rsync_rss}),
+                flush=True,
+            )
         elif line.strip() == "clean":
             for sub in ("raw", "ferry", "rsync"):
                 clear(where / sub)
@@ -183,8 +187,7 @@ class Peer:
     """The receiving helper, one line in, one line out."""
 
     def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.ports: dict[str, Any] = json.loads(self.ask(None))
 
     def ask(self, line: str | None) -> str:
@@ -217,8 +220,13 @@ def send(method: str, host: str, peer: Peer, path: Path) -> int:
     migration = "bench-" + secrets.token_hex(4)  # a new id each run: nothing to resume
     token = issue_token(SECRET, migration, "bench", "bench", now=time.time())
     codec = "zstd" if method == "zstd" else "none"
-    stats = send_files((host, peer.ports["ferry"]), lambda: token, migration,
-                       [(path, "pages-1.img")], compression=codec)
+    stats = send_files(
+        (host, peer.ports["ferry"]),
+        lambda: token,
+        migration,
+        [(path, "pages-1.img")],
+        compression=codec,
+    )
     return stats.bytes
 
 
@@ -235,17 +243,32 @@ def measure(method: str, host: str, peer: Peer, path: Path, watch: RsyncWatch) -
     sent_cpu = time.process_time() - cpu + _children_cpu() - before - sampling
     far = json.loads(peer.ask("end"))
     peer.ask("clean")
-    return {"seconds": seconds, "cpu_s": sent_cpu + far["cpu_s"], "wire_mb": wire / 1e6,
-            "sender_rss_mb": rsync_rss if method == "rsync" else peak_rss_mb(),
-            "receiver_rss_mb": far["rsync_rss_mb"] if method == "rsync" else far["rss_mb"]}
+    return {
+        "seconds": seconds,
+        "cpu_s": sent_cpu + far["cpu_s"],
+        "wire_mb": wire / 1e6,
+        "sender_rss_mb": rsync_rss if method == "rsync" else peak_rss_mb(),
+        "receiver_rss_mb": far["rsync_rss_mb"] if method == "rsync" else far["rss_mb"],
+    }
 
 
 def senders(link: str, host: str, dst_netns: str | None, args: argparse.Namespace) -> None:
     """The sending helper: every cell of ``link`` that fits the budget; rows on stdout."""
     into = ["ip", "netns", "exec", dst_netns] if dst_netns else []
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-", dir=args.dir))
-    peer = Peer([*into, sys.executable, __file__, "--role", "receivers", "--host", host,
-                 "--dir", str(work / "dst")])
+    peer = Peer(
+        [
+            *into,
+            sys.executable,
+            __file__,
+            "--role",
+            "receivers",
+            "--host",
+            host,
+            "--dir",
+            str(work / "dst"),
+        ]
+    )
     deadline = time.monotonic() + args.budget_s
     watch = RsyncWatch(os.getpgid(0))  # the rsync clients run in this process group
     rows = []
@@ -255,8 +278,14 @@ def senders(link: str, host: str, dst_netns: str | None, args: argparse.Namespac
                 methods = args.methods.split(",")
                 cost = args.repeat * len(methods) * size / GUESS_BPS[link]
                 if time.monotonic() + cost > deadline:
-                    rows.append({"link": link, "kind": kind, "size_mb": size >> 20,
-                                 "skipped": f"~{cost:.0f} s would not fit in the budget"})
+                    rows.append(
+                        {
+                            "link": link,
+                            "kind": kind,
+                            "size_mb": size >> 20,
+                            "skipped": f"~{cost:.0f} s would not fit in the budget",
+                        }
+                    )
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
                     continue
                 path = make_file(work / "src" / f"{kind}-{size}" / "pages-1.img", size, kind)
@@ -265,9 +294,10 @@ def senders(link: str, host: str, dst_netns: str | None, args: argparse.Namespac
                     for method in methods:
                         samples[method].append(measure(method, host, peer, path, watch))
                 auto = choose_codec(host, RATES[link], [path])
-                rows += [row(link, kind, size, m, samples[m], samples.get("raw"), auto)
-                         for m in methods]
-                for r in rows[-len(methods):]:
+                rows += [
+                    row(link, kind, size, m, samples[m], samples.get("raw"), auto) for m in methods
+                ]
+                for r in rows[-len(methods) :]:
                     print(json.dumps(r), file=sys.stderr, flush=True)
                 shutil.rmtree(path.parent)
     finally:
@@ -276,21 +306,37 @@ def senders(link: str, host: str, dst_netns: str | None, args: argparse.Namespac
     print(json.dumps(rows))
 
 
-def row(link: str, kind: str, size: int, method: str, samples: list[dict[str, float]],
-        raw: list[dict[str, float]] | None, auto: str) -> dict[str, Any]:
+def row(
+    link: str,
+    kind: str,
+    size: int,
+    method: str,
+    samples: list[dict[str, float]],
+    raw: list[dict[str, float]] | None,
+    auto: str,
+) -> dict[str, Any]:
     seconds = statistics.median(s["seconds"] for s in samples)
     out: dict[str, Any] = {
-        "link": link, "kind": kind, "size_mb": size >> 20, "method": method,
+        "link": link,
+        "kind": kind,
+        "size_mb": size >> 20,
+        "method": method,
         "mb_s": round(size / 1e6 / seconds, 1),
-        "ratio": None, "wire_mb": round(statistics.median(s["wire_mb"] for s in samples), 1),
+        "ratio": None,
+        "wire_mb": round(statistics.median(s["wire_mb"] for s in samples), 1),
         "cpu_s_per_gb": round(statistics.median(s["cpu_s"] for s in samples) / (size / 1e9), 3),
         "sender_rss_mb": round(max(s["sender_rss_mb"] for s in samples), 1),
         "receiver_rss_mb": round(max(s["receiver_rss_mb"] for s in samples), 1),
-        "auto": auto, "runs": len(samples),
+        "auto": auto,
+        "runs": len(samples),
     }
     if raw is not None:  # each run against the raw run just before it, under the same load
-        out["ratio"] = round(statistics.median(
-            r["seconds"] / s["seconds"] for r, s in zip(raw, samples, strict=False)), 3)
+        out["ratio"] = round(
+            statistics.median(
+                r["seconds"] / s["seconds"] for r, s in zip(raw, samples, strict=False)
+            ),
+            3,
+        )
     return out
 
 
@@ -339,45 +385,85 @@ def parse_size(text: str) -> int:
 
 # -- the run ---------------------------------------------------------------------------
 def run_link(link: str, args: argparse.Namespace, bed: Any) -> list[dict[str, Any]]:
-    common = ["--sizes", args.sizes, "--kinds", args.kinds, "--methods", args.methods,
-              "--repeat", str(args.repeat), "--budget-s", str(args.budget_s), "--dir", args.dir]
+    common = [
+        "--sizes",
+        args.sizes,
+        "--kinds",
+        args.kinds,
+        "--methods",
+        args.methods,
+        "--repeat",
+        str(args.repeat),
+        "--budget-s",
+        str(args.budget_s),
+        "--dir",
+        args.dir,
+    ]
     if bed is None:
-        argv = [sys.executable, __file__, "--role", "senders", "--link", link,
-                "--host", "127.0.0.1", *common]
+        argv = [
+            sys.executable,
+            __file__,
+            "--role",
+            "senders",
+            "--link",
+            link,
+            "--host",
+            "127.0.0.1",
+            *common,
+        ]
     else:
         for node in bed.nodes:
             bed.shape(node, link)
-        argv = ["ip", "netns", "exec", f"{bed.prefix}-node1", sys.executable, __file__,
-                "--role", "senders", "--link", link, "--host", bed.address("node2"),
-                "--dst-netns", f"{bed.prefix}-node2", *common]
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            f"{bed.prefix}-node1",
+            sys.executable,
+            __file__,
+            "--role",
+            "senders",
+            "--link",
+            link,
+            "--host",
+            bed.address("node2"),
+            "--dst-netns",
+            f"{bed.prefix}-node2",
+            *common,
+        ]
     done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
     rows: list[dict[str, Any]] = json.loads(done.stdout)
     return rows
 
 
-HEADER = ("| link | kind | size | method | MB/s | ratio to raw | wire MB | CPU s/GB | "
-          "sender RSS MB | receiver RSS MB | auto |\n"
-          "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+HEADER = (
+    "| link | kind | size | method | MB/s | ratio to raw | wire MB | CPU s/GB | "
+    "sender RSS MB | receiver RSS MB | auto |\n"
+    "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+)
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [HEADER]
     for r in report["rows"]:
         if "skipped" in r:
-            lines.append(f"| {r['link']} | {r['kind']} | {r['size_mb']} MB | skipped: "
-                         f"{r['skipped']} |")
+            lines.append(
+                f"| {r['link']} | {r['kind']} | {r['size_mb']} MB | skipped: {r['skipped']} |"
+            )
             continue
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
         lines.append(
             f"| {r['link']} | {r['kind']} | {r['size_mb']} MB | {r['method']} | {r['mb_s']:.0f} "
             f"| {ratio} | {r['wire_mb']:.0f} | {r['cpu_s_per_gb']:.2f} | "
-            f"{r['sender_rss_mb']:.0f} | {r['receiver_rss_mb']:.0f} | {r['auto']} |")
+            f"{r['sender_rss_mb']:.0f} | {r['receiver_rss_mb']:.0f} | {r['auto']} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/transfer.py",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/transfer.py", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--sizes", default="64M,256M,1G")
     parser.add_argument("--kinds", default="random", help="random,text,zeros")
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -417,8 +503,11 @@ def main(argv: list[str] | None = None) -> int:
 
         holder = wait_subnet_free(args.wait_testbed)
         if holder:
-            print(f"error: another testbed holds {SUBNET}.0/24 (on {holder}); not measured: "
-                  f"{', '.join(shaped)}", file=sys.stderr)
+            print(
+                f"error: another testbed holds {SUBNET}.0/24 (on {holder}); not measured: "
+                f"{', '.join(shaped)}",
+                file=sys.stderr,
+            )
         else:
             with Testbed(unique_prefix("ft"), nodes=2, subnet=SUBNET, delay_ms=0) as bed:
                 for link in shaped:
@@ -430,16 +519,29 @@ def main(argv: list[str] | None = None) -> int:
     kept = []
     if args.json.exists():
         old = json.loads(args.json.read_text())
-        kept = [r for r in old.get("rows", []) if "link" in r
-                and tuple(r.get(k) for k in key) not in measured
-                and (r["link"], r["kind"], r["size_mb"]) not in cells]
+        kept = [
+            r
+            for r in old.get("rows", [])
+            if "link" in r
+            and tuple(r.get(k) for k in key) not in measured
+            and (r["link"], r["kind"], r["size_mb"]) not in cells
+        ]
     order = {link: i for i, link in enumerate(RATES)}
-    every = sorted(kept + rows, key=lambda r: (order[r["link"]], r["kind"], r["size_mb"],
-                                               METHODS.index(r.get("method", "raw"))))
+    every = sorted(
+        kept + rows,
+        key=lambda r: (
+            order[r["link"]],
+            r["kind"],
+            r["size_mb"],
+            METHODS.index(r.get("method", "raw")),
+        ),
+    )
     report = {
         "what": "ferry (plain and zstd) vs raw TCP vs rsync; medians; see benchmarks/transfer.py",
-        "cpus": os.cpu_count(), "dir": args.dir,
-        "load_average_before_after": load, "rows": every,
+        "cpus": os.cpu_count(),
+        "dir": args.dir,
+        "load_average_before_after": load,
+        "rows": every,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -54,12 +54,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def cluster_env(url: str) -> dict[str, str]:
-    return {"FERRY_BROKER_URL": url, "FERRY_RESULT_BACKEND": url,
-            "FERRY_REDIS_URL": url.replace("redis+socket://", "unix://"),
-            # One secret for every test cluster: they share the broker, so any
-            # coordinator may serve any cluster's control tasks.
-            "FERRY_SECRET": "test-secret-of-this-session", "PYTHONPATH": str(ROOT),
-            "FERRY_ALLOW_PIPE_MAX_SIZE": "1"}
+    return {
+        "FERRY_BROKER_URL": url,
+        "FERRY_RESULT_BACKEND": url,
+        "FERRY_REDIS_URL": url.replace("redis+socket://", "unix://"),
+        # One secret for every test cluster: they share the broker, so any
+        # coordinator may serve any cluster's control tasks.
+        "FERRY_SECRET": "test-secret-of-this-session",
+        "PYTHONPATH": str(ROOT),
+        "FERRY_ALLOW_PIPE_MAX_SIZE": "1",
+    }
 
 
 @contextmanager

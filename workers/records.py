@@ -35,8 +35,11 @@ class StreamStats:
     seconds: float  # from the first byte to the last
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bytes": self.bytes, "blake3": self.blake3,
-                "wall_ms": round(self.seconds * 1000, 3)}
+        return {
+            "bytes": self.bytes,
+            "blake3": self.blake3,
+            "wall_ms": round(self.seconds * 1000, 3),
+        }
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,9 @@ class Positive(click.ParamType[float]):
 
     name = "number"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -106,8 +108,12 @@ def coordinator(concurrency: int) -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--port", default=5555, show_default=True)
 @click.option("--address", default="127.0.0.1", show_default=True)
-@click.option("--basic-auth", envvar="FERRY_FLOWER_AUTH", default="",
-              help="user:password (env FERRY_FLOWER_AUTH).")
+@click.option(
+    "--basic-auth",
+    envvar="FERRY_FLOWER_AUTH",
+    default="",
+    help="user:password (env FERRY_FLOWER_AUTH).",
+)
 def flower(port: int, address: str, basic_auth: str) -> None:
     """Run Flower on ferry's broker (the tasks page lists each phase's args and progress)."""
     app = make_app(broker.resolve(Settings.from_env()))
@@ -124,8 +130,19 @@ def nodes(as_json: bool) -> None:
     rows = _client().nodes()
 
     def show() -> None:
-        t = Table("node", "state", "arch", "criu", "soft-dirty", "uffd", "mem free", "load",
-                  "containers", "last seen", "address")
+        t = Table(
+            "node",
+            "state",
+            "arch",
+            "criu",
+            "soft-dirty",
+            "uffd",
+            "mem free",
+            "load",
+            "containers",
+            "last seen",
+            "address",
+        )
         now = time.time()
         for n in rows:
             p = n.get("probe", {})
@@ -133,10 +150,19 @@ def nodes(as_json: bool) -> None:
             criu = p.get("criu_version") or ("sim" if p.get("simulated") else "no")
             if p.get("criu_reason"):
                 criu += f" ({p['criu_reason']})"
-            t.add_row(n["name"], state, p.get("arch", "?"), criu, _yn(p.get("soft_dirty")),
-                      _yn(p.get("uffd")), _gib(p.get("mem_free_bytes", 0)),
-                      f"{n.get('load', 0):.2f}", str(len(n.get("containers", []))),
-                      f"{now - n.get('last_seen', 0):.0f}s ago", n.get("address", ""))
+            t.add_row(
+                n["name"],
+                state,
+                p.get("arch", "?"),
+                criu,
+                _yn(p.get("soft_dirty")),
+                _yn(p.get("uffd")),
+                _gib(p.get("mem_free_bytes", 0)),
+                f"{n.get('load', 0):.2f}",
+                str(len(n.get("containers", []))),
+                f"{now - n.get('last_seen', 0):.0f}s ago",
+                n.get("address", ""),
+            )
         out.print(t)
 
     _emit(as_json, rows, show)
@@ -151,8 +177,15 @@ def ps(as_json: bool) -> None:
     def show() -> None:
         t = Table("container", "node", "state", "pid", "memory", "synced dirs", "command")
         for c in rows:
-            t.add_row(c["name"], c["node"], c["state"], str(c["pid"]), _gib(c["memory_bytes"]),
-                      " ".join(c.get("sync", [])) or "-", " ".join(c["argv"])[:60])
+            t.add_row(
+                c["name"],
+                c["node"],
+                c["state"],
+                str(c["pid"]),
+                _gib(c["memory_bytes"]),
+                " ".join(c.get("sync", [])) or "-",
+                " ".join(c["argv"])[:60],
+            )
         out.print(t)
 
     _emit(as_json, rows, show)
@@ -161,53 +194,120 @@ def ps(as_json: bool) -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--node", required=True)
 @click.option("--name", default=None, help="Container name (default: generated).")
-@click.option("--sync", "sync", multiple=True, metavar="DIR",
-              help="A node-local directory that moves with it (rsync); repeatable. "
-                   "Absolute, below the node's sync_roots or the container's workdir.")
+@click.option(
+    "--sync",
+    "sync",
+    multiple=True,
+    metavar="DIR",
+    help="A node-local directory that moves with it (rsync); repeatable. "
+    "Absolute, below the node's sync_roots or the container's workdir.",
+)
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @json_opt
-def run(node: str, name: str | None, sync: tuple[str, ...], cmd: tuple[str, ...],
-        as_json: bool) -> None:
+def run(
+    node: str, name: str | None, sync: tuple[str, ...], cmd: tuple[str, ...], as_json: bool
+) -> None:
     """Start CMD on NODE as a container: ferry run --node N [--sync DIR] -- CMD ..."""
     res = _client().run(node, list(cmd), name, sync=sync)
-    _emit(as_json, res, lambda: out.print(f"{res['name']} runs on {res['node']} (pid {res['pid']}, "
-                                          f"log {res['log']})"))
+    _emit(
+        as_json,
+        res,
+        lambda: out.print(
+            f"{res['name']} runs on {res['node']} (pid {res['pid']}, log {res['log']})"
+        ),
+    )
 
 
 @main.command()
 @click.argument("container")
 @click.option("--to", "to", required=True, help="Destination node.")
-@click.option("--strategy", default="auto", show_default=True,
-              type=click.Choice(["auto", "cold", "precopy", "delta", "postcopy", "hybrid"]))
-@click.option("--downtime-limit", "downtime_limit_ms", default=300.0, show_default=True,
-              type=POSITIVE,
-              help="ms: pre-copy stops once the expected downtime is under it.")
-@click.option("--max-iterations", default=10, show_default=True, type=click.IntRange(min=1),
-              help="Pre-copy passes at most.")
-@click.option("--goal", "goal_unchanged", default=0.70, show_default=True,
-              help="Stop pre-copy once this share of pages stayed unchanged (LXD's goal).")
-@click.option("--fallback", default="postcopy", show_default=True,
-              type=click.Choice(["postcopy", "cold", "abort"]),
-              help="What to do when pre-copy does not converge.")
+@click.option(
+    "--strategy",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "cold", "precopy", "delta", "postcopy", "hybrid"]),
+)
+@click.option(
+    "--downtime-limit",
+    "downtime_limit_ms",
+    default=300.0,
+    show_default=True,
+    type=POSITIVE,
+    help="ms: pre-copy stops once the expected downtime is under it.",
+)
+@click.option(
+    "--max-iterations",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Pre-copy passes at most.",
+)
+@click.option(
+    "--goal",
+    "goal_unchanged",
+    default=0.70,
+    show_default=True,
+    help="Stop pre-copy once this share of pages stayed unchanged (LXD's goal).",
+)
+@click.option(
+    "--fallback",
+    default="postcopy",
+    show_default=True,
+    type=click.Choice(["postcopy", "cold", "abort"]),
+    help="What to do when pre-copy does not converge.",
+)
 @click.option("--hard-cap", is_flag=True, help="Never exceed the downtime limit: abort instead.")
-@click.option("--page-server", type=click.Choice(["auto", "on", "off"]), default=None,
-              help="Stream a cold dump's pages into the destination's CRIU [setting page_server].")
-@click.option("--compression", type=click.Choice(["auto", "none", "zstd"]), default=None,
-              help="How image files travel [setting compression].")
+@click.option(
+    "--page-server",
+    type=click.Choice(["auto", "on", "off"]),
+    default=None,
+    help="Stream a cold dump's pages into the destination's CRIU [setting page_server].",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["auto", "none", "zstd"]),
+    default=None,
+    help="How image files travel [setting compression].",
+)
 @click.option("--no-wait", is_flag=True, help="Submit and print the migration id.")
-@click.option("--timeout", default=600.0, show_default=True, type=POSITIVE,
-              help="s: then stop waiting (exit 4); the migration goes on.")
+@click.option(
+    "--timeout",
+    default=600.0,
+    show_default=True,
+    type=POSITIVE,
+    help="s: then stop waiting (exit 4); the migration goes on.",
+)
 @json_opt
-def migrate(container: str, to: str, strategy: str, downtime_limit_ms: float, max_iterations: int,
-            goal_unchanged: float, fallback: str, hard_cap: bool, page_server: str | None,
-            compression: str | None, no_wait: bool, timeout: float, as_json: bool) -> None:
+def migrate(
+    container: str,
+    to: str,
+    strategy: str,
+    downtime_limit_ms: float,
+    max_iterations: int,
+    goal_unchanged: float,
+    fallback: str,
+    hard_cap: bool,
+    page_server: str | None,
+    compression: str | None,
+    no_wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
     """Move CONTAINER to node TO."""
 
     client = _client()
-    handle = client.migrate(container, to, strategy, downtime_limit_ms=downtime_limit_ms,
-                            max_iterations=max_iterations, goal_unchanged=goal_unchanged,
-                            fallback=fallback, hard_downtime_cap=hard_cap,
-                            page_server=page_server, compression=compression)
+    handle = client.migrate(
+        container,
+        to,
+        strategy,
+        downtime_limit_ms=downtime_limit_ms,
+        max_iterations=max_iterations,
+        goal_unchanged=goal_unchanged,
+        fallback=fallback,
+        hard_downtime_cap=hard_cap,
+        page_server=page_server,
+        compression=compression,
+    )
     if no_wait:
         _emit(as_json, {"id": handle.id}, lambda: out.print(handle.id))
         return
@@ -226,15 +326,25 @@ def _follow(client: Any, handle: Any, timeout: float, quiet: bool) -> Any:
 
     if quiet:
         return handle.wait(timeout)
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=err, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         task = bar.add_task("submitted", total=None)
         deadline = time.monotonic() + timeout
         while True:
             m = client.status(handle.id)
             p = m.results.get("progress", {})
-            bar.update(task, description=f"{m.state.value}: {m.phase.value if m.phase else ''}",
-                       completed=p.get("bytes_sent", 0), total=p.get("bytes_total") or None)
+            bar.update(
+                task,
+                description=f"{m.state.value}: {m.phase.value if m.phase else ''}",
+                completed=p.get("bytes_sent", 0),
+                total=p.get("bytes_total") or None,
+            )
             if m.state.final:
                 return m
             if time.monotonic() > deadline:
@@ -260,9 +370,12 @@ def status(migration: str | None, as_json: bool) -> None:
                 t.add_row(k, str(s[k]))
             t.add_row("why", m.reason)
             for i, p in enumerate(m.passes, 1):
-                t.add_row(f"pass {i}", f"{p['bytes_sent'] / 2**20:.1f} MiB in {p['seconds']:.2f} s, "
-                          f"{p['pages_written']}/{p['pages_total']} pages changed, "
-                          f"freeze {p['freeze_ms']:.0f} ms, dirty {p['dirty_rate_bps'] / 2**20:.1f} MiB/s")
+                t.add_row(
+                    f"pass {i}",
+                    f"{p['bytes_sent'] / 2**20:.1f} MiB in {p['seconds']:.2f} s, "
+                    f"{p['pages_written']}/{p['pages_total']} pages changed, "
+                    f"freeze {p['freeze_ms']:.0f} ms, dirty {p['dirty_rate_bps'] / 2**20:.1f} MiB/s",
+                )
             if "decision" in m.results:
                 t.add_row("stop rule", m.results["decision"]["reason"])
             for w in m.warnings:
@@ -270,11 +383,22 @@ def status(migration: str | None, as_json: bool) -> None:
             for p in ("sync", "final_sync"):
                 if p in m.results:
                     r = m.results[p]
-                    t.add_row(p.replace("_", " "), f"{r['bytes'] / 2**20:.2f} MiB, {r['files']} files, "
-                              f"{r['deleted']} deleted, in {r['wall_ms']:.0f} ms ({r['dirs']} dirs)")
+                    t.add_row(
+                        p.replace("_", " "),
+                        f"{r['bytes'] / 2**20:.2f} MiB, {r['files']} files, "
+                        f"{r['deleted']} deleted, in {r['wall_ms']:.0f} ms ({r['dirs']} dirs)",
+                    )
             t.add_row("phase", f"{m.phase.value if m.phase else '-'} (attempt {m.attempt})")
-            for k in ("downtime_ms", "criu_freeze_ms", "delta_ms", "wire_ms", "fsync_ms",
-                      "rebuild_ms", "restore_ms", "overhead_ms"):
+            for k in (
+                "downtime_ms",
+                "criu_freeze_ms",
+                "delta_ms",
+                "wire_ms",
+                "fsync_ms",
+                "rebuild_ms",
+                "restore_ms",
+                "overhead_ms",
+            ):
                 if k in s:
                     t.add_row(k.replace("_ms", " (ms)"), str(s[k]))
             t.add_row("total (s)", str(s["total_s"]))
@@ -290,8 +414,16 @@ def status(migration: str | None, as_json: bool) -> None:
     def show_all() -> None:
         t = Table("id", "container", "from", "to", "strategy", "state", "downtime", "total")
         for s in rows:
-            t.add_row(s["id"], s["container"], s["src"], s["dst"], s["strategy"], s["state"],
-                      f"{s['downtime_ms']:.0f} ms" if "downtime_ms" in s else "-", f"{s['total_s']:.2f} s")
+            t.add_row(
+                s["id"],
+                s["container"],
+                s["src"],
+                s["dst"],
+                s["strategy"],
+                s["state"],
+                f"{s['downtime_ms']:.0f} ms" if "downtime_ms" in s else "-",
+                f"{s['total_s']:.2f} s",
+            )
         out.print(t)
 
     _emit(as_json, rows, show_all)
@@ -306,8 +438,10 @@ def watch(migration: str, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(ev))
         else:
-            out.print(f"{ev['state']:>12} {ev['phase']:<9} {ev['what']:<9} {ev.get('error', '')}",
-                      highlight=False)
+            out.print(
+                f"{ev['state']:>12} {ev['phase']:<9} {ev['what']:<9} {ev.get('error', '')}",
+                highlight=False,
+            )
 
 
 @main.command()
@@ -320,16 +454,24 @@ def cancel(migration: str, as_json: bool) -> None:
         client.evacuation(migration).cancel()
     else:
         client.cancel(migration)
-    _emit(as_json, {"id": migration, "cancel": "requested"},
-          lambda: out.print(f"{migration}: cancel requested"))
+    _emit(
+        as_json,
+        {"id": migration, "cancel": "requested"},
+        lambda: out.print(f"{migration}: cancel requested"),
+    )
 
 
 @main.command()
 @click.argument("target")
-@click.option("--keep", required=True, metavar="WHERE",
-              help="source or destination (for a migration), or a node (for a container).")
-@click.option("--force", is_flag=True,
-              help="Nodes that do not answer run no copy (they are off, or wiped).")
+@click.option(
+    "--keep",
+    required=True,
+    metavar="WHERE",
+    help="source or destination (for a migration), or a node (for a container).",
+)
+@click.option(
+    "--force", is_flag=True, help="Nodes that do not answer run no copy (they are off, or wiped)."
+)
 @json_opt
 def resolve(target: str, keep: str, force: bool, as_json: bool) -> None:
     """Keep one copy of a split container (continued if frozen) and kill the others.
@@ -338,8 +480,11 @@ def resolve(target: str, keep: str, force: bool, as_json: bool) -> None:
     container (--keep NODE), e.g. after Redis lost its records.
     """
     s = _client().resolve(target, keep, force)
-    _emit(as_json, {"target": target, "keep": s.keep, "killed": list(s.kill), "note": s.note},
-          lambda: out.print(f"{target}: {s.note}", highlight=False))
+    _emit(
+        as_json,
+        {"target": target, "keep": s.keep, "killed": list(s.kill), "note": s.note},
+        lambda: out.print(f"{target}: {s.note}", highlight=False),
+    )
 
 
 @main.command()
@@ -364,24 +509,61 @@ def uncordon(node: str, as_json: bool) -> None:
 @click.argument("node", required=False)
 @click.option("--to", default=None, help="Comma-separated destinations (default: any that fits).")
 @click.option("--dry-run", is_flag=True, help="Show the plan; cordon nothing, move nothing.")
-@click.option("--max-parallel", default=4, show_default=True, type=click.IntRange(min=1),
-              help="Migrations at once, in all.")
-@click.option("--per-node", default=2, show_default=True, type=click.IntRange(min=1),
-              help="Migrations at once into one node, and out of one node.")
+@click.option(
+    "--max-parallel",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Migrations at once, in all.",
+)
+@click.option(
+    "--per-node",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Migrations at once into one node, and out of one node.",
+)
 @click.option("--bandwidth", default=None, help="Cap per migration, bytes/s: 50M, 64Mi, 800mbit.")
-@click.option("--strategy", default="auto", show_default=True,
-              type=click.Choice(["auto", "cold", "precopy", "delta", "postcopy", "hybrid"]))
-@click.option("--timeout", type=POSITIVE, default=None,
-              help="s: then start no more moves and roll back those that still can.")
-@click.option("--allow-partial", is_flag=True,
-              help="Move what has a destination even if some containers have none.")
-@click.option("--cancel", "cancel_id", default=None, metavar="EVAC_ID",
-              help="Stop evacuation EVAC_ID from starting more moves.")
+@click.option(
+    "--strategy",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "cold", "precopy", "delta", "postcopy", "hybrid"]),
+)
+@click.option(
+    "--timeout",
+    type=POSITIVE,
+    default=None,
+    help="s: then start no more moves and roll back those that still can.",
+)
+@click.option(
+    "--allow-partial",
+    is_flag=True,
+    help="Move what has a destination even if some containers have none.",
+)
+@click.option(
+    "--cancel",
+    "cancel_id",
+    default=None,
+    metavar="EVAC_ID",
+    help="Stop evacuation EVAC_ID from starting more moves.",
+)
 @click.option("--no-wait", is_flag=True, help="Start and print the evacuation id.")
 @json_opt
-def evacuate(node: str | None, to: str | None, dry_run: bool, max_parallel: int, per_node: int,
-             bandwidth: str | None, strategy: str, timeout: float | None, allow_partial: bool,
-             cancel_id: str | None, no_wait: bool, as_json: bool) -> None:
+def evacuate(
+    node: str | None,
+    to: str | None,
+    dry_run: bool,
+    max_parallel: int,
+    per_node: int,
+    bandwidth: str | None,
+    strategy: str,
+    timeout: float | None,
+    allow_partial: bool,
+    cancel_id: str | None,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
     """Move every container off NODE, which is cordoned first and stays cordoned.
 
     Containers with no destination are shown before anything moves, and then
@@ -393,10 +575,25 @@ def evacuate(node: str | None, to: str | None, dry_run: bool, max_parallel: int,
     targets = [t.strip() for t in to.split(",") if t.strip()] if to is not None else None
     if not node and not cancel_id:
         raise click.UsageError("give the NODE to evacuate (or --cancel EVAC_ID)")
-    sys.exit(evacview.run(_client(), node, cancel_id, as_json, no_wait, out, err, to=targets,
-                 dry_run=dry_run, max_parallel=max_parallel, per_node=per_node,
-                 bandwidth=bandwidth, strategy=strategy, timeout=timeout,
-                 allow_partial=allow_partial))
+    sys.exit(
+        evacview.run(
+            _client(),
+            node,
+            cancel_id,
+            as_json,
+            no_wait,
+            out,
+            err,
+            to=targets,
+            dry_run=dry_run,
+            max_parallel=max_parallel,
+            per_node=per_node,
+            bandwidth=bandwidth,
+            strategy=strategy,
+            timeout=timeout,
+            allow_partial=allow_partial,
+        )
+    )
 
 
 @main.command()

@@ -41,9 +41,15 @@ from workers.ids import (
 class Ferry(Cluster):
     """A handle on a ferry cluster: everything the ``ferry`` command does."""
 
-    def run(self, node: str, argv: list[str], name: str | None = None,
-            labels: dict[str, str] | None = None, timeout: float = 30,
-            sync: Collection[str] = ()) -> dict[str, Any]:
+    def run(
+        self,
+        node: str,
+        argv: list[str],
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        timeout: float = 30,
+        sync: Collection[str] = (),
+    ) -> dict[str, Any]:
         """Start ``argv`` as a container on ``node``.
 
         ``sync``: its directories that are not on shared storage (absolute
@@ -61,8 +67,9 @@ class Ferry(Cluster):
             raise BadRequest(f"a container named {name!r} already runs: see `ferry ps`")
         issued, argv, labels = time.time(), list(argv), labels or {}
         mac = auth.sign(self.secret, "run", issued, node, name, argv, labels, sync)
-        res = self.app.send_task("ferry.node.run", args=(name, argv, labels, sync, issued, mac),
-                                 queue=node_queue(node))
+        res = self.app.send_task(
+            "ferry.node.run", args=(name, argv, labels, sync, issued, mac), queue=node_queue(node)
+        )
         return self._get(res, timeout)
 
     def kill(self, name: str, timeout: float = 30, node: str | None = None) -> dict[str, Any]:
@@ -73,8 +80,12 @@ class Ferry(Cluster):
         """Send the signed ``ferry.node.<kind>`` (kill, continue) of ``name`` to ``node``; its answer."""
         issued = time.time()
         mac = auth.sign(self.secret, kind, issued, node, name)
-        return self._get(self.app.send_task(f"ferry.node.{kind}", args=(name, issued, mac),
-                                            queue=node_queue(node)), timeout)
+        return self._get(
+            self.app.send_task(
+                f"ferry.node.{kind}", args=(name, issued, mac), queue=node_queue(node)
+            ),
+            timeout,
+        )
 
     def _get(self, res: Any, timeout: float) -> dict[str, Any]:
         try:
@@ -86,13 +97,21 @@ class Ferry(Cluster):
         return out
 
     # -- migrations ------------------------------------------------------------
-    def migrate(self, container: str, to: str, strategy: str = "auto", *,
-                downtime_limit_ms: float = 300.0, max_iterations: int = 10,
-                goal_unchanged: float = 0.70, fallback: str = "postcopy",
-                hard_downtime_cap: bool = False,
-                bandwidth_bps: float | None = None,
-                page_server: str | None = None,
-                compression: str | None = None) -> MigrationHandle:
+    def migrate(
+        self,
+        container: str,
+        to: str,
+        strategy: str = "auto",
+        *,
+        downtime_limit_ms: float = 300.0,
+        max_iterations: int = 10,
+        goal_unchanged: float = 0.70,
+        fallback: str = "postcopy",
+        hard_downtime_cap: bool = False,
+        bandwidth_bps: float | None = None,
+        page_server: str | None = None,
+        compression: str | None = None,
+    ) -> MigrationHandle:
         """Submit a migration of ``container`` to node ``to``.
 
         ``strategy`` is auto (chosen from both nodes' probes, the container's
@@ -109,11 +128,22 @@ class Ferry(Cluster):
         setting): how image files travel; auto compresses when the link is
         slow enough for it to pay.
         """
-        return MigrationHandle(self.submit(
-            container, to, strategy, downtime_limit_ms=downtime_limit_ms,
-            max_iterations=max_iterations, goal_unchanged=goal_unchanged, fallback=fallback,
-            hard_downtime_cap=hard_downtime_cap, bandwidth_bps=bandwidth_bps,
-            page_server=page_server, compression=compression), self)
+        return MigrationHandle(
+            self.submit(
+                container,
+                to,
+                strategy,
+                downtime_limit_ms=downtime_limit_ms,
+                max_iterations=max_iterations,
+                goal_unchanged=goal_unchanged,
+                fallback=fallback,
+                hard_downtime_cap=hard_downtime_cap,
+                bandwidth_bps=bandwidth_bps,
+                page_server=page_server,
+                compression=compression,
+            ),
+            self,
+        )
 
     def migrations(self, limit: int = 20) -> list[Migration]:
         return list(self.store.iter_migrations(limit))
@@ -175,10 +205,18 @@ class Ferry(Cluster):
         if self.store.node(check_node_name(node)) is None:
             raise UnknownNode(node, [n["name"] for n in self.store.nodes()])
 
-    def evacuate(self, node: str, to: Collection[str] | None = None, dry_run: bool = False,
-                 max_parallel: int = 4, per_node: int = 2, bandwidth: str | float | None = None,
-                 strategy: str = "auto", timeout: float | None = None,
-                 allow_partial: bool = False) -> EvacuationHandle:
+    def evacuate(
+        self,
+        node: str,
+        to: Collection[str] | None = None,
+        dry_run: bool = False,
+        max_parallel: int = 4,
+        per_node: int = 2,
+        bandwidth: str | float | None = None,
+        strategy: str = "auto",
+        timeout: float | None = None,
+        allow_partial: bool = False,
+    ) -> EvacuationHandle:
         """Move every container off ``node``, which is cordoned first and stays cordoned.
 
         At most ``max_parallel`` migrations run at once, and ``per_node`` into
@@ -190,9 +228,17 @@ class Ferry(Cluster):
         back where they still can.
         """
         limits = PlanLimits(max_parallel=max_parallel, per_node=per_node)
-        eid, preview = start(self, node, to=to, dry_run=dry_run, limits=limits,
-                             bandwidth_bps=parse_rate(bandwidth), strategy=strategy,
-                             timeout=timeout, allow_partial=allow_partial)
+        eid, preview = start(
+            self,
+            node,
+            to=to,
+            dry_run=dry_run,
+            limits=limits,
+            bandwidth_bps=parse_rate(bandwidth),
+            strategy=strategy,
+            timeout=timeout,
+            allow_partial=allow_partial,
+        )
         return EvacuationHandle(eid, self, preview)
 
     def evacuation(self, eid: str) -> EvacuationHandle:

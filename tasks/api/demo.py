@@ -26,8 +26,10 @@ from tasks.config.broker import stop_embedded
 from tasks.core.summary import one_line
 from workers.errors import FerryError
 
-COUNTER = ("import time\ni = 0\nwhile True:\n    print('tick', i, time.time(), flush=True)\n"
-           "    i += 1\n    time.sleep(0.1)\n")
+COUNTER = (
+    "import time\ni = 0\nwhile True:\n    print('tick', i, time.time(), flush=True)\n"
+    "    i += 1\n    time.sleep(0.1)\n"
+)
 con = Console(stderr=True, highlight=False)
 
 
@@ -53,8 +55,11 @@ def last_tick(log: Path) -> int | None:
 def around(values: list[int], at: int, n: int = 3) -> str:
     """The counter's values around ``at``, the last one printed before the freeze."""
     i = values.index(at) if at in values else len(values) - 1
-    return (" ".join(map(str, values[max(0, i - n + 1):i + 1])) + " | "
-            + " ".join(map(str, values[i + 1:i + 1 + n])))
+    return (
+        " ".join(map(str, values[max(0, i - n + 1) : i + 1]))
+        + " | "
+        + " ".join(map(str, values[i + 1 : i + 1 + n]))
+    )
 
 
 def run_demo(count: int = 3, keep: bool = False, flower_port: int = 5555) -> int:
@@ -94,15 +99,19 @@ def run_demo(count: int = 3, keep: bool = False, flower_port: int = 5555) -> int
             frozen = m.results["dump"]["freeze_start"]
             at = max((v for v, t in lines if t <= frozen), default=values[0])
             steady = values == list(range(len(values)))
-            con.print(f"  counter around the freeze ({m.src} | {dst}): {around(values, at)}"
-                      + ("; no value lost or repeated" if steady else "; [red]NOT continuous[/]"))
+            con.print(
+                f"  counter around the freeze ({m.src} | {dst}): {around(values, at)}"
+                + ("; no value lost or repeated" if steady else "; [red]NOT continuous[/]")
+            )
         con.print("[green]demo done[/]" + ("" if keep else "; tearing the cluster down"))
         if keep:
             con.print(f"the cluster keeps running: FERRY_STATE_DIR={base} ferry ps")
         return 0
     finally:
         if not keep:
-            with contextlib.suppress(FerryError):  # the container may already be gone; the demo ends either way
+            with contextlib.suppress(
+                FerryError
+            ):  # the container may already be gone; the demo ends either way
                 cluster.client.kill("counter")
             cluster.stop()
             stop_embedded(base)
@@ -114,5 +123,8 @@ def ticks(log: Path) -> list[tuple[int, float]]:
         lines = log.read_text().splitlines()
     except OSError:
         return []
-    return [(int(p[1]), float(p[2])) for p in (ln.split() for ln in lines)
-            if len(p) == 3 and p[0] == "tick"]
+    return [
+        (int(p[1]), float(p[2]))
+        for p in (ln.split() for ln in lines)
+        if len(p) == 3 and p[0] == "tick"
+    ]

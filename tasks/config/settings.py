@@ -42,14 +42,18 @@ class Settings:
     runtime: str = "criu"  # criu | sim
     link_bps: float = 125e6  # assumed node-to-node bandwidth (bytes/s) until measured
     page_server: str = "auto"  # auto | on | off: cold dumps stream pages to the destination's CRIU
-    compression: str = "auto"  # auto | none | zstd: image files on the data plane (auto: when it pays)
+    compression: str = (
+        "auto"  # auto | none | zstd: image files on the data plane (auto: when it pays)
+    )
     freeze_overhead_ms: float = 150.0  # fixed cost of a cold freeze window (measured: x86 VM)
     progress_timeout_s: float = 150.0  # a step with no progress this long is sent again
     timeout_per_gib_s: float = 800.0  # a whole migration may take this per GiB ...
     timeout_min_s: float = 120.0  # ... and at least this
     timeout_action: str = "abort"  # abort | force (push a pre-copy to its final dump)
     main_concurrency: int = 4  # slots for a node's ordinary work (node.<name>)
-    signing_key: str = ""  # Celery message signing (tasks/messaging/signing.py): this node's key ...
+    signing_key: str = (
+        ""  # Celery message signing (tasks/messaging/signing.py): this node's key ...
+    )
     signing_cert: str = ""  # ... its certificate ...
     signing_certs: str = ""  # ... and a folder of the cluster's trusted certificates (*.pem)
     failpoints: str = ""  # fault suite only: a file of armed failpoints (workers.failpoints)

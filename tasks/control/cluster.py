@@ -40,8 +40,13 @@ from workers.ids import check_container_name, check_migration_id, check_node_nam
 class Cluster:
     """The nodes, the state store and the queues of one ferry cluster."""
 
-    def __init__(self, settings: Settings | None = None, *, store: Store | None = None,
-                 app: Celery | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        store: Store | None = None,
+        app: Celery | None = None,
+    ) -> None:
         self.settings = resolve(settings or Settings.from_env())
         self.store = store or Store(connect(self.settings))
         self._app: Celery | None = app
@@ -71,9 +76,11 @@ class Cluster:
         now = time.time()
         rec["alive"] = alive(rec, now, self.settings.node_ttl_s)
         if not rec["alive"]:
-            raise NodeUnavailable(f"node {name} is not answering (last seen "
-                                  f"{now - rec.get('last_seen', 0):.0f} s ago): is "
-                                  f"`ferry worker --node {name}` running?")
+            raise NodeUnavailable(
+                f"node {name} is not answering (last seen "
+                f"{now - rec.get('last_seen', 0):.0f} s ago): is "
+                f"`ferry worker --node {name}` running?"
+            )
         return rec
 
     def containers(self) -> list[dict[str, Any]]:
@@ -89,20 +96,34 @@ class Cluster:
         raise UnknownContainer(name)
 
     # -- migrations ------------------------------------------------------------
-    def submit(self, container: str, to: str, strategy: str = "auto", *,
-               downtime_limit_ms: float = 300.0, max_iterations: int = 10,
-               goal_unchanged: float = 0.70, fallback: str = "postcopy",
-               hard_downtime_cap: bool = False, bandwidth_bps: float | None = None,
-               page_server: str | None = None, compression: str | None = None) -> str:
+    def submit(
+        self,
+        container: str,
+        to: str,
+        strategy: str = "auto",
+        *,
+        downtime_limit_ms: float = 300.0,
+        max_iterations: int = 10,
+        goal_unchanged: float = 0.70,
+        fallback: str = "postcopy",
+        hard_downtime_cap: bool = False,
+        bandwidth_bps: float | None = None,
+        page_server: str | None = None,
+        compression: str | None = None,
+    ) -> str:
         """Check and store a migration of ``container`` to ``to``, start it; its id.
 
         The options are ``Ferry.migrate``'s (see there).
         """
         check_container_name(container)
         check_node_name(to)
-        limits = Limits(max_iterations=max_iterations, goal_unchanged=goal_unchanged,
-                        downtime_limit_ms=downtime_limit_ms, fallback=fallback,  # type: ignore[arg-type]
-                        hard_downtime_cap=hard_downtime_cap)
+        limits = Limits(
+            max_iterations=max_iterations,
+            goal_unchanged=goal_unchanged,
+            downtime_limit_ms=downtime_limit_ms,
+            fallback=fallback,  # type: ignore[arg-type]
+            hard_downtime_cap=hard_downtime_cap,
+        )
         src = self.locate(container)
         if src == to:
             raise BadRequest(f"{container} already runs on {to}")
@@ -117,30 +138,52 @@ class Cluster:
             raise BadRequest(f"bandwidth must be > 0 bytes/s and finite, not {bandwidth_bps}")
         link = min(self.settings.link_bps, bandwidth_bps or self.settings.link_bps)
         src_caps, dst_caps = caps(src_rec), caps(dst_rec)
-        choice = choose(src_caps, dst_caps, Workload(memory),
-                        Link(link, overhead_ms=self.settings.freeze_overhead_ms),
-                        Request(strategy, downtime_limit_ms))
+        choice = choose(
+            src_caps,
+            dst_caps,
+            Workload(memory),
+            Link(link, overhead_ms=self.settings.freeze_overhead_ms),
+            Request(strategy, downtime_limit_ms),
+        )
         compression = compression or self.settings.compression
         if compression not in ("auto", *CODECS):
             raise BadRequest(f"compression must be auto, none or zstd, not {compression!r}")
-        pages, pages_why = use_page_server(page_server or self.settings.page_server,
-                                           choice.strategy, src_caps, dst_caps)
+        pages, pages_why = use_page_server(
+            page_server or self.settings.page_server, choice.strategy, src_caps, dst_caps
+        )
         if not self.store.coordinator_alive():
             raise NodeUnavailable("no coordinator is running: start `ferry coordinator`")
         now = time.time()
-        extra = {"memory_bytes": memory, "timeout_action": self.settings.timeout_action,
-                 "page_server": pages, "page_server_why": pages_why,
-                 "link_bps": self.settings.link_bps, "compression": compression,
-                 "lazy_ok": strategy_refusal("postcopy", src_caps, dst_caps) is None}
+        extra = {
+            "memory_bytes": memory,
+            "timeout_action": self.settings.timeout_action,
+            "page_server": pages,
+            "page_server_why": pages_why,
+            "link_bps": self.settings.link_bps,
+            "compression": compression,
+            "lazy_ok": strategy_refusal("postcopy", src_caps, dst_caps) is None,
+        }
         if bandwidth_bps:
-            extra["bandwidth_bps"] = bandwidth_bps  # tasks.node.dataplane.send_dir caps each transfer
+            extra["bandwidth_bps"] = (
+                bandwidth_bps  # tasks.node.dataplane.send_dir caps each transfer
+            )
         m_id = new_id()
-        m = Migration(id=m_id, container=container, src=src, dst=to, strategy=choice.strategy,
-                      lazy=choice.strategy in ("postcopy", "hybrid"), sync=tuple(sync),
-                      limits={**asdict(limits), **extra},
-                      reason=choice.reason, created=now, updated=now,
-                      mac=auth.sign(self.secret, "migration", m_id, container, src, to,
-                                    choice.strategy, sync))
+        m = Migration(
+            id=m_id,
+            container=container,
+            src=src,
+            dst=to,
+            strategy=choice.strategy,
+            lazy=choice.strategy in ("postcopy", "hybrid"),
+            sync=tuple(sync),
+            limits={**asdict(limits), **extra},
+            reason=choice.reason,
+            created=now,
+            updated=now,
+            mac=auth.sign(
+                self.secret, "migration", m_id, container, src, to, choice.strategy, sync
+            ),
+        )
         self.store.create(m)
         self.app.send_task("ferry.control.start", args=(m.id,), queue=CONTROL_QUEUE)
         return m_id

@@ -32,16 +32,21 @@ def register(app: Celery, store: Store) -> None:
 
     # No one waits on a control task's result (the record says what happened):
     # the result backend gets only failures.
-    @app.task(name="ferry.control.start", bind=True, ignore_result=True,
-              store_errors_even_if_ignored=True)
+    @app.task(
+        name="ferry.control.start", bind=True, ignore_result=True, store_errors_even_if_ignored=True
+    )
     def start(self: Task, mid: str) -> dict[str, Any]:
         """Start migration ``mid`` (its record exists, PENDING)."""
         m, sends, _ = store.apply(mid, Event("start", time.time()))
         dispatch(app, mid, sends)
         return {"migration": mid, "state": m.state.value}
 
-    @app.task(name="ferry.control.cancel", bind=True, ignore_result=True,
-              store_errors_even_if_ignored=True)
+    @app.task(
+        name="ferry.control.cancel",
+        bind=True,
+        ignore_result=True,
+        store_errors_even_if_ignored=True,
+    )
     def cancel(self: Task, mid: str) -> dict[str, Any]:
         """Roll migration ``mid`` back, if it is not past its point of no return."""
         m, sends, _ = store.apply(mid, Event("cancel", time.time()))
@@ -101,8 +106,12 @@ def serve(settings: Settings, concurrency: int = 4) -> None:
     app = make_app(s)
     store = Store(connect(s, patient=True))
     register(app, store)
-    timeouts = Timeouts(per_gib_s=s.timeout_per_gib_s, min_total_s=s.timeout_min_s,
-                        progress_s=s.progress_timeout_s, node_down_s=s.node_ttl_s)
+    timeouts = Timeouts(
+        per_gib_s=s.timeout_per_gib_s,
+        min_total_s=s.timeout_min_s,
+        progress_s=s.progress_timeout_s,
+        node_down_s=s.node_ttl_s,
+    )
 
     def beat() -> None:
         while True:
@@ -114,6 +123,21 @@ def serve(settings: Settings, concurrency: int = 4) -> None:
             time.sleep(s.heartbeat_s)
 
     threading.Thread(target=beat, daemon=True, name="coordinator-heartbeat").start()
-    app.worker_main(["worker", "-Q", CONTROL_QUEUE, "-n", "coordinator@%h", "-P", "threads",
-                     "-c", str(concurrency), "-E", "--without-gossip", "--without-mingle",
-                     "-l", "INFO"])
+    app.worker_main(
+        [
+            "worker",
+            "-Q",
+            CONTROL_QUEUE,
+            "-n",
+            "coordinator@%h",
+            "-P",
+            "threads",
+            "-c",
+            str(concurrency),
+            "-E",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+        ]
+    )

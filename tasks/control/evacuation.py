@@ -9,6 +9,7 @@ migrations, starts the next moves the limits allow through ``Cluster.submit``
 or filled, and sends itself again ``TICK_S`` later until every container has an
 outcome. The node stays cordoned; whatever did not move still runs there.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,10 +62,18 @@ SOURCE_PHASES = (Phase.PRECOPY, Phase.DUMP, Phase.CLEANUP)  # failing there: not
 STRIKES = 2  # failed migrations blamed on a destination before it takes no more moves
 
 
-def start(client: Cluster, node: str, *, to: Collection[str] | None = None, dry_run: bool = False,
-          limits: PlanLimits | None = None, bandwidth_bps: float | None = None,
-          strategy: str = "auto", timeout: float | None = None,
-          allow_partial: bool = False) -> tuple[str | None, dict[str, Any]]:
+def start(
+    client: Cluster,
+    node: str,
+    *,
+    to: Collection[str] | None = None,
+    dry_run: bool = False,
+    limits: PlanLimits | None = None,
+    bandwidth_bps: float | None = None,
+    strategy: str = "auto",
+    timeout: float | None = None,
+    allow_partial: bool = False,
+) -> tuple[str | None, dict[str, Any]]:
     """Plan the evacuation of ``node``; unless ``dry_run``, cordon it and start moving.
 
     Returns the evacuation id (None for a dry run) and the plan preview;
@@ -92,8 +101,10 @@ def start(client: Cluster, node: str, *, to: Collection[str] | None = None, dry_
     eid, recs, now = "e-" + secrets.token_hex(6), Records(client.store.r), time.time()
     holder = recs.lock(node, eid)
     if holder:
-        raise BadRequest(f"{node} is being evacuated already by {holder}: wait for it, "
-                         f"or `ferry evacuate --cancel {holder}`")
+        raise BadRequest(
+            f"{node} is being evacuated already by {holder}: wait for it, "
+            f"or `ferry evacuate --cancel {holder}`"
+        )
     was_cordoned = bool((client.store.node(node) or {}).get("cordoned"))
     try:
         client.store.cordon(node, True)  # first, so nothing lands there while we plan
@@ -102,17 +113,46 @@ def start(client: Cluster, node: str, *, to: Collection[str] | None = None, dry_
         if p.unplaceable and not allow_partial:
             raise Unplaceable(preview)
         sizes = {c.name: c.memory_bytes for c in specs_of(client.store.node(node) or {})}
-        moves = {m.container: {"dst": m.dst, "order": m.order, "memory_bytes": m.memory_bytes,
-                               "outcome": PENDING, "migration": None, "error": ""} for m in p.moves}
+        moves = {
+            m.container: {
+                "dst": m.dst,
+                "order": m.order,
+                "memory_bytes": m.memory_bytes,
+                "outcome": PENDING,
+                "migration": None,
+                "error": "",
+            }
+            for m in p.moves
+        }
         for i, (c, why) in enumerate(p.unplaceable):
-            moves[c] = {"dst": None, "order": len(p.moves) + i, "memory_bytes": sizes.get(c, 0),
-                        "outcome": "not_placed", "migration": None, "error": why}
-        rec = {"id": eid, "node": node, "to": sorted(targets) if targets else None,
-               "strategy": strategy, "bandwidth_bps": bandwidth_bps, "limits": asdict(limits),
-               "link_bps": client.settings.link_bps, "state": "running", "stop": None,
-               "deadline": now + timeout if timeout else None, "plan": plan_to_json(p),
-               "excluded": {}, "strikes": {}, "moves": moves, "preview": preview,
-               "started": now, "finished": None, "report": None}
+            moves[c] = {
+                "dst": None,
+                "order": len(p.moves) + i,
+                "memory_bytes": sizes.get(c, 0),
+                "outcome": "not_placed",
+                "migration": None,
+                "error": why,
+            }
+        rec = {
+            "id": eid,
+            "node": node,
+            "to": sorted(targets) if targets else None,
+            "strategy": strategy,
+            "bandwidth_bps": bandwidth_bps,
+            "limits": asdict(limits),
+            "link_bps": client.settings.link_bps,
+            "state": "running",
+            "stop": None,
+            "deadline": now + timeout if timeout else None,
+            "plan": plan_to_json(p),
+            "excluded": {},
+            "strikes": {},
+            "moves": moves,
+            "preview": preview,
+            "started": now,
+            "finished": None,
+            "report": None,
+        }
         recs.put(rec)
         client.app.send_task(TICK_TASK, args=(eid,), queue=CONTROL_QUEUE)
     except BaseException:
@@ -124,19 +164,26 @@ def start(client: Cluster, node: str, *, to: Collection[str] | None = None, dry_
     return eid, preview
 
 
-def _plan(client: Cluster, node: str, targets: Collection[str] | None, limits: PlanLimits,
-          strategy: str) -> Plan:
+def _plan(
+    client: Cluster, node: str, targets: Collection[str] | None, limits: PlanLimits, strategy: str
+) -> Plan:
     records = {n["name"]: n for n in client.nodes()}
     drain = records[node]
     others = [node_of(r) for name, r in records.items() if name != node]
-    return plan(node_of(drain), others, specs_of(drain), limits,
-                compatible(records, targets, strategy))
+    return plan(
+        node_of(drain), others, specs_of(drain), limits, compatible(records, targets, strategy)
+    )
 
 
 def _preview(client: Cluster, p: Plan, limits: PlanLimits, dry_run: bool) -> dict[str, Any]:
-    return {"node": p.drain.name, "dry_run": dry_run, **plan_to_json(p), "limits": asdict(limits),
-            "link_bps": client.settings.link_bps,
-            "lower_bound_s": round(bound_s(p, client.settings.link_bps), 3)}
+    return {
+        "node": p.drain.name,
+        "dry_run": dry_run,
+        **plan_to_json(p),
+        "limits": asdict(limits),
+        "link_bps": client.settings.link_bps,
+        "lower_bound_s": round(bound_s(p, client.settings.link_bps), 3),
+    }
 
 
 def tick(client: Cluster, eid: str) -> dict[str, Any]:
@@ -171,7 +218,9 @@ def _advance(client: Cluster, recs: Records, rec: dict[str, Any], now: float) ->
             rec["stop"] = "timed_out"
             for mv in moves.values():  # roll back what still can; the rest finishes
                 if mv["outcome"] == RUNNING:
-                    with contextlib.suppress(FerryError):  # past its point of no return, or just over
+                    with contextlib.suppress(
+                        FerryError
+                    ):  # past its point of no return, or just over
                         client.cancel(mv["migration"])
     records = {n["name"]: n for n in client.nodes()}
     for dst in failed_dsts:  # one failure may be the container's; STRIKES are the node's
@@ -222,15 +271,21 @@ def _blames_dst(m: Migration) -> bool:
     return failed is not None and failed not in SOURCE_PHASES
 
 
-def _replan(rec: dict[str, Any], p: Plan, dst: str, why: str,
-            records: dict[str, dict[str, Any]]) -> Plan:
+def _replan(
+    rec: dict[str, Any], p: Plan, dst: str, why: str, records: dict[str, dict[str, Any]]
+) -> Plan:
     """Re-place the moves pending to ``dst``; those left without a place are not placed."""
     moves = rec["moves"]
     rec["excluded"][dst] = why
     nodes = [node_of(r) for n, r in records.items() if n not in rec["excluded"]]
-    new = replan(p, dst, nodes, running=[c for c, mv in moves.items() if mv["outcome"] == RUNNING],
-                 done=[c for c, mv in moves.items() if mv["outcome"] in OUTCOMES],
-                 compatible=compatible(records, rec["to"], rec["strategy"]))
+    new = replan(
+        p,
+        dst,
+        nodes,
+        running=[c for c, mv in moves.items() if mv["outcome"] == RUNNING],
+        done=[c for c, mv in moves.items() if mv["outcome"] in OUTCOMES],
+        compatible=compatible(records, rec["to"], rec["strategy"]),
+    )
     for m in new.moves:
         if moves[m.container]["outcome"] == PENDING:
             moves[m.container]["dst"] = m.dst
@@ -248,8 +303,14 @@ def _dst_refusal(rec: dict[str, Any] | None) -> str | None:
     return "it was cordoned" if rec.get("cordoned") else None
 
 
-def _start_moves(client: Cluster, recs: Records, rec: dict[str, Any], p: Plan,
-                 records: dict[str, dict[str, Any]], now: float) -> Plan:
+def _start_moves(
+    client: Cluster,
+    recs: Records,
+    rec: dict[str, Any],
+    p: Plan,
+    records: dict[str, dict[str, Any]],
+    now: float,
+) -> Plan:
     moves, drain = rec["moves"], rec["node"]
     src = records.get(drain)
     if src is None or not src.get("alive"):
@@ -273,8 +334,9 @@ def _start_moves(client: Cluster, recs: Records, rec: dict[str, Any], p: Plan,
             refusal = _dst_refusal(records.get(m.dst))
             if refusal is None:
                 try:
-                    mid = client.submit(m.container, m.dst, rec["strategy"],
-                                        bandwidth_bps=rec["bandwidth_bps"])
+                    mid = client.submit(
+                        m.container, m.dst, rec["strategy"], bandwidth_bps=rec["bandwidth_bps"]
+                    )
                 except CapabilityError as exc:  # the destination cannot take it after all
                     refusal = str(exc)
                 except TransientError as exc:

@@ -67,8 +67,9 @@ class FerryCollector(Collector):
         yield from self._nodes(nodes)
         if self.broker is not None:
             yield self._queues([n["name"] for n in nodes])
-        up = GaugeMetricFamily("ferry_coordinator_up",
-                               "1 while the coordinator's heartbeat is fresh")
+        up = GaugeMetricFamily(
+            "ferry_coordinator_up", "1 while the coordinator's heartbeat is fresh"
+        )
         up.add_metric([], 1.0 if self.ferry.store.coordinator_alive() else 0.0)
         yield up
 
@@ -77,7 +78,7 @@ class FerryCollector(Collector):
         store = self.ferry.store
         ids = store.ids(limit=max(1, cast(int, store.r.zcard("ferry:migs"))))
         for i in range(0, len(ids), BATCH):
-            keys = [f"ferry:mig:{mid}" for mid in ids[i:i + BATCH]]
+            keys = [f"ferry:mig:{mid}" for mid in ids[i : i + BATCH]]
             for raw in cast(list[str | None], store.r.mget(keys)):
                 if raw is not None:
                     yield from_json(str(raw))
@@ -100,35 +101,53 @@ class FerryCollector(Collector):
             sent[m.strategy] += int(s["bytes"])
             if m.state is State.DONE and "downtime_ms" in s:
                 downtime[m.strategy].append(float(s["downtime_ms"]) / 1000)
-        g = GaugeMetricFamily("ferry_migrations", "Migration records by state and strategy",
-                              labels=["state", "strategy"])
+        g = GaugeMetricFamily(
+            "ferry_migrations",
+            "Migration records by state and strategy",
+            labels=["state", "strategy"],
+        )
         for (state, strategy), n in sorted(states.items()):
             g.add_metric([state, strategy], n)
         yield g
-        yield _histogram("ferry_migration_downtime_seconds",
-                         "Downtime of finished migrations: frozen on the source to running on "
-                         "the destination", downtime, DOWNTIME_BUCKETS)
-        yield _histogram("ferry_migration_duration_seconds",
-                         "Migrations from submission to their final state", duration,
-                         DURATION_BUCKETS)
-        c = CounterMetricFamily("ferry_migration_bytes_sent", "Data-plane bytes of finished "
-                                "migrations", labels=["strategy"])
+        yield _histogram(
+            "ferry_migration_downtime_seconds",
+            "Downtime of finished migrations: frozen on the source to running on the destination",
+            downtime,
+            DOWNTIME_BUCKETS,
+        )
+        yield _histogram(
+            "ferry_migration_duration_seconds",
+            "Migrations from submission to their final state",
+            duration,
+            DURATION_BUCKETS,
+        )
+        c = CounterMetricFamily(
+            "ferry_migration_bytes_sent",
+            "Data-plane bytes of finished migrations",
+            labels=["strategy"],
+        )
         for strategy, n in sorted(sent.items()):
             c.add_metric([strategy], n)
         yield c
-        f = CounterMetricFamily("ferry_migration_failed_attempts", "Phase attempts that failed "
-                                "(each was retried or rolled back)", labels=["strategy", "phase"])
+        f = CounterMetricFamily(
+            "ferry_migration_failed_attempts",
+            "Phase attempts that failed (each was retried or rolled back)",
+            labels=["strategy", "phase"],
+        )
         for (strategy, phase), n in sorted(failed.items()):
             f.add_metric([strategy, phase], n)
         yield f
 
     def _nodes(self, nodes: list[dict[str, Any]]) -> Iterator[Metric]:
-        up = GaugeMetricFamily("ferry_node_up", "1 while the node's heartbeat is fresh",
-                               labels=["node", "arch"])
-        cordoned = GaugeMetricFamily("ferry_node_cordoned", "1 while the node is cordoned",
-                                     labels=["node"])
-        containers = GaugeMetricFamily("ferry_node_containers", "Containers the node reports",
-                                       labels=["node"])
+        up = GaugeMetricFamily(
+            "ferry_node_up", "1 while the node's heartbeat is fresh", labels=["node", "arch"]
+        )
+        cordoned = GaugeMetricFamily(
+            "ferry_node_cordoned", "1 while the node is cordoned", labels=["node"]
+        )
+        containers = GaugeMetricFamily(
+            "ferry_node_containers", "Containers the node reports", labels=["node"]
+        )
         for n in nodes:
             arch = n.get("probe", {}).get("arch", "")
             up.add_metric([n["name"], arch], 1.0 if n["alive"] else 0.0)
@@ -138,8 +157,9 @@ class FerryCollector(Collector):
 
     def _queues(self, nodes: list[str]) -> Metric:
         assert self.broker is not None
-        g = GaugeMetricFamily("ferry_queue_messages", "Messages waiting in a node's queue",
-                              labels=["node", "queue"])
+        g = GaugeMetricFamily(
+            "ferry_queue_messages", "Messages waiting in a node's queue", labels=["node", "queue"]
+        )
         with self.broker.pipeline(transaction=False) as pipe:
             for node in nodes:
                 for urgent in (False, True):
@@ -148,13 +168,15 @@ class FerryCollector(Collector):
             lengths = iter(pipe.execute())
         for node in nodes:
             for urgent in (False, True):
-                g.add_metric([node, node_queue(node, urgent)],
-                             sum(next(lengths) for _ in PRIORITY_SUFFIXES))
+                g.add_metric(
+                    [node, node_queue(node, urgent)], sum(next(lengths) for _ in PRIORITY_SUFFIXES)
+                )
         return g
 
 
-def _histogram(name: str, doc: str, values: dict[str, list[float]],
-               buckets: tuple[float, ...]) -> Metric:
+def _histogram(
+    name: str, doc: str, values: dict[str, list[float]], buckets: tuple[float, ...]
+) -> Metric:
     h = HistogramMetricFamily(name, doc, labels=["strategy"])
     for strategy, vs in sorted(values.items()):
         cumulative = [(_le(b), float(sum(1 for v in vs if v <= b))) for b in buckets]
@@ -200,8 +222,12 @@ def serve(settings: Settings, port: int, address: str) -> None:
 
 @click.command("metrics")
 @click.option("--port", default=9808, show_default=True)
-@click.option("--address", default="127.0.0.1", show_default=True,
-              help="Listen address; the endpoint has no auth, so keep it on a trusted network.")
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Listen address; the endpoint has no auth, so keep it on a trusted network.",
+)
 def command(port: int, address: str) -> None:
     """Serve Prometheus metrics for migrations, queues and nodes."""
     serve(Settings.from_env(), port, address)

@@ -116,9 +116,7 @@ def _rate(bps: float) -> str:
 def cold_downtime_ms(wl: Workload, link: Link) -> float:
     """Expected downtime of a cold migration: the whole memory over the link, plus overheads."""
     return (
-        wl.memory_bytes / link.bandwidth_bps * 1000.0
-        + link.overhead_ms
-        + ROUND_TRIPS * link.rtt_ms
+        wl.memory_bytes / link.bandwidth_bps * 1000.0 + link.overhead_ms + ROUND_TRIPS * link.rtt_ms
     )
 
 
@@ -166,7 +164,9 @@ def strategy_refusal(strategy: str, src: NodeCaps, dst: NodeCaps) -> str | None:
         return f"precopy needs soft-dirty tracking; {src.name}'s kernel has none"
     if strategy == "hybrid" and not src.soft_dirty:
         # CRIU's lazy dump skips only the pages a soft-dirty pre-dump chain sent.
-        return f"hybrid needs soft-dirty tracking for its pre-copy half; {src.name}'s kernel has none"
+        return (
+            f"hybrid needs soft-dirty tracking for its pre-copy half; {src.name}'s kernel has none"
+        )
     if strategy in ("postcopy", "hybrid"):
         for node in (dst, src):
             if not node.lazy_pages:
@@ -268,7 +268,7 @@ def page_server(mode: str, strategy: str, src: NodeCaps, dst: NodeCaps) -> tuple
         raise BadRequest(f"page_server must be one of {', '.join(PAGE_SERVER_MODES)}, not {mode!r}")
     if mode == "off":
         return "off", "page server off"
-    why_not = ("" if strategy == "cold" else f"{strategy} needs the pages on the source's disk")
+    why_not = "" if strategy == "cold" else f"{strategy} needs the pages on the source's disk"
     for node in (src, dst):
         if node.runtime != "criu":
             why_not = why_not or f"{node.name} runs {node.runtime}, not criu"

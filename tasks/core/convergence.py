@@ -62,8 +62,16 @@ from workers.errors import BadRequest
 
 Fallback = Literal["postcopy", "cold", "abort"]
 Rule = Literal[
-    "downtime", "floor", "goal", "min-pages", "max-iterations", "growth", "saturated", "stalled",
-    "dirty-rate", "continue",
+    "downtime",
+    "floor",
+    "goal",
+    "min-pages",
+    "max-iterations",
+    "growth",
+    "saturated",
+    "stalled",
+    "dirty-rate",
+    "continue",
 ]
 FALLBACKS: tuple[str, ...] = ("postcopy", "cold", "abort")
 
@@ -96,21 +104,25 @@ class Limits:
 
     def __post_init__(self) -> None:
         if not _whole(self.max_iterations) or self.max_iterations < 1:
-            raise BadRequest(f"max_iterations must be a whole number >= 1, not "
-                             f"{self.max_iterations!r}")
+            raise BadRequest(
+                f"max_iterations must be a whole number >= 1, not {self.max_iterations!r}"
+            )
         # Written so that NaN fails each test (every comparison with NaN is false).
         if not 0.0 < self.goal_unchanged <= 1.0:
             raise BadRequest(f"goal_unchanged must be in (0, 1], not {self.goal_unchanged!r}")
         if not 0.0 < self.downtime_limit_ms < math.inf:
-            raise BadRequest(f"downtime_limit_ms must be a finite number > 0, not "
-                             f"{self.downtime_limit_ms!r}")
+            raise BadRequest(
+                f"downtime_limit_ms must be a finite number > 0, not {self.downtime_limit_ms!r}"
+            )
         if not _whole(self.min_pages) or self.min_pages < 0:
             raise BadRequest(f"min_pages must be a whole number >= 0, not {self.min_pages!r}")
         if not 0.0 <= self.max_growth < math.inf:
             raise BadRequest(f"max_growth must be a finite number >= 0, not {self.max_growth!r}")
         if not 0.0 < self.saturation <= 1.0 or not 0.0 <= self.min_shrink < 1.0:
-            raise BadRequest(f"saturation must be in (0, 1] and min_shrink in [0, 1), not "
-                             f"{self.saturation!r} and {self.min_shrink!r}")
+            raise BadRequest(
+                f"saturation must be in (0, 1] and min_shrink in [0, 1), not "
+                f"{self.saturation!r} and {self.min_shrink!r}"
+            )
         if self.fallback not in FALLBACKS:
             raise BadRequest(f"fallback must be one of {', '.join(FALLBACKS)}")
         if self.hard_downtime_cap and self.fallback == "cold":
@@ -227,18 +239,27 @@ def decide(history: Sequence[IterationStats], limits: Limits, est: Estimates) ->
             return fall("max-iterations", f"{why}, downtime over the hard cap {cap:g} ms")
         return final("max-iterations", why)
     # The dirty set's change over the last two passes (none before pass 3).
-    g1, g2 = (growth(history[-3], history[-2]), growth(history[-2], last)) \
-        if len(history) >= 3 else (-math.inf, -math.inf)
+    g1, g2 = (
+        (growth(history[-3], history[-2]), growth(history[-2], last))
+        if len(history) >= 3
+        else (-math.inf, -math.inf)
+    )
     if min(g1, g2) > limits.max_growth:
         return fall(
             "growth", f"dirty set grew {g1:.0%} then {g2:.0%} (> {limits.max_growth:.0%} twice)"
         )
     if passes >= 2 and changed_share(last) >= limits.saturation:
-        return fall("saturated", f"pass {passes} resent {changed_share(last):.0%} of all pages "
-                                 f"(>= {limits.saturation:.0%}): every pass is a full copy")
+        return fall(
+            "saturated",
+            f"pass {passes} resent {changed_share(last):.0%} of all pages "
+            f"(>= {limits.saturation:.0%}): every pass is a full copy",
+        )
     if min(g1, g2) > -limits.min_shrink:
-        return fall("stalled", f"dirty set changed {g1:+.0%} then {g2:+.0%}: shrinking less "
-                               f"than {limits.min_shrink:.0%} a pass")
+        return fall(
+            "stalled",
+            f"dirty set changed {g1:+.0%} then {g2:+.0%}: shrinking less "
+            f"than {limits.min_shrink:.0%} a pass",
+        )
     if last.dirty_rate_bps >= est.bandwidth_bps:
         return fall(
             "dirty-rate",

@@ -34,8 +34,10 @@ class Unplaceable(BadRequest):
 
     def __init__(self, preview: dict[str, Any]) -> None:
         names = ", ".join(u["container"] for u in preview["unplaceable"])
-        super().__init__(f"nothing moved: no destination for {names} (see the plan); "
-                         "--allow-partial moves the others")
+        super().__init__(
+            f"nothing moved: no destination for {names} (see the plan); "
+            "--allow-partial moves the others"
+        )
         self.preview = preview
 
 
@@ -72,21 +74,28 @@ def node_of(rec: Mapping[str, Any]) -> Node:
     running = live(rec)
     groups = {str(c.get("labels", {}).get("anti-affinity", "")) for c in running}
     used = sum(int(c.get("memory_bytes", 0)) for c in running)
-    return Node(rec["name"], str(p.get("arch", "?")),
-                int(p.get("mem_total_bytes", UNKNOWN_MEMORY)),
-                int(p.get("mem_free_bytes", UNKNOWN_MEMORY)) - used,
-                cordoned=bool(rec.get("cordoned")), containers=len(running),
-                groups=frozenset(groups - {""}))
+    return Node(
+        rec["name"],
+        str(p.get("arch", "?")),
+        int(p.get("mem_total_bytes", UNKNOWN_MEMORY)),
+        int(p.get("mem_free_bytes", UNKNOWN_MEMORY)) - used,
+        cordoned=bool(rec.get("cordoned")),
+        containers=len(running),
+        groups=frozenset(groups - {""}),
+    )
 
 
 def specs_of(rec: Mapping[str, Any]) -> list[ContainerSpec]:
     """The containers to move off a node record."""
-    return [ContainerSpec(c["name"], int(c.get("memory_bytes", 0)), dict(c.get("labels", {})))
-            for c in live(rec)]
+    return [
+        ContainerSpec(c["name"], int(c.get("memory_bytes", 0)), dict(c.get("labels", {})))
+        for c in live(rec)
+    ]
 
 
-def compatible(records: Mapping[str, Mapping[str, Any]], to: Collection[str] | None,
-               strategy: str) -> Compatible:
+def compatible(
+    records: Mapping[str, Mapping[str, Any]], to: Collection[str] | None, strategy: str
+) -> Compatible:
     """Why a destination cannot take the drained node's containers (planner's ``compatible``)."""
 
     def why(drain: Node, dst: Node) -> str | None:
@@ -106,18 +115,37 @@ def compatible(records: Mapping[str, Mapping[str, Any]], to: Collection[str] | N
 
 def plan_to_json(p: Plan) -> dict[str, Any]:
     d = p.drain
-    return {"drain": {"name": d.name, "arch": d.arch, "mem_total_bytes": d.mem_total_bytes,
-                      "mem_free_bytes": d.mem_free_bytes},
-            "moves": [{"container": m.container, "src": m.src, "dst": m.dst, "order": m.order,
-                       "memory_bytes": m.memory_bytes, "group": m.group, "priority": m.priority}
-                      for m in p.moves],
-            "unplaceable": [{"container": c, "reason": why} for c, why in p.unplaceable],
-            "headroom": p.headroom}
+    return {
+        "drain": {
+            "name": d.name,
+            "arch": d.arch,
+            "mem_total_bytes": d.mem_total_bytes,
+            "mem_free_bytes": d.mem_free_bytes,
+        },
+        "moves": [
+            {
+                "container": m.container,
+                "src": m.src,
+                "dst": m.dst,
+                "order": m.order,
+                "memory_bytes": m.memory_bytes,
+                "group": m.group,
+                "priority": m.priority,
+            }
+            for m in p.moves
+        ],
+        "unplaceable": [{"container": c, "reason": why} for c, why in p.unplaceable],
+        "headroom": p.headroom,
+    }
 
 
 def plan_from_json(d: Mapping[str, Any]) -> Plan:
-    return Plan(Node(**d["drain"]), tuple(Move(**m) for m in d["moves"]),
-                tuple((u["container"], u["reason"]) for u in d["unplaceable"]), d["headroom"])
+    return Plan(
+        Node(**d["drain"]),
+        tuple(Move(**m) for m in d["moves"]),
+        tuple((u["container"], u["reason"]) for u in d["unplaceable"]),
+        d["headroom"],
+    )
 
 
 def bound_s(plan: Plan, link_bps: float, moved: Collection[str] | None = None) -> float:
@@ -131,28 +159,56 @@ def report(rec: Mapping[str, Any]) -> dict[str, Any]:
     rows = []
     for name, mv in sorted(rec["moves"].items(), key=lambda kv: (kv[1]["order"], kv[0])):
         s = mv.get("summary") or {}
-        rows.append({"container": name, "src": rec["node"], "dst": mv["dst"],
-                     "outcome": mv["outcome"], "migration": mv.get("migration"),
-                     "strategy": s.get("strategy"), "downtime_ms": s.get("downtime_ms"),
-                     "total_s": s.get("total_s"), "bytes": s.get("bytes", 0),
-                     "error": mv.get("error", "")})
+        rows.append(
+            {
+                "container": name,
+                "src": rec["node"],
+                "dst": mv["dst"],
+                "outcome": mv["outcome"],
+                "migration": mv.get("migration"),
+                "strategy": s.get("strategy"),
+                "downtime_ms": s.get("downtime_ms"),
+                "total_s": s.get("total_s"),
+                "bytes": s.get("bytes", 0),
+                "error": mv.get("error", ""),
+            }
+        )
     counts = {o: sum(1 for r in rows if r["outcome"] == o) for o in OUTCOMES}
     moved = {r["container"] for r in rows if r["outcome"] == "moved"}
     makespan = round(float(rec["finished"]) - float(rec["started"]), 3)
     bound = round(bound_s(plan_from_json(rec["plan"]), float(rec["link_bps"]), moved), 3)
     # a failed migration whose rollback failed may have left a copy elsewhere: its record says
-    left = [r["container"] for r in rows if r["outcome"] not in ("moved", "failed", "gone")
-            or (r["outcome"] == "failed" and r["migration"] is None)]
-    return {"id": rec["id"], "node": rec["node"], "state": rec["state"], "containers": rows,
-            "counts": counts, "makespan_s": makespan, "lower_bound_s": bound,
-            "ratio": round(makespan / bound, 3) if bound > 0 else None,
-            "link_bps": rec["link_bps"], "left_on_source": left, "cordoned": True,
-            "excluded": rec.get("excluded", {}),
-            "message": _message(rec, rows, counts, left, makespan, bound)}
+    left = [
+        r["container"]
+        for r in rows
+        if r["outcome"] not in ("moved", "failed", "gone")
+        or (r["outcome"] == "failed" and r["migration"] is None)
+    ]
+    return {
+        "id": rec["id"],
+        "node": rec["node"],
+        "state": rec["state"],
+        "containers": rows,
+        "counts": counts,
+        "makespan_s": makespan,
+        "lower_bound_s": bound,
+        "ratio": round(makespan / bound, 3) if bound > 0 else None,
+        "link_bps": rec["link_bps"],
+        "left_on_source": left,
+        "cordoned": True,
+        "excluded": rec.get("excluded", {}),
+        "message": _message(rec, rows, counts, left, makespan, bound),
+    }
 
 
-def _message(rec: Mapping[str, Any], rows: list[dict[str, Any]], counts: Mapping[str, int],
-             left: list[str], makespan: float, bound: float) -> str:
+def _message(
+    rec: Mapping[str, Any],
+    rows: list[dict[str, Any]],
+    counts: Mapping[str, int],
+    left: list[str],
+    makespan: float,
+    bound: float,
+) -> str:
     node, n = rec["node"], len(rows)
     head = f"{counts['moved']} of {n} containers moved off {node} in {makespan:.1f} s"
     if bound > 0:
@@ -164,12 +220,15 @@ def _message(rec: Mapping[str, Any], rows: list[dict[str, Any]], counts: Mapping
         parts.append(f"still running on {node}: {', '.join(left)}")
     for r in rows:
         if r["outcome"] == "failed" and r["migration"]:
-            parts.append(f"{r['container']} failed to roll back: "
-                         f"see `ferry status {r['migration']}`")
+            parts.append(
+                f"{r['container']} failed to roll back: see `ferry status {r['migration']}`"
+            )
     for o in OUTCOMES[1:]:
         if counts[o]:
-            parts.append(f"{o.replace('_', ' ')}: "
-                         f"{', '.join(r['container'] for r in rows if r['outcome'] == o)}")
+            parts.append(
+                f"{o.replace('_', ' ')}: "
+                f"{', '.join(r['container'] for r in rows if r['outcome'] == o)}"
+            )
     for dst, why in rec.get("excluded", {}).items():
         parts.append(f"no more moves to {dst}: {why}")
     tail = "fix, then evacuate again" if left else f"`ferry uncordon {node}` once it is back"

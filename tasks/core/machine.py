@@ -227,7 +227,9 @@ def _send(m: Migration, phase: Phase, step: int, countdown: float = 0.0) -> Send
     return Send(phase, m.src if side == "src" else m.dst, urgent, step, countdown)
 
 
-def _enter(m: Migration, phase: Phase, attempt: int = 1, countdown: float = 0.0) -> tuple[Migration, list[Send]]:
+def _enter(
+    m: Migration, phase: Phase, attempt: int = 1, countdown: float = 0.0
+) -> tuple[Migration, list[Send]]:
     m = replace(m, phase=phase, attempt=attempt, step=m.step + 1)
     return m, [_send(m, phase, m.step, countdown)]
 
@@ -253,24 +255,37 @@ def estimates(m: Migration) -> conv.Estimates:
     last = m.passes[-1]
     bandwidth = last["bytes_sent"] / last["seconds"] if last["seconds"] > 0 else float("inf")
     dump_ms = float(m.limits.get("dump_ms") or max(p["freeze_ms"] for p in m.passes))
-    return conv.Estimates(dump_ms=dump_ms, restore_ms=float(m.limits.get("restore_ms", dump_ms)),
-                          bandwidth_bps=bandwidth)
+    return conv.Estimates(
+        dump_ms=dump_ms,
+        restore_ms=float(m.limits.get("restore_ms", dump_ms)),
+        bandwidth_bps=bandwidth,
+    )
 
 
 def _after_pass(m: Migration) -> tuple[Migration, list[Send]]:
     history = [conv.IterationStats(**p) for p in m.passes]
-    limits = conv.Limits(**{k: v for k, v in m.limits.items()
-                            if k in conv.Limits.__dataclass_fields__})
+    limits = conv.Limits(
+        **{k: v for k, v in m.limits.items() if k in conv.Limits.__dataclass_fields__}
+    )
     if len(history) == 1 and limits.max_iterations > 1:
         # The first pass copies everything; only the second measures how fast
         # the workload dirties its memory, which every stop rule needs.
-        decision: conv.Decision = conv.Continue("first pass: the dirty rate is not measured yet",
-                                                float("inf"))
+        decision: conv.Decision = conv.Continue(
+            "first pass: the dirty rate is not measured yet", float("inf")
+        )
     else:
         decision = conv.decide(history, limits, estimates(m))
-    m = replace(m, results={**m.results, "decision": {
-        "rule": decision.rule, "reason": decision.reason,
-        "expected_downtime_ms": decision.expected_downtime_ms}})
+    m = replace(
+        m,
+        results={
+            **m.results,
+            "decision": {
+                "rule": decision.rule,
+                "reason": decision.reason,
+                "expected_downtime_ms": decision.expected_downtime_ms,
+            },
+        },
+    )
     if isinstance(decision, conv.Continue):
         return _enter(m, Phase.PRECOPY)
     if isinstance(decision, conv.FallBack):
@@ -302,14 +317,22 @@ def _failed(m: Migration, ev: Event, policy: Policy) -> tuple[Migration, list[Se
         # source copy stays frozen, and the record says so.
         if m.attempt < policy.rollback_attempts:
             return _enter(m, ev.phase, m.attempt + 1, backoff(m, m.attempt + 1, policy))
-        return replace(m, state=State.DONE, phase=Phase.FINISHED,
-                       errors=(*m.errors, f"source copy left frozen on {m.src}")), []
+        return replace(
+            m,
+            state=State.DONE,
+            phase=Phase.FINISHED,
+            errors=(*m.errors, f"source copy left frozen on {m.src}"),
+        ), []
     return _roll_back(m, f"{ev.phase.value} failed")
 
 
 def _roll_back(m: Migration, why: str) -> tuple[Migration, list[Send]]:
-    m = replace(m, state=State.ROLLING_BACK, errors=(*m.errors, f"rolling back: {why}"),
-                rollback=(Phase.ABORT, Phase.RESUME))
+    m = replace(
+        m,
+        state=State.ROLLING_BACK,
+        errors=(*m.errors, f"rolling back: {why}"),
+        rollback=(Phase.ABORT, Phase.RESUME),
+    )
     if m.phase in DST_MAY_RUN:
         # A copy may run on the destination: stop it before the source resumes.
         return _enter(m, Phase.ABORT)
@@ -318,10 +341,18 @@ def _roll_back(m: Migration, why: str) -> tuple[Migration, list[Send]]:
 
 
 def _rollback_failed(m: Migration, phase: Phase) -> tuple[Migration, list[Send]]:
-    where = (f"the source copy on {m.src} could not be resumed" if phase is Phase.RESUME
-             else f"a copy may remain on {m.dst}; the source stays frozen on {m.src}")
-    return replace(m, state=State.FAILED, phase=Phase.FINISHED, rollback=(),
-                   errors=(*m.errors, f"rollback failed: {where}")), []
+    where = (
+        f"the source copy on {m.src} could not be resumed"
+        if phase is Phase.RESUME
+        else f"a copy may remain on {m.dst}; the source stays frozen on {m.src}"
+    )
+    return replace(
+        m,
+        state=State.FAILED,
+        phase=Phase.FINISHED,
+        rollback=(),
+        errors=(*m.errors, f"rollback failed: {where}"),
+    ), []
 
 
 def _rollback_event(m: Migration, ev: Event, policy: Policy) -> tuple[Migration, list[Send]]:

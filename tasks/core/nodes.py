@@ -28,10 +28,16 @@ def caps(rec: Mapping[str, Any]) -> NodeCaps:
     """A node's capabilities, as the chooser sees them, from its registry record."""
     p = rec.get("probe", {})
     sim = rec.get("runtime") == "sim"
-    return NodeCaps(name=rec["name"], arch=p.get("arch", "?"), runtime=rec.get("runtime", "criu"),
-                    criu_ok=sim or bool(p.get("criu_ok")), soft_dirty=sim or bool(p.get("soft_dirty")),
-                    lazy_pages=bool(p.get("lazy_pages")),
-                    lazy_pages_reason=str(p.get("lazy_pages_reason", "")),
-                    mem_free_bytes=int(p.get("mem_free_bytes", 1 << 40)),
-                    disk_free_bytes=int(p.get("disk_free_bytes", 1 << 40)),
-                    cordoned=bool(rec.get("cordoned")), criu_reason=str(p.get("criu_reason", "")))
+    return NodeCaps(
+        name=rec["name"],
+        arch=p.get("arch", "?"),
+        runtime=rec.get("runtime", "criu"),
+        criu_ok=sim or bool(p.get("criu_ok")),
+        soft_dirty=sim or bool(p.get("soft_dirty")),
+        lazy_pages=bool(p.get("lazy_pages")),
+        lazy_pages_reason=str(p.get("lazy_pages_reason", "")),
+        mem_free_bytes=int(p.get("mem_free_bytes", 1 << 40)),
+        disk_free_bytes=int(p.get("disk_free_bytes", 1 << 40)),
+        cordoned=bool(rec.get("cordoned")),
+        criu_reason=str(p.get("criu_reason", "")),
+    )

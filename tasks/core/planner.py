@@ -85,10 +85,14 @@ class PlanLimits:
     order: Order = "small-first"
 
     def __post_init__(self) -> None:
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                   for v in (self.max_parallel, self.per_node)):
-            raise BadRequest(f"max_parallel and per_node must be whole numbers >= 1, not "
-                             f"{self.max_parallel!r} and {self.per_node!r}")
+        if not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            for v in (self.max_parallel, self.per_node)
+        ):
+            raise BadRequest(
+                f"max_parallel and per_node must be whole numbers >= 1, not "
+                f"{self.max_parallel!r} and {self.per_node!r}"
+            )
         if not 0.0 <= self.headroom < 1.0:
             raise BadRequest(f"headroom must be in [0, 1), not {self.headroom}")
         if self.order not in ("small-first", "priority"):

@@ -39,29 +39,41 @@ class Settle:
     note: str
 
 
-def decide(container: str, keep: str, copies: Mapping[str, str | None],
-           alive: Mapping[str, bool], force: bool = False) -> Settle:
+def decide(
+    container: str,
+    keep: str,
+    copies: Mapping[str, str | None],
+    alive: Mapping[str, bool],
+    force: bool = False,
+) -> Settle:
     """Pure: which node's copy of ``container`` to keep, the state of its copy on each
     node that may hold one (None: none) and whether each answers -> what to do, or
     BadRequest / NodeUnavailable (nothing is done)."""
     if not alive.get(keep, False):
-        raise NodeUnavailable(f"{keep} does not answer: its copy of {container} cannot be "
-                              "checked or continued; bring it back, or keep another copy")
+        raise NodeUnavailable(
+            f"{keep} does not answer: its copy of {container} cannot be "
+            "checked or continued; bring it back, or keep another copy"
+        )
     if copies.get(keep) not in LIVE:
-        raise BadRequest(f"{keep} holds no live copy of {container} "
-                         f"({copies.get(keep) or 'none'}): keep another one")
+        raise BadRequest(
+            f"{keep} holds no live copy of {container} "
+            f"({copies.get(keep) or 'none'}): keep another one"
+        )
     others = sorted(n for n in copies if n != keep)
     silent = [n for n in others if not alive.get(n, False)]
     if silent and not force:
         raise NodeUnavailable(
             f"{', '.join(silent)} does not answer, so a copy of {container} there cannot be "
-            f"killed; if you are sure it runs none (it is off, or wiped), add --force")
+            f"killed; if you are sure it runs none (it is off, or wiped), add --force"
+        )
     kill = tuple(n for n in others if n not in silent and copies.get(n) in LIVE)
     note = f"resolved by hand: kept the copy on {keep}"
     note += f", killed the one on {', '.join(kill)}" if kill else ""
     if silent:
-        note += f"; {', '.join(silent)} did not answer (--force: it must not run a copy " \
-                "when it comes back)"
+        note += (
+            f"; {', '.join(silent)} did not answer (--force: it must not run a copy "
+            "when it comes back)"
+        )
     elif not kill:
         note += f"; {', '.join(others) or 'no other node'} held none"
     return Settle(keep, kill, note)
@@ -71,8 +83,9 @@ def keep_node(m: Migration, keep: str) -> str:
     """The node of ``keep`` (source, destination) in a FAILED migration ``m``."""
     if m.state is not State.FAILED:
         hint = "" if m.state.final else ": `ferry cancel` rolls a running one back"
-        raise BadRequest(f"{m.id} is {m.state.value}; only a failed migration is resolved by "
-                         f"hand{hint}")
+        raise BadRequest(
+            f"{m.id} is {m.state.value}; only a failed migration is resolved by hand{hint}"
+        )
     if keep not in ("source", "destination"):
         raise BadRequest(f"bad --keep {keep!r} for a migration: use source or destination")
     return m.src if keep == "source" else m.dst

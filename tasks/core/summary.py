@@ -39,32 +39,46 @@ def downtime(m: Migration) -> dict[str, float] | None:
     stop = rest.get("sync_stop_ms", 0.0)
     fsync = r.get("final_sync", {}).get("wall_ms", 0.0) + stop
     restore = rest["wall_ms"] - rebuild - stop
-    return {"downtime_ms": round(total, 1), "criu_freeze_ms": round(criu, 1),
-            "delta_ms": round(delta, 1), "wire_ms": round(wire, 1), "fsync_ms": round(fsync, 1),
-            "rebuild_ms": round(rebuild, 1), "restore_ms": round(restore, 1),
-            "overhead_ms": round(total - criu - delta - wire - fsync - rebuild - restore, 1)}
+    return {
+        "downtime_ms": round(total, 1),
+        "criu_freeze_ms": round(criu, 1),
+        "delta_ms": round(delta, 1),
+        "wire_ms": round(wire, 1),
+        "fsync_ms": round(fsync, 1),
+        "rebuild_ms": round(rebuild, 1),
+        "restore_ms": round(restore, 1),
+        "overhead_ms": round(total - criu - delta - wire - fsync - rebuild - restore, 1),
+    }
 
 
 def summary(m: Migration) -> dict[str, Any]:
     """The one-line facts of a migration: state, strategy, downtime, total time, bytes."""
     d = downtime(m) or {}
     xfer = m.results.get("transfer", {})
-    return {"id": m.id, "container": m.container, "src": m.src, "dst": m.dst,
-            "state": m.state.value, "strategy": m.strategy,
-            "total_s": round(m.updated - m.created, 3),
-            # image files, and the pages a cold dump streamed into the destination's CRIU
-            "bytes": xfer.get("bytes", 0) + m.results.get("dump", {}).get("pages", {}).get("bytes", 0),
-            "sync_bytes": sum(m.results.get(p, {}).get("bytes", 0) for p in ("sync", "final_sync")),
-            **d,
-            "errors": list(m.errors)}
+    return {
+        "id": m.id,
+        "container": m.container,
+        "src": m.src,
+        "dst": m.dst,
+        "state": m.state.value,
+        "strategy": m.strategy,
+        "total_s": round(m.updated - m.created, 3),
+        # image files, and the pages a cold dump streamed into the destination's CRIU
+        "bytes": xfer.get("bytes", 0) + m.results.get("dump", {}).get("pages", {}).get("bytes", 0),
+        "sync_bytes": sum(m.results.get(p, {}).get("bytes", 0) for p in ("sync", "final_sync")),
+        **d,
+        "errors": list(m.errors),
+    }
 
 
 def one_line(m: Migration) -> str:
     s = summary(m)
     if m.state.value == "done":
-        return (f"{m.container} moved {m.src} -> {m.dst} ({s['strategy']}): downtime "
-                f"{s.get('downtime_ms', 0):.0f} ms, total {s['total_s']:.2f} s, "
-                f"{_size(s['bytes'])} sent")
+        return (
+            f"{m.container} moved {m.src} -> {m.dst} ({s['strategy']}): downtime "
+            f"{s.get('downtime_ms', 0):.0f} ms, total {s['total_s']:.2f} s, "
+            f"{_size(s['bytes'])} sent"
+        )
     why = m.errors[-1] if m.errors else ""
     return f"{m.container} {m.state.value} ({m.src} -> {m.dst}): {why}"
 

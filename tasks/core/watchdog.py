@@ -50,8 +50,13 @@ def total_limit_s(m: Migration, t: Timeouts) -> float:
     return max(t.min_total_s, t.per_gib_s * gib)
 
 
-def check(m: Migration, now: float, alive: dict[str, bool], t: Timeouts,
-          restarted: dict[str, float] | None = None) -> Event | None:
+def check(
+    m: Migration,
+    now: float,
+    alive: dict[str, bool],
+    t: Timeouts,
+    restarted: dict[str, float] | None = None,
+) -> Event | None:
     """The event the sweep should apply to ``m`` now, if any.
 
     ``alive`` says which nodes answer; ``restarted`` maps "node/main" and
@@ -66,22 +71,30 @@ def check(m: Migration, now: float, alive: dict[str, bool], t: Timeouts,
         limit = total_limit_s(m, t)
         spent = now - m.created - float(m.results.get("sync", {}).get("wall_ms", 0.0)) / 1000
         if spent > limit:
-            return Event("timeout", now, error=f"timed out after {spent:.0f} s "
-                                               f"(limit {limit:.0f} s)")
+            return Event(
+                "timeout", now, error=f"timed out after {spent:.0f} s (limit {limit:.0f} s)"
+            )
     quiet = now - m.updated
     phases = list(m.rollback) if m.state is State.ROLLING_BACK else [m.phase]
-    slots = [(p, m.src if ROUTE[p][0] == "src" else m.dst, ROUTE[p][1])
-             for p in phases if p in ROUTE]
+    slots = [
+        (p, m.src if ROUTE[p][0] == "src" else m.dst, ROUTE[p][1]) for p in phases if p in ROUTE
+    ]
     down = [f"{n} ({p.value})" for p, n, _ in slots if not alive.get(n, False)]
     if down and quiet > t.node_down_s:
-        return Event("stalled", now, m.phase, m.step,
-                     error=f"{', '.join(down)} stopped answering")
-    lost = [f"{n}/{'urgent' if u else 'main'} ({p.value})" for p, n, u in slots
-            if (restarted or {}).get(f"{n}/{'urgent' if u else 'main'}", 0.0) > m.updated]
+        return Event("stalled", now, m.phase, m.step, error=f"{', '.join(down)} stopped answering")
+    lost = [
+        f"{n}/{'urgent' if u else 'main'} ({p.value})"
+        for p, n, u in slots
+        if (restarted or {}).get(f"{n}/{'urgent' if u else 'main'}", 0.0) > m.updated
+    ]
     if lost:
-        return Event("stalled", now, m.phase, m.step,
-                     error=f"worker {', '.join(lost)} restarted")
+        return Event("stalled", now, m.phase, m.step, error=f"worker {', '.join(lost)} restarted")
     if quiet > t.progress_s and m.phase is not Phase.FINISHED:
-        return Event("stalled", now, m.phase, m.step,
-                     error=f"no progress in {m.phase.value} for {quiet:.0f} s")
+        return Event(
+            "stalled",
+            now,
+            m.phase,
+            m.step,
+            error=f"no progress in {m.phase.value} for {quiet:.0f} s",
+        )
     return None

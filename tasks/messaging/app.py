@@ -25,8 +25,9 @@ def node_queue(node: str, urgent: bool = False) -> str:
 
 def make_app(settings: Settings) -> Celery:
     """A Celery app for resolved ``settings`` (see tasks.config.broker.resolve)."""
-    app = Celery("ferry", broker=settings.broker_url, backend=settings.result_backend,
-                 set_as_current=False)
+    app = Celery(
+        "ferry", broker=settings.broker_url, backend=settings.result_backend, set_as_current=False
+    )
     transport = {
         # Longer than the longest phase: an unacked task is redelivered only
         # after this, so a slow dump is never handed to a second worker.
@@ -67,13 +68,21 @@ def make_app(settings: Settings) -> Celery:
     app.conf.broker_use_ssl = ssl_options(settings.broker_url) or False
     app.conf.redis_backend_use_ssl = ssl_options(settings.result_backend) or False
     if settings.signing_key:
-        enable_signing(app, Path(settings.signing_key), Path(settings.signing_cert),
-                       Path(settings.signing_certs))
+        enable_signing(
+            app,
+            Path(settings.signing_key),
+            Path(settings.signing_cert),
+            Path(settings.signing_certs),
+        )
     return app
 
 
 def dispatch(app: Celery, mid: str, sends: list[Send]) -> None:
     """Send each step to its node's queue."""
     for s in sends:
-        app.send_task(f"ferry.node.{s.phase.value}", args=(mid, s.step),
-                      queue=node_queue(s.node, s.urgent), countdown=s.countdown or None)
+        app.send_task(
+            f"ferry.node.{s.phase.value}",
+            args=(mid, s.step),
+            queue=node_queue(s.node, s.urgent),
+            countdown=s.countdown or None,
+        )

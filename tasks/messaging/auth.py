@@ -42,11 +42,14 @@ def verify(secret: bytes, mac: object, kind: str, *parts: Any) -> None:
         raise TokenError(f"refused: the {kind} command is not signed with this cluster's secret")
 
 
-def verify_fresh(secret: bytes, mac: object, issued: object, now: float, kind: str,
-                 *parts: Any) -> None:
+def verify_fresh(
+    secret: bytes, mac: object, issued: object, now: float, kind: str, *parts: Any
+) -> None:
     """``verify``, and refuse a command issued more than MAX_AGE_S ago (or in the future)."""
-    if not isinstance(issued, (int, float)) or isinstance(issued, bool) or \
-            not -30 <= now - issued <= MAX_AGE_S:
+    if (
+        not isinstance(issued, (int, float))
+        or isinstance(issued, bool)
+        or not -30 <= now - issued <= MAX_AGE_S
+    ):
         raise TokenError(f"refused: the {kind} command is stale or from the future")
     verify(secret, mac, kind, issued, *parts)
-

@@ -62,8 +62,14 @@ def enable_signing(app: Celery, key: Path, cert: Path, store: Path) -> None:
         security_cert_store=str(store / "*.pem"),
         security_digest=DIGEST,
     )
-    app.setup_security(allowed_serializers=["json"], key=str(key), cert=str(cert),
-                       store=str(store / "*.pem"), digest=DIGEST, serializer="json")
+    app.setup_security(
+        allowed_serializers=["json"],
+        key=str(key),
+        cert=str(cert),
+        store=str(store / "*.pem"),
+        digest=DIGEST,
+        serializer="json",
+    )
 
 
 def _check_private(key: Path) -> None:
@@ -72,8 +78,12 @@ def _check_private(key: Path) -> None:
     except OSError as exc:
         raise BadRequest(f"message signing: cannot read the key {key}: {exc.strerror}") from exc
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise BadRequest(f"message signing: {key} is readable by others "
-                         f"(mode {stat.S_IMODE(st.st_mode):o}): chmod 600 {key}")
+        raise BadRequest(
+            f"message signing: {key} is readable by others "
+            f"(mode {stat.S_IMODE(st.st_mode):o}): chmod 600 {key}"
+        )
     if st.st_uid != os.geteuid():
-        raise BadRequest(f"message signing: {key} belongs to uid {st.st_uid}, not to this "
-                         "process: whoever can replace it can sign work")
+        raise BadRequest(
+            f"message signing: {key} belongs to uid {st.st_uid}, not to this "
+            "process: whoever can replace it can sign work"
+        )

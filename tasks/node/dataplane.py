@@ -39,9 +39,12 @@ def dst_address(ctx: NodeContext, m: Migration) -> tuple[str, int]:
 def streams_pages(ctx: NodeContext, m: Migration) -> bool:
     """Whether this migration's final dump streams its pages (tasks.core.chooser.page_server)."""
     rates = [r for r in (m.limits.get("bandwidth_bps"), link_bps(m)) if r]
-    return stream_pages(str(m.limits.get("page_server", "off")),
-                        str(m.limits.get("compression", "auto")), dst_address(ctx, m)[0],
-                        min(rates, default=None))
+    return stream_pages(
+        str(m.limits.get("page_server", "off")),
+        str(m.limits.get("compression", "auto")),
+        dst_address(ctx, m)[0],
+        min(rates, default=None),
+    )
 
 
 def link_bps(m: Migration) -> float | None:
@@ -54,17 +57,29 @@ def link_bps(m: Migration) -> float | None:
     return float(configured) if configured else None
 
 
-def send_dir(ctx: NodeContext, m: Migration, d: Path, sub: str, progress: Progress | None,
-             frozen: bool = False) -> dict[str, Any]:
+def send_dir(
+    ctx: NodeContext,
+    m: Migration,
+    d: Path,
+    sub: str,
+    progress: Progress | None,
+    frozen: bool = False,
+) -> dict[str, Any]:
     """Send the image files of ``d`` to the destination's ``incoming/<mid>/<sub>``.
 
     ``frozen``: the container is frozen while this runs, so a dead link gives
     up after seconds (and the migration rolls back) rather than minutes.
     Compressed when the link (:func:`link_bps`) is slow enough for it to pay.
     """
-    files = sorted(p for p in d.iterdir()
-                   if p.is_file() and not p.is_symlink() and not p.name.endswith(".done")
-                   and p.suffix != ".log" and not p.name.endswith(".socket"))
+    files = sorted(
+        p
+        for p in d.iterdir()
+        if p.is_file()
+        and not p.is_symlink()
+        and not p.name.endswith(".done")
+        and p.suffix != ".log"
+        and not p.name.endswith(".socket")
+    )
     total = sum(p.stat().st_size for p in files)
     started = time.monotonic()
     last = [0.0]
@@ -74,27 +89,57 @@ def send_dir(ctx: NodeContext, m: Migration, d: Path, sub: str, progress: Progre
         if progress is not None and (now - last[0] >= 0.25 or sent >= total):
             last[0] = now
             rate = sent / max(now - started, 1e-6)
-            progress({"bytes_sent": sent, "bytes_total": total, "rate_bps": round(rate),
-                      "eta_s": round((total - sent) / rate, 2) if rate else None})
+            progress(
+                {
+                    "bytes_sent": sent,
+                    "bytes_total": total,
+                    "rate_bps": round(rate),
+                    "eta_s": round((total - sent) / rate, 2) if rate else None,
+                }
+            )
 
-    stats = send_files(dst_address(ctx, m), lambda: issue_token(ctx.secret, m.id, m.src, m.dst, time.time()),
-                       m.id, [(p, p.name) for p in files], subdir=sub, progress=report,
-                       bandwidth_bps=m.limits.get("bandwidth_bps"),  # per migration, if capped
-                       link_bps=link_bps(m), compression=m.limits.get("compression", "auto"),
-                       timeout_s=FROZEN_TIMEOUT_S if frozen else 30.0, retries=1 if frozen else 3)
-    return {"bytes": stats.bytes, "files": stats.files, "wall_ms": round(stats.seconds * 1000, 3),
-            "resumed": stats.resumed, "codec": stats.codec}
+    stats = send_files(
+        dst_address(ctx, m),
+        lambda: issue_token(ctx.secret, m.id, m.src, m.dst, time.time()),
+        m.id,
+        [(p, p.name) for p in files],
+        subdir=sub,
+        progress=report,
+        bandwidth_bps=m.limits.get("bandwidth_bps"),  # per migration, if capped
+        link_bps=link_bps(m),
+        compression=m.limits.get("compression", "auto"),
+        timeout_s=FROZEN_TIMEOUT_S if frozen else 30.0,
+        retries=1 if frozen else 3,
+    )
+    return {
+        "bytes": stats.bytes,
+        "files": stats.files,
+        "wall_ms": round(stats.seconds * 1000, 3),
+        "resumed": stats.resumed,
+        "codec": stats.codec,
+    }
 
 
 def pages_target(ctx: NodeContext, m: Migration, sub: str, progress: Progress) -> PagesTarget:
     """Where a cold dump streams its pages: the destination's page server, behind a token."""
-    def report(sent: int, seconds: float) -> None:
-        progress({"bytes_sent": sent, "rate_bps": round(sent / seconds) if seconds > 0 else None,
-                  "bytes_total": m.limits.get("memory_bytes"),  # about what CRIU dumps
-                  "stream": "pages"})
 
-    return PagesTarget(dst_address(ctx, m),
-                       lambda: issue_token(ctx.secret, m.id, m.src, m.dst, time.time()),
-                       m.id, sub, bandwidth_bps=m.limits.get("bandwidth_bps"), progress=report,
-                       stall_s=FROZEN_TIMEOUT_S,
-                       corrupt=failpoints.corrupting(ctx.failpoints, "pages"))
+    def report(sent: int, seconds: float) -> None:
+        progress(
+            {
+                "bytes_sent": sent,
+                "rate_bps": round(sent / seconds) if seconds > 0 else None,
+                "bytes_total": m.limits.get("memory_bytes"),  # about what CRIU dumps
+                "stream": "pages",
+            }
+        )
+
+    return PagesTarget(
+        dst_address(ctx, m),
+        lambda: issue_token(ctx.secret, m.id, m.src, m.dst, time.time()),
+        m.id,
+        sub,
+        bandwidth_bps=m.limits.get("bandwidth_bps"),
+        progress=report,
+        stall_s=FROZEN_TIMEOUT_S,
+        corrupt=failpoints.corrupting(ctx.failpoints, "pages"),
+    )

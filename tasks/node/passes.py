@@ -37,7 +37,6 @@ def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     prev = last_pass(m)
     since = float(m.results["precopy"]["end"]) if m.passes else time.time()
     if m.strategy == "delta":
-
         s = ctx.runtime.checkpoint(m.container, d, leave_running=True)
         out = ctx.images(m.id, f"pass-{k}.out")
         shutil.rmtree(out, ignore_errors=True)
@@ -53,10 +52,16 @@ def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
         total, changed = s.pages_scanned, s.pages_written
     end = time.time()
     interval = max(end - since, 1e-3)
-    stats = {"iteration": k, "pages_total": total, "pages_written": changed,
-             "pages_unchanged": total - changed, "bytes_sent": sent["bytes"],
-             "seconds": max(sent["wall_ms"] / 1000, 1e-6), "freeze_ms": s.frozen_ms + s.freezing_ms,
-             "dirty_rate_bps": changed * PAGE / interval if prev else 0.0}
+    stats = {
+        "iteration": k,
+        "pages_total": total,
+        "pages_written": changed,
+        "pages_unchanged": total - changed,
+        "bytes_sent": sent["bytes"],
+        "seconds": max(sent["wall_ms"] / 1000, 1e-6),
+        "freeze_ms": s.frozen_ms + s.freezing_ms,
+        "dirty_rate_bps": changed * PAGE / interval if prev else 0.0,
+    }
     # reconnections that resumed a dropped transfer, over every pass so far
     resumed = int(m.results.get("precopy", {}).get("resumed", 0)) + int(sent["resumed"])
     return remember(d, Phase.PRECOPY, {"pass": stats, "end": end, "resumed": resumed})
@@ -72,4 +77,3 @@ def rebuild(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
         apply_delta(base, ctx.incoming(m.id, f"pass-{k}.delta"), target)  # base becomes target
     shutil.rmtree(ctx.incoming(m.id, f"pass-{k}.delta"), ignore_errors=True)
     return {"pass": k}
-

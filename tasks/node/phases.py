@@ -33,9 +33,11 @@ def prepare(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     if _has(ctx, m.container, live=True) and not remembered(ctx.incoming(m.id), Phase.RESTORE):
         raise BadRequest(f"a container named {m.container!r} already runs on {ctx.node}")
     ctx.incoming(m.id).parent.mkdir(parents=True, exist_ok=True)
-    return {"address": ctx.address,
-            "address_mac": auth.sign(ctx.secret, "address", m.id, ctx.node, ctx.address),
-            **(syncpasses.open_targets(ctx, m) if m.sync else {})}
+    return {
+        "address": ctx.address,
+        "address_mac": auth.sign(ctx.secret, "address", m.id, ctx.node, ctx.address),
+        **(syncpasses.open_targets(ctx, m) if m.sync else {}),
+    }
 
 
 def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
@@ -52,24 +54,40 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
         frozen_at = ctx.runtime.checkpoint_lazy(m.container, d, ctx.host, port, parent)
         server = f"{ctx.host}:{port}"
         end = time.time()
-        return remember(d, Phase.DUMP, {"freeze_start": frozen_at, "page_server": server,
-                                        "page_server_mac": auth.sign(ctx.secret, "address", m.id,
-                                                                     ctx.node, server),
-                                        # the dump froze the tree at frozen_at and returns
-                                        # once all but the pages are written
-                                        "frozen_ms": round((end - frozen_at) * 1000, 3),
-                                        "freezing_ms": 0.0, "end": end})
+        return remember(
+            d,
+            Phase.DUMP,
+            {
+                "freeze_start": frozen_at,
+                "page_server": server,
+                "page_server_mac": auth.sign(ctx.secret, "address", m.id, ctx.node, server),
+                # the dump froze the tree at frozen_at and returns
+                # once all but the pages are written
+                "frozen_ms": round((end - frozen_at) * 1000, 3),
+                "freezing_ms": 0.0,
+                "end": end,
+            },
+        )
     # Pages straight into the destination's CRIU where the planner allows it
     # (tasks.core.chooser.page_server: a cold dump, which has no parent) and it pays.
     streamed = parent is None and streams_pages(ctx, m)
-    s = ctx.runtime.checkpoint(m.container, d, parent=parent,
-                               pages=pages_target(ctx, m, FINAL, progress) if streamed else None)
+    s = ctx.runtime.checkpoint(
+        m.container,
+        d,
+        parent=parent,
+        pages=pages_target(ctx, m, FINAL, progress) if streamed else None,
+    )
     end = time.time()
     result: dict[str, Any] = {
-        "frozen_ms": s.frozen_ms, "freezing_ms": s.freezing_ms, "wall_ms": round(s.wall_ms, 3),
-        "pages_written": s.pages_written, "image_bytes": s.image_bytes,
+        "frozen_ms": s.frozen_ms,
+        "freezing_ms": s.freezing_ms,
+        "wall_ms": round(s.wall_ms, 3),
+        "pages_written": s.pages_written,
+        "image_bytes": s.image_bytes,
         # when the tree was frozen, on this node's clock
-        "freeze_start": end - (s.frozen_ms + s.freezing_ms) / 1000, "end": end}
+        "freeze_start": end - (s.frozen_ms + s.freezing_ms) / 1000,
+        "end": end,
+    }
     if s.pages is not None:
         # CRIU's memwrite time is its pages crossing the wire, inside the freeze
         result.update(pages=s.pages.to_dict(), memwrite_ms=s.memwrite_ms)
@@ -83,12 +101,14 @@ def transfer(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, An
         return done
     prev = last_pass(m)
     if m.strategy == "delta" and prev and not m.lazy:
-
         out = ctx.images(m.id, "final.out")
         shutil.rmtree(out, ignore_errors=True)
         delta = make_delta(ctx.images(m.id, prev), d, out)
-        result = {**send_dir(ctx, m, out, "final.delta", progress, frozen=True),
-                  "delta_ms": round(delta.seconds * 1000, 3), "bytes_total": delta.bytes_total}
+        result = {
+            **send_dir(ctx, m, out, "final.delta", progress, frozen=True),
+            "delta_ms": round(delta.seconds * 1000, 3),
+            "bytes_total": delta.bytes_total,
+        }
     else:
         result = send_dir(ctx, m, d, FINAL, progress, frozen=True)
     return remember(d, Phase.TRANSFER, {**result, "end": time.time()})
@@ -105,7 +125,6 @@ def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     prev = last_pass(m)
     rebuild_ms = 0.0
     if m.strategy == "delta" and prev and not m.lazy:
-
         if not d.exists():  # the last pass, patched in place, becomes it once verified
             apply_delta(ctx.incoming(m.id, prev), ctx.incoming(m.id, "final.delta"), d)
         rebuild_ms = (time.monotonic() - started) * 1000
@@ -118,16 +137,24 @@ def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     page_server = None
     if m.lazy:
         server = str(m.results["dump"]["page_server"])
-        auth.verify(ctx.secret, m.results["dump"].get("page_server_mac"), "address", m.id, m.src,
-                    server)
+        auth.verify(
+            ctx.secret, m.results["dump"].get("page_server_mac"), "address", m.id, m.src, server
+        )
         host, _, port = server.rpartition(":")
         page_server = (host, int(port))
     s = ctx.runtime.restore(m.container, d, page_server=page_server)
-    return remember(d, Phase.RESTORE, {"pid": s.pid, "restore_ms": s.restore_ms,
-                                       "rebuild_ms": round(rebuild_ms, 3),
-                                       "sync_stop_ms": sync_stop_ms,
-                                       "wall_ms": round((time.monotonic() - started) * 1000, 3),
-                                       "end": time.time()})
+    return remember(
+        d,
+        Phase.RESTORE,
+        {
+            "pid": s.pid,
+            "restore_ms": s.restore_ms,
+            "rebuild_ms": round(rebuild_ms, 3),
+            "sync_stop_ms": sync_stop_ms,
+            "wall_ms": round((time.monotonic() - started) * 1000, 3),
+            "end": time.time(),
+        },
+    )
 
 
 def pages(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
@@ -137,8 +164,11 @@ def pages(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     # CRIU's stats for a lazy dump do not count the pages served later: say
     # how long after the restore the last page arrived instead.
     after = end - float(m.results["restore"]["end"])
-    return {"wall_ms": round(s.wall_ms, 3), "last_page_after_restore_ms": round(after * 1000, 1),
-            "end": end}
+    return {
+        "wall_ms": round(s.wall_ms, 3),
+        "last_page_after_restore_ms": round(after * 1000, 1),
+        "end": end,
+    }
 
 
 def verify(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
@@ -215,7 +245,9 @@ def _end_lazy_dump(ctx: NodeContext, m: Migration, page_server: str) -> None:
     # a peer that hangs up at once fails the page transfer (or the page server is gone already)
     with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=2):
         pass
-    with contextlib.suppress(CriuError):  # the expected end: the dump failed and CRIU resumed the tree
+    with contextlib.suppress(
+        CriuError
+    ):  # the expected end: the dump failed and CRIU resumed the tree
         ctx.runtime.wait_lazy(m.container, ctx.images(m.id), 30)
 
 
@@ -227,5 +259,6 @@ def free_port(host: str) -> int:
 
 
 def _has(ctx: NodeContext, name: str, live: bool = False) -> bool:
-    return any(c.name == name and (not live or c.state != "exited") for c in ctx.runtime.containers())
-
+    return any(
+        c.name == name and (not live or c.state != "exited") for c in ctx.runtime.containers()
+    )

@@ -49,8 +49,9 @@ def open_targets(ctx: NodeContext, m: Migration) -> dict[str, Any]:
     targets = syncdirs.start_targets(state, m.id, ctx.secret, ctx.host, ctx.sync_ports)
     for t in targets:
         t["address"] = f"{ctx.host}:{t.pop('port')}"
-        t["mac"] = auth.sign(ctx.secret, "rsync", m.id, ctx.node, t["dir"], t["address"],
-                             t["module"])
+        t["mac"] = auth.sign(
+            ctx.secret, "rsync", m.id, ctx.node, t["dir"], t["address"], t["module"]
+        )
     return {"sync": targets}
 
 
@@ -74,8 +75,12 @@ def remove_source(ctx: NodeContext, m: Migration) -> list[str]:
     A dir another migration has claimed here since (the container came back)
     is that migration's copy now, and stays.
     """
-    claimed = {d for c in (ctx.node_dir / "fsync").glob("m-*") if c.name != m.id
-               for d in syncdirs.claimed(c)}
+    claimed = {
+        d
+        for c in (ctx.node_dir / "fsync").glob("m-*")
+        if c.name != m.id
+        for d in syncdirs.claimed(c)
+    }
     return syncdirs.remove([d for d in m.sync if d not in claimed], *_rules(ctx, m))
 
 
@@ -112,8 +117,10 @@ def final_sync(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, 
 def _push(ctx: NodeContext, m: Migration, progress: Progress, frozen: bool) -> dict[str, Any]:
     declared = ctx.runtime.get(m.container).sync  # the inventory is the authority
     if tuple(declared) != m.sync:
-        raise PermanentError(f"{m.container!r} declares sync dirs {list(declared)} on {ctx.node}, "
-                             f"the migration {list(m.sync)}")
+        raise PermanentError(
+            f"{m.container!r} declares sync dirs {list(declared)} on {ctx.node}, "
+            f"the migration {list(m.sync)}"
+        )
     syncdirs.check_dirs(m.sync, *_rules(ctx, m), exist=True)
     targets = {t["dir"]: t for t in m.results.get("prepare", {}).get("sync", [])}
     stats = []
@@ -123,12 +130,32 @@ def _push(ctx: NodeContext, m: Migration, progress: Progress, frozen: bool) -> d
             raise PermanentError(f"{m.dst} opened no rsync target for {d}")
         auth.verify(ctx.secret, t.get("mac"), "rsync", m.id, m.dst, d, t["address"], t["module"])
         host, _, port = str(t["address"]).rpartition(":")
-        stats.append(_one(progress, d, frozen, partial(
-            rsync_push, Path(d), host, int(port), str(t["module"]), m.id, ctx.secret,
-            m.limits.get("bandwidth_bps"), timeout_s=FROZEN_TIMEOUT_S if frozen else 60)))
-    return {"dirs": len(stats), "bytes": sum(s.bytes_sent for s in stats),
-            "files": sum(s.files for s in stats), "deleted": sum(s.deleted for s in stats),
-            "wall_ms": round(sum(s.seconds for s in stats) * 1000, 3), "end": time.time()}
+        stats.append(
+            _one(
+                progress,
+                d,
+                frozen,
+                partial(
+                    rsync_push,
+                    Path(d),
+                    host,
+                    int(port),
+                    str(t["module"]),
+                    m.id,
+                    ctx.secret,
+                    m.limits.get("bandwidth_bps"),
+                    timeout_s=FROZEN_TIMEOUT_S if frozen else 60,
+                ),
+            )
+        )
+    return {
+        "dirs": len(stats),
+        "bytes": sum(s.bytes_sent for s in stats),
+        "files": sum(s.files for s in stats),
+        "deleted": sum(s.deleted for s in stats),
+        "wall_ms": round(sum(s.seconds for s in stats) * 1000, 3),
+        "end": time.time(),
+    }
 
 
 def _one(progress: Progress, d: str, frozen: bool, push: Callable[[], SyncStats]) -> SyncStats:

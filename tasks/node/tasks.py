@@ -40,9 +40,18 @@ def _expects(m: Migration, phase: Phase, step: int) -> bool:
     return m.state is State.RUNNING and m.phase is phase and m.step == step
 
 
-def run_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, mid: str, step: int,
-              task: Task | None = None, urgent: bool = False, max_deliveries: int = 3,
-              after: Callable[[], None] = lambda: None) -> dict[str, Any]:
+def run_phase(
+    app: Celery,
+    store: Store,
+    ctx: NodeContext,
+    phase: Phase,
+    mid: str,
+    step: int,
+    task: Task | None = None,
+    urgent: bool = False,
+    max_deliveries: int = 3,
+    after: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
     """Run one phase for one migration on this node and advance the machine."""
     check_migration_id(mid)
     if not isinstance(step, int) or isinstance(step, bool) or step < 1:
@@ -51,23 +60,48 @@ def run_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, mid: st
         m = store.get(mid)
         side, _ = ROUTE[phase]
         if (m.src if side == "src" else m.dst) != ctx.node:
-            raise BadRequest(f"{phase.value} of {mid} belongs on {m.src if side == 'src' else m.dst}, "
-                             f"not {ctx.node}")
-        auth.verify(ctx.secret, m.mac, "migration", m.id, m.container, m.src, m.dst, m.strategy,
-                    list(m.sync))
+            raise BadRequest(
+                f"{phase.value} of {mid} belongs on {m.src if side == 'src' else m.dst}, "
+                f"not {ctx.node}"
+            )
+        auth.verify(
+            ctx.secret,
+            m.mac,
+            "migration",
+            m.id,
+            m.container,
+            m.src,
+            m.dst,
+            m.strategy,
+            list(m.sync),
+        )
         if not _expects(m, phase, step):
-            log.info("%s %s step %s: stale, ignored (record at %s/%s step %s)", mid, phase.value,
-                     step, m.state.value, m.phase.value if m.phase else "-", m.step)
+            log.info(
+                "%s %s step %s: stale, ignored (record at %s/%s step %s)",
+                mid,
+                phase.value,
+                step,
+                m.state.value,
+                m.phase.value if m.phase else "-",
+                m.step,
+            )
             return {"ignored": True}
         if store.delivery(mid, phase.value, step) > max_deliveries:
-            ev = Event("failed", time.time(), phase, step,
-                       error=f"delivered more than {max_deliveries} times; giving up")
+            ev = Event(
+                "failed",
+                time.time(),
+                phase,
+                step,
+                error=f"delivered more than {max_deliveries} times; giving up",
+            )
         else:
             ev = _attempt(store, ctx, phase, m, step, task)
         m, sends, _ = store.apply(mid, ev)
         try:
             after()  # the node's published inventory; the outcome is recorded already
-        except Exception:  # a broker blip must not lose a phase's outcome; next heartbeat republishes
+        except (
+            Exception
+        ):  # a broker blip must not lose a phase's outcome; next heartbeat republishes
             log.exception("%s: publishing %s's inventory failed", mid, ctx.node)
         inline = [s for s in sends if s.node == ctx.node and s.urgent == urgent and not s.countdown]
         dispatch(app, mid, [s for s in sends if s not in inline])
@@ -77,8 +111,9 @@ def run_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, mid: st
         phase, step = inline[0].phase, inline[0].step
 
 
-def _attempt(store: Store, ctx: NodeContext, phase: Phase, m: Migration, step: int,
-             task: Task | None) -> Event:
+def _attempt(
+    store: Store, ctx: NodeContext, phase: Phase, m: Migration, step: int, task: Task | None
+) -> Event:
     def progress(numbers: dict[str, Any]) -> None:
         now = store.update(m.id, lambda r: _with_progress(r, phase, numbers), "progress")
         if now.step != m.step or now.state is not State.RUNNING:
@@ -112,8 +147,10 @@ def _tell_flower(task: Task | None, m: Migration, phase: Phase, numbers: dict[st
     # custom state (PROGRESS) fills, until the task's real result replaces it.
     text = f"{phase.value} of {m.container} ({m.src} -> {m.dst}, {m.strategy})"
     if numbers.get("bytes_total"):
-        text += (f": {numbers['bytes_sent'] / 2**20:.1f} of {numbers['bytes_total'] / 2**20:.1f} MiB"
-                 f" at {numbers.get('rate_bps', 0) / 2**20:.1f} MiB/s")
+        text += (
+            f": {numbers['bytes_sent'] / 2**20:.1f} of {numbers['bytes_total'] / 2**20:.1f} MiB"
+            f" at {numbers.get('rate_bps', 0) / 2**20:.1f} MiB/s"
+        )
     task.send_event("task-progress", migration=m.id, phase=phase.value, result=text, **numbers)
 
 
@@ -121,15 +158,23 @@ def _with_progress(m: Migration, phase: Phase, numbers: dict[str, Any]) -> Migra
     return replace(m, results={**m.results, "progress": {"phase": phase.value, **numbers}})
 
 
-def register(app: Celery, store: Store, ctx: NodeContext, urgent: bool,
-             on_inventory: Callable[[], None]) -> None:
+def register(
+    app: Celery, store: Store, ctx: NodeContext, urgent: bool, on_inventory: Callable[[], None]
+) -> None:
     """Register this node's tasks on ``app``."""
     for phase in HANDLERS:
         _register_phase(app, store, ctx, phase, urgent, on_inventory)
 
     @app.task(name="ferry.node.run", bind=True)
-    def run(self: Task, name: str, argv: list[str], labels: dict[str, str], sync: list[str],
-            issued: float, mac: str) -> dict[str, Any]:
+    def run(
+        self: Task,
+        name: str,
+        argv: list[str],
+        labels: dict[str, str],
+        sync: list[str],
+        issued: float,
+        mac: str,
+    ) -> dict[str, Any]:
         check_container_name(name)
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
             raise BadRequest("argv must be a list of strings")
@@ -137,16 +182,18 @@ def register(app: Celery, store: Store, ctx: NodeContext, urgent: bool,
             raise BadRequest("labels must map names to strings")
         if not isinstance(sync, list) or not all(isinstance(d, str) for d in sync):
             raise BadRequest("sync must be a list of paths")
-        auth.verify_fresh(ctx.secret, mac, issued, time.time(), "run", ctx.node, name, argv, labels,
-                          sync)
+        auth.verify_fresh(
+            ctx.secret, mac, issued, time.time(), "run", ctx.node, name, argv, labels, sync
+        )
         info = ctx.runtime.start(name, argv, labels, tuple(sync))
         on_inventory()
         return {"name": info.name, "node": ctx.node, "pid": info.pid, "log": info.log}
 
     @app.task(name="ferry.node.kill", bind=True)
     def kill(self: Task, name: str, issued: float, mac: str) -> dict[str, Any]:
-        auth.verify_fresh(ctx.secret, mac, issued, time.time(), "kill", ctx.node,
-                          check_container_name(name))
+        auth.verify_fresh(
+            ctx.secret, mac, issued, time.time(), "kill", ctx.node, check_container_name(name)
+        )
         ctx.runtime.kill(name)
         on_inventory()
         return {"name": name, "node": ctx.node, "killed": True}
@@ -154,15 +201,22 @@ def register(app: Celery, store: Store, ctx: NodeContext, urgent: bool,
     @app.task(name="ferry.node.continue", bind=True)
     def continue_(self: Task, name: str, issued: float, mac: str) -> dict[str, Any]:
         """Continue a frozen copy (``ferry resolve``); a running one is left as it is."""
-        auth.verify_fresh(ctx.secret, mac, issued, time.time(), "continue", ctx.node,
-                          check_container_name(name))
+        auth.verify_fresh(
+            ctx.secret, mac, issued, time.time(), "continue", ctx.node, check_container_name(name)
+        )
         info = ctx.runtime.resume(name)
         on_inventory()
         return {"name": name, "node": ctx.node, "pid": info.pid, "state": info.state}
 
 
-def _register_phase(app: Celery, store: Store, ctx: NodeContext, phase: Phase, urgent: bool,
-                    after: Callable[[], None]) -> None:
+def _register_phase(
+    app: Celery,
+    store: Store,
+    ctx: NodeContext,
+    phase: Phase,
+    urgent: bool,
+    after: Callable[[], None],
+) -> None:
     def body(self: Task, mid: str, step: int) -> dict[str, Any]:
         return run_phase(app, store, ctx, phase, mid, step, self, urgent, after=after)
 

@@ -53,8 +53,12 @@ def node_dir(settings: Settings, node: str) -> Path:
 def make_runtime(settings: Settings, node: str) -> Runtime:
     if settings.runtime == "sim":
         return SimRuntime(node_dir(settings, node), settings.container_root)
-    return CriuRuntime(node_dir(settings, node), settings.container_root, Criu(settings.criu_bin),
-                       settings.sync_root_paths)
+    return CriuRuntime(
+        node_dir(settings, node),
+        settings.container_root,
+        Criu(settings.criu_bin),
+        settings.sync_root_paths,
+    )
 
 
 def _containers(runtime: Runtime) -> list[dict[str, Any]]:
@@ -63,11 +67,18 @@ def _containers(runtime: Runtime) -> list[dict[str, Any]]:
 
 def _env(s: Settings) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(FERRY_STATE_DIR=str(s.state_dir), FERRY_BROKER_URL=s.broker_url,
-               FERRY_RESULT_BACKEND=s.result_backend, FERRY_REDIS_URL=s.redis_url,
-               FERRY_SECRET=s.secret, FERRY_RUNTIME=s.runtime,
-               FERRY_SHARED_DIR=str(s.container_root), FERRY_FAILPOINTS=s.failpoints,
-               FERRY_SYNC_ROOTS=s.sync_roots, FERRY_SYNC_PORTS=s.sync_ports)
+    env.update(
+        FERRY_STATE_DIR=str(s.state_dir),
+        FERRY_BROKER_URL=s.broker_url,
+        FERRY_RESULT_BACKEND=s.result_backend,
+        FERRY_REDIS_URL=s.redis_url,
+        FERRY_SECRET=s.secret,
+        FERRY_RUNTIME=s.runtime,
+        FERRY_SHARED_DIR=str(s.container_root),
+        FERRY_FAILPOINTS=s.failpoints,
+        FERRY_SYNC_ROOTS=s.sync_roots,
+        FERRY_SYNC_PORTS=s.sync_ports,
+    )
     return env
 
 
@@ -82,19 +93,36 @@ def serve(settings: Settings, node: str) -> int:
     store = Store(connect(s))
     runtime = make_runtime(s, node)
     facts = probe(home, Criu(s.criu_bin)) if s.runtime == "criu" else None
-    lazy = probe_lazy(Criu(s.criu_bin), home / "lazy-probe", facts, s.allow_pipe_max_size) \
-        if facts else (True, "")
-    server = TransferServer(home / "incoming", s.secret.encode(), node, s.listen_host, s.listen_port,
-                            page_server=Criu(s.criu_bin).page_server if facts else None,
-                            failpoints=Path(s.failpoints) if s.failpoints else None)
+    lazy = (
+        probe_lazy(Criu(s.criu_bin), home / "lazy-probe", facts, s.allow_pipe_max_size)
+        if facts
+        else (True, "")
+    )
+    server = TransferServer(
+        home / "incoming",
+        s.secret.encode(),
+        node,
+        s.listen_host,
+        s.listen_port,
+        page_server=Criu(s.criu_bin).page_server if facts else None,
+        failpoints=Path(s.failpoints) if s.failpoints else None,
+    )
     server.start()
     host, port = server.address
     address = f"{s.advertise_host or host}:{port}"
     record: dict[str, Any] = {
-        "name": node, "address": address, "runtime": s.runtime, "host": socket.gethostname(),
-        "pid": os.getpid(), "started": time.time(), "queues": [node_queue(node), node_queue(node, True)],
-        "probe": {**(facts.to_dict() if facts else {"arch": os.uname().machine, "simulated": True}),
-                  "lazy_pages": lazy[0], "lazy_pages_reason": lazy[1]},
+        "name": node,
+        "address": address,
+        "runtime": s.runtime,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.time(),
+        "queues": [node_queue(node), node_queue(node, True)],
+        "probe": {
+            **(facts.to_dict() if facts else {"arch": os.uname().machine, "simulated": True}),
+            "lazy_pages": lazy[0],
+            "lazy_pages_reason": lazy[1],
+        },
     }
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
@@ -105,22 +133,31 @@ def serve(settings: Settings, node: str) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"ferry: node {node} up: data plane on {address}, queues {', '.join(record['queues'])}",
-          file=sys.stderr, flush=True)
+    print(
+        f"ferry: node {node} up: data plane on {address}, queues {', '.join(record['queues'])}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         while not stopping:
             for role in ROLES:
                 child = children.get(role)
                 if child is None or child.poll() is not None:
                     if child is not None:
-                        log.warning("%s worker of %s exited (%s); restarting", role, node, child.returncode)
+                        log.warning(
+                            "%s worker of %s exited (%s); restarting", role, node, child.returncode
+                        )
                     children[role] = subprocess.Popen(
-                        [sys.executable, "-m", "tasks.node.worker", node, role, address], env=_env(s))
+                        [sys.executable, "-m", "tasks.node.worker", node, role, address],
+                        env=_env(s),
+                    )
                     record.setdefault("workers", {})[role] = time.time()
             _reap({c.pid for c in children.values()})
             load = os.getloadavg()[0]
             try:
-                store.put_node(node, {**record, "last_seen": time.time(), "load": load, "state": "up"})
+                store.put_node(
+                    node, {**record, "last_seen": time.time(), "load": load, "state": "up"}
+                )
                 store.put_containers(node, _containers(runtime))
                 collect(home, lambda mid: _state(store, mid))
             except (redis.RedisError, FerryError, OSError) as exc:
@@ -177,14 +214,36 @@ def celery_main(node: str, role: str, address: str) -> None:
     app = make_app(s)
     store = Store(connect(s, patient=True))
     runtime = make_runtime(s, node)
-    ctx = NodeContext(node=node, runtime=runtime, node_dir=node_dir(s, node), address=address,
-                      secret=s.secret.encode(), failpoints=Path(s.failpoints) if s.failpoints else None,
-                      container_root=s.container_root, sync_roots=s.sync_root_paths,
-                      sync_ports=s.sync_port_range)
+    ctx = NodeContext(
+        node=node,
+        runtime=runtime,
+        node_dir=node_dir(s, node),
+        address=address,
+        secret=s.secret.encode(),
+        failpoints=Path(s.failpoints) if s.failpoints else None,
+        container_root=s.container_root,
+        sync_roots=s.sync_root_paths,
+        sync_ports=s.sync_port_range,
+    )
     register(app, store, ctx, urgent, lambda: store.put_containers(node, _containers(runtime)))
-    app.worker_main(["worker", "-Q", node_queue(node, urgent), "-n", f"{role}.{node}@%h",
-                     "-P", "threads", "-c", "1" if urgent else str(s.main_concurrency),
-                     "-E", "--without-gossip", "--without-mingle", "-l", "INFO"])
+    app.worker_main(
+        [
+            "worker",
+            "-Q",
+            node_queue(node, urgent),
+            "-n",
+            f"{role}.{node}@%h",
+            "-P",
+            "threads",
+            "-c",
+            "1" if urgent else str(s.main_concurrency),
+            "-E",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -76,7 +76,9 @@ class Store:
     def ids(self, limit: int = 50) -> list[str]:
         return [str(i) for i in self.r.zrevrange("ferry:migs", 0, limit - 1)]
 
-    def apply(self, mid: str, ev: Event, policy: Policy = DEFAULT_POLICY) -> tuple[Migration, list[Send], bool]:
+    def apply(
+        self, mid: str, ev: Event, policy: Policy = DEFAULT_POLICY
+    ) -> tuple[Migration, list[Send], bool]:
         """Apply ``ev`` to the record atomically; returns (record, sends, changed)."""
         return self._transact(mid, lambda m: next_step(m, ev, policy), ev.kind)
 
@@ -85,8 +87,9 @@ class Store:
         m, _, _ = self._transact(mid, lambda m: (change(m), []), what)
         return m
 
-    def _transact(self, mid: str, step: Callable[[Migration], tuple[Migration, list[Send]]],
-                  what: str) -> tuple[Migration, list[Send], bool]:
+    def _transact(
+        self, mid: str, step: Callable[[Migration], tuple[Migration, list[Send]]], what: str
+    ) -> tuple[Migration, list[Send], bool]:
         key = f"ferry:mig:{check_migration_id(mid)}"
         with self.r.pipeline() as pipe:
             while True:
@@ -110,16 +113,28 @@ class Store:
                     continue
 
     def _event(self, m: Migration, what: str, pipe: Any = None) -> None:
-        fields = {"what": what, "state": m.state.value, "phase": m.phase.value if m.phase else "",
-                  "attempt": m.attempt, "t": m.updated,
-                  "progress": json.dumps(m.results.get("progress", {})),
-                  "error": m.errors[-1] if m.errors else ""}
-        (pipe or self.r).xadd(f"ferry:mig:{m.id}:events", fields, maxlen=EVENTS_MAX, approximate=True)
+        fields = {
+            "what": what,
+            "state": m.state.value,
+            "phase": m.phase.value if m.phase else "",
+            "attempt": m.attempt,
+            "t": m.updated,
+            "progress": json.dumps(m.results.get("progress", {})),
+            "error": m.errors[-1] if m.errors else "",
+        }
+        (pipe or self.r).xadd(
+            f"ferry:mig:{m.id}:events", fields, maxlen=EVENTS_MAX, approximate=True
+        )
 
-    def events(self, mid: str, after: str = "0", block_ms: int | None = None) -> list[tuple[str, dict[str, str]]]:
+    def events(
+        self, mid: str, after: str = "0", block_ms: int | None = None
+    ) -> list[tuple[str, dict[str, str]]]:
         key = f"ferry:mig:{check_migration_id(mid)}:events"
         if block_ms is None:
-            return [(str(i), dict(f)) for i, f in self.r.xrange(key, min=f"({after}" if after != "0" else "-")]
+            return [
+                (str(i), dict(f))
+                for i, f in self.r.xrange(key, min=f"({after}" if after != "0" else "-")
+            ]
         got = self.r.xread({key: after}, block=block_ms)
         return [(str(i), dict(f)) for _, entries in got for i, f in entries]
 
@@ -170,7 +185,7 @@ class Store:
         names = sorted(str(n) for n in self.r.smembers("ferry:nodes"))
         # one round trip for every node: an evacuation tick reads them all
         replies = self.r.mget(*(k for n in names for k in _node_keys(n))) if names else []
-        out = [_node(replies[i:i + 3]) for i in range(0, len(replies), 3)]
+        out = [_node(replies[i : i + 3]) for i in range(0, len(replies), 3)]
         return [n for n in out if n is not None]
 
     def cordon(self, name: str, on: bool) -> None:

@@ -134,8 +134,15 @@ class NetCluster:
         mounts = self.mounts.get(node)
         self.workers[node] = self.bed.exec(
             node,
-            [*(private_mounts(mounts) if mounts else ()), sys.executable, "-m", "tasks.api.cli",
-             "worker", "--node", node],
+            [
+                *(private_mounts(mounts) if mounts else ()),
+                sys.executable,
+                "-m",
+                "tasks.api.cli",
+                "worker",
+                "--node",
+                node,
+            ],
             env=env,
             cwd=ROOT,
             stdout=log,

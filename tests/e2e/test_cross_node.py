@@ -38,7 +38,9 @@ def tx_bytes(cluster: NetCluster, node: str) -> int:
 
 def kill_quietly(cluster: NetCluster, name: str) -> None:
     """Kill ``name`` wherever it runs; a test's own failure must not be hidden by this one."""
-    with contextlib.suppress(FerryError):  # gone already, or its node is unreachable: the fixture's teardown kills it
+    with contextlib.suppress(
+        FerryError
+    ):  # gone already, or its node is unreachable: the fixture's teardown kills it
         cluster.client.kill(name)
 
 
@@ -78,8 +80,9 @@ def test_cold_migration_crosses_the_link_and_the_counter_goes_on(
         assert not procs.alive(info["pid"]), "the source copy still runs"
         assert procs.alive(m.results["verify"]["pid"])
         assert wait_for(lambda: where(netcluster, name) == {"node2"})
-        print(f"\nnode1 -> node2 over 1gbit, page server {page_server}: {downtime(m)}, "
-              f"{sent} bytes")
+        print(
+            f"\nnode1 -> node2 over 1gbit, page server {page_server}: {downtime(m)}, {sent} bytes"
+        )
     finally:
         kill_quietly(netcluster, name)
 
@@ -87,10 +90,10 @@ def test_cold_migration_crosses_the_link_and_the_counter_goes_on(
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("page_server", ["off", "on"], ids=["files", "streamed-pages"])
 def test_a_partition_mid_transfer_rolls_back_and_the_source_goes_on(
-        netcluster: NetCluster, page_server: str) -> None:
+    netcluster: NetCluster, page_server: str
+) -> None:
     """Files: the images cross in TRANSFER. Streamed pages: the pages cross during the DUMP."""
-    partition_mid_transfer(netcluster, f"xbig-{page_server}", silent=False,
-                           page_server=page_server)
+    partition_mid_transfer(netcluster, f"xbig-{page_server}", silent=False, page_server=page_server)
 
 
 @pytest.mark.timeout(900)
@@ -118,8 +121,9 @@ def test_a_silent_partition_mid_transfer_rolls_back_too(netcluster: NetCluster) 
         ip("-n", node1, "neigh", "del", addr, "dev", "eth0", missing_ok=True)
 
 
-def partition_mid_transfer(netcluster: NetCluster, name: str, silent: bool,
-                           page_server: str = "off") -> None:
+def partition_mid_transfer(
+    netcluster: NetCluster, name: str, silent: bool, page_server: str = "off"
+) -> None:
     """Cut node2 off while the images cross: the source resumes while node2 is away; node2
     tidies once back. ``page_server`` on: the pages cross in the dump (streamed), else in
     the transfer."""
@@ -130,8 +134,9 @@ def partition_mid_transfer(netcluster: NetCluster, name: str, silent: bool,
         wait_for(lambda: len(ticks(info["log"])) > 5, timeout=60)
         bed.shape("node1", "50mbit")
         # uncompressed: zstd would squeeze the 200 MiB of b"x" into a blink at 50 Mbit/s
-        h = client.migrate(name, "node2", strategy="cold", page_server=page_server,
-                           compression="none")
+        h = client.migrate(
+            name, "node2", strategy="cold", page_server=page_server, compression="none"
+        )
 
         def mid_transfer() -> bool:
             m = h.status()
@@ -171,8 +176,11 @@ def partition_mid_transfer(netcluster: NetCluster, name: str, silent: bool,
         assert wait_for(lambda: where(netcluster, name) == {"node1"}, timeout=20)
         assert_went_on(ticks(info["log"]), frozen_at)
         # A failed streamed dump leaves no dump result: CRIU itself let the tree go on.
-        frozen = f"frozen {m.results['resume']['started'] - m.results['dump']['freeze_start']:.1f}"\
-            " s" if "dump" in m.results else "frozen from the dump's start"
+        frozen = (
+            f"frozen {m.results['resume']['started'] - m.results['dump']['freeze_start']:.1f} s"
+            if "dump" in m.results
+            else "frozen from the dump's start"
+        )
         print(
             f"\n{'silent ' if silent else ''}partition of node2 mid-{crossing} (page server "
             f"{page_server}): the source was {frozen}; it counted again {counting_s:.1f} s and "

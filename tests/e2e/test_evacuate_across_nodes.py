@@ -38,7 +38,9 @@ def test_a_node_is_evacuated_to_the_two_others(netcluster: NetCluster) -> None:
         assert set(dsts.values()) == {"node2", "node3"}, "the plan spreads over both nodes"
         time.sleep(1.0)
         for n, info in started.items():
-            assert wait_for(lambda n=n: where(netcluster, n) == {dsts[n]}), f"{n}: one copy, on {dsts[n]}"
+            assert wait_for(lambda n=n: where(netcluster, n) == {dsts[n]}), (
+                f"{n}: one copy, on {dsts[n]}"
+            )
             assert not procs.alive(info["pid"]), f"{n}: the source copy still runs"
             assert_went_on(ticks(info["log"]), before[n])
         # the images crossed the testbed links into both destinations

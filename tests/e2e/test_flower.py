@@ -27,8 +27,15 @@ from tests.conftest import cluster_env, need
 from tests.integration.helpers import wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 # transfer and verify run inside the dump and restore tasks (the freeze window, no queue
 # in between): their progress shows on those tasks
 PHASES = ("prepare", "dump", "restore", "cleanup")
@@ -42,8 +49,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def flower(tmp_path_factory: pytest.TempPathFactory,
-           redis_url: str) -> Iterator[tuple[LocalCluster, str, tuple[str, str]]]:
+def flower(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[tuple[LocalCluster, str, tuple[str, str]]]:
     """SIMULATED nodes f1 and f2, a coordinator, Flower with basic auth: (cluster, url, auth)."""
     need(Path(CHROMIUM).exists(), "chromium is not installed: apt-get install chromium")
     try:
@@ -77,7 +85,9 @@ def _get(url: str, auth: tuple[str, str]) -> int:
         return 0
 
 
-def test_flower_shows_each_phase_and_a_running_transfer_s_progress(flower: Any, tmp_path: Path) -> None:
+def test_flower_shows_each_phase_and_a_running_transfer_s_progress(
+    flower: Any, tmp_path: Path
+) -> None:
     from playwright.sync_api import sync_playwright
 
     c, url, (user, password) = flower
@@ -91,9 +101,12 @@ def test_flower_shows_each_phase_and_a_running_transfer_s_progress(flower: Any, 
     shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+
         def new_page() -> Any:  # a context of its own: Flower keeps the last search in storage
-            return browser.new_context(http_credentials={"username": user, "password": password},
-                                       viewport={"width": 1600, "height": 900}).new_page()
+            return browser.new_context(
+                http_credentials={"username": user, "password": password},
+                viewport={"width": 1600, "height": 900},
+            ).new_page()
 
         page = new_page()
         wait_for(lambda: client.status(m.id).phase.value == "transfer", timeout=30)
@@ -118,7 +131,8 @@ def test_flower_shows_each_phase_and_a_running_transfer_s_progress(flower: Any, 
         table = page.locator("#tasks-table tbody")
         for phase in PHASES:
             page.locator("#tasks-table tbody tr", has_text=f"ferry.node.{phase}").first.wait_for(
-                timeout=15_000)
+                timeout=15_000
+            )
         shown = table.inner_text()
         assert m.id in shown and "SUCCESS" in shown and "ferry.control.start" in shown
         page.screenshot(path=str(shots / "flower-tasks.png"), full_page=True)

@@ -23,11 +23,13 @@ from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.criu
 
-WRITER = ("import os, sys, time\n"
-          "f = open(os.path.join(sys.argv[1], 'lines'), 'a')\n"
-          "i = 0\n"
-          "while True:\n"
-          "    f.write(f'{i}\\n'); f.flush(); i += 1; time.sleep(0.02)\n")
+WRITER = (
+    "import os, sys, time\n"
+    "f = open(os.path.join(sys.argv[1], 'lines'), 'a')\n"
+    "i = 0\n"
+    "while True:\n"
+    "    f.write(f'{i}\\n'); f.flush(); i += 1; time.sleep(0.02)\n"
+)
 DATA = 20_000_000
 
 
@@ -67,8 +69,9 @@ def test_a_synced_dir_crosses_the_link_to_the_destination_s_address(disks: Disks
     job = c.base / "local" / "xwriter"
     (c.disk("node1") / "xwriter").mkdir()
     (c.disk("node1") / "xwriter" / "data").write_bytes(os.urandom(DATA))
-    c.client.run("node1", [sys.executable, "-u", "-c", WRITER, str(job)], name="xwriter",
-                 sync=[str(job)])
+    c.client.run(
+        "node1", [sys.executable, "-u", "-c", WRITER, str(job)], name="xwriter", sync=[str(job)]
+    )
     try:
         wait_for(lambda: (c.disk("node1") / "xwriter" / "lines").exists())
         sent_before = tx_bytes(c, "node2")
@@ -87,8 +90,10 @@ def test_a_synced_dir_crosses_the_link_to_the_destination_s_address(disks: Disks
         from tasks.core.summary import downtime
 
         first, final = m.results["sync"], m.results["final_sync"]
-        print(f"\nnode1 -> node2 over 1gbit with a {DATA / 1e6:.0f} MB synced dir: {downtime(m)}; "
-              f"first pass {first['bytes']} B in {first['wall_ms']:.0f} ms, "
-              f"final {final['bytes']} B in {final['wall_ms']:.0f} ms")
+        print(
+            f"\nnode1 -> node2 over 1gbit with a {DATA / 1e6:.0f} MB synced dir: {downtime(m)}; "
+            f"first pass {first['bytes']} B in {first['wall_ms']:.0f} ms, "
+            f"final {final['bytes']} B in {final['wall_ms']:.0f} ms"
+        )
     finally:
         kill_quietly(c, "xwriter")

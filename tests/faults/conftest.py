@@ -15,12 +15,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The fault suite's table, in every run's summary."""
     if TALLY["faults tried"]:
         terminalreporter.write_line(
-            "fault suite: " + ", ".join(f"{k} {v}" for k, v in TALLY.items()))
+            "fault suite: " + ", ".join(f"{k} {v}" for k, v in TALLY.items())
+        )
 
 
 def fault_env(redis_url: str, control: str) -> dict[str, str]:
-    return {**cluster_env(redis_url), "FERRY_FAILPOINTS": control,
-            "FERRY_PROGRESS_TIMEOUT_S": "20", "FERRY_NODE_TTL_S": "4"}
+    return {
+        **cluster_env(redis_url),
+        "FERRY_FAILPOINTS": control,
+        "FERRY_PROGRESS_TIMEOUT_S": "20",
+        "FERRY_NODE_TTL_S": "4",
+    }
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,9 @@ EVIDENCE: dict[str, Callable[[Migration], bool]] = {
 }
 
 
-def restart_redis_in(c: FaultCluster, rds: PrivateRedis, mid: str, point: str,
-                     keep_data: bool = True) -> None:
+def restart_redis_in(
+    c: FaultCluster, rds: PrivateRedis, mid: str, point: str, keep_data: bool = True
+) -> None:
     """Once a worker holds ``mid`` at ``point``: kill -9 Redis, let the phase go on with
     Redis away, start Redis again (on its data, or empty)."""
     wait_for(lambda: c.held(mid, point), timeout=90)
@@ -53,12 +54,19 @@ def cut_when_sending(c: FaultCluster, mid: str, dst: str, phase: str) -> None:
 
     def sending() -> bool:
         m = c.client.status(mid)
-        return m.phase is not None and m.phase.value == phase and \
-            m.results.get("progress", {}).get("bytes_sent", 0) > 0
+        return (
+            m.phase is not None
+            and m.phase.value == phase
+            and m.results.get("progress", {}).get("bytes_sent", 0) > 0
+        )
 
     wait_for(sending, timeout=60, every=0.01)
-    killed = subprocess.run(["ss", "-K", "dst", "127.0.0.1", "dport", "=", f":{port}"],
-                            capture_output=True, text=True, check=True)
+    killed = subprocess.run(
+        ["ss", "-K", "dst", "127.0.0.1", "dport", "=", f":{port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert f":{port}" in killed.stdout, "no connection to cut"
 
 
@@ -68,8 +76,9 @@ def full_disk(c: FaultCluster, node: str, size: str = "4m") -> Iterator[FaultClu
     incoming = c.base / "nodes" / node / "incoming"
     others = [n for n in c.procs if n not in ("coordinator", "flower")]
     c.stop(node)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(incoming)],
-                   check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(incoming)], check=True
+    )
     try:
         c.start_node(node)
         c.wait_ready(others)

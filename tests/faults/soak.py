@@ -44,17 +44,37 @@ from tests.integration.helpers import dirtying, ticks, wait_for
 from workers.errors import FerryError
 
 # (kind, strategy, where): every fault the soak draws from
-FAULTS = [("kill", s, p) for s, points in (("cold", COLD), ("postcopy", POSTCOPY),
-                                            ("delta", DELTA)) for p in points] + \
-    [("redis", s, p) for s, points in REDIS.items() for p in points] + \
-    [("drop", "cold", "transfer"), ("drop", "delta", "precopy"), ("drop", "cold", "dump"),
-     ("corrupt", "cold", "receive"), ("corrupt", "delta", "receive"),
-     ("disk-full", "cold", "incoming"), ("disk-full", "delta", "incoming"),
-     ("disk-full", "cold", "streamed")]
+FAULTS = (
+    [
+        ("kill", s, p)
+        for s, points in (("cold", COLD), ("postcopy", POSTCOPY), ("delta", DELTA))
+        for p in points
+    ]
+    + [("redis", s, p) for s, points in REDIS.items() for p in points]
+    + [
+        ("drop", "cold", "transfer"),
+        ("drop", "delta", "precopy"),
+        ("drop", "cold", "dump"),
+        ("corrupt", "cold", "receive"),
+        ("corrupt", "delta", "receive"),
+        ("disk-full", "cold", "incoming"),
+        ("disk-full", "delta", "incoming"),
+        ("disk-full", "cold", "streamed"),
+    ]
+)
 
 
-def one_round(c: FaultCluster, rds: PrivateRedis, kind: str, strategy: str, where: str,
-              name: str, src: str, dst: str, memory_mb: int) -> str:
+def one_round(
+    c: FaultCluster,
+    rds: PrivateRedis,
+    kind: str,
+    strategy: str,
+    where: str,
+    name: str,
+    src: str,
+    dst: str,
+    memory_mb: int,
+) -> str:
     """Run one faulted migration of a new container ``name``; its outcome (tests.faults.cluster)."""
     info = c.client.run(src, [sys.executable, "-u", "-c", dirtying(memory_mb)], name=name)
     wait_for(lambda: len(ticks(info["log"])) > 3)
@@ -66,8 +86,13 @@ def one_round(c: FaultCluster, rds: PrivateRedis, kind: str, strategy: str, wher
             undo.enter_context(full_disk(c, dst))
         # the pages cross in the dump (streamed) or as files
         streamed = {"page_server": "on" if where in ("dump", "streamed") else "off"}
-        extra = {"bandwidth_bps": CAP_BPS, **streamed} if kind == "drop" else \
-            streamed if kind == "disk-full" else {}
+        extra = (
+            {"bandwidth_bps": CAP_BPS, **streamed}
+            if kind == "drop"
+            else streamed
+            if kind == "disk-full"
+            else {}
+        )
         handle = c.client.migrate(name, dst, strategy=strategy, **extra)
         if kind == "redis":
             restart_redis_in(c, rds, handle.id, where)
@@ -81,8 +106,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--seed", type=int, default=int(time.time()))
-    ap.add_argument("--kinds", default=",".join(sorted({k for k, _, _ in FAULTS})),
-                    help="comma-separated fault kinds to draw from (default: all)")
+    ap.add_argument(
+        "--kinds",
+        default=",".join(sorted({k for k, _, _ in FAULTS})),
+        help="comma-separated fault kinds to draw from (default: all)",
+    )
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks/soak.json"))
     args = ap.parse_args()
     ok, why = criu_usable()
@@ -92,8 +120,12 @@ def main() -> int:
     kinds = set(args.kinds.split(","))
     unknown = kinds - {k for k, _, _ in FAULTS}
     if unknown or (os.geteuid() != 0 and kinds & {"drop", "disk-full"}):
-        print(f"soak: unknown kinds {sorted(unknown)}" if unknown else
-              "soak: drop and disk-full need root (ss -K, mount)", file=sys.stderr)
+        print(
+            f"soak: unknown kinds {sorted(unknown)}"
+            if unknown
+            else "soak: drop and disk-full need root (ss -K, mount)",
+            file=sys.stderr,
+        )
         return 2
     plan = [f for f in FAULTS if f[0] in kinds]
     rng = random.Random(args.seed)
@@ -112,18 +144,29 @@ def main() -> int:
                 name = f"soak-{i}"
                 t0 = time.monotonic()
                 try:
-                    result = one_round(c, rds, kind, strategy, where, name, src, dst,
-                                       rng.choice([8, 32]))
+                    result = one_round(
+                        c, rds, kind, strategy, where, name, src, dst, rng.choice([8, 32])
+                    )
                 except (AssertionError, TimeoutError) as exc:
                     failures += 1
                     result = f"FAILED: {exc}"
                 finally:
                     if not rds.answers():
                         rds.start()
-                rounds.append({"round": i, "kind": kind, "strategy": strategy, "fault": where,
-                               "outcome": result, "seconds": round(time.monotonic() - t0, 2)})
-                print(f"{i:3} {kind:9} {strategy:8} {where:22} {result} "
-                      f"({rounds[-1]['seconds']} s)", flush=True)
+                rounds.append(
+                    {
+                        "round": i,
+                        "kind": kind,
+                        "strategy": strategy,
+                        "fault": where,
+                        "outcome": result,
+                        "seconds": round(time.monotonic() - t0, 2),
+                    }
+                )
+                print(
+                    f"{i:3} {kind:9} {strategy:8} {where:22} {result} ({rounds[-1]['seconds']} s)",
+                    flush=True,
+                )
                 try:
                     c.client.kill(name)
                 except FerryError as exc:  # lost: counted in the table already
@@ -132,16 +175,33 @@ def main() -> int:
         if rds.proc is not None and rds.proc.poll() is None:
             rds.kill()
     load = os.getloadavg()
-    print("soak: " + ", ".join(f"{k} {v}" for k, v in TALLY.items()) +
-          f", checks failed {failures}, seed {args.seed}, {time.monotonic() - started:.0f} s, "
-          f"load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    print(
+        "soak: "
+        + ", ".join(f"{k} {v}" for k, v in TALLY.items())
+        + f", checks failed {failures}, seed {args.seed}, {time.monotonic() - started:.0f} s, "
+        f"load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"seed": args.seed, "kinds": sorted(kinds), "tally": TALLY,
-                                    "failures": failures, "load_avg": load,
-                                    "machine": "2 vCPUs shared with four other engineers' runs",
-                                    "rounds": rounds}, indent=1))
-    bad = TALLY["containers lost"] + TALLY["containers duplicated"] + \
-        TALLY["migrations without a final state"] + failures
+    args.out.write_text(
+        json.dumps(
+            {
+                "seed": args.seed,
+                "kinds": sorted(kinds),
+                "tally": TALLY,
+                "failures": failures,
+                "load_avg": load,
+                "machine": "2 vCPUs shared with four other engineers' runs",
+                "rounds": rounds,
+            },
+            indent=1,
+        )
+    )
+    bad = (
+        TALLY["containers lost"]
+        + TALLY["containers duplicated"]
+        + TALLY["migrations without a final state"]
+        + failures
+    )
     return 1 if bad else 0
 
 

@@ -18,10 +18,19 @@ def test_cancel_during_precopy_rolls_back_and_the_source_goes_on(faults) -> None
     client = faults.client
     info = client.run("f1", [sys.executable, "-u", "-c", dirtying(128, stride=2)], name="f-cancel")
     wait_for(lambda: len(ticks(info["log"])) > 3)
-    handle = client.migrate("f-cancel", "f2", strategy="delta", max_iterations=10,
-                            goal_unchanged=1.0, downtime_limit_ms=1)
-    wait_for(lambda: str(handle.status().phase) in ("Phase.PRECOPY", "Phase.REBUILD"), timeout=30,
-             every=0.01)
+    handle = client.migrate(
+        "f-cancel",
+        "f2",
+        strategy="delta",
+        max_iterations=10,
+        goal_unchanged=1.0,
+        downtime_limit_ms=1,
+    )
+    wait_for(
+        lambda: str(handle.status().phase) in ("Phase.PRECOPY", "Phase.REBUILD"),
+        timeout=30,
+        every=0.01,
+    )
     client.cancel(handle.id)
     m = handle.wait(timeout=60)
     assert m.state.value == "rolled_back" and "cancelled by request" in " ".join(m.errors)

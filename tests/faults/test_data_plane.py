@@ -27,20 +27,29 @@ def start(c: FaultCluster, name: str) -> str:
     return str(info["log"])
 
 
-@pytest.mark.parametrize("strategy,phase,page_server,proof", [
-    ("cold", "transfer", "off", resumed), ("delta", "precopy", "off", resumed),
-    # CRIU's page server cannot resume a stream: the dump fails, and CRIU lets the tree go on
-    ("cold", "dump", "on", said("dump"))])
-def test_a_dropped_connection(faults, strategy: str, phase: str, page_server: str,
-                              proof: Callable[[Migration], bool]) -> None:
+@pytest.mark.parametrize(
+    "strategy,phase,page_server,proof",
+    [
+        ("cold", "transfer", "off", resumed),
+        ("delta", "precopy", "off", resumed),
+        # CRIU's page server cannot resume a stream: the dump fails, and CRIU lets the tree go on
+        ("cold", "dump", "on", said("dump")),
+    ],
+)
+def test_a_dropped_connection(
+    faults, strategy: str, phase: str, page_server: str, proof: Callable[[Migration], bool]
+) -> None:
     name = f"d-drop-{strategy}-{phase}"
     log = start(faults, name)
-    handle = faults.client.migrate(name, "f2", strategy=strategy, bandwidth_bps=CAP_BPS,
-                                   page_server=page_server)
+    handle = faults.client.migrate(
+        name, "f2", strategy=strategy, bandwidth_bps=CAP_BPS, page_server=page_server
+    )
     cut_when_sending(faults, handle.id, "f2", phase)
     handle.wait(timeout=120)
-    print(f"{strategy:8} dropped connection in {phase:9} -> "
-          f"{outcome(faults, name, log, handle.id, proof)}")
+    print(
+        f"{strategy:8} dropped connection in {phase:9} -> "
+        f"{outcome(faults, name, log, handle.id, proof)}"
+    )
     faults.client.kill(name)
 
 
@@ -68,11 +77,12 @@ def tiny_incoming(faults) -> Iterator[FaultCluster]:  # type: ignore[no-untyped-
         yield c
 
 
-@pytest.mark.parametrize("strategy,page_server", [
-    ("cold", "off"), ("delta", "off"),
-    ("cold", "on")])  # streamed pages: the destination's verdict says its disk was full
-def test_a_full_destination_disk_rolls_back(tiny_incoming: FaultCluster, strategy: str,
-                                            page_server: str) -> None:
+@pytest.mark.parametrize(
+    "strategy,page_server", [("cold", "off"), ("delta", "off"), ("cold", "on")]
+)  # streamed pages: the destination's verdict says its disk was full
+def test_a_full_destination_disk_rolls_back(
+    tiny_incoming: FaultCluster, strategy: str, page_server: str
+) -> None:
     name = f"d-full-{strategy}-{page_server}"
     log = start(tiny_incoming, name)
     handle = tiny_incoming.client.migrate(name, "f2", strategy=strategy, page_server=page_server)

@@ -16,11 +16,13 @@ from tests.integration.helpers import ticks, wait_for
 
 pytestmark = pytest.mark.criu
 
-HOLDER = ("import time\n"
-          "hold = bytearray(b'\\xa5') * (256 << 20)\n"
-          "i = 0\n"
-          "while True:\n"
-          "    print('tick', i, flush=True); i += 1; time.sleep(0.05)\n")
+HOLDER = (
+    "import time\n"
+    "hold = bytearray(b'\\xa5') * (256 << 20)\n"
+    "i = 0\n"
+    "while True:\n"
+    "    print('tick', i, flush=True); i += 1; time.sleep(0.05)\n"
+)
 
 
 def rolled_back_and_running(faults, name: str, log: str, mid: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -39,8 +41,9 @@ def rolled_back_and_running(faults, name: str, log: str, mid: str) -> list[str]:
 
 def test_a_corrupted_pages_stream_is_never_restored(faults) -> None:
     client = faults.client
-    info = client.run("f1", [sys.executable, "-u", "-c", HOLDER.replace("256", "32")],
-                      name="f-pages-corrupt")
+    info = client.run(
+        "f1", [sys.executable, "-u", "-c", HOLDER.replace("256", "32")], name="f-pages-corrupt"
+    )
     wait_for(lambda: len(ticks(info["log"])) > 5, timeout=30)
     faults.arm("pages:corrupt")
     try:
@@ -58,8 +61,9 @@ def test_the_page_server_killed_mid_dump_rolls_back(faults) -> None:
     info = client.run("f1", [sys.executable, "-u", "-c", HOLDER], name="f-pages-killed")
     wait_for(lambda: len(ticks(info["log"])) > 5, timeout=60)
     # ~10 s of pages at this cap: time to find the page server and kill it
-    handle = client.migrate("f-pages-killed", "f2", strategy="cold", page_server="on",
-                            bandwidth_bps=25e6)
+    handle = client.migrate(
+        "f-pages-killed", "f2", strategy="cold", page_server="on", bandwidth_bps=25e6
+    )
     incoming = faults.base / "nodes" / "f2" / "incoming" / handle.id
     pids = wait_for(lambda: _page_servers(str(incoming)), timeout=30)
     time.sleep(1.0)
@@ -73,6 +77,7 @@ def test_the_page_server_killed_mid_dump_rolls_back(faults) -> None:
 
 def _page_servers(where: str) -> list[int]:
     """The page servers writing under ``where`` (others may run on this machine)."""
-    out = subprocess.run(["pgrep", "-f", f"criu page-server -D {where}/"], capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        ["pgrep", "-f", f"criu page-server -D {where}/"], capture_output=True, text=True
+    )
     return [int(p) for p in out.stdout.split()]

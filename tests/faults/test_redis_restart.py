@@ -23,8 +23,11 @@ from workers.errors import BadRequest
 
 pytestmark = pytest.mark.criu
 
+
 @pytest.fixture(scope="module")
-def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FaultCluster, PrivateRedis]]:
+def restartable(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[FaultCluster, PrivateRedis]]:
     ok, why = criu_works()
     need(ok, why)
     base = tmp_path_factory.mktemp("redis-restart")
@@ -55,15 +58,19 @@ def test_a_redis_restart_in_a_phase_loses_nothing(restartable, strategy: str, po
         c.disarm()
         if not rds.answers():
             rds.start()
-    print(f"{strategy:8} redis restart at {point:22} -> "
-          f"{outcome(c, name, info['log'], handle.id, said('(Redis) restarted'))}")
+    print(
+        f"{strategy:8} redis restart at {point:22} -> "
+        f"{outcome(c, name, info['log'], handle.id, said('(Redis) restarted'))}"
+    )
     c.client.kill(name)
 
 
-@pytest.mark.parametrize("point,survivor", [("transfer:pause-before", "f1"),
-                                            ("restore:pause-after", "f2")])
-def test_a_redis_that_lost_its_data_leaves_one_copy_for_resolve(restartable, point: str,
-                                                                survivor: str) -> None:
+@pytest.mark.parametrize(
+    "point,survivor", [("transfer:pause-before", "f1"), ("restore:pause-after", "f2")]
+)
+def test_a_redis_that_lost_its_data_leaves_one_copy_for_resolve(
+    restartable, point: str, survivor: str
+) -> None:
     """Redis restarts empty (no AOF) inside the freeze window: the records are gone.
 
     Nothing is lost and nothing runs twice: the source stays frozen (no record

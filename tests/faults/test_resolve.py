@@ -28,15 +28,23 @@ def split(c: FaultCluster, name: str) -> tuple[dict, str]:  # type: ignore[type-
     try:
         handle = c.client.migrate(name, "f2", strategy="cold")
         wait_for(lambda: c.held(handle.id, "verify:pause-before"), timeout=60)
-        c.client.store.update(handle.id, lambda m: replace(
-            m, state=State.FAILED, phase=Phase.FINISHED, rollback=(),
-            errors=(*m.errors, WHERE)), "failed")
+        c.client.store.update(
+            handle.id,
+            lambda m: replace(
+                m, state=State.FAILED, phase=Phase.FINISHED, rollback=(), errors=(*m.errors, WHERE)
+            ),
+            "failed",
+        )
         c.release(handle.id, "verify:pause-before")
     finally:
         c.disarm()
     states = {n: s for n, s in (("f1", "frozen"), ("f2", "running"))}
-    wait_for(lambda: {k["node"]: k["state"] for k in c.client.containers()
-                      if k["name"] == name} == states, timeout=10)
+    wait_for(
+        lambda: (
+            {k["node"]: k["state"] for k in c.client.containers() if k["name"] == name} == states
+        ),
+        timeout=10,
+    )
     return info, handle.id
 
 
@@ -52,8 +60,10 @@ def test_keeping_the_destination_kills_the_frozen_source(faults) -> None:
     s = faults.client.resolve(mid, "destination")
     assert (s.keep, s.kill) == ("f2", ("f1",))
     m = faults.client.status(mid)
-    assert m.state is State.FAILED and m.errors[-1] == \
-        "resolved by hand: kept the copy on f2, killed the one on f1"
+    assert (
+        m.state is State.FAILED
+        and m.errors[-1] == "resolved by hand: kept the copy on f2, killed the one on f1"
+    )
     assert not procs.alive(info["pid"]), "the source copy still exists"
     assert len(faults.copies("v-keep-dst")) == 1
     values = ticks(info["log"])
@@ -71,8 +81,10 @@ def test_keeping_the_source_kills_the_destination_and_continues_the_source(fault
     counting(info["log"])
     # Resolving again is safe: the copy kept runs, f2 holds none.
     faults.client.resolve(mid, "source")
-    assert faults.client.status(mid).errors[-1] == \
-        "resolved by hand: kept the copy on f1; f2 held none"
+    assert (
+        faults.client.status(mid).errors[-1]
+        == "resolved by hand: kept the copy on f1; f2 held none"
+    )
     assert faults.copies("v-keep-src") == [info["pid"]]
     faults.client.kill("v-keep-src")
 

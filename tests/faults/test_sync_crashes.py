@@ -26,15 +26,24 @@ pytestmark = pytest.mark.criu
 
 # A counter in its log (what the fault suite checks) and in a file it holds
 # open in its synced dir.
-WRITER = ("import os, sys, time\n"
-          "f = open(os.path.join(sys.argv[1], 'lines'), 'a')\n"
-          "i = 0\n"
-          "while True:\n"
-          "    f.write(f'{i}\\n'); f.flush(); print('tick', i, flush=True)\n"
-          "    i += 1; time.sleep(0.05)\n")
-POINTS = ["prepare:kill-after", "sync:kill-before", "sync:kill-after", "final_sync:kill-before",
-          "final_sync:kill-after", "restore:kill-before", "cleanup:kill-before",
-          "cleanup:kill-after"]
+WRITER = (
+    "import os, sys, time\n"
+    "f = open(os.path.join(sys.argv[1], 'lines'), 'a')\n"
+    "i = 0\n"
+    "while True:\n"
+    "    f.write(f'{i}\\n'); f.flush(); print('tick', i, flush=True)\n"
+    "    i += 1; time.sleep(0.05)\n"
+)
+POINTS = [
+    "prepare:kill-after",
+    "sync:kill-before",
+    "sync:kill-after",
+    "final_sync:kill-before",
+    "final_sync:kill-after",
+    "restore:kill-before",
+    "cleanup:kill-before",
+    "cleanup:kill-after",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +55,10 @@ def synced(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
     (base / "local").mkdir()
     for n in NODES:
         (base / f"{n}-disk").mkdir()
-    env = {**fault_env(redis_url, str(base / "failpoints")), "FERRY_SYNC_ROOTS": str(base / "local")}
+    env = {
+        **fault_env(redis_url, str(base / "failpoints")),
+        "FERRY_SYNC_ROOTS": str(base / "local"),
+    }
     c = FaultCluster(base, env, mounts={n: {base / f"{n}-disk": base / "local"} for n in NODES})
     c.disarm()
     with running(c, list(NODES)):
@@ -72,8 +84,12 @@ def disk(c: FaultCluster, node: str) -> Path:
 def start(c: FaultCluster, name: str) -> str:
     (disk(c, "f1") / name).mkdir()
     (disk(c, "f1") / name / "data").write_bytes(b"x" * 1_000_000)
-    info = c.client.run("f1", [sys.executable, "-u", "-c", WRITER, str(c.base / "local" / name)],
-                        name=name, sync=[str(c.base / "local" / name)])
+    info = c.client.run(
+        "f1",
+        [sys.executable, "-u", "-c", WRITER, str(c.base / "local" / name)],
+        name=name,
+        sync=[str(c.base / "local" / name)],
+    )
     wait_for(lambda: len(ticks(info["log"])) > 5)
     return str(info["log"])
 
@@ -81,8 +97,10 @@ def start(c: FaultCluster, name: str) -> str:
 def check(c: FaultCluster, name: str, mid: str, state: str) -> None:
     """The synced file is whole where the container runs; nothing of ``mid`` left elsewhere."""
     here, there = ("f2", "f1") if state == "done" else ("f1", "f2")
-    wait_for(lambda: not daemons(c, mid) and
-             not (c.base / "nodes" / "f2" / "fsync" / mid).exists(), timeout=15)
+    wait_for(
+        lambda: not daemons(c, mid) and not (c.base / "nodes" / "f2" / "fsync" / mid).exists(),
+        timeout=15,
+    )
     lines = [int(x) for x in (disk(c, here) / name / "lines").read_text().split()]
     assert lines == list(range(len(lines))), "a number was lost or written twice"
     assert (disk(c, here) / name / "data").stat().st_size == 1_000_000
@@ -90,7 +108,9 @@ def check(c: FaultCluster, name: str, mid: str, state: str) -> None:
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_a_worker_killed_in_a_sync_migration_loses_nothing(synced: FaultCluster, point: str) -> None:
+def test_a_worker_killed_in_a_sync_migration_loses_nothing(
+    synced: FaultCluster, point: str
+) -> None:
     c = synced
     name = f"s-{point.replace(':', '-').replace('_', '-')}"
     log = start(c, name)

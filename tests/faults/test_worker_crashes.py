@@ -16,9 +16,12 @@ from tests.integration.helpers import dirtying, ticks, wait_for
 pytestmark = pytest.mark.criu
 
 
-@pytest.mark.parametrize("strategy,point", [("cold", p) for p in COLD] +
-                         [("postcopy", p) for p in POSTCOPY] +
-                         [("delta", p) for p in DELTA])
+@pytest.mark.parametrize(
+    "strategy,point",
+    [("cold", p) for p in COLD]
+    + [("postcopy", p) for p in POSTCOPY]
+    + [("delta", p) for p in DELTA],
+)
 def test_a_worker_killed_in_a_phase_loses_nothing(faults, strategy: str, point: str) -> None:
     client = faults.client
     name = f"f-{strategy}-{point.replace(':', '-')}"

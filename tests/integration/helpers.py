@@ -5,16 +5,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-COUNTER = ("import time\ni = 0\nwhile True:\n    print('tick', i, flush=True)\n"
-           "    i += 1\n    time.sleep(0.05)\n")
+COUNTER = (
+    "import time\ni = 0\nwhile True:\n    print('tick', i, flush=True)\n"
+    "    i += 1\n    time.sleep(0.05)\n"
+)
 
 
 def ticks(log: str | Path) -> list[int]:
     """The counter's values in its log; a line still being written is left out."""
     text = Path(log).read_text()
     lines = text.splitlines()[: None if text.endswith("\n") else -1]
-    return [int(p[1]) for p in (ln.split() for ln in lines)
-            if len(p) >= 2 and p[0] == "tick" and p[1].isdigit()]
+    return [
+        int(p[1])
+        for p in (ln.split() for ln in lines)
+        if len(p) >= 2 and p[0] == "tick" and p[1].isdigit()
+    ]
 
 
 def wait_for(pred, timeout: float = 10.0, every: float = 0.05):  # type: ignore[no-untyped-def]
@@ -33,13 +38,16 @@ def assert_went_on(values: list[int], before: int) -> None:
     assert len(values) == len(set(values)), "a value was printed twice: two copies ran"
     assert values[-1] > before
 
-DIRTY = ("import time\n"
-         "data = bytearray(b'x') * ({mb} << 20)\n"
-         "i = 0\n"
-         "while True:\n"
-         "    for p in range(i % 16, len(data) // 4096, {stride}):\n"
-         "        data[p * 4096] = i % 251\n"
-         "    print('tick', i, flush=True); i += 1; time.sleep(0.05)\n")
+
+DIRTY = (
+    "import time\n"
+    "data = bytearray(b'x') * ({mb} << 20)\n"
+    "i = 0\n"
+    "while True:\n"
+    "    for p in range(i % 16, len(data) // 4096, {stride}):\n"
+    "        data[p * 4096] = i % 251\n"
+    "    print('tick', i, flush=True); i += 1; time.sleep(0.05)\n"
+)
 
 
 def dirtying(mb: int = 32, stride: int = 16) -> str:

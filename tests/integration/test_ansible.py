@@ -23,10 +23,13 @@ from tests.conftest import need
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOK_DIR = ROOT / "ops" / "ansible"
-SECRETS = {"ferry_redis_password": "r" * 32, "ferry_secret": "s" * 64,
-           "ferry_flower_auth": "admin:flower-password-1",
-           "ferry_cluster_networks": ["10.0.0.0/24", "192.168.50.0/24"],
-           "ferry_cluster_networks6": ["fd00:f::/64"]}
+SECRETS = {
+    "ferry_redis_password": "r" * 32,
+    "ferry_secret": "s" * 64,
+    "ferry_flower_auth": "admin:flower-password-1",
+    "ferry_cluster_networks": ["10.0.0.0/24", "192.168.50.0/24"],
+    "ferry_cluster_networks6": ["fd00:f::/64"],
+}
 INVENTORY = f"""
 [head]
 localhost ansible_connection=local ansible_python_interpreter={sys.executable} \
@@ -44,17 +47,23 @@ def ansible_playbook() -> str:
     return exe
 
 
-def play(tmp: Path, *args: str,
-         extra: dict[str, object] | None = None) -> subprocess.CompletedProcess[str]:
+def play(
+    tmp: Path, *args: str, extra: dict[str, object] | None = None
+) -> subprocess.CompletedProcess[str]:
     inventory = tmp / "inventory.ini"
     inventory.write_text(INVENTORY)
-    env = {**os.environ, "ANSIBLE_HOME": str(tmp / "ansible-home"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_CONFIG": str(PLAYBOOK_DIR / "ansible.cfg")}
+    env = {
+        **os.environ,
+        "ANSIBLE_HOME": str(tmp / "ansible-home"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_CONFIG": str(PLAYBOOK_DIR / "ansible.cfg"),
+    }
     argv = [ansible_playbook(), "-i", str(inventory), "site.yml", *args]
     if extra is not None:
         argv += ["-e", json.dumps(extra)]
-    return subprocess.run(argv, cwd=PLAYBOOK_DIR, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        argv, cwd=PLAYBOOK_DIR, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +80,25 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_playbook_passes_syntax_check(tmp_path: Path) -> None:
-    res = subprocess.run([ansible_playbook(), "--syntax-check", "-i", "inventory.example.ini",
-                          "site.yml"], cwd=PLAYBOOK_DIR, capture_output=True, text=True,
-                         env={**os.environ, "ANSIBLE_HOME": str(tmp_path)}, timeout=120,
-                         check=False)
+    res = subprocess.run(
+        [ansible_playbook(), "--syntax-check", "-i", "inventory.example.ini", "site.yml"],
+        cwd=PLAYBOOK_DIR,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ANSIBLE_HOME": str(tmp_path)},
+        timeout=120,
+        check=False,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_it_refuses_to_run_without_the_secrets(tmp_path: Path) -> None:
-    res = play(tmp_path, "--tags", "check-safe",
-               extra={"ferry_root": str(tmp_path / "root"), "ansible_become": False})
+    res = play(
+        tmp_path,
+        "--tags",
+        "check-safe",
+        extra={"ferry_root": str(tmp_path / "root"), "ansible_become": False},
+    )
     assert res.returncode != 0
     assert "ferry_redis_password" in res.stdout
     assert not (tmp_path / "root").exists(), "nothing may be written before the check"
@@ -90,8 +108,9 @@ def test_the_environment_file_is_private_and_ferry_reads_it(rendered: Path) -> N
     path = rendered / "etc/ferry/ferry.env"
     assert path.stat().st_mode & 0o777 == 0o600
     assert (rendered / "var/lib/ferry").stat().st_mode & 0o777 == 0o700
-    env = dict(ln.split("=", 1) for ln in path.read_text().splitlines()
-               if ln and not ln.startswith("#"))
+    env = dict(
+        ln.split("=", 1) for ln in path.read_text().splitlines() if ln and not ln.startswith("#")
+    )
     url = f"redis://ferry:{'r' * 32}@127.0.0.1:6379/0"
     s = Settings.from_env(env)
     assert (s.broker_url, s.redis_url, s.secret) == (url, url, "s" * 64)
@@ -115,13 +134,19 @@ def test_sshd_takes_keys_only_and_keeps_sftp(rendered: Path, tmp_path: Path) -> 
         pytest.skip("sshd -T needs openssh-server and root (the host keys)")
     # A main config like Debian's: the drop-ins first, then contrary settings.
     main = tmp_path / "sshd_config"
-    main.write_text(f"Include {drop_in}\nPasswordAuthentication yes\nPermitRootLogin yes\n"
-                    "Subsystem sftp /usr/lib/openssh/sftp-server\n")
+    main.write_text(
+        f"Include {drop_in}\nPasswordAuthentication yes\nPermitRootLogin yes\n"
+        "Subsystem sftp /usr/lib/openssh/sftp-server\n"
+    )
     # sshd -T wants its privilege separation dir, which only a running ssh
     # service creates: give it one on a private /run that vanishes with it.
     script = 'mount -t tmpfs tmpfs /run && mkdir /run/sshd && exec "$0" -T -f "$1"'
-    res = subprocess.run(["unshare", "--mount", "sh", "-c", script, sshd, str(main)],
-                         capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, sshd, str(main)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     effective = dict(ln.split(" ", 1) for ln in res.stdout.splitlines() if " " in ln)
     assert effective["passwordauthentication"] == "no"
@@ -138,15 +163,23 @@ def test_the_nft_rules_admit_only_the_cluster_network(rendered: Path) -> None:
     nft = shutil.which("nft") or "/usr/sbin/nft"
     if not (os.path.exists(nft) and os.geteuid() == 0):
         pytest.skip("nft -c needs the nftables package and root")
-    res = subprocess.run([nft, "-c", "-f", str(rendered / "etc/ferry/ferry.nft")],
-                         capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [nft, "-c", "-f", str(rendered / "etc/ferry/ferry.nft")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
 
 
 def test_the_units_verify_cleanly(rendered: Path, tmp_path: Path) -> None:
     units = sorted((rendered / "etc/systemd/system").glob("*.service"))
-    assert {u.name for u in units} == {"ferry-worker@.service", "ferry-coordinator.service",
-                                       "ferry-flower.service", "ferry-firewall.service"}
+    assert {u.name for u in units} == {
+        "ferry-worker@.service",
+        "ferry-coordinator.service",
+        "ferry-flower.service",
+        "ferry-firewall.service",
+    }
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
@@ -156,8 +189,12 @@ def test_the_units_verify_cleanly(rendered: Path, tmp_path: Path) -> None:
         text = unit.read_text().replace("/opt/ferry/venv/bin/ferry", str(ferry))
         copy = tmp_path / unit.name.replace("@.", "@pi-01.")
         copy.write_text(text)
-        res = subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True,
-                             text=True, check=False)
-        problems = [ln for ln in (res.stdout + res.stderr).splitlines()
-                    if copy.name.split("@")[0] in ln or str(copy) in ln]
+        res = subprocess.run(
+            [analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True, check=False
+        )
+        problems = [
+            ln
+            for ln in (res.stdout + res.stderr).splitlines()
+            if copy.name.split("@")[0] in ln or str(copy) in ln
+        ]
         assert res.returncode == 0 and not problems, "\n".join(problems)

@@ -30,14 +30,17 @@ def _still_running(client, info) -> None:  # type: ignore[no-untyped-def]
     assert len(ticks(info["log"])) > n
 
 
-@pytest.mark.parametrize("call,error,words", [
-    (lambda c: c.migrate("victim", "nowhere"), UnknownNode, "unknown node 'nowhere'"),
-    (lambda c: c.migrate("ghost", "n2"), UnknownContainer, "unknown container 'ghost'"),
-    (lambda c: c.migrate("victim", "n1"), BadRequest, "already runs on n1"),
-    (lambda c: c.migrate("victim", "N2;rm -rf /"), BadRequest, "bad node name"),
-    (lambda c: c.migrate("../etc", "n2"), BadRequest, "bad container name"),
-    (lambda c: c.migrate("victim", "n2", strategy="teleport"), BadRequest, "unknown strategy"),
-])
+@pytest.mark.parametrize(
+    "call,error,words",
+    [
+        (lambda c: c.migrate("victim", "nowhere"), UnknownNode, "unknown node 'nowhere'"),
+        (lambda c: c.migrate("ghost", "n2"), UnknownContainer, "unknown container 'ghost'"),
+        (lambda c: c.migrate("victim", "n1"), BadRequest, "already runs on n1"),
+        (lambda c: c.migrate("victim", "N2;rm -rf /"), BadRequest, "bad node name"),
+        (lambda c: c.migrate("../etc", "n2"), BadRequest, "bad container name"),
+        (lambda c: c.migrate("victim", "n2", strategy="teleport"), BadRequest, "unknown strategy"),
+    ],
+)
 def test_bad_requests_are_refused_and_change_nothing(victim, call, error, words) -> None:  # type: ignore[no-untyped-def]
     client, info = victim
     before = client.store.ids()
@@ -60,21 +63,28 @@ def test_a_node_without_criu_is_refused(cluster, victim) -> None:  # type: ignor
 FORGED = "0" * 64
 
 
-@pytest.mark.parametrize("task,args,refusal", [
-    ("ferry.node.dump", ("../../etc/passwd", 1), "BadRequest"),
-    ("ferry.node.restore", ("m-000000000000", "1; rm -rf /"), "BadRequest"),
-    ("ferry.node.run", ("x", "rm -rf /", {}, [], 0.0, FORGED), "BadRequest"),
-    ("ferry.node.run", ("../x", ["true"], {}, [], 0.0, FORGED), "BadRequest"),
-    ("ferry.node.run", ("evil", ["true"], {}, "/etc", 0.0, FORGED), "BadRequest"),
-    ("ferry.node.kill", ("victim; reboot", 0.0, FORGED), "BadRequest"),
-    # well-formed, but not signed with the cluster secret
-    ("ferry.node.run", ("evil", ["touch", "/tmp/ferry-pwned"], {}, [], "now", FORGED),
-     "TokenError"),
-    ("ferry.node.kill", ("victim", "now", FORGED), "TokenError"),
-    ("ferry.node.kill", ("victim",), "TypeError"),
-])
+@pytest.mark.parametrize(
+    "task,args,refusal",
+    [
+        ("ferry.node.dump", ("../../etc/passwd", 1), "BadRequest"),
+        ("ferry.node.restore", ("m-000000000000", "1; rm -rf /"), "BadRequest"),
+        ("ferry.node.run", ("x", "rm -rf /", {}, [], 0.0, FORGED), "BadRequest"),
+        ("ferry.node.run", ("../x", ["true"], {}, [], 0.0, FORGED), "BadRequest"),
+        ("ferry.node.run", ("evil", ["true"], {}, "/etc", 0.0, FORGED), "BadRequest"),
+        ("ferry.node.kill", ("victim; reboot", 0.0, FORGED), "BadRequest"),
+        # well-formed, but not signed with the cluster secret
+        (
+            "ferry.node.run",
+            ("evil", ["touch", "/tmp/ferry-pwned"], {}, [], "now", FORGED),
+            "TokenError",
+        ),
+        ("ferry.node.kill", ("victim", "now", FORGED), "TokenError"),
+        ("ferry.node.kill", ("victim",), "TypeError"),
+    ],
+)
 def test_malformed_or_unsigned_messages_sent_straight_to_a_node_queue_fail_cleanly(
-        victim, task, args, refusal) -> None:  # type: ignore[no-untyped-def]
+    victim, task, args, refusal
+) -> None:  # type: ignore[no-untyped-def]
     client, info = victim
     args = tuple(time.time() if a == "now" else a for a in args)
     res = client.app.send_task(task, args=args, queue="node.n1")
@@ -92,8 +102,18 @@ def test_a_tampered_migration_record_is_refused_by_the_node(victim) -> None:  # 
     from tasks.core.machine import Migration, Phase, State
     from workers.ids import new_id
 
-    m = Migration(id=new_id(), container="victim", src="n1", dst="n2", state=State.RUNNING,
-                  phase=Phase.DUMP, step=1, attempt=1, created=time.time(), updated=time.time())
+    m = Migration(
+        id=new_id(),
+        container="victim",
+        src="n1",
+        dst="n2",
+        state=State.RUNNING,
+        phase=Phase.DUMP,
+        step=1,
+        attempt=1,
+        created=time.time(),
+        updated=time.time(),
+    )
     client.store.create(replace(m, mac=FORGED))
     res = client.app.send_task("ferry.node.dump", args=(m.id, 1), queue="node.n1.urgent")
     res.get(timeout=20, propagate=False)

@@ -28,8 +28,12 @@ from workers.dirsync.dirs import check_dirs
 from workers.errors import BadRequest, FerryError, UnknownNode
 from workers.ids import CONTAINER_NAME, MIGRATION_ID, NODE_NAME
 
-CLUSTER = settings(max_examples=30, deadline=None, derandomize=True,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture])
+CLUSTER = settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 VICTIM = "victim"
 CHANGES = ("ferry:mig", "ferry:active", "ferry:cordon:", "ferry:evac")
 
@@ -39,10 +43,12 @@ WRONG = ["\n", "/", "../", " ", ";rm -rf /", "A", "$(reboot)", "\x00", "[/red]",
 
 def bad_text(pattern: Any, good: str) -> st.SearchStrategy[str]:
     """Strings ``pattern`` refuses: near misses of ``good``, and any text."""
-    near = st.builds(lambda w, at: good[:at] + w + good[at:], st.sampled_from(WRONG),
-                     st.integers(0, len(good)))
+    near = st.builds(
+        lambda w, at: good[:at] + w + good[at:], st.sampled_from(WRONG), st.integers(0, len(good))
+    )
     return st.one_of(near, st.text(max_size=80), st.just(""), st.just(good * 20)).filter(
-        lambda s: not pattern.match(s))
+        lambda s: not pattern.match(s)
+    )
 
 
 BAD_NAMES = bad_text(CONTAINER_NAME, "web-1.a_b")
@@ -50,17 +56,34 @@ BAD_NODES = bad_text(NODE_NAME, "pi-01")
 BAD_IDS = bad_text(MIGRATION_ID, "m-0123456789ab")
 GOOD_NAMES = st.from_regex(CONTAINER_NAME, fullmatch=True).filter(lambda s: "\n" not in s)
 UNKNOWN_NODES = st.from_regex(NODE_NAME, fullmatch=True).filter(
-    lambda s: "\n" not in s and s not in ("s1", "s2"))
+    lambda s: "\n" not in s and s not in ("s1", "s2")
+)
 UNKNOWN_IDS = st.from_regex(MIGRATION_ID, fullmatch=True).filter(lambda s: "\n" not in s)
 BAD_STRATEGIES = st.text(max_size=20).filter(lambda s: s not in (*STRATEGIES, "auto"))
-NOT_POSITIVE = st.one_of(st.floats(max_value=0), st.just(math.nan), st.just(math.inf),
-                         st.just(-math.inf))
-BAD_RATES = st.one_of(st.text(max_size=12).filter(lambda s: _refused(parse_rate, s)),
-                      st.sampled_from(["0", "0M", "-5M", "nan", "inf", "1e3M", "50 furlongs",
-                                       "800mbitz", "M", "1.M"]))
-BAD_PATHS = st.one_of(st.text(max_size=40).filter(lambda s: not s.startswith("/")),
-                      st.sampled_from(["", "relative/dir", "./x", "../etc", "/tmp/../etc",
-                                       "/tmp/x/../../etc", "/tmp//x", "/tmp/x\n"]))
+NOT_POSITIVE = st.one_of(
+    st.floats(max_value=0), st.just(math.nan), st.just(math.inf), st.just(-math.inf)
+)
+BAD_RATES = st.one_of(
+    st.text(max_size=12).filter(lambda s: _refused(parse_rate, s)),
+    st.sampled_from(
+        ["0", "0M", "-5M", "nan", "inf", "1e3M", "50 furlongs", "800mbitz", "M", "1.M"]
+    ),
+)
+BAD_PATHS = st.one_of(
+    st.text(max_size=40).filter(lambda s: not s.startswith("/")),
+    st.sampled_from(
+        [
+            "",
+            "relative/dir",
+            "./x",
+            "../etc",
+            "/tmp/../etc",
+            "/tmp/x/../../etc",
+            "/tmp//x",
+            "/tmp/x\n",
+        ]
+    ),
+)
 
 
 def _refused(f: Callable[[str], object], value: str) -> bool:
@@ -88,8 +111,9 @@ def snapshot(c: LocalCluster) -> tuple[list[str], list[str], list[tuple[Any, ...
     return keys, c.client.store.ids(1000), containers
 
 
-def refused(c: LocalCluster, call: Callable[[], object], value: object,
-            error: type[FerryError] = BadRequest) -> None:
+def refused(
+    c: LocalCluster, call: Callable[[], object], value: object, error: type[FerryError] = BadRequest
+) -> None:
     """``call`` raises ``error`` naming ``value`` and changes nothing."""
     before = snapshot(c)
     with pytest.raises(error) as info:
@@ -122,8 +146,12 @@ def cli_refused(c: LocalCluster, argv: list[str], value: str) -> None:
 @given(name=BAD_NAMES)
 def test_api_bad_container_names(sim, name: str) -> None:
     c = sim.client
-    for call in (lambda: c.migrate(name, "s2"), lambda: c.run("s1", ["true"], name=name),
-                 lambda: c.kill(name), lambda: c.resolve(name, "s1")):
+    for call in (
+        lambda: c.migrate(name, "s2"),
+        lambda: c.run("s1", ["true"], name=name),
+        lambda: c.kill(name),
+        lambda: c.resolve(name, "s1"),
+    ):
         refused(sim, call, name)
 
 
@@ -131,9 +159,13 @@ def test_api_bad_container_names(sim, name: str) -> None:
 @given(node=BAD_NODES)
 def test_api_bad_node_names(sim, node: str) -> None:
     c = sim.client
-    for call in (lambda: c.migrate(VICTIM, node), lambda: c.run(node, ["true"]),
-                 lambda: c.cordon(node), lambda: c.evacuate(node, dry_run=True),
-                 lambda: c.evacuate("s1", to=[node], dry_run=True)):
+    for call in (
+        lambda: c.migrate(VICTIM, node),
+        lambda: c.run(node, ["true"]),
+        lambda: c.cordon(node),
+        lambda: c.evacuate(node, dry_run=True),
+        lambda: c.evacuate("s1", to=[node], dry_run=True),
+    ):
         refused(sim, call, node)
 
 
@@ -141,8 +173,11 @@ def test_api_bad_node_names(sim, node: str) -> None:
 @given(node=UNKNOWN_NODES)
 def test_api_unknown_nodes(sim, node: str) -> None:
     c = sim.client
-    for call in (lambda: c.migrate(VICTIM, node), lambda: c.run(node, ["true"]),
-                 lambda: c.cordon(node)):
+    for call in (
+        lambda: c.migrate(VICTIM, node),
+        lambda: c.run(node, ["true"]),
+        lambda: c.cordon(node),
+    ):
         refused(sim, call, node, UnknownNode)
 
 
@@ -171,8 +206,10 @@ def test_api_numbers_must_be_finite_and_positive(sim, value: float, which: str) 
 
 
 @CLUSTER
-@given(value=st.one_of(st.integers(max_value=0), st.floats(allow_nan=True), st.booleans()),
-       which=st.sampled_from(["max_iterations", "max_parallel", "per_node"]))
+@given(
+    value=st.one_of(st.integers(max_value=0), st.floats(allow_nan=True), st.booleans()),
+    which=st.sampled_from(["max_iterations", "max_parallel", "per_node"]),
+)
 def test_api_counts_must_be_whole_and_positive(sim, value: Any, which: str) -> None:
     if which == "max_iterations":
         refused(sim, lambda: sim.client.migrate(VICTIM, "s2", max_iterations=value), value)
@@ -181,8 +218,11 @@ def test_api_counts_must_be_whole_and_positive(sim, value: Any, which: str) -> N
 
 
 @CLUSTER
-@given(goal=st.one_of(st.floats(max_value=0), st.floats(min_value=1, exclude_min=True),
-                      st.just(math.nan)))
+@given(
+    goal=st.one_of(
+        st.floats(max_value=0), st.floats(min_value=1, exclude_min=True), st.just(math.nan)
+    )
+)
 def test_api_goal_is_a_share(sim, goal: float) -> None:
     refused(sim, lambda: sim.client.migrate(VICTIM, "s2", goal_unchanged=goal), goal)
 
@@ -214,10 +254,16 @@ def test_api_bad_sync_paths(sim, path: str, tmp_path_factory: pytest.TempPathFac
 
 
 @settings(max_examples=20, deadline=None, derandomize=True)
-@given(parts=st.lists(st.from_regex(r"[a-z0-9_-]{1,12}", fullmatch=True).filter(
-    lambda s: "\n" not in s), min_size=1, max_size=3))
-def test_good_sync_paths_are_accepted(parts: list[str], tmp_path_factory: pytest.TempPathFactory
-                                      ) -> None:
+@given(
+    parts=st.lists(
+        st.from_regex(r"[a-z0-9_-]{1,12}", fullmatch=True).filter(lambda s: "\n" not in s),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_good_sync_paths_are_accepted(
+    parts: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     root = tmp_path_factory.getbasetemp() / "sync-good"
     d = root.joinpath(*parts)
     d.mkdir(parents=True, exist_ok=True)
@@ -227,8 +273,12 @@ def test_good_sync_paths_are_accepted(parts: list[str], tmp_path_factory: pytest
 # -- good values are accepted ------------------------------------------------------------------
 
 
-@given(num=st.integers(1, 10**6), prefix=st.sampled_from(["", "k", "M", "G", "m", "g"]),
-       binary=st.booleans(), unit=st.sampled_from(["", "B", "bit", "b/s", "B/s"]))
+@given(
+    num=st.integers(1, 10**6),
+    prefix=st.sampled_from(["", "k", "M", "G", "m", "g"]),
+    binary=st.booleans(),
+    unit=st.sampled_from(["", "B", "bit", "b/s", "B/s"]),
+)
 def test_good_rates_round_trip(num: int, prefix: str, binary: bool, unit: str) -> None:
     i = "i" if binary and prefix else ""
     power = {"": 0, "k": 1, "m": 2, "g": 3}[prefix.lower()]
@@ -236,8 +286,12 @@ def test_good_rates_round_trip(num: int, prefix: str, binary: bool, unit: str) -
     assert parse_rate(f"{num}{prefix}{i}{unit}") == pytest.approx(want)
 
 
-@settings(max_examples=8, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(name=GOOD_NAMES)
 def test_good_container_names_round_trip(sim, name: str) -> None:
     """Started under its name, listed under it, killed by it."""
@@ -252,17 +306,30 @@ def test_good_container_names_round_trip(sim, name: str) -> None:
     assert not any(k["name"] == name for k in sim.client.containers())
 
 
-@settings(max_examples=4, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=4,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(limit=st.floats(1, 10_000), iterations=st.integers(1, 20), goal=st.floats(0.01, 1.0))
 def test_good_limits_reach_the_record(sim, limit: float, iterations: int, goal: float) -> None:
     c = sim.client
     here = c.locate(VICTIM)
-    m = c.migrate(VICTIM, "s2" if here == "s1" else "s1", "cold", downtime_limit_ms=limit,
-                  max_iterations=iterations, goal_unchanged=goal).wait(timeout=60)
+    m = c.migrate(
+        VICTIM,
+        "s2" if here == "s1" else "s1",
+        "cold",
+        downtime_limit_ms=limit,
+        max_iterations=iterations,
+        goal_unchanged=goal,
+    ).wait(timeout=60)
     assert m.state.value == "done", m.errors
-    assert (m.limits["downtime_limit_ms"], m.limits["max_iterations"],
-            m.limits["goal_unchanged"]) == (limit, iterations, goal)
+    assert (
+        m.limits["downtime_limit_ms"],
+        m.limits["max_iterations"],
+        m.limits["goal_unchanged"],
+    ) == (limit, iterations, goal)
 
 
 # -- the CLI -----------------------------------------------------------------------------------
@@ -299,22 +366,26 @@ def test_cli_bad_migration_ids(sim, mid: str) -> None:
 @CLUSTER
 @given(strategy=BAD_STRATEGIES, where=st.sampled_from(["migrate", "evacuate"]))
 def test_cli_bad_strategies(sim, strategy: str, where: str) -> None:
-    argv = ["migrate", VICTIM, "--to", "s2"] if where == "migrate" else ["evacuate", "s1",
-                                                                          "--dry-run"]
+    argv = (
+        ["migrate", VICTIM, "--to", "s2"] if where == "migrate" else ["evacuate", "s1", "--dry-run"]
+    )
     cli_refused(sim, [*argv, f"--strategy={strategy}"], strategy)
 
 
 @CLUSTER
-@given(value=st.one_of(NOT_POSITIVE.map(str),
-                       st.text(max_size=10).filter(lambda s: not _positive(s))),
-       option=st.sampled_from(["--timeout", "--downtime-limit"]))
+@given(
+    value=st.one_of(NOT_POSITIVE.map(str), st.text(max_size=10).filter(lambda s: not _positive(s))),
+    option=st.sampled_from(["--timeout", "--downtime-limit"]),
+)
 def test_cli_durations_and_limits(sim, value: str, option: str) -> None:
     cli_refused(sim, ["migrate", VICTIM, "--to", "s2", f"{option}={value}"], value)
 
 
 @CLUSTER
-@given(value=st.one_of(st.integers(max_value=0).map(str), st.sampled_from(["1.5", "x", "nan"])),
-       option=st.sampled_from(["--max-parallel", "--per-node"]))
+@given(
+    value=st.one_of(st.integers(max_value=0).map(str), st.sampled_from(["1.5", "x", "nan"])),
+    option=st.sampled_from(["--max-parallel", "--per-node"]),
+)
 def test_cli_counts(sim, value: str, option: str) -> None:
     cli_refused(sim, ["evacuate", "s1", "--dry-run", f"{option}={value}"], value)
 
@@ -329,8 +400,9 @@ def test_cli_bad_bandwidths(sim, rate: str) -> None:
 @given(path=BAD_PATHS.filter(lambda p: not p.startswith("/")))
 def test_cli_bad_sync_paths(sim, path: str) -> None:
     """Relative ones: the client refuses them (absolute ones are the criu node's to check)."""
-    cli_refused(sim, ["run", "--node", "s1", "--name", "synced", f"--sync={path}", "--", "true"],
-                path)
+    cli_refused(
+        sim, ["run", "--node", "s1", "--name", "synced", f"--sync={path}", "--", "true"], path
+    )
 
 
 def _positive(s: str) -> bool:

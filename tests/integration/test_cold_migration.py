@@ -36,7 +36,9 @@ def test_counter_goes_on_on_the_destination_and_the_source_copy_is_gone(cluster)
     assert not procs.alive(info["pid"]), "the source copy still runs"
     assert m.results["verify"]["pid"] != info["pid"]
     assert procs.alive(m.results["verify"]["pid"])
-    where = wait_for(lambda: {c["node"] for c in client.containers() if c["name"] == "counter"} == {"n2"})
+    where = wait_for(
+        lambda: {c["node"] for c in client.containers() if c["name"] == "counter"} == {"n2"}
+    )
     assert where
     from tasks.core.summary import downtime
 
@@ -51,12 +53,14 @@ def test_counter_goes_on_on_the_destination_and_the_source_copy_is_gone(cluster)
 
 def test_a_process_tree_moves_whole(cluster) -> None:
     client = cluster.client
-    script = ("import os, sys, time\n"
-              "if os.fork() == 0:\n"
-              "    i = 0\n"
-              "    while True:\n"
-              "        print('tick', i, flush=True); i += 1; time.sleep(0.05)\n"
-              "os.wait()\n")
+    script = (
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    i = 0\n"
+        "    while True:\n"
+        "        print('tick', i, flush=True); i += 1; time.sleep(0.05)\n"
+        "os.wait()\n"
+    )
     info = client.run("n1", [sys.executable, "-u", "-c", script], name="tree")
     wait_for(lambda: len(ticks(info["log"])) > 5)
     assert len(procs.tree(info["pid"])) == 2
@@ -72,11 +76,13 @@ def test_a_process_tree_moves_whole(cluster) -> None:
 
 def test_a_process_with_an_open_file_keeps_writing_it(cluster, tmp_path) -> None:
     client = cluster.client
-    script = ("import time\n"
-              "f = open('numbers', 'w')\n"
-              "i = 0\n"
-              "while True:\n"
-              "    f.write(f'{i}\\n'); f.flush(); i += 1; time.sleep(0.05)\n")
+    script = (
+        "import time\n"
+        "f = open('numbers', 'w')\n"
+        "i = 0\n"
+        "while True:\n"
+        "    f.write(f'{i}\\n'); f.flush(); i += 1; time.sleep(0.05)\n"
+    )
     info = client.run("n1", [sys.executable, "-u", "-c", script], name="writer")
     numbers = Path(info["log"]).parent / "numbers"
     wait_for(lambda: numbers.exists() and len(numbers.read_text().split()) > 5)

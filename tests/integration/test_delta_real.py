@@ -54,8 +54,22 @@ def started(shm: Path) -> Iterator[list[int]]:
     need(ok, why)
     box = shm / "box"
     box.mkdir()
-    argv = [sys.executable, "-m", "workers.runtimes.launch", "--name", "dirtier", "--dir", str(box),
-            "--log", str(box / "log"), "--", sys.executable, "-u", "-c", DIRTIER]
+    argv = [
+        sys.executable,
+        "-m",
+        "workers.runtimes.launch",
+        "--name",
+        "dirtier",
+        "--dir",
+        str(box),
+        "--log",
+        str(box / "log"),
+        "--",
+        sys.executable,
+        "-u",
+        "-c",
+        DIRTIER,
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=30, check=False)
     assert proc.returncode == 0, proc.stderr
     pids = [int(proc.stdout)]
@@ -64,8 +78,9 @@ def started(shm: Path) -> Iterator[list[int]]:
         procs.kill_and_wait(pid)
 
 
-def test_a_delta_between_live_snapshots_rebuilds_them_and_restores(shm: Path,
-                                                                    started: list[int]) -> None:
+def test_a_delta_between_live_snapshots_rebuilds_them_and_restores(
+    shm: Path, started: list[int]
+) -> None:
     pid, log, criu = started[0], shm / "box" / "log", Criu()
     wait_for(lambda: len(ticks(log)) >= 3)
     d1, d2, out, target = shm / "d1", shm / "d2", shm / "out", shm / "target"

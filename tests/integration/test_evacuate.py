@@ -29,6 +29,7 @@ def sizes(prefix: str) -> dict[str, int]:
     """Counter names (unique per test: a container's log outlives it) and their MiB."""
     return {f"{prefix}{mb}": mb for mb in MIB}
 
+
 TO = ["e2", "e3"]  # other fixtures' nodes share the test Redis: never land on them
 
 
@@ -43,8 +44,11 @@ def evac(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[L
 
 
 def where(c: LocalCluster) -> dict[str, str]:
-    return {k["name"]: k["node"] for k in c.client.containers()
-            if k["node"] in NODES and k["state"] != "exited"}
+    return {
+        k["name"]: k["node"]
+        for k in c.client.containers()
+        if k["node"] in NODES and k["state"] != "exited"
+    }
 
 
 def fresh(c: LocalCluster) -> None:
@@ -61,8 +65,10 @@ def fresh(c: LocalCluster) -> None:
 
 def counters(c: LocalCluster, node: str, want: dict[str, int]) -> dict[str, dict]:
     """Counters holding ``want`` MiB each on ``node``, ticking."""
-    out = {name: c.client.run(node, [sys.executable, "-u", "-c", dirtying(mb, stride=256)],
-                              name=name) for name, mb in want.items()}
+    out = {
+        name: c.client.run(node, [sys.executable, "-u", "-c", dirtying(mb, stride=256)], name=name)
+        for name, mb in want.items()
+    }
     for info in out.values():
         wait_for(lambda info=info: len(ticks(info["log"])) > 5, timeout=30)
 
@@ -96,8 +102,12 @@ def test_a_dry_run_plans_and_changes_nothing(evac: LocalCluster) -> None:
 def test_unplaceable_containers_are_reported_before_anything_moves(evac: LocalCluster) -> None:
     fresh(evac)
     for name in ("db-a", "db-b", "db-c"):  # one anti-affinity group, two destinations
-        evac.client.run("e1", [sys.executable, "-u", "-c", dirtying(4, 256)], name=name,
-                        labels={"anti-affinity": "db"})
+        evac.client.run(
+            "e1",
+            [sys.executable, "-u", "-c", dirtying(4, 256)],
+            name=name,
+            labels={"anti-affinity": "db"},
+        )
     wait_for(lambda: len(where(evac)) == 3, timeout=20)
     before = evac.client.store.ids(1000)
     with pytest.raises(Unplaceable) as exc:
@@ -194,7 +204,8 @@ def test_a_cancel_stops_new_moves_and_the_rest_stays_on_the_source(evac: LocalCl
 
 
 def test_moves_pending_to_a_destination_that_is_cordoned_meanwhile_go_elsewhere(
-        evac: LocalCluster) -> None:
+    evac: LocalCluster,
+) -> None:
     fresh(evac)
     infos = counters(evac, "e1", sizes("rp"))
     h = evac.client.evacuate("e1", to=TO, max_parallel=1, per_node=1)
@@ -211,13 +222,26 @@ def test_moves_pending_to_a_destination_that_is_cordoned_meanwhile_go_elsewhere(
 def test_a_timeout_stops_the_evacuation_and_rolls_back_what_it_can(evac: LocalCluster) -> None:
     fresh(evac)
     counters(evac, "e1", sizes("to"))
-    res = evac.cli("evacuate", "e1", "--to", "e2,e3", "--max-parallel", "1", "--timeout", "0.5",
-                   "--json", timeout=180)
+    res = evac.cli(
+        "evacuate",
+        "e1",
+        "--to",
+        "e2,e3",
+        "--max-parallel",
+        "1",
+        "--timeout",
+        "0.5",
+        "--json",
+        timeout=180,
+    )
     assert res.returncode == 4, res.stdout + res.stderr
     rep = json.loads(res.stdout)
     assert rep["state"] == "timed_out" and rep["counts"]["not_started"] >= 2, rep
-    copies = [(k["name"], k["node"]) for k in evac.client.containers()
-              if k["node"] in NODES and k["state"] != "exited"]
+    copies = [
+        (k["name"], k["node"])
+        for k in evac.client.containers()
+        if k["node"] in NODES and k["state"] != "exited"
+    ]
     for r in rep["containers"]:  # each exactly once: where it moved, or still on e1
         assert r["outcome"] in ("moved", "rolled_back", "not_started")
         want = r["dst"] if r["outcome"] == "moved" else "e1"

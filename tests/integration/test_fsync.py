@@ -148,9 +148,16 @@ def test_symlink_cannot_lead_a_write_outside(start: Start, tmp_path: Path, chroo
     pw = tmp_path / "pw"
     pw.write_text(password(SECRET, MID))
     pw.chmod(0o600)
-    argv = ["rsync", "-a", "-R", "--no-implied-dirs", f"--password-file={pw}",
-            f"{evil}/./abs/pwned", f"{evil}/./rel/pwned",
-            f"rsync://{MID}@127.0.0.1:{port}/{module}/"]
+    argv = [
+        "rsync",
+        "-a",
+        "-R",
+        "--no-implied-dirs",
+        f"--password-file={pw}",
+        f"{evil}/./abs/pwned",
+        f"{evil}/./rel/pwned",
+        f"rsync://{MID}@127.0.0.1:{port}/{module}/",
+    ]
     done = subprocess.run(argv, capture_output=True, text=True)
     assert done.returncode != 0
     assert list(outside.iterdir()) == []
@@ -200,31 +207,39 @@ def test_bandwidth_limit(start: Start, tmp_path: Path) -> None:
     ],
     ids=["mid", "root", "host", "allow", "module", "src"],
 )
-def test_bad_input_refused(
-    tmp_path: Path, call: Callable[[Path], object], message: str
-) -> None:
+def test_bad_input_refused(tmp_path: Path, call: Callable[[Path], object], message: str) -> None:
     with pytest.raises(BadRequest, match=message):
         call(tmp_path)
 
 
-@pytest.mark.parametrize(("final", "kept"), [
-    (State.DONE, True),  # the copy is the container's now
-    (State.ROLLED_BACK, False),  # ABORT never got there: the partial copy goes
-    (State.FAILED, True),  # a copy may be in use here: keep it
-    (None, True),  # the record is gone: never guess, keep it
-], ids=["done", "rolled-back", "failed", "unknown"])
-def test_a_destination_s_daemons_outlive_no_migration(tmp_path: Path, final: State | None,
-                                                       kept: bool) -> None:
+@pytest.mark.parametrize(
+    ("final", "kept"),
+    [
+        (State.DONE, True),  # the copy is the container's now
+        (State.ROLLED_BACK, False),  # ABORT never got there: the partial copy goes
+        (State.FAILED, True),  # a copy may be in use here: keep it
+        (None, True),  # the record is gone: never guess, keep it
+    ],
+    ids=["done", "rolled-back", "failed", "unknown"],
+)
+def test_a_destination_s_daemons_outlive_no_migration(
+    tmp_path: Path, final: State | None, kept: bool
+) -> None:
     """PREPARE twice finds the same daemons; the heartbeat's GC stops them once the migration is final."""
     need(shutil.which("rsync") is not None, "rsync is not installed (apt-get install rsync)")
     root, src = tmp_path / "local", tmp_path / "src"
     root.mkdir()
     populate(src)
-    ctx = NodeContext(node="b", runtime=None, node_dir=tmp_path / "node",  # type: ignore[arg-type]
-                      address="127.0.0.1:1", secret=SECRET, container_root=tmp_path / "shared",
-                      sync_roots=(root,))
-    m = Migration(id="m-00000000000a", container="web", src="a", dst="b",
-                  sync=(str(root / "web"),))
+    ctx = NodeContext(
+        node="b",
+        runtime=None,
+        node_dir=tmp_path / "node",  # type: ignore[arg-type]
+        address="127.0.0.1:1",
+        secret=SECRET,
+        container_root=tmp_path / "shared",
+        sync_roots=(root,),
+    )
+    m = Migration(id="m-00000000000a", container="web", src="a", dst="b", sync=(str(root / "web"),))
     first, again = syncpasses.open_targets(ctx, m), syncpasses.open_targets(ctx, m)
     assert first == again
     target = first["sync"][0]

@@ -28,12 +28,14 @@ pytestmark = pytest.mark.criu
 NODES = ("d1", "d2")
 # Appends a number to its file every 20 ms, the file open all along; exits as
 # soon as its node holds a "poison" file (a destination that fails on restore).
-WRITER = ("import os, sys, time\n"
-          "d = sys.argv[1]\n"
-          "f = open(os.path.join(d, 'lines'), 'a')\n"
-          "i = 0\n"
-          "while not os.path.exists(os.path.join(os.path.dirname(d), 'poison')):\n"
-          "    f.write(f'{i}\\n'); f.flush(); i += 1; time.sleep(0.02)\n")
+WRITER = (
+    "import os, sys, time\n"
+    "d = sys.argv[1]\n"
+    "f = open(os.path.join(d, 'lines'), 'a')\n"
+    "i = 0\n"
+    "while not os.path.exists(os.path.join(os.path.dirname(d), 'poison')):\n"
+    "    f.write(f'{i}\\n'); f.flush(); i += 1; time.sleep(0.02)\n"
+)
 
 
 class Disks(LocalCluster):
@@ -93,8 +95,9 @@ def test_a_synced_dir_moves_with_its_container_cold_and_back_with_delta(disks: D
     time.sleep(0.5)
     assert_went_on(numbers(c.disk("d2") / "fs-writer" / "lines"), before)
     assert not (c.disk("d1") / "fs-writer").exists(), "the source's copy is still there"
-    assert sorted(p.name for p in (c.disk("d2") / "fs-writer" / "data").iterdir()) == \
-        sorted(f"blob-{i}" for i in range(20))
+    assert sorted(p.name for p in (c.disk("d2") / "fs-writer" / "data").iterdir()) == sorted(
+        f"blob-{i}" for i in range(20)
+    )
     assert m.results["sync"]["bytes"] > 1_000_000 > m.results["final_sync"]["bytes"]
     from tasks.core.summary import downtime, summary
 
@@ -155,8 +158,7 @@ def test_a_cancel_during_the_first_pass_removes_the_partial_copy(disks: Disks) -
     start_writer(c, "fs-slow")
     (c.disk("d1") / "fs-slow" / "big").write_bytes(os.urandom(3_000_000))
     h = c.client.migrate("fs-slow", "d2", "cold", bandwidth_bps=500_000)  # a first pass of ~6 s
-    wait_for(lambda: (c.disk("d2") / "fs-slow").exists() and h.status().phase == "sync",
-             timeout=30)
+    wait_for(lambda: (c.disk("d2") / "fs-slow").exists() and h.status().phase == "sync", timeout=30)
     time.sleep(1)
     c.client.cancel(h.id)
     m = h.wait(timeout=60)
@@ -187,14 +189,18 @@ def test_a_destination_dir_with_data_of_its_own_is_refused_and_kept(disks: Disks
     shutil.rmtree(c.disk("d2") / "fs-clash")
 
 
-@pytest.mark.parametrize(("sync", "message"), [
-    (lambda c: str(c.base / "elsewhere"), "outside what this node allows"),
-    (lambda c: str(c.local / "link" / "d"), "is a symlink"),
-    (lambda c: "relative/dir", "want an absolute path"),
-    (lambda c: f"{c.local}/a/../a", "no '.', '..'"),
-    (lambda c: str(c.local), "outside what this node allows"),  # a root itself
-    (lambda c: str(c.local / "missing"), "does not exist"),
-], ids=["outside", "symlink", "relative", "dotdot", "root", "missing"])
+@pytest.mark.parametrize(
+    ("sync", "message"),
+    [
+        (lambda c: str(c.base / "elsewhere"), "outside what this node allows"),
+        (lambda c: str(c.local / "link" / "d"), "is a symlink"),
+        (lambda c: "relative/dir", "want an absolute path"),
+        (lambda c: f"{c.local}/a/../a", "no '.', '..'"),
+        (lambda c: str(c.local), "outside what this node allows"),  # a root itself
+        (lambda c: str(c.local / "missing"), "does not exist"),
+    ],
+    ids=["outside", "symlink", "relative", "dotdot", "root", "missing"],
+)
 def test_bad_sync_dirs_are_refused_and_nothing_starts(disks: Disks, sync, message: str) -> None:
     c = disks
     (c.base / "elsewhere").mkdir(exist_ok=True)
@@ -203,8 +209,12 @@ def test_bad_sync_dirs_are_refused_and_nothing_starts(disks: Disks, sync, messag
     if not (c.disk("d1") / "link").is_symlink():
         (c.disk("d1") / "link").symlink_to(c.local / "real")
     with pytest.raises(BadRequest, match=message):
-        c.client.run("d1", [sys.executable, "-c", "import time; time.sleep(60)"], name="fs-bad",
-                     sync=[sync(c)])
+        c.client.run(
+            "d1",
+            [sys.executable, "-c", "import time; time.sleep(60)"],
+            name="fs-bad",
+            sync=[sync(c)],
+        )
     assert not any(k["name"] == "fs-bad" for k in c.client.containers())
     assert not (c.base / "shared" / "fs-bad").exists()
 
@@ -212,11 +222,23 @@ def test_bad_sync_dirs_are_refused_and_nothing_starts(disks: Disks, sync, messag
 def test_the_cli_takes_sync_dirs_and_says_what_is_wrong(disks: Disks) -> None:
     c = disks
     (c.disk("d1") / "fs-clijob").mkdir()
-    done = c.cli("run", "--node", "d1", "--name", "fs-clijob", "--sync", str(c.local / "fs-clijob"),
-                 "--", "sleep", "60")
+    done = c.cli(
+        "run",
+        "--node",
+        "d1",
+        "--name",
+        "fs-clijob",
+        "--sync",
+        str(c.local / "fs-clijob"),
+        "--",
+        "sleep",
+        "60",
+    )
     assert done.returncode == 0, done.stderr
     listed = json.loads(c.cli("ps", "--json").stdout)
-    assert next(k for k in listed if k["name"] == "fs-clijob")["sync"] == [str(c.local / "fs-clijob")]
+    assert next(k for k in listed if k["name"] == "fs-clijob")["sync"] == [
+        str(c.local / "fs-clijob")
+    ]
     moved = c.cli("migrate", "fs-clijob", "--to", "d2", "--strategy", "cold", "--json")
     assert moved.returncode == 0, moved.stderr
     summary = json.loads(moved.stdout)
@@ -224,7 +246,9 @@ def test_the_cli_takes_sync_dirs_and_says_what_is_wrong(disks: Disks) -> None:
     shown = c.cli("status", summary["id"])
     assert "final sync" in shown.stdout and "fsync (ms)" in shown.stdout, shown.stdout
     c.client.kill("fs-clijob")
-    done = c.cli("run", "--node", "d1", "--name", "fs-badcli", "--sync", "/etc", "--", "sleep", "60")
+    done = c.cli(
+        "run", "--node", "d1", "--name", "fs-badcli", "--sync", "/etc", "--", "sleep", "60"
+    )
     assert done.returncode == 2, done.stderr
     assert "error:" in done.stderr and "outside what this node allows" in done.stderr
     assert not any(k["name"] == "fs-badcli" for k in c.client.containers())
@@ -243,9 +267,14 @@ def own_roots(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Itera
     for n in ("w1", "w2"):
         (base / f"{n}-disk").mkdir()
         (base / f"{n}-shared").mkdir()
-    c = Disks(base, cluster_env(redis_url),
-              mounts={n: {base / f"{n}-disk": base / "local", base / f"{n}-shared": base / "shared"}
-                      for n in ("w1", "w2")})
+    c = Disks(
+        base,
+        cluster_env(redis_url),
+        mounts={
+            n: {base / f"{n}-disk": base / "local", base / f"{n}-shared": base / "shared"}
+            for n in ("w1", "w2")
+        },
+    )
     c.local = base / "local"
     with running(c, ["w1", "w2"]) as up:
         yield up
@@ -254,8 +283,9 @@ def own_roots(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Itera
 def test_a_container_root_that_is_not_shared_moves_by_syncing_the_workdir(own_roots: Disks) -> None:
     c = own_roots
     workdir = c.base / "shared" / "fs-own"  # where the node starts it: its log is in there
-    info = c.client.run("w1", [sys.executable, "-u", "-c", COUNTER], name="fs-own",
-                        sync=[str(workdir)])
+    info = c.client.run(
+        "w1", [sys.executable, "-u", "-c", COUNTER], name="fs-own", sync=[str(workdir)]
+    )
     assert info["log"] == str(workdir / "log")
     log = c.base / "w1-shared" / "fs-own" / "log"
     wait_for(lambda: log.exists() and len(ticks(log)) > 10)

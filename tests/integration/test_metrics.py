@@ -39,50 +39,89 @@ def settings(redis_url: str, tmp_path: Path) -> Iterator[Settings]:
         redis.Redis.from_url(url).flushdb()
     else:  # no Redis on 6379: an embedded one of its own
         sock = ensure_embedded(tmp_path / "redis")
-        yield Settings(state_dir=tmp_path, broker_url=f"redis+socket://{sock}",
-                       redis_url=f"unix://{sock}", secret="metrics")
+        yield Settings(
+            state_dir=tmp_path,
+            broker_url=f"redis+socket://{sock}",
+            redis_url=f"unix://{sock}",
+            secret="metrics",
+        )
         stop_embedded(tmp_path / "redis")
 
 
 def done(strategy: str, downtime_s: float, total_s: float, nbytes: int) -> Migration:
     freeze = T0 + 1
-    results = {"dump": {"frozen_ms": 10.0, "freezing_ms": 1.0, "freeze_start": freeze},
-               "transfer": {"wall_ms": 5.0, "bytes": nbytes},
-               "restore": {"wall_ms": 20.0, "end": freeze + downtime_s}}
-    return Migration(id=new_id(), container="c" + new_id()[2:8], src="n1", dst="n2",
-                     strategy=strategy, state=State.DONE, results=results, created=T0,
-                     updated=T0 + total_s)
+    results = {
+        "dump": {"frozen_ms": 10.0, "freezing_ms": 1.0, "freeze_start": freeze},
+        "transfer": {"wall_ms": 5.0, "bytes": nbytes},
+        "restore": {"wall_ms": 20.0, "end": freeze + downtime_s},
+    }
+    return Migration(
+        id=new_id(),
+        container="c" + new_id()[2:8],
+        src="n1",
+        dst="n2",
+        strategy=strategy,
+        state=State.DONE,
+        results=results,
+        created=T0,
+        updated=T0 + total_s,
+    )
 
 
 def populate(settings: Settings) -> None:
     store = Store(redis.Redis.from_url(settings.redis_url, decode_responses=True))
-    for m in (done("cold", 0.2, 3.0, 1000), done("cold", 0.7, 40.0, 3000),
-              done("precopy", 0.04, 8.0, 50_000),
-              Migration(id=new_id(), container="bad", src="n1", dst="n2", strategy="cold",
-                        state=State.ROLLED_BACK, created=T0, updated=T0 + 2,
-                        errors=("dump (attempt 1): criu said no", "rolling back: dump failed")),
-              Migration(id=new_id(), container="slow", src="n2", dst="n1", strategy="precopy",
-                        state=State.RUNNING, created=T0, updated=T0 + 1,
-                        errors=("transfer (attempt 1): stalled", "transfer (attempt 2): stalled"))):
+    for m in (
+        done("cold", 0.2, 3.0, 1000),
+        done("cold", 0.7, 40.0, 3000),
+        done("precopy", 0.04, 8.0, 50_000),
+        Migration(
+            id=new_id(),
+            container="bad",
+            src="n1",
+            dst="n2",
+            strategy="cold",
+            state=State.ROLLED_BACK,
+            created=T0,
+            updated=T0 + 2,
+            errors=("dump (attempt 1): criu said no", "rolling back: dump failed"),
+        ),
+        Migration(
+            id=new_id(),
+            container="slow",
+            src="n2",
+            dst="n1",
+            strategy="precopy",
+            state=State.RUNNING,
+            created=T0,
+            updated=T0 + 1,
+            errors=("transfer (attempt 1): stalled", "transfer (attempt 2): stalled"),
+        ),
+    ):
         store.create(m)
     now = time.time()
-    store.put_node("n1", {"name": "n1", "state": "up", "last_seen": now,
-                          "probe": {"arch": "aarch64"}})
-    store.put_node("n2", {"name": "n2", "state": "up", "last_seen": now - 600,
-                          "probe": {"arch": "x86_64"}})
+    store.put_node(
+        "n1", {"name": "n1", "state": "up", "last_seen": now, "probe": {"arch": "aarch64"}}
+    )
+    store.put_node(
+        "n2", {"name": "n2", "state": "up", "last_seen": now - 600, "probe": {"arch": "x86_64"}}
+    )
     store.put_containers("n1", [{"name": "web"}, {"name": "db"}])
     store.cordon("n2", True)
     store.beat_coordinator(now, 30)
     app = make_app(settings)  # real messages, as the coordinator queues them
     for _ in range(2):
         app.send_task("ferry.node.prepare", args=("m-000000000000", 1), queue="node.n1")
-    app.send_task("ferry.node.restore", args=("m-000000000000", 1), queue="node.n1.urgent",
-                  priority=6)
+    app.send_task(
+        "ferry.node.restore", args=("m-000000000000", 1), queue="node.n1.urgent", priority=6
+    )
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def value(got: dict[Any, float], name: str, **labels: str) -> float:
@@ -108,8 +147,10 @@ def test_the_exposition_tells_migrations_queues_and_nodes(settings: Settings) ->
     assert value(got, "ferry_migration_bytes_sent_total", strategy="cold") == 4000
     assert value(got, "ferry_migration_bytes_sent_total", strategy="precopy") == 50_000
     assert value(got, "ferry_migration_failed_attempts_total", strategy="cold", phase="dump") == 1
-    assert value(got, "ferry_migration_failed_attempts_total", strategy="precopy",
-                 phase="transfer") == 2
+    assert (
+        value(got, "ferry_migration_failed_attempts_total", strategy="precopy", phase="transfer")
+        == 2
+    )
     assert value(got, "ferry_queue_messages", node="n1", queue="node.n1") == 2
     assert value(got, "ferry_queue_messages", node="n1", queue="node.n1.urgent") == 1
     assert value(got, "ferry_queue_messages", node="n2", queue="node.n2") == 0
@@ -128,13 +169,21 @@ def test_an_empty_cluster_is_all_zeros_not_an_error(settings: Settings) -> None:
 
 def test_serve_answers_on_http_and_stops_on_sigterm(settings: Settings) -> None:
     populate(settings)
-    env = {**os.environ, "FERRY_STATE_DIR": str(settings.state_dir),
-           "FERRY_BROKER_URL": settings.broker_url, "FERRY_REDIS_URL": settings.redis_url,
-           "FERRY_SECRET": settings.secret, "PYTHONPATH": str(ROOT)}
-    code = ("from tasks.control.metrics import serve; from tasks.config.settings import Settings; "
-            "serve(Settings.from_env(), 0, '127.0.0.1')")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                            text=True)
+    env = {
+        **os.environ,
+        "FERRY_STATE_DIR": str(settings.state_dir),
+        "FERRY_BROKER_URL": settings.broker_url,
+        "FERRY_REDIS_URL": settings.redis_url,
+        "FERRY_SECRET": settings.secret,
+        "PYTHONPATH": str(ROOT),
+    }
+    code = (
+        "from tasks.control.metrics import serve; from tasks.config.settings import Settings; "
+        "serve(Settings.from_env(), 0, '127.0.0.1')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

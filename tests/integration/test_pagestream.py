@@ -65,8 +65,23 @@ def server(tmp_path: Path) -> Iterator[TransferServer]:
 def start_ticker(tmp_path: Path, mib: int = 32) -> tuple[int, Path]:
     box = tmp_path / "box"
     box.mkdir()
-    argv = [sys.executable, "-m", "workers.runtimes.launch", "--name", "ticker", "--dir", str(box),
-            "--log", str(box / "log"), "--", sys.executable, "-u", "-c", TICKER, str(mib)]
+    argv = [
+        sys.executable,
+        "-m",
+        "workers.runtimes.launch",
+        "--name",
+        "ticker",
+        "--dir",
+        str(box),
+        "--log",
+        str(box / "log"),
+        "--",
+        sys.executable,
+        "-u",
+        "-c",
+        TICKER,
+        str(mib),
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert done.returncode == 0, done.stderr
     wait_for(lambda: len(ticks(box / "log")) >= 3, timeout=30)
@@ -85,8 +100,9 @@ def ticker(tmp_path: Path) -> Iterator[tuple[int, Path, list[int]]]:
         procs.kill_and_wait(p)
 
 
-def dump(server: TransferServer, pid: int, images: Path, token: Callable[[], str],
-         **options: object) -> Relay:
+def dump(
+    server: TransferServer, pid: int, images: Path, token: Callable[[], str], **options: object
+) -> Relay:
     """Dump ``pid`` through a pages session, leaving the tree stopped; the relay, for its stats."""
     relay = Relay(PagesTarget(server.address, token, "m1", "final", **options))  # type: ignore[arg-type]
     with relay as fd:
@@ -118,15 +134,23 @@ def test_the_bandwidth_cap_holds_and_progress_is_told(
 ) -> None:
     pid, _, _ = ticker
     told: list[tuple[int, float]] = []
-    relay = dump(server, pid, tmp_path / "src", fresh(), bandwidth_bps=16e6,
-                 progress=lambda sent, seconds: told.append((sent, seconds)))
+    relay = dump(
+        server,
+        pid,
+        tmp_path / "src",
+        fresh(),
+        bandwidth_bps=16e6,
+        progress=lambda sent, seconds: told.append((sent, seconds)),
+    )
     assert relay.stats is not None
     assert relay.stats.seconds >= relay.stats.bytes / 16e6 * 0.9  # ~2 s for 33 MB
     assert len(told) >= 4 and [t[0] for t in told] == sorted(t[0] for t in told)
     assert told[-1][0] <= relay.stats.bytes and told[-1][0] / told[-1][1] < 16e6 * 1.2
 
 
-def test_a_chunk_waiting_on_a_low_cap_is_not_a_stall(server: TransferServer, tmp_path: Path) -> None:
+def test_a_chunk_waiting_on_a_low_cap_is_not_a_stall(
+    server: TransferServer, tmp_path: Path
+) -> None:
     pid, _ = start_ticker(tmp_path, mib=1)
     try:  # a chunk (~200 KiB from the socketpair) waits ~0.2 s for the cap: longer than the stall limit
         relay = dump(server, pid, tmp_path / "src", fresh(), bandwidth_bps=1e6, stall_s=0.15)
@@ -139,8 +163,10 @@ def test_a_chunk_waiting_on_a_low_cap_is_not_a_stall(server: TransferServer, tmp
 @pytest.mark.parametrize(
     ("token", "message"),
     [
-        (lambda: issue_token(b"another-secret-0123456789", "m1", "pi1", "pi2", now=time.time()),
-         "bad signature"),
+        (
+            lambda: issue_token(b"another-secret-0123456789", "m1", "pi1", "pi2", now=time.time()),
+            "bad signature",
+        ),
         (lambda: issue_token(SECRET, "m2", "pi1", "pi2", now=time.time()), "not 'm1'"),
         (lambda: issue_token(SECRET, "m1", "pi1", "pi2", now=time.time() - 700), "expired"),
     ],
@@ -192,8 +218,7 @@ def test_the_page_server_dying_mid_dump_fails_it_and_the_tree_runs_on(
 ) -> None:
     pid, log = start_ticker(tmp_path, mib=256)
     try:
-        killer = threading.Thread(target=_kill_page_server_when_busy, args=(tmp_path,),
-                                  daemon=True)
+        killer = threading.Thread(target=_kill_page_server_when_busy, args=(tmp_path,), daemon=True)
         killer.start()
         # the cap keeps the dump going for ~10 s; the destination says why it failed
         with pytest.raises(PermanentError, match="page server exited with status -9") as err:
@@ -248,8 +273,9 @@ def test_nobody_listening_is_a_transfer_error(tmp_path: Path) -> None:
 
 def _page_servers(where: Path) -> list[int]:
     """This test's page servers only: others may run on this machine."""
-    out = subprocess.run(["pgrep", "-f", f"criu page-server -D {where}/"], capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        ["pgrep", "-f", f"criu page-server -D {where}/"], capture_output=True, text=True
+    )
     return [int(p) for p in out.stdout.split()]
 
 

@@ -40,8 +40,9 @@ def rabbitmq_answers(url: str) -> tuple[bool, str]:
 
 
 @pytest.fixture(scope="module")
-def rabbit(tmp_path_factory: pytest.TempPathFactory,
-           redis_url: str) -> Iterator[tuple[LocalCluster, list[str]]]:
+def rabbit(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[tuple[LocalCluster, list[str]]]:
     """A coordinator and two nodes whose broker is RabbitMQ; node names unique to this run."""
     ok, why = rabbitmq_answers(AMQP_URL)
     need(ok, why)

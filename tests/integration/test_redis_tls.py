@@ -39,24 +39,71 @@ def openssl(*args: str, cwd: Path) -> None:
 
 
 def make_ca(d: Path, name: str) -> None:
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2",
-            "-subj", f"/CN=ferry test {name}", cwd=d)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.crt",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN=ferry test {name}",
+        cwd=d,
+    )
 
 
 def make_server_cert(d: Path) -> None:
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost", cwd=d)
+    openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+        cwd=d,
+    )
     (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext", cwd=d)
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        cwd=d,
+    )
 
 
 def acl_line(user: str, password: str) -> str:
     """The ACL rule the Ansible head role gives Redis, for ``user``."""
     rule = next(ln for ln in ACL_TEMPLATE.read_text().splitlines() if ln.startswith("user {{"))
-    return re.sub(r"\{\{ ferry_redis_password \}\}", password,
-                  re.sub(r"\{\{ ferry_redis_user \}\}", user, rule))
+    return re.sub(
+        r"\{\{ ferry_redis_password \}\}",
+        password,
+        re.sub(r"\{\{ ferry_redis_user \}\}", user, rule),
+    )
 
 
 def free_port() -> int:
@@ -65,15 +112,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_tls_redis(binary: str, d: Path, port: int,
-                    password: str) -> subprocess.Popen[bytes] | None:
+def start_tls_redis(
+    binary: str, d: Path, port: int, password: str
+) -> subprocess.Popen[bytes] | None:
     """A TLS-only Redis on ``port``; None if this binary was built without TLS."""
     conf = d / "redis.conf"
-    conf.write_text("\n".join([
-        "port 0", f"tls-port {port}", "bind 127.0.0.1", f"dir {d}", 'save ""',
-        "appendonly no", f"tls-cert-file {d}/server.crt", f"tls-key-file {d}/server.key",
-        f"tls-ca-cert-file {d}/ca.crt", "tls-auth-clients no", "user default off",
-        acl_line("ferry", password), ""]))
+    conf.write_text(
+        "\n".join(
+            [
+                "port 0",
+                f"tls-port {port}",
+                "bind 127.0.0.1",
+                f"dir {d}",
+                'save ""',
+                "appendonly no",
+                f"tls-cert-file {d}/server.crt",
+                f"tls-key-file {d}/server.key",
+                f"tls-ca-cert-file {d}/ca.crt",
+                "tls-auth-clients no",
+                "user default off",
+                acl_line("ferry", password),
+                "",
+            ]
+        )
+    )
     proc = subprocess.Popen([binary, str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -106,9 +168,12 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     assert proc is not None
     base = f"ferry:{password}@localhost:{port}/0"
     try:
-        yield {"url": f"rediss://{base}?ssl_cert_reqs=required&ssl_ca_certs={d}/ca.crt",
-               "rogue": f"rediss://{base}?ssl_cert_reqs=required&ssl_ca_certs={d}/rogue.crt",
-               "plain": f"redis://{base}", "dir": str(d)}
+        yield {
+            "url": f"rediss://{base}?ssl_cert_reqs=required&ssl_ca_certs={d}/ca.crt",
+            "rogue": f"rediss://{base}?ssl_cert_reqs=required&ssl_ca_certs={d}/rogue.crt",
+            "plain": f"redis://{base}",
+            "dir": str(d),
+        }
     finally:
         proc.kill()
         proc.wait()
@@ -148,8 +213,11 @@ def test_flower_reads_queue_lengths_over_tls(tls: dict[str, str], tmp_path: Path
     app.send_task("ferry.test.nobody", queue="node.flower-test")
     with app.connection() as conn:
         uri = conn.as_uri(include_password=True)
-    broker = Broker(uri, broker_options=app.conf.broker_transport_options,
-                    broker_use_ssl=app.conf.broker_use_ssl)
+    broker = Broker(
+        uri,
+        broker_options=app.conf.broker_transport_options,
+        broker_use_ssl=app.conf.broker_use_ssl,
+    )
     queues = asyncio.run(broker.queues(["node.flower-test"]))
     assert queues == [{"name": "node.flower-test", "messages": 1}]
 

@@ -59,13 +59,27 @@ def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pair]:
         from workers.runtimes.criu import CriuRuntime
 
         soft, lazy = request.getfixturevalue("criu_caps")
-        p = Pair("criu", CriuRuntime(tmp_path / "n1", shared), CriuRuntime(tmp_path / "n2", shared),
-                 [sys.executable, "-u", "-c", COUNTER], {}, soft, lazy)
+        p = Pair(
+            "criu",
+            CriuRuntime(tmp_path / "n1", shared),
+            CriuRuntime(tmp_path / "n2", shared),
+            [sys.executable, "-u", "-c", COUNTER],
+            {},
+            soft,
+            lazy,
+        )
     else:
         from workers.runtimes.sim import SimRuntime
 
-        p = Pair("sim", SimRuntime(tmp_path / "n1", shared), SimRuntime(tmp_path / "n2", shared),
-                 ["counter"], {"sim.memory": str(8 * MIB)}, True, (True, ""))
+        p = Pair(
+            "sim",
+            SimRuntime(tmp_path / "n1", shared),
+            SimRuntime(tmp_path / "n2", shared),
+            ["counter"],
+            {"sim.memory": str(8 * MIB)},
+            True,
+            (True, ""),
+        )
     yield p
     for rt in (p.src, p.dst):
         for c in rt.containers():

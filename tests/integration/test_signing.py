@@ -40,9 +40,26 @@ except ImportError as exc:
 
 def make_key(d: Path, name: str) -> tuple[Path, Path]:
     key, cert = d / f"{name}.key", d / f"{name}.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                    "-out", str(cert), "-days", "2", "-subj", f"/CN=ferry {name}"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            f"/CN=ferry {name}",
+        ],
+        check=True,
+        capture_output=True,
+    )
     key.chmod(0o600)
     return key, cert
 
@@ -56,8 +73,13 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     store = d / "trusted"
     store.mkdir()
     shutil.copy(cert, store / "node.pem")
-    return {"key": key, "cert": cert, "store": store, "rogue_key": rogue_key,
-            "rogue_cert": rogue_cert}
+    return {
+        "key": key,
+        "cert": cert,
+        "store": store,
+        "rogue_key": rogue_key,
+        "rogue_cert": rogue_cert,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +93,14 @@ def kombu_state() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def signed(redis_url: str, keys: dict[str, Path], kombu_state: None,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def signed(
+    redis_url: str,
+    keys: dict[str, Path],
+    kombu_state: None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Any]]:
     """A signing worker on a queue of its own, and what its task saw."""
-    env = {**cluster_env(redis_url),
-           "FERRY_STATE_DIR": str(tmp_path_factory.mktemp("state"))}
+    env = {**cluster_env(redis_url), "FERRY_STATE_DIR": str(tmp_path_factory.mktemp("state"))}
     settings = Settings.from_env(env)
     queue = f"test.signing.{secrets.token_hex(4)}"
     seen: list[str] = []
@@ -95,10 +120,16 @@ def signed(redis_url: str, keys: dict[str, Path], kombu_state: None,
         return word
 
     hostname = f"signing-{uuid.uuid4().hex[:8]}@test"
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10,
-                      hostname=hostname):
-        yield {"app": app, "plain": app_for(signing=False), "seen": seen, "queue": queue,
-               "hostname": hostname}
+    with start_worker(
+        app, pool="solo", perform_ping_check=False, shutdown_timeout=10, hostname=hostname
+    ):
+        yield {
+            "app": app,
+            "plain": app_for(signing=False),
+            "seen": seen,
+            "queue": queue,
+            "hostname": hostname,
+        }
 
 
 def canary(signed: dict[str, Any]) -> None:
@@ -112,9 +143,16 @@ def publish_raw(signed: dict[str, Any], body: bytes, word: str) -> None:
     app = signed["app"]
     msg = app.amqp.as_task_v2(str(uuid.uuid4()), "ferry.test.record", args=(word,))
     with app.producer_or_acquire() as producer:
-        producer.publish(body, routing_key=signed["queue"], exchange="", serializer=None,
-                         content_type="application/data", content_encoding="utf-8",
-                         headers=msg.headers, **msg.properties)
+        producer.publish(
+            body,
+            routing_key=signed["queue"],
+            exchange="",
+            serializer=None,
+            content_type="application/data",
+            content_encoding="utf-8",
+            headers=msg.headers,
+            **msg.properties,
+        )
 
 
 def sign(body: Any, key: Path, cert: Path) -> bytes:
@@ -134,8 +172,9 @@ def test_an_unsigned_task_is_refused(signed: dict[str, Any]) -> None:
     assert "unsigned" not in signed["seen"]
 
 
-def test_a_task_signed_by_an_untrusted_key_is_refused(signed: dict[str, Any],
-                                                       keys: dict[str, Path]) -> None:
+def test_a_task_signed_by_an_untrusted_key_is_refused(
+    signed: dict[str, Any], keys: dict[str, Path]
+) -> None:
     body = signed["app"].amqp.as_task_v2("x", "ferry.test.record", args=("forged",)).body
     publish_raw(signed, sign(body, keys["rogue_key"], keys["rogue_cert"]), "forged")
     canary(signed)

@@ -30,6 +30,8 @@ def test_simulated_strategy_completes_and_the_counter_goes_on(sim_cluster, strat
         assert not m.warnings, m.warnings  # converged: no fallback
         assert decision["rule"] in ("downtime", "goal", "min-pages"), decision
         assert m.passes[-1]["pages_written"] < m.passes[-1]["pages_total"] / 2
-    print(f"SIMULATED {strategy}: downtime {d['downtime_ms']:.0f} ms, passes {len(m.passes)}, "
-          f"{decision.get('reason', '')}")
+    print(
+        f"SIMULATED {strategy}: downtime {d['downtime_ms']:.0f} ms, passes {len(m.passes)}, "
+        f"{decision.get('reason', '')}"
+    )
     client.kill(name)

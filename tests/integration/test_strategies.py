@@ -43,6 +43,8 @@ def test_strategy_moves_a_dirtying_process_that_goes_on(cluster, strategy: str) 
         assert len(m.passes) >= 1 and "decision" in m.results
     if strategy in ("postcopy", "hybrid"):
         assert m.results["pages"]["last_page_after_restore_ms"] >= 0
-    print(f"{strategy}: downtime {d['downtime_ms']:.0f} ms, passes {len(m.passes)}, "
-          f"{m.results.get('decision', {}).get('reason', '')}")
+    print(
+        f"{strategy}: downtime {d['downtime_ms']:.0f} ms, passes {len(m.passes)}, "
+        f"{m.results.get('decision', {}).get('reason', '')}"
+    )
     client.kill(name)

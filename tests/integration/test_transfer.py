@@ -168,7 +168,11 @@ def test_compressed_round_trip(server: TransferServer, tmp_path: Path) -> None:
     (src / "zeros").write_bytes(bytes(5 * MB))
     seen: list[tuple[int, int]] = []
     stats = send_files(
-        server.address, fresh(), "m1", files, compression="zstd",
+        server.address,
+        fresh(),
+        "m1",
+        files,
+        compression="zstd",
         progress=lambda *p: seen.append(p),
     )
     total = sum(p.stat().st_size for p, _ in files)
@@ -184,16 +188,18 @@ def test_compressed_round_trip(server: TransferServer, tmp_path: Path) -> None:
 @zstd
 def test_compression_beats_a_bandwidth_cap(server: TransferServer, tmp_path: Path) -> None:
     src = make_text(tmp_path / "a", 30 * MB)
-    stats = send_files(server.address, fresh(), "m1", [(src, "a.img")], bandwidth_bps=20e6,
-                       compression="zstd")
+    stats = send_files(
+        server.address, fresh(), "m1", [(src, "a.img")], bandwidth_bps=20e6, compression="zstd"
+    )
     assert stats.seconds < 1.0  # 1.6 s uncompressed at 20 MB/s
     assert digest(tmp_path / "dst" / "m1" / "images" / "a.img") == digest(src)
 
 
 def test_auto_compression_stays_off_on_loopback(server: TransferServer, tmp_path: Path) -> None:
     src = make_text(tmp_path / "a", 4 * MB)
-    stats = send_files(server.address, fresh(), "m1", [(src, "a.img")], bandwidth_bps=50e6,
-                       link_bps=12.5e6)
+    stats = send_files(
+        server.address, fresh(), "m1", [(src, "a.img")], bandwidth_bps=50e6, link_bps=12.5e6
+    )
     assert stats.codec == "none" and stats.bytes == 4 * MB
     assert transfer.choose_codec("127.0.0.1", 12.5e6, [src]) == "none"
     assert transfer.choose_codec("::1", 12.5e6, [src]) == "none"
@@ -210,8 +216,10 @@ def test_auto_compression_on_a_slow_link_only_when_it_shrinks(tmp_path: Path) ->
 def _frames(data: bytes) -> bytes:
     return b"".join(
         len(f).to_bytes(4, "big") + f
-        for f in (wire.compress(data[i : i + wire.CHUNK_PLAIN])
-                  for i in range(0, len(data), wire.CHUNK_PLAIN))
+        for f in (
+            wire.compress(data[i : i + wire.CHUNK_PLAIN])
+            for i in range(0, len(data), wire.CHUNK_PLAIN)
+        )
     )
 
 

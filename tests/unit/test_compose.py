@@ -58,16 +58,20 @@ def env_example() -> dict[str, str]:
 
 def test_compose_yaml_is_valid_against_the_compose_specification() -> None:
     validator = jsonschema.Draft202012Validator(compose_schema())
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-              for e in validator.iter_errors(COMPOSE)]
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(COMPOSE)
+    ]
     assert not errors, "\n".join(errors)
 
 
 def test_the_schema_check_catches_a_broken_file() -> None:
     validator = jsonschema.Draft202012Validator(compose_schema())
-    for broken in ({"image": "ferry:local", "comand": ["ferry", "coordinator"]},
-                   {"image": "ferry:local", "pid": 3},
-                   {"image": "ferry:local", "healthcheck": {"test": ["CMD"], "intervall": "3s"}}):
+    for broken in (
+        {"image": "ferry:local", "comand": ["ferry", "coordinator"]},
+        {"image": "ferry:local", "pid": 3},
+        {"image": "ferry:local", "healthcheck": {"test": ["CMD"], "intervall": "3s"}},
+    ):
         assert list(validator.iter_errors({"services": {"w": broken}})), broken
 
 
@@ -112,15 +116,21 @@ def test_workers_get_what_criu_needs(name: str) -> None:
 
 
 def test_each_worker_keeps_its_own_state() -> None:
-    states = [next(v for v in w["volumes"] if v.endswith(":/var/lib/ferry"))
-              for w in WORKERS.values()]
+    states = [
+        next(v for v in w["volumes"] if v.endswith(":/var/lib/ferry")) for w in WORKERS.values()
+    ]
     assert len(set(states)) == len(states)
 
 
 def test_one_env_file_carries_every_secret_and_the_passwords_agree() -> None:
     env = env_example()
-    for key in ("FERRY_SECRET", "FERRY_BROKER_URL", "FERRY_REDIS_URL", "FERRY_FLOWER_AUTH",
-                "REDIS_PASSWORD"):
+    for key in (
+        "FERRY_SECRET",
+        "FERRY_BROKER_URL",
+        "FERRY_REDIS_URL",
+        "FERRY_FLOWER_AUTH",
+        "REDIS_PASSWORD",
+    ):
         assert env.get(key), f"ferry.env.example lacks {key}"
     for key in ("FERRY_BROKER_URL", "FERRY_REDIS_URL"):
         url = urlsplit(env[key])

@@ -47,8 +47,12 @@ def test_compress_only_when_it_is_at_least_20_percent_faster(
     ],
 )
 def test_pages_stream_unless_compressed_files_could_be_faster(
-    monkeypatch: pytest.MonkeyPatch, mode: str, compression: str, host: str,
-    rate_bps: float | None, streams: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+    compression: str,
+    host: str,
+    rate_bps: float | None,
+    streams: bool,
 ) -> None:
     monkeypatch.setattr(transfer, "compressor_bps", lambda: 400e6)
     assert transfer.stream_pages(mode, compression, host, rate_bps) is streams
@@ -60,12 +64,28 @@ def test_pages_stream_unless_compressed_files_could_be_faster(
         ((), {"link_bps": 12.5e6}, 12.5e6),  # cold: the configured link
         ((), {}, None),  # nothing known
         # a pass measured the link: that beats the configuration
-        (({"iteration": 1, "pages_total": 10, "pages_written": 10, "pages_unchanged": 0,
-           "bytes_sent": 50_000_000, "seconds": 5.0, "freeze_ms": 40.0, "dirty_rate_bps": 0.0},),
-         {"link_bps": 125e6}, 10e6),
+        (
+            (
+                {
+                    "iteration": 1,
+                    "pages_total": 10,
+                    "pages_written": 10,
+                    "pages_unchanged": 0,
+                    "bytes_sent": 50_000_000,
+                    "seconds": 5.0,
+                    "freeze_ms": 40.0,
+                    "dirty_rate_bps": 0.0,
+                },
+            ),
+            {"link_bps": 125e6},
+            10e6,
+        ),
     ],
 )
-def test_the_link_a_send_compresses_for(passes: tuple, limits: dict, expected: float | None) -> None:
-    m = Migration(id="m-0123456789ab", container="web", src="a", dst="b", passes=passes,
-                  limits=limits)
+def test_the_link_a_send_compresses_for(
+    passes: tuple, limits: dict, expected: float | None
+) -> None:
+    m = Migration(
+        id="m-0123456789ab", container="web", src="a", dst="b", passes=passes, limits=limits
+    )
     assert link_bps(m) == expected

@@ -62,7 +62,15 @@ TABLE = [
         "continue",
         None,
     ),
-    ("saturated", passes(TOTAL, 120000, secs=2.0), Limits(), EST, FallBack, "saturated", "postcopy"),
+    (
+        "saturated",
+        passes(TOTAL, 120000, secs=2.0),
+        Limits(),
+        EST,
+        FallBack,
+        "saturated",
+        "postcopy",
+    ),
     ("below-saturated", passes(TOTAL, 117000, secs=2.0), Limits(), EST, Continue, "continue", None),
     (
         "stalled",
@@ -338,9 +346,13 @@ def test_the_named_rule_really_fired(h, limits, est) -> None:
         assert d.to == limits.fallback
         assert down > cap
         if d.rule == "saturated":
-            assert last.iteration >= 2 and last.pages_written >= limits.saturation * last.pages_total
+            assert (
+                last.iteration >= 2 and last.pages_written >= limits.saturation * last.pages_total
+            )
         elif d.rule == "stalled":
-            assert len(h) >= 3 and h[-1].pages_written >= (1 - limits.min_shrink) * h[-2].pages_written
+            assert (
+                len(h) >= 3 and h[-1].pages_written >= (1 - limits.min_shrink) * h[-2].pages_written
+            )
     else:
         assert down > cap and last.iteration < limits.max_iterations
 

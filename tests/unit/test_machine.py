@@ -48,10 +48,16 @@ def test_start_sends_prepare_to_destination() -> None:
     assert sends == [Send(Phase.PREPARE, "b", False, m.step)]
 
 
-@pytest.mark.parametrize("phase,node,urgent", [
-    (Phase.DUMP, "a", True), (Phase.TRANSFER, "a", True), (Phase.RESTORE, "b", True),
-    (Phase.VERIFY, "b", True), (Phase.CLEANUP, "a", False),
-])
+@pytest.mark.parametrize(
+    "phase,node,urgent",
+    [
+        (Phase.DUMP, "a", True),
+        (Phase.TRANSFER, "a", True),
+        (Phase.RESTORE, "b", True),
+        (Phase.VERIFY, "b", True),
+        (Phase.CLEANUP, "a", False),
+    ],
+)
 def test_forward_chain_routes_each_phase(phase: Phase, node: str, urgent: bool) -> None:
     m = at(COLD[COLD.index(phase) - 1])
     m, sends = next_step(m, done(m))
@@ -92,7 +98,9 @@ def test_results_are_kept_per_phase() -> None:
 
 
 @pytest.mark.parametrize("phase", [Phase.PREPARE, Phase.DUMP, Phase.TRANSFER])
-def test_permanent_failure_before_restore_resumes_source_and_aborts_destination(phase: Phase) -> None:
+def test_permanent_failure_before_restore_resumes_source_and_aborts_destination(
+    phase: Phase,
+) -> None:
     m, sends = next_step(at(phase), failed(at(phase)))
     assert m.state is State.ROLLING_BACK
     assert {(s.phase, s.node) for s in sends} == {(Phase.RESUME, "a"), (Phase.ABORT, "b")}
@@ -191,8 +199,12 @@ def test_cancel_after_the_point_of_no_return_changes_nothing() -> None:
 
 def test_stale_events_change_nothing() -> None:
     m = at(Phase.TRANSFER)
-    for ev in (Event("done", 2.0, Phase.DUMP, m.step - 1), Event("done", 2.0, Phase.TRANSFER, m.step - 1),
-               Event("failed", 2.0, Phase.PREPARE, 1), Event("start", 2.0)):
+    for ev in (
+        Event("done", 2.0, Phase.DUMP, m.step - 1),
+        Event("done", 2.0, Phase.TRANSFER, m.step - 1),
+        Event("failed", 2.0, Phase.PREPARE, 1),
+        Event("start", 2.0),
+    ):
         m2, sends = next_step(m, ev)
         assert sends == [] and replace(m2, updated=m.updated) == m
 
@@ -225,9 +237,16 @@ def test_final_states_ignore_everything() -> None:
 
 
 def _pass(n: int, written: int, seconds: float = 1.0, total: int = 65536) -> dict[str, object]:
-    return {"iteration": n, "pages_total": total, "pages_written": written,
-            "pages_unchanged": total - written, "bytes_sent": written * 4096, "seconds": seconds,
-            "freeze_ms": 50.0, "dirty_rate_bps": written * 4096 / seconds / 10}
+    return {
+        "iteration": n,
+        "pages_total": total,
+        "pages_written": written,
+        "pages_unchanged": total - written,
+        "bytes_sent": written * 4096,
+        "seconds": seconds,
+        "freeze_ms": 50.0,
+        "dirty_rate_bps": written * 4096 / seconds / 10,
+    }
 
 
 def test_precopy_passes_until_the_stop_rule_says_final_dump() -> None:
@@ -250,8 +269,10 @@ def test_each_delta_pass_is_rebuilt_on_the_destination_before_the_stop_rule() ->
 
 
 def test_precopy_never_exceeds_the_iteration_limit() -> None:
-    m = at(Phase.PRECOPY, replace(M, strategy="precopy", limits={"max_iterations": 3,
-                                                                "goal_unchanged": 1.0}))
+    m = at(
+        Phase.PRECOPY,
+        replace(M, strategy="precopy", limits={"max_iterations": 3, "goal_unchanged": 1.0}),
+    )
     n = 0
     while m.phase is Phase.PRECOPY:
         n += 1
@@ -266,8 +287,10 @@ def test_a_single_allowed_pass_goes_straight_to_the_final_dump() -> None:
 
 
 def test_a_workload_that_does_not_converge_falls_back_to_postcopy() -> None:
-    m = at(Phase.PRECOPY, replace(M, strategy="hybrid", limits={"fallback": "postcopy",
-                                                                "downtime_limit_ms": 10}))
+    m = at(
+        Phase.PRECOPY,
+        replace(M, strategy="hybrid", limits={"fallback": "postcopy", "downtime_limit_ms": 10}),
+    )
     m, _ = next_step(m, done(m, **{"pass": _pass(1, 60000, seconds=0.5)}))
     # dirtying 480 MB/s over a 480 MB/s link: it will never converge
     m, _ = next_step(m, done(m, **{"pass": {**_pass(2, 60000, 0.5), "dirty_rate_bps": 1e12}}))
@@ -283,9 +306,17 @@ def test_backoff_is_bounded_and_grows(attempt: int) -> None:
     assert backoff(M, attempt + 1, p) >= min(b, p.backoff_max_s)
 
 
-@given(events=st.lists(st.tuples(st.sampled_from(["done", "failed", "cancel"]),
-                                 st.sampled_from(list(Phase)), st.integers(0, 12), st.booleans()),
-                       max_size=30))
+@given(
+    events=st.lists(
+        st.tuples(
+            st.sampled_from(["done", "failed", "cancel"]),
+            st.sampled_from(list(Phase)),
+            st.integers(0, 12),
+            st.booleans(),
+        ),
+        max_size=30,
+    )
+)
 @settings(max_examples=300)
 def test_never_both_rolled_back_and_past_the_point_of_no_return(events: list) -> None:
     m, _ = next_step(M, Event("start", 1.0))
@@ -297,16 +328,49 @@ def test_never_both_rolled_back_and_past_the_point_of_no_return(events: list) ->
 SYNCED = replace(M, sync=("/srv/local/web",))
 
 
-@pytest.mark.parametrize("strategy,lazy,order", [
-    ("cold", False, ["prepare", "sync", "dump", "transfer", "final_sync", "restore", "verify",
-                     "cleanup"]),
-    ("postcopy", True, ["prepare", "sync", "dump", "transfer", "final_sync", "restore", "pages",
-                        "verify", "cleanup"]),
-    ("delta", False, ["prepare", "sync", "precopy", "dump", "transfer", "final_sync", "restore",
-                      "verify", "cleanup"]),
-])
+@pytest.mark.parametrize(
+    "strategy,lazy,order",
+    [
+        (
+            "cold",
+            False,
+            ["prepare", "sync", "dump", "transfer", "final_sync", "restore", "verify", "cleanup"],
+        ),
+        (
+            "postcopy",
+            True,
+            [
+                "prepare",
+                "sync",
+                "dump",
+                "transfer",
+                "final_sync",
+                "restore",
+                "pages",
+                "verify",
+                "cleanup",
+            ],
+        ),
+        (
+            "delta",
+            False,
+            [
+                "prepare",
+                "sync",
+                "precopy",
+                "dump",
+                "transfer",
+                "final_sync",
+                "restore",
+                "verify",
+                "cleanup",
+            ],
+        ),
+    ],
+)
 def test_sync_dirs_add_a_first_pass_and_a_final_one_in_the_freeze_window(
-        strategy: str, lazy: bool, order: list[str]) -> None:
+    strategy: str, lazy: bool, order: list[str]
+) -> None:
     assert [p.value for p in phases(strategy, lazy, sync=True)] == order
     assert Phase.FINAL_SYNC in FREEZE and Phase.SYNC not in FREEZE
 

@@ -28,19 +28,27 @@ def test_docstring_examples() -> None:
     assert doctest.testmod(workers.runtimes.simmodel).failed == 0
 
 
-@pytest.mark.parametrize(("labels", "expect"), [
-    ({}, Workload(64 * MIB, 0.10 * 64 * MIB, int(0.10 * 64 * MIB))),
-    ({"sim.memory": str(8 * MIB)}, Workload(8 * MIB, 0.10 * 8 * MIB, int(0.10 * 8 * MIB))),
-    ({"sim.memory": "4096", "sim.dirty_rate": "0", "sim.hot_set": "0"}, Workload(4096, 0.0, 0)),
-])
+@pytest.mark.parametrize(
+    ("labels", "expect"),
+    [
+        ({}, Workload(64 * MIB, 0.10 * 64 * MIB, int(0.10 * 64 * MIB))),
+        ({"sim.memory": str(8 * MIB)}, Workload(8 * MIB, 0.10 * 8 * MIB, int(0.10 * 8 * MIB))),
+        ({"sim.memory": "4096", "sim.dirty_rate": "0", "sim.hot_set": "0"}, Workload(4096, 0.0, 0)),
+    ],
+)
 def test_workload_from_labels(labels: dict[str, str], expect: Workload) -> None:
     assert workload(SimModel(), labels) == expect
 
 
-@pytest.mark.parametrize("labels", [
-    {"sim.memory": "lots"}, {"sim.memory": "-1"}, {"sim.dirty_rate": "nan"},
-    {"sim.memory": "4096", "sim.hot_set": "8192"},
-])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"sim.memory": "lots"},
+        {"sim.memory": "-1"},
+        {"sim.dirty_rate": "nan"},
+        {"sim.memory": "4096", "sim.hot_set": "8192"},
+    ],
+)
 def test_bad_labels_are_refused(labels: dict[str, str]) -> None:
     with pytest.raises(BadRequest, match="sim"):
         workload(SimModel(), labels)
@@ -66,10 +74,16 @@ def test_no_dirtying_when_the_rate_is_zero_or_no_time_passed() -> None:
     assert dirtied(workload(m, {}), 0.0, m.hot_writes) == (0, 0)
 
 
-@given(memory=st.integers(1, 1 << 16), hot=st.floats(0, 1), rate=st.floats(0, 1e9),
-       seconds=st.floats(0, 1e4), turn=st.integers(0, 1 << 40))
-def test_windows_stamp_exactly_the_dirtied_pages(memory: int, hot: float, rate: float,
-                                                 seconds: float, turn: int) -> None:
+@given(
+    memory=st.integers(1, 1 << 16),
+    hot=st.floats(0, 1),
+    rate=st.floats(0, 1e9),
+    seconds=st.floats(0, 1e4),
+    turn=st.integers(0, 1 << 40),
+)
+def test_windows_stamp_exactly_the_dirtied_pages(
+    memory: int, hot: float, rate: float, seconds: float, turn: int
+) -> None:
     wl = Workload(memory * PAGE, rate, int(hot * memory) * PAGE)
     hot_cold = dirtied(wl, seconds, 0.9)
     ranges = windows(wl, hot_cold, turn)

@@ -14,31 +14,86 @@ def test_nothing_until_the_container_was_restored() -> None:
     assert downtime(M) is None
 
 
-@pytest.mark.parametrize("results,parts", [
-    # cold: CRIU's freeze, the wire, the restore, and what is left
-    ({"dump": {"freeze_start": 100.0, "frozen_ms": 40.0, "freezing_ms": 2.0},
-      "transfer": {"wall_ms": 100.0}, "restore": {"end": 100.2, "wall_ms": 50.0}},
-     {"criu_freeze_ms": 42.0, "delta_ms": 0.0, "wire_ms": 100.0, "fsync_ms": 0.0,
-      "rebuild_ms": 0.0, "restore_ms": 50.0, "overhead_ms": 8.0}),
-    # delta: finding the blocks and rebuilding them are parts of their own
-    ({"dump": {"freeze_start": 100.0, "frozen_ms": 40.0, "freezing_ms": 0.0},
-      "transfer": {"wall_ms": 20.0, "delta_ms": 60.0},
-      "restore": {"end": 100.3, "wall_ms": 170.0, "rebuild_ms": 120.0}},
-     {"criu_freeze_ms": 40.0, "delta_ms": 60.0, "wire_ms": 20.0, "fsync_ms": 0.0,
-      "rebuild_ms": 120.0, "restore_ms": 50.0, "overhead_ms": 10.0}),
-    # sync dirs: the final rsync pass and stopping the daemons are one part
-    ({"dump": {"freeze_start": 100.0, "frozen_ms": 40.0, "freezing_ms": 0.0},
-      "transfer": {"wall_ms": 20.0}, "final_sync": {"wall_ms": 70.0},
-      "restore": {"end": 100.2, "wall_ms": 65.0, "sync_stop_ms": 15.0}},
-     {"criu_freeze_ms": 40.0, "delta_ms": 0.0, "wire_ms": 20.0, "fsync_ms": 85.0,
-      "rebuild_ms": 0.0, "restore_ms": 50.0, "overhead_ms": 5.0}),
-    # pages streamed to the destination's page server: CRIU's page writing is wire time
-    ({"dump": {"freeze_start": 100.0, "frozen_ms": 90.0, "freezing_ms": 2.0, "memwrite_ms": 60.0,
-               "pages": {"bytes": 1 << 26, "blake3": "0" * 64, "wall_ms": 58.0}},
-      "transfer": {"wall_ms": 10.0}, "restore": {"end": 100.2, "wall_ms": 50.0}},
-     {"criu_freeze_ms": 32.0, "delta_ms": 0.0, "wire_ms": 70.0, "fsync_ms": 0.0,
-      "rebuild_ms": 0.0, "restore_ms": 50.0, "overhead_ms": 48.0}),
-])
+@pytest.mark.parametrize(
+    "results,parts",
+    [
+        # cold: CRIU's freeze, the wire, the restore, and what is left
+        (
+            {
+                "dump": {"freeze_start": 100.0, "frozen_ms": 40.0, "freezing_ms": 2.0},
+                "transfer": {"wall_ms": 100.0},
+                "restore": {"end": 100.2, "wall_ms": 50.0},
+            },
+            {
+                "criu_freeze_ms": 42.0,
+                "delta_ms": 0.0,
+                "wire_ms": 100.0,
+                "fsync_ms": 0.0,
+                "rebuild_ms": 0.0,
+                "restore_ms": 50.0,
+                "overhead_ms": 8.0,
+            },
+        ),
+        # delta: finding the blocks and rebuilding them are parts of their own
+        (
+            {
+                "dump": {"freeze_start": 100.0, "frozen_ms": 40.0, "freezing_ms": 0.0},
+                "transfer": {"wall_ms": 20.0, "delta_ms": 60.0},
+                "restore": {"end": 100.3, "wall_ms": 170.0, "rebuild_ms": 120.0},
+            },
+            {
+                "criu_freeze_ms": 40.0,
+                "delta_ms": 60.0,
+                "wire_ms": 20.0,
+                "fsync_ms": 0.0,
+                "rebuild_ms": 120.0,
+                "restore_ms": 50.0,
+                "overhead_ms": 10.0,
+            },
+        ),
+        # sync dirs: the final rsync pass and stopping the daemons are one part
+        (
+            {
+                "dump": {"freeze_start": 100.0, "frozen_ms": 40.0, "freezing_ms": 0.0},
+                "transfer": {"wall_ms": 20.0},
+                "final_sync": {"wall_ms": 70.0},
+                "restore": {"end": 100.2, "wall_ms": 65.0, "sync_stop_ms": 15.0},
+            },
+            {
+                "criu_freeze_ms": 40.0,
+                "delta_ms": 0.0,
+                "wire_ms": 20.0,
+                "fsync_ms": 85.0,
+                "rebuild_ms": 0.0,
+                "restore_ms": 50.0,
+                "overhead_ms": 5.0,
+            },
+        ),
+        # pages streamed to the destination's page server: CRIU's page writing is wire time
+        (
+            {
+                "dump": {
+                    "freeze_start": 100.0,
+                    "frozen_ms": 90.0,
+                    "freezing_ms": 2.0,
+                    "memwrite_ms": 60.0,
+                    "pages": {"bytes": 1 << 26, "blake3": "0" * 64, "wall_ms": 58.0},
+                },
+                "transfer": {"wall_ms": 10.0},
+                "restore": {"end": 100.2, "wall_ms": 50.0},
+            },
+            {
+                "criu_freeze_ms": 32.0,
+                "delta_ms": 0.0,
+                "wire_ms": 70.0,
+                "fsync_ms": 0.0,
+                "rebuild_ms": 0.0,
+                "restore_ms": 50.0,
+                "overhead_ms": 48.0,
+            },
+        ),
+    ],
+)
 def test_the_parts_add_up(results: dict, parts: dict) -> None:
     d = downtime(Migration(**{**M.__dict__, "results": results}))
     assert d is not None

@@ -22,21 +22,24 @@ def node(tmp_path: Path) -> tuple[Path, Path]:
     return root, workdir
 
 
-@pytest.mark.parametrize(("rel", "message"), [
-    ("local/job", None),
-    ("local/job/sub", None),
-    ("shared/web", None),  # the container's own workdir
-    ("local/link", "is a symlink"),
-    ("local/link/sub", "is a symlink"),
-    ("local/file", "not a directory"),
-    ("local/missing", "does not exist"),
-    ("local", "outside what this node allows"),  # a root itself: other containers' dirs
-    ("elsewhere", "outside what this node allows"),
-    ("shared/other", "outside what this node allows"),  # another container's workdir
-    ("local/job/../job", "no '.', '..'"),
-    ("local/./job", "no '.', '..'"),
-    ("local/job/", "no '.', '..'"),
-])
+@pytest.mark.parametrize(
+    ("rel", "message"),
+    [
+        ("local/job", None),
+        ("local/job/sub", None),
+        ("shared/web", None),  # the container's own workdir
+        ("local/link", "is a symlink"),
+        ("local/link/sub", "is a symlink"),
+        ("local/file", "not a directory"),
+        ("local/missing", "does not exist"),
+        ("local", "outside what this node allows"),  # a root itself: other containers' dirs
+        ("elsewhere", "outside what this node allows"),
+        ("shared/other", "outside what this node allows"),  # another container's workdir
+        ("local/job/../job", "no '.', '..'"),
+        ("local/./job", "no '.', '..'"),
+        ("local/job/", "no '.', '..'"),
+    ],
+)
 def test_source_rules(node: tuple[Path, Path], rel: str, message: str | None) -> None:
     root, workdir = node
     d = f"{root.parent}/{rel}"
@@ -47,14 +50,17 @@ def test_source_rules(node: tuple[Path, Path], rel: str, message: str | None) ->
             syncdirs.check_dirs([d], [root], workdir, exist=True)
 
 
-@pytest.mark.parametrize(("dirs", "message"), [
-    ("/etc", "must be a list"),
-    ([1], "must be a list"),
-    (["relative"], "want an absolute path"),
-    (["//local/job"], "want an absolute path|no '.'"),
-    (["/local/job\n"], "want an absolute path"),
-    ([f"/x{i}" for i in range(17)], "at most 16"),
-])
+@pytest.mark.parametrize(
+    ("dirs", "message"),
+    [
+        ("/etc", "must be a list"),
+        ([1], "must be a list"),
+        (["relative"], "want an absolute path"),
+        (["//local/job"], "want an absolute path|no '.'"),
+        (["/local/job\n"], "want an absolute path"),
+        ([f"/x{i}" for i in range(17)], "at most 16"),
+    ],
+)
 def test_malformed_declarations(node: tuple[Path, Path], dirs: object, message: str) -> None:
     with pytest.raises(BadRequest, match=message):
         syncdirs.check_dirs(dirs, [node[0]], node[1], exist=True)
@@ -63,8 +69,9 @@ def test_malformed_declarations(node: tuple[Path, Path], dirs: object, message: 
 def test_nested_dirs_are_refused(node: tuple[Path, Path]) -> None:
     root, workdir = node
     with pytest.raises(BadRequest, match="inside sync dir"):
-        syncdirs.check_dirs([str(root / "job"), str(root / "job" / "sub")], [root], workdir,
-                            exist=True)
+        syncdirs.check_dirs(
+            [str(root / "job"), str(root / "job" / "sub")], [root], workdir, exist=True
+        )
 
 
 def test_a_destination_accepts_only_dirs_that_do_not_exist(node: tuple[Path, Path]) -> None:
@@ -80,8 +87,9 @@ def test_bad_sync_roots(text: str) -> None:
         syncdirs.parse_roots(text)
 
 
-def test_claim_then_drop_removes_only_what_the_claim_made(node: tuple[Path, Path],
-                                                          tmp_path: Path) -> None:
+def test_claim_then_drop_removes_only_what_the_claim_made(
+    node: tuple[Path, Path], tmp_path: Path
+) -> None:
     root, workdir = node
     state = tmp_path / "state" / "m-000000000001"
     deep, flat = root / "a" / "b" / "c", root / "job" / "new"
@@ -108,8 +116,9 @@ def test_a_claim_refused_records_and_makes_nothing(node: tuple[Path, Path], tmp_
 
 def test_remove_checks_again_and_tolerates_what_is_gone(node: tuple[Path, Path]) -> None:
     root, workdir = node
-    assert syncdirs.remove([str(root / "job"), str(root / "gone")], [root], workdir) == \
-        [str(root / "job")]
+    assert syncdirs.remove([str(root / "job"), str(root / "gone")], [root], workdir) == [
+        str(root / "job")
+    ]
     assert not (root / "job").exists()
     with pytest.raises(BadRequest, match="is a symlink"):
         syncdirs.remove([str(root / "link")], [root], workdir)

@@ -9,9 +9,19 @@ import pytest
 from tasks.core.machine import Event, Migration, Phase, State, next_step
 from tasks.core.watchdog import Timeouts, check, total_limit_s
 
-M = Migration(id="m-0123456789ab", container="web", src="a", dst="b", state=State.RUNNING,
-              phase=Phase.DUMP, step=3, attempt=1, created=0.0, updated=10.0,
-              limits={"memory_bytes": 2 << 30})
+M = Migration(
+    id="m-0123456789ab",
+    container="web",
+    src="a",
+    dst="b",
+    state=State.RUNNING,
+    phase=Phase.DUMP,
+    step=3,
+    attempt=1,
+    created=0.0,
+    updated=10.0,
+    limits={"memory_bytes": 2 << 30},
+)
 UP = {"a": True, "b": True}
 T = Timeouts()
 
@@ -21,20 +31,23 @@ def test_the_total_limit_scales_per_gib_with_a_floor(memory: int, limit: float) 
     assert total_limit_s(replace(M, limits={"memory_bytes": memory}), T) == limit
 
 
-@pytest.mark.parametrize("m,now,alive,restarted,kind", [
-    (M, 20.0, UP, {}, None),
-    (M, 20.0, {"a": False, "b": True}, {}, None),  # down, but not yet node_down_s quiet
-    (M, 30.0, {"a": False, "b": True}, {}, "stalled"),
-    (M, 30.0, {"a": True, "b": False}, {}, None),  # the other node is not in this step
-    (M, 200.0, UP, {}, "stalled"),  # no progress for 190 s
-    (M, 20.0, UP, {"a/urgent": 15.0}, "stalled"),  # the urgent worker restarted mid-step
-    (M, 20.0, UP, {"a/main": 15.0}, None),  # a different slot restarted
-    (M, 1700.0, UP, {}, "timeout"),
-    (replace(M, past_no_return=True, phase=Phase.CLEANUP), 1700.0, UP, {}, "stalled"),
-    (replace(M, state=State.DONE), 5000.0, {}, {}, None),
-    (replace(M, state=State.PENDING, phase=None), 5.0, {}, {}, None),
-    (replace(M, state=State.PENDING, phase=None), 5000.0, {}, {}, "start"),
-])
+@pytest.mark.parametrize(
+    "m,now,alive,restarted,kind",
+    [
+        (M, 20.0, UP, {}, None),
+        (M, 20.0, {"a": False, "b": True}, {}, None),  # down, but not yet node_down_s quiet
+        (M, 30.0, {"a": False, "b": True}, {}, "stalled"),
+        (M, 30.0, {"a": True, "b": False}, {}, None),  # the other node is not in this step
+        (M, 200.0, UP, {}, "stalled"),  # no progress for 190 s
+        (M, 20.0, UP, {"a/urgent": 15.0}, "stalled"),  # the urgent worker restarted mid-step
+        (M, 20.0, UP, {"a/main": 15.0}, None),  # a different slot restarted
+        (M, 1700.0, UP, {}, "timeout"),
+        (replace(M, past_no_return=True, phase=Phase.CLEANUP), 1700.0, UP, {}, "stalled"),
+        (replace(M, state=State.DONE), 5000.0, {}, {}, None),
+        (replace(M, state=State.PENDING, phase=None), 5.0, {}, {}, None),
+        (replace(M, state=State.PENDING, phase=None), 5000.0, {}, {}, "start"),
+    ],
+)
 def test_check(m: Migration, now: float, alive: dict, restarted: dict, kind: str | None) -> None:
     ev = check(m, now, alive, T, restarted)
     assert (ev.kind if ev else None) == kind
@@ -74,16 +87,21 @@ def test_a_timeout_after_the_point_of_no_return_changes_nothing() -> None:
 
 
 def test_force_pushes_a_precopy_to_its_final_dump() -> None:
-    m = replace(M, phase=Phase.PRECOPY, strategy="delta",
-                limits={"timeout_action": "force", "lazy_ok": True})
+    m = replace(
+        M,
+        phase=Phase.PRECOPY,
+        strategy="delta",
+        limits={"timeout_action": "force", "lazy_ok": True},
+    )
     m, sends = next_step(m, Event("timeout", 1700.0, error="timed out"))
     assert [s.phase for s in sends] == [Phase.DUMP]
     assert m.phase is Phase.DUMP and m.lazy and "forcing completion" in m.warnings[-1]
 
 
 def test_a_lost_rollback_step_is_sent_again() -> None:
-    m = replace(M, state=State.ROLLING_BACK, phase=Phase.RESUME,
-                rollback=(Phase.ABORT, Phase.RESUME))
+    m = replace(
+        M, state=State.ROLLING_BACK, phase=Phase.RESUME, rollback=(Phase.ABORT, Phase.RESUME)
+    )
     m2, sends = next_step(m, Event("stalled", 200.0, Phase.RESUME, 3, error="lost"))
     assert {s.phase for s in sends} == {Phase.ABORT, Phase.RESUME} and m2.step > m.step
 

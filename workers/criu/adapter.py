@@ -29,9 +29,16 @@ _ERROR_LINE = re.compile(r"Error \((?:[^)]*)\):\s*(.*)")
 _HARMLESS = ("rlimit: Can't setup RLIMIT_NOFILE",)
 _ERRNO = re.compile(r"\b[Ee]rrno[ =:]*(\d+)|\((?:errno )?(\d+)\)$")
 # CRIU's stats.proto field numbers (dump_stats_entry / restore_stats_entry).
-_DUMP_FIELDS = {1: "freezing_time", 2: "frozen_time", 3: "memdump_time", 4: "memwrite_time",
-                5: "pages_scanned", 6: "pages_skipped_parent", 7: "pages_written",
-                9: "pages_lazy"}
+_DUMP_FIELDS = {
+    1: "freezing_time",
+    2: "frozen_time",
+    3: "memdump_time",
+    4: "memwrite_time",
+    5: "pages_scanned",
+    6: "pages_skipped_parent",
+    7: "pages_written",
+    9: "pages_lazy",
+}
 _RESTORE_FIELDS = {3: "forking_time", 4: "restore_time", 5: "pages_restored"}
 
 
@@ -50,8 +57,9 @@ class Criu:
     def check(self) -> tuple[bool, str]:
         """``criu check``: whether CRIU works on this kernel, and its complaint if not."""
         try:
-            proc = subprocess.run([self.binary, "check"], capture_output=True, text=True,
-                                  timeout=60)
+            proc = subprocess.run(
+                [self.binary, "check"], capture_output=True, text=True, timeout=60
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return False, str(exc)
         text = (proc.stdout + proc.stderr).strip()
@@ -59,16 +67,26 @@ class Criu:
 
     def feature(self, name: str) -> bool:
         try:
-            proc = subprocess.run([self.binary, "check", "--feature", name],
-                                  capture_output=True, timeout=60)
+            proc = subprocess.run(
+                [self.binary, "check", "--feature", name], capture_output=True, timeout=60
+            )
         except (OSError, subprocess.TimeoutExpired):
             return False
         return proc.returncode == 0
 
-    def dump(self, pid: int, images: Path, *, leave_running: bool = False,
-             leave_stopped: bool = False, parent: Path | None = None,
-             track_mem: bool = False, lazy: bool = False, pre: bool = False,
-             ps_socket: int | None = None) -> DumpStats:
+    def dump(
+        self,
+        pid: int,
+        images: Path,
+        *,
+        leave_running: bool = False,
+        leave_stopped: bool = False,
+        parent: Path | None = None,
+        track_mem: bool = False,
+        lazy: bool = False,
+        pre: bool = False,
+        ps_socket: int | None = None,
+    ) -> DumpStats:
         """Checkpoint the tree rooted at ``pid`` into ``images``.
 
         With ``ps_socket`` (a connected socket, see :class:`workers.dataplane.pagestream.Relay`)
@@ -97,8 +115,15 @@ class Criu:
         wall = (time.monotonic() - started) * 1000
         return dump_stats(images, wall)
 
-    def start_lazy_dump(self, pid: int, images: Path, address: str, port: int,
-                        parent: Path | None = None, timeout_s: float = 60) -> tuple[subprocess.Popen[bytes], float]:
+    def start_lazy_dump(
+        self,
+        pid: int,
+        images: Path,
+        address: str,
+        port: int,
+        parent: Path | None = None,
+        timeout_s: float = 60,
+    ) -> tuple[subprocess.Popen[bytes], float]:
         """Start ``criu dump --lazy-pages``; return once the tree is frozen, dumped
         but for its pages, and CRIU's page server waits on ``address:port``.
 
@@ -106,9 +131,22 @@ class Criu:
         ends when every page has gone (exit 0), or fails and resumes the tree.
         """
         images.mkdir(parents=True, exist_ok=True)
-        argv = ["dump", "-t", str(pid), "-D", str(images), "-o", "dump.log", "-v4", "--lazy-pages",
-                "--leave-stopped",
-                "--address", address, "--port", str(port)]
+        argv = [
+            "dump",
+            "-t",
+            str(pid),
+            "-D",
+            str(images),
+            "-o",
+            "dump.log",
+            "-v4",
+            "--lazy-pages",
+            "--leave-stopped",
+            "--address",
+            address,
+            "--port",
+            str(port),
+        ]
         if parent is not None:
             argv += ["--prev-images-dir", os.path.relpath(parent, images), "--track-mem"]
         log = images / "dump.log"
@@ -129,8 +167,21 @@ class Criu:
 
     def start_lazy_pages(self, images: Path, address: str, port: int) -> subprocess.Popen[bytes]:
         """Start ``criu lazy-pages`` to pull pages from the source's page server."""
-        proc = self._spawn(["lazy-pages", "-D", str(images), "-o", "lazy-pages.log", "-v4",
-                            "--page-server", "--address", address, "--port", str(port)])
+        proc = self._spawn(
+            [
+                "lazy-pages",
+                "-D",
+                str(images),
+                "-o",
+                "lazy-pages.log",
+                "-v4",
+                "--page-server",
+                "--address",
+                address,
+                "--port",
+                str(port),
+            ]
+        )
         sock = images / "lazy-pages.socket"
         deadline = time.monotonic() + 10
         while not sock.exists():
@@ -151,20 +202,34 @@ class Criu:
         """
         argv = ["page-server", "-D", str(images), "-o", "-", "-v4", "--ps-socket", str(sock)]
         try:
-            proc = subprocess.Popen([self.binary, *argv], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    start_new_session=True, pass_fds=(sock,))
+            proc = subprocess.Popen(
+                [self.binary, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(sock,),
+            )
         except FileNotFoundError as exc:
-            raise CriuError(argv[0], 2, None, f"{self.binary} not found: run ops/install-criu.sh") from exc
+            raise CriuError(
+                argv[0], 2, None, f"{self.binary} not found: run ops/install-criu.sh"
+            ) from exc
         return PipedLog(proc, images / "page-server.log")
 
     def _spawn(self, argv: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         try:
-            proc = subprocess.Popen([self.binary, *argv], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    start_new_session=True, pass_fds=pass_fds)
+            proc = subprocess.Popen(
+                [self.binary, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                pass_fds=pass_fds,
+            )
         except FileNotFoundError as exc:
-            raise CriuError(argv[0], 2, None, f"{self.binary} not found: run ops/install-criu.sh") from exc
+            raise CriuError(
+                argv[0], 2, None, f"{self.binary} not found: run ops/install-criu.sh"
+            ) from exc
         # Reap it when it ends, whoever waits for it by its log.
         threading.Thread(target=proc.wait, daemon=True, name=f"criu-{argv[0]}").start()
         return proc
@@ -173,31 +238,53 @@ class Criu:
         """Restore the tree in ``images``, detached; returns its new host pid."""
         pidfile = images / "restore.pid"
         pidfile.unlink(missing_ok=True)
-        argv = ["restore", "-D", str(images), "-d", "--pidfile", str(pidfile),
-                "-o", "restore.log", "-v4", *extra]
+        argv = [
+            "restore",
+            "-D",
+            str(images),
+            "-d",
+            "--pidfile",
+            str(pidfile),
+            "-o",
+            "restore.log",
+            "-v4",
+            *extra,
+        ]
         started = time.monotonic()
         self._run("restore", argv, images / "restore.log")
         wall = (time.monotonic() - started) * 1000
         pid = int(pidfile.read_text().strip())
         fields = read_stats(images / "stats-restore", 2, _RESTORE_FIELDS)
-        return RestoreStats(pid=pid, restore_ms=fields.get("restore_time", 0) / 1000,
-                            forking_ms=fields.get("forking_time", 0) / 1000,
-                            pages_restored=fields.get("pages_restored", 0), wall_ms=wall)
+        return RestoreStats(
+            pid=pid,
+            restore_ms=fields.get("restore_time", 0) / 1000,
+            forking_ms=fields.get("forking_time", 0) / 1000,
+            pages_restored=fields.get("pages_restored", 0),
+            wall_ms=wall,
+        )
 
     def _plain(self, argv: list[str]) -> str:
         try:
-            return subprocess.run([self.binary, *argv], capture_output=True, text=True,
-                                  timeout=30).stdout
+            return subprocess.run(
+                [self.binary, *argv], capture_output=True, text=True, timeout=30
+            ).stdout
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise CriuError(argv[0].lstrip("-"), 0, None, str(exc)) from exc
 
     def _run(self, op: str, argv: list[str], log: Path, pass_fds: tuple[int, ...] = ()) -> None:
         try:
-            proc = subprocess.run([self.binary, *argv], capture_output=True, text=True,
-                                  timeout=self.timeout_s, stdin=subprocess.DEVNULL,
-                                  pass_fds=pass_fds)
+            proc = subprocess.run(
+                [self.binary, *argv],
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_s,
+                stdin=subprocess.DEVNULL,
+                pass_fds=pass_fds,
+            )
         except FileNotFoundError as exc:
-            raise CriuError(op, 2, None, f"{self.binary} not found: run ops/install-criu.sh") from exc
+            raise CriuError(
+                op, 2, None, f"{self.binary} not found: run ops/install-criu.sh"
+            ) from exc
         except subprocess.TimeoutExpired as exc:
             raise CriuError(op, 110, log, f"no answer in {self.timeout_s:.0f} s") from exc
         if proc.returncode != 0:
@@ -290,12 +377,17 @@ def dump_stats(images: Path, wall_ms: float) -> DumpStats:
     f = read_stats(images / "stats-dump", 1, _DUMP_FIELDS)
     size = sum(p.stat().st_size for p in images.iterdir() if p.is_file())
     return DumpStats(
-        freezing_ms=f.get("freezing_time", 0) / 1000, frozen_ms=f.get("frozen_time", 0) / 1000,
-        memdump_ms=f.get("memdump_time", 0) / 1000, memwrite_ms=f.get("memwrite_time", 0) / 1000,
+        freezing_ms=f.get("freezing_time", 0) / 1000,
+        frozen_ms=f.get("frozen_time", 0) / 1000,
+        memdump_ms=f.get("memdump_time", 0) / 1000,
+        memwrite_ms=f.get("memwrite_time", 0) / 1000,
         pages_scanned=f.get("pages_scanned", 0),
         pages_skipped_parent=f.get("pages_skipped_parent", 0),
-        pages_written=f.get("pages_written", 0), pages_lazy=f.get("pages_lazy", 0),
-        wall_ms=wall_ms, image_bytes=size)
+        pages_written=f.get("pages_written", 0),
+        pages_lazy=f.get("pages_lazy", 0),
+        wall_ms=wall_ms,
+        image_bytes=size,
+    )
 
 
 def read_stats(path: Path, entry_field: int, names: dict[int, str]) -> dict[str, int]:
@@ -307,7 +399,7 @@ def read_stats(path: Path, entry_field: int, names: dict[int, str]) -> dict[str,
     if len(data) < 12:
         return {}
     (size,) = struct.unpack_from("<I", data, 8)
-    outer = _fields(data[12:12 + size])
+    outer = _fields(data[12 : 12 + size])
     inner = outer.get(entry_field)
     if not isinstance(inner, bytes):
         return {}
@@ -325,7 +417,7 @@ def _fields(buf: bytes) -> dict[int, int | bytes]:
             out[number], pos = _varint(buf, pos)
         elif wire == 2:
             length, pos = _varint(buf, pos)
-            out[number], pos = buf[pos:pos + length], pos + length
+            out[number], pos = buf[pos : pos + length], pos + length
         elif wire in (1, 5):
             pos += 8 if wire == 1 else 4
         else:

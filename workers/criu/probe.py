@@ -71,12 +71,22 @@ def probe(state_dir: Path, criu: Criu) -> Probe:
         pipe_max = int(Path("/proc/sys/fs/pipe-max-size").read_text())
     except OSError:
         pipe_max = 0
-    return Probe(arch=platform.machine(), kernel=platform.release(), cpus=os.cpu_count() or 1,
-                 mem_total_bytes=total, mem_free_bytes=free,
-                 disk_free_bytes=shutil.disk_usage(state_dir).free, criu_version=version,
-                 criu_ok=ok, criu_reason="" if ok else ok_reason,
-                 soft_dirty=feats["mem_dirty_track"], uffd=feats["uffd"],
-                 uffd_noncoop=feats["uffd-noncoop"], pipe_max_size=pipe_max, root=root)
+    return Probe(
+        arch=platform.machine(),
+        kernel=platform.release(),
+        cpus=os.cpu_count() or 1,
+        mem_total_bytes=total,
+        mem_free_bytes=free,
+        disk_free_bytes=shutil.disk_usage(state_dir).free,
+        criu_version=version,
+        criu_ok=ok,
+        criu_reason="" if ok else ok_reason,
+        soft_dirty=feats["mem_dirty_track"],
+        uffd=feats["uffd"],
+        uffd_noncoop=feats["uffd-noncoop"],
+        pipe_max_size=pipe_max,
+        root=root,
+    )
 
 
 PIPE_NEEDED = 4 << 20  # CRIU's page server asks for 4 MiB pipes
@@ -96,8 +106,10 @@ def probe_lazy(criu: Criu, scratch: Path, p: Probe, allow_raise: bool) -> tuple[
         return False, "the kernel has no userfaultfd for CRIU (uffd / uffd-noncoop)"
     if p.pipe_max_size < PIPE_NEEDED:
         if not allow_raise:
-            return False, (f"fs.pipe-max-size is {p.pipe_max_size} < {PIPE_NEEDED}: raise it, or "
-                           "let ferry do it (allow_pipe_max_size / FERRY_ALLOW_PIPE_MAX_SIZE=1)")
+            return False, (
+                f"fs.pipe-max-size is {p.pipe_max_size} < {PIPE_NEEDED}: raise it, or "
+                "let ferry do it (allow_pipe_max_size / FERRY_ALLOW_PIPE_MAX_SIZE=1)"
+            )
         try:
             Path("/proc/sys/fs/pipe-max-size").write_text(str(PIPE_NEEDED))
         except OSError as exc:
@@ -109,9 +121,25 @@ def _lazy_round_trip(criu: Criu, scratch: Path) -> tuple[bool, str]:
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / "src").mkdir(parents=True)
     launched = subprocess.run(
-        [sys.executable, "-m", "workers.runtimes.launch", "--name", "lazyprobe", "--dir", str(scratch),
-         "--log", str(scratch / "log"), "--", "sleep", "60"],
-        capture_output=True, text=True, timeout=30, cwd=str(Path(__file__).resolve().parents[2]))
+        [
+            sys.executable,
+            "-m",
+            "workers.runtimes.launch",
+            "--name",
+            "lazyprobe",
+            "--dir",
+            str(scratch),
+            "--log",
+            str(scratch / "log"),
+            "--",
+            "sleep",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
     if not launched.stdout.strip().isdigit():
         return False, f"cannot start the probe process: {launched.stderr.strip()}"
     pid, restored = int(launched.stdout), 0
@@ -131,7 +159,9 @@ def _lazy_round_trip(criu: Criu, scratch: Path) -> tuple[bool, str]:
             time.sleep(0.01)
         if "Dumping finished successfully" not in log.read_text(errors="replace"):
             return False, f"a lazy migration to itself failed (see {log})"
-        return procs.alive(restored), "" if procs.alive(restored) else "the lazily restored probe died"
+        return procs.alive(restored), "" if procs.alive(
+            restored
+        ) else "the lazily restored probe died"
     except CriuError as exc:
         return False, f"a lazy migration to itself failed: {exc}"
     finally:

@@ -92,16 +92,23 @@ def make_delta(prev: Path | None, cur: Path, out: Path, block: int = 4096) -> De
     started = time.monotonic()
     if not 0 < block <= 1 << 20:
         raise BadRequest(f"bad block size {block}: want 1 B to 1 MiB")
-    names = sorted(_check_name(p.name) for p in cur.iterdir()
-                   if p.is_file() and not p.is_symlink() and not p.name.endswith(_SKIP))
+    names = sorted(
+        _check_name(p.name)
+        for p in cur.iterdir()
+        if p.is_file() and not p.is_symlink() and not p.name.endswith(_SKIP)
+    )
     comparable = _comparable_pages(prev, cur) if prev is not None and prev.is_dir() else set()
     entries: list[_Entry] = []
     changed = total = 0
     with _staged(out) as tmp:
         for name in names:
             src, size = cur / name, (cur / name).stat().st_size
-            if size and prev is not None and name in comparable \
-                    and (prev / name).stat().st_size == size:
+            if (
+                size
+                and prev is not None
+                and name in comparable
+                and (prev / name).stat().st_size == size
+            ):
                 digest, blocks = _diff(prev / name, src, tmp / (name + SUFFIX), block)
                 entries.append(_Entry(name, size, digest, "delta"))
                 changed, total = changed + blocks, total + -(-size // block)
@@ -111,15 +118,24 @@ def make_delta(prev: Path | None, cur: Path, out: Path, block: int = 4096) -> De
                 if name.startswith("pages-"):  # every block of it goes: all changed
                     blocks = -(-size // block)
                     changed, total = changed + blocks, total + blocks
-        doc = {"format": "ferry-delta", "version": VERSION, "block": block,
-               "files": [vars(e) for e in entries]}
+        doc = {
+            "format": "ferry-delta",
+            "version": VERSION,
+            "block": block,
+            "files": [vars(e) for e in entries],
+        }
         (tmp / MANIFEST).write_text(json.dumps(doc, indent=1))
         bytes_out = sum(p.stat().st_size for p in tmp.iterdir())
     n_delta = sum(e.ship == "delta" for e in entries)
-    return DeltaStats(files_whole=len(entries) - n_delta, files_delta=n_delta,
-                      bytes_total=sum(e.size for e in entries), bytes_out=bytes_out,
-                      blocks_changed=changed, blocks_total=total,
-                      seconds=time.monotonic() - started)
+    return DeltaStats(
+        files_whole=len(entries) - n_delta,
+        files_delta=n_delta,
+        bytes_total=sum(e.size for e in entries),
+        bytes_out=bytes_out,
+        blocks_changed=changed,
+        blocks_total=total,
+        seconds=time.monotonic() - started,
+    )
 
 
 def apply_delta(base: Path | None, received: Path, target: Path) -> None:
@@ -172,8 +188,10 @@ def _build(into: Path, received: Path, entries: list[_Entry], block: int) -> Non
             _patch(_received(received, e.name + SUFFIX), built, e, block)
         size = built.stat().st_size
         if size != e.size or _hash(built) != e.blake3:
-            raise IntegrityError(f"{e.name}: built {size} B that do not match the manifest "
-                                 f"({e.size} B, blake3 {e.blake3[:16]}...)")
+            raise IntegrityError(
+                f"{e.name}: built {size} B that do not match the manifest "
+                f"({e.size} B, blake3 {e.blake3[:16]}...)"
+            )
 
 
 @contextmanager
@@ -235,7 +253,7 @@ def _diff(old: Path, new: Path, delta: Path, block: int) -> tuple[str, int]:
         hashed = pool.submit(_hash, new, 1)  # on the other core, while this one compares
         w.write(bytes(_HEADER.size))
         while n := f.readinto(buf):  # buffered: fills buf up to the end of the file
-            view, was = memoryview(buf)[:n], before[offset:offset + n]
+            view, was = memoryview(buf)[:n], before[offset : offset + n]
             if not buf.startswith(was):
                 for start, end in _runs(buf, was, block):
                     count = -(-(end - start) // block)
@@ -253,7 +271,7 @@ def _runs(new: bytearray, old: memoryview, block: int) -> Iterator[tuple[int, in
     """(start, end) offsets of the runs of blocks where ``new`` differs from ``old``."""
     start = -1
     for off in range(0, len(old), block):
-        same = new.startswith(old[off:off + block], off)
+        same = new.startswith(old[off : off + block], off)
         if same and start >= 0:
             yield start, off
             start = -1
@@ -282,8 +300,10 @@ def _patch(delta: Path, built: Path, e: _Entry, block: int) -> None:
         if blk != block or size != e.size or digest != e.blake3.encode():
             raise BadRequest(f"{delta.name}: its header disagrees with the manifest")
         if os.fstat(out.fileno()).st_size != size:
-            raise IntegrityError(f"{e.name}: the previous pass's copy is not the one the "
-                                 "delta was made against (its size differs)")
+            raise IntegrityError(
+                f"{e.name}: the previous pass's copy is not the one the "
+                "delta was made against (its size differs)"
+            )
         nblocks, free = -(-size // block), 0
         for _ in range(runs):
             record = f.read(_RUN.size)
@@ -291,8 +311,9 @@ def _patch(delta: Path, built: Path, e: _Entry, block: int) -> None:
                 raise BadRequest(f"{delta.name}: truncated")
             first, count = _RUN.unpack(record)
             if count == 0 or first < free or first + count > nblocks:
-                raise BadRequest(f"{delta.name}: blocks {first}+{count} out of range or order "
-                                 f"({nblocks} blocks)")
+                raise BadRequest(
+                    f"{delta.name}: blocks {first}+{count} out of range or order ({nblocks} blocks)"
+                )
             length = min(count * block, size - first * block)
             if len(data := f.read(length)) != length:
                 raise BadRequest(f"{delta.name}: truncated")
@@ -308,18 +329,29 @@ def _read_manifest(received: Path) -> tuple[int, list[_Entry]]:
         doc: Any = json.loads((received / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
         raise BadRequest(f"no readable {MANIFEST} in {received}: {exc}") from exc
-    if not (isinstance(doc, dict) and doc.get("format") == "ferry-delta"
-            and doc.get("version") == VERSION and isinstance(doc.get("files"), list)
-            and type(doc.get("block")) is int and 0 < doc["block"] <= 1 << 20):
+    if not (
+        isinstance(doc, dict)
+        and doc.get("format") == "ferry-delta"
+        and doc.get("version") == VERSION
+        and isinstance(doc.get("files"), list)
+        and type(doc.get("block")) is int
+        and 0 < doc["block"] <= 1 << 20
+    ):
         raise BadRequest(f"{MANIFEST}: not a ferry delta manifest (version {VERSION})")
     for f in doc["files"]:
-        if not (isinstance(f, dict) and isinstance(f.get("name"), str)
-                and type(f.get("size")) is int and f["size"] >= 0
-                and isinstance(f.get("blake3"), str) and _HEX.match(f["blake3"])
-                and f.get("ship") in ("whole", "delta")):
+        if not (
+            isinstance(f, dict)
+            and isinstance(f.get("name"), str)
+            and type(f.get("size")) is int
+            and f["size"] >= 0
+            and isinstance(f.get("blake3"), str)
+            and _HEX.match(f["blake3"])
+            and f.get("ship") in ("whole", "delta")
+        ):
             raise BadRequest(f"{MANIFEST}: bad entry {f!r:.120}")
-    entries = [_Entry(_check_name(f["name"]), f["size"], f["blake3"], f["ship"])
-               for f in doc["files"]]
+    entries = [
+        _Entry(_check_name(f["name"]), f["size"], f["blake3"], f["ship"]) for f in doc["files"]
+    ]
     if len({e.name for e in entries}) != len(entries):
         raise BadRequest(f"{MANIFEST}: a file is listed twice")
     return doc["block"], entries
@@ -328,8 +360,10 @@ def _read_manifest(received: Path) -> tuple[int, list[_Entry]]:
 def _check_name(name: str) -> str:
     """``name`` if it is a plain image file name (no ``/``, no ``..``), else BadRequest."""
     if not _NAME.match(name) or ".." in name or name == MANIFEST or name.endswith(SUFFIX):
-        raise BadRequest(f"bad image file name {name!r:.80}: want 1-200 of A-Z a-z 0-9 _ . - "
-                         f"without '..', not {MANIFEST} nor *{SUFFIX}")
+        raise BadRequest(
+            f"bad image file name {name!r:.80}: want 1-200 of A-Z a-z 0-9 _ . - "
+            f"without '..', not {MANIFEST} nor *{SUFFIX}"
+        )
     return name
 
 

@@ -92,8 +92,16 @@ class Relay:
             raise TransferError(f"pages stream: {host}:{port} does not answer: {exc}") from exc
         try:
             self._tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            wire.send_frame(self._tcp, {"type": "pages", "v": wire.VERSION, "token": t.token(),
-                                        "migration": t.migration, "subdir": t.subdir})
+            wire.send_frame(
+                self._tcp,
+                {
+                    "type": "pages",
+                    "v": wire.VERSION,
+                    "token": t.token(),
+                    "migration": t.migration,
+                    "subdir": t.subdir,
+                },
+            )
             wire.expect(wire.recv_frame(self._tcp), "ready")
             self._tcp.settimeout(t.stall_s)
         except BaseException:
@@ -114,8 +122,9 @@ class Relay:
         for sock in (self._mine, self._tcp):
             _shut(sock, socket.SHUT_RDWR)  # wakes a pump stuck on a silent peer
             sock.close()
-        self.stats = StreamStats(self._sent, self._hasher.hexdigest(),
-                                 max(0.0, self._last - self._first))
+        self.stats = StreamStats(
+            self._sent, self._hasher.hexdigest(), max(0.0, self._last - self._first)
+        )
         verdict = self._verdict
         if verdict is not None and verdict.get("type") == "error":
             try:
@@ -125,12 +134,18 @@ class Relay:
         if failure is not None:
             return
         if verdict is None:
-            raise TransferError("pages stream: the destination never said how its page server ended")
-        if (verdict.get("type"), verdict.get("bytes"), verdict.get("blake3")) != \
-                ("done", self.stats.bytes, self.stats.blake3):
+            raise TransferError(
+                "pages stream: the destination never said how its page server ended"
+            )
+        if (verdict.get("type"), verdict.get("bytes"), verdict.get("blake3")) != (
+            "done",
+            self.stats.bytes,
+            self.stats.blake3,
+        ):
             raise IntegrityError(
                 f"pages stream digest does not match the source's ({verdict.get('bytes')} "
-                f"bytes landed, {self.stats.bytes} sent): the dump does not count")
+                f"bytes landed, {self.stats.bytes} sent): the dump does not count"
+            )
 
     def _forward(self, bucket: TokenBucket | None) -> None:
         """CRIU's bytes to the destination: hashed, throttled, counted."""
@@ -197,8 +212,9 @@ class Relay:
         return bytes(buf)
 
 
-def serve_pages(conn: socket.socket, images: Path,
-                page_server: Callable[[Path, int], PipedLog]) -> int:
+def serve_pages(
+    conn: socket.socket, images: Path, page_server: Callable[[Path, int], PipedLog]
+) -> int:
     """Run one admitted pages session on ``conn``: CRIU's page server writes into ``images``.
 
     Earlier pages in ``images`` (a dump that died half-way) are dropped first.
@@ -263,12 +279,14 @@ def _failure(log: str, status: int) -> FerryError:
     """Why a page server exited with ``status``, from its ``log``: NoSpace for a full disk."""
     code, detail = explain_text(log)
     # CRIU's pr_perror ends a line with strerror(errno), not the number
-    code = code or next((c for c in (errno.ENOSPC, errno.EDQUOT)
-                         if detail.endswith(os.strerror(c))), 0)
+    code = code or next(
+        (c for c in (errno.ENOSPC, errno.EDQUOT) if detail.endswith(os.strerror(c))), 0
+    )
     if code:
         return store_error("destination's page server", OSError(code, detail))
-    return PermanentError(f"destination's page server exited with status {status}: "
-                          f"{detail or 'no error in its log'}")
+    return PermanentError(
+        f"destination's page server exited with status {status}: {detail or 'no error in its log'}"
+    )
 
 
 def check_pages(sent: dict[str, Any], images: Path, wait_s: float = 10.0) -> None:
@@ -284,15 +302,21 @@ def check_pages(sent: dict[str, Any], images: Path, wait_s: float = 10.0) -> Non
     try:
         got = json.loads(marker.read_text())
     except (OSError, ValueError) as exc:
-        raise IntegrityError(f"{images}: the pages stream never finished here; not restored") \
-            from exc
+        raise IntegrityError(
+            f"{images}: the pages stream never finished here; not restored"
+        ) from exc
     if got.get("exit") != 0:
-        raise CriuError("page-server", 0, images / "page-server.log",
-                        f"exited with status {got.get('exit')}; pages incomplete, not restored")
+        raise CriuError(
+            "page-server",
+            0,
+            images / "page-server.log",
+            f"exited with status {got.get('exit')}; pages incomplete, not restored",
+        )
     if got.get("bytes") != sent.get("bytes") or got.get("blake3") != sent.get("blake3"):
         raise IntegrityError(
             f"{images}: pages stream digest does not match the source's "
-            f"({got.get('bytes')} bytes here, {sent.get('bytes')} sent); not restored")
+            f"({got.get('bytes')} bytes here, {sent.get('bytes')} sent); not restored"
+        )
 
 
 def _shut(sock: socket.socket, how: int) -> None:

@@ -139,7 +139,9 @@ class Receiver:
         self._nonces.use(claims, now)
         check_id("migration id", migration)
 
-    def _pages(self, conn: socket.socket, message: dict[str, object], peer: tuple[str, int]) -> None:
+    def _pages(
+        self, conn: socket.socket, message: dict[str, object], peer: tuple[str, int]
+    ) -> None:
         """A pages session (workers.dataplane.pagestream): the token first, then CRIU's page server."""
         token, migration, subdir = wire.parse_pages(message)
         self._check_token(token, migration)

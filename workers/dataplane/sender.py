@@ -156,7 +156,9 @@ def _attempt(
         wire.send_frame(sock, request.message())
         reply = wire.expect(wire.recv_frame(sock), "ready")
         have, done = wire.parse_ready(reply, [s.entry.size for s in sources])
-        meter.restart(sum(s.entry.size if d else h for s, h, d in zip(sources, have, done, strict=False)))
+        meter.restart(
+            sum(s.entry.size if d else h for s, h, d in zip(sources, have, done, strict=False))
+        )
         replies = select.poll()
         replies.register(sock, select.POLLIN)
         for source, digest, start, landed in zip(sources, digests, have, done, strict=False):

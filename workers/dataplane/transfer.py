@@ -28,8 +28,14 @@ from workers.dataplane.sender import COMPRESSORS, MIN_COMPRESS, SendStats
 from workers.dataplane.throttle import TokenBucket
 from workers.errors import BadRequest, TransferError
 
-__all__ = ["SendStats", "TokenBucket", "TransferServer", "choose_codec", "send_files",
-           "stream_pages"]
+__all__ = [
+    "SendStats",
+    "TokenBucket",
+    "TransferServer",
+    "choose_codec",
+    "send_files",
+    "stream_pages",
+]
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +199,18 @@ def send_files(
         rates = [r for r in (bandwidth_bps, bucket.rate_bps if bucket else None, link_bps) if r]
         codec = choose_codec(address[0], min(rates, default=None), [p for p, _ in files])
     return sender.send_files(
-        address, token_factory, migration, files, subdir=subdir, bandwidth_bps=bandwidth_bps,
-        progress=progress, timeout_s=timeout_s, retries=retries, bucket=bucket, codec=codec)
+        address,
+        token_factory,
+        migration,
+        files,
+        subdir=subdir,
+        bandwidth_bps=bandwidth_bps,
+        progress=progress,
+        timeout_s=timeout_s,
+        retries=retries,
+        bucket=bucket,
+        codec=codec,
+    )
 
 
 def choose_codec(host: str, rate_bps: float | None, paths: Sequence[Path]) -> str:

@@ -55,8 +55,9 @@ def parse_roots(text: str) -> tuple[Path, ...]:
     return roots
 
 
-def check_dirs(dirs: object, roots: Sequence[Path], workdir: Path, *,
-               exist: bool) -> tuple[str, ...]:
+def check_dirs(
+    dirs: object, roots: Sequence[Path], workdir: Path, *, exist: bool
+) -> tuple[str, ...]:
     """``dirs`` if every one may be synced on this node (see the module doc), else BadRequest.
 
     ``exist``: each must be a directory here (the source; the workdir may be
@@ -82,12 +83,17 @@ def _check_one(d: str, roots: Sequence[Path], workdir: Path, exist: bool) -> Non
     if os.path.normpath(d) != d or d.startswith("//") or "/../" in d + "/" or "/./" in d + "/":
         raise BadRequest(f"bad sync dir {d!r:.200}: no '.', '..', '//' or trailing '/' in it")
     p = Path(d)
-    root = workdir if p == workdir or workdir in p.parents else \
-        next((r for r in roots if r in p.parents), None)
+    root = (
+        workdir
+        if p == workdir or workdir in p.parents
+        else next((r for r in roots if r in p.parents), None)
+    )
     if root is None:
         allowed = ", ".join(str(r) for r in (*roots, workdir))
-        raise BadRequest(f"sync dir {d} is outside what this node allows to sync ({allowed}): "
-                         "see sync_roots in docs/operating.md")
+        raise BadRequest(
+            f"sync dir {d} is outside what this node allows to sync ({allowed}): "
+            "see sync_roots in docs/operating.md"
+        )
     for part in (root, *reversed([q for q in p.parents if root in q.parents]), p):
         if part.is_symlink():
             raise BadRequest(f"sync dir {d}: {part} is a symlink")
@@ -96,8 +102,10 @@ def _check_one(d: str, roots: Sequence[Path], workdir: Path, exist: bool) -> Non
     if exist and not p.is_dir() and p != workdir:
         raise BadRequest(f"sync dir {d} does not exist (or is not a directory)")
     if not exist and p.exists():
-        raise BadRequest(f"sync dir {d} already exists here: it would hold data not from this "
-                         "migration (shared storage needs no sync)")
+        raise BadRequest(
+            f"sync dir {d} already exists here: it would hold data not from this "
+            "migration (shared storage needs no sync)"
+        )
 
 
 def claim(state: Path, dirs: Sequence[str], roots: Sequence[Path], workdir: Path) -> None:
@@ -125,15 +133,17 @@ def claim(state: Path, dirs: Sequence[str], roots: Sequence[Path], workdir: Path
             Path(d).mkdir(parents=True, exist_ok=True)
 
 
-def start_targets(state: Path, mid: str, secret: bytes, host: str,
-                  ports: tuple[int, int] | None = None) -> list[dict[str, object]]:
+def start_targets(
+    state: Path, mid: str, secret: bytes, host: str, ports: tuple[int, int] | None = None
+) -> list[dict[str, object]]:
     """Start (or find) one rsync daemon per claimed dir, in ``ports`` if given; their
     dirs, ports and module.
     """
     out: list[dict[str, object]] = []
     for i, d in enumerate(claimed(state)):
-        port, module = RsyncTarget(Path(d), mid, secret, host, state=state / f"rsyncd-{i}",
-                                   ports=ports).start()
+        port, module = RsyncTarget(
+            Path(d), mid, secret, host, state=state / f"rsyncd-{i}", ports=ports
+        ).start()
         out.append({"dir": d, "port": port, "module": module})
     return out
 
@@ -151,8 +161,9 @@ def stop_targets(state: Path, mid: str) -> None:
 
 def drop_partial(state: Path) -> list[str]:
     """Remove what the claim in ``state`` created (the daemons must be stopped); what went."""
-    created: dict[str, str] = json.loads((state / "claim.json").read_text()) \
-        if (state / "claim.json").exists() else {}
+    created: dict[str, str] = (
+        json.loads((state / "claim.json").read_text()) if (state / "claim.json").exists() else {}
+    )
     for d, top in created.items():
         shutil.rmtree(d, ignore_errors=True)
         for parent in Path(d).parents:  # and the parents it made, while nothing else is in them

@@ -46,8 +46,11 @@ from workers.ids import check_id
 MODULE = "fs"
 MUNGED = "/rsyncd-munged/"
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
-_STAT = re.compile(r"^(Total bytes sent|Number of regular files transferred|Number of deleted "
-                   r"files): ([\d,]+)", re.MULTILINE)
+_STAT = re.compile(
+    r"^(Total bytes sent|Number of regular files transferred|Number of deleted "
+    r"files): ([\d,]+)",
+    re.MULTILINE,
+)
 _TRANSIENT = {10, 12, 30, 35}  # socket I/O, protocol stream, timeouts: the link, not the files
 _START_S = 10.0
 
@@ -77,9 +80,18 @@ class RsyncTarget:
     again) and can ``stop`` it. ``chroot`` defaults to whether this is root.
     """
 
-    def __init__(self, root: Path, mid: str, secret: bytes, host: str, *,
-                 allow: str | None = None, state: Path | None = None,
-                 chroot: bool | None = None, ports: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        mid: str,
+        secret: bytes,
+        host: str,
+        *,
+        allow: str | None = None,
+        state: Path | None = None,
+        chroot: bool | None = None,
+        ports: tuple[int, int] | None = None,
+    ) -> None:
         self.root, self.mid, self.host = _check_root(root), check_id("migration id", mid), host
         _check_host(host)
         if allow is not None:
@@ -102,18 +114,30 @@ class RsyncTarget:
         for _ in range(5):
             port = _free_port(self.host, self._ports)
             proc = subprocess.Popen(
-                ["rsync", "--daemon", "--no-detach", f"--config={self.state / 'rsyncd.conf'}",
-                 "--port", str(port), "--address", self.host],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True)
+                [
+                    "rsync",
+                    "--daemon",
+                    "--no-detach",
+                    f"--config={self.state / 'rsyncd.conf'}",
+                    "--port",
+                    str(port),
+                    "--address",
+                    self.host,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             if self._listening(proc, port):
                 # Reap it when it ends, whoever stops it.
                 threading.Thread(target=proc.wait, daemon=True, name="ferry-rsyncd").start()
                 daemon = _Daemon(proc.pid, procs.start_ticks(proc.pid), port)
                 (self.state / "daemon.json").write_text(json.dumps(asdict(daemon)))
                 return port, MODULE
-        raise CapabilityError(f"rsync daemon would not start on {self.host}; see "
-                              f"{self.state / 'rsyncd.log'}")
+        raise CapabilityError(
+            f"rsync daemon would not start on {self.host}; see {self.state / 'rsyncd.log'}"
+        )
 
     def stop(self) -> None:
         """Stop the daemon, restore munged symlinks and delete the state; safe to repeat."""
@@ -134,16 +158,26 @@ class RsyncTarget:
     def _config(self) -> str:
         s = self.state
         lines = [
-            f"pid file = {s / 'rsyncd.pid'}", f"lock file = {s / 'rsyncd.lock'}",
-            f"log file = {s / 'rsyncd.log'}", "reverse lookup = no",
+            f"pid file = {s / 'rsyncd.pid'}",
+            f"lock file = {s / 'rsyncd.lock'}",
+            f"log file = {s / 'rsyncd.log'}",
+            "reverse lookup = no",
             # Global only. rsync's many small messages otherwise wait on delayed ACKs.
-            "socket options = TCP_NODELAY", f"[{MODULE}]",
-            f"path = {self.root}", f"auth users = {self.mid}", f"secrets file = {s / 'secrets'}",
-            "strict modes = yes", "read only = false", "write only = true", "list = false",
+            "socket options = TCP_NODELAY",
+            f"[{MODULE}]",
+            f"path = {self.root}",
+            f"auth users = {self.mid}",
+            f"secrets file = {s / 'secrets'}",
+            "strict modes = yes",
+            "read only = false",
+            "write only = true",
+            "list = false",
             f"use chroot = {'yes' if self._chroot else 'no'}",
             # A chroot already keeps symlinks in; without one, munge them (see stop()).
             f"munge symlinks = {'no' if self._chroot else 'yes'}",
-            "numeric ids = yes", "max connections = 4", "timeout = 120",
+            "numeric ids = yes",
+            "max connections = 4",
+            "timeout = 120",
         ]
         if os.geteuid() == 0:
             lines += ["uid = 0", "gid = 0"]  # keep owners: -a --numeric-ids
@@ -157,8 +191,11 @@ class RsyncTarget:
         deadline = time.monotonic() + _START_S
         while time.monotonic() < deadline:
             text = log.read_text(errors="replace") if log.exists() else ""
-            if re.search(rf"\[{proc.pid}\] rsyncd version \S+ starting, listening on port "
-                         rf"{port}\b", text):
+            if re.search(
+                rf"\[{proc.pid}\] rsyncd version \S+ starting, listening on port "
+                rf"{port}\b",
+                text,
+            ):
                 return True
             if proc.poll() is not None:
                 return False
@@ -182,8 +219,17 @@ class _Daemon:
     port: int
 
 
-def rsync_push(src_dir: Path, host: str, port: int, module: str, mid: str, secret: bytes,
-               bandwidth_bps: float | None = None, *, timeout_s: float = 60) -> SyncStats:
+def rsync_push(
+    src_dir: Path,
+    host: str,
+    port: int,
+    module: str,
+    mid: str,
+    secret: bytes,
+    bandwidth_bps: float | None = None,
+    *,
+    timeout_s: float = 60,
+) -> SyncStats:
     """Make the module ``module`` of the daemon at ``host:port`` a copy of ``src_dir``.
 
     Changed and new files are sent, files gone from ``src_dir`` are deleted
@@ -201,29 +247,48 @@ def rsync_push(src_dir: Path, host: str, port: int, module: str, mid: str, secre
     if not 0 < port < 65536:
         raise BadRequest(f"bad rsync port {port}")
     netloc = f"[{host}]" if ":" in host else host
-    argv = ["rsync", "-a", "--delete", "--numeric-ids", "--stats", "--no-human-readable",
-            f"--timeout={max(1, round(timeout_s))}", "--contimeout=10",
-            "--sockopts=TCP_NODELAY"]  # with the daemon's: a small pass 180 -> 10 ms on loopback
+    argv = [
+        "rsync",
+        "-a",
+        "--delete",
+        "--numeric-ids",
+        "--stats",
+        "--no-human-readable",
+        f"--timeout={max(1, round(timeout_s))}",
+        "--contimeout=10",
+        "--sockopts=TCP_NODELAY",
+    ]  # with the daemon's: a small pass 180 -> 10 ms on loopback
     if bandwidth_bps:
         argv.append(f"--bwlimit={max(1, round(bandwidth_bps / 1024))}")  # KiB/s
     with tempfile.TemporaryDirectory(prefix="ferry-rsync-") as tmp:
         pw = Path(tmp) / "password"
         _write_private(pw, password(secret, mid))
-        argv += [f"--password-file={pw}", f"{src.absolute()}/",
-                 f"rsync://{mid}@{netloc}:{port}/{module}/"]
+        argv += [
+            f"--password-file={pw}",
+            f"{src.absolute()}/",
+            f"rsync://{mid}@{netloc}:{port}/{module}/",
+        ]
         started = time.monotonic()
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                  env={**os.environ, "LC_ALL": "C"})
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "LC_ALL": "C"},
+            )
         except FileNotFoundError as exc:
             raise CapabilityError("rsync not found: install it (apt-get install rsync)") from exc
     seconds = time.monotonic() - started
     if done.returncode != 0:
         raise _push_error(done.returncode, done.stderr, f"{host}:{port}")
     found = {k: int(v.replace(",", "")) for k, v in _STAT.findall(done.stdout)}
-    return SyncStats(found.get("Total bytes sent", 0),
-                     found.get("Number of regular files transferred", 0),
-                     found.get("Number of deleted files", 0), seconds)
+    return SyncStats(
+        found.get("Total bytes sent", 0),
+        found.get("Number of regular files transferred", 0),
+        found.get("Number of deleted files", 0),
+        seconds,
+    )
 
 
 def unmunge(root: Path) -> None:
@@ -242,10 +307,11 @@ def unmunge(root: Path) -> None:
                 continue
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             temp = f".ferry-unmunge-{secrets.token_hex(8)}"
-            os.symlink(value[len(MUNGED):], temp, dir_fd=dir_fd)
+            os.symlink(value[len(MUNGED) :], temp, dir_fd=dir_fd)
             os.chown(temp, st.st_uid, st.st_gid, dir_fd=dir_fd, follow_symlinks=False)
-            os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd,
-                     follow_symlinks=False)
+            os.utime(
+                temp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd, follow_symlinks=False
+            )
             os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
@@ -282,8 +348,10 @@ def _free_port(host: str, ports: tuple[int, int] | None = None) -> int:
                 continue  # taken: another migration's daemon, or anything else
             port: int = s.getsockname()[1]
             return port
-    raise CapabilityError(f"no free port for an rsync daemon on {host} in {first}-{last}: "
-                          "too many migrations at once for sync_ports")
+    raise CapabilityError(
+        f"no free port for an rsync daemon on {host} in {first}-{last}: "
+        "too many migrations at once for sync_ports"
+    )
 
 
 def _check_root(root: Path) -> Path:

@@ -27,7 +27,9 @@ class ContainerInfo:
     log: str
     runtime: str
     labels: dict[str, str] = field(default_factory=dict)
-    sync: tuple[str, ...] = ()  # node-local directories synced when it migrates (workers.dirsync.dirs)
+    sync: tuple[
+        str, ...
+    ] = ()  # node-local directories synced when it migrates (workers.dirsync.dirs)
 
 
 class Runtime(Protocol):
@@ -39,21 +41,35 @@ class Runtime(Protocol):
 
     def get(self, name: str) -> ContainerInfo: ...
 
-    def start(self, name: str, argv: list[str], labels: dict[str, str] | None = None,
-              sync: tuple[str, ...] = ()) -> ContainerInfo: ...
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        labels: dict[str, str] | None = None,
+        sync: tuple[str, ...] = (),
+    ) -> ContainerInfo: ...
 
-    def checkpoint(self, name: str, images: Path, *, leave_running: bool = False,
-                   parent: Path | None = None, pages: PagesTarget | None = None) -> DumpStats: ...
+    def checkpoint(
+        self,
+        name: str,
+        images: Path,
+        *,
+        leave_running: bool = False,
+        parent: Path | None = None,
+        pages: PagesTarget | None = None,
+    ) -> DumpStats: ...
 
     def predump(self, name: str, images: Path, parent: Path | None) -> DumpStats: ...
 
-    def checkpoint_lazy(self, name: str, images: Path, address: str, port: int,
-                        parent: Path | None = None) -> float: ...
+    def checkpoint_lazy(
+        self, name: str, images: Path, address: str, port: int, parent: Path | None = None
+    ) -> float: ...
 
     def wait_lazy(self, name: str, images: Path, timeout_s: float) -> DumpStats: ...
 
-    def restore(self, name: str, images: Path,
-                page_server: tuple[str, int] | None = None) -> RestoreStats: ...
+    def restore(
+        self, name: str, images: Path, page_server: tuple[str, int] | None = None
+    ) -> RestoreStats: ...
 
     def resume(self, name: str, images: Path | None = None) -> ContainerInfo: ...
 

@@ -49,8 +49,13 @@ class CriuRuntime:
 
     name = "criu"
 
-    def __init__(self, state_dir: Path, container_root: Path, criu: Criu | None = None,
-                 sync_roots: tuple[Path, ...] = ()) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        container_root: Path,
+        criu: Criu | None = None,
+        sync_roots: tuple[Path, ...] = (),
+    ) -> None:
         self.inventory = state_dir / "containers"
         self.container_root = container_root
         self.sync_roots = sync_roots
@@ -82,10 +87,18 @@ class CriuRuntime:
         st = e.state if live else "exited"
         if live and e.state == "running" and procs.state(e.pid) == "T":
             st = "frozen"
-        return ContainerInfo(name=e.name, pid=e.pid, argv=e.argv, state=st,
-                             memory_bytes=procs.rss_bytes(e.pid) if live else 0,
-                             started=e.started, log=e.log, runtime=self.name, labels=e.labels,
-                             sync=e.sync)
+        return ContainerInfo(
+            name=e.name,
+            pid=e.pid,
+            argv=e.argv,
+            state=st,
+            memory_bytes=procs.rss_bytes(e.pid) if live else 0,
+            started=e.started,
+            log=e.log,
+            runtime=self.name,
+            labels=e.labels,
+            sync=e.sync,
+        )
 
     def containers(self) -> list[ContainerInfo]:
         out = []
@@ -103,8 +116,13 @@ class CriuRuntime:
         return self._path(name).exists()
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self, name: str, argv: list[str], labels: dict[str, str] | None = None,
-              sync: tuple[str, ...] = ()) -> ContainerInfo:
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        labels: dict[str, str] | None = None,
+        sync: tuple[str, ...] = (),
+    ) -> ContainerInfo:
         """Start ``argv`` as container ``name`` on this node, declaring its ``sync`` dirs."""
         check_container_name(name)
         if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
@@ -116,27 +134,62 @@ class CriuRuntime:
         workdir.mkdir(parents=True, exist_ok=True)
         log = workdir / "log"
         proc = subprocess.run(
-            [sys.executable, "-m", "workers.runtimes.launch", "--name", name, "--dir", str(workdir),
-             "--log", str(log), "--", *argv],
-            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-            cwd=str(Path(__file__).resolve().parents[2]))
+            [
+                sys.executable,
+                "-m",
+                "workers.runtimes.launch",
+                "--name",
+                name,
+                "--dir",
+                str(workdir),
+                "--log",
+                str(log),
+                "--",
+                *argv,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+            cwd=str(Path(__file__).resolve().parents[2]),
+        )
         if proc.returncode != 0 or not proc.stdout.strip().isdigit():
-            raise BadRequest(f"cannot start {argv[0]!r}: {proc.stderr.strip() or proc.stdout.strip()}")
+            raise BadRequest(
+                f"cannot start {argv[0]!r}: {proc.stderr.strip() or proc.stdout.strip()}"
+            )
         pid = int(proc.stdout.strip())
         ticks = procs.start_ticks(pid) or 0
-        entry = Entry(name=name, pid=pid, ticks=ticks, argv=tuple(argv), workdir=str(workdir),
-                      log=str(log), started=time.time(), labels=dict(labels or {}), sync=sync)
+        entry = Entry(
+            name=name,
+            pid=pid,
+            ticks=ticks,
+            argv=tuple(argv),
+            workdir=str(workdir),
+            log=str(log),
+            started=time.time(),
+            labels=dict(labels or {}),
+            sync=sync,
+        )
         self._save(entry)
         return self._info(entry)
 
     def _live(self, name: str) -> Entry:
         entry = self._load(name)
         if not procs.alive(entry.pid, entry.ticks):
-            raise PermanentError(f"container {name!r} is not running on this node (pid {entry.pid} is gone)")
+            raise PermanentError(
+                f"container {name!r} is not running on this node (pid {entry.pid} is gone)"
+            )
         return entry
 
-    def checkpoint(self, name: str, images: Path, *, leave_running: bool = False,
-                   parent: Path | None = None, pages: PagesTarget | None = None) -> DumpStats:
+    def checkpoint(
+        self,
+        name: str,
+        images: Path,
+        *,
+        leave_running: bool = False,
+        parent: Path | None = None,
+        pages: PagesTarget | None = None,
+    ) -> DumpStats:
         """Dump ``name`` into ``images``; the tree stays frozen unless ``leave_running``.
 
         With ``pages`` the pages stream to the destination's page server
@@ -145,14 +198,24 @@ class CriuRuntime:
         """
         entry = self._live(name)
         if pages is None:
-            stats = self.criu.dump(entry.pid, images, leave_running=leave_running,
-                                   leave_stopped=not leave_running, parent=parent)
+            stats = self.criu.dump(
+                entry.pid,
+                images,
+                leave_running=leave_running,
+                leave_stopped=not leave_running,
+                parent=parent,
+            )
         else:
             relay = Relay(pages)
             with relay as fd:
-                stats = self.criu.dump(entry.pid, images, leave_running=leave_running,
-                                       leave_stopped=not leave_running, parent=parent,
-                                       ps_socket=fd)
+                stats = self.criu.dump(
+                    entry.pid,
+                    images,
+                    leave_running=leave_running,
+                    leave_stopped=not leave_running,
+                    parent=parent,
+                    ps_socket=fd,
+                )
             stats = replace(stats, pages=relay.stats)
         if not leave_running:
             self._save(replace(entry, state="frozen"))
@@ -164,8 +227,9 @@ class CriuRuntime:
         entry = self._live(name)
         return self.criu.dump(entry.pid, images, pre=True, track_mem=True, parent=parent)
 
-    def checkpoint_lazy(self, name: str, images: Path, address: str, port: int,
-                        parent: Path | None = None) -> float:
+    def checkpoint_lazy(
+        self, name: str, images: Path, address: str, port: int, parent: Path | None = None
+    ) -> float:
         """Dump ``name`` for post-copy: all but its pages, which CRIU's page server
         on ``address:port`` hands out until the destination has them all. The
         tree stays frozen (and is resumed by CRIU if the page transfer fails).
@@ -195,7 +259,9 @@ class CriuRuntime:
             time.sleep(0.01)
         raise CriuError("lazy dump", 110, log, f"pages still in flight after {timeout_s:.0f} s")
 
-    def restore(self, name: str, images: Path, page_server: tuple[str, int] | None = None) -> RestoreStats:
+    def restore(
+        self, name: str, images: Path, page_server: tuple[str, int] | None = None
+    ) -> RestoreStats:
         """Restore ``name`` from ``images`` on this node and take it into the inventory.
 
         With ``page_server`` (post-copy) the tree starts at once and its pages
@@ -212,10 +278,17 @@ class CriuRuntime:
             stats = self.criu.restore(images, extra=("--lazy-pages",))
         else:
             stats = self.criu.restore(images)
-        entry = Entry(name=name, pid=stats.pid, ticks=procs.start_ticks(stats.pid) or 0,
-                      argv=tuple(meta["argv"]), workdir=meta["workdir"], log=meta["log"],
-                      started=meta["started"], labels=meta.get("labels", {}),
-                      sync=tuple(meta.get("sync", ())))  # the declaration moves with it
+        entry = Entry(
+            name=name,
+            pid=stats.pid,
+            ticks=procs.start_ticks(stats.pid) or 0,
+            argv=tuple(meta["argv"]),
+            workdir=meta["workdir"],
+            log=meta["log"],
+            started=meta["started"],
+            labels=meta.get("labels", {}),
+            sync=tuple(meta.get("sync", ())),
+        )  # the declaration moves with it
         self._save(entry)
         return stats
 

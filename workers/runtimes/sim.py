@@ -69,7 +69,9 @@ class SimRuntime:
 
     name = "sim"
 
-    def __init__(self, state_dir: Path, container_root: Path, model: SimModel | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, container_root: Path, model: SimModel | None = None
+    ) -> None:
         self.inventory = state_dir / "sim-containers"
         self.container_root = container_root
         self.model = model or SimModel()
@@ -100,10 +102,17 @@ class SimRuntime:
 
     def _info(self, rec: dict[str, object]) -> ContainerInfo:
         self._write_log(rec)
-        return ContainerInfo(name=str(rec["name"]), pid=0, argv=tuple(rec["argv"]),  # type: ignore[arg-type]
-                             state=str(rec["state"]), memory_bytes=int(rec["memory"]),  # type: ignore[call-overload]
-                             started=float(rec["started"]), log=str(rec["log"]),  # type: ignore[arg-type]
-                             runtime=self.name, labels=dict(rec["labels"]))  # type: ignore[call-overload]
+        return ContainerInfo(
+            name=str(rec["name"]),
+            pid=0,
+            argv=tuple(rec["argv"]),  # type: ignore[arg-type]
+            state=str(rec["state"]),
+            memory_bytes=int(rec["memory"]),  # type: ignore[call-overload]
+            started=float(rec["started"]),
+            log=str(rec["log"]),  # type: ignore[arg-type]
+            runtime=self.name,
+            labels=dict(rec["labels"]),
+        )  # type: ignore[call-overload]
 
     def _write_log(self, rec: dict[str, object], at: float | None = None) -> None:
         """Bring the container's log up to its counter, as the real counter would."""
@@ -114,8 +123,10 @@ class SimRuntime:
         if now > logged:
             base, since = int(rec["counter"]), float(rec["since"])  # type: ignore[call-overload, arg-type]
             with open(str(rec["log"]), "a") as f:
-                f.writelines(f"tick {i} {since + (i - base) * TICK_S:.3f}\n"
-                             for i in range(logged + 1, now + 1))
+                f.writelines(
+                    f"tick {i} {since + (i - base) * TICK_S:.3f}\n"
+                    for i in range(logged + 1, now + 1)
+                )
             rec["logged"] = now
             self._save(rec)
 
@@ -166,11 +177,18 @@ class SimRuntime:
         os.utime(mem, (now, now))
         return sum(hot_cold)
 
-    def start(self, name: str, argv: list[str], labels: dict[str, str] | None = None,
-              sync: tuple[str, ...] = ()) -> ContainerInfo:
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        labels: dict[str, str] | None = None,
+        sync: tuple[str, ...] = (),
+    ) -> ContainerInfo:
         check_container_name(name)
         if sync:
-            raise BadRequest("the sim runtime syncs no directories: run the container on criu nodes")
+            raise BadRequest(
+                "the sim runtime syncs no directories: run the container on criu nodes"
+            )
         if self._path(name).exists():
             raise BadRequest(f"container {name!r} already runs on this node")
         labels = dict(labels or {})
@@ -178,9 +196,18 @@ class SimRuntime:
         workdir = self.container_root / name
         workdir.mkdir(parents=True, exist_ok=True)
         now = time.time()
-        rec: dict[str, object] = {"name": name, "argv": list(argv), "labels": labels, "memory": memory,
-                                  "counter": 0, "since": now, "state": "running",
-                                  "started": now, "log": str(workdir / "log"), "logged": -1}
+        rec: dict[str, object] = {
+            "name": name,
+            "argv": list(argv),
+            "labels": labels,
+            "memory": memory,
+            "counter": 0,
+            "since": now,
+            "state": "running",
+            "started": now,
+            "log": str(workdir / "log"),
+            "logged": -1,
+        }
         self._fresh_memory(name, memory)
         self._save(rec)
         return self._info(rec)
@@ -191,8 +218,9 @@ class SimRuntime:
             raise PermanentError(f"container {name!r} is not running")
         return rec
 
-    def _dump(self, rec: dict[str, object], images: Path, now: float, whole: bool,
-              lazy: bool = False) -> DumpStats:
+    def _dump(
+        self, rec: dict[str, object], images: Path, now: float, whole: bool, lazy: bool = False
+    ) -> DumpStats:
         """Write ``rec``'s images as of ``now``: the whole memory, or only what was dirtied."""
         started = time.monotonic()
         name, memory = str(rec["name"]), int(rec["memory"])  # type: ignore[call-overload]
@@ -212,13 +240,28 @@ class SimRuntime:
                 f.truncate(written * PAGE)
         (images / "ferry-container.json").write_text(json.dumps({"name": name}))
         size = sum(p.stat().st_size for p in images.iterdir() if p.is_file())
-        return DumpStats(freezing_ms=0.0, frozen_ms=frozen, memdump_ms=frozen, memwrite_ms=0.0,
-                         pages_scanned=total, pages_skipped_parent=total - written if not whole else 0,
-                         pages_written=written, pages_lazy=total if lazy else 0,
-                         wall_ms=(time.monotonic() - started) * 1000, image_bytes=size)
+        return DumpStats(
+            freezing_ms=0.0,
+            frozen_ms=frozen,
+            memdump_ms=frozen,
+            memwrite_ms=0.0,
+            pages_scanned=total,
+            pages_skipped_parent=total - written if not whole else 0,
+            pages_written=written,
+            pages_lazy=total if lazy else 0,
+            wall_ms=(time.monotonic() - started) * 1000,
+            image_bytes=size,
+        )
 
-    def checkpoint(self, name: str, images: Path, *, leave_running: bool = False,
-                   parent: Path | None = None, pages: PagesTarget | None = None) -> DumpStats:
+    def checkpoint(
+        self,
+        name: str,
+        images: Path,
+        *,
+        leave_running: bool = False,
+        parent: Path | None = None,
+        pages: PagesTarget | None = None,
+    ) -> DumpStats:
         """A modelled dump: whole, or with ``parent`` only the pages dirtied since it."""
         if pages is not None:
             raise CapabilityError("the sim runtime has no CRIU page server: dump to files")
@@ -234,8 +277,9 @@ class SimRuntime:
         """A modelled soft-dirty pass (the sim kernel tracks dirty pages): the container runs on."""
         return self._dump(self._live(name), images, time.time(), whole=parent is None)
 
-    def checkpoint_lazy(self, name: str, images: Path, address: str, port: int,
-                        parent: Path | None = None) -> float:
+    def checkpoint_lazy(
+        self, name: str, images: Path, address: str, port: int, parent: Path | None = None
+    ) -> float:
         """A modelled post-copy dump: frozen for the fixed cost only, pages stay behind."""
         rec = self._live(name)
         frozen_at = time.time()
@@ -250,12 +294,22 @@ class SimRuntime:
         memory = json.loads((images / "sim-lazy.json").read_text())["memory"]
         took = self.model.dump_ms_per_mb * memory / MIB
         time.sleep(min(took, timeout_s * 1000) / 1000)
-        return DumpStats(freezing_ms=0.0, frozen_ms=took, memdump_ms=took, memwrite_ms=0.0,
-                         pages_scanned=memory // PAGE, pages_skipped_parent=0, pages_written=0,
-                         pages_lazy=memory // PAGE, wall_ms=took, image_bytes=0)
+        return DumpStats(
+            freezing_ms=0.0,
+            frozen_ms=took,
+            memdump_ms=took,
+            memwrite_ms=0.0,
+            pages_scanned=memory // PAGE,
+            pages_skipped_parent=0,
+            pages_written=0,
+            pages_lazy=memory // PAGE,
+            wall_ms=took,
+            image_bytes=0,
+        )
 
-    def restore(self, name: str, images: Path,
-                page_server: tuple[str, int] | None = None) -> RestoreStats:
+    def restore(
+        self, name: str, images: Path, page_server: tuple[str, int] | None = None
+    ) -> RestoreStats:
         """A modelled restore; with ``page_server`` (post-copy) the pages come later."""
         check_container_name(name)
         snap = json.loads((images / "sim.json").read_text())
@@ -267,10 +321,16 @@ class SimRuntime:
         took = restore_ms(self.model, snap["memory"], lazy=page_server is not None)
         time.sleep(took / 1000)
         self._fresh_memory(name, snap["memory"])
-        self._save({**snap, "state": "running", "since": time.time(), "logged": snap["counter"] - 1})
-        return RestoreStats(pid=0, restore_ms=took, forking_ms=0.0,
-                            pages_restored=snap["memory"] // PAGE,
-                            wall_ms=(time.monotonic() - started) * 1000)
+        self._save(
+            {**snap, "state": "running", "since": time.time(), "logged": snap["counter"] - 1}
+        )
+        return RestoreStats(
+            pid=0,
+            restore_ms=took,
+            forking_ms=0.0,
+            pages_restored=snap["memory"] // PAGE,
+            wall_ms=(time.monotonic() - started) * 1000,
+        )
 
     def resume(self, name: str, images: Path | None = None) -> ContainerInfo:
         rec = self._load(name)

@@ -44,13 +44,23 @@ class SimModel:
     restore_fixed_ms: float = 35.0  # real criu restore of an empty counter: 34-50 ms
     restore_ms_per_mb: float = 0.65  # 64 MiB 75-89 ms, 256 MiB 194-196 ms, 1 GiB 679-734 ms
     default_memory: int = 64 * MIB
-    dirty_share_per_s: float = 0.10  # of the memory per second: the strategies benchmark's middle rate
+    dirty_share_per_s: float = (
+        0.10  # of the memory per second: the strategies benchmark's middle rate
+    )
     hot_share: float = 0.10  # of the memory: the hot set (a modelling choice, see docs/sim.md)
     hot_writes: float = 0.9  # share of the writes that land in the hot set
 
     def __post_init__(self) -> None:
-        if min(self.dump_fixed_ms, self.dump_ms_per_mb, self.restore_fixed_ms,
-               self.restore_ms_per_mb, self.dirty_share_per_s) < 0:
+        if (
+            min(
+                self.dump_fixed_ms,
+                self.dump_ms_per_mb,
+                self.restore_fixed_ms,
+                self.restore_ms_per_mb,
+                self.dirty_share_per_s,
+            )
+            < 0
+        ):
             raise BadRequest("sim model costs and rates must be >= 0")
         if not (0.0 <= self.hot_share <= 1.0 and 0.0 <= self.hot_writes <= 1.0):
             raise BadRequest("sim hot_share and hot_writes must be in [0, 1]")
@@ -68,6 +78,7 @@ class Workload:
 def workload(model: SimModel, labels: dict[str, str]) -> Workload:
     """The container's workload: labels ``sim.memory``, ``sim.dirty_rate`` (bytes/s),
     ``sim.hot_set`` (bytes) override the model's defaults. BadRequest if one is bad."""
+
     def number(key: str, default: float) -> float:
         raw = labels.get(key)
         if raw is None:
@@ -102,7 +113,9 @@ def dirtied(wl: Workload, seconds: float, hot_writes: float) -> tuple[int, int]:
     total, hot = pages(wl.memory), min(pages(wl.hot_bytes), pages(wl.memory))
     writes = wl.dirty_bps / PAGE * max(seconds, 0.0)
     share = hot_writes if hot else 0.0
-    return round(_distinct(hot, writes * share)), round(_distinct(total - hot, writes * (1 - share)))
+    return round(_distinct(hot, writes * share)), round(
+        _distinct(total - hot, writes * (1 - share))
+    )
 
 
 def windows(wl: Workload, hot_cold: tuple[int, int], turn: int) -> list[tuple[int, int]]:
