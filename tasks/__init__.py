@@ -1,8 +1,8 @@
-"""ferry's public API: the queue side, as a program uses it.
+"""ferry's public API: the queue side, as a program uses it::
 
-    >>> from tasks import Ferry, Settings                   # doctest: +SKIP
-    >>> ferry = Ferry(Settings.from_env())
-    >>> ferry.migrate("web", to="node2").wait(timeout=60).state
+    from tasks import Ferry, Settings
+    ferry = Ferry(Settings.from_env())
+    ferry.migrate("web", to="node2").wait(timeout=60).state    # State.DONE
 
 The names below are loaded on first use, so that importing one of ferry's
 pure modules (``tasks.core.*``) never loads Celery or Redis.

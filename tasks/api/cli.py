@@ -380,11 +380,11 @@ def status(migration: str | None, as_json: bool) -> None:
                 t.add_row("stop rule", m.results["decision"]["reason"])
             for w in m.warnings:
                 t.add_row("warning", w)
-            for p in ("sync", "final_sync"):
-                if p in m.results:
-                    r = m.results[p]
+            for phase in ("sync", "final_sync"):
+                if phase in m.results:
+                    r = m.results[phase]
                     t.add_row(
-                        p.replace("_", " "),
+                        phase.replace("_", " "),
                         f"{r['bytes'] / 2**20:.2f} MiB, {r['files']} files, "
                         f"{r['deleted']} deleted, in {r['wall_ms']:.0f} ms ({r['dirs']} dirs)",
                     )

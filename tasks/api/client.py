@@ -1,11 +1,10 @@
-"""The Python API: submit and follow migrations from any program.
+"""The Python API: submit and follow migrations from any program::
 
-    >>> from tasks.api.client import Ferry                      # doctest: +SKIP
-    >>> ferry = Ferry()                 # FERRY_BROKER_URL, FERRY_SECRET, ...
-    >>> ferry.run("node1", ["python3", "-c", "..."], name="web")
-    >>> m = ferry.migrate("web", to="node2")
-    >>> m.wait(timeout=60).state
-    'done'
+    from tasks import Ferry
+    ferry = Ferry()                     # FERRY_BROKER_URL, FERRY_SECRET, ...
+    ferry.run("node1", ["python3", "-c", "..."], name="web")
+    m = ferry.migrate("web", to="node2")
+    m.wait(timeout=60).state            # State.DONE
 
 A program that is not a worker needs nothing but the broker (and state store)
 URL and the cluster secret.

@@ -108,11 +108,11 @@ class SimRuntime:
             argv=tuple(rec["argv"]),  # type: ignore[arg-type]
             state=str(rec["state"]),
             memory_bytes=int(rec["memory"]),  # type: ignore[call-overload]
-            started=float(rec["started"]),
-            log=str(rec["log"]),  # type: ignore[arg-type]
+            started=float(rec["started"]),  # type: ignore[arg-type]
+            log=str(rec["log"]),
             runtime=self.name,
-            labels=dict(rec["labels"]),
-        )  # type: ignore[call-overload]
+            labels=dict(rec["labels"]),  # type: ignore[call-overload]
+        )
 
     def _write_log(self, rec: dict[str, object], at: float | None = None) -> None:
         """Bring the container's log up to its counter, as the real counter would."""
