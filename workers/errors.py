@@ -13,6 +13,7 @@
         ├── IntegrityError          bytes arrived but do not match their checksum
         ├── NoSpace                 a node's disk is full (ENOSPC, EDQUOT)
         ├── CriuError               CRIU failed; carries op, errno and its log
+        ├── CorruptRecord           a stored record does not parse: reported and skipped
         ├── Superseded              the migration moved on (cancelled, timed out) mid-step
         └── TooLate                 past the point of no return (cancel)
 
@@ -92,6 +93,10 @@ class IntegrityError(PermanentError):
 
 class NoSpace(PermanentError):
     """A node's disk (or quota) is full: free space there, or pick another node."""
+
+
+class CorruptRecord(PermanentError):
+    """A record in the state store does not parse (hand-edited, truncated, another version)."""
 
 
 class Superseded(PermanentError):

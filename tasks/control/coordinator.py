@@ -18,10 +18,11 @@ from tasks.config.broker import connect, resolve
 from tasks.config.settings import Settings
 from tasks.control.evacuation import register as evacuation_tasks
 from tasks.core.machine import Event, Migration
+from tasks.core.nodes import alive as is_alive
 from tasks.core.watchdog import Timeouts, check
 from tasks.messaging.app import CONTROL_QUEUE, dispatch, make_app
 from tasks.store.migrations import Store
-from workers.errors import BadRequest, TooLate
+from workers.errors import BadRequest, CorruptRecord, TooLate
 
 log = logging.getLogger("ferry.coordinator")
 
@@ -65,7 +66,7 @@ def sweep(app: Celery, store: Store, timeouts: Timeouts, node_ttl_s: float) -> i
     now = time.time()
     alive, restarted = {}, {}
     for n in store.nodes():
-        alive[n["name"]] = n.get("state") == "up" and now - n.get("last_seen", 0) < node_ttl_s
+        alive[n["name"]] = is_alive(n, now, node_ttl_s)
         for role, at in n.get("workers", {}).items():
             restarted[f"{n['name']}/{role}"] = float(at)
     applied = 0
@@ -82,6 +83,9 @@ def sweep(app: Celery, store: Store, timeouts: Timeouts, node_ttl_s: float) -> i
     for mid in store.active():
         try:
             m = store.get(mid)
+        except CorruptRecord as exc:  # reported, skipped: the others go on
+            log.error("sweep: %s", exc)
+            continue
         except BadRequest:
             continue
         ev = check(m, now, alive, timeouts, restarted)

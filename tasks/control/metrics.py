@@ -24,7 +24,7 @@ import re
 import signal
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from typing import Any, cast
+from typing import Any
 
 import click
 import redis
@@ -43,7 +43,6 @@ from tasks.control.cluster import Cluster
 from tasks.core.machine import Migration, State
 from tasks.core.summary import summary
 from tasks.messaging.app import node_queue
-from tasks.store.migrations import from_json
 
 DOWNTIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -75,13 +74,7 @@ class FerryCollector(Collector):
 
     def _records(self) -> Iterator[Migration]:
         """Every migration record, fetched in batches (one round trip per batch)."""
-        store = self.ferry.store
-        ids = store.ids(limit=max(1, cast(int, store.r.zcard("ferry:migs"))))
-        for i in range(0, len(ids), BATCH):
-            keys = [f"ferry:mig:{mid}" for mid in ids[i : i + BATCH]]
-            for raw in cast(list[str | None], store.r.mget(keys)):
-                if raw is not None:
-                    yield from_json(str(raw))
+        yield from self.ferry.store.all_migrations(BATCH)
 
     def _migrations(self, records: Iterable[Migration]) -> Iterator[Metric]:
         states: Counter[tuple[str, str]] = Counter()

@@ -138,6 +138,8 @@ class Migration:
     past_no_return: bool = False
     rollback: tuple[Phase, ...] = ()  # rollback steps still to finish
     passes: tuple[dict[str, Any], ...] = ()  # one convergence.IterationStats per pass
+    # retry counters ("rollback stalled", "<phase> (rollback)"): never read back from errors
+    retries: dict[str, int] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -190,8 +192,13 @@ def next_step(m: Migration, ev: Event, policy: Policy = Policy()) -> tuple[Migra
         if ev.kind == "stalled":
             # A rollback step was lost (its worker died, its node is away):
             # send what is left again, a bounded number of times.
-            stalls = 1 + sum(1 for e in m.errors if e.startswith("rollback stalled"))
-            m = replace(m, step=m.step + 1, errors=(*m.errors, f"rollback stalled: {ev.error}"))
+            stalls = m.retries.get("rollback stalled", 0) + 1
+            m = replace(
+                m,
+                step=m.step + 1,
+                errors=(*m.errors, f"rollback stalled: {ev.error}"),
+                retries={**m.retries, "rollback stalled": stalls},
+            )
             if stalls > policy.rollback_attempts:
                 return _rollback_failed(m, m.rollback[0])
             return m, [_send(m, p, m.step) for p in m.rollback]
@@ -361,8 +368,13 @@ def _rollback_event(m: Migration, ev: Event, policy: Policy) -> tuple[Migration,
         return m, []
     sequential = m.phase is Phase.ABORT  # abort must finish before resume is sent
     if ev.kind == "failed":
-        tries = 1 + sum(1 for e in m.errors if e.startswith(f"{ev.phase.value} (rollback)"))
-        m = replace(m, errors=(*m.errors, f"{ev.phase.value} (rollback) {tries}: {ev.error}"))
+        key = f"{ev.phase.value} (rollback)"
+        tries = m.retries.get(key, 0) + 1
+        m = replace(
+            m,
+            errors=(*m.errors, f"{key} {tries}: {ev.error}"),
+            retries={**m.retries, key: tries},
+        )
         if tries < policy.rollback_attempts:
             m = replace(m, step=m.step + 1)
             return m, [_send(m, ev.phase, m.step, backoff(m, tries + 1, policy))]

@@ -15,6 +15,7 @@ Keys (all under ``ferry:``)::
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from typing import Any
@@ -22,11 +23,12 @@ from typing import Any
 import redis
 
 from tasks.core.machine import Event, Migration, Phase, Policy, Send, State, next_step
-from workers.errors import BadRequest
+from workers.errors import BadRequest, CorruptRecord
 from workers.ids import check_migration_id
 
 DEFAULT_POLICY = Policy()
 EVENTS_MAX = 10_000
+log = logging.getLogger("ferry.store")
 COORDINATOR_KEY = "ferry:coordinator"  # the coordinator's heartbeat, expiring
 
 
@@ -34,16 +36,28 @@ def to_json(m: Migration) -> str:
     return json.dumps(asdict(m))
 
 
-def from_json(raw: str) -> Migration:
-    d = json.loads(raw)
-    d["state"] = State(d["state"])
-    d["phase"] = Phase(d["phase"]) if d["phase"] else None
-    d["rollback"] = tuple(Phase(p) for p in d["rollback"])
-    d["errors"] = tuple(d["errors"])
-    d["warnings"] = tuple(d["warnings"])
-    d["passes"] = tuple(d["passes"])
-    d["sync"] = tuple(d.get("sync", ()))
-    return Migration(**d)
+def from_json(raw: str, mid: str = "?") -> Migration:
+    """The record in ``raw`` (stored as ``mid``); CorruptRecord if it is not one.
+
+    >>> from_json('{"id": "m-0123456789ab", "state": "gone"}', "m-0123456789ab")
+    Traceback (most recent call last):
+    ...
+    workers.errors.CorruptRecord: migration record m-0123456789ab does not parse (ValueError: 'gone' is not a valid State): skipped
+    """
+    try:
+        d = json.loads(raw)
+        d["state"] = State(d["state"])
+        d["phase"] = Phase(d["phase"]) if d["phase"] else None
+        d["rollback"] = tuple(Phase(p) for p in d["rollback"])
+        d["errors"] = tuple(d["errors"])
+        d["warnings"] = tuple(d["warnings"])
+        d["passes"] = tuple(d["passes"])
+        d["sync"] = tuple(d.get("sync", ()))
+        return Migration(**d)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptRecord(
+            f"migration record {mid} does not parse ({type(exc).__name__}: {exc}): skipped"
+        ) from exc
 
 
 class Store:
@@ -67,7 +81,7 @@ class Store:
         raw = self.r.get(f"ferry:mig:{check_migration_id(mid)}")
         if raw is None:
             raise BadRequest(f"no migration {mid}: see `ferry status`")
-        return from_json(str(raw))
+        return from_json(str(raw), mid)
 
     def active(self) -> list[str]:
         """Ids of the migrations not yet final (what a restarted coordinator drives on)."""
@@ -98,7 +112,7 @@ class Store:
                     raw = pipe.get(key)
                     if raw is None:
                         raise BadRequest(f"no migration {mid}")
-                    old = from_json(str(raw))
+                    old = from_json(str(raw), mid)
                     new, sends = step(old)
                     changed = replace(new, updated=old.updated) != old
                     pipe.multi()
@@ -194,10 +208,26 @@ class Store:
         else:
             self.r.delete(f"ferry:cordon:{name}")
 
+    def all_migrations(self, batch: int = 500) -> Iterator[Migration]:
+        """Every record, ``batch`` at a time; a corrupt one is logged and skipped."""
+        ids = self.ids(limit=max(1, int(self.r.zcard("ferry:migs"))))
+        for i in range(0, len(ids), batch):
+            chunk = ids[i : i + batch]
+            for mid, raw in zip(chunk, self.r.mget([f"ferry:mig:{m}" for m in chunk]), strict=True):
+                if raw is None:
+                    continue
+                try:
+                    yield from_json(str(raw), mid)
+                except CorruptRecord as exc:
+                    log.error("%s", exc)
+
     def iter_migrations(self, limit: int = 50) -> Iterator[Migration]:
+        """The newest ``limit`` records; a corrupt one is logged and skipped."""
         for mid in self.ids(limit):
             try:
                 yield self.get(mid)
+            except CorruptRecord as exc:
+                log.error("%s", exc)
             except BadRequest:
                 continue
 

@@ -164,6 +164,16 @@ def test_a_rollback_whose_destination_never_answers_ends_failed_with_the_source_
     assert "a copy may remain on b; the source stays frozen on a" in m.errors[-1]
 
 
+def test_retry_budgets_count_in_fields_not_in_error_texts() -> None:
+    """Errors are for people: rewording one (or a record full of them) changes no budget."""
+    m = at(Phase.VERIFY)
+    m, _ = next_step(m, failed(m))
+    m = replace(m, errors=(*m.errors, *["rollback stalled: an old text"] * 20))
+    m, sends = next_step(m, Event("stalled", 9.0, Phase.ABORT, m.step, error="b is away"))
+    assert m.state is State.ROLLING_BACK and sends
+    assert m.retries == {"rollback stalled": 1}
+
+
 def test_transient_failures_beyond_the_budget_roll_back() -> None:
     m = at(Phase.PREPARE)
     for _ in range(Policy().max_attempts - 1):
