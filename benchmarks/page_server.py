@@ -56,7 +56,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import machine
-from workers.criu.adapter import Criu, dump_stats
+from workers.criu.adapter import Criu
+from workers.criu.stats import dump_stats
 from workers.dataplane.pagestream import Relay, check_pages
 from workers.dataplane.tokens import issue_token
 from workers.dataplane.transfer import TransferServer, send_files

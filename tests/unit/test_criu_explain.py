@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workers.criu.adapter import explain
+from workers.criu.log import explain
 
 LOG = """(00.032097) Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted
 (00.063499) Error (criu/page-xfer.c:191): page-xfer: Can't write pages to socket: Broken pipe

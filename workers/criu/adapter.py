@@ -4,42 +4,24 @@ ferry drives the ``criu`` binary as a subprocess rather than through its RPC:
 every call leaves its own log next to its images (quoted in errors), a dump
 can be watched and killed like any process, and nothing needs pycriu, whose
 protobuf pin (< 7) and ``images_dir_fd`` quirk in 4.1.1 would tie ferry to one
-CRIU build. CRIU's stats images are decoded here with a few lines of protobuf.
+CRIU build. Its logs are read by :mod:`workers.criu.log`, its stats images by
+:mod:`workers.criu.stats`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import struct
 import subprocess
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.criu.log import PipedLog, explain
+from workers.criu.stats import RESTORE_FIELDS, dump_stats, read_stats
 from workers.errors import CriuError
 from workers.records import DumpStats, RestoreStats
-
-_ERROR_LINE = re.compile(r"Error \((?:[^)]*)\):\s*(.*)")
-# Lines CRIU logs as errors and then carries on from: never the reason a call failed.
-# (Raising RLIMIT_NOFILE is refused inside a user namespace or under a hard cap.)
-_HARMLESS = ("rlimit: Can't setup RLIMIT_NOFILE",)
-_ERRNO = re.compile(r"\b[Ee]rrno[ =:]*(\d+)|\((?:errno )?(\d+)\)$")
-# CRIU's stats.proto field numbers (dump_stats_entry / restore_stats_entry).
-_DUMP_FIELDS = {
-    1: "freezing_time",
-    2: "frozen_time",
-    3: "memdump_time",
-    4: "memwrite_time",
-    5: "pages_scanned",
-    6: "pages_skipped_parent",
-    7: "pages_written",
-    9: "pages_lazy",
-}
-_RESTORE_FIELDS = {3: "forking_time", 4: "restore_time", 5: "pages_restored"}
 
 
 @dataclass(frozen=True)
@@ -254,7 +236,7 @@ class Criu:
         self._run("restore", argv, images / "restore.log")
         wall = (time.monotonic() - started) * 1000
         pid = int(pidfile.read_text().strip())
-        fields = read_stats(images / "stats-restore", 2, _RESTORE_FIELDS)
+        fields = read_stats(images / "stats-restore", 2, RESTORE_FIELDS)
         return RestoreStats(
             pid=pid,
             restore_ms=fields.get("restore_time", 0) / 1000,
@@ -290,147 +272,3 @@ class Criu:
         if proc.returncode != 0:
             errno, detail = explain(log, proc.stderr)
             raise CriuError(op, errno, log, detail)
-
-
-class PipedLog:
-    """A running CRIU whose log (``-o -``) comes through a pipe.
-
-    The log is copied to ``path`` as it comes, for as long as that disk
-    takes it; the error lines and the last lines stay in memory too
-    (:meth:`text`), so a full disk cannot hide why CRIU failed.
-    """
-
-    _TAIL = 64  # lines kept besides the error lines
-
-    def __init__(self, proc: subprocess.Popen[bytes], path: Path) -> None:
-        self.proc = proc
-        self.path = path
-        self._errors: list[str] = []
-        self._tail: deque[str] = deque(maxlen=self._TAIL)
-        self._tap = threading.Thread(target=self._copy, daemon=True, name="criu-log")
-        self._tap.start()
-
-    def _copy(self) -> None:
-        assert self.proc.stdout is not None
-        try:
-            out = self.path.open("wb")
-        except OSError:
-            out = None
-        for raw in self.proc.stdout:
-            if out is not None:
-                try:
-                    out.write(raw)
-                    out.flush()
-                except OSError:  # the disk is full: the lines still reach text()
-                    out = None
-            line = raw.decode(errors="replace").rstrip("\n")
-            (self._errors if _ERROR_LINE.search(line) else self._tail).append(line)
-        if out is not None:
-            with contextlib.suppress(OSError):
-                out.close()
-        self.proc.wait()
-
-    def wait(self, timeout: float | None = None) -> int:
-        """The exit status, once CRIU has exited and its whole log is read."""
-        status = self.proc.wait(timeout=timeout)
-        self._tap.join(timeout=5)  # a child of CRIU's could hold the pipe open
-        return status
-
-    def kill(self) -> None:
-        self.proc.kill()
-
-    def text(self) -> str:
-        """The error lines, then the last lines: enough for :func:`explain_text`."""
-        return "\n".join([*self._errors, *self._tail])
-
-
-def explain(log: Path, stderr: str = "") -> tuple[int, str]:
-    """The errno and the first error line of a failed CRIU call's log."""
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        text = stderr
-    return explain_text(text, stderr)
-
-
-def explain_text(text: str, stderr: str = "") -> tuple[int, str]:
-    """The errno and the first error line of a failed CRIU call's log ``text``.
-
-    >>> explain_text("(00.1) Error (criu/page-xfer.c:1121): page-xfer: "
-    ...              "Unable to spice data: No space left on device")
-    (0, 'page-xfer: Unable to spice data: No space left on device')
-    >>> explain_text("(00.1) Error (criu/cr-dump.c:1): Can't dump (errno 3)")
-    (3, "Can't dump (errno 3)")
-    """
-    for line in text.splitlines():
-        match = _ERROR_LINE.search(line)
-        if match and not match.group(1).startswith(_HARMLESS):
-            detail = match.group(1).strip()
-            num = _ERRNO.search(detail)
-            errno = int(next(g for g in num.groups() if g)) if num else 0
-            return errno, detail
-    return 0, (stderr.strip().splitlines() or [""])[-1]
-
-
-def dump_stats(images: Path, wall_ms: float) -> DumpStats:
-    """Read CRIU's stats-dump image of a finished dump in ``images``."""
-    f = read_stats(images / "stats-dump", 1, _DUMP_FIELDS)
-    size = sum(p.stat().st_size for p in images.iterdir() if p.is_file())
-    return DumpStats(
-        freezing_ms=f.get("freezing_time", 0) / 1000,
-        frozen_ms=f.get("frozen_time", 0) / 1000,
-        memdump_ms=f.get("memdump_time", 0) / 1000,
-        memwrite_ms=f.get("memwrite_time", 0) / 1000,
-        pages_scanned=f.get("pages_scanned", 0),
-        pages_skipped_parent=f.get("pages_skipped_parent", 0),
-        pages_written=f.get("pages_written", 0),
-        pages_lazy=f.get("pages_lazy", 0),
-        wall_ms=wall_ms,
-        image_bytes=size,
-    )
-
-
-def read_stats(path: Path, entry_field: int, names: dict[int, str]) -> dict[str, int]:
-    """Decode one CRIU stats image: two magics, a size, a stats_entry message."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return {}
-    if len(data) < 12:
-        return {}
-    (size,) = struct.unpack_from("<I", data, 8)
-    outer = _fields(data[12 : 12 + size])
-    inner = outer.get(entry_field)
-    if not isinstance(inner, bytes):
-        return {}
-    return {names[k]: v for k, v in _fields(inner).items() if k in names and isinstance(v, int)}
-
-
-def _fields(buf: bytes) -> dict[int, int | bytes]:
-    """The varint and length-delimited fields of one protobuf message."""
-    out: dict[int, int | bytes] = {}
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            out[number], pos = _varint(buf, pos)
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            out[number], pos = buf[pos : pos + length], pos + length
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-        else:
-            break
-    return out
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7

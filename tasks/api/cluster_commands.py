@@ -1,0 +1,216 @@
+"""``ferry`` commands about nodes and containers: nodes, ps, run, cordon, uncordon, evacuate."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+from rich.table import Table
+
+from tasks.api import evacview
+from tasks.api.console import POSITIVE, emit, err, ferry_client, gib, json_opt, out, yn
+
+
+@click.command()
+@json_opt
+def nodes(as_json: bool) -> None:
+    """List the nodes: capabilities, load, last seen."""
+    rows = ferry_client().nodes()
+
+    def show() -> None:
+        t = Table(
+            "node",
+            "state",
+            "arch",
+            "criu",
+            "soft-dirty",
+            "uffd",
+            "mem free",
+            "load",
+            "containers",
+            "last seen",
+            "address",
+        )
+        now = time.time()
+        for n in rows:
+            p = n.get("probe", {})
+            state = ("up" if n["alive"] else "down") + (" (cordoned)" if n.get("cordoned") else "")
+            criu = p.get("criu_version") or ("sim" if p.get("simulated") else "no")
+            if p.get("criu_reason"):
+                criu += f" ({p['criu_reason']})"
+            t.add_row(
+                n["name"],
+                state,
+                p.get("arch", "?"),
+                criu,
+                yn(p.get("soft_dirty")),
+                yn(p.get("uffd")),
+                gib(p.get("mem_free_bytes", 0)),
+                f"{n.get('load', 0):.2f}",
+                str(len(n.get("containers", []))),
+                f"{now - n.get('last_seen', 0):.0f}s ago",
+                n.get("address", ""),
+            )
+        out.print(t)
+
+    emit(as_json, rows, show)
+
+
+@click.command()
+@json_opt
+def ps(as_json: bool) -> None:
+    """List the containers on every node."""
+    rows = ferry_client().containers()
+
+    def show() -> None:
+        t = Table("container", "node", "state", "pid", "memory", "synced dirs", "command")
+        for c in rows:
+            t.add_row(
+                c["name"],
+                c["node"],
+                c["state"],
+                str(c["pid"]),
+                gib(c["memory_bytes"]),
+                " ".join(c.get("sync", [])) or "-",
+                " ".join(c["argv"])[:60],
+            )
+        out.print(t)
+
+    emit(as_json, rows, show)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--node", required=True)
+@click.option("--name", default=None, help="Container name (default: generated).")
+@click.option(
+    "--sync",
+    "sync",
+    multiple=True,
+    metavar="DIR",
+    help="A node-local directory that moves with it (rsync); repeatable. "
+    "Absolute, below the node's sync_roots or the container's workdir.",
+)
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+@json_opt
+def run(
+    node: str, name: str | None, sync: tuple[str, ...], cmd: tuple[str, ...], as_json: bool
+) -> None:
+    """Start CMD on NODE as a container: ferry run --node N [--sync DIR] -- CMD ..."""
+    res = ferry_client().run(node, list(cmd), name, sync=sync)
+    emit(
+        as_json,
+        res,
+        lambda: out.print(
+            f"{res['name']} runs on {res['node']} (pid {res['pid']}, log {res['log']})"
+        ),
+    )
+
+
+@click.command()
+@click.argument("node")
+@json_opt
+def cordon(node: str, as_json: bool) -> None:
+    """Mark NODE so that nothing new lands on it."""
+    ferry_client().cordon(node)
+    emit(as_json, {"node": node, "cordoned": True}, lambda: out.print(f"{node} cordoned"))
+
+
+@click.command()
+@click.argument("node")
+@json_opt
+def uncordon(node: str, as_json: bool) -> None:
+    """Let containers land on NODE again."""
+    ferry_client().uncordon(node)
+    emit(as_json, {"node": node, "cordoned": False}, lambda: out.print(f"{node} uncordoned"))
+
+
+@click.command()
+@click.argument("node", required=False)
+@click.option("--to", default=None, help="Comma-separated destinations (default: any that fits).")
+@click.option("--dry-run", is_flag=True, help="Show the plan; cordon nothing, move nothing.")
+@click.option(
+    "--max-parallel",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Migrations at once, in all.",
+)
+@click.option(
+    "--per-node",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Migrations at once into one node, and out of one node.",
+)
+@click.option("--bandwidth", default=None, help="Cap per migration, bytes/s: 50M, 64Mi, 800mbit.")
+@click.option(
+    "--strategy",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "cold", "precopy", "delta", "postcopy", "hybrid"]),
+)
+@click.option(
+    "--timeout",
+    type=POSITIVE,
+    default=None,
+    help="s: then start no more moves and roll back those that still can.",
+)
+@click.option(
+    "--allow-partial",
+    is_flag=True,
+    help="Move what has a destination even if some containers have none.",
+)
+@click.option(
+    "--cancel",
+    "cancel_id",
+    default=None,
+    metavar="EVAC_ID",
+    help="Stop evacuation EVAC_ID from starting more moves.",
+)
+@click.option("--no-wait", is_flag=True, help="Start and print the evacuation id.")
+@json_opt
+def evacuate(
+    node: str | None,
+    to: str | None,
+    dry_run: bool,
+    max_parallel: int,
+    per_node: int,
+    bandwidth: str | None,
+    strategy: str,
+    timeout: float | None,
+    allow_partial: bool,
+    cancel_id: str | None,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Move every container off NODE, which is cordoned first and stays cordoned.
+
+    Containers with no destination are shown before anything moves, and then
+    nothing moves unless --allow-partial. Exit codes: 0 every container moved;
+    1 some failed, rolled back, were not placed or not started (they still run
+    on NODE); 2 bad input, or a container has no destination (nothing moved);
+    3 a node or the coordinator is unreachable; 4 the timeout ended it.
+    """
+    targets = [t.strip() for t in to.split(",") if t.strip()] if to is not None else None
+    if not node and not cancel_id:
+        raise click.UsageError("give the NODE to evacuate (or --cancel EVAC_ID)")
+    sys.exit(
+        evacview.run(
+            ferry_client(),
+            node,
+            cancel_id,
+            as_json,
+            no_wait,
+            out,
+            err,
+            to=targets,
+            dry_run=dry_run,
+            max_parallel=max_parallel,
+            per_node=per_node,
+            bandwidth=bandwidth,
+            strategy=strategy,
+            timeout=timeout,
+            allow_partial=allow_partial,
+        )
+    )

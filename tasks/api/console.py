@@ -1,0 +1,59 @@
+"""What every ``ferry`` command shares: the consoles, the client, JSON or tables."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+
+from tasks.api.client import Ferry
+from tasks.config.settings import Settings
+
+err = Console(stderr=True)
+out = Console()
+json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def ferry_client() -> Ferry:
+    """A client on the cluster the environment (FERRY_*) names."""
+    return Ferry(Settings.from_env())
+
+
+def emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
+    """``data`` as JSON for scripts, else what ``human`` prints."""
+    if as_json:
+        click.echo(json.dumps(data, default=str, indent=1))
+    else:
+        human()
+
+
+class Positive(click.ParamType[float]):
+    """A finite number > 0 (click's FloatRange lets NaN through)."""
+
+    name = "number"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not 0 < number < math.inf:
+            self.fail(f"{value!r} is not a finite number > 0", param, ctx)
+        return number
+
+
+POSITIVE = Positive()
+
+
+def yn(v: Any) -> str:
+    return "yes" if v else "no"
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"

@@ -1,0 +1,97 @@
+"""CRIU's logs: why a call failed, read from its log, and a log that comes through a pipe."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+import threading
+from collections import deque
+from pathlib import Path
+
+_ERROR_LINE = re.compile(r"Error \((?:[^)]*)\):\s*(.*)")
+# Lines CRIU logs as errors and then carries on from: never the reason a call failed.
+# (Raising RLIMIT_NOFILE is refused inside a user namespace or under a hard cap.)
+_HARMLESS = ("rlimit: Can't setup RLIMIT_NOFILE",)
+_ERRNO = re.compile(r"\b[Ee]rrno[ =:]*(\d+)|\((?:errno )?(\d+)\)$")
+# CRIU's stats.proto field numbers (dump_stats_entry / restore_stats_entry).
+
+
+class PipedLog:
+    """A running CRIU whose log (``-o -``) comes through a pipe.
+
+    The log is copied to ``path`` as it comes, for as long as that disk
+    takes it; the error lines and the last lines stay in memory too
+    (:meth:`text`), so a full disk cannot hide why CRIU failed.
+    """
+
+    _TAIL = 64  # lines kept besides the error lines
+
+    def __init__(self, proc: subprocess.Popen[bytes], path: Path) -> None:
+        self.proc = proc
+        self.path = path
+        self._errors: list[str] = []
+        self._tail: deque[str] = deque(maxlen=self._TAIL)
+        self._tap = threading.Thread(target=self._copy, daemon=True, name="criu-log")
+        self._tap.start()
+
+    def _copy(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            out = self.path.open("wb")
+        except OSError:
+            out = None
+        for raw in self.proc.stdout:
+            if out is not None:
+                try:
+                    out.write(raw)
+                    out.flush()
+                except OSError:  # the disk is full: the lines still reach text()
+                    out = None
+            line = raw.decode(errors="replace").rstrip("\n")
+            (self._errors if _ERROR_LINE.search(line) else self._tail).append(line)
+        if out is not None:
+            with contextlib.suppress(OSError):
+                out.close()
+        self.proc.wait()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit status, once CRIU has exited and its whole log is read."""
+        status = self.proc.wait(timeout=timeout)
+        self._tap.join(timeout=5)  # a child of CRIU's could hold the pipe open
+        return status
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def text(self) -> str:
+        """The error lines, then the last lines: enough for :func:`explain_text`."""
+        return "\n".join([*self._errors, *self._tail])
+
+
+def explain(log: Path, stderr: str = "") -> tuple[int, str]:
+    """The errno and the first error line of a failed CRIU call's log."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        text = stderr
+    return explain_text(text, stderr)
+
+
+def explain_text(text: str, stderr: str = "") -> tuple[int, str]:
+    """The errno and the first error line of a failed CRIU call's log ``text``.
+
+    >>> explain_text("(00.1) Error (criu/page-xfer.c:1121): page-xfer: "
+    ...              "Unable to spice data: No space left on device")
+    (0, 'page-xfer: Unable to spice data: No space left on device')
+    >>> explain_text("(00.1) Error (criu/cr-dump.c:1): Can't dump (errno 3)")
+    (3, "Can't dump (errno 3)")
+    """
+    for line in text.splitlines():
+        match = _ERROR_LINE.search(line)
+        if match and not match.group(1).startswith(_HARMLESS):
+            detail = match.group(1).strip()
+            num = _ERRNO.search(detail)
+            errno = int(next(g for g in num.groups() if g)) if num else 0
+            return errno, detail
+    return 0, (stderr.strip().splitlines() or [""])[-1]
