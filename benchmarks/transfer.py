@@ -54,8 +54,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tasks.core.transport import Route, codec
 from workers.dataplane.tokens import issue_token
-from workers.dataplane.transfer import TransferServer, choose_codec, send_files
+from workers.dataplane.transfer import (
+    TransferServer,
+    compressor_bps,
+    is_loopback,
+    sample_ratio,
+    send_files,
+)
 from workers.dirsync.rsync import RsyncTarget, rsync_push
 
 BUFFER = 4 << 20
@@ -293,7 +300,8 @@ def senders(link: str, host: str, dst_netns: str | None, args: argparse.Namespac
                 for _ in range(args.repeat):
                     for method in methods:
                         samples[method].append(measure(method, host, peer, path, watch))
-                auto = choose_codec(host, RATES[link], [path])
+                way = Route(is_loopback(host), RATES[link], compressor_bps())
+                auto = codec("auto", way, sample_ratio([path]))
                 rows += [
                     row(link, kind, size, m, samples[m], samples.get("raw"), auto) for m in methods
                 ]

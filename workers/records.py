@@ -1,5 +1,5 @@
-"""The records the node side's layers hand each other: what a dump and a restore
-cost, and where and how a dump's pages travel.
+"""The records the node side's layers hand each other: what a node's runtime can
+do, what a dump and a restore cost, and where and how a dump's pages travel.
 
 They sit below the CRIU adapter, the data plane and the runtimes, which all
 speak them; none of them does anything.
@@ -8,7 +8,7 @@ speak them; none of them does anything.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -68,3 +68,28 @@ class RestoreStats:
     forking_ms: float
     pages_restored: int
     wall_ms: float
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a node's runtime can do: published in the node's record for the chooser.
+
+    ``facts`` are the probe's other findings (kernel, CRIU version, memory,
+    disk, ...), shown by ``ferry nodes``; the flags are what decisions read,
+    so nothing above the runtime needs to know which runtime it is.
+    """
+
+    arch: str
+    criu_ok: bool  # checkpoint and restore work here (the sim's model always does)
+    criu_reason: str = ""  # why not
+    soft_dirty: bool = False  # the kernel tracks dirty pages for pre-copy
+    lazy_pages: bool = False  # post-copy works here (a real lazy round trip passed)
+    lazy_pages_reason: str = ""  # why not
+    page_server: bool = False  # a dump's pages can stream into this node's CRIU page server
+    simulated: bool = False
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """The ``probe`` entry of the node's record: the facts, then the flags."""
+        flags = {k: v for k, v in self.__dict__.items() if k != "facts"}
+        return {**self.facts, **flags}

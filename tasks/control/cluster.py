@@ -10,7 +10,6 @@ strategy the chooser picks, a coordinator to drive it.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from typing import Any
 
 from celery import Celery
@@ -22,10 +21,12 @@ from tasks.core.chooser import page_server as use_page_server
 from tasks.core.convergence import Limits
 from tasks.core.machine import Migration
 from tasks.core.nodes import alive, caps
+from tasks.core.options import Options
+from tasks.core.strategy import Strategy
+from tasks.core.transport import check_compression
 from tasks.messaging import auth
 from tasks.messaging.app import CONTROL_QUEUE, make_app
 from tasks.store.migrations import Store
-from workers.dataplane.wire import CODECS
 from workers.errors import (
     BadRequest,
     CapabilityError,
@@ -128,16 +129,15 @@ class Cluster:
         if src == to:
             raise BadRequest(f"{container} already runs on {to}")
         dst_rec, src_rec = self.node(to), self.node(src)
-        for rec in (src_rec, dst_rec):
-            probe = rec.get("probe", {})
-            if rec.get("runtime") == "criu" and not probe.get("criu_ok"):
-                raise CapabilityError(f"{rec['name']} cannot run CRIU: {probe.get('criu_reason')}")
+        src_caps, dst_caps = caps(src_rec), caps(dst_rec)
+        for node in (src_caps, dst_caps):
+            if not node.criu_ok:
+                raise CapabilityError(f"{node.name} cannot run CRIU: {node.criu_reason}")
         held = next(c for c in src_rec["containers"] if c["name"] == container)
         memory, sync = held["memory_bytes"], list(held.get("sync", ()))
         if bandwidth_bps is not None and not 0 < bandwidth_bps < float("inf"):  # NaN too
             raise BadRequest(f"bandwidth must be > 0 bytes/s and finite, not {bandwidth_bps}")
         link = min(self.settings.link_bps, bandwidth_bps or self.settings.link_bps)
-        src_caps, dst_caps = caps(src_rec), caps(dst_rec)
         choice = choose(
             src_caps,
             dst_caps,
@@ -146,27 +146,23 @@ class Cluster:
             Request(strategy, downtime_limit_ms),
         )
         compression = compression or self.settings.compression
-        if compression not in ("auto", *CODECS):
-            raise BadRequest(f"compression must be auto, none or zstd, not {compression!r}")
+        check_compression(compression)
         pages, pages_why = use_page_server(
             page_server or self.settings.page_server, choice.strategy, src_caps, dst_caps
         )
         if not self.store.coordinator_alive():
             raise NodeUnavailable("no coordinator is running: start `ferry coordinator`")
         now = time.time()
-        extra = {
-            "memory_bytes": memory,
-            "timeout_action": self.settings.timeout_action,
-            "page_server": pages,
-            "page_server_why": pages_why,
-            "link_bps": self.settings.link_bps,
-            "compression": compression,
-            "lazy_ok": strategy_refusal("postcopy", src_caps, dst_caps) is None,
-        }
-        if bandwidth_bps:
-            extra["bandwidth_bps"] = (
-                bandwidth_bps  # tasks.node.dataplane.send_dir caps each transfer
-            )
+        options = Options(
+            memory_bytes=memory,
+            timeout_action=self.settings.timeout_action,
+            page_server=pages,
+            page_server_why=pages_why,
+            link_bps=self.settings.link_bps,
+            compression=compression,
+            lazy_ok=strategy_refusal(Strategy.POSTCOPY, src_caps, dst_caps) is None,
+            bandwidth_bps=bandwidth_bps,  # tasks.node.dataplane caps each transfer with it
+        )
         m_id = new_id()
         m = Migration(
             id=m_id,
@@ -174,9 +170,10 @@ class Cluster:
             src=src,
             dst=to,
             strategy=choice.strategy,
-            lazy=choice.strategy in ("postcopy", "hybrid"),
+            lazy=choice.strategy.lazy,
             sync=tuple(sync),
-            limits={**asdict(limits), **extra},
+            limits=limits,
+            options=options,
             reason=choice.reason,
             created=now,
             updated=now,

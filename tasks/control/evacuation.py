@@ -24,7 +24,6 @@ from celery import Celery, Task
 
 from tasks.config.settings import Settings
 from tasks.control.cluster import Cluster
-from tasks.core.chooser import STRATEGIES
 from tasks.core.evacplan import (
     OUTCOMES,
     PENDING,
@@ -41,6 +40,7 @@ from tasks.core.evacplan import (
 )
 from tasks.core.machine import Migration, Phase, State, phases
 from tasks.core.planner import Plan, PlanLimits, next_moves, plan, replan
+from tasks.core.strategy import STRATEGIES
 from tasks.core.summary import summary
 from tasks.messaging.app import CONTROL_QUEUE
 from tasks.store.evacuations import Records

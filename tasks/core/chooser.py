@@ -32,7 +32,7 @@ Worked example: 512 MiB dirtying 40 MiB/s over a 1 GbE link (~112 MiB/s)::
     ...                4 << 30, 32 << 30, False)
     >>> c = choose(pi1, pi2, Workload(512 << 20, 40 << 20), Link(112 << 20, 0.3),
     ...            Request("auto", 300))
-    >>> c.strategy, c.iterative
+    >>> c.strategy.value, c.iterative
     ('postcopy', None)
     >>> try:
     ...     choose(pi1, pi2, Workload(512 << 20), Link(112 << 20, 0.3), Request("precopy", 300))
@@ -45,20 +45,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tasks.core.strategy import CONCRETE, Strategy
 from workers.errors import BadRequest, CapabilityError
 
-STRATEGIES: tuple[str, ...] = ("cold", "precopy", "delta", "postcopy", "hybrid", "auto")
-CONCRETE: tuple[str, ...] = STRATEGIES[:-1]
 FIXED_OVERHEAD_MS = 250.0  # default: CRIU dump + restore of a small tree on a Pi 4 (estimate)
 ROUND_TRIPS = 3  # control messages inside the freeze: dump, transfer, restore
 FAST_DIRTY = 0.30  # dirtying >= 30 % of the bandwidth: pre-copy converges badly
 LARGE = 10.0  # unmeasured and a full copy takes >= 10x the limit: treat as fast
 HEADROOM = 0.10
 # What to suggest instead of a strategy the nodes cannot run, best first.
-INSTEAD: dict[str, tuple[str, ...]] = {
-    "precopy": ("delta", "postcopy"),
-    "postcopy": ("precopy", "delta"),
-    "hybrid": ("precopy", "delta", "postcopy"),
+INSTEAD: dict[Strategy, tuple[Strategy, ...]] = {
+    Strategy.PRECOPY: (Strategy.DELTA, Strategy.POSTCOPY),
+    Strategy.POSTCOPY: (Strategy.PRECOPY, Strategy.DELTA),
+    Strategy.HYBRID: (Strategy.PRECOPY, Strategy.DELTA, Strategy.POSTCOPY),
 }
 
 
@@ -77,6 +76,7 @@ class NodeCaps:
     disk_free_bytes: int
     cordoned: bool = False
     criu_reason: str = ""  # why not, when criu_ok is False
+    page_server: bool = False  # a dump's pages can stream into its CRIU (not the sim's)
 
 
 @dataclass(frozen=True)
@@ -94,15 +94,15 @@ class Link:
 
 @dataclass(frozen=True)
 class Request:
-    strategy: str = "auto"
+    strategy: Strategy | str = Strategy.AUTO  # a name is parsed: BadRequest if unknown
     downtime_limit_ms: float = 300.0
 
 
 @dataclass(frozen=True)
 class Choice:
-    strategy: str  # one of CONCRETE, never "auto"
+    strategy: Strategy  # concrete, never auto
     reason: str
-    iterative: str | None = None  # "precopy" | "delta" for the pre-copy half, else None
+    iterative: Strategy | None = None  # precopy | delta for the pre-copy half, else None
 
 
 def _mib(n: float) -> str:
@@ -132,11 +132,10 @@ def pair_refusal(src: NodeCaps, dst: NodeCaps) -> str | None:
             f"{src.name} runs the {src.runtime} runtime and {dst.name} runs {dst.runtime}: "
             "a migration stays within one runtime"
         )
-    if src.runtime != "sim":
-        for node in (src, dst):
-            if not node.criu_ok:
-                why = f" ({node.criu_reason})" if node.criu_reason else ""
-                return f"CRIU does not work on {node.name}{why}: run ops/install-criu.sh there"
+    for node in (src, dst):
+        if not node.criu_ok:
+            why = f" ({node.criu_reason})" if node.criu_reason else ""
+            return f"CRIU does not work on {node.name}{why}: run ops/install-criu.sh there"
     if dst.cordoned:
         return f"{dst.name} is cordoned: uncordon it or pick another destination"
     return None
@@ -158,16 +157,14 @@ def fit_refusal(dst: NodeCaps, wl: Workload) -> str | None:
     return None
 
 
-def strategy_refusal(strategy: str, src: NodeCaps, dst: NodeCaps) -> str | None:
+def strategy_refusal(strategy: Strategy | str, src: NodeCaps, dst: NodeCaps) -> str | None:
     """Why this pair cannot run ``strategy`` (pair assumed able to migrate), or None."""
-    if strategy == "precopy" and not src.soft_dirty:
-        return f"precopy needs soft-dirty tracking; {src.name}'s kernel has none"
-    if strategy == "hybrid" and not src.soft_dirty:
-        # CRIU's lazy dump skips only the pages a soft-dirty pre-dump chain sent.
-        return (
-            f"hybrid needs soft-dirty tracking for its pre-copy half; {src.name}'s kernel has none"
-        )
-    if strategy in ("postcopy", "hybrid"):
+    strategy = Strategy.parse(strategy)
+    if strategy.needs_tracker and not src.soft_dirty:
+        # hybrid: CRIU's lazy dump skips only the pages a soft-dirty pre-dump chain sent.
+        half = " for its pre-copy half" if strategy.lazy else ""
+        return f"{strategy} needs soft-dirty tracking{half}; {src.name}'s kernel has none"
+    if strategy.lazy:
         for node in (dst, src):
             if not node.lazy_pages:
                 why = f" ({node.lazy_pages_reason})" if node.lazy_pages_reason else ""
@@ -178,8 +175,8 @@ def strategy_refusal(strategy: str, src: NodeCaps, dst: NodeCaps) -> str | None:
     return None
 
 
-def usable(src: NodeCaps, dst: NodeCaps) -> list[str]:
-    """The concrete strategies this pair can run, in STRATEGIES order."""
+def usable(src: NodeCaps, dst: NodeCaps) -> list[Strategy]:
+    """The concrete strategies this pair can run, in Strategy order."""
     if pair_refusal(src, dst) is not None:
         return []
     return [s for s in CONCRETE if strategy_refusal(s, src, dst) is None]
@@ -187,30 +184,35 @@ def usable(src: NodeCaps, dst: NodeCaps) -> list[str]:
 
 def choose(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request) -> Choice:
     """Pick the strategy for moving ``wl`` from ``src`` to ``dst``; CapabilityError if none."""
+    asked = Strategy.parse(req.strategy)
     _check(src, dst, wl, link, req)
     refusal = pair_refusal(src, dst) or fit_refusal(dst, wl)
     if refusal:
         raise CapabilityError(refusal)
-    iterative = "precopy" if src.soft_dirty else "delta"
+    iterative = Strategy.PRECOPY if src.soft_dirty else Strategy.DELTA
     cold_ms = cold_downtime_ms(wl, link)
     limit = req.downtime_limit_ms
-    if req.strategy != "auto":
-        refusal = strategy_refusal(req.strategy, src, dst)
+    if asked is not Strategy.AUTO:
+        refusal = strategy_refusal(asked, src, dst)
         if refusal:
-            ok = [s for s in INSTEAD[req.strategy] if strategy_refusal(s, src, dst) is None]
+            ok = [s for s in INSTEAD[asked] if strategy_refusal(s, src, dst) is None]
             raise CapabilityError(f"{refusal}: use {' or '.join(ok)}")
-        it = {"precopy": "precopy", "delta": "delta", "hybrid": iterative}.get(req.strategy)
-        why = f"requested {req.strategy}"
-        if req.strategy == "cold" and cold_ms > limit:
+        it = {
+            Strategy.PRECOPY: Strategy.PRECOPY,
+            Strategy.DELTA: Strategy.DELTA,
+            Strategy.HYBRID: iterative,
+        }.get(asked)
+        why = f"requested {asked}"
+        if asked is Strategy.COLD and cold_ms > limit:
             why += f" (expected downtime ~{cold_ms:.0f} ms, over the {limit:g} ms limit)"
-        return Choice(req.strategy, why, it)
+        return Choice(asked, why, it)
 
     cold_why = (
         f"cold copy of {_mib(wl.memory_bytes)} at {_rate(link.bandwidth_bps)} "
         f"+ {link.overhead_ms + ROUND_TRIPS * link.rtt_ms:.0f} ms overhead is ~{cold_ms:.0f} ms"
     )
     if cold_ms <= limit:
-        return Choice("cold", f"auto: {cold_why} <= {limit:g} ms limit")
+        return Choice(Strategy.COLD, f"auto: {cold_why} <= {limit:g} ms limit")
     why = f"auto: {cold_why} > {limit:g} ms limit"
     bw, dirty = link.bandwidth_bps, wl.dirty_rate_bps
     if dirty is None:
@@ -219,26 +221,26 @@ def choose(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request)
     else:
         fast = dirty >= FAST_DIRTY * bw
         why += f"; dirty rate {_rate(dirty)} is {dirty / bw:.0%} of the bandwidth"
-    lazy_no = strategy_refusal("postcopy", src, dst)
+    lazy_no = strategy_refusal(Strategy.POSTCOPY, src, dst)
     pre = (
         "precopy (soft-dirty)"
-        if iterative == "precopy"
+        if iterative is Strategy.PRECOPY
         else f"delta ({src.name} has no soft-dirty)"
     )
     if fast and lazy_no is None:
         if dirty is not None and dirty >= bw:
-            return Choice("postcopy", f"{why}: pre-copy cannot converge, postcopy")
-        if iterative == "delta":
-            return Choice("postcopy", f"{why}: postcopy ({src.name} has no soft-dirty for hybrid)")
-        return Choice("hybrid", f"{why}: hybrid, {pre} then postcopy", iterative)
+            return Choice(Strategy.POSTCOPY, f"{why}: pre-copy cannot converge, postcopy")
+        if iterative is Strategy.DELTA:
+            return Choice(
+                Strategy.POSTCOPY, f"{why}: postcopy ({src.name} has no soft-dirty for hybrid)"
+            )
+        return Choice(Strategy.HYBRID, f"{why}: hybrid, {pre} then postcopy", iterative)
     if fast:
         why += f"; postcopy unavailable ({lazy_no}), the convergence rule will decide"
     return Choice(iterative, f"{why}: {pre}", iterative)
 
 
 def _check(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request) -> None:
-    if req.strategy not in STRATEGIES:
-        raise BadRequest(f"unknown strategy {req.strategy!r}: use one of {', '.join(STRATEGIES)}")
     if src.name == dst.name:
         raise BadRequest(f"source and destination are both {src.name}")
     if req.downtime_limit_ms <= 0 or link.bandwidth_bps <= 0 or link.rtt_ms < 0:
@@ -250,17 +252,20 @@ def _check(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request)
 PAGE_SERVER_MODES = ("auto", "on", "off")
 
 
-def page_server(mode: str, strategy: str, src: NodeCaps, dst: NodeCaps) -> tuple[str, str]:
+def page_server(
+    mode: str, strategy: Strategy | str, src: NodeCaps, dst: NodeCaps
+) -> tuple[str, str]:
     """The page-server mode a migration gets (``auto``, ``on`` or ``off``), and why.
 
-    Only a ``cold`` migration between two ``criu`` nodes can stream its dump's
+    Only a ``cold`` migration between two nodes with a page server can stream its dump's
     pages into the destination's CRIU (delta's block diff and pre-copy's
     parent images need the pages on the source's disk; post-copy serves them
     from there): elsewhere it is ``off``, and ``on`` is refused. Whether
     ``auto`` streams is decided at the dump, from the link
-    (:func:`workers.dataplane.transfer.stream_pages`).
+    (:func:`tasks.core.transport.stream_pages`).
 
-    >>> pi = NodeCaps("pi-01", "aarch64", "criu", True, True, True, "", 4 << 30, 32 << 30)
+    >>> pi = NodeCaps("pi-01", "aarch64", "criu", True, True, True, "", 4 << 30, 32 << 30,
+    ...               page_server=True)
     >>> page_server("auto", "cold", pi, pi)[0], page_server("auto", "delta", pi, pi)[0]
     ('auto', 'off')
     """
@@ -268,12 +273,15 @@ def page_server(mode: str, strategy: str, src: NodeCaps, dst: NodeCaps) -> tuple
         raise BadRequest(f"page_server must be one of {', '.join(PAGE_SERVER_MODES)}, not {mode!r}")
     if mode == "off":
         return "off", "page server off"
-    why_not = "" if strategy == "cold" else f"{strategy} needs the pages on the source's disk"
+    strategy = Strategy.parse(strategy)
+    why_not = (
+        "" if strategy is Strategy.COLD else f"{strategy} needs the pages on the source's disk"
+    )
     for node in (src, dst):
-        if node.runtime != "criu":
-            why_not = why_not or f"{node.name} runs {node.runtime}, not criu"
+        if not node.page_server:
+            why_not = why_not or f"{node.name} runs no CRIU page server ({node.runtime})"
     if why_not:
         if mode == "on":
             raise CapabilityError(f"page_server=on, but {why_not}: use page_server=auto")
         return "off", why_not
-    return mode, "cold between two criu nodes: its pages may stream into the destination's CRIU"
+    return mode, "cold between two CRIU nodes: its pages may stream into the destination's CRIU"

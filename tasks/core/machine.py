@@ -37,6 +37,8 @@ from enum import Enum
 from typing import Any
 
 from tasks.core import convergence as conv
+from tasks.core.options import Options
+from tasks.core.strategy import Strategy
 
 
 class State(str, Enum):
@@ -85,20 +87,19 @@ ROUTE: dict[Phase, tuple[str, bool]] = {
     Phase.ABORT: ("dst", True),
     Phase.RESUME: ("src", True),
 }
-STRATEGIES = ("cold", "precopy", "delta", "postcopy", "hybrid")
-ITERATIVE = {"precopy", "delta", "hybrid"}
 # Phases after which a copy may run on the destination: roll back dst first.
 DST_MAY_RUN = {Phase.RESTORE, Phase.PAGES, Phase.VERIFY}
 # Phases inside the container's freeze window (before the restore resumes it).
 FREEZE = {Phase.DUMP, Phase.TRANSFER, Phase.FINAL_SYNC, Phase.RESTORE}
 
 
-def phases(strategy: str, lazy: bool, sync: bool = False) -> list[Phase]:
+def phases(strategy: Strategy | str, lazy: bool, sync: bool = False) -> list[Phase]:
     """The forward phases of a strategy (without the repeated PRECOPY passes)."""
+    strategy = Strategy.parse(strategy)
     out = [Phase.PREPARE]
     if sync:
         out.append(Phase.SYNC)
-    if strategy in ITERATIVE:
+    if strategy.iterative:
         out.append(Phase.PRECOPY)
     out += [Phase.DUMP, Phase.TRANSFER]
     if sync:
@@ -127,10 +128,11 @@ class Migration:
     container: str
     src: str
     dst: str
-    strategy: str = "cold"
+    strategy: Strategy = Strategy.COLD
     lazy: bool = False  # the final dump leaves pages on the source (post-copy)
     sync: tuple[str, ...] = ()  # the container's node-local directories, synced with rsync
-    limits: dict[str, Any] = field(default_factory=dict)  # convergence.Limits fields
+    limits: conv.Limits = field(default_factory=conv.Limits)  # the stop rule's knobs
+    options: Options = field(default_factory=Options)  # everything else asked at submit
     state: State = State.PENDING
     phase: Phase | None = None
     attempt: int = 0
@@ -147,6 +149,10 @@ class Migration:
     mac: str = ""  # tasks.messaging.auth: the cluster secret vouches for id, container, nodes, strategy, sync
     created: float = 0.0
     updated: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.strategy, Strategy):  # a name, from a caller or a test
+            object.__setattr__(self, "strategy", Strategy.parse(self.strategy))
 
 
 @dataclass(frozen=True)
@@ -221,8 +227,8 @@ def _timed_out(m: Migration, ev: Event) -> tuple[Migration, list[Send]]:
     """The whole migration ran past its time: abort, or force it to finish."""
     if m.state is not State.RUNNING or m.past_no_return:
         return m, []
-    if m.limits.get("timeout_action") == "force" and m.phase in (Phase.PRECOPY, Phase.REBUILD):
-        lazy = bool(m.limits.get("lazy_ok"))
+    if m.options.timeout_action == "force" and m.phase in (Phase.PRECOPY, Phase.REBUILD):
+        lazy = m.options.lazy_ok
         how = "post-copy" if lazy else "cold"
         m = replace(m, lazy=lazy, warnings=(*m.warnings, f"{ev.error}: forcing completion ({how})"))
         return _enter(m, Phase.DUMP)
@@ -250,7 +256,7 @@ def _advance(m: Migration, done: Phase, result: dict[str, Any]) -> tuple[Migrati
         return replace(m, state=State.DONE, phase=Phase.FINISHED, attempt=0), []
     if done is Phase.PRECOPY:
         m = replace(m, passes=(*m.passes, result["pass"]))
-        return _enter(m, Phase.REBUILD) if m.strategy == "delta" else _after_pass(m)
+        return _enter(m, Phase.REBUILD) if m.strategy is Strategy.DELTA else _after_pass(m)
     if done is Phase.REBUILD:
         return _after_pass(m)
     order = phases(m.strategy, m.lazy, bool(m.sync))
@@ -261,19 +267,17 @@ def estimates(m: Migration) -> conv.Estimates:
     """What the stop rule needs, from the passes measured so far."""
     last = m.passes[-1]
     bandwidth = last["bytes_sent"] / last["seconds"] if last["seconds"] > 0 else float("inf")
-    dump_ms = float(m.limits.get("dump_ms") or max(p["freeze_ms"] for p in m.passes))
+    dump_ms = m.options.dump_ms or max(float(p["freeze_ms"]) for p in m.passes)
     return conv.Estimates(
         dump_ms=dump_ms,
-        restore_ms=float(m.limits.get("restore_ms", dump_ms)),
+        restore_ms=dump_ms if m.options.restore_ms is None else m.options.restore_ms,
         bandwidth_bps=bandwidth,
     )
 
 
 def _after_pass(m: Migration) -> tuple[Migration, list[Send]]:
     history = [conv.IterationStats(**p) for p in m.passes]
-    limits = conv.Limits(
-        **{k: v for k, v in m.limits.items() if k in conv.Limits.__dataclass_fields__}
-    )
+    limits = m.limits
     if len(history) == 1 and limits.max_iterations > 1:
         # The first pass copies everything; only the second measures how fast
         # the workload dirties its memory, which every stop rule needs.

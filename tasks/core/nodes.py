@@ -4,11 +4,11 @@ Records are what tasks.store.migrations.Store.nodes returns: the node's
 heartbeat state and time, its probe, its runtime, its cordon flag.
 
 >>> rec = {"name": "pi1", "state": "up", "last_seen": 100.0, "runtime": "criu",
-...        "probe": {"arch": "aarch64", "criu_ok": True}}
+...        "probe": {"arch": "aarch64", "criu_ok": True, "page_server": True}}
 >>> alive(rec, now=110.0, ttl_s=30.0), alive(rec, now=200.0, ttl_s=30.0)
 (True, False)
->>> caps(rec).arch, caps(rec).soft_dirty
-('aarch64', False)
+>>> caps(rec).arch, caps(rec).soft_dirty, caps(rec).page_server
+('aarch64', False, True)
 """
 
 from __future__ import annotations
@@ -26,18 +26,18 @@ def alive(rec: Mapping[str, Any], now: float, ttl_s: float) -> bool:
 
 def caps(rec: Mapping[str, Any]) -> NodeCaps:
     """A node's capabilities, as the chooser sees them, from its registry record."""
-    p = rec.get("probe", {})
-    sim = rec.get("runtime") == "sim"
+    p = rec.get("probe", {})  # workers.records.Capabilities.record(), as its runtime probed it
     return NodeCaps(
         name=rec["name"],
         arch=p.get("arch", "?"),
         runtime=rec.get("runtime", "criu"),
-        criu_ok=sim or bool(p.get("criu_ok")),
-        soft_dirty=sim or bool(p.get("soft_dirty")),
+        criu_ok=bool(p.get("criu_ok")),
+        soft_dirty=bool(p.get("soft_dirty")),
         lazy_pages=bool(p.get("lazy_pages")),
         lazy_pages_reason=str(p.get("lazy_pages_reason", "")),
         mem_free_bytes=int(p.get("mem_free_bytes", 1 << 40)),
         disk_free_bytes=int(p.get("disk_free_bytes", 1 << 40)),
         cordoned=bool(rec.get("cordoned")),
         criu_reason=str(p.get("criu_reason", "")),
+        page_server=bool(p.get("page_server")),
     )

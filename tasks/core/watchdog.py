@@ -18,9 +18,10 @@ out. Two clocks, like Nova and KubeVirt:
 Worked example::
 
     >>> from tasks.core.machine import Migration, State, Phase
+    >>> from tasks.core.options import Options
     >>> m = Migration("m-0123456789ab", "web", "a", "b", state=State.RUNNING,
     ...               phase=Phase.DUMP, step=3, created=0.0, updated=10.0,
-    ...               limits={"memory_bytes": 1 << 30})
+    ...               options=Options(memory_bytes=1 << 30))
     >>> check(m, now=100.0, alive={"a": True, "b": True}, t=Timeouts()) is None
     True
     >>> check(m, now=100.0, alive={"a": False, "b": True}, t=Timeouts()).kind
@@ -46,7 +47,7 @@ class Timeouts:
 
 def total_limit_s(m: Migration, t: Timeouts) -> float:
     """How long the whole migration may take."""
-    gib = float(m.limits.get("memory_bytes", 0)) / 2**30
+    gib = m.options.memory_bytes / 2**30
     return max(t.min_total_s, t.per_gib_s * gib)
 
 

@@ -10,15 +10,18 @@ connection, the migration's bandwidth cap and the link's bandwidth.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tasks.core import transport
 from tasks.core.machine import Migration, estimates
 from tasks.messaging import auth
 from tasks.node.context import NodeContext, Progress
 from workers import failpoints
+from workers.dataplane import transfer
 from workers.dataplane.tokens import issue_token
-from workers.dataplane.transfer import send_files, stream_pages
+from workers.dataplane.wire import HAVE_ZSTD
 from workers.errors import PermanentError
 from workers.records import PagesTarget
 
@@ -36,15 +39,20 @@ def dst_address(ctx: NodeContext, m: Migration) -> tuple[str, int]:
     return host, int(port)
 
 
+def route(ctx: NodeContext, m: Migration) -> transport.Route:
+    """What this node knows of the way to ``m``'s destination: loopback, the lowest known
+    rate, and (where compression could matter) how fast this CPU compresses."""
+    host = dst_address(ctx, m)[0]
+    rates = [r for r in (m.options.bandwidth_bps, link_bps(m)) if r]
+    way = transport.Route(transfer.is_loopback(host), min(rates, default=None), zstd=HAVE_ZSTD)
+    if not transport.may_compress(m.options.compression, way):
+        return way  # the speed would not change a thing: do not measure it
+    return replace(way, compress_bps=transfer.compressor_bps())
+
+
 def streams_pages(ctx: NodeContext, m: Migration) -> bool:
     """Whether this migration's final dump streams its pages (tasks.core.chooser.page_server)."""
-    rates = [r for r in (m.limits.get("bandwidth_bps"), link_bps(m)) if r]
-    return stream_pages(
-        str(m.limits.get("page_server", "off")),
-        str(m.limits.get("compression", "auto")),
-        dst_address(ctx, m)[0],
-        min(rates, default=None),
-    )
+    return transport.stream_pages(m.options.page_server, m.options.compression, route(ctx, m))
 
 
 def link_bps(m: Migration) -> float | None:
@@ -53,8 +61,7 @@ def link_bps(m: Migration) -> float | None:
         measured = estimates(m).bandwidth_bps
         if 0 < measured < float("inf"):
             return measured
-    configured = m.limits.get("link_bps")
-    return float(configured) if configured else None
+    return m.options.link_bps or None
 
 
 def send_dir(
@@ -98,16 +105,20 @@ def send_dir(
                 }
             )
 
-    stats = send_files(
+    way = route(ctx, m)
+    paths = list(files)
+    ratio = (
+        transfer.sample_ratio(paths) if transport.may_compress(m.options.compression, way) else 1
+    )
+    stats = transfer.send_files(
         dst_address(ctx, m),
         lambda: issue_token(ctx.secret, m.id, m.src, m.dst, time.time()),
         m.id,
         [(p, p.name) for p in files],
         subdir=sub,
         progress=report,
-        bandwidth_bps=m.limits.get("bandwidth_bps"),  # per migration, if capped
-        link_bps=link_bps(m),
-        compression=m.limits.get("compression", "auto"),
+        bandwidth_bps=m.options.bandwidth_bps,  # per migration, if capped
+        compression=transport.codec(m.options.compression, way, ratio),
         timeout_s=FROZEN_TIMEOUT_S if frozen else 30.0,
         retries=1 if frozen else 3,
     )
@@ -128,7 +139,7 @@ def pages_target(ctx: NodeContext, m: Migration, sub: str, progress: Progress) -
             {
                 "bytes_sent": sent,
                 "rate_bps": round(sent / seconds) if seconds > 0 else None,
-                "bytes_total": m.limits.get("memory_bytes"),  # about what CRIU dumps
+                "bytes_total": m.options.memory_bytes or None,  # about what CRIU dumps
                 "stream": "pages",
             }
         )
@@ -138,7 +149,7 @@ def pages_target(ctx: NodeContext, m: Migration, sub: str, progress: Progress) -
         lambda: issue_token(ctx.secret, m.id, m.src, m.dst, time.time()),
         m.id,
         sub,
-        bandwidth_bps=m.limits.get("bandwidth_bps"),
+        bandwidth_bps=m.options.bandwidth_bps,
         progress=report,
         stall_s=FROZEN_TIMEOUT_S,
         corrupt=failpoints.corrupting(ctx.failpoints, "pages"),

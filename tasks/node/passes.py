@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from tasks.core.machine import Migration, Phase
+from tasks.core.strategy import Strategy
 from tasks.node.context import NodeContext, Progress, last_pass, remember, remembered
 from tasks.node.dataplane import send_dir
 from workers.dataplane.delta import apply_delta, make_delta
@@ -36,7 +37,7 @@ def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     shutil.rmtree(d, ignore_errors=True)
     prev = last_pass(m)
     since = float(m.results["precopy"]["end"]) if m.passes else time.time()
-    if m.strategy == "delta":
+    if m.strategy is Strategy.DELTA:
         s = ctx.runtime.checkpoint(m.container, d, leave_running=True)
         out = ctx.images(m.id, f"pass-{k}.out")
         shutil.rmtree(out, ignore_errors=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.machine import Migration, Phase, State
+from tasks.core.strategy import Strategy
 from tasks.messaging import auth
 from tasks.node import syncpasses
 from tasks.node.context import FINAL, NodeContext, Progress, last_pass, remember, remembered
@@ -48,7 +49,7 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     if d.exists():
         shutil.rmtree(d)  # a dump that died half-way: start over
     prev = last_pass(m)
-    parent = ctx.images(m.id, prev) if prev and m.strategy in ("precopy", "hybrid") else None
+    parent = ctx.images(m.id, prev) if prev and m.strategy.parent_images else None
     if m.lazy:
         port = free_port(ctx.host)
         frozen_at = ctx.runtime.checkpoint_lazy(m.container, d, ctx.host, port, parent)
@@ -100,7 +101,7 @@ def transfer(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, An
     if done:
         return done
     prev = last_pass(m)
-    if m.strategy == "delta" and prev and not m.lazy:
+    if m.strategy is Strategy.DELTA and prev and not m.lazy:
         out = ctx.images(m.id, "final.out")
         shutil.rmtree(out, ignore_errors=True)
         delta = make_delta(ctx.images(m.id, prev), d, out)
@@ -124,11 +125,11 @@ def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     sync_stop_ms = syncpasses.close_targets(ctx, m) if m.sync else 0.0
     prev = last_pass(m)
     rebuild_ms = 0.0
-    if m.strategy == "delta" and prev and not m.lazy:
+    if m.strategy is Strategy.DELTA and prev and not m.lazy:
         if not d.exists():  # the last pass, patched in place, becomes it once verified
             apply_delta(ctx.incoming(m.id, prev), ctx.incoming(m.id, "final.delta"), d)
         rebuild_ms = (time.monotonic() - started) * 1000
-    elif prev and m.strategy in ("precopy", "hybrid"):
+    elif prev and m.strategy.parent_images:
         link = d / "parent"
         if not link.is_symlink():
             os.symlink(f"../{prev}", link)

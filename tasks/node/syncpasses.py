@@ -143,7 +143,7 @@ def _push(ctx: NodeContext, m: Migration, progress: Progress, frozen: bool) -> d
                     str(t["module"]),
                     m.id,
                     ctx.secret,
-                    m.limits.get("bandwidth_bps"),
+                    m.options.bandwidth_bps,
                     timeout_s=FROZEN_TIMEOUT_S if frozen else 60,
                 ),
             )

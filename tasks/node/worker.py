@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,6 @@ from tasks.node.phases import collect
 from tasks.node.tasks import register
 from tasks.store.migrations import Store
 from workers.criu.adapter import Criu
-from workers.criu.probe import probe, probe_lazy
 from workers.dataplane.transfer import TransferServer
 from workers.errors import BadRequest, FerryError
 from workers.ids import check_node_name
@@ -50,15 +50,19 @@ def node_dir(settings: Settings, node: str) -> Path:
     return settings.state_dir / "nodes" / node
 
 
+RUNTIMES: dict[str, Callable[[Settings, Path], Runtime]] = {
+    "criu": lambda s, home: CriuRuntime(
+        home, s.container_root, Criu(s.criu_bin), s.sync_root_paths, s.allow_pipe_max_size
+    ),
+    "sim": lambda s, home: SimRuntime(home, s.container_root),
+}
+
+
 def make_runtime(settings: Settings, node: str) -> Runtime:
-    if settings.runtime == "sim":
-        return SimRuntime(node_dir(settings, node), settings.container_root)
-    return CriuRuntime(
-        node_dir(settings, node),
-        settings.container_root,
-        Criu(settings.criu_bin),
-        settings.sync_root_paths,
-    )
+    """The driver the ``runtime`` setting names."""
+    if settings.runtime not in RUNTIMES:
+        raise BadRequest(f"unknown runtime {settings.runtime!r}: use {' or '.join(RUNTIMES)}")
+    return RUNTIMES[settings.runtime](settings, node_dir(settings, node))
 
 
 def _containers(runtime: Runtime) -> list[dict[str, Any]]:
@@ -92,19 +96,14 @@ def serve(settings: Settings, node: str) -> int:
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = Store(connect(s))
     runtime = make_runtime(s, node)
-    facts = probe(home, Criu(s.criu_bin)) if s.runtime == "criu" else None
-    lazy = (
-        probe_lazy(Criu(s.criu_bin), home / "lazy-probe", facts, s.allow_pipe_max_size)
-        if facts
-        else (True, "")
-    )
+    caps = runtime.capabilities()
     server = TransferServer(
         home / "incoming",
         s.secret.encode(),
         node,
         s.listen_host,
         s.listen_port,
-        page_server=Criu(s.criu_bin).page_server if facts else None,
+        page_server=runtime.page_server if caps.page_server else None,
         failpoints=Path(s.failpoints) if s.failpoints else None,
     )
     server.start()
@@ -113,16 +112,12 @@ def serve(settings: Settings, node: str) -> int:
     record: dict[str, Any] = {
         "name": node,
         "address": address,
-        "runtime": s.runtime,
+        "runtime": runtime.name,
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started": time.time(),
         "queues": [node_queue(node), node_queue(node, True)],
-        "probe": {
-            **(facts.to_dict() if facts else {"arch": os.uname().machine, "simulated": True}),
-            "lazy_pages": lazy[0],
-            "lazy_pages_reason": lazy[1],
-        },
+        "probe": caps.record(),
     }
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False

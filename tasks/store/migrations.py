@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, replace
+from dataclasses import fields, replace
 from typing import Any
 
 import redis
 
-from tasks.core.machine import Event, Migration, Phase, Policy, Send, State, next_step
+from tasks.core.codec import decode, encode
+from tasks.core.machine import Event, Migration, Policy, Send, next_step
+from tasks.core.options import Options
 from workers.errors import BadRequest, CorruptRecord
 from workers.ids import check_migration_id
 
@@ -33,7 +35,7 @@ COORDINATOR_KEY = "ferry:coordinator"  # the coordinator's heartbeat, expiring
 
 
 def to_json(m: Migration) -> str:
-    return json.dumps(asdict(m))
+    return json.dumps(encode(m))
 
 
 def from_json(raw: str, mid: str = "?") -> Migration:
@@ -42,22 +44,22 @@ def from_json(raw: str, mid: str = "?") -> Migration:
     >>> from_json('{"id": "m-0123456789ab", "state": "gone"}', "m-0123456789ab")
     Traceback (most recent call last):
     ...
-    workers.errors.CorruptRecord: migration record m-0123456789ab does not parse (ValueError: 'gone' is not a valid State): skipped
+    workers.errors.CorruptRecord: migration record m-0123456789ab does not parse (Migration.state: 'gone' is not a valid State): skipped
     """
     try:
-        d = json.loads(raw)
-        d["state"] = State(d["state"])
-        d["phase"] = Phase(d["phase"]) if d["phase"] else None
-        d["rollback"] = tuple(Phase(p) for p in d["rollback"])
-        d["errors"] = tuple(d["errors"])
-        d["warnings"] = tuple(d["warnings"])
-        d["passes"] = tuple(d["passes"])
-        d["sync"] = tuple(d.get("sync", ()))
-        return Migration(**d)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CorruptRecord(
-            f"migration record {mid} does not parse ({type(exc).__name__}: {exc}): skipped"
-        ) from exc
+        data = json.loads(raw)
+        return decode(Migration, _upgrade(data) if isinstance(data, dict) else data)
+    except (ValueError, CorruptRecord) as exc:
+        raise CorruptRecord(f"migration record {mid} does not parse ({exc}): skipped") from exc
+
+
+def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """A record written before Options existed kept its options in ``limits``."""
+    if "options" in d or not isinstance(d.get("limits"), dict):
+        return d
+    opts = {f.name for f in fields(Options)}
+    limits = {k: v for k, v in d["limits"].items() if k not in opts}
+    return {**d, "limits": limits, "options": {k: v for k, v in d["limits"].items() if k in opts}}
 
 
 class Store:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from tasks.api.cli import main
 from tasks.api.localcluster import LocalCluster
 from tasks.core.evacplan import parse_rate
-from tasks.core.machine import STRATEGIES
+from tasks.core.strategy import CONCRETE as STRATEGIES
 from workers.dirsync.dirs import check_dirs
 from workers.errors import BadRequest, FerryError, UnknownNode
 from workers.ids import CONTAINER_NAME, MIGRATION_ID, NODE_NAME
@@ -326,9 +326,9 @@ def test_good_limits_reach_the_record(sim, limit: float, iterations: int, goal: 
     ).wait(timeout=60)
     assert m.state.value == "done", m.errors
     assert (
-        m.limits["downtime_limit_ms"],
-        m.limits["max_iterations"],
-        m.limits["goal_unchanged"],
+        m.limits.downtime_limit_ms,
+        m.limits.max_iterations,
+        m.limits.goal_unchanged,
     ) == (limit, iterations, goal)
 
 

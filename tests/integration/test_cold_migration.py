@@ -26,7 +26,7 @@ def test_counter_goes_on_on_the_destination_and_the_source_copy_is_gone(cluster)
     m = client.migrate("counter", "n2", strategy="cold").wait(timeout=60)
     assert m.state.value == "done", m.errors
     # the pages streamed into n2's CRIU page server behind a token, and checked
-    assert m.limits["page_server"] == "auto"
+    assert m.options.page_server == "auto"
     pages = m.results["dump"]["pages"]
     assert pages["bytes"] > 0 and len(pages["blake3"]) == 64
     before = max(ticks(info["log"]))

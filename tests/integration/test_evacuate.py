@@ -254,7 +254,7 @@ def test_a_bandwidth_cap_holds_for_each_migration(evac: LocalCluster) -> None:
     rep = evac.client.evacuate("e3", to=["e1"], bandwidth="16M", strategy="cold").wait(120)
     assert rep["counts"]["moved"] == 1, rep
     m = evac.client.status(rep["containers"][0]["migration"])
-    assert m.limits["bandwidth_bps"] == 16e6
+    assert m.options.bandwidth_bps == 16e6
     moved = m.results["dump"].get("pages") or m.results["transfer"]  # streamed, or as files
     sent, wall_s = moved["bytes"], moved["wall_ms"] / 1000
     assert sent > 30 << 20 and sent / wall_s < 16e6 * 1.1, (sent, wall_s)

@@ -15,6 +15,7 @@ from typing import Any
 import blake3
 import pytest
 
+from tasks.core.transport import Route, codec
 from workers.dataplane import sender, transfer, wire
 from workers.dataplane.tokens import issue_token
 from workers.dataplane.transfer import SendStats, TokenBucket, TransferServer, send_files
@@ -197,20 +198,23 @@ def test_compression_beats_a_bandwidth_cap(server: TransferServer, tmp_path: Pat
 
 def test_auto_compression_stays_off_on_loopback(server: TransferServer, tmp_path: Path) -> None:
     src = make_text(tmp_path / "a", 4 * MB)
-    stats = send_files(
-        server.address, fresh(), "m1", [(src, "a.img")], bandwidth_bps=50e6, link_bps=12.5e6
-    )
+    ratio = transfer.sample_ratio([src])
+    assert ratio < 0.5  # it would shrink: only loopback keeps it plain
+    for host in ("127.0.0.1", "::1", "localhost"):
+        way = Route(transfer.is_loopback(host), 12.5e6, transfer.compressor_bps())
+        assert codec("auto", way, ratio) == "none"
+    stats = send_files(server.address, fresh(), "m1", [(src, "a.img")], bandwidth_bps=50e6)
     assert stats.codec == "none" and stats.bytes == 4 * MB
-    assert transfer.choose_codec("127.0.0.1", 12.5e6, [src]) == "none"
-    assert transfer.choose_codec("::1", 12.5e6, [src]) == "none"
 
 
 @zstd
 def test_auto_compression_on_a_slow_link_only_when_it_shrinks(tmp_path: Path) -> None:
     text, noise = make_text(tmp_path / "text", 4 * MB), make(tmp_path / "noise", 4 * MB)
-    assert transfer.choose_codec("10.77.0.12", 12.5e6, [text]) == "zstd"
-    assert transfer.choose_codec("10.77.0.12", 12.5e6, [noise]) == "none"
-    assert transfer.choose_codec("10.77.0.12", None, [text]) == "none"  # no rate known
+    speed = transfer.compressor_bps()  # this CPU, measured
+    pi_link = Route(transfer.is_loopback("10.77.0.12"), 12.5e6, speed)
+    assert codec("auto", pi_link, transfer.sample_ratio([text])) == "zstd"
+    assert codec("auto", pi_link, transfer.sample_ratio([noise])) == "none"
+    assert codec("auto", Route(False, None, speed), transfer.sample_ratio([text])) == "none"
 
 
 def _frames(data: bytes) -> bytes:

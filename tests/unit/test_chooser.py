@@ -11,8 +11,6 @@ from hypothesis import strategies as st
 
 import tasks.core.chooser
 from tasks.core.chooser import (
-    CONCRETE,
-    STRATEGIES,
     Link,
     NodeCaps,
     Request,
@@ -21,6 +19,7 @@ from tasks.core.chooser import (
     cold_downtime_ms,
     usable,
 )
+from tasks.core.strategy import CONCRETE, STRATEGIES
 from workers.errors import BadRequest, CapabilityError
 
 GiB, MiB = 1 << 30, 1 << 20
@@ -38,6 +37,7 @@ def node(name: str, **kw: object) -> NodeCaps:
         mem_free_bytes=4 * GiB,
         disk_free_bytes=32 * GiB,
         cordoned=False,
+        page_server=True,
     )
     return replace(base, **kw)  # type: ignore[arg-type]
 
@@ -157,8 +157,8 @@ CHOICES = [
     ("unmeasured-large", SRC, DST, Workload(2 * GiB), GBE, AUTO, "hybrid", "precopy", ["large"]),
     (
         "sim-pair",
-        node("a", runtime="sim", criu_ok=False),
-        node("b", runtime="sim", criu_ok=False),
+        node("a", runtime="sim", page_server=False),  # what a sim node publishes
+        node("b", runtime="sim", page_server=False),
         Workload(4 * MiB),
         GBE,
         AUTO,
@@ -420,7 +420,7 @@ def test_auto_always_answers_a_healthy_pair(wl, link, req, data) -> None:
     ],
 )
 def test_page_server_mode(mode: str, strategy: str, runtime: str, expected: str) -> None:
-    a, b = node("a", runtime=runtime), node("b", runtime=runtime)
+    a, b = (node(n, runtime=runtime, page_server=runtime == "criu") for n in "ab")
     assert tasks.core.chooser.page_server(mode, strategy, a, b)[0] == expected
 
 

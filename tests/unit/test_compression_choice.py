@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from tasks.core.machine import Migration
+from tasks.core.options import Options
+from tasks.core.transport import Route, stream_pages, worth_compressing
 from tasks.node.dataplane import link_bps
-from workers.dataplane import transfer
-from workers.dataplane.transfer import worth_compressing
 
 MBIT = 1e6 / 8
 
@@ -34,28 +34,30 @@ def test_compress_only_when_it_is_at_least_20_percent_faster(
 
 
 @pytest.mark.parametrize(
-    ("mode", "compression", "host", "rate_bps", "streams"),
+    ("mode", "compression", "loopback", "rate_bps", "streams"),
     [
-        ("on", "auto", "10.0.0.2", 100 * MBIT, True),  # asked for
-        ("off", "auto", "127.0.0.1", None, False),  # refused
-        ("auto", "auto", "127.0.0.1", 100 * MBIT, True),  # loopback never compresses
-        ("auto", "auto", "10.0.0.2", None, True),  # no rate known: files would not compress
-        ("auto", "none", "10.0.0.2", 100 * MBIT, True),  # compression off: nothing to lose
-        ("auto", "auto", "10.0.0.2", 100 * MBIT, False),  # a Pi link: files may halve the wire
-        ("auto", "auto", "10.0.0.2", 1000 * MBIT, False),  # gigabit: the CPU still keeps up
-        ("auto", "auto", "10.0.0.2", 10_000 * MBIT, True),  # 10 Gbit/s: it does not
+        ("on", "auto", False, 100 * MBIT, True),  # asked for
+        ("off", "auto", True, None, False),  # refused
+        ("auto", "auto", True, 100 * MBIT, True),  # loopback never compresses
+        ("auto", "auto", False, None, True),  # no rate known: files would not compress
+        ("auto", "none", False, 100 * MBIT, True),  # compression off: nothing to lose
+        ("auto", "auto", False, 100 * MBIT, False),  # a Pi link: files may halve the wire
+        ("auto", "auto", False, 1000 * MBIT, False),  # gigabit: the CPU still keeps up
+        ("auto", "auto", False, 10_000 * MBIT, True),  # 10 Gbit/s: it does not
     ],
 )
 def test_pages_stream_unless_compressed_files_could_be_faster(
-    monkeypatch: pytest.MonkeyPatch,
-    mode: str,
-    compression: str,
-    host: str,
-    rate_bps: float | None,
-    streams: bool,
+    mode: str, compression: str, loopback: bool, rate_bps: float | None, streams: bool
 ) -> None:
-    monkeypatch.setattr(transfer, "compressor_bps", lambda: 400e6)
-    assert transfer.stream_pages(mode, compression, host, rate_bps) is streams
+    way = Route(loopback, rate_bps, compress_bps=400e6)
+    assert stream_pages(mode, compression, way) is streams
+
+
+def test_without_zstd_or_a_measured_speed_nothing_compresses() -> None:
+    pi_link = Route(False, 100 * MBIT, compress_bps=400e6)
+    assert not stream_pages("auto", "auto", pi_link)
+    assert stream_pages("auto", "auto", Route(False, 100 * MBIT, compress_bps=400e6, zstd=False))
+    assert stream_pages("auto", "auto", Route(False, 100 * MBIT, compress_bps=None))
 
 
 @pytest.mark.parametrize(
@@ -86,6 +88,11 @@ def test_the_link_a_send_compresses_for(
     passes: tuple, limits: dict, expected: float | None
 ) -> None:
     m = Migration(
-        id="m-0123456789ab", container="web", src="a", dst="b", passes=passes, limits=limits
+        id="m-0123456789ab",
+        container="web",
+        src="a",
+        dst="b",
+        passes=passes,
+        options=Options(**limits),
     )
     assert link_bps(m) == expected

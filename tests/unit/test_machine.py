@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tasks.core.convergence import Limits
 from tasks.core.machine import (
     FREEZE,
     Event,
@@ -260,7 +261,7 @@ def _pass(n: int, written: int, seconds: float = 1.0, total: int = 65536) -> dic
 
 
 def test_precopy_passes_until_the_stop_rule_says_final_dump() -> None:
-    m = at(Phase.PRECOPY, replace(M, strategy="precopy", limits={"downtime_limit_ms": 300}))
+    m = at(Phase.PRECOPY, replace(M, strategy="precopy", limits=Limits(downtime_limit_ms=300)))
     m, sends = next_step(m, done(m, **{"pass": _pass(1, 65536, seconds=4.0)}))
     assert m.phase is Phase.PRECOPY and sends[0].phase is Phase.PRECOPY
     m, sends = next_step(m, done(m, **{"pass": _pass(2, 500, seconds=0.1)}))
@@ -281,7 +282,7 @@ def test_each_delta_pass_is_rebuilt_on_the_destination_before_the_stop_rule() ->
 def test_precopy_never_exceeds_the_iteration_limit() -> None:
     m = at(
         Phase.PRECOPY,
-        replace(M, strategy="precopy", limits={"max_iterations": 3, "goal_unchanged": 1.0}),
+        replace(M, strategy="precopy", limits=Limits(max_iterations=3, goal_unchanged=1.0)),
     )
     n = 0
     while m.phase is Phase.PRECOPY:
@@ -291,7 +292,7 @@ def test_precopy_never_exceeds_the_iteration_limit() -> None:
 
 
 def test_a_single_allowed_pass_goes_straight_to_the_final_dump() -> None:
-    m = at(Phase.PRECOPY, replace(M, strategy="precopy", limits={"max_iterations": 1}))
+    m = at(Phase.PRECOPY, replace(M, strategy="precopy", limits=Limits(max_iterations=1)))
     m, _ = next_step(m, done(m, **{"pass": _pass(1, 65536)}))
     assert m.phase is Phase.DUMP
 
@@ -299,7 +300,7 @@ def test_a_single_allowed_pass_goes_straight_to_the_final_dump() -> None:
 def test_a_workload_that_does_not_converge_falls_back_to_postcopy() -> None:
     m = at(
         Phase.PRECOPY,
-        replace(M, strategy="hybrid", limits={"fallback": "postcopy", "downtime_limit_ms": 10}),
+        replace(M, strategy="hybrid", limits=Limits(fallback="postcopy", downtime_limit_ms=10)),
     )
     m, _ = next_step(m, done(m, **{"pass": _pass(1, 60000, seconds=0.5)}))
     # dirtying 480 MB/s over a 480 MB/s link: it will never converge

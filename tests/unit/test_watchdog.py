@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from tasks.core.machine import Event, Migration, Phase, State, next_step
+from tasks.core.options import Options
 from tasks.core.watchdog import Timeouts, check, total_limit_s
 
 M = Migration(
@@ -20,7 +21,7 @@ M = Migration(
     attempt=1,
     created=0.0,
     updated=10.0,
-    limits={"memory_bytes": 2 << 30},
+    options=Options(memory_bytes=2 << 30),
 )
 UP = {"a": True, "b": True}
 T = Timeouts()
@@ -28,7 +29,7 @@ T = Timeouts()
 
 @pytest.mark.parametrize("memory,limit", [(0, 120.0), (1 << 30, 800.0), (3 << 30, 2400.0)])
 def test_the_total_limit_scales_per_gib_with_a_floor(memory: int, limit: float) -> None:
-    assert total_limit_s(replace(M, limits={"memory_bytes": memory}), T) == limit
+    assert total_limit_s(replace(M, options=Options(memory_bytes=memory)), T) == limit
 
 
 @pytest.mark.parametrize(
@@ -67,7 +68,7 @@ def test_a_step_stalled_beyond_the_budget_rolls_back() -> None:
 
 
 def test_a_synced_dir_s_first_pass_is_not_on_the_migration_s_clock() -> None:
-    small = replace(M, limits={"memory_bytes": 0}, created=0.0, updated=990.0)  # limit 120 s
+    small = replace(M, options=Options(memory_bytes=0), created=0.0, updated=990.0)  # limit 120 s
     in_sync = replace(small, phase=Phase.SYNC)
     assert check(in_sync, 1000.0, UP, T) is None  # 1000 s into a first pass that reports progress
     after = replace(small, results={"sync": {"wall_ms": 950_000.0}})
@@ -91,7 +92,7 @@ def test_force_pushes_a_precopy_to_its_final_dump() -> None:
         M,
         phase=Phase.PRECOPY,
         strategy="delta",
-        limits={"timeout_action": "force", "lazy_ok": True},
+        options=Options(timeout_action="force", lazy_ok=True),
     )
     m, sends = next_step(m, Event("timeout", 1700.0, error="timed out"))
     assert [s.phase for s in sends] == [Phase.DUMP]

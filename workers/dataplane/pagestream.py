@@ -46,7 +46,7 @@ from typing import Any
 
 import blake3
 
-from workers.criu.adapter import PipedLog, explain_text
+from workers.criu.log import PipedLog, explain_text
 from workers.dataplane import wire
 from workers.dataplane.landing import store_error
 from workers.dataplane.throttle import TokenBucket

@@ -19,7 +19,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 from workers import failpoints
-from workers.criu.adapter import PipedLog
+from workers.criu.log import PipedLog
 from workers.dataplane import wire
 from workers.dataplane.landing import (
     FileKey,

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from workers.criu.adapter import PipedLog
+from workers.criu.log import PipedLog
 from workers.dataplane import sender, wire
 from workers.dataplane.receiver import Receiver
 from workers.dataplane.sender import COMPRESSORS, MIN_COMPRESS, SendStats
@@ -32,9 +32,7 @@ __all__ = [
     "SendStats",
     "TokenBucket",
     "TransferServer",
-    "choose_codec",
     "send_files",
-    "stream_pages",
 ]
 
 log = logging.getLogger(__name__)
@@ -181,23 +179,12 @@ def send_files(
     timeout_s: float = 30,
     retries: int = 3,
     bucket: TokenBucket | None = None,
-    compression: str = "auto",
-    link_bps: float | None = None,
+    compression: str = "none",
 ) -> SendStats:
-    """:func:`workers.dataplane.sender.send_files`, compressed when that makes it faster.
-
-    ``compression`` is ``auto``, ``none`` or ``zstd``. ``auto`` compresses only
-    toward another host whose rate is known -- the lowest of ``bandwidth_bps``,
-    ``bucket``'s rate and ``link_bps`` (the link's measured or configured
-    bytes/s) -- and only when :func:`worth_compressing` says so for a sample
-    of these files: never on loopback, never without a rate.
-    """
-    if compression not in ("auto", *wire.CODECS):
-        raise BadRequest(f"unknown compression {compression!r}: use auto, none or zstd")
-    codec = compression
-    if compression == "auto":
-        rates = [r for r in (bandwidth_bps, bucket.rate_bps if bucket else None, link_bps) if r]
-        codec = choose_codec(address[0], min(rates, default=None), [p for p, _ in files])
+    """:func:`workers.dataplane.sender.send_files`, ``compression`` ``none`` or ``zstd``
+    (tasks.core.transport.codec decides which)."""
+    if compression not in wire.CODECS:
+        raise BadRequest(f"unknown compression {compression!r}: use none or zstd")
     return sender.send_files(
         address,
         token_factory,
@@ -209,55 +196,13 @@ def send_files(
         timeout_s=timeout_s,
         retries=retries,
         bucket=bucket,
-        codec=codec,
+        codec=compression,
     )
-
-
-def choose_codec(host: str, rate_bps: float | None, paths: Sequence[Path]) -> str:
-    """``zstd`` if compressing ``paths`` toward ``host`` at ``rate_bps`` pays, else ``none``."""
-    if not wire.HAVE_ZSTD or rate_bps is None or _is_loopback(host):
-        return "none"
-    return "zstd" if worth_compressing(rate_bps, compressor_bps(), sample_ratio(paths)) else "none"
 
 
 def compressor_bps() -> float:
     """Bytes per second this node compresses one transfer at (a core hashes and feeds the socket)."""
     return compression_speed() * max(1, COMPRESSORS - 1)
-
-
-def stream_pages(mode: str, compression: str, host: str, rate_bps: float | None) -> bool:
-    """Whether a final dump streams its pages to ``host``'s page server (else: files).
-
-    ``on`` and ``off`` say so. ``auto`` streams unless compression could pay
-    on this link: the stream saves the local dump's write and read (measured:
-    ahead at every size, docs/BENCHMARKS.md) but travels uncompressed, while
-    files are compressed when the link is slow for the CPU and they shrink
-    (:func:`choose_codec`), which can halve the wire time. So: stream toward
-    loopback, over an unknown or fast link (faster than the CPU compresses,
-    by :func:`worth_compressing` with ideal data), or when compression is off.
-    """
-    if mode != "auto":
-        return mode == "on"
-    if compression == "none" or not wire.HAVE_ZSTD or rate_bps is None or _is_loopback(host):
-        return True
-    return not worth_compressing(rate_bps, compressor_bps(), 0.0)
-
-
-def worth_compressing(rate_bps: float, speed_bps: float, ratio: float) -> bool:
-    """Whether compressing makes a transfer at least 20 % faster.
-
-    Compressing and sending overlap, so a byte of the file costs the longer of
-    compressing it (``1 / speed_bps``) and sending what it shrinks to
-    (``ratio / rate_bps``), against ``1 / rate_bps`` uncompressed.
-
-    >>> worth_compressing(12.5e6, 800e6, 0.3)   # 100 Mbit/s, pages that shrink to 30 %
-    True
-    >>> worth_compressing(12.5e6, 800e6, 0.95)  # random bytes
-    False
-    >>> worth_compressing(1.25e9, 800e6, 0.3)   # 10 Gbit/s: the CPU is the bottleneck
-    False
-    """
-    return max(rate_bps / speed_bps, ratio) <= 0.8
 
 
 @functools.cache
@@ -305,7 +250,8 @@ def sample_ratio(paths: Sequence[Path], samples: int = 8, length: int = 128 << 1
     return packed / plain if plain else 1.0
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine."""
     if host == "localhost":
         return True
     try:

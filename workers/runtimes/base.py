@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from workers.records import DumpStats, PagesTarget, RestoreStats
+from workers.criu.log import PipedLog
+from workers.records import Capabilities, DumpStats, PagesTarget, RestoreStats
 
 
 @dataclass(frozen=True)
@@ -27,15 +28,23 @@ class ContainerInfo:
     log: str
     runtime: str
     labels: dict[str, str] = field(default_factory=dict)
-    sync: tuple[
-        str, ...
-    ] = ()  # node-local directories synced when it migrates (workers.dirsync.dirs)
+    # node-local directories synced when it migrates (workers.dirsync.dirs)
+    sync: tuple[str, ...] = ()
 
 
 class Runtime(Protocol):
     """What a node's runtime can do with the containers it manages."""
 
     name: str
+
+    def capabilities(self) -> Capabilities:
+        """What this node can do (probed once; the same record afterwards)."""
+        ...
+
+    def page_server(self, images: Path, sock: int) -> PipedLog:
+        """Serve one dump's pages arriving on ``sock`` into ``images`` (where
+        ``capabilities().page_server``; CapabilityError elsewhere)."""
+        ...
 
     def containers(self) -> list[ContainerInfo]: ...
 

@@ -19,12 +19,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from workers import procs
-from workers.criu.adapter import Criu, dump_stats, explain
+from workers.criu.adapter import Criu
+from workers.criu.log import PipedLog, explain
+from workers.criu.probe import probe, probe_lazy
+from workers.criu.stats import dump_stats
 from workers.dataplane.pagestream import Relay
 from workers.dirsync.dirs import check_dirs
 from workers.errors import BadRequest, CriuError, PermanentError, UnknownContainer
 from workers.ids import check_container_name
-from workers.records import DumpStats, PagesTarget, RestoreStats
+from workers.records import Capabilities, DumpStats, PagesTarget, RestoreStats
 from workers.runtimes.base import ContainerInfo
 
 
@@ -55,13 +58,40 @@ class CriuRuntime:
         container_root: Path,
         criu: Criu | None = None,
         sync_roots: tuple[Path, ...] = (),
+        allow_pipe_max_size: bool = False,
     ) -> None:
+        self.state_dir = state_dir
         self.inventory = state_dir / "containers"
         self.container_root = container_root
         self.sync_roots = sync_roots
         self.criu = criu or Criu()
+        self.allow_pipe_max_size = allow_pipe_max_size  # may raise fs.pipe-max-size (probe_lazy)
+        self._caps: Capabilities | None = None
         self.inventory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.container_root.mkdir(parents=True, exist_ok=True)
+
+    # -- what this node can do ---------------------------------------------
+    def capabilities(self) -> Capabilities:
+        """The probe (CRIU, its kernel features, a real lazy round trip), run once."""
+        if self._caps is None:
+            facts = probe(self.state_dir, self.criu)
+            lazy, why = probe_lazy(
+                self.criu, self.state_dir / "lazy-probe", facts, self.allow_pipe_max_size
+            )
+            self._caps = Capabilities(
+                arch=facts.arch,
+                criu_ok=facts.criu_ok,
+                criu_reason=facts.criu_reason,
+                soft_dirty=facts.soft_dirty,
+                lazy_pages=lazy,
+                lazy_pages_reason=why,
+                page_server=facts.criu_ok,
+                facts=facts.to_dict(),
+            )
+        return self._caps
+
+    def page_server(self, images: Path, sock: int) -> PipedLog:
+        return self.criu.page_server(images, sock)
 
     # -- inventory ---------------------------------------------------------
     def _path(self, name: str) -> Path:

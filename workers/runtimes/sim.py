@@ -22,9 +22,10 @@ import threading
 import time
 from pathlib import Path
 
+from workers.criu.log import PipedLog
 from workers.errors import BadRequest, CapabilityError, PermanentError, UnknownContainer
 from workers.ids import check_container_name
-from workers.records import DumpStats, PagesTarget, RestoreStats
+from workers.records import Capabilities, DumpStats, PagesTarget, RestoreStats
 from workers.runtimes.base import ContainerInfo
 from workers.runtimes.simmodel import (
     MIB,
@@ -76,6 +77,19 @@ class SimRuntime:
         self.container_root = container_root
         self.model = model or SimModel()
         self.inventory.mkdir(parents=True, exist_ok=True)
+
+    def capabilities(self) -> Capabilities:
+        """Everything but a page server: the model checkpoints, tracks and restores lazily."""
+        return Capabilities(
+            arch=os.uname().machine,
+            criu_ok=True,
+            soft_dirty=True,
+            lazy_pages=True,
+            simulated=True,
+        )
+
+    def page_server(self, images: Path, sock: int) -> PipedLog:
+        raise CapabilityError("the sim runtime runs no CRIU: its pages travel as files")
 
     def _path(self, name: str) -> Path:
         return self.inventory / f"{check_container_name(name)}.json"

@@ -1,0 +1,95 @@
+"""How a migration's bytes travel: compressed or plain, streamed into the destination's
+page server or sent as files.
+
+Pure: what is known of the way to the destination (:class:`Route`: loopback
+or not, the lowest known rate, this node's measured compression speed) comes
+in; tasks.node.dataplane measures it and workers.dataplane carries the bytes.
+
+>>> pi_link = Route(loopback=False, rate_bps=12.5e6, compress_bps=400e6)
+>>> codec("auto", pi_link, ratio=0.3), codec("auto", pi_link, ratio=0.95)
+('zstd', 'none')
+>>> stream_pages("auto", "auto", pi_link), stream_pages("auto", "auto", Route(True, 12.5e6))
+(False, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workers.errors import BadRequest
+
+COMPRESSIONS = ("auto", "none", "zstd")
+
+
+@dataclass(frozen=True)
+class Route:
+    """What the source knows of the way its bytes go."""
+
+    loopback: bool  # the destination is this machine: the CPU is the only cost
+    rate_bps: float | None  # the lowest of the migration's cap and the link's rate; None: unknown
+    compress_bps: float | None = None  # how fast this node compresses; None: not measured
+    zstd: bool = True  # zstd is installed here
+
+
+def worth_compressing(rate_bps: float, speed_bps: float, ratio: float) -> bool:
+    """Whether compressing makes a transfer at least 20 % faster.
+
+    Compressing and sending overlap, so a byte of the file costs the longer of
+    compressing it (``1 / speed_bps``) and sending what it shrinks to
+    (``ratio / rate_bps``), against ``1 / rate_bps`` uncompressed.
+
+    >>> worth_compressing(12.5e6, 800e6, 0.3)   # 100 Mbit/s, pages that shrink to 30 %
+    True
+    >>> worth_compressing(12.5e6, 800e6, 0.95)  # random bytes
+    False
+    >>> worth_compressing(1.25e9, 800e6, 0.3)   # 10 Gbit/s: the CPU is the bottleneck
+    False
+    """
+    return max(rate_bps / speed_bps, ratio) <= 0.8
+
+
+def may_compress(compression: str, route: Route) -> bool:
+    """Whether ``auto`` could compress on ``route`` at all (so a sample is worth reading)."""
+    check_compression(compression)
+    return (
+        compression == "auto" and route.zstd and route.rate_bps is not None and not route.loopback
+    )
+
+
+def codec(compression: str, route: Route, ratio: float) -> str:
+    """``zstd`` or ``none`` for files whose sample compresses to ``ratio`` of its size.
+
+    ``auto`` compresses only toward another host whose rate is known, and only
+    when :func:`worth_compressing` says so.
+    """
+    if compression != "auto":
+        return check_compression(compression)
+    if not may_compress(compression, route) or route.compress_bps is None:
+        return "none"
+    assert route.rate_bps is not None
+    return "zstd" if worth_compressing(route.rate_bps, route.compress_bps, ratio) else "none"
+
+
+def stream_pages(mode: str, compression: str, route: Route) -> bool:
+    """Whether a final dump streams its pages to the destination's page server (else: files).
+
+    ``on`` and ``off`` say so. ``auto`` streams unless compression could pay
+    on this route: the stream saves the local dump's write and read (measured:
+    ahead at every size, docs/BENCHMARKS.md) but travels uncompressed, while
+    files are compressed when the link is slow for the CPU and they shrink,
+    which can halve the wire time. So: stream toward loopback, over an unknown
+    or fast link (faster than the CPU compresses, with ideal data), or when
+    compression is off.
+    """
+    if mode != "auto":
+        return mode == "on"
+    if not may_compress(compression, route) or route.compress_bps is None:
+        return True
+    assert route.rate_bps is not None
+    return not worth_compressing(route.rate_bps, route.compress_bps, 0.0)
+
+
+def check_compression(compression: str) -> str:
+    if compression not in COMPRESSIONS:
+        raise BadRequest(f"compression must be auto, none or zstd, not {compression!r}")
+    return compression
