@@ -3,11 +3,13 @@
 :func:`start` (client side) takes the node's lock, cordons it, plans from the
 registry, refuses before anything moves when a container has nowhere to go
 (unless partial evacuations are allowed), stores the record (tasks.store.evacuations)
-and sends the first ``ferry.control.evacuate_tick``. Each tick follows its
-migrations, starts the next moves the limits allow through ``Cluster.submit``
-(validated like any other), re-plans moves pending to a destination that failed
-or filled, and sends itself again ``TICK_S`` later until every container has an
-outcome. The node stays cordoned; whatever did not move still runs there.
+and sends the first ``ferry.control.evacuate_tick``. Each tick is I/O glue
+around the pure :mod:`tasks.core.evacuation`: it reads the running
+migrations, the cancel flag and the registry, lets ``advance`` decide, and
+carries out its actions (cancel, submit through ``Cluster.submit``, validated
+like any other, then store the record and unlock or refresh the node's lock);
+it sends itself again ``TICK_S`` later until every container has an outcome.
+The node stays cordoned; whatever did not move still runs there.
 """
 
 from __future__ import annotations
@@ -24,42 +26,28 @@ from celery import Celery, Task
 
 from tasks.config.settings import Settings
 from tasks.control.cluster import Cluster
-from tasks.core.evacplan import (
-    OUTCOMES,
-    PENDING,
-    RUNNING,
-    Unplaceable,
-    bound_s,
-    compatible,
-    live,
-    node_of,
-    plan_from_json,
-    plan_to_json,
-    report,
-    specs_of,
+from tasks.core.evacplan import Unplaceable, bound_s, compatible, node_of, plan_to_json, specs_of
+from tasks.core.evacrecord import EvacState, Evacuation, Outcome, begin, from_dict, to_dict
+from tasks.core.evacuation import (
+    Cancel,
+    Observations,
+    Submit,
+    SubmitResult,
+    Unlock,
+    advance,
+    submitted,
 )
-from tasks.core.machine import Migration, Phase, State, phases
-from tasks.core.planner import Plan, PlanLimits, next_moves, plan, replan
-from tasks.core.strategy import STRATEGIES
-from tasks.core.summary import summary
+from tasks.core.machine import Migration
+from tasks.core.planner import Plan, PlanLimits, plan
+from tasks.core.strategy import Strategy
 from tasks.messaging.app import CONTROL_QUEUE
 from tasks.store.evacuations import Records
 from tasks.store.migrations import Store
-from workers.errors import (
-    BadRequest,
-    CapabilityError,
-    FerryError,
-    NodeUnavailable,
-    TransientError,
-    UnknownNode,
-)
+from workers.errors import BadRequest, FerryError, NodeUnavailable, UnknownNode
 from workers.ids import check_evac_id, check_node_name
 
 TICK_TASK = "ferry.control.evacuate_tick"
 TICK_S = 0.25  # how soon a finished move is followed by the next: ticks cost a few ms
-OUTCOME = {State.DONE: "moved", State.ROLLED_BACK: "rolled_back", State.FAILED: "failed"}
-SOURCE_PHASES = (Phase.PRECOPY, Phase.DUMP, Phase.CLEANUP)  # failing there: not the destination
-STRIKES = 2  # failed migrations blamed on a destination before it takes no more moves
 
 
 def start(
@@ -82,8 +70,7 @@ def start(
     """
     check_node_name(node)
     limits = limits or PlanLimits()
-    if strategy not in STRATEGIES:
-        raise BadRequest(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    Strategy.parse(strategy)
     if timeout is not None and not 0 < timeout < float("inf"):  # NaN too
         raise BadRequest(f"timeout must be > 0 s and finite, not {timeout}")
     known = [n["name"] for n in client.nodes()]
@@ -113,47 +100,22 @@ def start(
         if p.unplaceable and not allow_partial:
             raise Unplaceable(preview)
         sizes = {c.name: c.memory_bytes for c in specs_of(client.store.node(node) or {})}
-        moves = {
-            m.container: {
-                "dst": m.dst,
-                "order": m.order,
-                "memory_bytes": m.memory_bytes,
-                "outcome": PENDING,
-                "migration": None,
-                "error": "",
-            }
-            for m in p.moves
-        }
-        for i, (c, why) in enumerate(p.unplaceable):
-            moves[c] = {
-                "dst": None,
-                "order": len(p.moves) + i,
-                "memory_bytes": sizes.get(c, 0),
-                "outcome": "not_placed",
-                "migration": None,
-                "error": why,
-            }
-        rec = {
-            "id": eid,
-            "node": node,
-            "to": sorted(targets) if targets else None,
-            "strategy": strategy,
-            "bandwidth_bps": bandwidth_bps,
-            "limits": asdict(limits),
-            "link_bps": client.settings.link_bps,
-            "state": "running",
-            "stop": None,
-            "deadline": now + timeout if timeout else None,
-            "plan": plan_to_json(p),
-            "excluded": {},
-            "strikes": {},
-            "moves": moves,
-            "preview": preview,
-            "started": now,
-            "finished": None,
-            "report": None,
-        }
-        recs.put(rec)
+        deadline = now + timeout if timeout else None
+        ev = begin(
+            eid,
+            node,
+            p,
+            link_bps=client.settings.link_bps,
+            now=now,
+            to=targets,
+            strategy=strategy,
+            bandwidth_bps=bandwidth_bps,
+            limits=limits,
+            deadline=deadline,
+            sizes=sizes,
+            preview=preview,
+        )
+        recs.put(to_dict(ev))
         client.app.send_task(TICK_TASK, args=(eid,), queue=CONTROL_QUEUE)
     except BaseException:
         recs.delete(eid)
@@ -193,164 +155,62 @@ def tick(client: Cluster, eid: str) -> dict[str, Any]:
         return {"evacuation": eid, "busy": "another tick runs"}
     again = False
     try:
-        rec = recs.get(eid)
-        again = rec["state"] == "running"  # a tick that fails half-way is followed by another
+        ev = from_dict(recs.get(eid))
+        again = ev.state is EvacState.RUNNING  # a tick that fails half-way is followed by another
         if again:
-            _advance(client, recs, rec, time.time())
-            recs.put(rec)
-            again = rec["state"] == "running"
+            ev = _run(client, recs, ev, time.time())
+            again = ev.state is EvacState.RUNNING
     finally:
         recs.release_tick(eid)
         if again:
             client.app.send_task(TICK_TASK, args=(eid,), queue=CONTROL_QUEUE, countdown=TICK_S)
-    counts = Counter(mv["outcome"] for mv in rec["moves"].values())
-    return {"evacuation": eid, "node": rec["node"], "state": rec["state"], **counts}
+    counts = Counter(mv.outcome.value for mv in ev.moves.values())
+    return {"evacuation": eid, "node": ev.node, "state": ev.state.value, **counts}
 
 
-def _advance(client: Cluster, recs: Records, rec: dict[str, Any], now: float) -> None:
-    moves = rec["moves"]
-    p = plan_from_json(rec["plan"])
-    failed_dsts = _follow(client, moves, now)
-    if rec["stop"] is None:
-        if recs.cancelled(rec["id"]):
-            rec["stop"] = "cancelled"
-        elif rec["deadline"] is not None and now >= rec["deadline"]:
-            rec["stop"] = "timed_out"
-            for mv in moves.values():  # roll back what still can; the rest finishes
-                if mv["outcome"] == RUNNING:
-                    with contextlib.suppress(
-                        FerryError
-                    ):  # past its point of no return, or just over
-                        client.cancel(mv["migration"])
-    records = {n["name"]: n for n in client.nodes()}
-    for dst in failed_dsts:  # one failure may be the container's; STRIKES are the node's
-        rec["strikes"][dst] = rec["strikes"].get(dst, 0) + 1
-        if rec["strikes"][dst] == STRIKES:
-            p = _replan(rec, p, dst, f"{STRIKES} migrations to it failed", records)
-    if rec["stop"]:
-        for mv in moves.values():
-            if mv["outcome"] == PENDING:
-                mv.update(outcome="not_started", error=rec["stop"].replace("_", " "))
-    else:
-        p = _start_moves(client, recs, rec, p, records, now)
-    rec["plan"] = plan_to_json(p)
-    if all(mv["outcome"] in OUTCOMES for mv in moves.values()):
-        rec.update(state=rec["stop"] or "done", finished=now)
-        rec["report"] = report(rec)
-        recs.unlock(rec["node"], rec["id"])
-    else:
-        recs.refresh(rec["node"], rec["id"])
+def _observe(client: Cluster, recs: Records, ev: Evacuation) -> Observations:
+    """What the core decides on: the running migrations, the cancel flag, the registry."""
+    migrations: dict[str, Migration | None] = {}
+    for mv in ev.moves.values():
+        if mv.outcome is Outcome.RUNNING and mv.migration is not None:
+            try:
+                migrations[mv.migration] = client.status(mv.migration)
+            except BadRequest:
+                migrations[mv.migration] = None  # its record is gone
+    nodes = {n["name"]: n for n in client.nodes()}
+    return Observations(migrations, recs.cancelled(ev.id), nodes)
 
 
-def _follow(client: Cluster, moves: dict[str, dict[str, Any]], now: float) -> list[str]:
-    """Record the outcome of each migration that ended; the destinations to blame."""
-    blamed = []
-    for mv in moves.values():
-        if mv["outcome"] != RUNNING:
-            continue
-        try:
-            m = client.status(mv["migration"])
-        except BadRequest:
-            mv.update(outcome="failed", error="its migration record is gone")
-            continue
-        if not m.state.final:
-            continue
-        error = "" if m.state is State.DONE else (m.errors[-1] if m.errors else m.state.value)
-        mv.update(outcome=OUTCOME[m.state], summary=summary(m), finished=now, error=error)
-        if m.state is not State.DONE and _blames_dst(m):
-            blamed.append(mv["dst"])
-    return blamed
-
-
-def _blames_dst(m: Migration) -> bool:
-    """Whether a migration that did not finish failed on its destination or the link."""
-    if any("cancelled by request" in e for e in m.errors):
-        return False
-    order = phases(m.strategy, m.lazy, bool(m.sync))
-    failed = next((ph for ph in order if ph.value not in m.results), None)
-    return failed is not None and failed not in SOURCE_PHASES
-
-
-def _replan(
-    rec: dict[str, Any], p: Plan, dst: str, why: str, records: dict[str, dict[str, Any]]
-) -> Plan:
-    """Re-place the moves pending to ``dst``; those left without a place are not placed."""
-    moves = rec["moves"]
-    rec["excluded"][dst] = why
-    nodes = [node_of(r) for n, r in records.items() if n not in rec["excluded"]]
-    new = replan(
-        p,
-        dst,
-        nodes,
-        running=[c for c, mv in moves.items() if mv["outcome"] == RUNNING],
-        done=[c for c, mv in moves.items() if mv["outcome"] in OUTCOMES],
-        compatible=compatible(records, rec["to"], rec["strategy"]),
-    )
-    for m in new.moves:
-        if moves[m.container]["outcome"] == PENDING:
-            moves[m.container]["dst"] = m.dst
-    for c, reason in new.unplaceable:
-        if moves[c]["outcome"] == PENDING:
-            moves[c].update(outcome="not_placed", dst=None, error=reason)
-    return new
-
-
-def _dst_refusal(rec: dict[str, Any] | None) -> str | None:
-    if rec is None:
-        return "it left the registry"
-    if not rec.get("alive"):
-        return "it is not answering"
-    return "it was cordoned" if rec.get("cordoned") else None
-
-
-def _start_moves(
-    client: Cluster,
-    recs: Records,
-    rec: dict[str, Any],
-    p: Plan,
-    records: dict[str, dict[str, Any]],
-    now: float,
-) -> Plan:
-    moves, drain = rec["moves"], rec["node"]
-    src = records.get(drain)
-    if src is None or not src.get("alive"):
-        for mv in moves.values():
-            if mv["outcome"] == PENDING:
-                mv.update(outcome="failed", error=f"{drain} is not answering")
-        return p
-    here = {c["name"] for c in live(src)}
-    limits = PlanLimits(**rec["limits"])
-    while True:
-        running = [m for m in p.moves if moves[m.container]["outcome"] == RUNNING]
-        done = {c for c, mv in moves.items() if mv["outcome"] in OUTCOMES}
-        batch = next_moves(p, running, done, limits)
-        if not batch:
-            return p
-        for m in batch:
-            mv = moves[m.container]
-            if m.container not in here:
-                mv.update(outcome="gone", error=f"no longer on {drain} (moved or exited)")
-                continue
-            refusal = _dst_refusal(records.get(m.dst))
-            if refusal is None:
-                try:
-                    mid = client.submit(
-                        m.container, m.dst, rec["strategy"], bandwidth_bps=rec["bandwidth_bps"]
-                    )
-                except CapabilityError as exc:  # the destination cannot take it after all
-                    refusal = str(exc)
-                except TransientError as exc:
-                    mv["error"] = str(exc)  # stays pending: the next tick tries again
-                    return p
-                except FerryError as exc:
-                    mv.update(outcome="failed", error=str(exc))
-                    continue
-                else:
-                    mv.update(outcome=RUNNING, migration=mid, started=now, error="")
-                    recs.put(rec)  # saved at once: a container is never submitted twice
-                    continue
-            p = _replan(rec, p, m.dst, refusal, records)
-            break
+def _run(client: Cluster, recs: Records, ev: Evacuation, now: float) -> Evacuation:
+    """Carry out what :func:`tasks.core.evacuation.advance` asks, in order; the record is stored."""
+    obs = _observe(client, recs, ev)
+    ev, todo = advance(ev, obs, now)
+    while todo:
+        action, *todo = todo
+        if isinstance(action, Cancel):
+            with contextlib.suppress(FerryError):  # past its point of no return, or just over
+                client.cancel(action.migration)
+        elif isinstance(action, Submit):
+            result: SubmitResult
+            try:
+                result = client.submit(
+                    action.container,
+                    action.dst,
+                    action.strategy,
+                    bandwidth_bps=action.bandwidth_bps,
+                )
+            except FerryError as exc:
+                result = exc
+            ev, todo = submitted(ev, obs, action, result, now)
+            if isinstance(result, str):
+                recs.put(to_dict(ev))  # saved at once: a container is never submitted twice
+        else:
+            recs.put(to_dict(ev))
+            if isinstance(action, Unlock):
+                recs.unlock(action.node, action.evacuation)
+            else:
+                recs.refresh(action.node, action.evacuation)
+    return ev
 
 
 def register(app: Celery, store: Store, settings: Settings | None = None) -> None:

@@ -138,6 +138,7 @@ class Migration:
     attempt: int = 0
     step: int = 0
     past_no_return: bool = False
+    cancelled: bool = False  # a user (or an evacuation's deadline) asked for the rollback
     rollback: tuple[Phase, ...] = ()  # rollback steps still to finish
     passes: tuple[dict[str, Any], ...] = ()  # one convergence.IterationStats per pass
     # retry counters ("rollback stalled", "<phase> (rollback)"): never read back from errors
@@ -189,7 +190,7 @@ def next_step(m: Migration, ev: Event, policy: Policy = Policy()) -> tuple[Migra
     if ev.kind == "cancel":
         if m.state is not State.RUNNING or m.past_no_return:
             return m, []
-        return _roll_back(m, "cancelled by request")
+        return _roll_back(replace(m, cancelled=True), "cancelled by request")
     if ev.kind == "timeout":
         return _timed_out(m, ev)
     if m.state.final or ev.phase is None:

@@ -198,7 +198,7 @@ def test_cleanup_failure_never_rolls_back() -> None:
 def test_cancel_before_the_point_of_no_return_rolls_back(phase: Phase) -> None:
     m, sends = next_step(at(phase), Event("cancel", 2.0))
     assert m.state is State.ROLLING_BACK and sends
-    assert "cancelled" in m.errors[-1]
+    assert m.cancelled and "cancelled" in m.errors[-1]  # the flag decides; the text explains
 
 
 def test_cancel_after_the_point_of_no_return_changes_nothing() -> None:
@@ -206,6 +206,7 @@ def test_cancel_after_the_point_of_no_return_changes_nothing() -> None:
     m, _ = next_step(m, done(m))
     m2, sends = next_step(m, Event("cancel", 3.0))
     assert sends == [] and m2.state is State.RUNNING and m2.phase is Phase.CLEANUP
+    assert not m2.cancelled
 
 
 def test_stale_events_change_nothing() -> None:
