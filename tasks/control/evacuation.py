@@ -43,7 +43,7 @@ from tasks.core.strategy import Strategy
 from tasks.messaging.app import CONTROL_QUEUE
 from tasks.store.evacuations import Records
 from tasks.store.migrations import Store
-from workers.errors import BadRequest, FerryError, NodeUnavailable, UnknownNode
+from workers.errors import BadRequest, CorruptRecord, FerryError, NodeUnavailable, UnknownNode
 from workers.ids import check_evac_id, check_node_name
 
 TICK_TASK = "ferry.control.evacuate_tick"
@@ -175,8 +175,8 @@ def _observe(client: Cluster, recs: Records, ev: Evacuation) -> Observations:
         if mv.outcome is Outcome.RUNNING and mv.migration is not None:
             try:
                 migrations[mv.migration] = client.status(mv.migration)
-            except BadRequest:
-                migrations[mv.migration] = None  # its record is gone
+            except (BadRequest, CorruptRecord):
+                migrations[mv.migration] = None  # its record is gone, or unreadable
     nodes = {n["name"]: n for n in client.nodes()}
     return Observations(migrations, recs.cancelled(ev.id), nodes)
 

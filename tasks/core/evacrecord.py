@@ -17,6 +17,7 @@ from typing import Any
 
 from tasks.core.evacplan import plan_from_json, plan_to_json
 from tasks.core.planner import Plan, PlanLimits
+from workers.errors import CorruptRecord
 
 
 class Outcome(str, Enum):
@@ -167,6 +168,16 @@ def to_dict(ev: Evacuation) -> dict[str, Any]:
 
 def from_dict(d: Mapping[str, Any]) -> Evacuation:
     """The evacuation a stored JSON record holds (the inverse of :func:`to_dict`)."""
+    try:
+        return _from_dict(d)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CorruptRecord(
+            f"evacuation record {d.get('id', '?') if isinstance(d, Mapping) else '?'} does not "
+            f"parse ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _from_dict(d: Mapping[str, Any]) -> Evacuation:
     moves = {
         name: MoveState(
             name,
