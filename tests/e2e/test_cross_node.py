@@ -66,7 +66,7 @@ def test_cold_migration_crosses_the_link_and_the_counter_goes_on(
         m = m.wait(timeout=60)
         assert m.state.value == "done", m.errors
         before = max(ticks(info["log"]))
-        time.sleep(0.5)
+        wait_for(lambda: max(ticks(info["log"])) >= before + 8)
         assert_went_on(ticks(info["log"]), before)
         # the images (and with the page server, the pages stream) went node1 -> node2
         # over the testbed link, to node2's testbed address

@@ -9,11 +9,11 @@ install``). Screenshots land in $FERRY_SCREENSHOTS, else a temp dir:
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import socket
-import time
 import urllib.request
 from base64 import b64encode
 from collections.abc import Iterator
@@ -85,6 +85,23 @@ def _get(url: str, auth: tuple[str, str]) -> int:
         return 0
 
 
+def _succeeded(url: str, auth: tuple[str, str], mid: str) -> bool:
+    """Flower has heard that each phase's task of migration ``mid`` succeeded (its API)."""
+    token = b64encode(":".join(auth).encode()).decode()
+    req = urllib.request.Request(url + "/api/tasks", headers={"Authorization": f"Basic {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            tasks = json.load(resp)
+    except (OSError, ValueError):
+        return False
+    done = {
+        t.get("name")
+        for t in tasks.values()
+        if t.get("state") == "SUCCESS" and mid in str(t.get("args"))
+    }
+    return all(f"ferry.node.{phase}" in done for phase in PHASES)
+
+
 def test_flower_shows_each_phase_and_a_running_transfer_s_progress(
     flower: Any, tmp_path: Path
 ) -> None:
@@ -125,7 +142,8 @@ def test_flower_shows_each_phase_and_a_running_transfer_s_progress(
 
         assert client.status(m.id).state.value in ("running", "done")
         assert m.wait(timeout=60).state.value == "done"
-        time.sleep(1)  # the last events reach Flower
+        # the last events reach Flower
+        wait_for(lambda: _succeeded(url, (user, password), m.id), timeout=15)
         page = new_page()
         page.goto(f"{url}/tasks")
         table = page.locator("#tasks-table tbody")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,7 +81,7 @@ def test_a_synced_dir_crosses_the_link_to_the_destination_s_address(disks: Disks
         assert tx_bytes(c, "node2") - sent_before >= DATA  # over node2's link, not loopback
         lines = c.disk("node2") / "xwriter" / "lines"
         before = len(lines.read_text().split())
-        time.sleep(0.5)
+        wait_for(lambda: len(lines.read_text().split()) >= before + 20)
         values = [int(x) for x in lines.read_text().split()]
         assert values == list(range(len(values))) and len(values) > before
         assert (c.disk("node2") / "xwriter" / "data").stat().st_size == DATA

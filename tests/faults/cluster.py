@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -174,7 +173,7 @@ def outcome(
         TALLY["containers lost"] += n == 0
         TALLY["containers duplicated"] += n > 1
     before = max(ticks(log))
-    time.sleep(0.5)
+    wait_for(lambda: max(ticks(log)) >= before + 8)
     after = ticks(log)
     assert after == sorted(set(after)) and after[-1] > before, "the counter did not go on"
     wait_for(lambda: not c.leftovers(mid), timeout=10)

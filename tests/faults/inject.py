@@ -43,7 +43,7 @@ def restart_redis_in(
     if not keep_data:
         (rds.home / "appendonly.aof").unlink()
     c.release(mid, point)
-    time.sleep(OUTAGE_S)
+    time.sleep(OUTAGE_S)  # deliberate: the outage's length
     rds.start()
 
 

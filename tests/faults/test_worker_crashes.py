@@ -44,7 +44,7 @@ def test_a_coordinator_killed_mid_migration_is_recovered(faults) -> None:
     faults.procs["coordinator"].kill()
     faults.procs["coordinator"].wait()
     handle = client.migrate("f-coordinator", "f2", strategy="cold")
-    time.sleep(2)
+    time.sleep(2)  # deliberate: the migration waits that long with no coordinator
     faults.start_coordinator()
     m = handle.wait(timeout=60)
     assert m.state.value == "done", m.errors

@@ -25,7 +25,7 @@ def victim(cluster):  # type: ignore[no-untyped-def]
 
 def _still_running(client, info) -> None:  # type: ignore[no-untyped-def]
     n = len(ticks(info["log"]))
-    time.sleep(0.3)
+    wait_for(lambda: len(ticks(info["log"])) >= n + 5)
     assert procs.alive(info["pid"]) and procs.state(info["pid"]) != "T"
     assert len(ticks(info["log"])) > n
 

@@ -151,7 +151,8 @@ def test_four_counters_leave_e1_and_go_on(evac: LocalCluster) -> None:
     for r in rep["containers"]:
         assert r["dst"] in ("e2", "e3") and r["downtime_ms"] > 0 and r["total_s"] > 0
     assert rep["makespan_s"] > 0 and rep["lower_bound_s"] > 0 and rep["left_on_source"] == []
-    time.sleep(0.5)
+    ended = {name: max(ticks(info["log"])) for name, info in infos.items()}
+    wait_for(lambda: all(max(ticks(i["log"])) >= ended[n] + 8 for n, i in infos.items()))
     for name, info in infos.items():
         before = max(t for t in ticks(info["log"]))
         wait_for(lambda info=info, before=before: max(ticks(info["log"])) > before + 3)

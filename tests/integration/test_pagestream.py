@@ -281,6 +281,6 @@ def _page_servers(where: Path) -> list[int]:
 
 def _kill_page_server_when_busy(where: Path) -> None:
     pids = wait_for(lambda: _page_servers(where), timeout=20)
-    time.sleep(1.0)  # well into the pages
+    time.sleep(1.0)  # deliberate: well into the pages before the kill
     for p in pids:
         os.kill(p, signal.SIGKILL)

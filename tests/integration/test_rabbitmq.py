@@ -11,7 +11,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import amqp
@@ -91,7 +90,7 @@ def test_a_cold_migration_over_rabbitmq(rabbit: tuple[LocalCluster, list[str]]) 
     m = client.migrate("rabbitcount", dst).wait(timeout=90)
     assert m.state.value == "done", m.errors
     before = max(ticks(info["log"]))
-    time.sleep(0.5)
+    wait_for(lambda: max(ticks(info["log"])) >= before + 8)
     assert_went_on(ticks(info["log"]), before)
     assert not procs.alive(info["pid"]), "the source copy still runs"
     assert procs.alive(m.results["verify"]["pid"])

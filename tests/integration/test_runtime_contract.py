@@ -102,7 +102,7 @@ def seen(rt: Runtime, name: str) -> list[int]:
 def settled(rt: Runtime, log: str) -> int:
     """The last tick of a frozen counter (it prints no more)."""
     last = seen(rt, "c1")[-1]
-    time.sleep(0.3)
+    time.sleep(0.3)  # deliberate: time for a tick that must not come
     assert seen(rt, "c1")[-1] == last, "the counter ticked while frozen"
     return last
 
@@ -174,7 +174,8 @@ def test_predump_passes_or_a_clear_refusal(pair: Pair, tmp_path: Path) -> None:
         assert pair.src.get("c1").state == "running"
         return
     first = pair.src.predump("c1", tmp_path / "p1", None)
-    time.sleep(0.2)
+    n = seen(pair.src, "c1")[-1]
+    wait_for(lambda: seen(pair.src, "c1")[-1] >= n + 3)  # it dirties pages between the passes
     second = pair.src.predump("c1", tmp_path / "p2", tmp_path / "p1")
     assert pair.src.get("c1").state == "running"
     assert 0 < second.pages_written < first.pages_written <= first.pages_scanned

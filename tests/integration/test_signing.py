@@ -192,6 +192,8 @@ def test_a_tampered_body_is_refused(signed: dict[str, Any], keys: dict[str, Path
 
 def test_an_unsigned_shutdown_is_ignored(signed: dict[str, Any]) -> None:
     signed["plain"].control.broadcast("shutdown", destination=[signed["hostname"]])
+    # deliberate: a broadcast is not queued behind the canary, so give the worker time to
+    # (wrongly) obey it first
     time.sleep(1)
     canary(signed)
 

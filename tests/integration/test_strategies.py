@@ -7,7 +7,6 @@ reason, so the CI log shows which ran.
 from __future__ import annotations
 
 import sys
-import time
 
 import pytest
 
@@ -34,7 +33,7 @@ def test_strategy_moves_a_dirtying_process_that_goes_on(cluster, strategy: str) 
     assert m.state.value == "done", m.errors
     assert m.strategy == strategy
     before = max(ticks(info["log"]))
-    time.sleep(0.5)
+    wait_for(lambda: max(ticks(info["log"])) >= before + 8)
     assert_went_on(ticks(info["log"]), before)
     assert not procs.alive(info["pid"])
     d = downtime(m)
