@@ -26,7 +26,6 @@ from tasks.core.planner import PlanLimits
 from tasks.core.resolve import LIVE, Settle, decide, keep_node
 from tasks.messaging import auth
 from tasks.messaging.app import node_queue
-from tasks.store.evacuations import Records
 from workers.errors import BadRequest, NodeUnavailable, UnknownNode
 from workers.ids import (
     MIGRATION_ID,
@@ -242,4 +241,4 @@ class Ferry(Cluster):
 
     def evacuation(self, eid: str) -> EvacuationHandle:
         """A handle on evacuation ``eid`` (started here or elsewhere)."""
-        return EvacuationHandle(eid, self, Records(self.store.r).get(eid)["preview"])
+        return EvacuationHandle(eid, self, self.store.evacuations.get(eid)["preview"])

@@ -11,7 +11,6 @@ from typing import Any
 from tasks.control.cluster import Cluster
 from tasks.core.evacplan import OUTCOMES, RUNNING
 from tasks.core.machine import Migration, State
-from tasks.store.evacuations import Records
 from workers.errors import BadRequest, FerryError
 
 
@@ -68,7 +67,7 @@ class EvacuationHandle:
     def record(self) -> dict[str, Any]:
         if self.id is None:
             raise BadRequest("a dry run started nothing: there is no record")
-        return Records(self.client.store.r).get(self.id)
+        return self.client.store.evacuations.get(self.id)
 
     def progress(self) -> dict[str, Any]:
         """Outcome counts, and each running migration's phase and bytes."""
@@ -148,4 +147,4 @@ class EvacuationHandle:
         rec = self.record()
         if rec["state"] != "running":
             raise BadRequest(f"{self.id} is already {rec['state']}")
-        Records(self.client.store.r).cancel(rec["id"])
+        self.client.store.evacuations.cancel(rec["id"])

@@ -15,7 +15,6 @@ The node stays cordoned; whatever did not move still runs there.
 from __future__ import annotations
 
 import contextlib
-import secrets
 import time
 from collections import Counter
 from collections.abc import Collection
@@ -44,7 +43,7 @@ from tasks.messaging.app import CONTROL_QUEUE
 from tasks.store.evacuations import Records
 from tasks.store.migrations import Store
 from workers.errors import BadRequest, CorruptRecord, FerryError, NodeUnavailable, UnknownNode
-from workers.ids import check_evac_id, check_node_name
+from workers.ids import check_evac_id, check_node_name, new_evac_id
 
 TICK_TASK = "ferry.control.evacuate_tick"
 TICK_S = 0.25  # how soon a finished move is followed by the next: ticks cost a few ms
@@ -85,7 +84,7 @@ def start(
         return None, _preview(client, _plan(client, node, targets, limits, strategy), limits, True)
     if not client.store.coordinator_alive():
         raise NodeUnavailable("no coordinator is running: start `ferry coordinator`")
-    eid, recs, now = "e-" + secrets.token_hex(6), Records(client.store.r), time.time()
+    eid, recs, now = new_evac_id(), client.store.evacuations, time.time()
     holder = recs.lock(node, eid)
     if holder:
         raise BadRequest(
@@ -150,7 +149,7 @@ def _preview(client: Cluster, p: Plan, limits: PlanLimits, dry_run: bool) -> dic
 
 def tick(client: Cluster, eid: str) -> dict[str, Any]:
     """Advance evacuation ``eid`` once, and send the next tick unless it is over."""
-    recs = Records(client.store.r)
+    recs = client.store.evacuations
     if not recs.hold_tick(eid):
         return {"evacuation": eid, "busy": "another tick runs"}
     again = False

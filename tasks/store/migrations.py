@@ -25,6 +25,7 @@ import redis
 from tasks.core.codec import decode, encode
 from tasks.core.machine import Event, Migration, Policy, Send, next_step
 from tasks.core.options import Options
+from tasks.store.evacuations import Records
 from workers.errors import BadRequest, CorruptRecord
 from workers.ids import check_migration_id
 
@@ -178,6 +179,11 @@ class Store:
         return float(seen) if old != run_id else None
 
     # -- nodes ---------------------------------------------------------------
+    @property
+    def evacuations(self) -> Records:
+        """The evacuation records, locks and cancel flags, on the same Redis."""
+        return Records(self.r)
+
     def beat_coordinator(self, now: float, ttl_s: float) -> None:
         """The coordinator is alive for ``ttl_s`` more seconds."""
         self.r.set(COORDINATOR_KEY, str(now), ex=max(10, int(ttl_s)))
