@@ -20,6 +20,7 @@ from typing import Any
 from tasks.api.handles import EvacuationHandle, MigrationHandle
 from tasks.control.cluster import Cluster
 from tasks.control.evacuation import start
+from tasks.core.admission import MigrationRequest
 from tasks.core.evacplan import parse_rate
 from tasks.core.machine import Migration
 from tasks.core.planner import PlanLimits
@@ -126,22 +127,20 @@ class Ferry(Cluster):
         setting): how image files travel; auto compresses when the link is
         slow enough for it to pay.
         """
-        return MigrationHandle(
-            self.submit(
-                container,
-                to,
-                strategy,
-                downtime_limit_ms=downtime_limit_ms,
-                max_iterations=max_iterations,
-                goal_unchanged=goal_unchanged,
-                fallback=fallback,
-                hard_downtime_cap=hard_downtime_cap,
-                bandwidth_bps=bandwidth_bps,
-                page_server=page_server,
-                compression=compression,
-            ),
-            self,
+        req = MigrationRequest(
+            container=container,
+            to=to,
+            strategy=strategy,
+            downtime_limit_ms=downtime_limit_ms,
+            max_iterations=max_iterations,
+            goal_unchanged=goal_unchanged,
+            fallback=fallback,  # type: ignore[arg-type]  # Limits checks it, with a clear error
+            hard_downtime_cap=hard_downtime_cap,
+            bandwidth_bps=bandwidth_bps,
+            page_server=page_server,
+            compression=compression,
         )
+        return MigrationHandle(self.submit(req), self)
 
     def migrations(self, limit: int = 20) -> list[Migration]:
         return list(self.store.iter_migrations(limit))

@@ -25,6 +25,7 @@ from celery import Celery, Task
 
 from tasks.config.settings import Settings
 from tasks.control.cluster import Cluster
+from tasks.core.admission import MigrationRequest
 from tasks.core.evacplan import Unplaceable, bound_s, compatible, node_of, plan_to_json, specs_of
 from tasks.core.evacrecord import EvacState, Evacuation, Outcome, begin, from_dict, to_dict
 from tasks.core.evacuation import (
@@ -193,10 +194,12 @@ def _run(client: Cluster, recs: Records, ev: Evacuation, now: float) -> Evacuati
             result: SubmitResult
             try:
                 result = client.submit(
-                    action.container,
-                    action.dst,
-                    action.strategy,
-                    bandwidth_bps=action.bandwidth_bps,
+                    MigrationRequest(
+                        action.container,
+                        action.dst,
+                        action.strategy,
+                        bandwidth_bps=action.bandwidth_bps,
+                    )
                 )
             except FerryError as exc:
                 result = exc

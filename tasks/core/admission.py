@@ -1,0 +1,119 @@
+"""Admission: whether a migration may start, and with what, decided before anything moves.
+
+Pure: the request, the two nodes' registry records and the cluster's defaults
+in; what the migration record will hold out (:class:`Admitted`), or a
+BadRequest / CapabilityError that changes nothing.
+
+>>> pi = {"name": "pi1", "runtime": "criu", "probe": {"arch": "aarch64", "criu_ok": True,
+...       "page_server": True}, "containers": [{"name": "web", "memory_bytes": 4 << 20}]}
+>>> a = admit(MigrationRequest("web", "pi2"), pi, {**pi, "name": "pi2"}, Defaults())
+>>> a.strategy.value, a.options.memory_bytes >> 20, a.options.page_server  # 4 MiB: cold fits
+('cold', 4, 'auto')
+>>> admit(MigrationRequest("web", "pi2", strategy="precopy"), pi, {**pi, "name": "pi2"},
+...       Defaults())
+Traceback (most recent call last):
+...
+workers.errors.CapabilityError: precopy needs soft-dirty tracking; pi1's kernel has none: use delta
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.core.chooser import Link, Request, Workload, choose, page_server, strategy_refusal
+from tasks.core.convergence import Fallback, Limits
+from tasks.core.nodes import caps
+from tasks.core.options import Options
+from tasks.core.strategy import Strategy
+from tasks.core.transport import check_compression
+from workers.errors import BadRequest, CapabilityError, UnknownContainer
+
+
+@dataclass(frozen=True)
+class MigrationRequest:
+    """What a caller asks for (``Ferry.migrate``'s arguments, typed)."""
+
+    container: str
+    to: str
+    strategy: Strategy | str = Strategy.AUTO
+    downtime_limit_ms: float = 300.0
+    max_iterations: int = 10
+    goal_unchanged: float = 0.70
+    fallback: Fallback = "postcopy"
+    hard_downtime_cap: bool = False
+    bandwidth_bps: float | None = None  # this migration's cap on the data plane
+    page_server: str | None = None  # None: the cluster's default
+    compression: str | None = None  # None: the cluster's default
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The cluster's settings that shape every migration (tasks.config.settings)."""
+
+    link_bps: float = 125e6
+    freeze_overhead_ms: float = 250.0
+    timeout_action: str = "abort"
+    page_server: str = "auto"
+    compression: str = "auto"
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What the migration record starts with."""
+
+    strategy: Strategy
+    reason: str
+    limits: Limits
+    options: Options
+    sync: tuple[str, ...]
+
+
+def admit(
+    req: MigrationRequest, src: Mapping[str, Any], dst: Mapping[str, Any], defaults: Defaults
+) -> Admitted:
+    """Admit ``req`` from node record ``src`` (which runs the container) to ``dst``."""
+    if src["name"] == dst["name"]:
+        raise BadRequest(f"{req.container} already runs on {dst['name']}")
+    limits = Limits(
+        max_iterations=req.max_iterations,
+        goal_unchanged=req.goal_unchanged,
+        downtime_limit_ms=req.downtime_limit_ms,
+        fallback=req.fallback,
+        hard_downtime_cap=req.hard_downtime_cap,
+    )
+    src_caps, dst_caps = caps(src), caps(dst)
+    for node in (src_caps, dst_caps):
+        if not node.criu_ok:
+            raise CapabilityError(f"{node.name} cannot run CRIU: {node.criu_reason}")
+    held = next((c for c in src.get("containers", ()) if c["name"] == req.container), None)
+    if held is None:
+        raise UnknownContainer(req.container)
+    cap = req.bandwidth_bps
+    if cap is not None and not 0 < cap < math.inf:  # NaN too
+        raise BadRequest(f"bandwidth must be > 0 bytes/s and finite, not {cap}")
+    choice = choose(
+        src_caps,
+        dst_caps,
+        Workload(held["memory_bytes"]),
+        Link(min(defaults.link_bps, cap or math.inf), overhead_ms=defaults.freeze_overhead_ms),
+        Request(req.strategy, req.downtime_limit_ms),
+    )
+    compression = check_compression(req.compression or defaults.compression)
+    pages, pages_why = page_server(
+        req.page_server or defaults.page_server, choice.strategy, src_caps, dst_caps
+    )
+    options = Options(
+        memory_bytes=held["memory_bytes"],
+        timeout_action=defaults.timeout_action,
+        page_server=pages,
+        page_server_why=pages_why,
+        link_bps=defaults.link_bps,
+        compression=compression,
+        lazy_ok=strategy_refusal(Strategy.POSTCOPY, src_caps, dst_caps) is None,
+        bandwidth_bps=cap,
+    )
+    sync = tuple(held.get("sync", ()))
+    return Admitted(choice.strategy, choice.reason, limits, options, sync)

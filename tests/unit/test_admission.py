@@ -1,0 +1,66 @@
+"""Admission, the pure half of submitting a migration: a table of requests and verdicts."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from tasks.core.admission import Defaults, MigrationRequest, admit
+from workers.errors import BadRequest, CapabilityError, UnknownContainer
+
+MiB = 1 << 20
+
+
+def node(name: str, **probe: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "runtime": "criu",
+        "probe": {"arch": "aarch64", "criu_ok": True, "page_server": True, **probe},
+        "containers": [{"name": "web", "memory_bytes": 64 * MiB, "sync": ["/srv/web"]}],
+    }
+
+
+SRC, DST = node("pi1"), node("pi2", lazy_pages=True)
+
+
+@pytest.mark.parametrize(
+    ("request_", "src", "dst", "error"),
+    [
+        (MigrationRequest("web", "pi1"), SRC, SRC, BadRequest),  # already there
+        (MigrationRequest("db", "pi2"), SRC, DST, UnknownContainer),  # not on the source
+        (MigrationRequest("web", "pi2"), node("pi1", criu_ok=False), DST, CapabilityError),
+        (MigrationRequest("web", "pi2", bandwidth_bps=math.nan), SRC, DST, BadRequest),
+        (MigrationRequest("web", "pi2", bandwidth_bps=0), SRC, DST, BadRequest),
+        (MigrationRequest("web", "pi2", compression="lz4"), SRC, DST, BadRequest),
+        (MigrationRequest("web", "pi2", strategy="warm"), SRC, DST, BadRequest),
+        (MigrationRequest("web", "pi2", strategy="postcopy"), SRC, DST, CapabilityError),
+        (MigrationRequest("web", "pi2", max_iterations=0), SRC, DST, BadRequest),
+        (MigrationRequest("web", "pi2", page_server="on", strategy="delta"), SRC, DST,
+         CapabilityError),
+    ],
+)  # fmt: skip
+def test_a_request_that_cannot_run_is_refused(
+    request_: MigrationRequest, src: dict[str, Any], dst: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        admit(request_, src, dst, Defaults())
+
+
+def test_what_an_admitted_migration_starts_with() -> None:
+    a = admit(MigrationRequest("web", "pi2"), SRC, DST, Defaults(link_bps=10e9))
+    assert a.strategy == "cold" and "auto:" in a.reason  # 64 MiB at 10 Gbit/s fits 300 ms
+    assert a.sync == ("/srv/web",) and a.options.memory_bytes == 64 * MiB
+    assert a.options.bandwidth_bps is None and a.options.link_bps == 10e9
+    assert a.options.compression == "auto" and a.options.page_server == "auto"
+    assert not a.options.lazy_ok  # the source has no lazy pages
+    assert a.limits.max_iterations == 10 and a.limits.goal_unchanged == 0.70
+
+
+def test_a_cap_below_the_link_is_the_rate_the_chooser_plans_with() -> None:
+    fast = admit(MigrationRequest("web", "pi2"), SRC, DST, Defaults(link_bps=10e9))
+    capped = admit(MigrationRequest("web", "pi2", bandwidth_bps=1e6), SRC, DST,
+                   Defaults(link_bps=10e9))  # fmt: skip
+    assert fast.strategy == "cold"  # 64 MiB at 10 Gbit/s fits 300 ms
+    assert capped.strategy == "delta"  # at 1 MB/s it does not
