@@ -95,7 +95,7 @@ from benchmarks.machine import kill_all, machine
 from tasks.api.client import Ferry
 from tasks.api.localcluster import LocalCluster
 from tasks.config.broker import stop_embedded
-from tasks.core.machine import Migration
+from tasks.core.migration import Migration
 from tasks.core.summary import downtime
 from workers.errors import FerryError
 

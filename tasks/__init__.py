@@ -18,9 +18,9 @@ _HOMES = {
     "MigrationHandle": "tasks.api.handles",
     "EvacuationHandle": "tasks.api.handles",
     "Settings": "tasks.config.settings",
-    "Migration": "tasks.core.machine",
-    "State": "tasks.core.machine",
-    "Phase": "tasks.core.machine",
+    "Migration": "tasks.core.migration",
+    "State": "tasks.core.migration",
+    "Phase": "tasks.core.migration",
     "Unplaceable": "tasks.core.evacplan",
     **{
         name: "workers.errors"
@@ -74,7 +74,7 @@ if TYPE_CHECKING:  # what a type checker sees; at run time __getattr__ loads the
     from tasks.api.handles import EvacuationHandle, MigrationHandle
     from tasks.config.settings import Settings
     from tasks.core.evacplan import Unplaceable
-    from tasks.core.machine import Migration, Phase, State
+    from tasks.core.migration import Migration, Phase, State
     from workers.errors import (
         BadRequest,
         CapabilityError,

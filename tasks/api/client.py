@@ -22,7 +22,7 @@ from tasks.control.cluster import Cluster
 from tasks.control.evacuation import start
 from tasks.core.admission import MigrationRequest
 from tasks.core.evacplan import parse_rate
-from tasks.core.machine import Migration
+from tasks.core.migration import Migration
 from tasks.core.planner import PlanLimits
 from tasks.core.resolve import LIVE, Settle, decide, keep_node
 from tasks.messaging import auth

@@ -14,6 +14,7 @@ from rich.table import Table
 from tasks.api.client import Ferry
 from tasks.api.handles import EvacuationHandle
 from tasks.core.evacplan import Unplaceable
+from tasks.core.summary import size
 from workers.errors import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE
 
 COLOURS = {
@@ -27,7 +28,7 @@ COLOURS = {
 
 
 def mib(n: float | None) -> str:
-    return "-" if n is None else f"{n / 2**20:.1f} MiB"
+    return "-" if n is None else size(n)
 
 
 def plan_table(preview: dict[str, Any]) -> Table:
@@ -50,7 +51,7 @@ def plan_table(preview: dict[str, Any]) -> Table:
         f"{len(preview['moves'])} to move, {len(preview['unplaceable'])} without a place; "
         f"at most {limits['max_parallel']} at once, {limits['per_node']} per node; "
         f"lower bound {preview['lower_bound_s']:.1f} s at "
-        f"{preview['link_bps'] / 1e6:.0f} MB/s per node link"
+        f"{size(preview['link_bps'])}/s per node link"
     )
     return t
 
@@ -116,7 +117,7 @@ def report_table(rep: dict[str, Any]) -> Table:
     ratio = f" ({rep['ratio']:.2f}x)" if rep["ratio"] else ""
     t.caption = (
         f"makespan {rep['makespan_s']:.1f} s; lower bound {rep['lower_bound_s']:.1f} s"
-        f"{ratio} at {rep['link_bps'] / 1e6:.0f} MB/s per node link"
+        f"{ratio} at {size(rep['link_bps'])}/s per node link"
     )
     return t
 

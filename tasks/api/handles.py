@@ -10,7 +10,7 @@ from typing import Any
 
 from tasks.control.cluster import Cluster
 from tasks.core.evacplan import OUTCOMES, RUNNING
-from tasks.core.machine import Migration, State
+from tasks.core.migration import Migration, State
 from workers.errors import BadRequest, FerryError
 
 

@@ -8,12 +8,12 @@ import time
 from typing import Any
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
 from tasks.api.console import POSITIVE, emit, err, ferry_client, json_opt, out
 from tasks.core.codec import encode
-from tasks.core.summary import one_line, summary
+from tasks.core.summary import one_line, size, summary
 from workers.errors import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 
 
@@ -128,12 +128,12 @@ def _follow(client: Any, handle: Any, timeout: float, quiet: bool) -> Any:
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        DownloadColumn(binary_units=True),
+        TextColumn("{task.fields[rate]}"),
         console=err,
         transient=True,
     ) as bar:
-        task = bar.add_task("submitted", total=None)
+        task = bar.add_task("submitted", total=None, rate="")
         deadline = time.monotonic() + timeout
         while True:
             m = client.status(handle.id)
@@ -143,6 +143,7 @@ def _follow(client: Any, handle: Any, timeout: float, quiet: bool) -> Any:
                 description=f"{m.state.value}: {m.phase.value if m.phase else ''}",
                 completed=p.get("bytes_sent", 0),
                 total=p.get("bytes_total") or None,
+                rate=f"{size(p['rate_bps'])}/s" if p.get("rate_bps") else "",
             )
             if m.state.final:
                 return m
@@ -165,13 +166,15 @@ def status(migration: str | None, as_json: bool) -> None:
         def show_one() -> None:
             s = summary(m)
             t = Table("field", "value", show_header=False)
-            for k in ("id", "container", "src", "dst", "strategy", "state"):
+            for k in ("id", "container", "src", "dst", "asked", "strategy", "state"):
                 t.add_row(k, str(s[k]))
             t.add_row("why", m.reason)
+            for f in s["fallbacks"]:
+                t.add_row("fallback", f)
             for i, p in enumerate(m.passes, 1):
                 t.add_row(
                     f"pass {i}",
-                    f"{p['bytes_sent'] / 2**20:.1f} MiB in {p['seconds']:.2f} s, "
+                    f"{size(p['bytes_sent'])} in {p['seconds']:.2f} s, "
                     f"{p['pages_written']}/{p['pages_total']} pages changed, "
                     f"freeze {p['freeze_ms']:.0f} ms, dirty {p['dirty_rate_bps'] / 2**20:.1f} MiB/s",
                 )
@@ -184,12 +187,17 @@ def status(migration: str | None, as_json: bool) -> None:
                     r = m.results[phase]
                     t.add_row(
                         phase.replace("_", " "),
-                        f"{r['bytes'] / 2**20:.2f} MiB, {r['files']} files, "
+                        f"{size(r['bytes'])}, {r['files']} files, "
                         f"{r['deleted']} deleted, in {r['wall_ms']:.0f} ms ({r['dirs']} dirs)",
                     )
             t.add_row("phase", f"{m.phase.value if m.phase else '-'} (attempt {m.attempt})")
+            for pause in m.pauses:
+                t.add_row(f"pause ({pause.phase})", f"{pause.ms:.0f} ms")
             for k in (
                 "downtime_ms",
+                "paused_total_ms",
+                "degraded_ms",
+                "final_pause_ms",
                 "criu_freeze_ms",
                 "delta_ms",
                 "wire_ms",
@@ -201,7 +209,9 @@ def status(migration: str | None, as_json: bool) -> None:
                 if k in s:
                     t.add_row(k.replace("_ms", " (ms)"), str(s[k]))
             t.add_row("total (s)", str(s["total_s"]))
-            t.add_row("bytes", str(s["bytes"]))
+            for k in ("bytes_passes", "bytes_final", "bytes_lazy", "sync_bytes", "bytes"):
+                if s[k] or k == "bytes":
+                    t.add_row(k.replace("_", " "), size(s[k]))
             for e in m.errors:
                 t.add_row("error", e)
             out.print(t)

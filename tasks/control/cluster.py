@@ -11,6 +11,7 @@ options), and a coordinator to drive it.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from celery import Celery
@@ -18,13 +19,15 @@ from celery import Celery
 from tasks.config.broker import connect, resolve
 from tasks.config.settings import Settings
 from tasks.core.admission import Defaults, MigrationRequest, admit
-from tasks.core.machine import Migration
+from tasks.core.migration import Migration
 from tasks.core.nodes import alive
 from tasks.messaging import auth
 from tasks.messaging.app import CONTROL_QUEUE, make_app
 from tasks.store.migrations import Store
 from workers.errors import BadRequest, NodeUnavailable, TooLate, UnknownContainer, UnknownNode
 from workers.ids import check_container_name, check_migration_id, check_node_name, new_id
+
+LINK_TTL_S = 86400.0  # a measured rate older than this is not trusted
 
 
 class Cluster:
@@ -91,7 +94,16 @@ class Cluster:
         check_container_name(req.container)
         check_node_name(req.to)
         src = self.locate(req.container)
-        admitted = admit(req, self.node(src), self.node(req.to), self.defaults)
+        rate, source = self.link(src, req.to)
+        dumped = self.store.dump_rate(src)
+        fresh = dumped is not None and time.time() - dumped[1] < LINK_TTL_S
+        defaults = replace(
+            self.defaults,
+            link_bps=rate,
+            link_source=source,
+            dump_bps=dumped[0] if dumped and fresh else None,
+        )
+        admitted = admit(req, self.node(src), self.node(req.to), defaults)
         if not self.store.coordinator_alive():
             raise NodeUnavailable("no coordinator is running: start `ferry coordinator`")
         now, mid, strategy = time.time(), new_id(), admitted.strategy
@@ -101,6 +113,7 @@ class Cluster:
             src=src,
             dst=req.to,
             strategy=strategy,
+            asked=str(admitted.asked),
             lazy=strategy.lazy,
             sync=admitted.sync,
             limits=admitted.limits,
@@ -122,6 +135,20 @@ class Cluster:
         self.store.create(m)
         self.app.send_task("ferry.control.start", args=(m.id,), queue=CONTROL_QUEUE)
         return mid
+
+    def link(self, src: str, dst: str) -> tuple[float, str]:
+        """The rate to plan ``src`` -> ``dst`` with (bytes/s), and where it comes from:
+        what the pair's last big transfer measured, else the configured ``link_bps``."""
+        got = self.store.link(src, dst)
+        now = time.time()
+        if got is not None and now - got[1] < LINK_TTL_S:
+            return got[0], f"measured {now - got[1]:.0f} s before"
+        return self.settings.link_bps, "configured (link_bps: this pair was never measured)"
+
+    def fastest_link_from(self, src: str) -> float:
+        """The fastest measured link out of ``src``, else the configured ``link_bps``."""
+        rates = [self.link(src, n["name"])[0] for n in self.store.nodes() if n["name"] != src]
+        return max(rates, default=self.settings.link_bps)
 
     @property
     def defaults(self) -> Defaults:

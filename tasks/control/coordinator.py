@@ -17,7 +17,7 @@ from celery import Celery, Task
 from tasks.config.broker import connect, resolve
 from tasks.config.settings import Settings
 from tasks.control.evacuation import register as evacuation_tasks
-from tasks.core.machine import Event, Migration
+from tasks.core.migration import Event, Migration
 from tasks.core.nodes import alive as is_alive
 from tasks.core.watchdog import Timeouts, check
 from tasks.messaging.app import CONTROL_QUEUE, dispatch, make_app

@@ -37,7 +37,7 @@ from tasks.core.evacuation import (
     advance,
     submitted,
 )
-from tasks.core.machine import Migration
+from tasks.core.migration import Migration
 from tasks.core.planner import Plan, PlanLimits, plan
 from tasks.core.strategy import Strategy
 from tasks.messaging.app import CONTROL_QUEUE
@@ -105,7 +105,7 @@ def start(
             eid,
             node,
             p,
-            link_bps=client.settings.link_bps,
+            link_bps=preview["link_bps"],
             now=now,
             to=targets,
             strategy=strategy,
@@ -138,13 +138,14 @@ def _plan(
 
 
 def _preview(client: Cluster, p: Plan, limits: PlanLimits, dry_run: bool) -> dict[str, Any]:
+    link = client.fastest_link_from(p.drain.name)  # measured, else configured
     return {
         "node": p.drain.name,
         "dry_run": dry_run,
         **plan_to_json(p),
         "limits": asdict(limits),
-        "link_bps": client.settings.link_bps,
-        "lower_bound_s": round(bound_s(p, client.settings.link_bps), 3),
+        "link_bps": link,
+        "lower_bound_s": round(bound_s(p, link), 3),
     }
 
 

@@ -40,7 +40,7 @@ from prometheus_client.utils import floatToGoString
 
 from tasks.config.settings import Settings
 from tasks.control.cluster import Cluster
-from tasks.core.machine import Migration, State
+from tasks.core.migration import Migration, State
 from tasks.core.summary import summary
 from tasks.messaging.app import node_queue
 
@@ -79,6 +79,8 @@ class FerryCollector(Collector):
     def _migrations(self, records: Iterable[Migration]) -> Iterator[Metric]:
         states: Counter[tuple[str, str]] = Counter()
         downtime: dict[str, list[float]] = defaultdict(list)
+        paused: dict[str, list[float]] = defaultdict(list)
+        degraded: dict[str, list[float]] = defaultdict(list)
         duration: dict[str, list[float]] = defaultdict(list)
         sent: Counter[str] = Counter()
         failed: Counter[tuple[str, str]] = Counter()
@@ -94,6 +96,9 @@ class FerryCollector(Collector):
             sent[m.strategy] += int(s["bytes"])
             if m.state is State.DONE and "downtime_ms" in s:
                 downtime[m.strategy].append(float(s["downtime_ms"]) / 1000)
+                paused[m.strategy].append(float(s["paused_total_ms"]) / 1000)
+                if "degraded_ms" in s:
+                    degraded[m.strategy].append(float(s["degraded_ms"]) / 1000)
         g = GaugeMetricFamily(
             "ferry_migrations",
             "Migration records by state and strategy",
@@ -104,9 +109,21 @@ class FerryCollector(Collector):
         yield g
         yield _histogram(
             "ferry_migration_downtime_seconds",
-            "Downtime of finished migrations: frozen on the source to running on the destination",
+            "Downtime of finished migrations: the longest pause the container had",
             downtime,
             DOWNTIME_BUCKETS,
+        )
+        yield _histogram(
+            "ferry_migration_paused_total_seconds",
+            "Every pause of finished migrations added up (pre-copy passes, the final freeze)",
+            paused,
+            DOWNTIME_BUCKETS,
+        )
+        yield _histogram(
+            "ferry_migration_degraded_seconds",
+            "Post-copy: from the restore until the last page arrived",
+            degraded,
+            DURATION_BUCKETS,
         )
         yield _histogram(
             "ferry_migration_duration_seconds",

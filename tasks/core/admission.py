@@ -53,17 +53,20 @@ class MigrationRequest:
 class Defaults:
     """The cluster's settings that shape every migration (tasks.config.settings)."""
 
-    link_bps: float = 125e6
+    link_bps: float = 125e6  # this pair's measured rate, else the configured one
     freeze_overhead_ms: float = 250.0
     timeout_action: str = "abort"
     page_server: str = "auto"
     compression: str = "auto"
+    link_source: str = "configured"
+    dump_bps: float | None = None  # the source's measured full-dump speed (None: not yet)
 
 
 @dataclass(frozen=True)
 class Admitted:
     """What the migration record starts with."""
 
+    asked: Strategy
     strategy: Strategy
     reason: str
     limits: Limits
@@ -98,7 +101,11 @@ def admit(
         src_caps,
         dst_caps,
         Workload(held["memory_bytes"]),
-        Link(min(defaults.link_bps, cap or math.inf), overhead_ms=defaults.freeze_overhead_ms),
+        Link(
+            min(defaults.link_bps, cap or math.inf),
+            overhead_ms=defaults.freeze_overhead_ms,
+            dump_bps=defaults.dump_bps,
+        ),
         Request(req.strategy, req.downtime_limit_ms),
     )
     compression = check_compression(req.compression or defaults.compression)
@@ -111,9 +118,12 @@ def admit(
         page_server=pages,
         page_server_why=pages_why,
         link_bps=defaults.link_bps,
+        link_source=defaults.link_source,
         compression=compression,
         lazy_ok=strategy_refusal(Strategy.POSTCOPY, src_caps, dst_caps) is None,
         bandwidth_bps=cap,
     )
     sync = tuple(held.get("sync", ()))
-    return Admitted(choice.strategy, choice.reason, limits, options, sync)
+    return Admitted(
+        Strategy.parse(req.strategy), choice.strategy, choice.reason, limits, options, sync
+    )

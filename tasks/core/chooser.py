@@ -49,6 +49,9 @@ from tasks.core.strategy import CONCRETE, Strategy
 from workers.errors import BadRequest, CapabilityError
 
 FIXED_OVERHEAD_MS = 250.0  # default: CRIU dump + restore of a small tree on a Pi 4 (estimate)
+# default speed of a full dump into local images, until the source measured its own: an SD
+# card or a slow SSD (a delta pass freezes the tree that long, every pass)
+DUMP_BPS = 100e6
 ROUND_TRIPS = 3  # control messages inside the freeze: dump, transfer, restore
 FAST_DIRTY = 0.30  # dirtying >= 30 % of the bandwidth: pre-copy converges badly
 LARGE = 10.0  # unmeasured and a full copy takes >= 10x the limit: treat as fast
@@ -90,6 +93,7 @@ class Link:
     bandwidth_bps: float
     rtt_ms: float = 0.0
     overhead_ms: float = FIXED_OVERHEAD_MS  # fixed freeze-window cost on these nodes
+    dump_bps: float | None = None  # the source's measured full-dump speed into its images
 
 
 @dataclass(frozen=True)
@@ -237,7 +241,31 @@ def choose(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request)
         return Choice(Strategy.HYBRID, f"{why}: hybrid, {pre} then postcopy", iterative)
     if fast:
         why += f"; postcopy unavailable ({lazy_no}), the convergence rule will decide"
+    if iterative is Strategy.DELTA:
+        return _delta_or_not(wl, link, limit, cold_ms, lazy_no, f"{why}: {pre}")
     return Choice(iterative, f"{why}: {pre}", iterative)
+
+
+def delta_pause_ms(wl: Workload, link: Link) -> float:
+    """The pause of one delta pass: a full dump of the memory into local images."""
+    return wl.memory_bytes / (link.dump_bps or DUMP_BPS) * 1000.0 + link.overhead_ms
+
+
+def _delta_or_not(
+    wl: Workload, link: Link, limit: float, cold_ms: float, lazy_no: str | None, why: str
+) -> Choice:
+    """Delta freezes the tree for a whole dump every pass: only worth it when that fits
+    the limit, or is still shorter than cold's one pause; else post-copy, else cold."""
+    pass_ms = delta_pause_ms(wl, link)
+    measured = "measured" if link.dump_bps else "estimated"
+    if pass_ms <= limit:
+        return Choice(Strategy.DELTA, f"{why}; each pass freezes ~{pass_ms:.0f} ms", Strategy.DELTA)
+    over = f"; but each delta pass freezes ~{pass_ms:.0f} ms ({measured} dump speed)"
+    if lazy_no is None:
+        return Choice(Strategy.POSTCOPY, f"{why}{over}: postcopy, one short freeze")
+    if cold_ms <= pass_ms:
+        return Choice(Strategy.COLD, f"{why}{over}, no shorter than cold's ~{cold_ms:.0f} ms: cold")
+    return Choice(Strategy.DELTA, f"{why}{over}, still shorter than cold's", Strategy.DELTA)
 
 
 def _check(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request) -> None:

@@ -24,6 +24,9 @@ with it):
                     the downtime (a hot set larger than the goal allows): FallBack.
 ``dirty-rate``      the workload dirties memory at least as fast as the link
                     sends it: FallBack.
+``freeze``          none of the above, but the last pass's own freeze exceeded the
+                    limit (a delta pass is a full dump): another pass would pause the
+                    workload as long again: FallBack instead of another pass.
 ``continue``        none of the above: run another pass.
 
 Under a hard cap, ``goal`` and ``min-pages`` stop only when the expected
@@ -64,6 +67,7 @@ Fallback = Literal["postcopy", "cold", "abort"]
 Rule = Literal[
     "downtime",
     "floor",
+    "freeze",
     "goal",
     "min-pages",
     "max-iterations",
@@ -265,6 +269,12 @@ def decide(history: Sequence[IterationStats], limits: Limits, est: Estimates) ->
             "dirty-rate",
             f"dirty rate {last.dirty_rate_bps / 1e6:.1f} MB/s >= "
             f"bandwidth {est.bandwidth_bps / 1e6:.1f} MB/s",
+        )
+    if last.freeze_ms > cap:
+        return fall(
+            "freeze",
+            f"pass {passes} froze the tree {last.freeze_ms:.0f} ms > limit {cap:g} ms: "
+            "another pass would pause it as long",
         )
     return Continue(
         f"continue: {numbers} > limit {cap:g} ms, {share:.0%} unchanged "

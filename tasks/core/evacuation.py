@@ -53,7 +53,7 @@ from typing import Any
 
 from tasks.core.evacplan import compatible, live, node_of, report
 from tasks.core.evacrecord import EvacState, Evacuation, MoveState, Outcome, Stop, to_dict
-from tasks.core.machine import Migration, Phase, State, phases
+from tasks.core.migration import Migration, Phase, State, phases
 from tasks.core.planner import next_moves, replan
 from tasks.core.summary import summary
 from workers.errors import CapabilityError, FerryError, TransientError

@@ -32,155 +32,31 @@ and changes nothing.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from dataclasses import replace
 from typing import Any
 
 from tasks.core import convergence as conv
-from tasks.core.options import Options
+from tasks.core.migration import (
+    DEFAULT_POLICY,
+    DST_MAY_RUN,
+    FREEZE,
+    ROUTE,
+    Event,
+    Fallback,
+    Migration,
+    Phase,
+    Policy,
+    Send,
+    State,
+    phases,
+)
+from tasks.core.pauses import Pause
 from tasks.core.strategy import Strategy
 
 
-class State(str, Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    ROLLING_BACK = "rolling_back"
-    DONE = "done"
-    ROLLED_BACK = "rolled_back"
-    FAILED = "failed"  # rollback itself failed: the record says where the container is
-
-    @property
-    def final(self) -> bool:
-        return self in (State.DONE, State.ROLLED_BACK, State.FAILED)
-
-
-class Phase(str, Enum):
-    PREPARE = "prepare"
-    SYNC = "sync"  # the declared directories' first rsync pass, while the container runs
-    PRECOPY = "precopy"  # one pass: snapshot while running, send what changed
-    REBUILD = "rebuild"  # delta: the destination rebuilds the pass's images
-    DUMP = "dump"  # the final dump: the tree freezes
-    TRANSFER = "transfer"
-    FINAL_SYNC = "final_sync"  # rsync again, inside the freeze window: what changed
-    RESTORE = "restore"
-    PAGES = "pages"  # post-copy: wait until every page has reached the destination
-    VERIFY = "verify"
-    CLEANUP = "cleanup"
-    ABORT = "abort"  # rollback: destination side
-    RESUME = "resume"  # rollback: source side
-    FINISHED = "finished"
-
-
-# phase -> (runs on "src" or "dst", through the node's urgent queue)
-ROUTE: dict[Phase, tuple[str, bool]] = {
-    Phase.PREPARE: ("dst", False),
-    Phase.SYNC: ("src", False),
-    Phase.PRECOPY: ("src", False),
-    Phase.REBUILD: ("dst", False),
-    Phase.DUMP: ("src", True),
-    Phase.TRANSFER: ("src", True),
-    Phase.FINAL_SYNC: ("src", True),
-    Phase.RESTORE: ("dst", True),
-    Phase.PAGES: ("src", False),
-    Phase.VERIFY: ("dst", True),
-    Phase.CLEANUP: ("src", False),
-    Phase.ABORT: ("dst", True),
-    Phase.RESUME: ("src", True),
-}
-# Phases after which a copy may run on the destination: roll back dst first.
-DST_MAY_RUN = {Phase.RESTORE, Phase.PAGES, Phase.VERIFY}
-# Phases inside the container's freeze window (before the restore resumes it).
-FREEZE = {Phase.DUMP, Phase.TRANSFER, Phase.FINAL_SYNC, Phase.RESTORE}
-
-
-def phases(strategy: Strategy | str, lazy: bool, sync: bool = False) -> list[Phase]:
-    """The forward phases of a strategy (without the repeated PRECOPY passes)."""
-    strategy = Strategy.parse(strategy)
-    out = [Phase.PREPARE]
-    if sync:
-        out.append(Phase.SYNC)
-    if strategy.iterative:
-        out.append(Phase.PRECOPY)
-    out += [Phase.DUMP, Phase.TRANSFER]
-    if sync:
-        out.append(Phase.FINAL_SYNC)
-    out.append(Phase.RESTORE)
-    if lazy:
-        out.append(Phase.PAGES)
-    return out + [Phase.VERIFY, Phase.CLEANUP]
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Retry budgets: how often a phase is tried, and the backoff between tries."""
-
-    max_attempts: int = 3
-    rollback_attempts: int = 8
-    backoff_s: float = 0.5
-    backoff_max_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class Migration:
-    """The migration record, as the state machine sees it."""
-
-    id: str
-    container: str
-    src: str
-    dst: str
-    strategy: Strategy = Strategy.COLD
-    lazy: bool = False  # the final dump leaves pages on the source (post-copy)
-    sync: tuple[str, ...] = ()  # the container's node-local directories, synced with rsync
-    limits: conv.Limits = field(default_factory=conv.Limits)  # the stop rule's knobs
-    options: Options = field(default_factory=Options)  # everything else asked at submit
-    state: State = State.PENDING
-    phase: Phase | None = None
-    attempt: int = 0
-    step: int = 0
-    past_no_return: bool = False
-    cancelled: bool = False  # a user (or an evacuation's deadline) asked for the rollback
-    rollback: tuple[Phase, ...] = ()  # rollback steps still to finish
-    passes: tuple[dict[str, Any], ...] = ()  # one convergence.IterationStats per pass
-    # retry counters ("rollback stalled", "<phase> (rollback)"): never read back from errors
-    retries: dict[str, int] = field(default_factory=dict)
-    errors: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    reason: str = ""  # why this strategy
-    mac: str = ""  # tasks.messaging.auth: the cluster secret vouches for id, container, nodes, strategy, sync
-    created: float = 0.0
-    updated: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.strategy, Strategy):  # a name, from a caller or a test
-            object.__setattr__(self, "strategy", Strategy.parse(self.strategy))
-
-
-@dataclass(frozen=True)
-class Event:
-    """What a phase task reports (or a user asks: ``start``, ``cancel``)."""
-
-    kind: str  # start | done | failed | cancel | timeout | stalled
-    now: float
-    phase: Phase | None = None
-    step: int = 0
-    result: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
-    transient: bool = False
-
-
-@dataclass(frozen=True)
-class Send:
-    """Send phase task ``phase`` (step ``step``) to ``node``."""
-
-    phase: Phase
-    node: str
-    urgent: bool
-    step: int
-    countdown: float = 0.0
-
-
-def next_step(m: Migration, ev: Event, policy: Policy = Policy()) -> tuple[Migration, list[Send]]:
+def next_step(
+    m: Migration, ev: Event, policy: Policy = DEFAULT_POLICY
+) -> tuple[Migration, list[Send]]:
     """Apply ``ev`` to ``m``: the new record and the tasks to send."""
     m = replace(m, updated=ev.now)
     if ev.kind == "start":
@@ -255,7 +131,12 @@ def _advance(m: Migration, done: Phase, result: dict[str, Any]) -> tuple[Migrati
         m = replace(m, past_no_return=True)
     if done is Phase.CLEANUP:
         return replace(m, state=State.DONE, phase=Phase.FINISHED, attempt=0), []
+    if done is Phase.RESTORE:  # frozen from the final dump until the restore resumed it
+        m = _frozen_until(m, "dump", result.get("end"))
     if done is Phase.PRECOPY:
+        freeze = result.get("pause")  # the pass's own freeze of the tree
+        if freeze:
+            m = _paused(m, "precopy", freeze["start"], freeze["ms"])
         m = replace(m, passes=(*m.passes, result["pass"]))
         return _enter(m, Phase.REBUILD) if m.strategy is Strategy.DELTA else _after_pass(m)
     if done is Phase.REBUILD:
@@ -301,10 +182,17 @@ def _after_pass(m: Migration) -> tuple[Migration, list[Send]]:
     if isinstance(decision, conv.Continue):
         return _enter(m, Phase.PRECOPY)
     if isinstance(decision, conv.FallBack):
-        m = replace(m, warnings=(*m.warnings, f"falling back to {decision.to}: {decision.reason}"))
-        if decision.to == "abort":
-            return _roll_back(m, f"did not converge: {decision.reason}")
-        m = replace(m, lazy=decision.to == "postcopy")
+        to, why = decision.to, decision.reason
+        if to == "postcopy" and not m.options.lazy_ok:
+            to, why = "cold", f"{why} (postcopy is not possible between these nodes)"
+        m = replace(
+            m,
+            warnings=(*m.warnings, f"falling back to {to}: {why}"),
+            fallbacks=(*m.fallbacks, Fallback(str(m.strategy), to, why)),
+        )
+        if to == "abort":
+            return _roll_back(m, f"did not converge: {why}")
+        m = replace(m, lazy=to == "postcopy")
     return _enter(m, Phase.DUMP)
 
 
@@ -388,6 +276,8 @@ def _rollback_event(m: Migration, ev: Event, policy: Policy) -> tuple[Migration,
         return m, []
     left = tuple(p for p in m.rollback if p is not ev.phase)
     m = replace(m, rollback=left, results={**m.results, ev.phase.value: ev.result})
+    if ev.phase is Phase.RESUME and "restore" not in m.results:
+        m = _frozen_until(m, "rollback", ev.result.get("end"))  # the source ran again then
     if not left or (ev.phase is Phase.RESUME and not sequential):
         # The source runs again. A destination that never restored holds no
         # copy: its ABORT only tidies images, whenever it gets there.
@@ -395,3 +285,15 @@ def _rollback_event(m: Migration, ev: Event, policy: Policy) -> tuple[Migration,
     if sequential and ev.phase is Phase.ABORT:
         return _enter(m, Phase.RESUME)
     return m, []
+
+
+def _paused(m: Migration, phase: str, start: float, ms: float) -> Migration:
+    return replace(m, pauses=(*m.pauses, Pause(phase, float(start), round(float(ms), 1))))
+
+
+def _frozen_until(m: Migration, phase: str, end: float | None) -> Migration:
+    """The pause from the final dump's freeze to ``end``, if both are known."""
+    start = m.results.get("dump", {}).get("freeze_start")
+    if start is None or end is None:
+        return m
+    return _paused(m, phase, start, max(0.0, (float(end) - float(start)) * 1000))

@@ -18,6 +18,7 @@ class Options:
     page_server_why: str = ""
     compression: str = "auto"  # auto | none | zstd, for image files on the data plane
     link_bps: float | None = None  # the link's rate assumed at submit (bytes/s)
+    link_source: str = ""  # where link_bps came from: measured (when) or configured
     bandwidth_bps: float | None = None  # this migration's cap on the data plane, if any
     lazy_ok: bool = False  # both nodes can run post-copy (a forced finish may use it)
     dump_ms: float | None = None  # measured or expected final dump time, for the stop rule

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tasks.core.machine import Migration, State
+from tasks.core.migration import Migration, State
 from workers.errors import BadRequest, NodeUnavailable
 
 LIVE = ("running", "frozen")

@@ -1,4 +1,4 @@
-"""What a migration cost: downtime split into its parts, from the phase results.
+"""What a migration cost: its pauses, the final one split into parts, the bytes.
 
 Pure: reads the record's phase results (timestamps from the nodes' clocks,
 which a cluster keeps in step with NTP/chrony) and returns plain numbers.
@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.core.machine import Migration
+from tasks.core.migration import Migration
+from tasks.core.pauses import longest, total_ms
 
 
-def downtime(m: Migration) -> dict[str, float] | None:
-    """Downtime and its parts, in ms; None until the container was restored.
+def final_pause(m: Migration) -> dict[str, float] | None:
+    """The final freeze and its parts, in ms; None until the container was restored.
 
-    downtime = from the moment CRIU froze the tree on the source to the moment
+    It lasts from the moment CRIU froze the tree on the source to the moment
     the restored tree resumed on the destination. Its parts: ``criu_freeze``
     (CRIU's own frozen time in the dump), ``delta`` (delta only: finding the
     changed blocks), ``wire`` (images over the data plane), ``fsync`` (a
@@ -40,7 +41,7 @@ def downtime(m: Migration) -> dict[str, float] | None:
     fsync = r.get("final_sync", {}).get("wall_ms", 0.0) + stop
     restore = rest["wall_ms"] - rebuild - stop
     return {
-        "downtime_ms": round(total, 1),
+        "final_pause_ms": round(total, 1),
         "criu_freeze_ms": round(criu, 1),
         "delta_ms": round(delta, 1),
         "wire_ms": round(wire, 1),
@@ -51,22 +52,72 @@ def downtime(m: Migration) -> dict[str, float] | None:
     }
 
 
+def downtime(m: Migration) -> dict[str, Any] | None:
+    """What the container felt, in ms; None while it never paused.
+
+    ``downtime_ms`` is its longest pause (tasks.core.pauses: a pass's own
+    freeze may be longer than the final one), ``paused_total_ms`` all of them
+    and ``pauses`` how many; a lazy restore adds ``degraded_ms``, from the
+    restore until the last page arrived. The final pause's parts follow
+    (:func:`final_pause`).
+    """
+    parts = final_pause(m) or {}
+    worst = longest(m.pauses)
+    if worst is None and not parts:
+        return None
+    out: dict[str, Any] = {
+        "downtime_ms": worst.ms if worst else parts["final_pause_ms"],
+        "longest_pause": worst.phase if worst else "dump",
+        "paused_total_ms": total_ms(m.pauses) if m.pauses else parts["final_pause_ms"],
+        "pauses": len(m.pauses) or 1,
+    }
+    lazy = m.results.get("pages", {}).get("last_page_after_restore_ms")
+    if lazy is not None:
+        out["degraded_ms"] = lazy
+    return {**out, **parts}
+
+
+def sent(m: Migration) -> dict[str, int]:
+    """Bytes over the wire, per part of the migration and in all.
+
+    ``passes``: every pre-copy pass (delta: the changed blocks); ``final``: the
+    final transfer (image files, or the pages a cold dump streamed into the
+    destination's CRIU); ``lazy``: post-copy's pages, which CRIU's own page
+    server sends (as the destination's lazy-pages daemon counted them);
+    ``sync``: rsync's passes over the declared directories.
+    """
+    r = m.results
+    passes = sum(int(p.get("bytes_sent", 0)) for p in m.passes)
+    final = r.get("transfer", {}).get("bytes", 0) + r.get("dump", {}).get("pages", {}).get(
+        "bytes", 0
+    )
+    lazy = int(r.get("verify", {}).get("lazy_bytes") or 0)
+    sync = sum(r.get(p, {}).get("bytes", 0) for p in ("sync", "final_sync"))
+    return {
+        "bytes_passes": passes,
+        "bytes_final": final,
+        "bytes_lazy": lazy,
+        "sync_bytes": sync,
+        "bytes": passes + final + lazy + sync,
+    }
+
+
 def summary(m: Migration) -> dict[str, Any]:
-    """The one-line facts of a migration: state, strategy, downtime, total time, bytes."""
-    d = downtime(m) or {}
-    xfer = m.results.get("transfer", {})
+    """The one-line facts of a migration: state, the strategies that ran, its pauses,
+    total time, bytes."""
     return {
         "id": m.id,
         "container": m.container,
         "src": m.src,
         "dst": m.dst,
         "state": m.state.value,
-        "strategy": m.strategy,
+        "asked": m.asked or str(m.strategy),
+        "strategy": m.path,
+        "why": m.reason,
+        "fallbacks": [f"{f.frm} -> {f.to}: {f.why}" for f in m.fallbacks],
         "total_s": round(m.updated - m.created, 3),
-        # image files, and the pages a cold dump streamed into the destination's CRIU
-        "bytes": xfer.get("bytes", 0) + m.results.get("dump", {}).get("pages", {}).get("bytes", 0),
-        "sync_bytes": sum(m.results.get(p, {}).get("bytes", 0) for p in ("sync", "final_sync")),
-        **d,
+        **sent(m),
+        **(downtime(m) or {}),
         "errors": list(m.errors),
     }
 
@@ -74,16 +125,19 @@ def summary(m: Migration) -> dict[str, Any]:
 def one_line(m: Migration) -> str:
     s = summary(m)
     if m.state.value == "done":
+        paused = f", {s['pauses']} pauses" if s.get("pauses", 1) > 1 else ""
+        degraded = f", degraded {s['degraded_ms']:.0f} ms" if "degraded_ms" in s else ""
         return (
             f"{m.container} moved {m.src} -> {m.dst} ({s['strategy']}): downtime "
-            f"{s.get('downtime_ms', 0):.0f} ms, total {s['total_s']:.2f} s, "
-            f"{_size(s['bytes'])} sent"
+            f"{s.get('downtime_ms', 0):.0f} ms{paused}{degraded}, total {s['total_s']:.2f} s, "
+            f"{size(s['bytes'])} sent"
         )
     why = m.errors[-1] if m.errors else ""
     return f"{m.container} {m.state.value} ({m.src} -> {m.dst}): {why}"
 
 
-def _size(n: float) -> str:
+def size(n: float) -> str:
+    """``n`` bytes in IEC units (KiB, MiB, GiB), as every ferry output prints them."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"

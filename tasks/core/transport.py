@@ -14,11 +14,14 @@ in; tasks.node.dataplane measures it and workers.dataplane carries the bytes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from workers.errors import BadRequest
 
 COMPRESSIONS = ("auto", "none", "zstd")
+MIN_SAMPLE = 8 << 20  # a transfer smaller than this measures latency, not the link
 
 
 @dataclass(frozen=True)
@@ -93,3 +96,46 @@ def check_compression(compression: str) -> str:
     if compression not in COMPRESSIONS:
         raise BadRequest(f"compression must be auto, none or zstd, not {compression!r}")
     return compression
+
+
+def measured_bps(phase: str, result: Mapping[str, Any]) -> float | None:
+    """The link's rate a finished phase measured (bytes over wall time), if it moved enough.
+
+    >>> measured_bps("transfer", {"bytes": 64 << 20, "wall_ms": 500.0})
+    134217728.0
+    >>> measured_bps("transfer", {"bytes": 4096, "wall_ms": 1.0}) is None  # too small to tell
+    True
+    """
+    if phase == "precopy":
+        p = result.get("pass", {})
+        sent, seconds = p.get("bytes_sent", 0), p.get("seconds", 0.0)
+    elif phase == "dump" and "pages" in result:  # the pages streamed into the page server
+        sent, seconds = result["pages"]["bytes"], result["pages"]["wall_ms"] / 1000
+    elif phase == "transfer":
+        sent, seconds = result.get("bytes", 0), result.get("wall_ms", 0.0) / 1000
+    else:
+        return None
+    if sent < MIN_SAMPLE or seconds <= 0:
+        return None
+    return float(sent / seconds)
+
+
+def measured_dump_bps(phase: str, result: Mapping[str, Any]) -> float | None:
+    """How fast the source dumped into its own images (bytes over frozen time), where a
+    phase froze the tree for a full dump to disk: a delta pass, or a final dump whose pages
+    neither streamed nor stayed behind for post-copy.
+
+    >>> measured_dump_bps("dump", {"image_bytes": 100 << 20, "frozen_ms": 450.0, "freezing_ms": 50.0})
+    209715200.0
+    """
+    if phase == "precopy":
+        pause = result.get("pause") or {}
+        size, ms = pause.get("image_bytes", 0), pause.get("ms", 0.0)
+    elif phase == "dump" and "pages" not in result and "page_server" not in result:
+        size = result.get("image_bytes", 0)
+        ms = result.get("frozen_ms", 0.0) + result.get("freezing_ms", 0.0)
+    else:
+        return None
+    if size < MIN_SAMPLE or ms <= 0:
+        return None
+    return float(size / (ms / 1000))

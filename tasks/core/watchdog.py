@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.core.machine import ROUTE, Event, Migration, Phase, State
+from tasks.core.migration import ROUTE, Event, Migration, Phase, State
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from celery import Celery
 
 from tasks.config.broker import ssl_options
 from tasks.config.settings import Settings
-from tasks.core.machine import Send
+from tasks.core.migration import Send
 from tasks.messaging.signing import enable_signing
 
 CONTROL_QUEUE = "ferry.control"

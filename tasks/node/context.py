@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.core.machine import Migration, Phase
+from tasks.core.migration import Migration, Phase
 from workers.runtimes.base import Runtime
 
 Progress = Callable[[dict[str, Any]], None]  # a phase's progress, as its task reports it

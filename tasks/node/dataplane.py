@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core import transport
-from tasks.core.machine import Migration, estimates
+from tasks.core.machine import estimates
+from tasks.core.migration import Migration
 from tasks.messaging import auth
 from tasks.node.context import NodeContext, Progress
 from workers import failpoints

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.core.machine import Phase
+from tasks.core.migration import Phase
 from tasks.node import passes, phases, syncpasses
 from tasks.node.context import Handler
 

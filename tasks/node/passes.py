@@ -18,7 +18,7 @@ import shutil
 import time
 from typing import Any
 
-from tasks.core.machine import Migration, Phase
+from tasks.core.migration import Migration, Phase
 from tasks.core.strategy import Strategy
 from tasks.node.context import NodeContext, Progress, last_pass, remember, remembered
 from tasks.node.dataplane import send_dir
@@ -39,6 +39,7 @@ def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     since = float(m.results["precopy"]["end"]) if m.passes else time.time()
     if m.strategy is Strategy.DELTA:
         s = ctx.runtime.checkpoint(m.container, d, leave_running=True)
+        frozen_until = time.time()
         out = ctx.images(m.id, f"pass-{k}.out")
         shutil.rmtree(out, ignore_errors=True)
         delta = make_delta(ctx.images(m.id, prev) if prev else None, d, out)
@@ -49,6 +50,7 @@ def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
         total, changed = delta.blocks_total, delta.blocks_changed
     else:
         s = ctx.runtime.predump(m.container, d, ctx.images(m.id, prev) if prev else None)
+        frozen_until = time.time()
         sent = send_dir(ctx, m, d, f"pass-{k}", progress)
         total, changed = s.pages_scanned, s.pages_written
     end = time.time()
@@ -65,7 +67,14 @@ def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     }
     # reconnections that resumed a dropped transfer, over every pass so far
     resumed = int(m.results.get("precopy", {}).get("resumed", 0)) + int(sent["resumed"])
-    return remember(d, Phase.PRECOPY, {"pass": stats, "end": end, "resumed": resumed})
+    freeze = {
+        "start": frozen_until - stats["freeze_ms"] / 1000,
+        "ms": stats["freeze_ms"],
+        "image_bytes": s.image_bytes,  # what the freeze wrote: the dump speed, for auto
+    }
+    return remember(
+        d, Phase.PRECOPY, {"pass": stats, "end": end, "resumed": resumed, "pause": freeze}
+    )
 
 
 def rebuild(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:

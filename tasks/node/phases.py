@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tasks.core.machine import Migration, Phase, State
+from tasks.core.migration import Migration, Phase, State
 from tasks.core.strategy import Strategy
 from tasks.messaging import auth
 from tasks.node import syncpasses
@@ -179,7 +179,10 @@ def verify(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
         raise PermanentError(f"restored {m.container!r} is {info.state} on {ctx.node}, not running")
     # The images (and the restore marker an ABORT relies on) stay until the
     # migration is final: the node's garbage collector (collect) drops them.
-    return {"pid": info.pid, "memory_bytes": info.memory_bytes}
+    result: dict[str, Any] = {"pid": info.pid, "memory_bytes": info.memory_bytes}
+    if m.lazy:  # every page is here now (PAGES came first): how many came over the network
+        result["lazy_bytes"] = ctx.runtime.lazy_bytes(ctx.incoming(m.id))
+    return result
 
 
 def collect(node_dir: Path, state_of: Callable[[str], State | None]) -> list[str]:
@@ -237,7 +240,7 @@ def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
         dumped = None  # its pages are not on this node's disk to restore from
     info = ctx.runtime.resume(m.container, d if dumped else None)
     drop_images(ctx.node_dir, d.parent, m.id)
-    return {"pid": info.pid, "state": info.state}
+    return {"pid": info.pid, "state": info.state, "end": time.time()}
 
 
 def _end_lazy_dump(ctx: NodeContext, m: Migration, page_server: str) -> None:

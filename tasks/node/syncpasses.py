@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tasks.core.machine import Migration, State
+from tasks.core.migration import Migration, State
 from tasks.messaging import auth
 from tasks.node.context import NodeContext, Progress
 from workers.dirsync import dirs as syncdirs

@@ -19,7 +19,8 @@ from typing import Any
 
 from celery import Celery, Task
 
-from tasks.core.machine import ROUTE, Event, Migration, Phase, State
+from tasks.core import transport
+from tasks.core.migration import ROUTE, Event, Migration, Phase, State
 from tasks.messaging import auth
 from tasks.messaging.app import dispatch
 from tasks.node.context import NodeContext
@@ -96,12 +97,18 @@ def run_phase(
             )
         else:
             ev = _attempt(store, ctx, phase, m, step, task)
+        if ev.kind == "done":  # what it measured, for the next migration's choice
+            rate = transport.measured_bps(phase.value, ev.result)
+            if rate is not None:
+                store.note_link(m.src, m.dst, rate, time.time())
+            dump = transport.measured_dump_bps(phase.value, ev.result)
+            if dump is not None:
+                store.note_dump_rate(m.src, dump, time.time())
         m, sends, _ = store.apply(mid, ev)
         try:
             after()  # the node's published inventory; the outcome is recorded already
-        except (
-            Exception
-        ):  # a broker blip must not lose a phase's outcome; next heartbeat republishes
+        # a broker blip must not lose a phase's outcome; the next heartbeat republishes
+        except Exception:
             log.exception("%s: publishing %s's inventory failed", mid, ctx.node)
         inline = [s for s in sends if s.node == ctx.node and s.urgent == urgent and not s.countdown]
         dispatch(app, mid, [s for s in sends if s not in inline])

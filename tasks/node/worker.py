@@ -27,7 +27,7 @@ import redis
 
 from tasks.config.broker import connect, resolve
 from tasks.config.settings import Settings
-from tasks.core.machine import State
+from tasks.core.migration import State
 from tasks.messaging.app import make_app, node_queue
 from tasks.node.context import NodeContext
 from tasks.node.phases import collect

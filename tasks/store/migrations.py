@@ -2,7 +2,7 @@
 
 Keys (all under ``ferry:``)::
 
-    ferry:mig:<id>            JSON migration record (tasks.core.machine.Migration + stats)
+    ferry:mig:<id>            JSON migration record (tasks.core.migration.Migration)
     ferry:mig:<id>:events     stream of every change (phase, state, numbers)
     ferry:migs                sorted set of migration ids by creation time
     ferry:active              set of migration ids not yet final
@@ -23,13 +23,13 @@ from typing import Any
 import redis
 
 from tasks.core.codec import decode, encode
-from tasks.core.machine import Event, Migration, Policy, Send, next_step
+from tasks.core.machine import next_step
+from tasks.core.migration import DEFAULT_POLICY, Event, Migration, Policy, Send
 from tasks.core.options import Options
 from tasks.store.evacuations import Records
 from workers.errors import BadRequest, CorruptRecord
 from workers.ids import check_migration_id
 
-DEFAULT_POLICY = Policy()
 EVENTS_MAX = 10_000
 log = logging.getLogger("ferry.store")
 COORDINATOR_KEY = "ferry:coordinator"  # the coordinator's heartbeat, expiring
@@ -183,6 +183,23 @@ class Store:
     def evacuations(self) -> Records:
         """The evacuation records, locks and cancel flags, on the same Redis."""
         return Records(self.r)
+
+    def note_link(self, src: str, dst: str, bps: float, now: float) -> None:
+        """What the link from ``src`` to ``dst`` just carried, bytes per second."""
+        self.r.hset(f"ferry:link:{src}:{dst}", mapping={"bps": bps, "at": now})
+
+    def link(self, src: str, dst: str) -> tuple[float, float] | None:
+        """The last measured rate from ``src`` to ``dst`` and when, if ever measured."""
+        got = self.r.hgetall(f"ferry:link:{src}:{dst}")
+        return (float(got["bps"]), float(got["at"])) if got else None
+
+    def note_dump_rate(self, node: str, bps: float, now: float) -> None:
+        """How fast ``node`` just dumped a whole tree into its images, bytes per second."""
+        self.r.hset(f"ferry:dumprate:{node}", mapping={"bps": bps, "at": now})
+
+    def dump_rate(self, node: str) -> tuple[float, float] | None:
+        got = self.r.hgetall(f"ferry:dumprate:{node}")
+        return (float(got["bps"]), float(got["at"])) if got else None
 
     def beat_coordinator(self, now: float, ttl_s: float) -> None:
         """The coordinator is alive for ``ttl_s`` more seconds."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import redis
 
 from tasks.api.localcluster import LocalCluster
-from tasks.core.machine import Migration
+from tasks.core.migration import Migration
 from tests.faults.tally import TALLY
 from tests.integration.helpers import ticks, wait_for
 from workers import failpoints, procs

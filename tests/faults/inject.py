@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from tasks.core.machine import Migration
+from tasks.core.migration import Migration
 from tests.faults.cluster import WORKER_DIED, FaultCluster, PrivateRedis, said
 from tests.integration.helpers import wait_for
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tasks.core.machine import Migration
+from tasks.core.migration import Migration
 from tests.conftest import need
 from tests.faults.cluster import FaultCluster, outcome, said
 from tests.faults.inject import CAP_BPS, cut_when_sending, full_disk, resumed

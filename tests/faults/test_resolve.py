@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from tasks.core.machine import Phase, State
+from tasks.core.migration import Phase, State
 from tests.faults.cluster import FaultCluster
 from tests.integration.helpers import dirtying, ticks, wait_for
 from workers import procs

@@ -142,9 +142,13 @@ def test_an_abort_that_died_leaves_the_partial_copy_to_the_heartbeat(synced: Fau
         wait_for(lambda: daemons(c, handle.id), timeout=10)
         c.client.cancel(handle.id)
         handle.wait(timeout=60)
+        # The source's RESUME ends the rollback; the destination's ABORT runs whenever it
+        # gets there (a loaded node takes a while): keep the failpoint armed until it died.
+        died = failpoints.mark(c.control, handle.id, "abort:kill-before")
+        wait_for(died.exists, timeout=60)
     finally:
         c.disarm()
-    assert failpoints.mark(c.control, handle.id, "abort:kill-before").exists(), "ABORT never died"
+    assert died.exists(), "ABORT never died"
     (disk(c, "f1") / "s-abort-dies" / "big").unlink()
     state = outcome(c, "s-abort-dies", log, handle.id, fault=said("cancelled"))
     assert state == "rolled_back"

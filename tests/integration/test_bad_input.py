@@ -99,7 +99,7 @@ def test_a_tampered_migration_record_is_refused_by_the_node(victim) -> None:  # 
     client, info = victim
     from dataclasses import replace
 
-    from tasks.core.machine import Migration, Phase, State
+    from tasks.core.migration import Migration, Phase, State
     from workers.ids import new_id
 
     m = Migration(

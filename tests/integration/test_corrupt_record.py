@@ -12,7 +12,7 @@ import redis
 
 from tasks.config.settings import Settings
 from tasks.control.coordinator import sweep
-from tasks.core.machine import Migration, Phase, State
+from tasks.core.migration import Migration, Phase, State
 from tasks.core.watchdog import Timeouts
 from tasks.messaging.app import make_app
 from tasks.store.migrations import Store

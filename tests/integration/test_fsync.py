@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.machine import Migration, State
+from tasks.core.migration import Migration, State
 from tasks.node import syncpasses
 from tasks.node.context import NodeContext
 from tests.conftest import need

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tasks.config.broker import ensure_embedded, stop_embedded
 from tasks.config.settings import Settings
 from tasks.control.metrics import registry_for
-from tasks.core.machine import Migration, State
+from tasks.core.migration import Migration, State
 from tasks.messaging.app import make_app
 from tasks.store.migrations import Store
 from workers.ids import new_id

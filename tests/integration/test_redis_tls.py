@@ -23,7 +23,7 @@ from celery.contrib.testing.worker import start_worker
 
 from tasks.config.broker import connect, resolve
 from tasks.config.settings import Settings
-from tasks.core.machine import Migration
+from tasks.core.migration import Migration
 from tasks.messaging.app import make_app
 from tasks.store.migrations import Store
 from tests.conftest import need

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.core.machine import Migration
+from tasks.core.migration import Migration
 from tasks.core.options import Options
 from tasks.core.transport import Route, stream_pages, worth_compressing
 from tasks.node.dataplane import link_bps

@@ -173,6 +173,15 @@ TABLE = [
         "goal",
         None,
     ),
+    (  # it would go on, but each pass (a delta dump) froze the tree 900 ms: fall back
+        "pass-freeze",
+        [p(1, TOTAL, freeze=900), p(2, 60000, rate=20e6, freeze=900)],
+        Limits(),
+        EST,
+        FallBack,
+        "freeze",
+        "postcopy",
+    ),
     (
         "no-bandwidth",
         passes(TOTAL),

@@ -36,7 +36,7 @@ from tasks.core.evacuation import (
     advance,
     submitted,
 )
-from tasks.core.machine import Migration, State
+from tasks.core.migration import Migration, State
 from tasks.core.planner import Move, Node, Plan, PlanLimits
 from workers.errors import BadRequest, CapabilityError, FerryError, NodeUnavailable
 from workers.records import Capabilities

@@ -9,18 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasks.core.convergence import Limits
-from tasks.core.machine import (
-    FREEZE,
-    Event,
-    Migration,
-    Phase,
-    Policy,
-    Send,
-    State,
-    backoff,
-    next_step,
-    phases,
-)
+from tasks.core.machine import backoff, next_step
+from tasks.core.migration import FREEZE, Event, Migration, Phase, Policy, Send, State, phases
+from tasks.core.options import Options
+from tasks.core.summary import downtime
 
 M = Migration(id="m-0123456789ab", container="web", src="a", dst="b", created=1.0, updated=1.0)
 COLD = phases("cold", False)
@@ -298,15 +290,23 @@ def test_a_single_allowed_pass_goes_straight_to_the_final_dump() -> None:
     assert m.phase is Phase.DUMP
 
 
-def test_a_workload_that_does_not_converge_falls_back_to_postcopy() -> None:
+@pytest.mark.parametrize(("lazy_ok", "to"), [(True, "postcopy"), (False, "cold")])
+def test_a_workload_that_does_not_converge_falls_back(lazy_ok: bool, to: str) -> None:
     m = at(
         Phase.PRECOPY,
-        replace(M, strategy="hybrid", limits=Limits(fallback="postcopy", downtime_limit_ms=10)),
+        replace(
+            M,
+            strategy="hybrid",
+            limits=Limits(fallback="postcopy", downtime_limit_ms=10),
+            options=Options(lazy_ok=lazy_ok),  # whether both nodes can run post-copy
+        ),
     )
     m, _ = next_step(m, done(m, **{"pass": _pass(1, 60000, seconds=0.5)}))
     # dirtying 480 MB/s over a 480 MB/s link: it will never converge
     m, _ = next_step(m, done(m, **{"pass": {**_pass(2, 60000, 0.5), "dirty_rate_bps": 1e12}}))
-    assert m.phase is Phase.DUMP and m.lazy and "falling back to postcopy" in m.warnings[-1]
+    assert m.phase is Phase.DUMP and m.lazy is lazy_ok
+    assert f"falling back to {to}" in m.warnings[-1]
+    assert m.path == f"hybrid -> {to}" and m.fallbacks[0].why.startswith("saturated")
 
 
 @given(attempt=st.integers(1, 50))
@@ -416,3 +416,32 @@ def test_a_transient_failure_of_the_first_pass_is_retried() -> None:
     m, sends = next_step(m, failed(m, transient=True))
     assert (m.state, m.phase, m.attempt) == (State.RUNNING, Phase.SYNC, 2)
     assert sends[0].countdown > 0
+
+
+def test_every_freeze_is_a_pause_and_downtime_is_the_longest() -> None:
+    m = at(Phase.PRECOPY, replace(M, strategy="precopy"))
+    m, _ = next_step(m, done(m, **{"pass": _pass(1, 65536), "pause": {"start": 10.0, "ms": 420.0}}))
+    m, _ = next_step(m, done(m, **{"pass": _pass(2, 10), "pause": {"start": 12.0, "ms": 30.0}}))
+    assert m.phase is Phase.DUMP
+    m, _ = next_step(m, done(m, freeze_start=20.0, frozen_ms=50.0, freezing_ms=1.0))
+    m, _ = next_step(m, done(m, wall_ms=40.0))  # transfer
+    m, _ = next_step(m, done(m, end=20.2, wall_ms=60.0))  # restore: resumed 200 ms after
+    assert [(p.phase, p.ms) for p in m.pauses] == [
+        ("precopy", 420.0),
+        ("precopy", 30.0),
+        ("dump", 200.0),
+    ]
+    d = downtime(m)
+    assert d is not None and d["downtime_ms"] == 420.0 and d["longest_pause"] == "precopy"
+    assert d["paused_total_ms"] == 650.0 and d["pauses"] == 3 and d["final_pause_ms"] == 200.0
+
+
+def test_a_rollback_after_the_final_dump_pauses_until_the_source_resumes() -> None:
+    m = at(Phase.DUMP)
+    m, _ = next_step(m, done(m, freeze_start=20.0, frozen_ms=50.0, freezing_ms=1.0))
+    m, _ = next_step(m, failed(m))  # the transfer fails: roll back
+    while m.state is State.ROLLING_BACK:
+        phase = m.rollback[0]
+        m, _ = next_step(m, Event("done", 3.0, phase, m.step, result={"end": 21.5}))
+    assert m.state is State.ROLLED_BACK
+    assert [(p.phase, p.ms) for p in m.pauses] == [("rollback", 1500.0)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.core.machine import Migration, State
+from tasks.core.migration import Migration, State
 from tasks.core.resolve import decide, keep_node
 from workers.errors import BadRequest, NodeUnavailable
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.core.machine import Migration
-from tasks.core.summary import downtime
+from tasks.core.migration import Migration
+from tasks.core.summary import downtime, final_pause
 
 M = Migration(id="m-0123456789ab", container="web", src="a", dst="b")
 
@@ -95,7 +95,7 @@ def test_nothing_until_the_container_was_restored() -> None:
     ],
 )
 def test_the_parts_add_up(results: dict, parts: dict) -> None:
-    d = downtime(Migration(**{**M.__dict__, "results": results}))
+    d = final_pause(Migration(**{**M.__dict__, "results": results}))
     assert d is not None
-    assert {k: v for k, v in d.items() if k != "downtime_ms"} == pytest.approx(parts)
-    assert sum(parts.values()) == pytest.approx(d["downtime_ms"])
+    assert {k: v for k, v in d.items() if k != "final_pause_ms"} == pytest.approx(parts)
+    assert sum(parts.values()) == pytest.approx(d["final_pause_ms"])

@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from tasks.core.machine import Event, Migration, Phase, State, next_step
+from tasks.core.machine import next_step
+from tasks.core.migration import Event, Migration, Phase, State
 from tasks.core.options import Options
 from tasks.core.watchdog import Timeouts, check, total_limit_s
 

@@ -95,3 +95,23 @@ def explain_text(text: str, stderr: str = "") -> tuple[int, str]:
             errno = int(next(g for g in num.groups() if g)) if num else 0
             return errno, detail
     return 0, (stderr.strip().splitlines() or [""])[-1]
+
+
+_LAZY_PULLED = re.compile(r"UFFD transferred pages: \((\d+)/(\d+)\)")
+
+
+def lazy_pages_pulled(log: Path) -> int | None:
+    r"""How many pages ``criu lazy-pages`` pulled over the network, from its log (the last
+    count it wrote); None if it wrote none.
+
+    >>> import tempfile
+    >>> log = Path(tempfile.mkdtemp()) / "lazy-pages.log"
+    >>> _ = log.write_text("uffd: UFFD transferred pages: (10/30)\nuffd: UFFD transferred pages: (30/30)\n")
+    >>> lazy_pages_pulled(log)
+    30
+    """
+    try:
+        found = _LAZY_PULLED.findall(log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return int(found[-1][0]) if found else None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from workers import procs
 from workers.criu.adapter import Criu
-from workers.criu.log import PipedLog, explain
+from workers.criu.log import PipedLog, explain, lazy_pages_pulled
 from workers.criu.probe import probe, probe_lazy
 from workers.criu.stats import dump_stats
 from workers.dataplane.pagestream import Relay
@@ -29,6 +29,8 @@ from workers.errors import BadRequest, CriuError, PermanentError, UnknownContain
 from workers.ids import check_container_name
 from workers.records import Capabilities, DumpStats, PagesTarget, RestoreStats
 from workers.runtimes.base import ContainerInfo
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # what CRIU counts pages in, on this node
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,10 @@ class CriuRuntime:
 
     def page_server(self, images: Path, sock: int) -> PipedLog:
         return self.criu.page_server(images, sock)
+
+    def lazy_bytes(self, images: Path) -> int | None:
+        pulled = lazy_pages_pulled(images / "lazy-pages.log")
+        return None if pulled is None else pulled * PAGE_SIZE
 
     # -- inventory ---------------------------------------------------------
     def _path(self, name: str) -> Path:

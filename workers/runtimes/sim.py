@@ -91,6 +91,9 @@ class SimRuntime:
     def page_server(self, images: Path, sock: int) -> PipedLog:
         raise CapabilityError("the sim runtime runs no CRIU: its pages travel as files")
 
+    def lazy_bytes(self, images: Path) -> int | None:
+        return None  # the model sends its lazy pages as part of the restore's time
+
     def _path(self, name: str) -> Path:
         return self.inventory / f"{check_container_name(name)}.json"
 
