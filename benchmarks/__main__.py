@@ -41,6 +41,7 @@ RUNS: dict[str, list[list[str]]] = {
     "evacuate": [[]],
     "fsync": [["--runs", "5"]],
     "scale": [[]],
+    "pauses": [[]],
 }
 MARK = re.compile(r"(<!-- table: (\w+) -->\n)(.*?)(<!-- /table: \2 -->)", re.DOTALL)
 
