@@ -25,25 +25,28 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from tasks.config.settings import Settings
+from tasks.core.endpoints import plan
 from workers.errors import BadRequest, NodeUnavailable
 
 
 def resolve(settings: Settings) -> Settings:
-    """Fill in broker, backend, state store and secret; start the embedded Redis if needed."""
+    """Fill in broker, backend, state store and secret; start the embedded Redis if needed.
+
+    What is not set follows what is (tasks.core.endpoints): a broker that is a
+    Redis is the state store too, so two nodes given one FERRY_BROKER_URL never
+    keep their records apart. Everything is checked before the embedded Redis
+    is started, so a refused start leaves no server behind.
+    """
     s = settings
-    if not (s.broker_url and s.redis_url):
-        sock = ensure_embedded(s.state_dir)
-        local = f"unix://{sock}"
-        s = s.with_(
-            broker_url=s.broker_url or f"redis+socket://{sock}",
-            result_backend=s.result_backend or f"redis+socket://{sock}",
-            redis_url=s.redis_url or local,
-        )
-    if not s.result_backend:
-        s = s.with_(result_backend=s.redis_url)
-    if not s.secret:
-        s = s.with_(secret=_local_secret(s))
-    return s
+    if s.broker_url or s.redis_url:
+        e = plan(s.broker_url, s.result_backend, s.redis_url)
+        s = s.with_(broker_url=e.broker, result_backend=e.backend, redis_url=e.redis)
+        if not s.secret:
+            s = s.with_(secret=_local_secret(s))
+        return s
+    s = s.with_(secret=s.secret or _local_secret(s))
+    e = plan(backend=s.result_backend, embedded_sock=str(ensure_embedded(s.state_dir)))
+    return s.with_(broker_url=e.broker, result_backend=e.backend, redis_url=e.redis)
 
 
 # How long a node or the coordinator keeps retrying a state-store call while
@@ -169,7 +172,7 @@ def _start(state_dir: Path, sock: Path) -> None:
             )
         time.sleep(0.02)
     print(
-        f"ferry: started an embedded Redis on {sock} (set FERRY_BROKER_URL to use your own)",
+        f"ferry: started an embedded Redis on {sock} (neither FERRY_BROKER_URL nor FERRY_REDIS_URL is set)",
         file=sys.stderr,
     )
 

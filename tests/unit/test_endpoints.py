@@ -1,0 +1,82 @@
+"""What is not set follows what is: one FERRY_BROKER_URL never splits a cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.core.endpoints import plan
+from workers.errors import BadRequest
+
+SOCK = "/var/lib/ferry/redis.sock"
+
+
+@pytest.mark.parametrize(
+    "given,broker,backend,redis,embedded",
+    [
+        ({}, f"redis+socket://{SOCK}", f"redis+socket://{SOCK}", f"unix://{SOCK}", True),
+        (
+            {"broker": "redis://h:6379/0"},
+            "redis://h:6379/0",
+            "redis://h:6379/0",
+            "redis://h:6379/0",
+            False,
+        ),
+        (
+            {"broker": "rediss://u:p@h:6380/1?ssl_cert_reqs=none"},
+            "rediss://u:p@h:6380/1?ssl_cert_reqs=none",
+            "rediss://u:p@h:6380/1?ssl_cert_reqs=none",
+            "rediss://u:p@h:6380/1?ssl_cert_reqs=none",
+            False,
+        ),
+        (
+            {"broker": "redis+socket:///r.sock"},
+            "redis+socket:///r.sock",
+            "redis+socket:///r.sock",
+            "unix:///r.sock",
+            False,
+        ),
+        ({"redis": "redis://h/2"}, "redis://h/2", "redis://h/2", "redis://h/2", False),
+        (
+            {"redis": "unix:///r.sock"},
+            "redis+socket:///r.sock",
+            "redis+socket:///r.sock",
+            "unix:///r.sock",
+            False,
+        ),
+        (
+            {"broker": "amqp://h//", "redis": "redis://h/0"},
+            "amqp://h//",
+            "redis://h/0",
+            "redis://h/0",
+            False,
+        ),
+        (
+            {"broker": "redis://a/0", "backend": "redis://b/0"},
+            "redis://a/0",
+            "redis://b/0",
+            "redis://a/0",
+            False,
+        ),
+    ],
+)
+def test_what_is_not_set_follows_what_is(given, broker, backend, redis, embedded) -> None:  # type: ignore[no-untyped-def]
+    e = plan(**given, embedded_sock=SOCK)
+    assert (e.broker, e.backend, e.redis, e.embedded) == (broker, backend, redis, embedded)
+
+
+@pytest.mark.parametrize(
+    "given,words",
+    [
+        (
+            {"broker": "amqp://guest:hunter2@h//"},
+            "RabbitMQ, where ferry cannot keep its records: set FERRY_REDIS_URL",
+        ),
+        ({"broker": "pyamqp://h//"}, "set FERRY_REDIS_URL"),
+        ({"broker": "sqs://"}, "set FERRY_REDIS_URL"),
+        ({"redis": "amqp://h//"}, "FERRY_REDIS_URL must be a Redis URL"),
+    ],
+)
+def test_no_redis_to_follow_is_refused(given, words) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BadRequest, match=words) as exc:
+        plan(**given, embedded_sock=SOCK)
+    assert "hunter2" not in str(exc.value)  # a password in the URL is not repeated
