@@ -33,6 +33,8 @@ class Settings:
     listen_host: str = "127.0.0.1"  # data-plane listener address
     listen_port: int = 0  # 0: pick a free port
     advertise_host: str = ""  # address other nodes dial; default listen_host
+    token_deadline_s: float = 3.0  # data plane: accept to a valid token, not reset by bytes
+    listen_per_peer: int = 8  # data plane: connections without a token yet, per address
     heartbeat_s: float = 2.0
     node_ttl_s: float = 10.0
     visibility_timeout_s: int = 4 * 3600  # longer than the longest phase

@@ -12,6 +12,8 @@ may run, anywhere that reaches Redis, and a restart loses nothing.
     ferry_queue_messages{node,queue}                      messages waiting (Redis broker only)
     ferry_node_up{node,arch}                              1 while the node's heartbeat is fresh
     ferry_node_cordoned{node}, ferry_node_containers{node}
+    ferry_dataplane_refused_total{node,reason}           connections the listener cut or refused
+                                                          (since the node's worker started)
     ferry_coordinator_up                                  1 while the coordinator beats
 
 Counters and histograms add up every record in the store (ferry never
@@ -158,12 +160,20 @@ class FerryCollector(Collector):
         containers = GaugeMetricFamily(
             "ferry_node_containers", "Containers the node reports", labels=["node"]
         )
+        refused = CounterMetricFamily(
+            "ferry_dataplane_refused",
+            "Data-plane connections cut or refused before a valid token, or for lack of a slot",
+            labels=["node", "reason"],
+        )
         for n in nodes:
             arch = n.get("probe", {}).get("arch", "")
             up.add_metric([n["name"], arch], 1.0 if n["alive"] else 0.0)
             cordoned.add_metric([n["name"]], 1.0 if n.get("cordoned") else 0.0)
             containers.add_metric([n["name"]], len(n.get("containers", [])))
-        yield from (up, cordoned, containers)
+            counts = n.get("dataplane_refused")
+            for reason, count in sorted(counts.items() if isinstance(counts, dict) else ()):
+                refused.add_metric([n["name"], str(reason)], float(count))
+        yield from (up, cordoned, containers, refused)
 
     def _queues(self, nodes: list[str]) -> Metric:
         assert self.broker is not None

@@ -34,7 +34,7 @@ from tasks.node.phases import collect
 from tasks.node.tasks import register
 from tasks.store.migrations import Store
 from workers.criu.adapter import Criu
-from workers.dataplane.transfer import TransferServer
+from workers.dataplane.transfer import GateLimits, TransferServer
 from workers.errors import BadRequest, FerryError
 from workers.ids import check_node_name
 from workers.runtimes.base import Runtime
@@ -103,6 +103,7 @@ def serve(settings: Settings, node: str) -> int:
         node,
         s.listen_host,
         s.listen_port,
+        limits=GateLimits(deadline_s=s.token_deadline_s, per_peer=s.listen_per_peer),
         page_server=runtime.page_server if caps.page_server else None,
         failpoints=Path(s.failpoints) if s.failpoints else None,
     )
@@ -151,7 +152,14 @@ def serve(settings: Settings, node: str) -> int:
             load = os.getloadavg()[0]
             try:
                 store.put_node(
-                    node, {**record, "last_seen": time.time(), "load": load, "state": "up"}
+                    node,
+                    {
+                        **record,
+                        "last_seen": time.time(),
+                        "load": load,
+                        "state": "up",
+                        "dataplane_refused": server.refusals(),
+                    },
                 )
                 store.put_containers(node, _containers(runtime))
                 collect(home, lambda mid: _state(store, mid))

@@ -100,7 +100,14 @@ def populate(settings: Settings) -> None:
         store.create(m)
     now = time.time()
     store.put_node(
-        "n1", {"name": "n1", "state": "up", "last_seen": now, "probe": {"arch": "aarch64"}}
+        "n1",
+        {
+            "name": "n1",
+            "state": "up",
+            "last_seen": now,
+            "probe": {"arch": "aarch64"},
+            "dataplane_refused": {"deadline": 7, "busy": 0},  # as the heartbeat reports them
+        },
     )
     store.put_node(
         "n2", {"name": "n2", "state": "up", "last_seen": now - 600, "probe": {"arch": "x86_64"}}
@@ -159,6 +166,7 @@ def test_the_exposition_tells_migrations_queues_and_nodes(settings: Settings) ->
     assert value(got, "ferry_node_cordoned", node="n2") == 1
     assert value(got, "ferry_node_containers", node="n1") == 2
     assert value(got, "ferry_coordinator_up") == 1
+    assert value(got, "ferry_dataplane_refused_total", node="n1", reason="deadline") == 7
 
 
 def test_an_empty_cluster_is_all_zeros_not_an_error(settings: Settings) -> None:

@@ -534,13 +534,19 @@ def test_shared_bucket_limits_transfers_together(server: TransferServer, tmp_pat
     assert len(list((tmp_path / "dst" / "m1" / "images").iterdir())) == 2
 
 
-def test_too_many_connections_turned_away(serve: Serve, tmp_path: Path) -> None:
-    server = serve(max_sessions=1)
-    idle = Raw(server.address)  # accepted first: holds the only session, sends nothing
+def test_too_many_transfers_turned_away_but_idle_connections_take_no_slot(
+    serve: Serve, tmp_path: Path
+) -> None:
+    server = serve(limits=transfer.GateLimits(max_sessions=1))
+    idle = Raw(server.address)  # no token: waits in the pending pool, holds no session
+    holder = Raw(server.address)  # authenticated: holds the only session, sends nothing
+    assert holder.put(fresh()(), [("a.img", 100)])["type"] == "ready"
     extra = Raw(server.address)
-    reply = extra.reply()
+    reply = extra.put(fresh()(), [("b.img", 100)])
     assert reply["error"] == "TransferError" and "busy" in reply["message"]
+    assert server.refusals()["busy"] == 1
     extra.close()
+    holder.close()
     idle.close()
     src = make(tmp_path / "a", 100)
     send_files(server.address, fresh(), "m1", [(src, "a.img")])

@@ -21,6 +21,7 @@ from pathlib import Path
 from workers import failpoints
 from workers.criu.log import PipedLog
 from workers.dataplane import wire
+from workers.dataplane.gate import Gate
 from workers.dataplane.landing import (
     FileKey,
     Landing,
@@ -78,11 +79,43 @@ class Receiver:
         remove_leftovers(self._root)
         self._root_fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    def serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
-        """Run one session on ``conn``; never raises."""
-        conn.settimeout(self._stall_s)
+    def serve(self, conn: socket.socket, peer: tuple[str, int], gate: Gate) -> None:
+        """Run one session on ``conn``, admitted by ``gate`` as pending; never raises.
+
+        Until its token checks out the connection is ``gate``'s to cut (its
+        deadline); what fails before that is counted there and logged
+        rate-limited, never line by line.
+        """
+        conn.settimeout(min(self._stall_s, gate.limits.deadline_s))
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._session(conn, peer)
+        try:
+            first = self._open(conn)
+        except (FerryError, OSError) as exc:
+            if gate.is_cut(conn):
+                return  # counted and logged by the gate
+            reason = "deadline" if isinstance(exc, TimeoutError) else "refused"
+            gate.refused(time.monotonic(), f"from {peer[0]}: {exc}", reason)
+            if isinstance(exc, FerryError):
+                self._refuse(conn, exc)
+            return
+        if not gate.authenticate(conn, time.monotonic()):
+            if not gate.is_cut(conn):
+                limit = gate.limits.max_sessions
+                self._refuse(
+                    conn, TransferError(f"receiver busy with {limit} transfers; try again")
+                )
+            return
+        conn.settimeout(self._stall_s)
+        self._session(conn, peer, first)
+
+    def _open(self, conn: socket.socket) -> wire.PutRequest | tuple[str, str]:
+        """The first frame, its token checked: a put request or a pages session's (migration, subdir)."""
+        message = wire.recv_frame(conn)
+        if message["type"] == "pages":
+            token, migration, subdir = wire.parse_pages(message)
+            self._check_token(token, migration)
+            return migration, subdir
+        return self._admit(message)
 
     def close(self) -> None:
         """Delete partial files; call once no session runs."""
@@ -92,13 +125,14 @@ class Receiver:
             os.close(self._root_fd)
             self._root_fd = -1
 
-    def _session(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+    def _session(
+        self, conn: socket.socket, peer: tuple[str, int], first: wire.PutRequest | tuple[str, str]
+    ) -> None:
         try:
-            message = wire.recv_frame(conn)
-            if message["type"] == "pages":
-                self._pages(conn, message, peer)
+            if isinstance(first, tuple):
+                self._pages(conn, first[0], first[1], peer)
                 return
-            request = self._admit(message)
+            request = first
             keys: list[FileKey] = [
                 (request.migration, request.subdir, f.name, f.size, f.version)
                 for f in request.files
@@ -140,11 +174,9 @@ class Receiver:
         check_id("migration id", migration)
 
     def _pages(
-        self, conn: socket.socket, message: dict[str, object], peer: tuple[str, int]
+        self, conn: socket.socket, migration: str, subdir: str, peer: tuple[str, int]
     ) -> None:
-        """A pages session (workers.dataplane.pagestream): the token first, then CRIU's page server."""
-        token, migration, subdir = wire.parse_pages(message)
-        self._check_token(token, migration)
+        """A pages session (workers.dataplane.pagestream), its token checked: CRIU's page server."""
         check_id("subdir", subdir)
         if self._page_server is None:
             raise CapabilityError(f"{self._node} runs no CRIU: send the pages as files")

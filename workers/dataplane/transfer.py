@@ -23,12 +23,14 @@ from pathlib import Path
 
 from workers.criu.log import PipedLog
 from workers.dataplane import sender, wire
+from workers.dataplane.gate import Gate, GateLimits
 from workers.dataplane.receiver import Receiver
 from workers.dataplane.sender import COMPRESSORS, MIN_COMPRESS, SendStats
 from workers.dataplane.throttle import TokenBucket
-from workers.errors import BadRequest, TransferError
+from workers.errors import BadRequest
 
 __all__ = [
+    "GateLimits",
     "SendStats",
     "TokenBucket",
     "TransferServer",
@@ -48,7 +50,10 @@ class TransferServer:
     that migration. A connection silent for ``stall_timeout_s`` is dropped. The
     bytes of a file cut off mid-way are kept ``resume_window_s`` for the
     sender to resume, then deleted. ``fsync`` makes each landed file durable.
-    Beyond ``max_sessions`` connections at once, new ones are told to retry.
+    Connections are admitted by a :class:`workers.dataplane.gate.Gate` with
+    ``limits``: a few seconds to present a valid token, a pool for those still
+    without one (and a share of it per address), and ``max_sessions`` slots
+    that only authenticated transfers take; beyond those, new ones are told to retry.
     ``page_server`` (:meth:`workers.criu.adapter.Criu.page_server`) serves pages
     sessions (:mod:`workers.dataplane.pagestream`); without it they are refused.
     ``failpoints``: the fault suite's control file (workers.failpoints); None in production.
@@ -65,11 +70,12 @@ class TransferServer:
         stall_timeout_s: float = 30.0,
         resume_window_s: float = 600.0,
         fsync: bool = False,
-        max_sessions: int = 64,
+        limits: GateLimits | None = None,
         page_server: Callable[[Path, int], PipedLog] | None = None,
         failpoints: Path | None = None,
     ) -> None:
-        self._bind, self._max_sessions = (host, port), max_sessions
+        self._bind = (host, port)
+        self.gate = Gate(limits or GateLimits())
         self._receiver = Receiver(
             Path(root),
             secret,
@@ -89,7 +95,7 @@ class TransferServer:
     def start(self) -> None:
         """Start listening and serving in background threads."""
         self._receiver.open()
-        self._listener = socket.create_server(self._bind, backlog=64)
+        self._listener = socket.create_server(self._bind, backlog=256)
         self._listener.settimeout(_TICK_S)
         # Daemon threads: a forgotten stop() must not keep the worker process alive.
         self._acceptor = threading.Thread(
@@ -122,7 +128,9 @@ class TransferServer:
     def _accept_loop(self) -> None:
         assert self._listener is not None
         while not self._stopping.is_set():
-            self._receiver.landing.sweep(time.monotonic())
+            now = time.monotonic()
+            self._receiver.landing.sweep(now)
+            self.gate.sweep(now)
             try:
                 conn, peer = self._listener.accept()
             except TimeoutError:
@@ -134,32 +142,23 @@ class TransferServer:
             thread = threading.Thread(
                 target=self._serve, args=(conn, peer), name="ferry-recv", daemon=True
             )
+            self.gate.enter(conn, str(peer[0]), time.monotonic())
             with self._lock:
-                busy = len(self._sessions) >= self._max_sessions
-                if not busy:
-                    self._sessions[conn] = thread
-            if busy:
-                _turn_away(conn, self._max_sessions)
-            else:
-                thread.start()
+                self._sessions[conn] = thread
+            thread.start()
+
+    def refusals(self) -> dict[str, int]:
+        """Connections cut or refused before a valid token (or for lack of a slot), by reason."""
+        return self.gate.counts()
 
     def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         try:
-            self._receiver.serve(conn, peer)
+            self._receiver.serve(conn, peer, self.gate)
         finally:
+            self.gate.leave(conn)
             with self._lock:
                 self._sessions.pop(conn, None)
             conn.close()
-
-
-def _turn_away(conn: socket.socket, limit: int) -> None:
-    busy = TransferError(f"receiver busy with {limit} transfers; try again")
-    try:
-        conn.setblocking(False)
-        wire.send_frame(conn, wire.error_message(busy))
-    except OSError:
-        pass
-    conn.close()
 
 
 def _shutdown(conn: socket.socket) -> None:
