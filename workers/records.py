@@ -71,6 +71,15 @@ class RestoreStats:
 
 
 @dataclass(frozen=True)
+class LazyReport:
+    """What a post-copy restore pulled over the network, and what waiting for it cost."""
+
+    bytes: int | None  # None: unknown
+    faults: int = 0  # pages the tree faulted on and waited for
+    stalls: tuple[tuple[float, float], ...] = ()  # (start epoch, ms): workers.criu.log
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What a node's runtime can do: published in the node's record for the chooser.
 

@@ -191,12 +191,18 @@ def status(migration: str | None, as_json: bool) -> None:
                         f"{r['deleted']} deleted, in {r['wall_ms']:.0f} ms ({r['dirs']} dirs)",
                     )
             t.add_row("phase", f"{m.phase.value if m.phase else '-'} (attempt {m.attempt})")
-            for pause in m.pauses:
+            for pause in (p for p in m.pauses if p.phase != "fault"):
                 t.add_row(f"pause ({pause.phase})", f"{pause.ms:.0f} ms")
+            waits = [p.ms for p in m.pauses if p.phase == "fault"]
+            if waits:
+                t.add_row("pauses (faults)", f"{len(waits)}, the longest {max(waits):.0f} ms")
             for k in (
                 "downtime_ms",
                 "paused_total_ms",
                 "degraded_ms",
+                "faults",
+                "fault_wait_ms",
+                "first_faults_ms",
                 "final_pause_ms",
                 "criu_freeze_ms",
                 "delta_ms",

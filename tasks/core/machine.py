@@ -50,7 +50,7 @@ from tasks.core.migration import (
     State,
     phases,
 )
-from tasks.core.pauses import Pause
+from tasks.core.pauses import Pause, stalled
 from tasks.core.strategy import Strategy
 
 
@@ -128,7 +128,7 @@ def _advance(m: Migration, done: Phase, result: dict[str, Any]) -> tuple[Migrati
     if done is Phase.VERIFY:
         # Point of no return: restored on the destination, every page there,
         # verified running. From here the migration cannot fail.
-        m = replace(m, past_no_return=True)
+        m = replace(m, past_no_return=True, pauses=stalled(m.pauses, result.get("stalls", ())))
     if done is Phase.CLEANUP:
         return replace(m, state=State.DONE, phase=Phase.FINISHED, attempt=0), []
     if done is Phase.RESTORE:  # frozen from the final dump until the restore resumed it

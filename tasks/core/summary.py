@@ -22,7 +22,9 @@ def final_pause(m: Migration) -> dict[str, float] | None:
     container with sync dirs: rsync's final pass, and stopping the
     destination's daemons), ``rebuild`` (delta only: the destination
     rebuilding the image set), ``restore`` (the criu restore call) and
-    ``overhead`` (everything else: queues, task start, bookkeeping). When the
+    ``overhead`` (everything else: queues, task start, bookkeeping), and for
+    post-copy ``first_faults`` (the restored tree waiting for its first pages
+    before it got going: tasks.core.pauses.stalled). When the
     dump streamed its pages to the destination's page server, the wire
     overlaps the dump: CRIU's time writing pages (its ``memwrite``) moves
     from ``criu_freeze`` to ``wire``.
@@ -40,8 +42,10 @@ def final_pause(m: Migration) -> dict[str, float] | None:
     stop = rest.get("sync_stop_ms", 0.0)
     fsync = r.get("final_sync", {}).get("wall_ms", 0.0) + stop
     restore = rest["wall_ms"] - rebuild - stop
+    dumps = [p.ms for p in m.pauses if p.phase == "dump"]
+    first_faults = max(0.0, dumps[-1] - total) if dumps else 0.0
     return {
-        "final_pause_ms": round(total, 1),
+        "final_pause_ms": round(total + first_faults, 1),
         "criu_freeze_ms": round(criu, 1),
         "delta_ms": round(delta, 1),
         "wire_ms": round(wire, 1),
@@ -49,6 +53,7 @@ def final_pause(m: Migration) -> dict[str, float] | None:
         "rebuild_ms": round(rebuild, 1),
         "restore_ms": round(restore, 1),
         "overhead_ms": round(total - criu - delta - wire - fsync - rebuild - restore, 1),
+        "first_faults_ms": round(first_faults, 1),
     }
 
 
@@ -58,7 +63,9 @@ def downtime(m: Migration) -> dict[str, Any] | None:
     ``downtime_ms`` is its longest pause (tasks.core.pauses: a pass's own
     freeze may be longer than the final one), ``paused_total_ms`` all of them
     and ``pauses`` how many; a lazy restore adds ``degraded_ms``, from the
-    restore until the last page arrived. The final pause's parts follow
+    restore until the last page arrived, ``faults`` (pages the tree waited
+    for) and ``fault_wait_ms`` (how long it waited in all); its longer waits
+    are pauses (tasks.core.pauses.stalled). The final pause's parts follow
     (:func:`final_pause`).
     """
     parts = final_pause(m) or {}
@@ -74,6 +81,9 @@ def downtime(m: Migration) -> dict[str, Any] | None:
     lazy = m.results.get("pages", {}).get("last_page_after_restore_ms")
     if lazy is not None:
         out["degraded_ms"] = lazy
+    verify = m.results.get("verify", {})
+    if "faults" in verify:
+        out |= {"faults": verify["faults"], "fault_wait_ms": verify["fault_wait_ms"]}
     return {**out, **parts}
 
 

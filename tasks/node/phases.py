@@ -160,7 +160,23 @@ def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
 
 def pages(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     """Post-copy: wait until the destination has pulled every page."""
-    s = ctx.runtime.wait_lazy(m.container, ctx.images(m.id), ctx.pages_timeout_s)
+    started = time.monotonic()
+
+    def served(sent: int) -> None:
+        rate = sent / max(time.monotonic() - started, 1e-6)
+        total = m.options.memory_bytes or None  # about what the tree holds
+        eta = (total - sent) / rate if total and rate and sent < total else None
+        progress(
+            {
+                "bytes_sent": sent,
+                "bytes_total": total,
+                "rate_bps": round(rate),
+                "eta_s": None if eta is None else round(eta, 2),
+                "stream": "lazy pages",
+            }
+        )
+
+    s = ctx.runtime.wait_lazy(m.container, ctx.images(m.id), ctx.pages_timeout_s, served)
     end = time.time()
     # CRIU's stats for a lazy dump do not count the pages served later: say
     # how long after the restore the last page arrived instead.
@@ -172,6 +188,12 @@ def pages(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     }
 
 
+# The stalls a post-copy restore reports as pauses: those a workload feels, and
+# no more than fit a record.
+MIN_STALL_MS = 10.0
+MAX_STALLS = 64
+
+
 def verify(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     time.sleep(ctx.verify_grace_s)
     info = ctx.runtime.get(m.container)
@@ -180,8 +202,15 @@ def verify(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
     # The images (and the restore marker an ABORT relies on) stay until the
     # migration is final: the node's garbage collector (collect) drops them.
     result: dict[str, Any] = {"pid": info.pid, "memory_bytes": info.memory_bytes}
-    if m.lazy:  # every page is here now (PAGES came first): how many came over the network
-        result["lazy_bytes"] = ctx.runtime.lazy_bytes(ctx.incoming(m.id))
+    if m.lazy:  # every page is here now (PAGES came first): what came over the network
+        lazy = ctx.runtime.lazy_report(ctx.incoming(m.id))
+        felt = sorted(lazy.stalls, key=lambda s: -s[1])[:MAX_STALLS]
+        result |= {
+            "lazy_bytes": lazy.bytes,
+            "faults": lazy.faults,
+            "fault_wait_ms": round(sum(ms for _, ms in lazy.stalls), 1),
+            "stalls": sorted(s for s in felt if s[1] >= MIN_STALL_MS),
+        }
     return result
 
 

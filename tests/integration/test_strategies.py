@@ -42,6 +42,12 @@ def test_strategy_moves_a_dirtying_process_that_goes_on(cluster, strategy: str) 
         assert len(m.passes) >= 1 and "decision" in m.results
     if strategy in ("postcopy", "hybrid"):
         assert m.results["pages"]["last_page_after_restore_ms"] >= 0
+        # The restored tree faulted on its pages, and its waits are in the record:
+        # the one as it resumed lengthens the final pause, beyond the freeze.
+        assert d["faults"] > 0 and d["fault_wait_ms"] > 0
+        frozen = (m.results["restore"]["end"] - m.results["dump"]["freeze_start"]) * 1000
+        assert d["faults"] > 0 and d["fault_wait_ms"] > 0
+        assert d["final_pause_ms"] >= round(frozen, 1) and d["downtime_ms"] >= d["final_pause_ms"]
     print(
         f"{strategy}: downtime {d['downtime_ms']:.0f} ms, passes {len(m.passes)}, "
         f"{m.results.get('decision', {}).get('reason', '')}"

@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "workers.ids",
         "workers.records",
         "workers.procs",
+        "workers.sockets",
         "workers.failpoints",
     ),
     ("workers.criu", "workers.dirsync", "tasks.core"),

@@ -148,7 +148,12 @@ class Criu:
         raise CriuError("lazy dump", 110, log, f"no page server after {timeout_s:.0f} s")
 
     def start_lazy_pages(self, images: Path, address: str, port: int) -> subprocess.Popen[bytes]:
-        """Start ``criu lazy-pages`` to pull pages from the source's page server."""
+        """Start ``criu lazy-pages`` to pull pages from the source's page server.
+
+        Its log's times count from its start, which ``lazy-pages.started``
+        keeps (epoch seconds): :func:`workers.criu.log.fault_stalls` needs it.
+        """
+        (images / "lazy-pages.started").write_text(f"{time.time():.6f}\n")
         proc = self._spawn(
             [
                 "lazy-pages",

@@ -7,6 +7,7 @@ import re
 import subprocess
 import threading
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 _ERROR_LINE = re.compile(r"Error \((?:[^)]*)\):\s*(.*)")
@@ -115,3 +116,64 @@ def lazy_pages_pulled(log: Path) -> int | None:
     except OSError:
         return None
     return int(found[-1][0]) if found else None
+
+
+# ``criu lazy-pages -v4`` logs every fault and every copy into the tree, each line
+# stamped with the seconds since the daemon started:
+#   (00.061758) uffd: 1-11: #PF at 0x7f092d9bb000
+#   (00.062281) uffd: 1-11: uffd_copy: 0x7f092d9bb000/4096
+#   (00.070001) uffd: 1-11: zero page at 0x7f092d9bc000
+_LAZY_EVENT = re.compile(
+    r"^\((\d+\.\d+)\) uffd: \d+-\d+: (?:#PF at 0x(?P<fault>[0-9a-f]+)"
+    r"|uffd_copy: 0x(?P<copy>[0-9a-f]+)/(?P<len>\d+)|zero page at 0x(?P<zero>[0-9a-f]+))",
+    re.MULTILINE,
+)
+STALL_GAP_S = 0.005  # fault waits closer together than this are one stall
+
+
+@dataclass(frozen=True)
+class FaultStalls:
+    """What a post-copy restore's page faults cost the tree, from the lazy-pages log.
+
+    ``stalls``: (start, ms) of each time the tree waited for the network —
+    a run of page faults less than :data:`STALL_GAP_S` apart, from the first
+    fault to the page that ended the last one, on the epoch clock.
+    """
+
+    faults: int
+    stalls: tuple[tuple[float, float], ...]
+
+
+def fault_stalls(text: str, started: float) -> FaultStalls:
+    """Stalls of a tree restored with lazy pages, from its ``criu lazy-pages`` log
+    whose daemon started at epoch ``started``.
+
+    >>> log = '''(00.010000) uffd: 1-11: #PF at 0x1000
+    ... (00.012000) uffd: 1-11: uffd_copy: 0x1000/4096
+    ... (00.013000) uffd: 1-11: #PF at 0x9000
+    ... (00.020000) uffd: 1-11: uffd_copy: 0x8000/65536
+    ... (00.100000) uffd: 1-11: #PF at 0x30000
+    ... (00.100500) uffd: 1-11: zero page at 0x30000
+    ... '''
+    >>> fault_stalls(log, 1000.0)
+    FaultStalls(faults=3, stalls=((1000.01, 10.0), (1000.1, 0.5)))
+    """
+    waiting: dict[int, float] = {}  # faulted page -> when
+    stalls: list[list[float]] = []  # [start, end]
+    faults = 0
+    for m in _LAZY_EVENT.finditer(text):
+        t = started + float(m[1])
+        if m["fault"]:
+            faults += 1
+            waiting.setdefault(int(m["fault"], 16), t)
+            continue
+        lo = int(m["copy"] or m["zero"], 16)
+        hi = lo + int(m["len"] or 1)
+        served = [page for page in waiting if lo <= page < hi]
+        for page in served:
+            since = waiting.pop(page)
+            if stalls and since - stalls[-1][1] < STALL_GAP_S:
+                stalls[-1][1] = max(stalls[-1][1], t)
+            else:
+                stalls.append([since, t])
+    return FaultStalls(faults, tuple((round(s, 6), round((e - s) * 1000, 1)) for s, e in stalls))

@@ -7,12 +7,15 @@ interface and the plain records below.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from workers.criu.log import PipedLog
-from workers.records import Capabilities, DumpStats, PagesTarget, RestoreStats
+from workers.records import Capabilities, DumpStats, LazyReport, PagesTarget, RestoreStats
+
+Served = Callable[[int], None]  # wait_lazy's progress: bytes the page server has sent so far
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,9 @@ class Runtime(Protocol):
         self, name: str, images: Path, address: str, port: int, parent: Path | None = None
     ) -> float: ...
 
-    def wait_lazy(self, name: str, images: Path, timeout_s: float) -> DumpStats: ...
+    def wait_lazy(
+        self, name: str, images: Path, timeout_s: float, served: Served | None = None
+    ) -> DumpStats: ...
 
     def restore(
         self, name: str, images: Path, page_server: tuple[str, int] | None = None
@@ -82,8 +87,9 @@ class Runtime(Protocol):
 
     def resume(self, name: str, images: Path | None = None) -> ContainerInfo: ...
 
-    def lazy_bytes(self, images: Path) -> int | None:
-        """Bytes a post-copy restore from ``images`` pulled over the network (None: unknown)."""
+    def lazy_report(self, images: Path) -> LazyReport:
+        """What a post-copy restore from ``images`` pulled over the network, and the
+        stalls its tree had waiting for it."""
         ...
 
     def kill(self, name: str) -> None: ...

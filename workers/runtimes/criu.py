@@ -18,17 +18,17 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from workers import procs
+from workers import procs, sockets
 from workers.criu.adapter import Criu
-from workers.criu.log import PipedLog, explain, lazy_pages_pulled
+from workers.criu.log import FaultStalls, PipedLog, explain, fault_stalls, lazy_pages_pulled
 from workers.criu.probe import probe, probe_lazy
 from workers.criu.stats import dump_stats
 from workers.dataplane.pagestream import Relay
 from workers.dirsync.dirs import check_dirs
 from workers.errors import BadRequest, CriuError, PermanentError, UnknownContainer
 from workers.ids import check_container_name
-from workers.records import Capabilities, DumpStats, PagesTarget, RestoreStats
-from workers.runtimes.base import ContainerInfo
+from workers.records import Capabilities, DumpStats, LazyReport, PagesTarget, RestoreStats
+from workers.runtimes.base import ContainerInfo, Served
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # what CRIU counts pages in, on this node
 
@@ -95,9 +95,16 @@ class CriuRuntime:
     def page_server(self, images: Path, sock: int) -> PipedLog:
         return self.criu.page_server(images, sock)
 
-    def lazy_bytes(self, images: Path) -> int | None:
-        pulled = lazy_pages_pulled(images / "lazy-pages.log")
-        return None if pulled is None else pulled * PAGE_SIZE
+    def lazy_report(self, images: Path) -> LazyReport:
+        log = images / "lazy-pages.log"
+        pulled = lazy_pages_pulled(log)
+        try:
+            started = float((images / "lazy-pages.started").read_text())
+            waits = fault_stalls(log.read_text(errors="replace"), started)
+        except (OSError, ValueError):
+            waits = FaultStalls(0, ())
+        size = None if pulled is None else pulled * PAGE_SIZE
+        return LazyReport(size, waits.faults, waits.stalls)
 
     # -- inventory ---------------------------------------------------------
     def _path(self, name: str) -> Path:
@@ -275,15 +282,23 @@ class CriuRuntime:
         (images / "ferry-container.json").parent.mkdir(parents=True, exist_ok=True)
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
         _, frozen_at = self.criu.start_lazy_dump(entry.pid, images, address, port, parent)
+        (images / "page-server.port").write_text(f"{port}\n")  # wait_lazy counts its bytes
         self._save(replace(entry, state="frozen"))
         return frozen_at
 
-    def wait_lazy(self, name: str, images: Path, timeout_s: float) -> DumpStats:
-        """Wait until a post-copy dump has served every page; its stats."""
+    def wait_lazy(
+        self, name: str, images: Path, timeout_s: float, served: Served | None = None
+    ) -> DumpStats:
+        """Wait until a post-copy dump has served every page; its stats. ``served``
+        hears, every quarter second, how many bytes the page server has sent."""
         log = images / "dump.log"
+        port = int((images / "page-server.port").read_text())
         deadline = time.monotonic() + timeout_s
-        started = time.monotonic()
+        started = told = time.monotonic()
         while time.monotonic() < deadline:
+            if served is not None and time.monotonic() - told >= 0.25:
+                served(sockets.bytes_sent(port))
+                told = time.monotonic()
             text = log.read_text(errors="replace")
             if "Dumping finished successfully" in text:
                 return dump_stats(images, (time.monotonic() - started) * 1000)

@@ -25,8 +25,8 @@ from pathlib import Path
 from workers.criu.log import PipedLog
 from workers.errors import BadRequest, CapabilityError, PermanentError, UnknownContainer
 from workers.ids import check_container_name
-from workers.records import Capabilities, DumpStats, PagesTarget, RestoreStats
-from workers.runtimes.base import ContainerInfo
+from workers.records import Capabilities, DumpStats, LazyReport, PagesTarget, RestoreStats
+from workers.runtimes.base import ContainerInfo, Served
 from workers.runtimes.simmodel import (
     MIB,
     PAGE,
@@ -91,8 +91,8 @@ class SimRuntime:
     def page_server(self, images: Path, sock: int) -> PipedLog:
         raise CapabilityError("the sim runtime runs no CRIU: its pages travel as files")
 
-    def lazy_bytes(self, images: Path) -> int | None:
-        return None  # the model sends its lazy pages as part of the restore's time
+    def lazy_report(self, images: Path) -> LazyReport:
+        return LazyReport(None)  # the model sends its lazy pages as part of the restore's time
 
     def _path(self, name: str) -> Path:
         return self.inventory / f"{check_container_name(name)}.json"
@@ -306,11 +306,17 @@ class SimRuntime:
         (images / "sim-lazy.json").write_text(json.dumps({"memory": rec["memory"]}))
         return frozen_at
 
-    def wait_lazy(self, name: str, images: Path, timeout_s: float) -> DumpStats:
+    def wait_lazy(
+        self, name: str, images: Path, timeout_s: float, served: Served | None = None
+    ) -> DumpStats:
         """Pages flow at the modelled dump speed once the destination pulls them."""
         memory = json.loads((images / "sim-lazy.json").read_text())["memory"]
         took = self.model.dump_ms_per_mb * memory / MIB
-        time.sleep(min(took, timeout_s * 1000) / 1000)
+        started = time.monotonic()
+        while (left := min(took, timeout_s * 1000) / 1000 - (time.monotonic() - started)) > 0:
+            time.sleep(min(left, 0.25))
+            if served is not None:
+                served(int(memory * min(1.0, (time.monotonic() - started) * 1000 / took)))
         return DumpStats(
             freezing_ms=0.0,
             frozen_ms=took,
