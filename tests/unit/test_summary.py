@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from tasks.core.migration import Migration
+from tasks.core.pauses import Pause, stalled
 from tasks.core.summary import downtime, final_pause
 
 M = Migration(id="m-0123456789ab", container="web", src="a", dst="b")
@@ -97,5 +100,20 @@ def test_nothing_until_the_container_was_restored() -> None:
 def test_the_parts_add_up(results: dict, parts: dict) -> None:
     d = final_pause(Migration(**{**M.__dict__, "results": results}))
     assert d is not None
-    assert {k: v for k, v in d.items() if k != "final_pause_ms"} == pytest.approx(parts)
+    assert {k: v for k, v in d.items() if k != "final_pause_ms"} == pytest.approx(
+        {**parts, "first_faults_ms": 0.0}
+    )
     assert sum(parts.values()) == pytest.approx(d["final_pause_ms"])
+
+
+def test_a_postcopy_trees_first_waits_for_pages_are_part_of_the_final_pause() -> None:
+    results = {
+        "dump": {"freeze_start": 100.0, "frozen_ms": 90.0, "freezing_ms": 2.0},
+        "restore": {"end": 100.2, "wall_ms": 50.0},
+    }
+    m = Migration(**{**M.__dict__, "results": results})
+    m = replace(m, pauses=stalled((Pause("dump", 100.0, 200.0),), [(100.201, 80.0)]))
+    d = final_pause(m)
+    assert d is not None
+    assert d["final_pause_ms"] == pytest.approx(281.0)
+    assert d["first_faults_ms"] == pytest.approx(81.0)
