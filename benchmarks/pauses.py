@@ -1,21 +1,24 @@
 """What ferry reports beside what the workload felt and what the wire carried.
 
     sudo .venv/bin/python benchmarks/pauses.py                 # 64 and 256 MiB, 3 runs
-    sudo .venv/bin/python benchmarks/pauses.py --sizes 64,256,1024 --runs 3
+    sudo .venv/bin/python benchmarks/pauses.py --sizes 64,256,1024 --links loopback,1gbit
     .venv/bin/python benchmarks/pauses.py --markdown           # the saved table
 
-Real CRIU, two real workers on this host (loopback), an embedded Redis on a
-unix socket, so that every TCP byte on ``lo`` during a migration is the
-migration's own: ferry's data plane and CRIU's page server.
+Real CRIU, two real workers. On ``loopback`` both run on this host with an
+embedded Redis on a unix socket, so that every TCP byte on ``lo`` during a
+migration is the migration's own: ferry's data plane and CRIU's page server.
+On ``1gbit`` each runs in its own network namespace of the testbed, its link
+shaped to 1 Gbit/s, and the wire is what the bridge forwarded from node to
+node (Redis, on the bridge's own address, is not forwarded).
 
-The workload holds SIZE MiB, rewrites 1 % of its pages and prints
-``time.time()`` every 10 ms. Its longest silence during a migration, less its
+The workload holds SIZE MiB of random bytes (no codec shrinks them), rewrites
+1 % of its pages and prints ``time.time()`` every 10 ms. Its longest silence during a migration, less its
 median tick, is the pause it felt; ferry's ``downtime_ms`` (the longest pause
 in the record) should match it within 10 % or 20 ms. ``bytes`` (ferry's count:
 passes, final transfer, lazy pages, sync) should match what an nftables
-counter on ``lo`` saw (TCP, headers and ACKs included) within 2 %. ``auto``
+counter on the wire saw (TCP, headers and ACKs included) within 2 %. ``auto``
 runs beside the fixed strategies, and its downtime should be within 10 % of
-the best fixed strategy of the same size. Each row is the median of ``--runs``
+the best fixed strategy of the same link and size. Each row is the median of ``--runs``
 migrations, the strategies taking turns, the container moving back and forth.
 """
 
@@ -34,17 +37,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cold import loopback_cluster
+from benchmarks.cold import loopback_cluster, testbed_cluster
 from benchmarks.machine import machine
 from tasks.api.client import Ferry
 from tasks.core.summary import summary
 
 WORKLOAD = """\
-import sys, time
-mem = bytearray(int(sys.argv[1]) << 20)
+import os, sys, time
+mem = bytearray(os.urandom(int(sys.argv[1]) << 20))
 pages = len(mem) // 4096
-for i in range(0, len(mem), 4096):
-    mem[i] = 1
 p, step = 0, max(1, pages // 100)
 while True:
     for _ in range(step):
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="64,256", help="MiB, comma separated")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--strategies", default="cold,delta,postcopy,auto")
+    parser.add_argument("--links", default="loopback", help="loopback and/or 1gbit (the testbed)")
+    parser.add_argument(
+        "--wait-testbed", type=float, default=600.0, help="s to wait for the subnet"
+    )
     parser.add_argument("--markdown", action="store_true", help="print the saved JSON as markdown")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where state dirs go")
     parser.add_argument("--json", default=str(ROOT / "docs" / "benchmarks" / "pauses.json"))
@@ -73,26 +78,54 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
-    with counter(), loopback_cluster(Path(args.dir)) as client:
-        for size in (int(s) for s in args.sizes.split(",")):
-            rows += run_size(client, size, args.strategies.split(","), args.runs)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    strategies = args.strategies.split(",")
+    for link in args.links.split(","):
+        if link == "loopback":
+            with (
+                Counter("inet", "input", "iifname lo") as wire,
+                loopback_cluster(Path(args.dir)) as client,
+            ):
+                rows += run_sizes(client, link, sizes, strategies, args.runs, wire)
+        elif link == "1gbit":
+            with testbed_cluster(Path(args.dir), args.wait_testbed) as (client, cluster, _):
+                for node in cluster.nodes:
+                    cluster.bed.shape(node, link)
+                client.settings = client.settings.with_(link_bps=125e6)
+                with Counter("bridge", "forward", "") as wire:
+                    rows += run_sizes(client, link, sizes, strategies, args.runs, wire)
+        else:
+            parser.error(f"unknown link {link!r}: loopback or 1gbit")
     doc = {"rows": rows, "machine": machine(), "elapsed_s": round(time.monotonic() - started)}
     Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     print(markdown(doc))
     return 0 if all(r["failed"] == 0 for r in rows) else 1
 
 
-def run_size(client: Ferry, size: int, strategies: list[str], runs: int) -> list[dict[str, Any]]:
+def run_sizes(
+    client: Ferry, link: str, sizes: list[int], strategies: list[str], runs: int, wire: Counter
+) -> list[dict[str, Any]]:
+    nodes = sorted(n["name"] for n in client.nodes())[:2]
+    return [
+        {"link": link, **r}
+        for size in sizes
+        for r in run_size(client, nodes, size, strategies, runs, wire)
+    ]
+
+
+def run_size(
+    client: Ferry, nodes: list[str], size: int, strategies: list[str], runs: int, wire: Counter
+) -> list[dict[str, Any]]:
     name = f"pauses-{size}"
-    info = client.run("n1", [sys.executable, "-u", "-c", WORKLOAD, str(size)], name=name)
-    log, here = info["log"], "n1"
+    info = client.run(nodes[0], [sys.executable, "-u", "-c", WORKLOAD, str(size)], name=name)
+    log, here = info["log"], nodes[0]
     time.sleep(2)  # a few hundred ticks before the first move: the median tick is known
     samples: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies}
     try:
         for _ in range(runs):
             for strategy in strategies:
-                there = "n2" if here == "n1" else "n1"
-                sample = migrate(client, name, there, strategy, log)
+                there = nodes[1] if here == nodes[0] else nodes[0]
+                sample = migrate(client, name, there, strategy, log, wire)
                 samples[strategy].append(sample)
                 print(json.dumps({"size_mib": size, **sample}), file=sys.stderr, flush=True)
                 if sample["state"] == "done":
@@ -103,11 +136,13 @@ def run_size(client: Ferry, size: int, strategies: list[str], runs: int) -> list
     return [row(size, s, samples[s]) for s in strategies]
 
 
-def migrate(client: Ferry, name: str, to: str, strategy: str, log: str) -> dict[str, Any]:
-    before = wire_bytes()
+def migrate(
+    client: Ferry, name: str, to: str, strategy: str, log: str, wire: Counter
+) -> dict[str, Any]:
+    before = wire.bytes()
     m = client.migrate(name, to, strategy=strategy).wait(timeout=300)
     time.sleep(0.5)  # the workload's first ticks after the restore, and the last ACKs
-    wire = wire_bytes() - before
+    sent = wire.bytes() - before
     s = summary(m)
     return {
         "strategy": strategy,
@@ -119,7 +154,7 @@ def migrate(client: Ferry, name: str, to: str, strategy: str, log: str) -> dict[
         "pauses": s.get("pauses"),
         "degraded_ms": s.get("degraded_ms"),
         "bytes": s["bytes"],
-        "wire_bytes": wire,
+        "wire_bytes": sent,
         "link_source": m.options.link_source,
     }
 
@@ -158,21 +193,31 @@ def row(size: int, strategy: str, samples: list[dict[str, Any]]) -> dict[str, An
     }
 
 
-# -- the wire: an nftables counter on lo ----------------------------------------------------
-class counter:
-    """An nftables table counting every TCP byte that arrives on ``lo``, for the run."""
+# -- the wire: an nftables counter ----------------------------------------------------------
+class Counter:
+    """An nftables table counting every TCP byte through ``hook`` of ``family``
+    (``inet input`` on ``lo``, or ``bridge forward``: node to node), for the run."""
 
-    def __enter__(self) -> None:
-        nft(f"add table inet {TABLE}")
-        nft(f"add chain inet {TABLE} input {{ type filter hook input priority -300 ; }}")
-        nft(f"add rule inet {TABLE} input iifname lo meta l4proto tcp counter")
+    def __init__(self, family: str, hook: str, match: str) -> None:
+        self.family, self.hook, self.match = family, hook, match
+
+    def __enter__(self) -> Counter:
+        nft(f"add table {self.family} {TABLE}")
+        nft(
+            f"add chain {self.family} {TABLE} {self.hook} {{ type filter hook {self.hook} priority -300 ; }}"
+        )
+        nft(f"add rule {self.family} {TABLE} {self.hook} {self.match} meta l4proto tcp counter")
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        nft(f"delete table inet {TABLE}")
+        nft(f"delete table {self.family} {TABLE}")
+
+    def bytes(self) -> int:
+        return wire_bytes(f"{self.family} {TABLE} {self.hook}")
 
 
-def wire_bytes() -> int:
-    out = nft(f"-j list chain inet {TABLE} input")
+def wire_bytes(chain: str) -> int:
+    out = nft(f"-j list chain {chain}")
     rules = [e["rule"] for e in json.loads(out)["nftables"] if "rule" in e]
     return int(next(x["counter"]["bytes"] for x in rules[0]["expr"] if "counter" in x))
 
@@ -188,28 +233,32 @@ def nft(command: str) -> str:
 def markdown(doc: dict[str, Any]) -> str:
     """Medians per size and strategy; the verdicts against the targets."""
     rows = doc["rows"]
+
+    def cell(r: dict[str, Any]) -> tuple[str, int]:
+        return r.get("link", "loopback"), r["size_mib"]
+
     best = {
-        size: min(
-            (r["reported_ms"] for r in rows if r["size_mib"] == size and r["strategy"] in FIXED
+        c: min(
+            (r["reported_ms"] for r in rows if cell(r) == c and r["strategy"] in FIXED
              and r["reported_ms"] is not None),
             default=None,
         )
-        for size in {r["size_mib"] for r in rows}
+        for c in {cell(r) for r in rows}
     }  # fmt: skip
     out = [
-        "| MiB | strategy | ran | reported pause | workload felt | within 10 %/20 ms | "
+        "| link | MiB | strategy | ran | reported pause | workload felt | within 10 %/20 ms | "
         "paused total | degraded | bytes (ferry) | bytes (wire) | within 2 % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rep, felt = r["reported_ms"], r["felt_ms"]
         pause_ok = rep is not None and felt is not None and abs(rep - felt) <= max(0.1 * felt, 20)
         ratio = r["wire_bytes"] / r["bytes"] if r["bytes"] else None
         ran = ", ".join(r["ran"]) or "-"
-        if r["strategy"] == "auto" and best.get(r["size_mib"]) and rep is not None:
-            ran += f" ({rep / best[r['size_mib']]:.2f}x the best)"
+        if r["strategy"] == "auto" and best.get(cell(r)) and rep is not None:
+            ran += f" ({rep / best[cell(r)]:.2f}x the best)"
         out.append(
-            f"| {r['size_mib']} | {r['strategy']} | {ran} | {_ms(rep)} | {_ms(felt)} | "
+            f"| {cell(r)[0]} | {r['size_mib']} | {r['strategy']} | {ran} | {_ms(rep)} | {_ms(felt)} | "
             f"{'yes' if pause_ok else 'no'} | {_ms(r['paused_total_ms'])} | "
             f"{_ms(r['degraded_ms'])} | {_mib(r['bytes'])} | {_mib(r['wire_bytes'])} | "
             f"{'-' if ratio is None else ('yes' if abs(ratio - 1) <= 0.02 else 'no')} "
