@@ -25,6 +25,7 @@ migrations, the strategies taking turns, the container moving back and forth.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -119,7 +120,7 @@ def run_size(
     name = f"pauses-{size}"
     info = client.run(nodes[0], [sys.executable, "-u", "-c", WORKLOAD, str(size)], name=name)
     log, here = info["log"], nodes[0]
-    time.sleep(2)  # a few hundred ticks before the first move: the median tick is known
+    ticks_in(log, 200, timeout_s=120)  # its memory is written and the median tick is known
     samples: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies}
     try:
         for _ in range(runs):
@@ -157,6 +158,17 @@ def migrate(
         "wire_bytes": sent,
         "link_source": m.options.link_source,
     }
+
+
+def ticks_in(log: str, n: int, timeout_s: float) -> None:
+    """Wait until the workload has ticked ``n`` times."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if len(Path(log).read_text().split()) >= n:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"error: the workload did not tick {n} times in {timeout_s:.0f} s ({log})")
 
 
 def felt_ms(log: str, start: float, end: float) -> float | None:
