@@ -15,7 +15,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from tasks.api import cluster_commands, migration_commands
+from tasks.api import cluster_commands, doctor, migration_commands
 from tasks.api.console import err
 from tasks.api.demo import run_demo
 from tasks.config import broker
@@ -101,6 +101,7 @@ for command in (
     cluster_commands.cordon,
     cluster_commands.uncordon,
     cluster_commands.evacuate,
+    doctor.doctor,
 ):
     main.add_command(command)
 

@@ -88,6 +88,10 @@ class CriuRuntime:
                 lazy_pages=lazy,
                 lazy_pages_reason=why,
                 page_server=facts.criu_ok,
+                bits=facts.bits,
+                page_size=facts.page_size,
+                kernel=facts.kernel,
+                lacks=facts.lacks,
                 facts=facts.to_dict(),
             )
         return self._caps

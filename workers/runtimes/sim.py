@@ -71,11 +71,16 @@ class SimRuntime:
     name = "sim"
 
     def __init__(
-        self, state_dir: Path, container_root: Path, model: SimModel | None = None
+        self,
+        state_dir: Path,
+        container_root: Path,
+        model: SimModel | None = None,
+        page_size: int = PAGE,
     ) -> None:
         self.inventory = state_dir / "sim-containers"
         self.container_root = container_root
         self.model = model or SimModel()
+        self.page_size = page_size  # the kernel's it models: 16384 for a Pi 5's default kernel
         self.inventory.mkdir(parents=True, exist_ok=True)
 
     def capabilities(self) -> Capabilities:
@@ -86,6 +91,9 @@ class SimRuntime:
             soft_dirty=True,
             lazy_pages=True,
             simulated=True,
+            bits=64,
+            page_size=self.page_size,
+            kernel=os.uname().release,
         )
 
     def page_server(self, images: Path, sock: int) -> PipedLog:
