@@ -18,15 +18,15 @@ SHORT = {"cold": "cold", "precopy": "pre", "delta": "delta", "postcopy": "post",
 
 
 def strategies(rec: dict[str, Any]) -> str:
-    """The strategies a node can run, compactly (``cold,delta,post``); ``ferry doctor`` says why."""
-    return ",".join(SHORT[s.value] for s in runs(caps(rec))) or "none"
+    """The strategies a node can run, compactly (``cold,delta,post``)."""
+    return ",".join(SHORT[s] for s in rec["strategies"]) or "none"
 
 
 @click.command()
 @json_opt
 def nodes(as_json: bool) -> None:
-    """List the nodes: capabilities, load, last seen."""
-    rows = ferry_client().nodes()
+    """List the nodes: the strategies each can run, load, last seen (`ferry doctor`: why)."""
+    rows = [{**n, "strategies": [s.value for s in runs(caps(n))]} for n in ferry_client().nodes()]
 
     def show() -> None:
         t = Table(

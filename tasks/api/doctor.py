@@ -107,7 +107,11 @@ def doctor(node: str | None, local: bool, as_json: bool) -> None:
             out.print("no nodes registered: start workers, or `ferry doctor --local`")
         for r in reports:
             show(r)
-        if len(records) > 1:
+        if len(reports) == 1 and len(records) > 1:
+            mates = next(g for g in groups.values() if reports[0]["node"] in g)
+            others = [n for n in mates if n != reports[0]["node"]]
+            out.print(f"  pairs with: {', '.join(others) or 'no other node'}", highlight=False)
+        elif len(records) > 1:
             out.print("nodes that can exchange images:")
             for key, names in groups.items():
                 out.print(f"  {escape(key)}: {', '.join(names)}", highlight=False)
