@@ -195,6 +195,9 @@ def main() -> int:
         print("footprint: needs root (the node runs real CRIU)", file=sys.stderr)
         return 2
     rows = [measure(Path(t).resolve(), args.redis, args.runs) for t in args.trees.split(",")]
+    # merged by commit: a before measured earlier keeps its column beside a new after
+    kept = json.loads(OUT.read_text())["rows"] if OUT.exists() else []
+    rows = [r for r in kept if r["commit"] not in {n["commit"] for n in rows}] + rows
     data = {
         "what": "ferry's footprint beside the Pi targets (#18)",
         "machine": machine(),
