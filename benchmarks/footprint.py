@@ -127,6 +127,7 @@ def measure(tree: Path, url: str, runs: int) -> dict[str, Any]:
             time.sleep(0.2)
         time.sleep(3.0)  # idle: the probe is done, the workers wait for tasks
         row: dict[str, Any] = {"tree": str(tree), "commit": commit(tree)}
+        row["load_before"] = round(os.getloadavg()[0], 2)
         for argv in (["ps"], ["nodes"], ["status"], ["--help"]):  # warm: bytecode, page cache
             timed([*cli, *argv], env, tree)
         for key, argv in (("ps_s", ["ps"]), ("nodes_s", ["nodes"]), ("status_s", ["status"])):
@@ -139,6 +140,7 @@ def measure(tree: Path, url: str, runs: int) -> dict[str, Any]:
         row["node_rss_mib"], row["node_pss_mib"], each = tree_memory(node.pid)
         row["node_procs"], row["node_rss_each_mib"] = len(each), each
         row["coordinator_rss_mib"], _, row["coordinator_rss_each_mib"] = tree_memory(coord.pid)
+        row["load_after"] = round(os.getloadavg()[0], 2)
         return row
     finally:
         for p in (node, coord):
@@ -177,6 +179,13 @@ def markdown(data: dict[str, Any]) -> str:
         goal = f"<= {target:g} {unit}" if target else ""
         vals = " | ".join(show(r[key], unit) for r in rows)
         lines.append(f"| {what} | {goal} | {vals} |")
+    m = data["machine"]
+    loads = ", ".join(f"{r['load_before']}-{r['load_after']}" for r in rows)
+    lines += [
+        "",
+        f"{m['cpus']} CPUs, Python {m['python']}, medians of {data['runs']} calls each; "
+        f"load average {loads}",
+    ]
     return "\n".join(lines)
 
 
