@@ -125,7 +125,6 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "sysctl fs.pipe-max-size=4194304, or let ferry raise it (FERRY_ALLOW_PIPE_MAX_SIZE=1)",
     ),
 )
-BY_NEED = {r.need: r for r in REQUIREMENTS}
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg): 96 bytes
 PM_SOFT_DIRTY = 1 << 55
 CLEAR_SOFT_DIRTY = b"4"  # /proc/PID/clear_refs
 NAMESPACES = ("pid", "uts", "ipc", "mnt", "net")  # what a ferry container unshares
+DIAG_NEEDS = (Need.UNIX_DIAG, Need.INET_DIAG, Need.PACKET_DIAG, Need.NETLINK_DIAG)  # FAMILIES
 CONFIG_PATHS = (Path("/proc/config.gz"), Path("/boot") / f"config-{platform.release()}")
 OPTIONS = (
     "CHECKPOINT_RESTORE",
@@ -232,6 +233,3 @@ def checks(pipe_needed: int) -> dict[Need, Check]:
         ok, how = sock_diag(family)
         found[need] = Check(ok, how)
     return found
-
-
-DIAG_NEEDS = (Need.UNIX_DIAG, Need.INET_DIAG, Need.PACKET_DIAG, Need.NETLINK_DIAG)
