@@ -6,7 +6,7 @@ coordinator's memory, beside the targets a Raspberry Pi cluster sets (#18).
     .venv/bin/python benchmarks/footprint.py --markdown                 # the saved table
 
 For each checkout (``--trees``, measured in turn in one run, so a before and
-an after share the machine's load) a coordinator and one real CRIU node start
+an after share the machine's load) a coordinator and two real CRIU nodes start
 from that checkout on the Redis at ``--redis`` (its database is flushed), and
 once the node is up and idle:
 
@@ -16,7 +16,9 @@ once the node is up and idle:
 - ``ferry --help``: the median CPU time (user + system) of a call, pinned;
 - the idle node: the RSS and PSS of the worker's whole process tree, and how
   many processes it is;
-- the coordinator: the same, for its tree.
+- the coordinator: the same, for its tree;
+- ``ferry migrate --no-wait`` of a small real container (cold, back and forth
+  between the two nodes): the median wall and CPU time of the submission.
 
 Bytecode is compiled once (into a scratch PYTHONPYCACHEPREFIX), as it is for
 an installed ferry, and each command runs once before it is timed.
@@ -44,15 +46,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import machine
+from tasks.store.migrations import Store
 
 OUT = ROOT / "docs" / "benchmarks" / "footprint.json"
-NODE = "fp-1"
+NODE, PEER = "fp-1", "fp-2"
+SLEEPER = "import time\nwhile True: time.sleep(1)"
 MIB = 1 << 20
 # metric: (target, unit, what), targets from issue #18
 TARGETS: dict[str, tuple[float, str, str]] = {
     "ps_s": (0.2, "s", "`ferry ps` wall, pinned"),
     "nodes_s": (0.2, "s", "`ferry nodes` wall, pinned"),
     "status_s": (0.2, "s", "`ferry status` wall, pinned"),
+    "migrate_s": (0.3, "s", "`ferry migrate --no-wait` wall, pinned"),
+    "migrate_cpu_s": (0, "CPU-s", "`ferry migrate --no-wait` CPU, pinned"),
     "help_cpu_s": (0, "CPU-s", "`ferry --help` CPU, pinned"),
     "node_rss_mib": (80.0, "MiB", "idle node RSS (all its processes)"),
     "node_pss_mib": (80.0, "MiB", "idle node PSS"),
@@ -66,19 +72,19 @@ def pin() -> list[str]:
     return ["taskset", "-c", "0"] if shutil.which("taskset") else []
 
 
-def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
-    """(wall s, CPU s) of one run of ``argv``; SystemExit if it fails."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        raise SystemExit(f"error: {' '.join(argv)} failed: {err.strip()}")
-    return wall, usage.ru_utime + usage.ru_stime
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, str]:
+    """(wall s, CPU s, stdout) of one run of ``argv``; SystemExit if it fails."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: {' '.join(argv)} failed: {err.read().decode().strip()}")
+        return wall, usage.ru_utime + usage.ru_stime, out.read().decode()
 
 
 def tree_memory(pid: int) -> tuple[float, float, list[float]]:
@@ -93,8 +99,8 @@ def tree_memory(pid: int) -> tuple[float, float, list[float]]:
 
 
 def measure(tree: Path, url: str, runs: int) -> dict[str, Any]:
-    """Start a coordinator and a node from ``tree``; time its commands, weigh its processes."""
-    r = redis.Redis.from_url(url)
+    """Start a coordinator and two nodes from ``tree``; time its commands, weigh its processes."""
+    r = redis.Redis.from_url(url, decode_responses=True)
     r.flushdb()
     base = Path(tempfile.mkdtemp(prefix="ferry-bench-footprint-"))
     env = {
@@ -116,13 +122,16 @@ def measure(tree: Path, url: str, runs: int) -> dict[str, Any]:
     cli = [sys.executable, "-m", "tasks.api.cli"]
     logs = open(base / "log", "wb")  # noqa: SIM115 (the children keep writing to it)
     coord = subprocess.Popen([*cli, "coordinator"], env=env, cwd=tree, stdout=logs, stderr=logs)
-    node = subprocess.Popen(
-        [*cli, "worker", "--node", NODE], env=env, cwd=tree, stdout=logs, stderr=logs
+    node, peer = (
+        subprocess.Popen([*cli, "worker", "--node", n], env=env, cwd=tree, stdout=logs, stderr=logs)
+        for n in (NODE, PEER)
     )
+    procs = (node, peer, coord)
     try:
         deadline = time.monotonic() + 90
-        while not (r.exists(f"ferry:node:{NODE}") and r.exists("ferry:coordinator")):
-            if time.monotonic() > deadline or node.poll() is not None or coord.poll() is not None:
+        keys = (f"ferry:node:{NODE}", f"ferry:node:{PEER}", "ferry:coordinator")
+        while not all(r.exists(k) for k in keys):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise SystemExit(f"error: the cluster from {tree} did not come up: see {base}/log")
             time.sleep(0.2)
         time.sleep(3.0)  # idle: the probe is done, the workers wait for tasks
@@ -140,18 +149,54 @@ def measure(tree: Path, url: str, runs: int) -> dict[str, Any]:
         row["node_rss_mib"], row["node_pss_mib"], each = tree_memory(node.pid)
         row["node_procs"], row["node_rss_each_mib"] = len(each), each
         row["coordinator_rss_mib"], _, row["coordinator_rss_each_mib"] = tree_memory(coord.pid)
+        row["migrate_s"], row["migrate_cpu_s"] = migrations(cli, env, tree, Store(r), runs)
         row["load_after"] = round(os.getloadavg()[0], 2)
         return row
     finally:
-        for p in (node, coord):
+        for p in procs:
             p.terminate()
-        for p in (node, coord):
+        for p in procs:
             try:
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
         logs.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def migrations(
+    cli: list[str], env: dict[str, str], tree: Path, store: Store, runs: int
+) -> tuple[float, float]:
+    """Median (wall s, CPU s) of ``ferry migrate --no-wait`` of a small real container
+    moving back and forth (cold), each submitted once the previous one is done."""
+    timed(
+        [*cli, "run", "--node", NODE, "--name", "fpc", "--", sys.executable, "-c", SLEEPER],
+        env,
+        tree,
+    )
+    walls, cpus = [], []
+    try:
+        for i in range(runs + 1):  # the first warms up
+            dst = PEER if i % 2 == 0 else NODE
+            argv = [*pin(), *cli, "migrate", "fpc", "--to", dst, "--no-wait", "--strategy", "cold"]
+            wall, cpu, out = timed(argv, env, tree)
+            mid = out.split()[-1]
+            deadline = time.monotonic() + 120
+            while not (m := store.get(mid)).state.final:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"error: migration {mid} did not finish")
+                time.sleep(0.1)
+            if m.state.value != "done":
+                raise SystemExit(f"error: migration {mid} ended {m.state.value}: {m.errors}")
+            if i:
+                walls.append(wall)
+                cpus.append(cpu)
+    finally:
+        rows = json.loads(timed([*cli, "ps", "--json"], env, tree)[2])
+        for c in rows:
+            if c["name"] == "fpc" and c["pid"] > 0:
+                os.kill(c["pid"], 9)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def commit(tree: Path) -> str:
