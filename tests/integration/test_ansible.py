@@ -264,3 +264,42 @@ def test_the_fragment_names_every_option_the_probe_reads() -> None:
     wanted = set(OPTIONS) - {"MEM_SOFT_DIRTY", "ARM64_16K_PAGES", "PTE_MARKER_UFFD_WP"}
     assert {o for o in wanted if f"CONFIG_{o}=y" not in text} == set()
     assert "CONFIG_ARM64_4K_PAGES=y" in (KERNEL / "pi5-4k.config").read_text()
+
+
+def test_nfs_exports_the_shared_dir_and_the_nodes_mount_it(tmp_path: Path) -> None:
+    """ferry_nfs: the head's export (cluster networks only), the compute nodes' mount
+    unit at the same path, and NFS's port behind the firewall."""
+    root = tmp_path / "root"
+    extra = {
+        **SECRETS,
+        "ferry_root": str(root),
+        "ansible_become": False,
+        "ferry_nfs": True,
+        "ferry_shared_dir": "/srv/ferry-shared",
+        "ferry_nfs_mount": True,  # localhost is the head too: mount it all the same here
+    }
+    res = play(tmp_path, "--tags", "check-safe", extra=extra)
+    assert res.returncode == 0, res.stdout + res.stderr
+    exports = (root / "etc/exports.d/ferry.exports").read_text().splitlines()[-1]
+    assert exports == (
+        "/srv/ferry-shared 10.0.0.0/24(rw,sync,no_subtree_check,no_root_squash) "
+        "192.168.50.0/24(rw,sync,no_subtree_check,no_root_squash) "
+        "fd00:f::/64(rw,sync,no_subtree_check,no_root_squash)"
+    )
+    unit = root / "etc/systemd/system/srv-ferry\\x2dshared.mount"
+    text = unit.read_text()
+    assert "What=127.0.0.1:/srv/ferry-shared" in text and "Where=/srv/ferry-shared" in text
+    escaped = subprocess.run(
+        ["systemd-escape", "--path", "--suffix=mount", "/srv/ferry-shared"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if escaped.returncode == 0:
+        assert escaped.stdout.strip() == unit.name
+    rules = (root / "etc/ferry/ferry.nft").read_text()
+    assert "tcp dport { 6379, 5555, 7070, 7071-7086, 2049 } counter drop" in rules
+    env = (root / "etc/ferry/ferry.env").read_text()
+    assert "FERRY_SHARED_DIR=/srv/ferry-shared" in env
+    bad = play(tmp_path, "--tags", "check-safe", extra={**extra, "ferry_shared_dir": ""})
+    assert bad.returncode != 0 and "ferry_shared_dir" in bad.stdout
