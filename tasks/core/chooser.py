@@ -15,9 +15,10 @@ What each strategy needs (on top of a pair that can migrate at all):
 
 A pair can migrate at all when both nodes share an architecture, a userland
 word size, a page size and a runtime, both kernels have CHECKPOINT_RESTORE
-and the namespaces, CRIU works on both (unless both run ``sim``), the destination is not cordoned
-and has memory and disk for the workload plus 10 % headroom (the images are
-sized as the whole memory: a post-copy that falls back needs them all).
+and the namespaces, CRIU works on both (unless both run ``sim``), the
+destination is not cordoned and has memory and disk for the workload plus
+10 % headroom (the images are sized as the whole memory: a post-copy that
+falls back needs them all).
 
 ``auto``: ``cold`` when a full copy already fits the downtime limit; else
 ``postcopy`` (dirty rate >= bandwidth: pre-copy can never converge) or
