@@ -42,6 +42,7 @@ RUNS: dict[str, list[list[str]]] = {
     "fsync": [["--runs", "5"]],
     "scale": [[]],
     "pauses": [[]],
+    "footprint": [[]],
 }
 MARK = re.compile(r"(<!-- table: (\w+) -->\n)(.*?)(<!-- /table: \2 -->)", re.DOTALL)
 

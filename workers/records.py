@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 
@@ -79,13 +80,35 @@ class LazyReport:
     stalls: tuple[tuple[float, float], ...] = ()  # (start epoch, ms): workers.criu.log
 
 
+class Need(StrEnum):
+    """A piece of the kernel (or its settings) that ferry's strategies need.
+
+    The probe (workers.criu.kernel) lists the ones it found missing in
+    ``Capabilities.lacks``; tasks.core.requirements says what each costs and
+    what to do about it.
+    """
+
+    CHECKPOINT_RESTORE = "checkpoint_restore"  # CONFIG_CHECKPOINT_RESTORE: CRIU at all
+    NAMESPACES = "namespaces"  # pid, uts, ipc, mnt, net: ferry's containers
+    USERFAULTFD = "userfaultfd"  # CONFIG_USERFAULTFD: lazy pages (post-copy, hybrid)
+    UFFD_WP = "uffd_wp"  # userfaultfd write-protect + PAGEMAP_SCAN: a tracker without soft-dirty
+    SOFT_DIRTY = "soft_dirty"  # CONFIG_MEM_SOFT_DIRTY: pre-copy's tracker (x86 only)
+    UNIX_DIAG = "unix_diag"  # sock diag per family: CRIU dumps of that family's sockets
+    INET_DIAG = "inet_diag"
+    PACKET_DIAG = "packet_diag"
+    NETLINK_DIAG = "netlink_diag"
+    PIPE_MAX_SIZE = "pipe_max_size"  # fs.pipe-max-size >= 4 MiB: CRIU's page server
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a node's runtime can do: published in the node's record for the chooser.
 
-    ``facts`` are the probe's other findings (kernel, CRIU version, memory,
-    disk, ...), shown by ``ferry nodes``; the flags are what decisions read,
-    so nothing above the runtime needs to know which runtime it is.
+    ``facts`` are the probe's other findings (kernel config, CRIU version,
+    memory, disk, ...), shown by ``ferry nodes`` and ``ferry doctor``; the
+    flags are what decisions read, so nothing above the runtime needs to know
+    which runtime it is. A record published before a field existed lacks it:
+    readers take 0, "" and () as "not probed".
     """
 
     arch: str
@@ -96,9 +119,13 @@ class Capabilities:
     lazy_pages_reason: str = ""  # why not
     page_server: bool = False  # a dump's pages can stream into this node's CRIU page server
     simulated: bool = False
+    bits: int = 0  # the userland's word size: 64, or 32 for a 32-bit userland (another arch)
+    page_size: int = 0  # bytes: 4096, 16384 on a Raspberry Pi 5's default kernel
+    kernel: str = ""  # uname -r
+    lacks: tuple[Need, ...] = ()  # what the kernel probe found missing
     facts: dict[str, Any] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """The ``probe`` entry of the node's record: the facts, then the flags."""
-        flags = {k: v for k, v in self.__dict__.items() if k != "facts"}
-        return {**self.facts, **flags}
+        flags = {k: v for k, v in self.__dict__.items() if k not in ("facts", "lacks")}
+        return {**self.facts, **flags, "lacks": [str(n) for n in self.lacks]}

@@ -9,6 +9,7 @@ evacuation's timeout ended it). Every command takes ``--json``.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -20,15 +21,27 @@ from tasks.api.console import err
 from tasks.api.demo import run_demo
 from tasks.config import broker
 from tasks.config.settings import Settings
-from tasks.control import coordinator as control
-from tasks.control.metrics import command as metrics_command
 from tasks.messaging.app import make_app
-from tasks.node import worker as node_worker
 from workers.errors import FerryError
+
+# Commands defined beside what they run, imported only when named: Prometheus's
+# client and CRIU's probe are not what `ferry ps` should pay for at start-up.
+LAZY = {"metrics": "tasks.control.metrics:command", "doctor": "tasks.api.doctor:doctor"}
 
 
 class FerryGroup(click.Group):
-    """Turns FerryError into ``error: message`` and its documented exit code."""
+    """Turns FerryError into ``error: message`` and its documented exit code; loads
+    the :data:`LAZY` commands when they are named."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in LAZY:
+            return super().get_command(ctx, cmd_name)
+        module, _, attr = LAZY[cmd_name].partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -51,6 +64,8 @@ FLOWER_COLUMNS = "name,uuid,state,args,result,received,started,runtime,worker"
 @click.option("--node", required=True, help="This node's name (lowercase, digits, '-').")
 def worker(node: str) -> None:
     """Run this node's workers, data-plane listener and heartbeat."""
+    from tasks.node import worker as node_worker  # noqa: PLC0415 (the node side, for nodes only)
+
     sys.exit(node_worker.serve(Settings.from_env(), node))
 
 
@@ -58,6 +73,8 @@ def worker(node: str) -> None:
 @click.option("--concurrency", default=4, show_default=True)
 def coordinator(concurrency: int) -> None:
     """Run the coordinator (consumes ferry.control)."""
+    from tasks.control import coordinator as control  # noqa: PLC0415 (Celery's worker machinery)
+
     control.serve(Settings.from_env(), concurrency)
 
 
@@ -88,7 +105,6 @@ def demo(count: int, keep: bool, flower_port: int) -> None:
     sys.exit(run_demo(count, keep, flower_port))
 
 
-main.add_command(metrics_command)  # `ferry metrics`: defined beside its collector
 for command in (
     cluster_commands.nodes,
     cluster_commands.ps,

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import click
 from rich.table import Table
 
 from tasks.api import evacview
-from tasks.api.console import POSITIVE, emit, err, ferry_client, gib, json_opt, out, yn
+from tasks.api.console import POSITIVE, emit, err, ferry_client, gib, json_opt, out
+from tasks.core.chooser import runs
+from tasks.core.nodes import caps
+
+SHORT = {"cold": "cold", "precopy": "pre", "delta": "delta", "postcopy": "post", "hybrid": "hyb"}
+
+
+def strategies(rec: dict[str, Any]) -> str:
+    """The strategies a node can run, compactly (``cold,delta,post``)."""
+    return ",".join(SHORT[s] for s in rec["strategies"]) or "none"
 
 
 @click.command()
 @json_opt
 def nodes(as_json: bool) -> None:
-    """List the nodes: capabilities, load, last seen."""
-    rows = ferry_client().nodes()
+    """List the nodes: the strategies each can run, load, last seen (`ferry doctor`: why)."""
+    rows = [{**n, "strategies": [s.value for s in runs(caps(n))]} for n in ferry_client().nodes()]
 
     def show() -> None:
         t = Table(
@@ -24,8 +34,7 @@ def nodes(as_json: bool) -> None:
             "state",
             "arch",
             "criu",
-            "soft-dirty",
-            "uffd",
+            "strategies",
             "mem free",
             "load",
             "containers",
@@ -44,8 +53,7 @@ def nodes(as_json: bool) -> None:
                 state,
                 p.get("arch", "?"),
                 criu,
-                yn(p.get("soft_dirty")),
-                yn(p.get("uffd")),
+                strategies(n),
                 gib(p.get("mem_free_bytes", 0)),
                 f"{n.get('load', 0):.2f}",
                 str(len(n.get("containers", []))),

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
-
-from celery import Celery
+from typing import TYPE_CHECKING, Any
 
 from tasks.config.broker import connect, resolve
 from tasks.config.settings import Settings
@@ -26,6 +24,9 @@ from tasks.messaging.app import CONTROL_QUEUE, make_app
 from tasks.store.migrations import Store
 from workers.errors import BadRequest, NodeUnavailable, TooLate, UnknownContainer, UnknownNode
 from workers.ids import check_container_name, check_migration_id, check_node_name, new_id
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 LINK_TTL_S = 86400.0  # a measured rate older than this is not trusted
 

@@ -19,9 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import asdict
-from typing import Any
-
-from celery import Celery, Task
+from typing import TYPE_CHECKING, Any
 
 from tasks.config.settings import Settings
 from tasks.control.cluster import Cluster
@@ -45,6 +43,9 @@ from tasks.store.evacuations import Records
 from tasks.store.migrations import Store
 from workers.errors import BadRequest, CorruptRecord, FerryError, NodeUnavailable, UnknownNode
 from workers.ids import check_evac_id, check_node_name, new_evac_id
+
+if TYPE_CHECKING:
+    from celery import Celery, Task
 
 TICK_TASK = "ferry.control.evacuate_tick"
 TICK_S = 0.25  # how soon a finished move is followed by the next: ticks cost a few ms

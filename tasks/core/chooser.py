@@ -13,10 +13,12 @@ What each strategy needs (on top of a pair that can migrate at all):
               and a working lazy-pages probe on each (``NodeCaps.lazy_pages``).
 ``hybrid``    postcopy's needs; its pre-copy half is precopy or else delta.
 
-A pair can migrate at all when both nodes share an architecture and a runtime,
-CRIU works on both (unless both run ``sim``), the destination is not cordoned
-and has memory and disk for the workload plus 10 % headroom (the images are
-sized as the whole memory: a post-copy that falls back needs them all).
+A pair can migrate at all when both nodes share an architecture, a userland
+word size, a page size and a runtime, both kernels have CHECKPOINT_RESTORE
+and the namespaces, CRIU works on both (unless both run ``sim``), the
+destination is not cordoned and has memory and disk for the workload plus
+10 % headroom (the images are sized as the whole memory: a post-copy that
+falls back needs them all).
 
 ``auto``: ``cold`` when a full copy already fits the downtime limit; else
 ``postcopy`` (dirty rate >= bandwidth: pre-copy can never converge) or
@@ -47,6 +49,7 @@ from dataclasses import dataclass
 
 from tasks.core.strategy import CONCRETE, Strategy
 from workers.errors import BadRequest, CapabilityError
+from workers.records import Need
 
 FIXED_OVERHEAD_MS = 250.0  # default: CRIU dump + restore of a small tree on a Pi 4 (estimate)
 # default speed of a full dump into local images, until the source measured its own: an SD
@@ -80,6 +83,9 @@ class NodeCaps:
     cordoned: bool = False
     criu_reason: str = ""  # why not, when criu_ok is False
     page_server: bool = False  # a dump's pages can stream into its CRIU (not the sim's)
+    bits: int = 0  # the userland's word size; 0: not probed (a record from before the probe)
+    page_size: int = 0  # bytes; 0: not probed
+    lacks: frozenset[Need] = frozenset()  # kernel pieces the probe found missing
 
 
 @dataclass(frozen=True)
@@ -124,12 +130,44 @@ def cold_downtime_ms(wl: Workload, link: Link) -> float:
     )
 
 
+def _kib(n: int) -> str:
+    return f"{n // 1024} KiB"
+
+
+def node_refusal(node: NodeCaps) -> str | None:
+    """Why ``node`` can neither send nor take a container, or None if it can."""
+    for need, option in (
+        (Need.CHECKPOINT_RESTORE, "CONFIG_CHECKPOINT_RESTORE"),
+        (Need.NAMESPACES, "the pid, uts, ipc, mnt and net namespaces"),
+    ):
+        if need in node.lacks:
+            return f"{node.name}'s kernel lacks {option}: see `ferry doctor {node.name}`"
+    if not node.criu_ok:
+        why = f" ({node.criu_reason})" if node.criu_reason else ""
+        return f"CRIU does not work on {node.name}{why}: run ops/install-criu.sh there"
+    return None
+
+
 def pair_refusal(src: NodeCaps, dst: NodeCaps) -> str | None:
-    """Why no container can move from ``src`` to ``dst`` at all, or None if it can."""
+    """Why no container can move from ``src`` to ``dst`` at all, or None if it can.
+
+    A page size or word size that one of them never probed (0) is not held against it.
+    """
     if src.arch != dst.arch:
         return (
             f"a CRIU image never crosses architectures: {src.name} is {src.arch}, "
             f"{dst.name} is {dst.arch}"
+        )
+    if src.bits and dst.bits and src.bits != dst.bits:
+        return (
+            f"a CRIU image never crosses userlands: {src.name} runs a {src.bits}-bit one, "
+            f"{dst.name} a {dst.bits}-bit one"
+        )
+    if src.page_size and dst.page_size and src.page_size != dst.page_size:
+        return (
+            f"a CRIU image never crosses page sizes: {src.name} has {_kib(src.page_size)} "
+            f"pages, {dst.name} {_kib(dst.page_size)} (a Pi 5 boots 4 KiB pages from "
+            "kernel8.img: `ferry doctor`)"
         )
     if src.runtime != dst.runtime:
         return (
@@ -137,9 +175,9 @@ def pair_refusal(src: NodeCaps, dst: NodeCaps) -> str | None:
             "a migration stays within one runtime"
         )
     for node in (src, dst):
-        if not node.criu_ok:
-            why = f" ({node.criu_reason})" if node.criu_reason else ""
-            return f"CRIU does not work on {node.name}{why}: run ops/install-criu.sh there"
+        refusal = node_refusal(node)
+        if refusal:
+            return refusal
     if dst.cordoned:
         return f"{dst.name} is cordoned: uncordon it or pick another destination"
     return None
@@ -172,6 +210,8 @@ def strategy_refusal(strategy: Strategy | str, src: NodeCaps, dst: NodeCaps) -> 
         for node in (dst, src):
             if not node.lazy_pages:
                 why = f" ({node.lazy_pages_reason})" if node.lazy_pages_reason else ""
+                if Need.USERFAULTFD in node.lacks:
+                    why = " (its kernel lacks CONFIG_USERFAULTFD)"
                 return (
                     f"{strategy} needs userfaultfd lazy pages on both nodes; "
                     f"{node.name} has none{why}"
@@ -184,6 +224,13 @@ def usable(src: NodeCaps, dst: NodeCaps) -> list[Strategy]:
     if pair_refusal(src, dst) is not None:
         return []
     return [s for s in CONCRETE if strategy_refusal(s, src, dst) is None]
+
+
+def runs(node: NodeCaps) -> list[Strategy]:
+    """The concrete strategies ``node`` can run with a peer like itself, in Strategy order."""
+    if node_refusal(node) is not None:
+        return []
+    return [s for s in CONCRETE if strategy_refusal(s, node, node) is None]
 
 
 def choose(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request) -> Choice:

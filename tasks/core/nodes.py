@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tasks.core.chooser import NodeCaps
+from workers.records import Need
 
 
 def alive(rec: Mapping[str, Any], now: float, ttl_s: float) -> bool:
@@ -40,4 +41,7 @@ def caps(rec: Mapping[str, Any]) -> NodeCaps:
         cordoned=bool(rec.get("cordoned")),
         criu_reason=str(p.get("criu_reason", "")),
         page_server=bool(p.get("page_server")),
+        bits=int(p.get("bits", 0)),  # 0, "" and (): a record from before the kernel probe
+        page_size=int(p.get("page_size", 0)),
+        lacks=frozenset(Need(n) for n in p.get("lacks", ()) if n in Need._value2member_map_),
     )

@@ -29,10 +29,12 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-
-from celery import Celery
+from typing import TYPE_CHECKING
 
 from workers.errors import BadRequest
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 DIGEST = "sha256"
 

@@ -43,6 +43,11 @@ class NodeContext:
         return self.node_dir / "incoming" / mid / sub
 
     @property
+    def page_size(self) -> int:
+        """The node's page size (its probe's; 4 KiB if unknown): delta's block size."""
+        return self.runtime.capabilities().page_size or 4096
+
+    @property
     def host(self) -> str:
         return self.address.rpartition(":")[0]
 

@@ -24,8 +24,6 @@ from tasks.node.context import NodeContext, Progress, last_pass, remember, remem
 from tasks.node.dataplane import send_dir
 from workers.dataplane.delta import apply_delta, make_delta
 
-PAGE = 4096
-
 
 def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     """One pass; its result carries the convergence.IterationStats fields under ``pass``."""
@@ -42,7 +40,7 @@ def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
         frozen_until = time.time()
         out = ctx.images(m.id, f"pass-{k}.out")
         shutil.rmtree(out, ignore_errors=True)
-        delta = make_delta(ctx.images(m.id, prev) if prev else None, d, out)
+        delta = make_delta(ctx.images(m.id, prev) if prev else None, d, out, ctx.page_size)
         sent = send_dir(ctx, m, out, f"pass-{k}.delta", progress)
         shutil.rmtree(out, ignore_errors=True)
         if prev:
@@ -63,7 +61,7 @@ def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
         "bytes_sent": sent["bytes"],
         "seconds": max(sent["wall_ms"] / 1000, 1e-6),
         "freeze_ms": s.frozen_ms + s.freezing_ms,
-        "dirty_rate_bps": changed * PAGE / interval if prev else 0.0,
+        "dirty_rate_bps": changed * ctx.page_size / interval if prev else 0.0,
     }
     # reconnections that resumed a dropped transfer, over every pass so far
     resumed = int(m.results.get("precopy", {}).get("resumed", 0)) + int(sent["resumed"])

@@ -104,7 +104,7 @@ def transfer(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, An
     if m.strategy is Strategy.DELTA and prev and not m.lazy:
         out = ctx.images(m.id, "final.out")
         shutil.rmtree(out, ignore_errors=True)
-        delta = make_delta(ctx.images(m.id, prev), d, out)
+        delta = make_delta(ctx.images(m.id, prev), d, out, ctx.page_size)
         result = {
             **send_dir(ctx, m, out, "final.delta", progress, frozen=True),
             "delta_ms": round(delta.seconds * 1000, 3),

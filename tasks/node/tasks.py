@@ -15,9 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
-
-from celery import Celery, Task
+from typing import TYPE_CHECKING, Any
 
 from tasks.core import transport
 from tasks.core.migration import ROUTE, Event, Migration, Phase, State
@@ -29,6 +27,9 @@ from tasks.store.migrations import Store
 from workers import failpoints
 from workers.errors import BadRequest, FerryError, Superseded, TransientError
 from workers.ids import check_container_name, check_migration_id
+
+if TYPE_CHECKING:
+    from celery import Celery, Task
 
 log = logging.getLogger("ferry.node")
 

@@ -54,7 +54,7 @@ RUNTIMES: dict[str, Callable[[Settings, Path], Runtime]] = {
     "criu": lambda s, home: CriuRuntime(
         home, s.container_root, Criu(s.criu_bin), s.sync_root_paths, s.allow_pipe_max_size
     ),
-    "sim": lambda s, home: SimRuntime(home, s.container_root),
+    "sim": lambda s, home: SimRuntime(home, s.container_root, page_size=s.sim_page_size),
 }
 
 

@@ -198,3 +198,108 @@ def test_the_units_verify_cleanly(rendered: Path, tmp_path: Path) -> None:
             if copy.name.split("@")[0] in ln or str(copy) in ln
         ]
         assert res.returncode == 0 and not problems, "\n".join(problems)
+
+
+def test_the_kernel_is_checked_first_and_reported(tmp_path: Path) -> None:
+    """The play's kernel check runs before the roles; on a kernel with another page size
+    than the cluster's it stops the play before anything is written."""
+    extra = {**SECRETS, "ferry_root": str(tmp_path / "root"), "ansible_become": False}
+    ok = play(tmp_path, "--tags", "check-safe", extra=extra)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "CONFIG_CHECKPOINT_RESTORE" in ok.stdout
+    assert ok.stdout.index("Check each compute node's kernel") < ok.stdout.index("TASK [common")
+    other = {**extra, "ferry_root": str(tmp_path / "other"), "ferry_page_size": 65536}
+    wrong = play(tmp_path, "--tags", "check-safe", extra=other)
+    assert wrong.returncode != 0
+    assert "wrong page size" in wrong.stdout
+    assert not (tmp_path / "other").exists(), "nothing may be written before the kernel check"
+
+
+KERNEL = ROOT / "ops" / "kernel"
+
+
+def check_kernel(
+    tmp: Path, config: str, page: int, board: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    (tmp / "config").write_text(config)
+    (tmp / "os-release").write_text("ID=debian\n")
+    env = {
+        **os.environ,
+        "FERRY_KERNEL_CONFIG": str(tmp / "config"),
+        "FERRY_PAGE_SIZE": str(page),
+        "FERRY_BOARD": board,
+        "FERRY_OS_RELEASE": str(tmp / "os-release"),
+    }
+    return subprocess.run(
+        ["bash", str(KERNEL / "check-kernel.sh"), *args], env=env, capture_output=True, text=True
+    )
+
+
+PI_OS = "CONFIG_CHECKPOINT_RESTORE=y\nCONFIG_NAMESPACES=y\n# CONFIG_USERFAULTFD is not set\nCONFIG_INET_DIAG=y\n"
+
+
+def test_check_kernel_on_raspberry_pi_os_offers_the_two_routes(tmp_path: Path) -> None:
+    res = check_kernel(
+        tmp_path, PI_OS, 4096, "Raspberry Pi 4 Model B Rev 1.4", "--page-size", "4096"
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "missing  CONFIG_USERFAULTFD" in res.stdout and "missing  CONFIG_UNIX_DIAG" in res.stdout
+    assert "ops/kernel/ferry.config" in res.stdout and "linux-raspi" in res.stdout
+    strict = check_kernel(tmp_path, PI_OS, 4096, "Raspberry Pi 4 Model B Rev 1.4", "--strict")
+    assert strict.returncode == 1
+    pi5 = check_kernel(
+        tmp_path, PI_OS, 16384, "Raspberry Pi 5 Model B Rev 1.0", "--page-size", "4096"
+    )
+    assert pi5.returncode == 1 and "kernel8.img" in pi5.stdout
+    none = check_kernel(tmp_path, "# CONFIG_CHECKPOINT_RESTORE is not set\n", 4096, "")
+    assert none.returncode == 1 and "cannot migrate anything" in none.stdout
+
+
+def test_the_fragment_names_every_option_the_probe_reads() -> None:
+    """ops/kernel/ferry.config turns on what workers.criu.kernel checks (but soft-dirty,
+    which arm64 cannot have, and the page size, which pi5-4k.config sets)."""
+    from workers.criu.kernel import OPTIONS
+
+    text = (KERNEL / "ferry.config").read_text()
+    wanted = set(OPTIONS) - {"MEM_SOFT_DIRTY", "ARM64_16K_PAGES", "PTE_MARKER_UFFD_WP"}
+    assert {o for o in wanted if f"CONFIG_{o}=y" not in text} == set()
+    assert "CONFIG_ARM64_4K_PAGES=y" in (KERNEL / "pi5-4k.config").read_text()
+
+
+def test_nfs_exports_the_shared_dir_and_the_nodes_mount_it(tmp_path: Path) -> None:
+    """ferry_nfs: the head's export (cluster networks only), the compute nodes' mount
+    unit at the same path, and NFS's port behind the firewall."""
+    root = tmp_path / "root"
+    extra = {
+        **SECRETS,
+        "ferry_root": str(root),
+        "ansible_become": False,
+        "ferry_nfs": True,
+        "ferry_shared_dir": "/srv/ferry-shared",
+        "ferry_nfs_mount": True,  # localhost is the head too: mount it all the same here
+    }
+    res = play(tmp_path, "--tags", "check-safe", extra=extra)
+    assert res.returncode == 0, res.stdout + res.stderr
+    exports = (root / "etc/exports.d/ferry.exports").read_text().splitlines()[-1]
+    assert exports == (
+        "/srv/ferry-shared 10.0.0.0/24(rw,sync,no_subtree_check,no_root_squash) "
+        "192.168.50.0/24(rw,sync,no_subtree_check,no_root_squash) "
+        "fd00:f::/64(rw,sync,no_subtree_check,no_root_squash)"
+    )
+    unit = root / "etc/systemd/system/srv-ferry\\x2dshared.mount"
+    text = unit.read_text()
+    assert "What=127.0.0.1:/srv/ferry-shared" in text and "Where=/srv/ferry-shared" in text
+    escaped = subprocess.run(
+        ["systemd-escape", "--path", "--suffix=mount", "/srv/ferry-shared"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if escaped.returncode == 0:
+        assert escaped.stdout.strip() == unit.name
+    rules = (root / "etc/ferry/ferry.nft").read_text()
+    assert "tcp dport { 6379, 5555, 7070, 7071-7086, 2049 } counter drop" in rules
+    env = (root / "etc/ferry/ferry.env").read_text()
+    assert "FERRY_SHARED_DIR=/srv/ferry-shared" in env
+    bad = play(tmp_path, "--tags", "check-safe", extra={**extra, "ferry_shared_dir": ""})
+    assert bad.returncode != 0 and "ferry_shared_dir" in bad.stdout

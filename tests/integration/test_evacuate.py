@@ -273,3 +273,19 @@ def test_simulated_a_container_bigger_than_any_node_is_not_placed(sim_cluster) -
         assert not client.node("s1")["cordoned"]
     finally:
         client.kill("huge")
+
+
+def test_doctor_and_nodes_show_each_nodes_strategies(evac: LocalCluster) -> None:
+    res = evac.cli("doctor", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    reports = {n["node"]: n for n in json.loads(res.stdout)["nodes"]}
+    assert set(NODES) <= set(reports)
+    assert {"cold", "delta"} <= set(reports["e1"]["strategies"])
+    one = evac.cli("doctor", "e1")
+    assert one.returncode == 0 and one.stdout.count("runs: ") == 1
+    assert "pairs with: " in one.stdout and "e2" in one.stdout.split("pairs with: ")[1]
+    bad = evac.cli("doctor", "nosuch")
+    assert bad.returncode == 2 and "unknown node 'nosuch'" in bad.stderr
+    rows = {n["name"]: n for n in json.loads(evac.cli("nodes", "--json").stdout)}
+    assert rows["e1"]["strategies"] == reports["e1"]["strategies"]
+    assert evac.cli("nodes").returncode == 0

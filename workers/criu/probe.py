@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from workers import procs
+from workers.criu import kernel as kern
 from workers.criu.adapter import Criu
 from workers.errors import CriuError
+from workers.records import Need
 
 FEATURES = ("mem_dirty_track", "uffd", "uffd-noncoop")
 
@@ -24,7 +26,9 @@ FEATURES = ("mem_dirty_track", "uffd", "uffd-noncoop")
 class Probe:
     """A node's capabilities, as plain data."""
 
-    arch: str
+    arch: str  # the userland's (a 32-bit Pi OS on an aarch64 kernel is armv7l)
+    bits: int  # the userland's word size
+    page_size: int
     kernel: str
     cpus: int
     mem_total_bytes: int
@@ -38,9 +42,16 @@ class Probe:
     uffd_noncoop: bool
     pipe_max_size: int
     root: bool
+    cgroup: str  # "2", "hybrid" or "1"
+    unprivileged_userfaultfd: int | None  # vm.unprivileged_userfaultfd, None if absent
+    kernel_config: dict[str, str] | None  # the options ferry reads, None: no config to read
+    checks: dict[str, str]  # per requirement (workers.records.Need): how the probe knows
+    lacks: tuple[Need, ...]  # the requirements found missing
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["lacks"] = [str(n) for n in self.lacks]
+        return d
 
 
 def meminfo() -> tuple[int, int]:
@@ -67,12 +78,11 @@ def probe(state_dir: Path, criu: Criu) -> Probe:
     else:
         ok_reason = f"{criu.binary} not found: run ops/install-criu.sh"
     feats = {f: ok and criu.feature(f) for f in FEATURES}
-    try:
-        pipe_max = int(Path("/proc/sys/fs/pipe-max-size").read_text())
-    except OSError:
-        pipe_max = 0
+    found = kern.checks(PIPE_NEEDED)
     return Probe(
-        arch=platform.machine(),
+        arch=kern.userland_arch(),
+        bits=kern.userland_bits(),
+        page_size=os.sysconf("SC_PAGE_SIZE"),
         kernel=platform.release(),
         cpus=os.cpu_count() or 1,
         mem_total_bytes=total,
@@ -84,8 +94,13 @@ def probe(state_dir: Path, criu: Criu) -> Probe:
         soft_dirty=feats["mem_dirty_track"],
         uffd=feats["uffd"],
         uffd_noncoop=feats["uffd-noncoop"],
-        pipe_max_size=pipe_max,
+        pipe_max_size=kern.sysctl("fs.pipe-max-size") or 0,
         root=root,
+        cgroup=kern.cgroup_version(),
+        unprivileged_userfaultfd=kern.sysctl("vm.unprivileged_userfaultfd"),
+        kernel_config=kern.kernel_config(),
+        checks={str(n): c.how for n, c in found.items()},
+        lacks=tuple(n for n, c in found.items() if not c.ok),
     )
 
 
@@ -102,8 +117,10 @@ def probe_lazy(criu: Criu, scratch: Path, p: Probe, allow_raise: bool) -> tuple[
     """
     if not p.criu_ok:
         return False, p.criu_reason
+    if Need.USERFAULTFD in p.lacks:
+        return False, f"no userfaultfd: {p.checks[Need.USERFAULTFD]}"
     if not (p.uffd and p.uffd_noncoop):
-        return False, "the kernel has no userfaultfd for CRIU (uffd / uffd-noncoop)"
+        return False, "CRIU finds no userfaultfd it can use (uffd / uffd-noncoop)"
     if p.pipe_max_size < PIPE_NEEDED:
         if not allow_raise:
             return False, (

@@ -27,7 +27,14 @@ from workers.dataplane.pagestream import Relay
 from workers.dirsync.dirs import check_dirs
 from workers.errors import BadRequest, CriuError, PermanentError, UnknownContainer
 from workers.ids import check_container_name
-from workers.records import Capabilities, DumpStats, LazyReport, PagesTarget, RestoreStats
+from workers.records import (
+    Capabilities,
+    DumpStats,
+    LazyReport,
+    Need,
+    PagesTarget,
+    RestoreStats,
+)
 from workers.runtimes.base import ContainerInfo, Served
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # what CRIU counts pages in, on this node
@@ -88,6 +95,11 @@ class CriuRuntime:
                 lazy_pages=lazy,
                 lazy_pages_reason=why,
                 page_server=facts.criu_ok,
+                bits=facts.bits,
+                page_size=facts.page_size,
+                kernel=facts.kernel,
+                # a lazy round trip that passed raised fs.pipe-max-size where allowed
+                lacks=tuple(n for n in facts.lacks if not (lazy and n is Need.PIPE_MAX_SIZE)),
                 facts=facts.to_dict(),
             )
         return self._caps

@@ -41,6 +41,7 @@ from workers.runtimes.simmodel import (
 )
 
 TICK_S = 0.1
+PAGE_SIZES = (4096, 16384, 65536)  # arm64's; x86 has only the first
 # What workers.dataplane.delta reads of a pagemap: two magics, a size, then field 1 = pages_id 1.
 PAGEMAP = bytes(12) + b"\x08\x01"
 _CHUNK = 16 * MIB
@@ -71,11 +72,18 @@ class SimRuntime:
     name = "sim"
 
     def __init__(
-        self, state_dir: Path, container_root: Path, model: SimModel | None = None
+        self,
+        state_dir: Path,
+        container_root: Path,
+        model: SimModel | None = None,
+        page_size: int = PAGE,
     ) -> None:
         self.inventory = state_dir / "sim-containers"
         self.container_root = container_root
         self.model = model or SimModel()
+        if page_size not in PAGE_SIZES:
+            raise BadRequest(f"sim page size must be one of {PAGE_SIZES}, not {page_size}")
+        self.page_size = page_size  # the kernel's it models: 16384 for a Pi 5's default kernel
         self.inventory.mkdir(parents=True, exist_ok=True)
 
     def capabilities(self) -> Capabilities:
@@ -86,6 +94,9 @@ class SimRuntime:
             soft_dirty=True,
             lazy_pages=True,
             simulated=True,
+            bits=64,
+            page_size=self.page_size,
+            kernel=os.uname().release,
         )
 
     def page_server(self, images: Path, sock: int) -> PipedLog:
