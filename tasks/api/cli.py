@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
+from redis.exceptions import RedisError
 from rich.markup import escape
 
 from tasks.api import cluster_commands, migration_commands
@@ -22,7 +23,7 @@ from tasks.api.demo import run_demo
 from tasks.config import broker
 from tasks.config.settings import Settings
 from tasks.messaging.app import make_app
-from workers.errors import FerryError
+from workers.errors import EXIT_UNAVAILABLE, FerryError
 
 # Commands defined beside what they run, imported only when named: Prometheus's
 # client and CRIU's probe are not what `ferry ps` should pay for at start-up.
@@ -47,8 +48,14 @@ class FerryGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FerryError as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            sys.exit(exc.exit_code)
+            fail(str(exc), exc.exit_code)
+        except RedisError as exc:  # the state store (or a Redis broker) is away
+            fail(f"cannot reach Redis: {exc} (is it running? FERRY_REDIS_URL)", EXIT_UNAVAILABLE)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 @click.group(cls=FerryGroup)

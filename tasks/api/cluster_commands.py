@@ -88,7 +88,10 @@ def ps(as_json: bool) -> None:
     emit(as_json, rows, show)
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
+# Only ferry's own options come before the command: the first word that is not
+# one starts it (``--`` marks it plainly), and an unknown option before it is an
+# error ("No such option: --rootfs. Did you mean ...?"), never the program to run.
+@click.command(context_settings={"allow_interspersed_args": False})
 @click.option("--node", required=True)
 @click.option("--name", default=None, help="Container name (default: generated).")
 @click.option(

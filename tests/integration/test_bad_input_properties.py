@@ -410,3 +410,30 @@ def _positive(s: str) -> bool:
         return 0 < float(s) < math.inf
     except ValueError:
         return False
+
+
+def test_an_unknown_option_before_the_command_is_refused_not_run(sim) -> None:
+    # It used to become the program: `--rootfs` ran, died at once, and the name was taken.
+    cli_refused(
+        sim, ["run", "--node", "s1", "--name", "x", "--rootfs", "/srv", "--", "true"], "--rootfs"
+    )
+    assert "x" not in {k["name"] for k in sim.client.containers()}
+    res = cli(sim, "run", "--node", "s1", "--nme", "y", "--", "true")
+    assert res.exit_code == 2 and "Did you mean one of: '--name'" in " ".join(res.output.split())
+
+
+def test_what_follows_the_first_word_is_the_commands_own(sim) -> None:
+    # `--help` after the program is the program's (sleep's), not ferry's
+    res = cli(sim, "run", "--node", "s1", "--name", "own-opts", "--json", "sleep", "--help")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["name"] == "own-opts"
+    sim.client.kill("own-opts")
+
+
+@pytest.mark.parametrize("argv", [["ps"], ["nodes"], ["status"]])
+def test_with_redis_away_a_command_says_so_in_one_line_and_exits_3(argv: list[str]) -> None:
+    env = {"FERRY_REDIS_URL": "redis://127.0.0.1:1/0", "FERRY_BROKER_URL": "redis://127.0.0.1:1/0"}
+    res = CliRunner().invoke(main, argv, env=env, catch_exceptions=False)
+    assert res.exit_code == 3, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot reach Redis"), res.output
