@@ -35,17 +35,26 @@ def alive(pid: int, ticks: int | None = None) -> bool:
 
 
 def tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants."""
+    """``pid`` and all its descendants (those that exit during the walk may be left out)."""
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
         out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*/children"):
-            try:
-                todo += [int(c) for c in task.read_text().split()]
-            except OSError:
-                continue
+        try:  # a process that exits meanwhile takes its /proc dir with it
+            children = [t.read_text() for t in Path(f"/proc/{p}/task").glob("*/children")]
+        except OSError:
+            continue
+        todo += [int(c) for text in children for c in text.split()]
     return out
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner may enter (0700), made so even when it
+    was created beforehand with a laxer mode."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
 
 
 def rss_bytes(pid: int) -> int:

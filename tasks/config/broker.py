@@ -26,6 +26,7 @@ from redis.retry import Retry
 
 from tasks.config.settings import Settings
 from tasks.core.endpoints import plan
+from workers import procs
 from workers.errors import BadRequest, NodeUnavailable
 
 
@@ -107,7 +108,7 @@ def _local_secret(s: Settings) -> str:
             "FERRY_SECRET is not set: every node of a cluster needs the same "
             "secret (see docs/operating.md)"
         )
-    s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    procs.private_dir(s.state_dir)
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -117,7 +118,7 @@ def _local_secret(s: Settings) -> str:
 
 def ensure_embedded(state_dir: Path) -> Path:
     """The socket of the embedded Redis in ``state_dir``, started if not running."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    procs.private_dir(state_dir)
     sock = state_dir / "redis.sock"
     if _answers(sock):
         return sock

@@ -33,6 +33,7 @@ from tasks.node.context import NodeContext
 from tasks.node.phases import collect
 from tasks.node.tasks import register
 from tasks.store.migrations import Store
+from workers import procs
 from workers.criu.adapter import Criu
 from workers.dataplane.transfer import GateLimits, TransferServer
 from workers.errors import BadRequest, FerryError
@@ -93,7 +94,7 @@ def serve(settings: Settings, node: str) -> int:
     _ = s.sync_root_paths, s.sync_port_range  # a bad setting stops the node now, not mid-migration
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     home = node_dir(s, node)
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    procs.private_dir(home)
     store = Store(connect(s))
     runtime = make_runtime(s, node)
     caps = runtime.capabilities()
