@@ -105,6 +105,10 @@ class Cluster:
             dump_bps=dumped[0] if dumped and fresh else None,
         )
         admitted = admit(req, self.node(src), self.node(req.to), defaults)
+        asked_for = next(
+            (c for c in self.containers() if c["name"] == req.container and c["node"] == src), {}
+        )
+        options = replace(admitted.options, container_started=asked_for.get("started"))
         if not self.store.coordinator_alive():
             raise NodeUnavailable("no coordinator is running: start `ferry coordinator`")
         now, mid, strategy = time.time(), new_id(), admitted.strategy
@@ -118,7 +122,7 @@ class Cluster:
             lazy=strategy.lazy,
             sync=admitted.sync,
             limits=admitted.limits,
-            options=admitted.options,
+            options=options,
             reason=admitted.reason,
             created=now,
             updated=now,

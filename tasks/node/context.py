@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.migration import Migration, Phase
+from workers.errors import PermanentError
 from workers.runtimes.base import Runtime
 
 Progress = Callable[[dict[str, Any]], None]  # a phase's progress, as its task reports it
@@ -68,3 +69,16 @@ def remember(d: Path, phase: Phase, result: dict[str, Any]) -> dict[str, Any]:
 
 def last_pass(m: Migration) -> str | None:
     return f"pass-{len(m.passes)}" if m.passes else None
+
+
+def check_asked_for(ctx: NodeContext, m: Migration) -> None:
+    """Before the first freeze: the container is still the one the migration was asked
+    for (a request that waited for a coordinator must not move a restarted one)."""
+    asked = m.options.container_started
+    info = ctx.runtime.get(m.container)
+    if asked is not None and info.started != asked:
+        raise PermanentError(
+            f"{m.container!r} on {ctx.node} was restarted since this migration was asked "
+            f"(it started {info.started - asked:+.0f} s later, pid {info.pid}): "
+            "nothing was frozen; migrate it again"
+        )

@@ -20,7 +20,14 @@ from typing import Any
 
 from tasks.core.migration import Migration, Phase
 from tasks.core.strategy import Strategy
-from tasks.node.context import NodeContext, Progress, last_pass, remember, remembered
+from tasks.node.context import (
+    NodeContext,
+    Progress,
+    check_asked_for,
+    last_pass,
+    remember,
+    remembered,
+)
 from tasks.node.dataplane import send_dir
 from workers.dataplane.delta import apply_delta, make_delta
 
@@ -33,6 +40,8 @@ def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     if done:
         return done
     shutil.rmtree(d, ignore_errors=True)
+    if not m.passes:
+        check_asked_for(ctx, m)
     prev = last_pass(m)
     since = float(m.results["precopy"]["end"]) if m.passes else time.time()
     if m.strategy is Strategy.DELTA:

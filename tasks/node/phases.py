@@ -23,7 +23,15 @@ from tasks.core.migration import Migration, Phase, State
 from tasks.core.strategy import Strategy
 from tasks.messaging import auth
 from tasks.node import syncpasses
-from tasks.node.context import FINAL, NodeContext, Progress, last_pass, remember, remembered
+from tasks.node.context import (
+    FINAL,
+    NodeContext,
+    Progress,
+    check_asked_for,
+    last_pass,
+    remember,
+    remembered,
+)
 from tasks.node.dataplane import pages_target, send_dir, streams_pages
 from workers.dataplane.delta import apply_delta, make_delta
 from workers.dataplane.pagestream import check_pages
@@ -46,6 +54,7 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     done = remembered(d, Phase.DUMP)
     if done:
         return done
+    check_asked_for(ctx, m)
     if d.exists():
         shutil.rmtree(d)  # a dump that died half-way: start over
     prev = last_pass(m)
@@ -260,9 +269,11 @@ def abort(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
 def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     """Rollback on the source: continue the frozen copy, or restore it from its images."""
     d = ctx.images(m.id)
-    if not _has(ctx, m.container):
-        raise PermanentError(f"{m.container!r} is not in {ctx.node}'s inventory")
     dumped = remembered(d, Phase.DUMP)
+    if not _has(ctx, m.container):
+        if not d.parent.exists():  # never dumped here, and gone since: nothing to resume
+            return {"state": "gone", "end": time.time()}
+        raise PermanentError(f"{m.container!r} is not in {ctx.node}'s inventory")
     if dumped and "page_server" in dumped:
         _end_lazy_dump(ctx, m, dumped["page_server"])
     if dumped and ("page_server" in dumped or "pages" in dumped):
