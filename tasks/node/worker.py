@@ -66,6 +66,21 @@ def make_runtime(settings: Settings, node: str) -> Runtime:
     return RUNTIMES[settings.runtime](settings, node_dir(settings, node))
 
 
+def _dead_here(holder: str) -> bool:
+    host, _, pid = holder.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not procs.alive(int(pid))
+
+
+def already_up(node: str, holder: str, rec: dict[str, Any] | None) -> str:
+    """Why a second worker may not be node ``node``: who holds it, where, since when."""
+    host, _, pid = holder.rpartition(":")
+    where = f" at {rec['address']}" if rec and rec.get("address") else ""
+    seen = (
+        f", seen {time.time() - rec['last_seen']:.0f} s ago" if rec and "last_seen" in rec else ""
+    )
+    return f"node {node} is already up{where} (pid {pid} on {host}{seen}): one worker per node name"
+
+
 def _containers(runtime: Runtime) -> list[dict[str, Any]]:
     return [{**asdict(c), "argv": list(c.argv)} for c in runtime.containers()]
 
@@ -96,6 +111,13 @@ def serve(settings: Settings, node: str) -> int:
     home = node_dir(s, node)
     procs.private_dir(home)
     store = Store(connect(s))
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    claim_ttl = max(s.node_ttl_s, 3 * s.heartbeat_s)
+    holder = store.claim_node(node, owner, claim_ttl)
+    if holder is not None and _dead_here(holder):  # a worker of this host killed a moment ago
+        holder = store.claim_node(node, owner, claim_ttl, take_from=holder)
+    if holder is not None:
+        raise BadRequest(already_up(node, holder, store.node(node)))
     runtime = make_runtime(s, node)
     caps = runtime.capabilities()
     server = TransferServer(
@@ -152,6 +174,11 @@ def serve(settings: Settings, node: str) -> int:
             _reap({c.pid for c in children.values()})
             load = os.getloadavg()[0]
             try:
+                holder = store.claim_node(node, owner, claim_ttl)
+                if holder is not None:  # ours lapsed (Redis was away) and another took it
+                    log.error("%s; this worker stops", already_up(node, holder, store.node(node)))
+                    stopping = True
+                    continue
                 store.put_node(
                     node,
                     {
@@ -173,6 +200,8 @@ def serve(settings: Settings, node: str) -> int:
     finally:
         for child in children.values():
             child.terminate()
+        with contextlib.suppress(redis.RedisError):
+            store.release_node(node, owner)
         for child in children.values():
             try:
                 child.wait(10)

@@ -33,6 +33,20 @@ from workers.ids import check_migration_id
 EVENTS_MAX = 10_000
 log = logging.getLogger("ferry.store")
 COORDINATOR_KEY = "ferry:coordinator"  # the coordinator's heartbeat, expiring
+# A node's claim: extended (or released) only by the worker that holds it, taken
+# over from a holder known dead; the holder, whoever it is, comes back.
+_EXTEND = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if not v or (ARGV[3] ~= '' and v == ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]); v = ARGV[1]
+end
+return v
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def to_json(m: Migration) -> str:
@@ -207,6 +221,22 @@ class Store:
 
     def coordinator_alive(self) -> bool:
         return bool(self.r.exists(COORDINATOR_KEY))
+
+    def claim_node(
+        self, name: str, owner: str, ttl_s: float, take_from: str | None = None
+    ) -> str | None:
+        """Hold node ``name`` for ``owner`` (one worker process) for ``ttl_s`` more
+        seconds; None when it is ours, else the owner that holds it. ``take_from``:
+        an owner known to be dead, whose claim this one replaces."""
+        key = f"ferry:claim:{name}"
+        ttl = max(1, int(ttl_s + 0.999))
+        if self.r.set(key, owner, nx=True, ex=ttl):
+            return None
+        holder = self.r.eval(_EXTEND, 1, key, owner, ttl, take_from or "")
+        return None if holder == owner else str(holder)
+
+    def release_node(self, name: str, owner: str) -> None:
+        self.r.eval(_RELEASE, 1, f"ferry:claim:{name}", owner)
 
     def put_node(self, name: str, record: dict[str, Any]) -> None:
         with self.r.pipeline() as pipe:
