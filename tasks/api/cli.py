@@ -10,6 +10,8 @@ evacuation's timeout ended it). Every command takes ``--json``.
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -67,22 +69,40 @@ def main() -> None:
 FLOWER_COLUMNS = "name,uuid,state,args,result,received,started,runtime,worker"
 
 
+verbose_opt = click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Log every task and Celery's banner (FERRY_LOG_LEVEL=INFO); quiet by default.",
+)
+
+
+def daemon_settings(verbose: bool) -> Settings:
+    if verbose:
+        os.environ["FERRY_LOG_LEVEL"] = "INFO"  # the node's Celery workers inherit it
+    s = Settings.from_env()
+    logging.basicConfig(level=s.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    return s
+
+
 @main.command()
 @click.option("--node", required=True, help="This node's name (lowercase, digits, '-').")
-def worker(node: str) -> None:
+@verbose_opt
+def worker(node: str, verbose: bool) -> None:
     """Run this node's workers, data-plane listener and heartbeat."""
     from tasks.node import worker as node_worker  # noqa: PLC0415 (the node side, for nodes only)
 
-    sys.exit(node_worker.serve(Settings.from_env(), node))
+    sys.exit(node_worker.serve(daemon_settings(verbose), node))
 
 
 @main.command()
 @click.option("--concurrency", default=4, show_default=True)
-def coordinator(concurrency: int) -> None:
+@verbose_opt
+def coordinator(concurrency: int, verbose: bool) -> None:
     """Run the coordinator (consumes ferry.control)."""
     from tasks.control import coordinator as control  # noqa: PLC0415 (Celery's worker machinery)
 
-    control.serve(Settings.from_env(), concurrency)
+    control.serve(daemon_settings(verbose), concurrency)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

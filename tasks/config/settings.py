@@ -36,6 +36,7 @@ class Settings:
     token_deadline_s: float = 3.0  # data plane: accept to a valid token, not reset by bytes
     listen_per_peer: int = 8  # data plane: connections without a token yet, per address
     heartbeat_s: float = 2.0
+    log_level: str = "WARNING"  # the daemons' logs: INFO shows every task and Celery's banner
     node_ttl_s: float = 10.0
     visibility_timeout_s: int = 4 * 3600  # longer than the longest phase
     max_redeliveries: int = 2

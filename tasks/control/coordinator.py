@@ -7,6 +7,7 @@ advance it from there. It never waits on a task's result.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -20,7 +21,7 @@ from tasks.control.evacuation import register as evacuation_tasks
 from tasks.core.migration import Event, Migration
 from tasks.core.nodes import alive as is_alive
 from tasks.core.watchdog import Timeouts, check
-from tasks.messaging.app import CONTROL_QUEUE, dispatch, make_app
+from tasks.messaging.app import CONTROL_QUEUE, dispatch, make_app, worker_argv
 from tasks.store.migrations import Store
 from workers.errors import BadRequest, CorruptRecord, TooLate
 
@@ -127,21 +128,5 @@ def serve(settings: Settings, concurrency: int = 4) -> None:
             time.sleep(s.heartbeat_s)
 
     threading.Thread(target=beat, daemon=True, name="coordinator-heartbeat").start()
-    app.worker_main(
-        [
-            "worker",
-            "-Q",
-            CONTROL_QUEUE,
-            "-n",
-            "coordinator@%h",
-            "-P",
-            "threads",
-            "-c",
-            str(concurrency),
-            "-E",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "INFO",
-        ]
-    )
+    print(f"ferry: coordinator up: queue {CONTROL_QUEUE}", file=sys.stderr, flush=True)
+    app.worker_main(worker_argv(s, CONTROL_QUEUE, "coordinator@%h", concurrency))

@@ -7,6 +7,7 @@ occupy) and ``ferry.control`` (coordinator, evacuation runner).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from tasks.config.broker import ssl_options
 from tasks.config.settings import Settings
 from tasks.core.migration import Send
 from tasks.messaging.signing import enable_signing
+from workers.errors import BadRequest
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -79,6 +81,36 @@ def make_app(settings: Settings) -> Celery:
             Path(settings.signing_certs),
         )
     return app
+
+
+def worker_argv(s: Settings, queue: str, name: str, threads: int) -> list[str]:
+    """``celery worker`` for one of ferry's daemons: quiet unless ``log_level`` asks
+    for INFO or DEBUG (then Celery's banner and every task). Celery's warning
+    about running as root is dropped: CRIU needs root, and the messages are
+    JSON, signed, never pickle.
+    """
+    warnings.filterwarnings("ignore", message="You're running the worker with superuser")
+    level = s.log_level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise BadRequest(f"log_level {s.log_level!r}: DEBUG, INFO, WARNING or ERROR")
+    quiet = [] if level in ("DEBUG", "INFO") else ["--quiet"]
+    return [
+        *quiet,
+        "worker",
+        "-Q",
+        queue,
+        "-n",
+        name,
+        "-P",
+        "threads",
+        "-c",
+        str(threads),
+        "-E",
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        level,
+    ]
 
 
 def dispatch(app: Celery, mid: str, sends: list[Send]) -> None:

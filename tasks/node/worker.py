@@ -28,7 +28,7 @@ import redis
 from tasks.config.broker import connect, resolve
 from tasks.config.settings import Settings
 from tasks.core.migration import State
-from tasks.messaging.app import make_app, node_queue
+from tasks.messaging.app import make_app, node_queue, worker_argv
 from tasks.node.context import NodeContext
 from tasks.node.phases import collect
 from tasks.node.tasks import register
@@ -44,6 +44,7 @@ from workers.runtimes.sim import SimRuntime
 
 log = logging.getLogger("ferry.worker")
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
 ROLES = ("main", "urgent")
 
 
@@ -260,25 +261,22 @@ def celery_main(node: str, role: str, address: str) -> None:
     )
     register(app, store, ctx, urgent, lambda: store.put_containers(node, _containers(runtime)))
     app.worker_main(
-        [
-            "worker",
-            "-Q",
-            node_queue(node, urgent),
-            "-n",
-            f"{role}.{node}@%h",
-            "-P",
-            "threads",
-            "-c",
-            "1" if urgent else str(s.main_concurrency),
-            "-E",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "INFO",
-        ]
+        worker_argv(
+            s, node_queue(node, urgent), f"{role}.{node}@%h", 1 if urgent else s.main_concurrency
+        )
     )
 
 
+def die_with_parent() -> None:
+    """A node's Celery worker ends with its supervisor: one killed with -9 must not
+    leave workers serving the node with a data plane that is gone."""
+    parent = os.getppid()
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the signal was asked for
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
+    die_with_parent()
+    logging.basicConfig(level=os.environ.get("FERRY_LOG_LEVEL", "WARNING").upper())
     celery_main(sys.argv[1], sys.argv[2], sys.argv[3])

@@ -26,7 +26,10 @@ def test_every_python_example_in_the_api_docs_runs(sim_cluster, monkeypatch) -> 
         try:
             exec(compile(code, f"docs/api.md, block {i}", "exec"), ns)  # noqa: S102 (our own docs)
         except Exception as exc:  # noqa: BLE001 (whatever an example raises fails the docs)
-            pytest.fail(f"docs/api.md block {i} raised {exc!r}:\n{code}")
+            done = ns.get("done")
+            pytest.fail(
+                f"docs/api.md block {i} raised {exc!r}:\n{code}\n{getattr(done, 'errors', '')}"
+            )
     report = ns["report"]
     assert isinstance(report, dict) and report["state"] == "cancelled"
     assert ns["done"].state.value == "done"  # type: ignore[attr-defined]

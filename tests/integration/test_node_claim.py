@@ -21,9 +21,13 @@ def test_a_second_worker_for_a_node_that_is_up_refuses(sim_cluster: LocalCluster
 
 
 def test_a_node_whose_worker_was_killed_can_start_again_at_once(sim_cluster: LocalCluster) -> None:
-    # the whole node dies at once (its Celery workers too); its claim outlives it, for its TTL
-    procs.signal_tree(sim_cluster.procs["s2"].pid, signal.SIGKILL)
+    # kill -9 of the node's supervisor: its claim outlives it (for its TTL), its
+    # Celery workers do not (they must not serve the node with a dead data plane)
+    workers = procs.tree(sim_cluster.procs["s2"].pid)[1:]
+    assert workers
+    sim_cluster.procs["s2"].send_signal(signal.SIGKILL)
     sim_cluster.procs["s2"].wait(10)
+    wait_for(lambda: not any(procs.alive(p) for p in workers), 60)
     del sim_cluster.procs["s2"]
     sim_cluster.start_node("s2")  # on the same host: the dead holder's claim is taken over
     wait_for(lambda: sim_cluster.procs["s2"].poll() is None and _alive(sim_cluster, "s2"), 60)
