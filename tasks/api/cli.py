@@ -19,7 +19,7 @@ import click
 from redis.exceptions import RedisError
 from rich.markup import escape
 
-from tasks.api import cluster_commands, migration_commands
+from tasks.api import cluster_commands, container_commands, migration_commands
 from tasks.api.console import err
 from tasks.api.demo import run_demo
 from tasks.config import broker
@@ -136,6 +136,9 @@ for command in (
     cluster_commands.nodes,
     cluster_commands.ps,
     cluster_commands.run,
+    container_commands.stop,
+    container_commands.rm,
+    container_commands.logs,
     migration_commands.migrate,
     migration_commands.status,
     migration_commands.watch,

@@ -142,7 +142,10 @@ class Ferry(Cluster):
         )
         return MigrationHandle(self.submit(req), self)
 
-    def migrations(self, limit: int = 20) -> list[Migration]:
+    def migrations(self, limit: int | None = 20) -> list[Migration]:
+        """The latest ``limit`` migrations, newest first (None: every one kept)."""
+        if limit is None:
+            return list(self.store.all_migrations())
         return list(self.store.iter_migrations(limit))
 
     def watch(self, mid: str, timeout: float | None = None) -> Iterator[dict[str, str]]:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from tasks.api.console import POSITIVE, emit, err, ferry_client, json_opt, out
 from tasks.core.codec import encode
+from tasks.core.evacplan import parse_rate
 from tasks.core.summary import one_line, size, summary
 from workers.errors import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 
@@ -68,6 +69,9 @@ from workers.errors import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
     default=None,
     help="How image files travel [setting compression].",
 )
+@click.option(
+    "--bandwidth", default=None, help="Cap on its transfers, bytes/s: 50M, 64Mi, 800mbit."
+)
 @click.option("--no-wait", is_flag=True, help="Submit and print the migration id.")
 @click.option(
     "--timeout",
@@ -88,6 +92,7 @@ def migrate(
     hard_cap: bool,
     page_server: str | None,
     compression: str | None,
+    bandwidth: str | None,
     no_wait: bool,
     timeout: float,
     as_json: bool,
@@ -106,6 +111,7 @@ def migrate(
         hard_downtime_cap=hard_cap,
         page_server=page_server,
         compression=compression,
+        bandwidth_bps=parse_rate(bandwidth),
     )
     if no_wait:
         emit(as_json, {"id": handle.id}, lambda: out.print(handle.id))
@@ -152,11 +158,23 @@ def _follow(client: Any, handle: Any, timeout: float, quiet: bool) -> Any:
             time.sleep(0.1)
 
 
+STATES = ("pending", "running", "rolling_back", "done", "rolled_back", "failed", "cancelled")
+
+
 @click.command()
 @click.argument("migration", required=False)
+@click.option(
+    "--state", "states", multiple=True, type=click.Choice(STATES), help="Only these; repeatable."
+)
+@click.option(
+    "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="The latest N."
+)
+@click.option("--all", "every", is_flag=True, help="Every migration kept, not only the latest.")
 @json_opt
-def status(migration: str | None, as_json: bool) -> None:
-    """Show one migration's record, or the latest migrations."""
+def status(
+    migration: str | None, states: tuple[str, ...], limit: int, every: bool, as_json: bool
+) -> None:
+    """Show one migration's record, or the latest migrations (--state running: in flight)."""
 
     client = ferry_client()
     if migration:
@@ -224,7 +242,10 @@ def status(migration: str | None, as_json: bool) -> None:
 
         emit(as_json, data, show_one)
         return
-    rows = [summary(m) for m in client.migrations()]
+    kept = client.migrations(limit=None if every or states else limit)
+    rows = [summary(m) for m in kept if not states or m.state.value in states][
+        : None if every else limit
+    ]
 
     def show_all() -> None:
         t = Table("id", "container", "from", "to", "strategy", "state", "downtime", "total")
@@ -261,19 +282,30 @@ def watch(migration: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("migration")
+@click.option("--wait", is_flag=True, help="Until it is final: then say how it ended.")
+@click.option("--timeout", default=600.0, show_default=True, type=POSITIVE, help="s, with --wait.")
 @json_opt
-def cancel(migration: str, as_json: bool) -> None:
+def cancel(migration: str, wait: bool, timeout: float, as_json: bool) -> None:
     """Roll a migration back (before its point of no return), or stop an evacuation (e-...)."""
     client = ferry_client()
     if migration.startswith("e-"):
         client.evacuation(migration).cancel()
     else:
         client.cancel(migration)
-    emit(
-        as_json,
-        {"id": migration, "cancel": "requested"},
-        lambda: out.print(f"{migration}: cancel requested"),
-    )
+    if not wait or migration.startswith("e-"):
+        emit(
+            as_json,
+            {"id": migration, "cancel": "requested"},
+            lambda: out.print(f"{migration}: cancel requested"),
+        )
+        return
+    deadline = time.monotonic() + timeout
+    while not (m := client.status(migration)).state.final:
+        if time.monotonic() > deadline:
+            err.print(f"[yellow]{migration} still {m.state.value} after {timeout:.0f} s[/yellow]")
+            sys.exit(EXIT_TIMEOUT)
+        time.sleep(0.2)
+    emit(as_json, summary(m), lambda: out.print(one_line(m), highlight=False))
 
 
 @click.command()
