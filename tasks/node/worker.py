@@ -39,7 +39,7 @@ from workers.dataplane.transfer import GateLimits, TransferServer
 from workers.errors import BadRequest, FerryError
 from workers.ids import check_node_name
 from workers.runtimes.base import Runtime
-from workers.runtimes.criu import CriuRuntime
+from workers.runtimes.criu import NOT_ROOT, CriuRuntime
 from workers.runtimes.sim import SimRuntime
 
 log = logging.getLogger("ferry.worker")
@@ -158,6 +158,8 @@ def serve(settings: Settings, node: str) -> int:
         file=sys.stderr,
         flush=True,
     )
+    if runtime.name == "criu" and os.geteuid() != 0:
+        print(f"ferry: warning: {NOT_ROOT}", file=sys.stderr, flush=True)
     try:
         while not stopping:
             for role in ROLES:

@@ -92,7 +92,7 @@ def _check_one(d: str, roots: Sequence[Path], workdir: Path, exist: bool) -> Non
         allowed = ", ".join(str(r) for r in (*roots, workdir))
         raise BadRequest(
             f"sync dir {d} is outside what this node allows to sync ({allowed}): "
-            "see sync_roots in docs/operating.md"
+            "set FERRY_SYNC_ROOTS on the node (':'-separated dirs; docs/operating.md)"
         )
     for part in (root, *reversed([q for q in p.parents if root in q.parents]), p):
         if part.is_symlink():

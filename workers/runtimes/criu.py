@@ -25,7 +25,7 @@ from workers.criu.probe import probe, probe_lazy
 from workers.criu.stats import dump_stats
 from workers.dataplane.pagestream import Relay
 from workers.dirsync.dirs import check_dirs
-from workers.errors import BadRequest, CriuError, PermanentError, UnknownContainer
+from workers.errors import BadRequest, CapabilityError, CriuError, PermanentError, UnknownContainer
 from workers.ids import check_container_name
 from workers.records import (
     Capabilities,
@@ -38,6 +38,12 @@ from workers.records import (
 from workers.runtimes.base import ContainerInfo, Served
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # what CRIU counts pages in, on this node
+
+# Namespaces and CRIU need root: said once, before anything is tried.
+NOT_ROOT = (
+    "containers need root on this node (CRIU and namespaces): run `ferry worker` as root, "
+    "or FERRY_RUNTIME=sim for the simulated runtime"
+)
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,8 @@ class CriuRuntime:
         check_container_name(name)
         if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
             raise BadRequest("a container needs a command: ferry run --node N -- CMD ...")
+        if os.geteuid() != 0:
+            raise CapabilityError(NOT_ROOT)
         if self.has(name) and self.get(name).state != "exited":
             raise BadRequest(f"container {name!r} already runs on this node")
         workdir = self.container_root / name
