@@ -15,6 +15,8 @@ may run, anywhere that reaches Redis, and a restart loses nothing.
     ferry_dataplane_refused_total{node,reason}           connections the listener cut or refused
                                                           (since the node's worker started)
     ferry_coordinator_up                                  1 while the coordinator beats
+    ferry_queue_dead_letters_total                        bad messages moved off the queues
+                                                          (Redis broker: tasks.messaging.transport)
 
 Counters and histograms add up every record in the store (ferry never
 deletes one), so they only grow, as Prometheus expects.
@@ -45,6 +47,7 @@ from tasks.control.cluster import Cluster
 from tasks.core.migration import Migration, State
 from tasks.core.summary import summary
 from tasks.messaging.app import node_queue
+from tasks.messaging.transport import DEAD_COUNT
 
 DOWNTIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -68,6 +71,11 @@ class FerryCollector(Collector):
         yield from self._nodes(nodes)
         if self.broker is not None:
             yield self._queues([n["name"] for n in nodes])
+            dead = CounterMetricFamily(
+                "ferry_queue_dead_letters", "Bad messages moved off ferry's queues, aside"
+            )
+            dead.add_metric([], float(str(self.broker.get(DEAD_COUNT) or 0)))
+            yield dead
         up = GaugeMetricFamily(
             "ferry_coordinator_up", "1 while the coordinator's heartbeat is fresh"
         )

@@ -31,6 +31,10 @@ def make_app(settings: Settings) -> Celery:
     """A Celery app for resolved ``settings`` (see tasks.config.broker.resolve)."""
     from celery import Celery  # noqa: PLC0415 (0.1 s to import: `ferry ps` and `nodes` never need it)
 
+    from tasks.messaging.transport import install  # noqa: PLC0415 (kombu, with Celery)
+
+    install()  # a bad message on a queue is moved aside, never delivered
+
     app = Celery(
         "ferry", broker=settings.broker_url, backend=settings.result_backend, set_as_current=False
     )

@@ -172,7 +172,13 @@ def test_the_exposition_tells_migrations_queues_and_nodes(settings: Settings) ->
 def test_an_empty_cluster_is_all_zeros_not_an_error(settings: Settings) -> None:
     got = samples(generate_latest(registry_for(settings)).decode())
     assert value(got, "ferry_coordinator_up") == 0
-    assert not [k for k in got if k[0].startswith(("ferry_node_", "ferry_queue_"))]
+    assert value(got, "ferry_queue_dead_letters_total") == 0
+    assert not [
+        k
+        for k in got
+        if k[0].startswith(("ferry_node_", "ferry_queue_"))
+        and k[0] != "ferry_queue_dead_letters_total"
+    ]
 
 
 def test_serve_answers_on_http_and_stops_on_sigterm(settings: Settings) -> None:
