@@ -25,7 +25,7 @@ from tasks.node.context import NodeContext
 from tasks.node.handlers import HANDLERS
 from tasks.store.migrations import Store
 from workers import failpoints
-from workers.errors import BadRequest, FerryError, Superseded, TransientError
+from workers.errors import BadRequest, FerryError, Superseded, TokenError, TransientError
 from workers.ids import check_container_name, check_migration_id
 
 if TYPE_CHECKING:
@@ -193,6 +193,7 @@ def register(
         auth.verify_fresh(
             ctx.secret, mac, issued, time.time(), "run", ctx.node, name, argv, labels, sync
         )
+        once(store, ctx.node, "run", name, mac)
         info = ctx.runtime.start(name, argv, labels, tuple(sync))
         on_inventory()
         return {"name": info.name, "node": ctx.node, "pid": info.pid, "log": info.log}
@@ -202,6 +203,7 @@ def register(
         auth.verify_fresh(
             ctx.secret, mac, issued, time.time(), "kill", ctx.node, check_container_name(name)
         )
+        once(store, ctx.node, "kill", name, mac)
         ctx.runtime.kill(name)
         on_inventory()
         return {"name": name, "node": ctx.node, "killed": True}
@@ -212,9 +214,19 @@ def register(
         auth.verify_fresh(
             ctx.secret, mac, issued, time.time(), "continue", ctx.node, check_container_name(name)
         )
+        once(store, ctx.node, "continue", name, mac)
         info = ctx.runtime.resume(name)
         on_inventory()
         return {"name": name, "node": ctx.node, "pid": info.pid, "state": info.state}
+
+
+def once(store: Store, node: str, kind: str, name: str, mac: str) -> None:
+    """Refuse a signed command that already ran here (its MAC, fresh for
+    auth.MAX_AGE_S, is its nonce): a captured ``kill`` replayed must not kill the
+    next container of that name."""
+    if not store.first_use(node, mac, auth.MAX_AGE_S + 60):
+        log.warning("refused a replayed %s of %s on %s", kind, name, node)
+        raise TokenError(f"refused: a replay of a {kind} command that already ran on {node}")
 
 
 def _register_phase(

@@ -238,6 +238,11 @@ class Store:
     def release_node(self, name: str, owner: str) -> None:
         self.r.eval(_RELEASE, 1, f"ferry:claim:{name}", owner)
 
+    def first_use(self, node: str, mac: str, ttl_s: float) -> bool:
+        """Whether signed command ``mac`` runs on ``node`` for the first time (kept
+        ``ttl_s``, longer than a command stays fresh): a replay is refused."""
+        return bool(self.r.set(f"ferry:used:{node}:{mac}", "1", nx=True, ex=max(1, int(ttl_s))))
+
     def put_node(self, name: str, record: dict[str, Any]) -> None:
         with self.r.pipeline() as pipe:
             pipe.set(f"ferry:node:{name}", json.dumps(record))
