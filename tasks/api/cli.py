@@ -10,6 +10,7 @@ evacuation's timeout ended it). Every command takes ``--json``.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import logging
 import os
 import sys
@@ -25,7 +26,7 @@ from tasks.api.demo import run_demo
 from tasks.config import broker
 from tasks.config.settings import Settings
 from tasks.messaging.app import make_app
-from workers.errors import EXIT_UNAVAILABLE, FerryError
+from workers.errors import EXIT_UNAVAILABLE, BadRequest, FerryError
 
 # Commands defined beside what they run, imported only when named: Prometheus's
 # client and CRIU's probe are not what `ferry ps` should pay for at start-up.
@@ -114,13 +115,39 @@ def coordinator(concurrency: int, verbose: bool) -> None:
     default="",
     help="user:password (env FERRY_FLOWER_AUTH).",
 )
-def flower(port: int, address: str, basic_auth: str) -> None:
+@click.option(
+    "--no-auth", is_flag=True, help="Serve without a password: only on a loopback --address."
+)
+def flower(port: int, address: str, basic_auth: str, no_auth: bool) -> None:
     """Run Flower on ferry's broker (the tasks page lists each phase's args and progress)."""
+    check_flower_auth(address, basic_auth, no_auth)
     app = make_app(broker.resolve(Settings.from_env()))
     argv = ["flower", f"--port={port}", f"--address={address}", f"--tasks_columns={FLOWER_COLUMNS}"]
     if basic_auth:
         argv.append(f"--basic-auth={basic_auth}")
     app.start(argv)
+
+
+def check_flower_auth(address: str, basic_auth: str, no_auth: bool) -> None:
+    """Flower shows every task and can revoke them: never without a password, except
+    on loopback when asked for plainly."""
+    if basic_auth:
+        if ":" not in basic_auth or basic_auth.startswith(":") or basic_auth.endswith(":"):
+            raise BadRequest("--basic-auth wants user:password")
+        return
+    if not no_auth:
+        raise BadRequest(
+            "ferry flower needs --basic-auth user:password (or FERRY_FLOWER_AUTH); "
+            "--no-auth serves without one, on a loopback --address only"
+        )
+    try:
+        loopback = ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = address == "localhost"
+    if not loopback:
+        raise BadRequest(
+            f"--no-auth on {address}: without a password Flower listens on loopback only"
+        )
 
 
 @main.command()

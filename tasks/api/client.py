@@ -66,8 +66,9 @@ class Ferry(Cluster):
             raise BadRequest(f"a container named {name!r} already runs: see `ferry ps`")
         issued, argv, labels = time.time(), list(argv), labels or {}
         mac = auth.sign(self.secret, "run", issued, node, name, argv, labels, sync)
+        args = (name, argv, labels, sync, issued, mac)
         res = self.app.send_task(
-            "ferry.node.run", args=(name, argv, labels, sync, issued, mac), queue=node_queue(node)
+            "ferry.node.run", args=args, queue=node_queue(node), argsrepr=without_mac(args)
         )
         return self._get(res, timeout)
 
@@ -79,9 +80,10 @@ class Ferry(Cluster):
         """Send the signed ``ferry.node.<kind>`` (kill, continue) of ``name`` to ``node``; its answer."""
         issued = time.time()
         mac = auth.sign(self.secret, kind, issued, node, name)
+        args = (name, issued, mac)
         return self._get(
             self.app.send_task(
-                f"ferry.node.{kind}", args=(name, issued, mac), queue=node_queue(node)
+                f"ferry.node.{kind}", args=args, queue=node_queue(node), argsrepr=without_mac(args)
             ),
             timeout,
         )
@@ -244,3 +246,13 @@ class Ferry(Cluster):
     def evacuation(self, eid: str) -> EvacuationHandle:
         """A handle on evacuation ``eid`` (started here or elsewhere)."""
         return EvacuationHandle(eid, self, self.store.evacuations.get(eid)["preview"])
+
+
+def without_mac(args: tuple[Any, ...]) -> str:
+    """How a signed command's args show in Flower and the events: its MAC (the last
+    one) left out, so that no one who can read Flower can replay or learn from it.
+
+    >>> without_mac(("web", 1.5, "f00d"))
+    "('web', 1.5, '<mac>')"
+    """
+    return repr((*args[:-1], "<mac>"))
