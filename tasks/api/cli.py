@@ -151,6 +151,23 @@ def check_flower_auth(address: str, basic_auth: str, no_auth: bool) -> None:
 
 
 @main.command()
+def down() -> None:
+    """Stop this state dir's embedded Redis (after the tour: stop workers first)."""
+    s = Settings.from_env()
+    if s.broker_url or s.redis_url:
+        raise BadRequest(
+            "ferry uses the Redis of FERRY_BROKER_URL/FERRY_REDIS_URL: nothing to stop"
+        )
+    if not (s.state_dir / "redis.sock").exists():
+        err.print(f"no embedded Redis runs in {s.state_dir}")
+        return
+    broker.stop_embedded(s.state_dir)
+    err.print(
+        f"stopped the embedded Redis of {s.state_dir} (its records stay in its append-only file)"
+    )
+
+
+@main.command()
 @click.option("--nodes", "count", default=3, show_default=True)
 @click.option("--keep", is_flag=True, help="Leave the demo cluster running.")
 @click.option("--flower-port", default=5555, show_default=True)

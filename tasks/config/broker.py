@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from tasks.config.settings import Settings
@@ -116,6 +116,10 @@ def _local_secret(s: Settings) -> str:
     return path.read_text().strip()
 
 
+# One try: redis-py's default retries take ~7 s to say that a dead socket is dead.
+ONCE = Retry(NoBackoff(), 0)
+
+
 def ensure_embedded(state_dir: Path) -> Path:
     """The socket of the embedded Redis in ``state_dir``, started if not running."""
     procs.private_dir(state_dir)
@@ -134,7 +138,7 @@ def _answers(sock: Path) -> bool:
     if not sock.exists():
         return False
     try:
-        return bool(redis.Redis(unix_socket_path=str(sock), socket_timeout=2).ping())
+        return bool(redis.Redis(unix_socket_path=str(sock), socket_timeout=2, retry=ONCE).ping())
     except redis.RedisError:
         return False
 
@@ -161,8 +165,12 @@ def _start(state_dir: Path, sock: Path) -> None:
         str(state_dir / "redis.log"),
         "--save",
         "",
+        # Records outlive a crash of this Redis (or of the node): every write is
+        # in the append-only file within a second (docs/operating.md).
         "--appendonly",
-        "no",
+        "yes",
+        "--appendfsync",
+        "everysec",
     ]
     subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, timeout=30)
     deadline = time.monotonic() + 10
@@ -183,4 +191,4 @@ def stop_embedded(state_dir: Path) -> None:
     sock = state_dir / "redis.sock"
     if _answers(sock):
         with contextlib.suppress(redis.ConnectionError):
-            redis.Redis(unix_socket_path=str(sock)).shutdown(nosave=True)
+            redis.Redis(unix_socket_path=str(sock), retry=ONCE).shutdown(nosave=True)
