@@ -30,6 +30,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -156,6 +157,25 @@ def _print_row(r: Row) -> None:
     )
 
 
+def markdown(doc: dict[str, Any]) -> str:
+    """The saved run as docs/BENCHMARKS.md's table."""
+    out = [
+        "| MiB | dirtied/s | pass freeze | diff | diff CPU | changed | sent | apply | apply CPU |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        out.append(
+            f"| {r['size_mb']} | {r['dirty_pct_s']} % | {r['freeze_ms']:.0f} ms | {r['make_s']:.3f} s "
+            f"| {r['make_cpu_s']:.3f} s | {r['changed_bytes'] / 2**20:.1f} MiB "
+            f"| {r['out_bytes'] / 2**20:.1f} MiB | {r['apply_s']:.3f} s | {r['apply_cpu_s']:.3f} s |"
+        )
+    out.append(
+        f"\n{doc['cpus']} CPUs, kernel {doc['kernel']}, CRIU {doc['criu']}, images in {doc['dir']}, "
+        f"{doc['block']}-byte blocks, median of {doc['repeat']}; load {doc['load_average_1m']}"
+    )
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sizes", default="64,256")
@@ -163,7 +183,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path("/dev/shm"))
     parser.add_argument("--json", type=Path, default=ROOT / "docs/benchmarks/delta.json")
+    parser.add_argument("--markdown", action="store_true", help="print the saved JSON as markdown")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.json.read_text())))
+        return
     load = round(os.getloadavg()[0], 2)
     print(
         f"{os.cpu_count()} CPUs, CRIU {Criu().version()}, images in {args.dir}, "

@@ -72,6 +72,26 @@ SIM_RACE = (
 )
 
 
+def markdown(doc: dict[str, Any]) -> str:
+    """The saved run as docs/BENCHMARKS.md's table."""
+    out = [
+        "| kind | link | strategy | containers | MiB | concurrency | makespan | bound | ratio "
+        "| moves/s | downtime mean | max |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        bound = f"{r['lower_bound_s']:.2f} s" if r.get("lower_bound_s") else "-"
+        ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "-"
+        out.append(
+            f"| {r['kind']} | {r['link']} | {r['strategy']} | {r['containers']} | {r['mib_total']} "
+            f"| {r['concurrency']} | {r['makespan_s']:.2f} s | {bound} | {ratio} | {r['moves_per_s']} "
+            f"| {r['downtime_ms_mean']:.0f} ms | {r['downtime_ms_max']:.0f} ms |"
+        )
+    m = doc["machine"]
+    out.append(f"\n{m['cpus']} CPUs, kernel {m['kernel']}; {doc['generated']}; {doc['command']}")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="benchmarks/evacuate.py", description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=["real", "sim"], default=None)
@@ -84,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=540.0)
     ap.add_argument("--json", default=str(ROOT / "docs" / "benchmarks" / "evacuate.json"))
     ap.add_argument("--note", default="", help="recorded with each row (e.g. a local patch)")
+    ap.add_argument("--markdown", action="store_true", help="print the saved JSON as markdown")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.json).read_text())))
+        return 0
     levels = [int(c) for c in args.concurrency.split(",")]
     deadline = time.monotonic() + args.budget_s
     rows: list[dict[str, Any]] = []
