@@ -7,10 +7,9 @@ import time
 from typing import Any
 
 import click
-from rich.table import Table
 
 from tasks.api import evacview
-from tasks.api.console import POSITIVE, emit, err, ferry_client, gib, json_opt, out
+from tasks.api.console import POSITIVE, emit, err, ferry_client, gib, json_opt, out, table
 from tasks.core.chooser import runs
 from tasks.core.nodes import caps
 
@@ -23,43 +22,35 @@ def strategies(rec: dict[str, Any]) -> str:
 
 
 @click.command()
+@click.option("--wide", is_flag=True, help="Also arch, CRIU and address (wider than 80 columns).")
 @json_opt
-def nodes(as_json: bool) -> None:
+def nodes(wide: bool, as_json: bool) -> None:
     """List the nodes: the strategies each can run, load, last seen (`ferry doctor`: why)."""
     rows = [{**n, "strategies": [s.value for s in runs(caps(n))]} for n in ferry_client().nodes()]
 
     def show() -> None:
-        t = Table(
-            "node",
-            "state",
-            "arch",
-            "criu",
-            "strategies",
-            "mem free",
-            "load",
-            "containers",
-            "last seen",
-            "address",
-        )
+        extra = ("arch", "criu", "address") if wide else ()
+        t = table("node", "state", "strategies", "mem free", "load", "ctrs", "seen", *extra)
         now = time.time()
         for n in rows:
             p = n.get("probe", {})
             state = ("up" if n["alive"] else "down") + (" (cordoned)" if n.get("cordoned") else "")
-            criu = p.get("criu_version") or ("sim" if p.get("simulated") else "no")
-            if p.get("criu_reason"):
-                criu += f" ({p['criu_reason']})"
-            t.add_row(
+            free = gib(p["mem_free_bytes"]) if "mem_free_bytes" in p else "-"  # -: not limited
+            cells = [
                 n["name"],
                 state,
-                p.get("arch", "?"),
-                criu,
                 strategies(n),
-                gib(p.get("mem_free_bytes", 0)),
+                free,
                 f"{n.get('load', 0):.2f}",
                 str(len(n.get("containers", []))),
                 f"{now - n.get('last_seen', 0):.0f}s ago",
-                n.get("address", ""),
-            )
+            ]
+            if wide:
+                criu = p.get("criu_version") or ("sim" if p.get("simulated") else "no")
+                if p.get("criu_reason"):
+                    criu += f" ({p['criu_reason']})"
+                cells += [p.get("arch", "?"), criu, n.get("address", "")]
+            t.add_row(*cells)
         out.print(t)
 
     emit(as_json, rows, show)
@@ -72,7 +63,7 @@ def ps(as_json: bool) -> None:
     rows = ferry_client().containers()
 
     def show() -> None:
-        t = Table("container", "node", "state", "pid", "memory", "synced dirs", "command")
+        t = table("container", "node", "state", "pid", "memory", "synced dirs", "command")
         for c in rows:
             t.add_row(
                 c["name"],

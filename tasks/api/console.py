@@ -8,7 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 from tasks.api.client import Ferry
 from tasks.config.settings import Settings
@@ -57,3 +59,17 @@ def yn(v: Any) -> str:
 
 def gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+# Columns that hold what a user types back (ids, names): never cut, never wrapped.
+WHOLE = {"id", "container", "node", "evacuation"}
+
+
+def table(*headers: str) -> Table:
+    """A table for an 80-column terminal: no vertical rules, ids and names whole
+    (the other columns shrink or wrap first)."""
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for h in headers:
+        whole = h in WHOLE
+        t.add_column(h, no_wrap=whole, overflow="fold", min_width=len(h) if not whole else None)
+    return t

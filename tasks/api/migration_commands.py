@@ -11,7 +11,7 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
-from tasks.api.console import POSITIVE, emit, err, ferry_client, json_opt, out
+from tasks.api.console import POSITIVE, emit, err, ferry_client, json_opt, out, table
 from tasks.core.codec import encode
 from tasks.core.evacplan import parse_rate
 from tasks.core.summary import one_line, size, summary
@@ -248,7 +248,7 @@ def status(
     ]
 
     def show_all() -> None:
-        t = Table("id", "container", "from", "to", "strategy", "state", "downtime", "total")
+        t = table("id", "container", "from", "to", "strategy", "state", "downtime", "total")
         for s in rows:
             t.add_row(
                 s["id"],
