@@ -66,8 +66,9 @@ def main() -> None:
     """ferry: live-migrate containers between the nodes of a cluster."""
 
 
-# Flower's task columns: args are (migration, step); a running phase's result is its progress.
-FLOWER_COLUMNS = "name,uuid,state,args,result,received,started,runtime,worker"
+# Flower's task columns, the node (worker) first where a 1400 px screen shows it: args
+# are (migration, step); a running phase's result is its progress, with its ETA.
+FLOWER_COLUMNS = "name,worker,state,args,result,started,runtime,uuid"
 
 
 verbose_opt = click.option(

@@ -159,6 +159,8 @@ def _tell_flower(task: Task | None, m: Migration, phase: Phase, numbers: dict[st
             f": {numbers['bytes_sent'] / 2**20:.1f} of {numbers['bytes_total'] / 2**20:.1f} MiB"
             f" at {numbers.get('rate_bps', 0) / 2**20:.1f} MiB/s"
         )
+        if numbers.get("eta_s") is not None:
+            text += f", ETA {numbers['eta_s']:.0f} s"
     task.send_event("task-progress", migration=m.id, phase=phase.value, result=text, **numbers)
 
 

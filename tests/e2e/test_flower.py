@@ -133,11 +133,13 @@ def test_flower_shows_each_phase_and_a_running_transfer_s_progress(
         text = row.inner_text()
         assert "PROGRESS" in text and "transfer of flowerweb (f1 -> f2, cold)" in text, text
         assert m.id in text  # the args: (migration id, step)
+        assert ".f1@" in text  # the node that runs it, in the second column
         page.screenshot(path=str(shots / "flower-tasks-progress.png"), full_page=True)
         row.locator("a[href*='/task/']").first.click()
         page.wait_for_selector("text=Task details")
         body = page.inner_text("#task-page")
         assert "ferry.node.dump" in body and "PROGRESS" in body and " MiB at " in body, body
+        assert ", ETA " in body, body
         page.screenshot(path=str(shots / "flower-task.png"), full_page=True)
 
         assert client.status(m.id).state.value in ("running", "done")
