@@ -12,6 +12,7 @@ from tasks.api import evacview
 from tasks.api.console import POSITIVE, emit, err, ferry_client, gib, json_opt, out, table
 from tasks.core.chooser import runs
 from tasks.core.nodes import caps
+from workers.errors import BadRequest
 
 SHORT = {"cold": "cold", "precopy": "pre", "delta": "delta", "postcopy": "post", "hybrid": "hyb"}
 
@@ -93,13 +94,25 @@ def ps(as_json: bool) -> None:
     help="A node-local directory that moves with it (rsync); repeatable. "
     "Absolute, below the node's sync_roots or the container's workdir.",
 )
+@click.option(
+    "--label", "labels", multiple=True, metavar="KEY=VALUE", help="Kept with it; repeatable."
+)
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @json_opt
 def run(
-    node: str, name: str | None, sync: tuple[str, ...], cmd: tuple[str, ...], as_json: bool
+    node: str,
+    name: str | None,
+    sync: tuple[str, ...],
+    labels: tuple[str, ...],
+    cmd: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Start CMD on NODE as a container: ferry run --node N [--sync DIR] -- CMD ..."""
-    res = ferry_client().run(node, list(cmd), name, sync=sync)
+    bad = next((kv for kv in labels if "=" not in kv or kv.startswith("=")), None)
+    if bad is not None:
+        raise BadRequest(f"bad label {bad!r}: want KEY=VALUE")
+    pairs = dict(kv.split("=", 1) for kv in labels)
+    res = ferry_client().run(node, list(cmd), name, labels=pairs, sync=sync)
     emit(
         as_json,
         res,
