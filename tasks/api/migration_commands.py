@@ -236,7 +236,7 @@ def status(
             for k in ("bytes_passes", "bytes_final", "bytes_lazy", "sync_bytes", "bytes"):
                 if s[k] or k == "bytes":
                     t.add_row(k.replace("_", " "), size(s[k]))
-            for e in m.errors:
+            for e in s["errors"]:
                 t.add_row("error", e)
             out.print(t)
 

@@ -6,6 +6,7 @@ which a cluster keeps in step with NTP/chrony) and returns plain numbers.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tasks.core.migration import Migration
@@ -128,7 +129,7 @@ def summary(m: Migration) -> dict[str, Any]:
         "total_s": round(m.updated - m.created, 3),
         **sent(m),
         **(downtime(m) or {}),
-        "errors": list(m.errors),
+        "errors": [kept_logs(e) for e in m.errors] if m.state.final else list(m.errors),
     }
 
 
@@ -142,8 +143,25 @@ def one_line(m: Migration) -> str:
             f"{s.get('downtime_ms', 0):.0f} ms{paused}{degraded}, total {s['total_s']:.2f} s, "
             f"{size(s['bytes'])} sent"
         )
-    why = m.errors[-1] if m.errors else ""
+    why = kept_logs(m.errors[-1]) if m.errors else ""
     return f"{m.container} {m.state.value} ({m.src} -> {m.dst}): {why}"
+
+
+# A CRIU log an error names: <node dir>/images|incoming/<mid>/<sub>/<name>.log
+_LOG = re.compile(
+    r"(?P<node>\S+)/(?:images|incoming)/(?P<mid>m-[0-9a-f]{12})/(?P<sub>[\w.-]+)/(?P<log>[\w.-]+\.log)"
+)
+
+
+def kept_logs(error: str) -> str:
+    """``error`` with the CRIU logs it names where they are once the migration is over:
+    the node's garbage collector drops the image dirs and keeps the logs as
+    ``<node dir>/logs/<mid>/<sub>-<name>`` (tasks.node.phases.drop_images).
+
+    >>> kept_logs("restore failed (see /var/lib/ferry/nodes/b/incoming/m-0123456789ab/final/restore.log)")
+    'restore failed (see /var/lib/ferry/nodes/b/logs/m-0123456789ab/final-restore.log)'
+    """
+    return _LOG.sub(r"\g<node>/logs/\g<mid>/\g<sub>-\g<log>", error)
 
 
 def size(n: float) -> str:
