@@ -72,18 +72,18 @@ def show(report: dict[str, Any]) -> None:
         out.print(
             f"  has: {', '.join(report['has'])}",
             highlight=False,
-            soft_wrap=True,
+            soft_wrap=not out.is_terminal,
         )
     for m in report["missing"]:
         lost = f"loses {', '.join(m['lost'])}; " if m["lost"] else ""
         out.print(
             f"  [red]missing[/red] {escape(m['what'])}: {escape(lost + m['costs'])}",
             highlight=False,
-            soft_wrap=True,
+            soft_wrap=not out.is_terminal,
         )
-        out.print(f"    do: {escape(m['fix'])}", highlight=False, soft_wrap=True)
+        out.print(f"    do: {escape(m['fix'])}", highlight=False, soft_wrap=not out.is_terminal)
     for note in report["notes"]:
-        out.print(f"  note: {escape(note)}", highlight=False, soft_wrap=True)
+        out.print(f"  note: {escape(note)}", highlight=False, soft_wrap=not out.is_terminal)
 
 
 @click.command()
