@@ -14,7 +14,7 @@ from rich.table import Table
 from tasks.api.console import POSITIVE, emit, err, ferry_client, json_opt, out, table
 from tasks.core.codec import encode
 from tasks.core.evacplan import parse_rate
-from tasks.core.summary import one_line, size, summary
+from tasks.core.summary import event_line, one_line, size, summary
 from workers.errors import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 
 
@@ -274,10 +274,7 @@ def watch(migration: str, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(ev))
         else:
-            out.print(
-                f"{ev['state']:>12} {ev['phase']:<9} {ev['what']:<9} {ev.get('error', '')}",
-                highlight=False,
-            )
+            out.print(event_line(ev), highlight=False)
 
 
 @click.command()
