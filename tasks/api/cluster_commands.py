@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from tasks.api import evacview
-from tasks.api.console import POSITIVE, emit, err, ferry_client, gib, json_opt, out, table
+from tasks.api.console import LABEL, POSITIVE, emit, err, ferry_client, gib, json_opt, out, table
 from tasks.core.chooser import runs
 from tasks.core.nodes import caps
 
@@ -93,13 +93,26 @@ def ps(as_json: bool) -> None:
     help="A node-local directory that moves with it (rsync); repeatable. "
     "Absolute, below the node's sync_roots or the container's workdir.",
 )
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    type=LABEL,
+    metavar="KEY=VALUE",
+    help="A label it carries; repeatable (a sim node reads sim.memory=BYTES and the like).",
+)
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @json_opt
 def run(
-    node: str, name: str | None, sync: tuple[str, ...], cmd: tuple[str, ...], as_json: bool
+    node: str,
+    name: str | None,
+    sync: tuple[str, ...],
+    labels: tuple[tuple[str, str], ...],
+    cmd: tuple[str, ...],
+    as_json: bool,
 ) -> None:
-    """Start CMD on NODE as a container: ferry run --node N [--sync DIR] -- CMD ..."""
-    res = ferry_client().run(node, list(cmd), name, sync=sync)
+    """Start CMD on NODE as a container: ferry run --node N [--sync DIR] [--label K=V] -- CMD ..."""
+    res = ferry_client().run(node, list(cmd), name, labels=dict(labels), sync=sync)
     emit(
         as_json,
         res,

@@ -58,3 +58,18 @@ def test_migrate_bandwidth_status_filters_and_cancel_wait(sim_cluster: LocalClus
     assert json.loads(out.output)["state"] in ("rolled_back", "cancelled", "done")
     c.kill("capped")
     c.kill("slow")
+
+
+def test_run_with_labels(sim_cluster: LocalCluster) -> None:
+    made = cli(
+        sim_cluster,
+        "run", "--node", "s1", "--name", "labelled",
+        "--label", f"sim.memory={96 << 20}", "--label", "team=web", "--", "count",
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    (rec,) = [k for k in sim_cluster.client.containers() if k["name"] == "labelled"]
+    assert rec["labels"] == {"sim.memory": str(96 << 20), "team": "web"}
+    assert rec["memory_bytes"] == 96 << 20
+    bad = cli(sim_cluster, "run", "--node", "s1", "--label", "nokey", "--", "count")
+    assert bad.exit_code == 2 and "'nokey' is not KEY=VALUE" in bad.output
+    sim_cluster.client.kill("labelled")
