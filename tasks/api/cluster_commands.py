@@ -9,10 +9,9 @@ from typing import Any
 import click
 
 from tasks.api import evacview
-from tasks.api.console import POSITIVE, emit, err, ferry_client, gib, json_opt, out, table
+from tasks.api.console import LABEL, POSITIVE, emit, err, ferry_client, gib, json_opt, out, table
 from tasks.core.chooser import runs
 from tasks.core.nodes import caps
-from workers.errors import BadRequest
 
 SHORT = {"cold": "cold", "precopy": "pre", "delta": "delta", "postcopy": "post", "hybrid": "hyb"}
 
@@ -95,7 +94,12 @@ def ps(as_json: bool) -> None:
     "Absolute, below the node's sync_roots or the container's workdir.",
 )
 @click.option(
-    "--label", "labels", multiple=True, metavar="KEY=VALUE", help="Kept with it; repeatable."
+    "--label",
+    "labels",
+    multiple=True,
+    type=LABEL,
+    metavar="KEY=VALUE",
+    help="A label it carries; repeatable (a sim node reads sim.memory=BYTES and the like).",
 )
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @json_opt
@@ -103,16 +107,12 @@ def run(
     node: str,
     name: str | None,
     sync: tuple[str, ...],
-    labels: tuple[str, ...],
+    labels: tuple[tuple[str, str], ...],
     cmd: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Start CMD on NODE as a container: ferry run --node N [--sync DIR] -- CMD ..."""
-    bad = next((kv for kv in labels if "=" not in kv or kv.startswith("=")), None)
-    if bad is not None:
-        raise BadRequest(f"bad label {bad!r}: want KEY=VALUE")
-    pairs = dict(kv.split("=", 1) for kv in labels)
-    res = ferry_client().run(node, list(cmd), name, labels=pairs, sync=sync)
+    """Start CMD on NODE as a container: ferry run --node N [--sync DIR] [--label K=V] -- CMD ..."""
+    res = ferry_client().run(node, list(cmd), name, labels=dict(labels), sync=sync)
     emit(
         as_json,
         res,

@@ -53,6 +53,25 @@ class Positive(click.ParamType[float]):
 POSITIVE = Positive()
 
 
+class Label(click.ParamType[tuple[str, str]]):
+    """KEY=VALUE, the key not empty (the node checks what the labels mean)."""
+
+    name = "label"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        key, eq, val = str(value).partition("=")
+        if not eq or not key.strip():
+            self.fail(f"{value!r} is not KEY=VALUE", param, ctx)
+        return key.strip(), val
+
+
+LABEL = Label()
+
+
 def yn(v: Any) -> str:
     return "yes" if v else "no"
 

@@ -115,6 +115,7 @@ def run_demo(count: int = 3, keep: bool = False, flower_port: int = 5555) -> int
                 cluster.client.kill("counter")
             cluster.stop()
             stop_embedded(base)
+            shutil.rmtree(base, ignore_errors=True)  # its logs and images: nothing is left behind
 
 
 def ticks(log: Path) -> list[tuple[int, float]]:

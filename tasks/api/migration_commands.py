@@ -14,7 +14,7 @@ from rich.table import Table
 from tasks.api.console import POSITIVE, emit, err, ferry_client, json_opt, out, table
 from tasks.core.codec import encode
 from tasks.core.evacplan import parse_rate
-from tasks.core.summary import one_line, size, summary
+from tasks.core.summary import event_line, one_line, size, summary
 from workers.errors import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 
 
@@ -274,25 +274,7 @@ def watch(migration: str, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(ev))
         else:
-            out.print(watch_line(ev), highlight=False)
-
-
-def watch_line(ev: dict[str, str]) -> str:
-    """One event as ``ferry watch`` prints it: when, state, phase, what, bytes so far.
-
-    >>> watch_line({"t": "0", "state": "running", "phase": "transfer", "what": "progress",
-    ...             "progress": '{"bytes_sent": 3145728, "bytes_total": 8388608}'})
-    '00:00:00.000      running transfer  progress  3.0 MiB of 8.0 MiB'
-    """
-    when = time.strftime("%H:%M:%S", time.gmtime(float(ev.get("t") or 0)))
-    ms = f"{float(ev.get('t') or 0) % 1 * 1000:03.0f}"
-    p = json.loads(ev.get("progress") or "{}")
-    sent = ""
-    if p.get("bytes_sent") is not None and ev.get("what") == "progress":
-        total = f" of {size(p['bytes_total'])}" if p.get("bytes_total") else ""
-        sent = f" {size(p['bytes_sent'])}{total}"
-    tail = f" {ev['error']}" if ev.get("error") else ""
-    return f"{when}.{ms} {ev['state']:>12} {ev['phase']:<9} {ev['what']:<9}{sent}{tail}"
+            out.print(event_line(ev), highlight=False)
 
 
 @click.command()

@@ -6,7 +6,9 @@ which a cluster keeps in step with NTP/chrony) and returns plain numbers.
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import datetime, tzinfo
 from typing import Any
 
 from tasks.core.migration import Migration
@@ -171,3 +173,18 @@ def size(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+def event_line(ev: dict[str, str], tz: tzinfo | None = None) -> str:
+    """One line of ``ferry watch``: when (the event's own time, ``tz`` or local),
+    state, phase, what happened, the bytes its phase moved so far and the error if any.
+    """
+    when = datetime.fromtimestamp(float(ev.get("t") or 0), tz).strftime("%H:%M:%S.%f")[:-3]
+    p = json.loads(ev.get("progress") or "{}")
+    moved = ""
+    if p.get("bytes_sent") is not None and p.get("phase") == ev.get("phase"):
+        moved = size(p["bytes_sent"])
+        if p.get("bytes_total"):
+            moved += f" of {size(p['bytes_total'])}"
+    parts = [when, f"{ev['state']:>12}", f"{ev['phase']:<9}", f"{ev['what']:<9}", moved]
+    return " ".join(x for x in [*parts, ev.get("error", "")] if x).rstrip()

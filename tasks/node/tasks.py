@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from celery.signals import task_failure
+
 from tasks.core import transport
 from tasks.core.migration import ROUTE, Event, Migration, Phase, State
 from tasks.messaging import auth
@@ -172,10 +174,11 @@ def register(
     app: Celery, store: Store, ctx: NodeContext, urgent: bool, on_inventory: Callable[[], None]
 ) -> None:
     """Register this node's tasks on ``app``."""
+    task_failure.connect(_refused, weak=False, dispatch_uid="ferry.node.refused")
     for phase in HANDLERS:
         _register_phase(app, store, ctx, phase, urgent, on_inventory)
 
-    @app.task(name="ferry.node.run", bind=True)
+    @app.task(name="ferry.node.run", bind=True, throws=(FerryError,))
     def run(
         self: Task,
         name: str,
@@ -200,7 +203,7 @@ def register(
         on_inventory()
         return {"name": info.name, "node": ctx.node, "pid": info.pid, "log": info.log}
 
-    @app.task(name="ferry.node.kill", bind=True)
+    @app.task(name="ferry.node.kill", bind=True, throws=(FerryError,))
     def kill(self: Task, name: str, issued: float, mac: str) -> dict[str, Any]:
         auth.verify_fresh(
             ctx.secret, mac, issued, time.time(), "kill", ctx.node, check_container_name(name)
@@ -210,7 +213,7 @@ def register(
         on_inventory()
         return {"name": name, "node": ctx.node, "killed": True}
 
-    @app.task(name="ferry.node.continue", bind=True)
+    @app.task(name="ferry.node.continue", bind=True, throws=(FerryError,))
     def continue_(self: Task, name: str, issued: float, mac: str) -> dict[str, Any]:
         """Continue a frozen copy (``ferry resolve``); a running one is left as it is."""
         auth.verify_fresh(
@@ -220,6 +223,13 @@ def register(
         info = ctx.runtime.resume(name)
         on_inventory()
         return {"name": name, "node": ctx.node, "pid": info.pid, "state": info.state}
+
+
+def _refused(sender: Task | None = None, exception: BaseException | None = None, **_: Any) -> None:
+    """A task that refused (a FerryError: bad input, a stale signature) logs one line;
+    its tasks declare ``throws`` so that Celery keeps the traceback for real bugs."""
+    if isinstance(exception, FerryError) and sender is not None:
+        log.warning("%s refused: %s", sender.name, exception)
 
 
 def once(store: Store, node: str, kind: str, name: str, mac: str) -> None:
@@ -244,4 +254,4 @@ def _register_phase(
 
     body.__name__ = phase.value
     body.__doc__ = f"The {phase.value} phase of a migration, on {ctx.node}."
-    app.task(name=f"ferry.node.{phase.value}", bind=True)(body)
+    app.task(name=f"ferry.node.{phase.value}", bind=True, throws=(FerryError,))(body)

@@ -52,14 +52,8 @@ def test_the_tours_tables_fit_80_columns_with_ids_whole(sim_cluster: LocalCluste
     env = {**sim_cluster.env, "TERM": "xterm"}
     env.pop("COLUMNS", None)
     try:
-        for argv in (
-            ["nodes"],
-            ["ps"],
-            ["status"],
-            ["status", m.id],
-            ["doctor"],
-            ["doctor", "--local"],
-        ):
+        tour = (["nodes"], ["ps"], ["status"], ["status", m.id], ["doctor"], ["doctor", "--local"])
+        for argv in (*tour, ["evacuate", "s2", "--dry-run"], ["watch", m.id]):
             lines = visible(in_a_terminal(env, *argv))
             wide = [ln for ln in lines if len(ln) > 80]
             assert not wide, (argv, wide)
