@@ -255,7 +255,9 @@ class OciRuntime:
     def predump(self, name: str, images: Path, parent: Path | None) -> DumpStats:
         """``runc checkpoint --pre-dump``, where the kernel tracks dirty pages."""
         if not self.capabilities().soft_dirty:
-            raise CapabilityError("pre-dump needs soft-dirty page tracking, which this node lacks")
+            raise CapabilityError(
+                "pre-dump refused: tracking memory is not available (no soft-dirty here)"
+            )
         self._live(name)
         args = ["--pre-dump", "--image-path", str(images), "--work-path", str(images)]
         if parent is not None:
