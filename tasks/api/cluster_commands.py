@@ -72,11 +72,14 @@ def ps(as_json: bool) -> None:
     rows = ferry_client().containers()
 
     def show() -> None:
-        t = Table("container", "node", "state", "pid", "memory", "synced dirs", "command")
+        t = Table(
+            "container", "node", "runtime", "state", "pid", "memory", "synced dirs", "command"
+        )
         for c in rows:
             t.add_row(
                 c["name"],
                 c["node"],
+                c.get("runtime", "-"),
                 c["state"],
                 str(c["pid"]),
                 gib(c["memory_bytes"]),
@@ -102,13 +105,29 @@ def ps(as_json: bool) -> None:
     help="A node-local directory that moves with it (rsync); repeatable. "
     "Absolute, below the node's sync_roots or the container's workdir.",
 )
+@click.option(
+    "--rootfs",
+    default=None,
+    metavar="DIR",
+    help="Run CMD in an OCI container with this rootfs (a node with FERRY_RUNTIME=oci).",
+)
+@click.option("--memory", default=None, help="The OCI container's memory limit: 512M, 1G.")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @json_opt
 def run(
-    node: str, name: str | None, sync: tuple[str, ...], cmd: tuple[str, ...], as_json: bool
+    node: str,
+    name: str | None,
+    sync: tuple[str, ...],
+    rootfs: str | None,
+    memory: str | None,
+    cmd: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Start CMD on NODE as a container: ferry run --node N [--sync DIR] -- CMD ..."""
-    res = ferry_client().run(node, list(cmd), name, sync=sync)
+    labels = {"oci.rootfs": rootfs} if rootfs else {}
+    if memory:
+        labels["oci.memory"] = memory
+    res = ferry_client().run(node, list(cmd), name, labels=labels, sync=sync)
     emit(
         as_json,
         res,

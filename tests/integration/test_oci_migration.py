@@ -19,6 +19,7 @@ from tasks.api.localcluster import LocalCluster
 from tests.conftest import cluster_env, criu_works, need, running
 from tests.integration.helpers import assert_went_on, ticks, wait_for
 from tests.integration.ocirootfs import build_rootfs, counter_argv
+from tests.integration.test_container_verbs import cli
 from workers.errors import CapabilityError
 from workers.runtimes.ocibundle import memory_limit
 
@@ -47,9 +48,12 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_counter_moves_and_keeps_its_limit(oci_cluster, rootfs, strategy) -> None:  # type: ignore[no-untyped-def]
     client = oci_cluster.client
     name = f"oci-{strategy}"
-    labels = {"oci.rootfs": str(rootfs), "oci.memory": "256M"}
-    info = client.run("o1", counter_argv(), name=name, labels=labels)
+    argv = ["--rootfs", str(rootfs), "--memory", "256M", "--", *counter_argv()]
+    started = cli(oci_cluster, "run", "--node", "o1", "--name", name, *argv)
+    assert started.exit_code == 0, started.output
+    info = next(c for c in client.containers() if c["name"] == name)
     try:
+        assert "oci" in cli(oci_cluster, "ps").output  # the runtime column
         wait_for(lambda: len(ticks(info["log"])) > 10, timeout=30)
         m = client.migrate(name, "o2", strategy=strategy).wait(timeout=120)
         assert m.state.value == "done", m.errors
@@ -70,6 +74,18 @@ def test_counter_moves_and_keeps_its_limit(oci_cluster, rootfs, strategy) -> Non
         assert memory_limit(name) == LIMIT
     finally:
         client.kill(name)
+
+
+def test_bad_rootfs_is_refused_in_one_line(oci_cluster, tmp_path, sim_cluster) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "escapes"
+    (bad / "tmp").mkdir(parents=True)
+    (bad / "tmp" / "out").symlink_to("../../../../etc")
+    for rootfs, why in ((bad, "escapes it"), (tmp_path / "nowhere", "not a directory")):
+        got = cli(oci_cluster, "run", "--node", "o1", "--rootfs", str(rootfs), "--", "/bin/true")
+        assert got.exit_code == 2 and why in got.output, got.output
+    on_sim = cli(sim_cluster, "run", "--node", "s1", "--rootfs", str(bad), "--", "count")
+    assert on_sim.exit_code == 2 and "need an oci node" in on_sim.output, on_sim.output
+    assert not [c for c in oci_cluster.client.containers() if c["node"] == "o1"]
 
 
 def test_postcopy_is_refused_and_the_container_runs_on(oci_cluster, rootfs) -> None:  # type: ignore[no-untyped-def]
