@@ -63,11 +63,14 @@ def ps(as_json: bool) -> None:
     rows = ferry_client().containers()
 
     def show() -> None:
-        t = table("container", "node", "state", "pid", "memory", "synced dirs", "command")
+        t = table(
+            "container", "node", "runtime", "state", "pid", "memory", "synced dirs", "command"
+        )
         for c in rows:
             t.add_row(
                 c["name"],
                 c["node"],
+                c.get("runtime", "-"),
                 c["state"],
                 str(c["pid"]),
                 gib(c["memory_bytes"]),
@@ -101,6 +104,13 @@ def ps(as_json: bool) -> None:
     metavar="KEY=VALUE",
     help="A label it carries; repeatable (a sim node reads sim.memory=BYTES and the like).",
 )
+@click.option(
+    "--rootfs",
+    default=None,
+    metavar="DIR",
+    help="Run CMD in an OCI container with this rootfs (a node with FERRY_RUNTIME=oci).",
+)
+@click.option("--memory", default=None, help="The OCI container's memory limit: 512M, 1G.")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @json_opt
 def run(
@@ -108,11 +118,18 @@ def run(
     name: str | None,
     sync: tuple[str, ...],
     labels: tuple[tuple[str, str], ...],
+    rootfs: str | None,
+    memory: str | None,
     cmd: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Start CMD on NODE as a container: ferry run --node N [--sync DIR] [--label K=V] -- CMD ..."""
-    res = ferry_client().run(node, list(cmd), name, labels=dict(labels), sync=sync)
+    pairs = dict(labels)
+    if rootfs:
+        pairs["oci.rootfs"] = rootfs
+    if memory:
+        pairs["oci.memory"] = memory
+    res = ferry_client().run(node, list(cmd), name, labels=pairs, sync=sync)
     emit(
         as_json,
         res,

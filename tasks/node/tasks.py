@@ -198,6 +198,10 @@ def register(
         auth.verify_fresh(
             ctx.secret, mac, issued, time.time(), "run", ctx.node, name, argv, labels, sync
         )
+        if ctx.runtime.name != "oci" and any(k.startswith("oci.") for k in labels):
+            raise BadRequest(
+                f"--rootfs and --memory need an oci node; {ctx.node} runs {ctx.runtime.name}"
+            )
         once(store, ctx.node, "run", name, mac)
         info = ctx.runtime.start(name, argv, labels, tuple(sync))
         on_inventory()

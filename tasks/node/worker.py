@@ -40,6 +40,7 @@ from workers.errors import BadRequest, FerryError
 from workers.ids import check_node_name
 from workers.runtimes.base import Runtime
 from workers.runtimes.criu import NOT_ROOT, CriuRuntime
+from workers.runtimes.oci import OciRuntime
 from workers.runtimes.sim import SimRuntime
 
 log = logging.getLogger("ferry.worker")
@@ -56,6 +57,7 @@ RUNTIMES: dict[str, Callable[[Settings, Path], Runtime]] = {
     "criu": lambda s, home: CriuRuntime(
         home, s.container_root, Criu(s.criu_bin), s.sync_root_paths, s.allow_pipe_max_size
     ),
+    "oci": lambda s, home: OciRuntime(home, s.container_root, criu=Criu(s.criu_bin)),
     "sim": lambda s, home: SimRuntime(home, s.container_root, page_size=s.sim_page_size),
 }
 

@@ -1,0 +1,103 @@
+"""OCI containers move between two real nodes: real runc, real workers, real Redis.
+
+Nodes o1 and o2 run FERRY_RUNTIME=oci on one host; the container root (with
+each container's bundle and log) is their shared storage. A counter that
+checks 16 MiB of its memory every tick moves cold and delta and goes on where
+it stopped, its 256 MiB limit read back from the destination's cgroup;
+post-copy, which the oci runtime does not do, is refused before anything freezes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tasks.api.localcluster import LocalCluster
+from tests.conftest import cluster_env, criu_works, need, running
+from tests.integration.helpers import assert_went_on, ticks, wait_for
+from tests.integration.ocirootfs import build_rootfs, counter_argv
+from tests.integration.test_container_verbs import cli
+from workers.errors import CapabilityError
+from workers.runtimes.ocibundle import memory_limit
+
+pytestmark = pytest.mark.criu
+LIMIT = 256 << 20
+
+
+@pytest.fixture(scope="module")
+def oci_cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[LocalCluster]:
+    ok, why = criu_works()
+    need(ok, why)
+    need(shutil.which("runc") is not None, "runc is not installed (ops/dev setup installs it)")
+    base = tmp_path_factory.mktemp("oci-cluster")
+    with running(
+        LocalCluster(base, {**cluster_env(redis_url), "FERRY_RUNTIME": "oci"}), ["o1", "o2"]
+    ) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_rootfs(tmp_path_factory.mktemp("rootfs"))
+
+
+@pytest.mark.parametrize("strategy", ["cold", "delta"])
+def test_counter_moves_and_keeps_its_limit(oci_cluster, rootfs, strategy) -> None:  # type: ignore[no-untyped-def]
+    client = oci_cluster.client
+    name = f"oci-{strategy}"
+    argv = ["--rootfs", str(rootfs), "--memory", "256M", "--", *counter_argv()]
+    started = cli(oci_cluster, "run", "--node", "o1", "--name", name, *argv)
+    assert started.exit_code == 0, started.output
+    info = next(c for c in client.containers() if c["name"] == name)
+    try:
+        assert "oci" in cli(oci_cluster, "ps").output  # the runtime column
+        wait_for(lambda: len(ticks(info["log"])) > 10, timeout=30)
+        m = client.migrate(name, "o2", strategy=strategy).wait(timeout=120)
+        assert m.state.value == "done", m.errors
+        if strategy == "delta":  # pre-copy passes ran while it ran (full leave-running dumps)
+            assert m.results["precopy"]
+        before = max(ticks(info["log"]))
+        wait_for(lambda: max(ticks(info["log"])) >= before + 8, timeout=30)
+        assert_went_on(ticks(info["log"]), before)
+        assert "corrupt" not in Path(info["log"]).read_text()
+        where = wait_for(
+            lambda: (
+                [(c["node"], c["state"]) for c in client.containers() if c["name"] == name]
+                == [("o2", "running")]
+            ),
+            timeout=30,
+        )
+        assert where
+        assert memory_limit(name) == LIMIT
+    finally:
+        client.kill(name)
+
+
+def test_bad_rootfs_is_refused_in_one_line(oci_cluster, tmp_path, sim_cluster) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "escapes"
+    (bad / "tmp").mkdir(parents=True)
+    (bad / "tmp" / "out").symlink_to("../../../../etc")
+    for rootfs, why in ((bad, "escapes it"), (tmp_path / "nowhere", "not a directory")):
+        got = cli(oci_cluster, "run", "--node", "o1", "--rootfs", str(rootfs), "--", "/bin/true")
+        assert got.exit_code == 2 and why in got.output, got.output
+    on_sim = cli(sim_cluster, "run", "--node", "s1", "--rootfs", str(bad), "--", "count")
+    assert on_sim.exit_code == 2 and "need an oci node" in on_sim.output, on_sim.output
+    assert not [c for c in oci_cluster.client.containers() if c["node"] == "o1"]
+
+
+def test_postcopy_is_refused_and_the_container_runs_on(oci_cluster, rootfs) -> None:  # type: ignore[no-untyped-def]
+    client = oci_cluster.client
+    labels = {"oci.rootfs": str(rootfs), "oci.memory": "256M"}
+    info = client.run("o1", counter_argv(), name="oci-lazy", labels=labels)
+    try:
+        wait_for(lambda: len(ticks(info["log"])) > 5, timeout=30)
+        with pytest.raises(CapabilityError, match="the oci runtime does not do post-copy"):
+            client.migrate("oci-lazy", "o2", strategy="postcopy").wait(timeout=60)
+        n = max(ticks(info["log"]))
+        wait_for(lambda: max(ticks(info["log"])) > n + 3, timeout=30)
+        assert [c["node"] for c in client.containers() if c["name"] == "oci-lazy"] == ["o1"]
+    finally:
+        client.kill("oci-lazy")

@@ -1,0 +1,348 @@
+"""The ``oci`` runtime: OCI containers run by runc, checkpointed through runc's CRIU.
+
+A container is an OCI bundle (workers.runtimes.ocibundle) under the cluster's
+container root, its rootfs a directory given at start (label ``oci.rootfs``,
+limit ``oci.memory`` in bytes). Each node keeps its own runc state
+(``<state>/runc``) and an inventory like the criu runtime's. runc's checkpoint
+without ``--leave-running`` ends the container, so a frozen source is one whose
+images are the only copy: rollback restores it from them on the source.
+Post-copy and streamed pages are not done through runc yet: refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from workers import procs
+from workers.criu.adapter import Criu
+from workers.criu.log import PipedLog, explain
+from workers.criu.probe import probe
+from workers.criu.stats import RESTORE_FIELDS, dump_stats, read_stats
+from workers.errors import BadRequest, CapabilityError, CriuError, PermanentError, UnknownContainer
+from workers.ids import check_container_name
+from workers.records import Capabilities, DumpStats, LazyReport, PagesTarget, RestoreStats
+from workers.runtimes.base import ContainerInfo, Served
+from workers.runtimes.criu import NOT_ROOT
+from workers.runtimes.ocibundle import check_rootfs, config, parse_size, write_bundle
+
+NO_LAZY = "the oci runtime does not do post-copy yet (runc --lazy-pages is not wired)"
+
+
+@dataclass(frozen=True)
+class OciEntry:
+    name: str
+    argv: tuple[str, ...]
+    bundle: str
+    log: str
+    started: float
+    labels: dict[str, str] = field(default_factory=dict)
+    state: str = "running"  # running | frozen (checkpointed, no process left)
+
+
+class OciRuntime:
+    """Runs OCI containers with runc on this node and moves them with runc's CRIU."""
+
+    name = "oci"
+
+    def __init__(
+        self, state_dir: Path, container_root: Path, runc: str = "runc", criu: Criu | None = None
+    ) -> None:
+        self.state_dir = state_dir
+        self.inventory = state_dir / "oci"
+        self.root = state_dir / "runc"
+        self.container_root = container_root
+        self.runc = runc
+        self.criu = criu or Criu()
+        self._caps: Capabilities | None = None
+        self.inventory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.container_root.mkdir(parents=True, exist_ok=True)
+
+    def capabilities(self) -> Capabilities:
+        if self._caps is None:
+            facts = probe(self.state_dir, self.criu)
+            ok, why = facts.criu_ok, facts.criu_reason
+            if shutil.which(self.runc) is None:
+                ok, why = False, f"{self.runc} is not installed (apt-get install runc)"
+            self._caps = Capabilities(
+                arch=facts.arch,
+                criu_ok=ok,
+                criu_reason=why,
+                soft_dirty=facts.soft_dirty,
+                lazy_pages=False,
+                lazy_pages_reason=NO_LAZY,
+                bits=facts.bits,
+                page_size=facts.page_size,
+                kernel=facts.kernel,
+                lacks=facts.lacks,
+                facts={**facts.to_dict(), "runc": self.runc},
+            )
+        return self._caps
+
+    def page_server(self, images: Path, sock: int) -> PipedLog:
+        raise CapabilityError("the oci runtime takes no streamed pages: " + NO_LAZY)
+
+    def lazy_report(self, images: Path) -> LazyReport:
+        raise CapabilityError(NO_LAZY)
+
+    # -- inventory ---------------------------------------------------------
+    def _path(self, name: str) -> Path:
+        return self.inventory / f"{check_container_name(name)}.json"
+
+    def _load(self, name: str) -> OciEntry:
+        try:
+            raw = json.loads(self._path(name).read_text())
+        except FileNotFoundError:
+            raise UnknownContainer(name) from None
+        raw["argv"] = tuple(raw["argv"])
+        return OciEntry(**raw)
+
+    def _save(self, entry: OciEntry) -> None:
+        tmp = self._path(entry.name).with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(entry)))
+        os.replace(tmp, self._path(entry.name))
+
+    def _runc(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.runc, "--root", str(self.root), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+
+    def _state(self, name: str) -> tuple[str, int]:
+        """runc's status of ``name`` (``gone`` when runc has none) and its init's pid."""
+        out = self._runc("state", name)
+        if out.returncode != 0:
+            return "gone", 0
+        st = json.loads(out.stdout)
+        return str(st["status"]), int(st.get("pid") or 0)
+
+    def _info(self, e: OciEntry) -> ContainerInfo:
+        status, pid = self._state(e.name)
+        state = {"running": "running", "paused": "frozen"}.get(status, "exited")
+        if status == "gone" and e.state == "frozen":
+            state = "frozen"
+        return ContainerInfo(
+            name=e.name,
+            pid=pid,
+            argv=e.argv,
+            state=state,
+            memory_bytes=procs.rss_bytes(pid) if state == "running" else 0,
+            started=e.started,
+            log=e.log,
+            runtime=self.name,
+            labels=e.labels,
+        )
+
+    def containers(self) -> list[ContainerInfo]:
+        out = []
+        for path in sorted(self.inventory.glob("*.json")):
+            try:
+                out.append(self._info(self._load(path.stem)))
+            except (UnknownContainer, ValueError, TypeError, KeyError):
+                continue
+        return out
+
+    def get(self, name: str) -> ContainerInfo:
+        return self._info(self._load(name))
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        labels: dict[str, str] | None = None,
+        sync: tuple[str, ...] = (),
+    ) -> ContainerInfo:
+        """Start ``argv`` in an OCI container ``name`` whose rootfs is ``labels['oci.rootfs']``."""
+        check_container_name(name)
+        labels = dict(labels or {})
+        if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
+            raise BadRequest("a container needs a command: ferry run --node N -- CMD ...")
+        if sync:
+            raise BadRequest("the oci runtime does not sync directories yet: drop --sync")
+        if labels.get("oci.tty", "") not in ("", "false"):
+            raise BadRequest("a tty container cannot be checkpointed: run it without a terminal")
+        if "oci.rootfs" not in labels:
+            raise BadRequest("an oci container needs a rootfs: ferry run --rootfs DIR")
+        rootfs = check_rootfs(Path(labels["oci.rootfs"]))
+        memory = parse_size(labels["oci.memory"]) if labels.get("oci.memory") else None
+        if os.geteuid() != 0:
+            raise CapabilityError(NOT_ROOT)
+        if self._path(name).exists() and self.get(name).state != "exited":
+            raise BadRequest(f"container {name!r} already runs on this node")
+        self._forget(name)
+        workdir = self.container_root / name
+        write_bundle(workdir / "bundle", config(name, rootfs, argv, memory))
+        if memory is not None:
+            labels["oci.memory"] = str(memory)
+        entry = OciEntry(
+            name, tuple(argv), str(workdir / "bundle"), str(workdir / "log"), time.time(), labels
+        )
+        self._detached(entry, "run", "--bundle", entry.bundle, "--detach", name)
+        self._save(entry)
+        return self._info(entry)
+
+    def _detached(self, entry: OciEntry, *args: str) -> None:
+        """``runc ARGS`` with the container's stdio on pipes copied into its log."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "workers.runtimes.ocistdio", "--log", entry.log, "--"]
+            + [self.runc, "--root", str(self.root), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+            cwd=str(Path(__file__).resolve().parents[2]),
+            check=False,
+        )
+        if proc.returncode != 0 or proc.stdout.strip() != "ok":
+            raise PermanentError(f"runc {args[0]} {entry.name}: {proc.stderr.strip()[-400:]}")
+
+    def _forget(self, name: str) -> None:
+        """Drop runc's record of a stopped ``name`` (a live one is refused by runc)."""
+        self._runc("delete", name)
+
+    def _live(self, name: str) -> OciEntry:
+        entry = self._load(name)
+        if self._state(name)[0] != "running":
+            raise PermanentError(f"container {name!r} is not running on this node")
+        return entry
+
+    def checkpoint(
+        self,
+        name: str,
+        images: Path,
+        *,
+        leave_running: bool = False,
+        parent: Path | None = None,
+        pages: PagesTarget | None = None,
+    ) -> DumpStats:
+        """``runc checkpoint`` of ``name`` into ``images``; without ``leave_running`` the
+        container ends and its images are its only copy. A failed dump leaves it running."""
+        if pages is not None:
+            raise CapabilityError("the oci runtime does not stream pages: " + NO_LAZY)
+        entry = self._live(name)
+        args = ["--image-path", str(images), "--work-path", str(images)]
+        if leave_running:
+            args.append("--leave-running")
+        if parent is not None and self.capabilities().soft_dirty:
+            args += ["--parent-path", os.path.relpath(parent, images)]
+        stats = self._dump(name, images, args)
+        if not leave_running:
+            self._save(replace(entry, state="frozen"))
+        (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
+        return stats
+
+    def _dump(self, name: str, images: Path, args: list[str]) -> DumpStats:
+        images.mkdir(parents=True, exist_ok=True)
+        began = time.monotonic()
+        out = self._runc("checkpoint", *args, name, timeout=300)
+        if out.returncode != 0:
+            log = images / "dump.log"
+            errno, detail = explain(log) if log.exists() else (0, out.stderr.strip()[-300:])
+            raise CriuError("dump", errno, log, detail)
+        return dump_stats(images, (time.monotonic() - began) * 1000)
+
+    def predump(self, name: str, images: Path, parent: Path | None) -> DumpStats:
+        """``runc checkpoint --pre-dump``, where the kernel tracks dirty pages."""
+        if not self.capabilities().soft_dirty:
+            raise CapabilityError(
+                "pre-dump refused: tracking memory is not available (no soft-dirty here)"
+            )
+        self._live(name)
+        args = ["--pre-dump", "--image-path", str(images), "--work-path", str(images)]
+        if parent is not None:
+            args += ["--parent-path", os.path.relpath(parent, images)]
+        return self._dump(name, images, args)
+
+    def checkpoint_lazy(
+        self, name: str, images: Path, address: str, port: int, parent: Path | None = None
+    ) -> float:
+        raise CapabilityError(NO_LAZY)
+
+    def wait_lazy(
+        self, name: str, images: Path, timeout_s: float, served: Served | None = None
+    ) -> DumpStats:
+        raise CapabilityError(NO_LAZY)
+
+    def restore(
+        self, name: str, images: Path, page_server: tuple[str, int] | None = None
+    ) -> RestoreStats:
+        """``runc restore --detach`` of ``name`` from ``images`` under the same name."""
+        check_container_name(name)
+        if page_server is not None:
+            raise CapabilityError(NO_LAZY)
+        if self._path(name).exists() and self.get(name).state in ("running", "frozen"):
+            raise BadRequest(f"container {name!r} already runs on this node")
+        meta = json.loads((images / "ferry-container.json").read_text())
+        if meta.get("name") != name:
+            raise PermanentError(f"images in {images} are of {meta.get('name')!r}, not {name!r}")
+        meta["argv"] = tuple(meta["argv"])
+        entry = replace(OciEntry(**meta), state="running")
+        if not (Path(entry.bundle) / "config.json").exists():
+            raise PermanentError(f"bundle {entry.bundle} of {name!r} is missing on this node")
+        self._forget(name)
+        work = images / f"restore-{time.time_ns()}"
+        began = time.monotonic()
+        try:
+            self._detached(
+                entry,
+                "restore",
+                "--detach",
+                "--image-path",
+                str(images),
+                "--work-path",
+                str(work),
+                "--bundle",
+                entry.bundle,
+                name,
+            )
+        except PermanentError as exc:
+            log = work / "restore.log"
+            errno, detail = explain(log) if log.exists() else (0, str(exc))
+            raise CriuError("restore", errno, log, detail) from exc
+        wall = (time.monotonic() - began) * 1000
+        self._save(entry)
+        stats = work / "stats-restore"
+        fields = read_stats(stats, 2, RESTORE_FIELDS) if stats.exists() else {}
+        return RestoreStats(
+            pid=self._state(name)[1],
+            restore_ms=fields.get("restore_time", 0) / 1000,
+            forking_ms=fields.get("forking_time", 0) / 1000,
+            pages_restored=fields.get("pages_restored", 0),
+            wall_ms=wall,
+        )
+
+    def resume(self, name: str, images: Path | None = None) -> ContainerInfo:
+        """Bring a checkpointed source back: running already, or restored from ``images``."""
+        entry = self._load(name)
+        if self._state(name)[0] == "running":
+            self._save(replace(entry, state="running"))
+            return self.get(name)
+        if images is None or not (images / "ferry-container.json").exists():
+            raise PermanentError(f"container {name!r} is gone and no images are left to restore it")
+        self._path(name).unlink()
+        try:
+            self.restore(name, images)
+        except CriuError:
+            self._save(entry)
+            raise
+        return self.get(name)
+
+    def kill(self, name: str) -> None:
+        """Kill ``name`` and forget it; a container that is gone is just forgotten."""
+        self._load(name)
+        if self._state(name)[0] != "gone":
+            out = self._runc("delete", "--force", name)
+            if out.returncode != 0 and self._state(name)[0] != "gone":
+                raise PermanentError(f"runc would not delete {name!r}: {out.stderr.strip()}")
+        self._path(name).unlink(missing_ok=True)

@@ -1,0 +1,134 @@
+"""An OCI bundle for one ferry container: its config.json, checked rootfs, limits.
+
+What ``runc spec`` would write, cut to what CRIU can move: no terminal, own
+mount, pid, ipc and uts namespaces, a network namespace with only its
+loopback, a memory limit in the container's own cgroup (``/ferry/<name>``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from workers.errors import BadRequest
+from workers.runtimes.launch import BASE_PATH
+
+MOUNTS: list[dict[str, Any]] = [
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {
+        "destination": "/dev",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+    },
+    {
+        "destination": "/dev/pts",
+        "type": "devpts",
+        "source": "devpts",
+        "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+    },
+    {
+        "destination": "/dev/shm",
+        "type": "tmpfs",
+        "source": "shm",
+        "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+    },
+    {
+        "destination": "/sys",
+        "type": "sysfs",
+        "source": "sysfs",
+        "options": ["nosuid", "noexec", "nodev", "ro"],
+    },
+]
+CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``512M``, ``1G``, ``65536``.
+
+    >>> parse_size("512M"), parse_size("1g"), parse_size("4096")
+    (536870912, 1073741824, 4096)
+    """
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower()
+    mult = units.get(t[-1:], 1)
+    digits = t[:-1] if t[-1:] in units else t
+    if not digits.isdigit() or int(digits) == 0:
+        raise BadRequest(f"bad size {text!r}: use e.g. 512M, 1G or a number of bytes")
+    return int(digits) * mult
+
+
+def check_rootfs(rootfs: Path) -> Path:
+    """``rootfs`` resolved, if it is a directory none of whose symlinks points out of it."""
+    if not rootfs.is_absolute():
+        raise BadRequest(f"rootfs {rootfs} must be an absolute path")
+    if not rootfs.is_dir():
+        raise BadRequest(f"rootfs {rootfs} is not a directory on this node")
+    root = rootfs.resolve()
+    for here, dirs, files in os.walk(root):
+        for item in dirs + files:
+            path = Path(here) / item
+            if not path.is_symlink():
+                continue
+            target = os.readlink(path)
+            inside = root / target.lstrip("/") if target.startswith("/") else Path(here) / target
+            if not os.path.normpath(inside).startswith(str(root) + os.sep) and (
+                os.path.normpath(inside) != str(root)
+            ):
+                raise BadRequest(
+                    f"rootfs {rootfs}: symlink {path.relative_to(root)} -> {target} escapes it"
+                )
+    return root
+
+
+def config(name: str, rootfs: Path, argv: list[str], memory: int | None) -> dict[str, Any]:
+    """The config.json of container ``name`` running ``argv`` in ``rootfs``."""
+    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    if memory is not None:
+        resources["memory"] = {"limit": memory}
+    return {
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": argv,
+            "env": [f"PATH={BASE_PATH}", f"HOSTNAME={name}", "LANG=C.UTF-8", "TERM=dumb"],
+            "cwd": "/",
+            "capabilities": {k: CAPS for k in ("bounding", "effective", "permitted")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(rootfs), "readonly": False},
+        "hostname": name,
+        "mounts": MOUNTS,
+        "linux": {
+            "resources": resources,
+            "cgroupsPath": f"/ferry/{name}",
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"],
+        },
+    }
+
+
+def write_bundle(bundle: Path, cfg: dict[str, Any]) -> None:
+    bundle.mkdir(parents=True, exist_ok=True)
+    tmp = bundle / "config.json.tmp"
+    tmp.write_text(json.dumps(cfg, indent=1))
+    os.replace(tmp, bundle / "config.json")
+
+
+def memory_limit(name: str) -> int | None:
+    """The memory limit the kernel holds for container ``name`` (cgroup v2 or v1)."""
+    for path in (
+        Path(f"/sys/fs/cgroup/ferry/{name}/memory.max"),
+        Path(f"/sys/fs/cgroup/memory/ferry/{name}/memory.limit_in_bytes"),
+    ):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        return None if text == "max" else int(text)
+    return None
