@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tasks.api.localcluster import ROOT
+from tests.conftest import criu_works, need
+from tests.integration.helpers import assert_went_on, bad_ticks, ticks, verifying, wait_for
+from workers import procs
+from workers.criu.adapter import Criu
 from workers.tracker import pack
 from workers.tracker.tracker import Tracker
 
@@ -128,3 +133,46 @@ def test_a_pass_reads_exactly_the_pages_written(child: Child, tmp_path: Path) ->
         t.close()
         os.kill(child.p.pid, signal.SIGCONT)
     assert child.say("w 1") == "ok"  # it went on, unregistered
+
+
+@pytest.mark.criu
+def test_final_images_rebuilt_from_the_passes_equal_criu_s_and_restore(tmp_path: Path) -> None:
+    ok, why = criu_works()
+    need(ok, why)
+    box = tmp_path / "box"
+    box.mkdir()
+    argv = [sys.executable, "-m", "workers.runtimes.launch", "--name", "verifier", "--dir",
+            str(box), "--log", str(box / "log"), "--", sys.executable, "-u", "-c", verifying(16)]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    pids = [int(proc.stdout)]
+    log = box / "log"
+    try:
+        wait_for(lambda: len(ticks(log)) >= 3)
+        t = Tracker(pids[0])
+        packs = []
+        for k in range(3):
+            packs.append(tmp_path / f"pass-{k}.pack")
+            with pack.PackWriter(packs[-1], PAGE) as w:
+                stats = t.scan(w)
+            assert stats.pages_written > 0
+            wait_for(lambda: len(ticks(log)) >= 3 + 2 * (k + 1))
+        images = tmp_path / "final"
+        Criu().dump(pids[0], images, leave_stopped=True)
+        clean = t.finish()
+        split = pack.split_final(images, clean, tmp_path / "out")
+        assert 0 < split.pages_sent < split.pages_total / 2  # most pages were already there
+        target = tmp_path / "target"
+        pack.build_final(tmp_path / "out", packs, target)
+        for f in images.glob("pages-*.img"):
+            assert (target / f.name).read_bytes() == f.read_bytes(), f.name
+
+        assert procs.kill_and_wait(pids[0])
+        printed = max(ticks(log))
+        pids.append(Criu().restore(target).pid)
+        wait_for(lambda: max(ticks(log)) >= printed + 5)
+        assert bad_ticks(log) == []
+        assert_went_on(ticks(log), printed)
+    finally:
+        for pid in pids:
+            procs.kill_and_wait(pid)
