@@ -156,7 +156,7 @@ def test_final_images_rebuilt_from_the_passes_equal_criu_s_and_restore(tmp_path:
             with pack.PackWriter(packs[-1], PAGE) as w:
                 stats = t.scan(w)
             assert stats.pages_written > 0
-            wait_for(lambda: len(ticks(log)) >= 3 + 2 * (k + 1))
+            wait_for(lambda goal=3 + 2 * (k + 1): len(ticks(log)) >= goal)
         images = tmp_path / "final"
         Criu().dump(pids[0], images, leave_stopped=True)
         clean = t.finish()
