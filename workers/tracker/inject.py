@@ -27,6 +27,7 @@ import errno
 import os
 import platform
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ WALL = 0x40000000
 O_CLOEXEC = 0o2000000  # the same on x86_64 and aarch64
 UFFD_USER_MODE_ONLY = 1
 SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 434, 438  # the generic numbers, x86_64's too
+_stopped_s = 0.0  # see stopped_ms
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,8 @@ def inject(pid: int, nr: int, arg0: int, a: Arch | None = None) -> int:
     """
     a = a or arch()
     site = syscall_site(pid, a)
+    global _stopped_s
+    t0 = time.monotonic()
     _ptrace(PTRACE_SEIZE, pid)
     pending = 0  # a signal that arrived while the thread was ours
     try:
@@ -169,7 +173,13 @@ def inject(pid: int, nr: int, arg0: int, a: Arch | None = None) -> int:
         except OSError as exc:
             if exc.errno != errno.ESRCH:
                 raise
+        _stopped_s += time.monotonic() - t0
     return result - (1 << 64) if result >= 1 << 63 else result
+
+
+def stopped_ms() -> float:
+    """How long the threads this process injected into were stopped, in all (ms)."""
+    return _stopped_s * 1000
 
 
 def take_fd(pid: int, fd: int) -> int:
