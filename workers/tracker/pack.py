@@ -203,6 +203,40 @@ def split_final(images: Path, clean: dict[int, set[int]], out: Path) -> FinalSta
     )
 
 
+def _copy(src: int, dst: int, offset: int, size: int) -> None:
+    """``size`` bytes of ``src`` at ``offset`` appended to ``dst``, copied by the kernel."""
+    while size:
+        n = os.copy_file_range(src, dst, size, offset)
+        if n <= 0:
+            raise IntegrityError("a pages pack ended early")
+        offset, size = offset + n, size - n
+
+
+def _spans(
+    where: dict[tuple[int, int], tuple[int, int]],
+    vpid: int,
+    runs: list[tuple[int, int]],
+    page: int,
+    name: str,
+) -> Iterator[tuple[int, int, int]]:
+    """(pack, offset, pages) spans that make up a pages image, in its order: pages that lie
+    one after another in one pack are read at once."""
+    span: list[int] = []  # pack, offset, pages
+    for addr, n in runs:
+        for i in range(n):
+            src = where.get((vpid, addr + i * page))
+            if src is None:
+                raise IntegrityError(f"{name}: page {addr + i * page:#x} never arrived")
+            if span and span[0] == src[0] and span[1] + span[2] * page == src[1]:
+                span[2] += 1
+                continue
+            if span:
+                yield span[0], span[1], span[2]
+            span = [src[0], src[1], 1]
+    if span:
+        yield span[0], span[1], span[2]
+
+
 def build_final(received: Path, passes: list[Path], target: Path) -> None:
     """Make ``target`` the full image set: ``received`` (split_final's) plus the pages of
     ``passes`` (the passes' packs, oldest first). IntegrityError when a page is missing
@@ -226,17 +260,12 @@ def build_final(received: Path, passes: list[Path], target: Path) -> None:
                 raise BadRequest(f"{MANIFEST}: bad entry {name!r}")
             _, runs = pagemap(received / meta["pagemap"])
             part = received / f".{name}.part"
-            h = blake3.blake3()
+            vpid = int(meta["vpid"])
             with open(part, "wb") as w:
-                for addr, n in runs:
-                    for i in range(n):
-                        src = where.get((int(meta["vpid"]), addr + i * page))
-                        if src is None:
-                            raise IntegrityError(f"{name}: page {addr + i * page:#x} never arrived")
-                        data = os.pread(files[src[0]].fileno(), page, src[1])
-                        w.write(data)
-                        h.update(data)
-            if part.stat().st_size != meta["size"] or h.hexdigest() != meta["blake3"]:
+                for k, off, count in _spans(where, vpid, runs, page, name):
+                    _copy(files[k].fileno(), w.fileno(), off, count * page)
+            digest = blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(part).hexdigest()
+            if part.stat().st_size != meta["size"] or digest != meta["blake3"]:
                 part.unlink()
                 raise IntegrityError(
                     f"{name}: rebuilt from the passes, it does not match the source's dump "

@@ -199,9 +199,10 @@ class Tracker:
         for a, b in old:  # what is no longer mapped (or no longer tracked) is not clean
             for lo, hi in _gaps(a, b, [(x, y) for x, y in p.registered if x < b and y > a]):
                 p.clean.difference_update(range(lo, hi, self.page))
+        runs = _merge(runs)  # adjacent runs read (and packed) as one
         for lo, hi in runs:
             p.clean.difference_update(range(lo, hi, self.page))
-        return sorted(runs), fresh, pages, span
+        return runs, fresh, pages, span
 
     def _read(self, p: _Process, runs: list[tuple[int, int]], pack: PackWriter) -> int:
         """Read ``runs`` from ``p`` into ``pack``; the pages read (now clean)."""
@@ -256,6 +257,7 @@ def _gaps(lo: int, hi: int, covered: list[tuple[int, int]]) -> list[tuple[int, i
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``ranges`` sorted, with those that touch or overlap joined."""
     out: list[tuple[int, int]] = []
     for a, b in sorted(ranges):
         if out and a <= out[-1][1]:
