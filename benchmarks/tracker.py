@@ -26,9 +26,10 @@ Columns, each the median of ``--runs`` migrations:
                  (the last scan, what the destination lacks, BLAKE3) or delta's
                  diff; the final transfer; the destination's rebuild of the
                  images; ``criu restore``
-``worker +``     the peak RSS of the source's worker, its tasks and the
-                 tracker process during the migration, over what they held
-                 just before it
+``worker +``     the peak private resident memory (RssAnon: not the files
+                 they map to hash or send) of the source's worker, its tasks
+                 and the tracker process during the migration, over what they
+                 held just before it
 ``bytes``        everything sent
 """
 
@@ -153,8 +154,9 @@ def run_cell(
 
 
 def worker_rss(c: LocalCluster, node: str) -> int:
-    """The RSS of ``node``'s worker processes and their tasks' children (the tracker), not
-    of the containers."""
+    """The private resident memory (RssAnon) of ``node``'s worker processes and their
+    tasks' children (the tracker), not of the containers: files they map to hash or send
+    (page cache, RssFile) are left out."""
     total = 0
     for pid in procs.tree(c.procs[node].pid):
         try:
@@ -164,7 +166,7 @@ def worker_rss(c: LocalCluster, node: str) -> int:
             continue
         if b"-c" in cmd:
             continue  # a container's workload
-        total += sum(int(ln.split()[1]) * 1024 for ln in status if ln.startswith("VmRSS:"))
+        total += sum(int(ln.split()[1]) * 1024 for ln in status if ln.startswith("RssAnon:"))
     return total
 
 

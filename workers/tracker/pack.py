@@ -31,6 +31,7 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import IO, Any
 
@@ -213,8 +214,7 @@ def _copy(src: int, dst: int, offset: int, size: int) -> None:
 
 
 def _spans(
-    where: dict[tuple[int, int], tuple[int, int]],
-    vpid: int,
+    where: dict[int, tuple[int, int]],
     runs: list[tuple[int, int]],
     page: int,
     name: str,
@@ -223,8 +223,7 @@ def _spans(
     one after another in one pack are read at once."""
     span: list[int] = []  # pack, offset, pages
     for addr, n in runs:
-        for i in range(n):
-            src = where.get((vpid, addr + i * page))
+        for i, src in enumerate(map(where.get, range(addr, addr + n * page, page))):
             if src is None:
                 raise IntegrityError(f"{name}: page {addr + i * page:#x} never arrived")
             if span and span[0] == src[0] and span[1] + span[2] * page == src[1]:
@@ -246,13 +245,15 @@ def build_final(received: Path, passes: list[Path], target: Path) -> None:
         split = doc["pages"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BadRequest(f"{received}: no readable {MANIFEST}") from exc
-    where: dict[tuple[int, int], tuple[int, int]] = {}  # (vpid, page) -> (pack, offset)
+    where: dict[int, dict[int, tuple[int, int]]] = {}  # vpid -> page -> (pack, offset)
     packs = [*passes, received / PACK]
     page = page_size(received / PACK)
     for k, path in enumerate(packs):
         for vpid, addr, n, off in records(path):
-            for i in range(n):
-                where[vpid, addr + i * page] = (k, off + i * page)
+            pages = range(addr, addr + n * page, page)
+            where.setdefault(vpid, {}).update(
+                zip(pages, zip(repeat(k), range(off, off + n * page, page)), strict=False)
+            )
     files = [open(p, "rb") for p in packs]  # noqa: SIM115 - closed below
     try:
         for name, meta in split.items():
@@ -262,7 +263,7 @@ def build_final(received: Path, passes: list[Path], target: Path) -> None:
             part = received / f".{name}.part"
             vpid = int(meta["vpid"])
             with open(part, "wb") as w:
-                for k, off, count in _spans(where, vpid, runs, page, name):
+                for k, off, count in _spans(where.get(vpid, {}), runs, page, name):
                     _copy(files[k].fileno(), w.fileno(), off, count * page)
             digest = blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(part).hexdigest()
             if part.stat().st_size != meta["size"] or digest != meta["blake3"]:
