@@ -1,10 +1,13 @@
 """Pre-copy on the uffd-wp tracker beside cold and delta: pauses, downtime, worker memory.
 
     sudo .venv/bin/python benchmarks/tracker.py               # 256 MiB, 1 and 10 %/s, 3 runs
-    sudo .venv/bin/python benchmarks/tracker.py --sizes 256,1024 --rates 1,10 --runs 5
+    sudo .venv/bin/python benchmarks/tracker.py --sizes 256,1024 --rates 1,10 --runs 5 \\
+        --links loopback,1gbit
     .venv/bin/python benchmarks/tracker.py --markdown         # the saved table
 
-Real CRIU, two real workers on this host (loopback, an embedded Redis). The
+Real CRIU, two real workers: on ``loopback`` both on this host with an
+embedded Redis; on ``1gbit`` each in its own network namespace of the testbed
+(tests/e2e/netcluster.py), node to node shaped to 1 Gbit/s. The
 workload holds SIZE MiB of random bytes, rewrites RATE % of its pages per
 second (every 10 ms the next slice of a cursor walking its memory, each
 rewrite changing the page's first byte) and prints ``time.time()`` every 10 ms.
@@ -40,6 +43,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -52,6 +56,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.cold import testbed_cluster
 from benchmarks.machine import kill_all, machine
 from benchmarks.pauses import felt_ms, ticks_in
 from tasks.api.client import Ferry
@@ -88,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="1,10", help="%% of pages rewritten per second")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--links", default="loopback", help="loopback and/or 1gbit (the testbed)")
+    parser.add_argument(
+        "--wait-testbed", type=float, default=600.0, help="s to wait for the subnet"
+    )
     parser.add_argument("--markdown", action="store_true", help="print the saved JSON as markdown")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where state dirs go")
     parser.add_argument("--json", default=str(ROOT / "docs" / "benchmarks" / "tracker.json"))
@@ -97,10 +106,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
-    with cluster(Path(args.dir)) as (client, c):
-        for size in (int(s) for s in args.sizes.split(",")):
-            for rate in (float(r) for r in args.rates.split(",")):
-                rows += run_cell(client, c, size, rate, args.strategies.split(","), args.runs)
+    for link in args.links.split(","):
+        if link == "loopback":
+            context = cluster(Path(args.dir))
+        elif link == "1gbit":
+            context = testbed(Path(args.dir), args.wait_testbed)
+        else:
+            parser.error(f"unknown link {link!r}: loopback or 1gbit")
+        with context as (client, nodes, workers):
+            for size in (int(s) for s in args.sizes.split(",")):
+                for rate in (float(r) for r in args.rates.split(",")):
+                    cell = run_cell(
+                        client, nodes, workers, size, rate, args.strategies.split(","), args.runs
+                    )
+                    rows += [{"link": link, **r} for r in cell]
     doc = {"rows": rows, "machine": machine(), "elapsed_s": round(time.monotonic() - started)}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
@@ -108,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r["failed"] == 0 for r in rows) else 1
 
 
+Workers = dict[str, "subprocess.Popen[bytes]"]
+
+
 @contextmanager
-def cluster(where: Path) -> Iterator[tuple[Ferry, LocalCluster]]:
+def cluster(where: Path) -> Iterator[tuple[Ferry, list[str], Workers]]:
     base = Path(tempfile.mkdtemp(prefix="ferry-bench-tracker-", dir=where))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     c = LocalCluster(base, env)
@@ -118,7 +140,7 @@ def cluster(where: Path) -> Iterator[tuple[Ferry, LocalCluster]]:
         for n in NODES:
             c.start_node(n)
         c.wait_ready(list(NODES))
-        yield c.client, c
+        yield c.client, list(NODES), {n: c.procs[n] for n in NODES}
     finally:
         kill_all(c.client)
         c.stop()
@@ -126,21 +148,36 @@ def cluster(where: Path) -> Iterator[tuple[Ferry, LocalCluster]]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@contextmanager
+def testbed(where: Path, wait_s: float) -> Iterator[tuple[Ferry, list[str], Workers]]:
+    with testbed_cluster(where, wait_s) as (client, c, _):
+        for node in c.nodes:
+            c.bed.shape(node, "1gbit")
+        client.settings = client.settings.with_(link_bps=125e6)
+        yield client, list(c.nodes)[:2], dict(c.workers)
+
+
 def run_cell(
-    client: Ferry, c: LocalCluster, size: int, rate: float, strategies: list[str], runs: int
+    client: Ferry,
+    nodes: list[str],
+    workers: Workers,
+    size: int,
+    rate: float,
+    strategies: list[str],
+    runs: int,
 ) -> list[dict[str, Any]]:
     name = f"tracker-{size}-{rate:g}"
     info = client.run(
-        NODES[0], [sys.executable, "-u", "-c", WORKLOAD, str(size), str(rate)], name=name
+        nodes[0], [sys.executable, "-u", "-c", WORKLOAD, str(size), str(rate)], name=name
     )
     ticks_in(info["log"], 200, timeout_s=120)
-    here = NODES[0]
+    here = nodes[0]
     samples: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies}
     try:
         for _ in range(runs):
             for strategy in strategies:
-                there = NODES[1] if here == NODES[0] else NODES[0]
-                s = migrate(client, c, name, here, there, strategy, info["log"])
+                there = nodes[1] if here == nodes[0] else nodes[0]
+                s = migrate(client, workers, name, here, there, strategy, info["log"])
                 samples[strategy].append(s)
                 print(
                     json.dumps({"size_mib": size, "rate": rate, **s}), file=sys.stderr, flush=True
@@ -153,12 +190,12 @@ def run_cell(
     return [row(size, rate, s, samples[s]) for s in strategies]
 
 
-def worker_rss(c: LocalCluster, node: str) -> int:
+def worker_rss(workers: Workers, node: str) -> int:
     """The private resident memory (RssAnon) of ``node``'s worker processes and their
     tasks' children (the tracker), not of the containers: files they map to hash or send
     (page cache, RssFile) are left out."""
     total = 0
-    for pid in procs.tree(c.procs[node].pid):
+    for pid in procs.tree(workers[node].pid):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             status = Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -171,15 +208,15 @@ def worker_rss(c: LocalCluster, node: str) -> int:
 
 
 def migrate(
-    client: Ferry, c: LocalCluster, name: str, src: str, to: str, strategy: str, log: str
+    client: Ferry, workers: Workers, name: str, src: str, to: str, strategy: str, log: str
 ) -> dict[str, Any]:
-    base = worker_rss(c, src)
+    base = worker_rss(workers, src)
     peak = [base]
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.02):
-            peak[0] = max(peak[0], worker_rss(c, src))
+            peak[0] = max(peak[0], worker_rss(workers, src))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -242,28 +279,29 @@ def row(size: int, rate: float, strategy: str, samples: list[dict[str, Any]]) ->
 
 def markdown(doc: dict[str, Any]) -> str:
     out = [
-        "| MiB | %/s | strategy | felt | felt passes | pass pause | downtime | dump | split "
+        "| link | MiB | %/s | strategy | felt | felt passes | pass pause | downtime | dump | split "
         "| wire | rebuild | restore | worker + | bytes | vs cold |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = doc["rows"]
     for r in rows:
         cold = next(
             (x["felt_ms"] for x in rows if x["strategy"] == "cold"
-             and (x["size_mib"], x["rate"]) == (r["size_mib"], r["rate"])),
+             and (x.get("link"), x["size_mib"], x["rate"])
+             == (r.get("link"), r["size_mib"], r["rate"])),
             None,
         )  # fmt: skip
         ratio = f"{r['felt_ms'] / cold:.2f}x" if cold and r["felt_ms"] is not None else "-"
         name = r["strategy"] + (f" ({', '.join(r['tracker'])})" if r["tracker"] else "")
         out.append(
-            f"| {r['size_mib']} | {r['rate']:g} | {name} | "
+            f"| {r.get('link', 'loopback')} | {r['size_mib']} | {r['rate']:g} | {name} | "
             + " | ".join(_ms(r[k]) for k in KEYS[:9])
             + f" | {_mib(r['worker_extra_mib'])} | {_bytes(r['bytes'])} | {ratio} |"
         )
     m = doc["machine"]
     out.append(
         f"\n{m['cpus']} CPUs ({m['cpu']}), CRIU {m['criu']}, commit {m['commit']}; medians of "
-        f"{rows[0]['runs'] if rows else 0} runs; {doc['elapsed_s']} s; loopback"
+        f"{rows[0]['runs'] if rows else 0} runs; {doc['elapsed_s']} s"
     )
     return "\n".join(out)
 

@@ -48,3 +48,44 @@ def test_precopy_on_the_tracker_moves_a_verifying_container(cluster) -> None:
         f"restore {m.results['restore']}"
     )
     client.kill("verifier")
+
+
+def uffd_wp_mappings(pid: int) -> int:
+    """How many of ``pid``'s mappings are registered for uffd write-protection (``uw``)."""
+    text = open(f"/proc/{pid}/smaps").read()  # noqa: PTH123, SIM115
+    return sum(" uw" in ln for ln in text.splitlines() if ln.startswith("VmFlags:"))
+
+
+def trackers() -> list[int]:
+    out = []
+    for pid in procs.tree(1):
+        try:
+            if b"workers.tracker" in open(f"/proc/{pid}/cmdline", "rb").read():  # noqa: PTH123, SIM115
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+def test_a_cancel_during_the_passes_ends_the_tracking_and_the_container_goes_on(cluster) -> None:
+    client = cluster.client
+    if caps(client.node("n1")).dirty_tracker != "uffd-wp":
+        pytest.skip("n1 has no uffd-wp tracker")
+    info = client.run("n1", [sys.executable, "-u", "-c", verifying(32, 30)], name="cancelled")
+    wait_for(lambda: len(ticks(info["log"])) > 5, timeout=30)
+    # it never converges (30 % of its pages a tick, a 1 ms limit): the passes go on
+    h = client.migrate(
+        "cancelled", "n2", strategy="precopy", downtime_limit_ms=1, max_iterations=50
+    )
+    wait_for(lambda: len(h.status().passes) >= 2, timeout=60)
+    assert uffd_wp_mappings(info["pid"]) > 0 and trackers()  # tracked while it runs
+    client.cancel(h.id)
+    m = h.wait(timeout=60)
+    assert m.state.value == "rolled_back", (m.state, m.errors)
+    wait_for(lambda: not trackers(), timeout=10)
+    assert uffd_wp_mappings(info["pid"]) == 0  # its registrations went with the tracker
+    before = max(ticks(info["log"]))
+    wait_for(lambda: max(ticks(info["log"])) >= before + 5, timeout=30)
+    assert bad_ticks(info["log"]) == []
+    assert procs.alive(info["pid"])
+    client.kill("cancelled")
