@@ -34,6 +34,8 @@ Columns, each the median of ``--runs`` migrations:
                  and the tracker process during the migration, over what they
                  held just before it
 ``bytes``        everything sent
+``load``         the 1-minute load average as the migrations started (2 cores
+                 shared with other work skew every number)
 """
 
 from __future__ import annotations
@@ -210,6 +212,7 @@ def worker_rss(workers: Workers, node: str) -> int:
 def migrate(
     client: Ferry, workers: Workers, name: str, src: str, to: str, strategy: str, log: str
 ) -> dict[str, Any]:
+    load = os.getloadavg()[0]  # other work on the machine skews every number
     base = worker_rss(workers, src)
     peak = [base]
     done = threading.Event()
@@ -249,12 +252,13 @@ def migrate(
         "restore_ms": restore.get("restore_ms"),
         "worker_extra_mib": round((peak[0] - base) / 2**20, 1),
         "bytes": s["bytes"],
+        "load": round(load, 2),
     }
 
 
 KEYS = (
     "felt_ms", "felt_passes_ms", "pass_pause_ms", "downtime_ms", "dump_ms", "split_ms",
-    "wire_ms", "rebuild_ms", "restore_ms", "worker_extra_mib", "bytes", "passes",
+    "wire_ms", "rebuild_ms", "restore_ms", "worker_extra_mib", "bytes", "passes", "load",
 )  # fmt: skip
 
 
@@ -280,8 +284,8 @@ def row(size: int, rate: float, strategy: str, samples: list[dict[str, Any]]) ->
 def markdown(doc: dict[str, Any]) -> str:
     out = [
         "| link | MiB | %/s | strategy | felt | felt passes | pass pause | downtime | dump | split "
-        "| wire | rebuild | restore | worker + | bytes | vs cold |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| wire | rebuild | restore | worker + | bytes | vs cold | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = doc["rows"]
     for r in rows:
@@ -296,7 +300,9 @@ def markdown(doc: dict[str, Any]) -> str:
         out.append(
             f"| {r.get('link', 'loopback')} | {r['size_mib']} | {r['rate']:g} | {name} | "
             + " | ".join(_ms(r[k]) for k in KEYS[:9])
-            + f" | {_mib(r['worker_extra_mib'])} | {_bytes(r['bytes'])} | {ratio} |"
+            + f" | {_mib(r['worker_extra_mib'])} | {_bytes(r['bytes'])} | {ratio} | "
+            + ("-" if r.get("load") is None else f"{r['load']:.1f}")
+            + " |"
         )
     m = doc["machine"]
     out.append(
