@@ -136,13 +136,17 @@ def test_a_pass_reads_exactly_the_pages_written(child: Child, tmp_path: Path) ->
 
 
 @pytest.mark.criu
-def test_final_images_rebuilt_from_the_passes_equal_criu_s_and_restore(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fork", [False, True], ids=["one-process", "a-tree"])
+def test_final_images_rebuilt_from_the_passes_equal_criu_s_and_restore(
+    tmp_path: Path, fork: bool
+) -> None:
     ok, why = criu_works()
     need(ok, why)
     box = tmp_path / "box"
     box.mkdir()
     argv = [sys.executable, "-m", "workers.runtimes.launch", "--name", "verifier", "--dir",
-            str(box), "--log", str(box / "log"), "--", sys.executable, "-u", "-c", verifying(16)]  # fmt: skip
+            str(box), "--log", str(box / "log"), "--", sys.executable, "-u", "-c",
+            verifying(16, fork=fork)]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=30, check=False)
     assert proc.returncode == 0, proc.stderr
     pids = [int(proc.stdout)]
@@ -155,7 +159,7 @@ def test_final_images_rebuilt_from_the_passes_equal_criu_s_and_restore(tmp_path:
             packs.append(tmp_path / f"pass-{k}.pack")
             with pack.PackWriter(packs[-1], PAGE) as w:
                 stats = t.scan(w)
-            assert stats.pages_written > 0
+            assert stats.pages_written > 0 and stats.processes == (2 if fork else 1)
             wait_for(lambda goal=3 + 2 * (k + 1): len(ticks(log)) >= goal)
         images = tmp_path / "final"
         Criu().dump(pids[0], images, leave_stopped=True)
@@ -173,6 +177,14 @@ def test_final_images_rebuilt_from_the_passes_equal_criu_s_and_restore(tmp_path:
         wait_for(lambda: max(ticks(log)) >= printed + 5)
         assert bad_ticks(log) == []
         assert_went_on(ticks(log), printed)
+        if fork:  # the child's memory came back intact too, and it went on
+            kids = [ln for ln in log.read_text().splitlines() if ln.startswith("kid ")]
+            wait_for(
+                lambda: (
+                    sum(ln.startswith("kid ") for ln in log.read_text().splitlines())
+                    > len(kids) + 3
+                )
+            )
     finally:
         for pid in pids:
             procs.kill_and_wait(pid)
