@@ -16,7 +16,8 @@ from tests.conftest import criu_works, need
 from tests.integration.helpers import assert_went_on, bad_ticks, ticks, verifying, wait_for
 from workers import procs
 from workers.criu.adapter import Criu
-from workers.tracker import pack
+from workers.errors import CapabilityError
+from workers.tracker import inject, pack
 from workers.tracker.tracker import Tracker
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -188,3 +189,21 @@ def test_final_images_rebuilt_from_the_passes_equal_criu_s_and_restore(
     finally:
         for pid in pids:
             procs.kill_and_wait(pid)
+
+
+def test_a_process_with_a_userfaultfd_of_its_own_is_refused_untouched(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the tracker injects a system call with ptrace: needs root here")
+    nr = inject.arch().userfaultfd
+    script = f"import ctypes, sys, time\nfd = ctypes.CDLL(None).syscall({nr}, 0o2000001)\n"
+    script += "print(fd, flush=True)\ntime.sleep(60)\n"
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout and int(p.stdout.readline()) >= 0
+        t = Tracker(p.pid)
+        with pytest.raises(CapabilityError, match="uses userfaultfd itself"):
+            one_pass(t, tmp_path / "1")
+        assert t.procs == {} and p.poll() is None  # nothing injected, it runs on
+    finally:
+        p.kill()
+        p.wait()
