@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from workers import procs
-from workers.errors import CapabilityError, FerryError
+from workers.errors import BadRequest, CapabilityError, FerryError
 from workers.tracker import inject
 from workers.tracker.pack import PackWriter, split_final
 from workers.tracker.tracker import Tracker
@@ -53,7 +53,7 @@ def address(d: Path) -> str:
 def inside(d: Path, name: object) -> Path:
     """``d / name`` for a plain relative name (one optional subdir); BadRequest otherwise."""
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise CapabilityError(f"bad tracker path {name!r:.80}")
+        raise BadRequest(f"bad tracker path {name!r:.80}")
     return d / name
 
 
