@@ -11,7 +11,6 @@ import time
 import pytest
 
 from tasks.core.chooser import strategy_refusal
-from tasks.core.nodes import caps
 from tests.faults.cluster import COLD, DELTA, POSTCOPY, PRECOPY, outcome
 from tests.integration.helpers import dirtying, ticks, wait_for
 
@@ -27,7 +26,7 @@ pytestmark = pytest.mark.criu
 )
 def test_a_worker_killed_in_a_phase_loses_nothing(faults, strategy: str, point: str) -> None:
     client = faults.client
-    refusal = strategy_refusal(strategy, *(caps(client.node(n)) for n in ("f1", "f2")))
+    refusal = strategy_refusal(strategy, *(client.node(n).caps for n in ("f1", "f2")))
     if refusal:
         pytest.skip(f"{strategy} cannot run on this machine: {refusal}")
     name = f"f-{strategy}-{point.replace(':', '-')}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -86,3 +87,10 @@ def verifying(mb: int = 32, percent: int = 2, fork: bool = False) -> str:
 def bad_ticks(log: str | Path) -> list[str]:
     """The lines where a verifying counter found its memory wrong."""
     return [ln for ln in Path(log).read_text().splitlines() if " bad " in ln]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

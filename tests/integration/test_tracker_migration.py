@@ -10,7 +10,6 @@ import sys
 
 import pytest
 
-from tasks.core.nodes import caps
 from tasks.core.summary import downtime
 from tests.integration.helpers import assert_went_on, bad_ticks, ticks, verifying, wait_for
 from workers import procs
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.criu
 
 def test_precopy_on_the_tracker_moves_a_verifying_container(cluster) -> None:
     client = cluster.client
-    src = caps(client.node("n1"))
+    src = client.node("n1").caps
     if src.dirty_tracker != "uffd-wp":
         pytest.skip(f"n1's dirty tracker is {src.dirty_tracker}, not uffd-wp")
     info = client.run("n1", [sys.executable, "-u", "-c", verifying(64, 2)], name="verifier")
@@ -69,7 +68,7 @@ def trackers() -> list[int]:
 
 def test_a_cancel_during_the_passes_ends_the_tracking_and_the_container_goes_on(cluster) -> None:
     client = cluster.client
-    if caps(client.node("n1")).dirty_tracker != "uffd-wp":
+    if client.node("n1").caps.dirty_tracker != "uffd-wp":
         pytest.skip("n1 has no uffd-wp tracker")
     info = client.run("n1", [sys.executable, "-u", "-c", verifying(32, 30)], name="cancelled")
     wait_for(lambda: len(ticks(info["log"])) > 5, timeout=30)

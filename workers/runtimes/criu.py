@@ -29,6 +29,7 @@ from workers.errors import BadRequest, CapabilityError, CriuError, PermanentErro
 from workers.ids import check_container_name
 from workers.records import (
     Capabilities,
+    ContainerInfo,
     DumpStats,
     LazyReport,
     Need,
@@ -36,7 +37,7 @@ from workers.records import (
     RestoreStats,
     tracker_of,
 )
-from workers.runtimes.base import ContainerInfo, Served
+from workers.runtimes.base import Served
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # what CRIU counts pages in, on this node
 
