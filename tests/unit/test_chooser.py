@@ -46,6 +46,7 @@ SRC, DST = node("pi-01"), node("pi-02")
 NO_SD = node("pi-01", soft_dirty=False)
 NO_LAZY_DST = node("pi-02", lazy_pages=False, lazy_pages_reason="uffd-noncoop missing")
 NO_LAZY_SRC = node("pi-01", lazy_pages=False)
+UFFD_WP = node("pi-01", soft_dirty=False, tracker="uffd-wp")  # a Pi kernel >= 6.10 with uffd
 GBE = Link(112 * MiB, 0.3)
 BIG = Workload(512 * MiB, None)
 AUTO = Request("auto", 300)
@@ -96,7 +97,7 @@ CHOICES = [
         AUTO,
         "postcopy",
         None,
-        ["no soft-dirty", "each delta pass freezes", "postcopy"],
+        ["no dirty tracker", "each delta pass freezes", "postcopy"],
     ),
     (  # no lazy pages: cold's one pause is no longer than one delta pass
         "slow-delta-cold",
@@ -152,6 +153,39 @@ CHOICES = [
         "hybrid",
         "precopy",
         ["36%"],
+    ),
+    (  # no soft-dirty, but the uffd-wp tracker: pre-copy without freezing each pass
+        "slow-uffd-wp-precopy",
+        UFFD_WP,
+        DST,
+        Workload(512 * MiB, 5 * MiB),
+        GBE,
+        AUTO,
+        "precopy",
+        "precopy",
+        ["precopy (uffd-wp)"],
+    ),
+    (  # hybrid's lazy dump needs a soft-dirty chain: uffd-wp does not make one
+        "fast-uffd-wp-postcopy",
+        UFFD_WP,
+        DST,
+        Workload(512 * MiB, 40 * MiB),
+        GBE,
+        AUTO,
+        "postcopy",
+        None,
+        ["no soft-dirty for hybrid"],
+    ),
+    (
+        "asked-precopy-uffd-wp",
+        UFFD_WP,
+        NO_LAZY_DST,
+        BIG,
+        GBE,
+        Request("precopy", 300),
+        "precopy",
+        "precopy",
+        ["requested precopy"],
     ),
     (
         "fast-no-soft-dirty-postcopy",
@@ -279,7 +313,10 @@ REFUSALS = [
         DST,
         BIG,
         "precopy",
-        "precopy needs soft-dirty tracking; pi-03's kernel has none: use delta or postcopy",
+        (
+            "precopy needs a dirty tracker (soft-dirty or uffd-wp); pi-03's kernel has neither: "
+            "use delta or postcopy"
+        ),
     ),
     (
         "precopy-no-sd-no-lazy",
@@ -287,7 +324,19 @@ REFUSALS = [
         NO_LAZY_DST,
         BIG,
         "precopy",
-        "precopy needs soft-dirty tracking; pi-03's kernel has none: use delta",
+        (
+            "precopy needs a dirty tracker (soft-dirty or uffd-wp); pi-03's kernel has neither: "
+            "use delta"
+        ),
+    ),
+    (
+        "hybrid-uffd-wp",
+        UFFD_WP,
+        DST,
+        BIG,
+        "hybrid",
+        "hybrid needs soft-dirty tracking for its pre-copy half; pi-01's kernel has none: "
+        "use precopy or delta or postcopy",
     ),
     (
         "postcopy-dst",
