@@ -329,37 +329,47 @@ def choose(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request)
         return Choice(Strategy.HYBRID, f"{why}: hybrid, {pre} then postcopy", iterative)
     if fast:
         why += f"; postcopy unavailable ({lazy_no}), the convergence rule will decide"
-    if iterative is Strategy.DELTA:
-        return _delta_or_not(wl, link, limit, cold_ms, lazy_no, f"{why}: {pre}")
+    if tracker != "soft-dirty":  # delta, or uffd-wp: both dump every page in the freeze
+        return _snapshot_or_not(iterative, wl, link, limit, cold_ms, lazy_no, f"{why}: {pre}")
     return Choice(iterative, f"{why}: {pre}", iterative)
 
 
 def delta_pause_ms(wl: Workload, link: Link) -> float:
-    """The pause of one delta pass: a full dump of the memory into local images."""
+    """The pause of a full dump of the memory into local images: each delta pass, and
+    the final dump of a uffd-wp pre-copy (CRIU writes every page; ferry sends the new)."""
     return wl.memory_bytes / (link.dump_bps or DUMP_BPS) * 1000.0 + link.overhead_ms
 
 
-def _delta_or_not(
-    wl: Workload, link: Link, limit: float, cold_ms: float, lazy_no: str | None, why: str
+def _snapshot_or_not(
+    iterative: Strategy,
+    wl: Workload,
+    link: Link,
+    limit: float,
+    cold_ms: float,
+    lazy_no: str | None,
+    why: str,
 ) -> Choice:
-    """Delta freezes the tree for a whole dump every pass: only worth it when that fits
-    the limit, or is still shorter than cold's one pause; else post-copy, else cold."""
-    pass_ms = delta_pause_ms(wl, link)
-    measured = "measured" if link.dump_bps else "estimated"
+    """A pre-copy whose freezes each dump the whole memory (delta's every pass, uffd-wp's
+    final dump) is only worth it when that fits the limit and post-copy's one freeze is
+    not clearly shorter, or it is still shorter than cold's one pause; else post-copy,
+    else cold."""
+    dump_ms = delta_pause_ms(wl, link)
+    what = "each delta pass freezes" if iterative is Strategy.DELTA else "its final dump freezes"
     lazy_ms = lazy_downtime_ms(link)
-    if pass_ms <= limit and (lazy_no is not None or not clearly_shorter(lazy_ms, pass_ms)):
-        return Choice(Strategy.DELTA, f"{why}; each pass freezes ~{pass_ms:.0f} ms", Strategy.DELTA)
-    if pass_ms <= limit:
+    if dump_ms <= limit and (lazy_no is not None or not clearly_shorter(lazy_ms, dump_ms)):
+        return Choice(iterative, f"{why}; {what} ~{dump_ms:.0f} ms", iterative)
+    if dump_ms <= limit:
         return Choice(
             Strategy.POSTCOPY,
-            f"{why}; each pass freezes ~{pass_ms:.0f} ms, postcopy's one freeze ~{lazy_ms:.0f} ms",
+            f"{why}; {what} ~{dump_ms:.0f} ms, postcopy's one freeze ~{lazy_ms:.0f} ms",
         )
-    over = f"; but each delta pass freezes ~{pass_ms:.0f} ms ({measured} dump speed)"
+    measured = "measured" if link.dump_bps else "estimated"
+    over = f"; but {what} ~{dump_ms:.0f} ms ({measured} dump speed)"
     if lazy_no is None:
         return Choice(Strategy.POSTCOPY, f"{why}{over}: postcopy, one short freeze")
-    if cold_ms <= pass_ms:
+    if cold_ms <= dump_ms:
         return Choice(Strategy.COLD, f"{why}{over}, no shorter than cold's ~{cold_ms:.0f} ms: cold")
-    return Choice(Strategy.DELTA, f"{why}{over}, still shorter than cold's", Strategy.DELTA)
+    return Choice(iterative, f"{why}{over}, still shorter than cold's", iterative)
 
 
 def _check(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request) -> None:
