@@ -150,6 +150,11 @@ class Cluster:
             return got[0], f"measured {now - got[1]:.0f} s before"
         return self.settings.link_bps, "configured (link_bps: this pair was never measured)"
 
+    def measured_links(self) -> dict[tuple[str, str], float]:
+        """The rate each link measured (bytes/s, by (src, dst)), where it is fresh."""
+        now = time.time()
+        return {k: bps for k, (bps, at) in self.store.links().items() if now - at < LINK_TTL_S}
+
     def fastest_link_from(self, src: str) -> float:
         """The fastest measured link out of ``src``, else the configured ``link_bps``."""
         rates = [self.link(src, n["name"])[0] for n in self.store.nodes() if n["name"] != src]

@@ -146,7 +146,7 @@ def _preview(client: Cluster, p: Plan, limits: PlanLimits, dry_run: bool) -> dic
         **plan_to_json(p),
         "limits": asdict(limits),
         "link_bps": link,
-        "lower_bound_s": round(bound_s(p, link), 3),
+        "lower_bound_s": round(bound_s(p, link, client.measured_links()), 3),
     }
 
 
@@ -180,7 +180,10 @@ def _observe(client: Cluster, recs: Records, ev: Evacuation) -> Observations:
             except (BadRequest, CorruptRecord):
                 migrations[mv.migration] = None  # its record is gone, or unreadable
     nodes = {n["name"]: n for n in client.nodes()}
-    return Observations(migrations, recs.cancelled(ev.id), nodes)
+    # the report's bound needs them: read once the evacuation may end (no move pending)
+    ending = not any(mv.outcome is Outcome.PENDING for mv in ev.moves.values())
+    links = client.measured_links() if ending else {}
+    return Observations(migrations, recs.cancelled(ev.id), nodes, links)
 
 
 def _run(client: Cluster, recs: Records, ev: Evacuation, now: float) -> Evacuation:

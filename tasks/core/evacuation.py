@@ -48,7 +48,7 @@ Worked example: one container, ``web``, leaves n1 for n2::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tasks.core.evacplan import compatible, live, node_of, report
@@ -74,6 +74,9 @@ class Observations:
     migrations: Mapping[str, Migration | None]  # running moves' records by id; None: gone
     cancel_asked: bool
     nodes: Mapping[str, Mapping[str, Any]]  # registry records by name, with ``alive``
+    # measured link rates (bytes/s) by (src, dst), for the report's bound; read once no move
+    # is pending, as the evacuation may end then
+    links: Mapping[tuple[str, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ def advance(ev: Evacuation, obs: Observations, now: float) -> tuple[Evacuation, 
     else:
         ev, submits = _launch(ev, obs.nodes)
         actions += submits
-    ev, end = _settle(ev, now)
+    ev, end = _settle(ev, now, obs.links)
     return ev, [*actions, end]
 
 
@@ -156,14 +159,14 @@ def submitted(
     elif isinstance(result, CapabilityError):  # the destination cannot take it after all
         ev = _exclude(ev, submit.dst, str(result), obs.nodes)
     elif isinstance(result, TransientError):  # stays pending: the next tick tries again
-        ev, end = _settle(_put(ev, replace(mv, error=str(result))), now)
+        ev, end = _settle(_put(ev, replace(mv, error=str(result))), now, obs.links)
         return ev, [end]
     elif isinstance(result, str):
         ev = _put(ev, replace(mv, outcome=Outcome.RUNNING, migration=result, started=now, error=""))
     else:
         ev = _put(ev, replace(mv, outcome=Outcome.FAILED, error=str(result)))
     ev, submits = _launch(ev, obs.nodes)
-    ev, end = _settle(ev, now)
+    ev, end = _settle(ev, now, obs.links)
     return ev, [*submits, end]
 
 
@@ -276,10 +279,12 @@ def _launch(
             # every move of this batch was gone: they freed their slots
 
 
-def _settle(ev: Evacuation, now: float) -> tuple[Evacuation, Unlock | Refresh]:
+def _settle(
+    ev: Evacuation, now: float, links: Mapping[tuple[str, str], float]
+) -> tuple[Evacuation, Unlock | Refresh]:
     """Finish ``ev`` once every move has an outcome (report, unlock); else keep its lock."""
     if not all(mv.outcome.final for mv in ev.moves.values()):
         return ev, Refresh(ev.node, ev.id)
     state = EvacState.DONE if ev.stop is None else EvacState(ev.stop.value)
     ev = replace(ev, state=state, finished=now)
-    return replace(ev, report=report(to_dict(ev))), Unlock(ev.node, ev.id)
+    return replace(ev, report=report(to_dict(ev), links)), Unlock(ev.node, ev.id)

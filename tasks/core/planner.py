@@ -41,6 +41,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from tasks.core.bound import Leg, lower_bound
 from workers.errors import BadRequest
 
 Order = Literal["small-first", "priority"]
@@ -276,19 +277,7 @@ def replan(
 
 
 def lower_bound_s(plan: Plan, bandwidth_bps_per_node: float) -> float:
-    """Seconds the plan takes at best: no node's link moves bytes faster than its bandwidth.
-
-    The drained node's outbound link carries every byte, so it dominates; the
-    inbound and single-move terms keep the bound valid for any plan.
-    """
-    if bandwidth_bps_per_node <= 0:
-        raise BadRequest("bandwidth per node must be > 0")
-    if not plan.moves:
-        return 0.0
-    out: Counter[str] = Counter()
-    into: Counter[str] = Counter()
-    for m in plan.moves:
-        out[m.src] += m.memory_bytes
-        into[m.dst] += m.memory_bytes
-    largest = max(m.memory_bytes for m in plan.moves)
-    return max(max(out.values()), max(into.values()), largest) / bandwidth_bps_per_node
+    """Seconds the plan takes at best when every node's link carries ``bandwidth_bps_per_node``
+    and no freeze is known yet (tasks.core.bound, before anything was measured)."""
+    legs = [Leg(m.container, m.src, m.dst, m.memory_bytes) for m in plan.moves]
+    return lower_bound(legs, {}, bandwidth_bps_per_node).seconds
