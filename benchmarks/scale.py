@@ -26,8 +26,10 @@ migration (MEMORY USAGE of every key, by kind, before and after; INFO
 used_memory's change too, which allocator reuse and client buffers make
 noisy), the workers' resident memory (per process, sampled), events per
 migration (the length of each migration's stream), and the makespan against
-its lower bound (tasks.core.planner.lower_bound_s over every move of every
-drained node at the link rate). Every container is checked to run exactly
+its lower bound (tasks.core.bound over every move of every drained node:
+the links' measured rates where faster than ``--link``, the freezes the
+migrations measured), with each migration's fixed costs by part
+(benchmarks/costs.py). Every container is checked to run exactly
 once afterwards, off the drained nodes.
 """
 
@@ -52,12 +54,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import costs
 from benchmarks.machine import machine
 from tasks.api.client import Ferry
 from tasks.api.localcluster import LocalCluster
 from tasks.config.broker import stop_embedded
-from tasks.core.evacplan import parse_rate, plan_from_json
-from tasks.core.planner import Plan, lower_bound_s
+from tasks.core.bound import lower_bound
+from tasks.core.evacplan import legs_of, parse_rate, plan_from_json
 from workers.procs import tree
 
 KINDS = (
@@ -82,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=str(ROOT / "docs" / "benchmarks" / "scale.json"))
     ap.add_argument("--png", default=str(ROOT / "docs" / "benchmarks" / "scale.png"))
     ap.add_argument("--markdown", action="store_true", help="print the saved JSON as markdown")
+    ap.add_argument(
+        "--baseline", default="", help="another ferry checkout to run first, the same way"
+    )
     args = ap.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(Path(args.json).read_text())))
@@ -94,13 +100,44 @@ def main(argv: list[str] | None = None) -> int:
         )
     t_run = time.monotonic()
     load_before = os.getloadavg()
+    rows: list[dict[str, Any]] = []
+    codes = [(f"baseline {args.baseline}", Path(args.baseline))] if args.baseline else []
+    for code, root in [*codes, ("this tree", ROOT)]:
+        got, (up_s, start_s, idle) = one_cluster(args, link, levels, root)
+        rows += [{"code": code, **r} for r in got]
+    run = {
+        "nodes": args.nodes,
+        "containers": args.containers,
+        "mib": args.mib,
+        "link": args.link,
+        "link_bps": link,
+        "strategy": args.strategy,
+        "nodes_up_s": round(up_s, 1),
+        "containers_started_per_s": round(args.containers / start_s, 1),
+        "idle_cpu_per_s": idle,
+        "run_s": round(time.monotonic() - t_run, 1),
+        "load1_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+    }
+    print_table(run, rows)
+    write(
+        Path(args.json), Path(args.png), run, rows, " ".join(["benchmarks/scale.py", *sys.argv[1:]])
+    )
+    return 0 if all(r["exactly_once"] for r in rows) else 1
+
+
+def one_cluster(
+    args: argparse.Namespace, link: float, levels: list[int], root: Path
+) -> tuple[list[dict[str, Any]], tuple[float, float, dict[str, float]]]:
+    """A fresh cluster running the checkout at ``root``, drained once per level: its rows,
+    and how long its nodes took to come up, its containers to start, its idle CPU."""
+    rows: list[dict[str, Any]] = []
     base = Path(tempfile.mkdtemp(prefix="ferry-bench-scale-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     # a heartbeat every 2 s keeps 32 supervisors' inventory writes off the control plane's back
     env.update(
         FERRY_RUNTIME="sim", FERRY_HEARTBEAT_S="2", FERRY_NODE_TTL_S="30", FERRY_LINK_BPS=str(link)
     )
-    cluster = LocalCluster(base, env)
+    cluster = LocalCluster(base, env, root=root)
     nodes = [f"node{i:02d}" for i in range(1, args.nodes + 1)]
     try:
         t0 = time.monotonic()
@@ -116,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.containers} containers started in {start_s:.0f} s", file=sys.stderr)
         rest = nodes[args.drain * len(levels) :]  # never drained: every round's destinations
         idle = idle_cpu(cluster, client)
-        rows = []
         for i, c in enumerate(levels):
             load = os.getloadavg()[0]
             row = drain(
@@ -136,24 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.stop()
         stop_embedded(base)
         shutil.rmtree(base, ignore_errors=True)
-    run = {
-        "nodes": args.nodes,
-        "containers": args.containers,
-        "mib": args.mib,
-        "link": args.link,
-        "link_bps": link,
-        "strategy": args.strategy,
-        "nodes_up_s": round(up_s, 1),
-        "containers_started_per_s": round(args.containers / start_s, 1),
-        "idle_cpu_per_s": idle,
-        "run_s": round(time.monotonic() - t_run, 1),
-        "load1_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-    }
-    print_table(run, rows)
-    write(
-        Path(args.json), Path(args.png), run, rows, " ".join(["benchmarks/scale.py", *sys.argv[1:]])
-    )
-    return 0 if all(r["exactly_once"] for r in rows) else 1
+    return rows, (up_s, start_s, idle)
 
 
 def start_containers(client: Ferry, nodes: list[str], n: int, sizes: list[int]) -> float:
@@ -303,8 +322,10 @@ def drain(
     moved = [row for rep in reports for row in rep["containers"] if row["outcome"] == "moved"]
     mids = [row["migration"] for row in moved]
     plans = [plan_from_json(rec["plan"]) for rec in recs]
-    every = Plan(plans[0].drain, tuple(m for p in plans for m in p.moves), (), plans[0].headroom)
-    bound = lower_bound_s(every, link)
+    every = [m for p in plans for m in p.moves]
+    # over every drained node at once: the links' measured rates, the freezes measured
+    b = lower_bound([leg for rec in recs for leg in legs_of(rec)], client.measured_links(), link)
+    bound = b.seconds
     records = [client.status(mid) for mid in mids]
     ends = sorted(m.updated - wall0 for m in records)
     events = [int(r.xlen(f"ferry:mig:{mid}:events")) for mid in mids]
@@ -329,6 +350,9 @@ def drain(
         "strategies": dict(Counter(row["strategy"] for row in moved)),
         "makespan_s": round(makespan, 2),
         "lower_bound_s": round(bound, 2),
+        "bound_by": b.by,
+        "rounds_per_drained_node": -(-planned // (len(drained) * per_node)),
+        "costs_ms_median": costs.of_run(client, recs),
         "ratio": round(makespan / bound, 2) if bound else None,
         "driven_per_s": round(len(mids) / makespan, 2),
         "downtime_ms_median": _median([row["downtime_ms"] for row in moved]),
@@ -338,7 +362,7 @@ def drain(
             + sum(p.get("bytes_sent", 0) for p in m.passes)
             for m in records
         ),
-        "memory_moved": sum(m.memory_bytes for m in every.moves),
+        "memory_moved": sum(m.memory_bytes for m in every),
         "coordinator_capacity_per_s": round(1 / cpu["coordinator"], 1)
         if cpu["coordinator"]
         else None,
@@ -429,6 +453,11 @@ def lines() -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
             "makespan / lower bound",
             lambda r: f"{r['makespan_s']} / {r['lower_bound_s']} s = {r['ratio']}",
         ),
+        ("rounds per drained node (moves / per node)", lambda r: f"{r['rounds_per_drained_node']}"),
+        *[
+            (f"  {k} ms, median", lambda r, k=k: f"{r['costs_ms_median'][k]}")
+            for k in (*costs.PARTS, "record writes")
+        ],
         (
             "downtime / migration, medians",
             lambda r: f"{r['downtime_ms_median']} ms / {r['migration_s_median']} s",

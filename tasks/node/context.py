@@ -31,7 +31,7 @@ class NodeContext:
     container_root: Path  # where containers' workdirs are (a sync dir may be below one)
     sync_roots: tuple[Path, ...] = ()  # below these, containers may declare sync dirs
     sync_ports: tuple[int, int] | None = None  # the rsync daemons' port range (None: any)
-    verify_grace_s: float = 0.2
+    verify_grace_s: float = 0.2  # at most: verify waits until the restored tree ran
     pages_timeout_s: float = 600.0
     failpoints: Path | None = None  # fault suite only: workers.failpoints
 
