@@ -23,7 +23,13 @@ from tasks.messaging import auth
 from tasks.messaging.app import CONTROL_QUEUE, make_app
 from tasks.store.migrations import Store
 from workers.errors import BadRequest, NodeUnavailable, TooLate, UnknownContainer, UnknownNode
-from workers.ids import check_container_name, check_migration_id, check_node_name, new_id
+from workers.ids import (
+    check_container_name,
+    check_evac_id,
+    check_migration_id,
+    check_node_name,
+    new_id,
+)
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -94,6 +100,8 @@ class Cluster:
         """Admit ``req`` (tasks.core.admission), store its record and start it; its id."""
         check_container_name(req.container)
         check_node_name(req.to)
+        if req.evacuation:
+            check_evac_id(req.evacuation)
         src = self.locate(req.container)
         rate, source = self.link(src, req.to)
         dumped = self.store.dump_rate(src)

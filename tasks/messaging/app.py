@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from tasks.config.broker import ssl_options
 from tasks.config.settings import Settings
-from tasks.core.migration import Send
+from tasks.core.migration import Migration, Send
 from tasks.messaging.signing import enable_signing
 from workers.errors import BadRequest
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
 CONTROL_QUEUE = "ferry.control"
+EVACUATE_TICK = "ferry.control.evacuate_tick"
 
 
 def node_queue(node: str, urgent: bool = False) -> str:
@@ -126,3 +127,9 @@ def dispatch(app: Celery, mid: str, sends: list[Send]) -> None:
             queue=node_queue(s.node, s.urgent),
             countdown=s.countdown or None,
         )
+
+
+def tell_evacuation(app: Celery, m: Migration) -> None:
+    """``m`` ended: its evacuation's tick takes it in now, not at its next turn."""
+    if m.state.final and m.options.evacuation:
+        app.send_task(EVACUATE_TICK, args=(m.options.evacuation,), queue=CONTROL_QUEUE)

@@ -34,9 +34,7 @@ def test_a_state_dir_made_beforehand_with_0755_becomes_private(tmp_path: Path) -
 
 
 def test_activity_moves_while_a_tree_runs_and_stands_while_it_waits() -> None:
-    ticker = subprocess.Popen(
-        [sys.executable, "-c", "import time\nwhile True: time.sleep(0.005)"]
-    )
+    ticker = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.005)"])
     reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:
         wait_for(lambda: procs.state(reader.pid) == "S")  # asleep in its read
