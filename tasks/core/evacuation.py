@@ -20,7 +20,8 @@ The rules, each as the runner has always applied them:
   (``timed_out``) and cancels the migrations still running;
 - once stopped, pending moves are ``not_started``; a source that stopped
   answering fails them; otherwise the next moves the limits allow start
-  (a destination that left, died or was cordoned is excluded first);
+  (a destination that left, died or was cordoned is excluded first), a
+  migration past its point of no return holding no slot;
 - on submit, CapabilityError excludes the destination, TransientError keeps
   the move pending until the next tick, another FerryError fails it.
 
@@ -140,7 +141,7 @@ def advance(ev: Evacuation, obs: Observations, now: float) -> tuple[Evacuation, 
         why = ev.stop.value.replace("_", " ")
         ev = _pending_to(ev, Outcome.NOT_STARTED, why)
     else:
-        ev, submits = _launch(ev, obs.nodes)
+        ev, submits = _launch(ev, obs.nodes, obs.migrations)
         actions += submits
     ev, end = _settle(ev, now, obs.links)
     return ev, [*actions, end]
@@ -165,7 +166,7 @@ def submitted(
         ev = _put(ev, replace(mv, outcome=Outcome.RUNNING, migration=result, started=now, error=""))
     else:
         ev = _put(ev, replace(mv, outcome=Outcome.FAILED, error=str(result)))
-    ev, submits = _launch(ev, obs.nodes)
+    ev, submits = _launch(ev, obs.nodes, obs.migrations)
     ev, end = _settle(ev, now, obs.links)
     return ev, [*submits, end]
 
@@ -251,17 +252,30 @@ def _exclude(
 
 
 def _launch(
-    ev: Evacuation, records: Mapping[str, Mapping[str, Any]]
+    ev: Evacuation,
+    records: Mapping[str, Mapping[str, Any]],
+    migrations: Mapping[str, Migration | None],
 ) -> tuple[Evacuation, list[Submit]]:
-    """The next moves the limits allow, as Submits; moves whose container left are gone."""
+    """The next moves the limits allow, as Submits; moves whose container left are gone.
+
+    A migration past its point of no return holds no slot: it runs on its
+    destination, and only the source's cleanup is left.
+    """
     src = records.get(ev.node)
     if src is None or not src.get("alive"):
         return _pending_to(ev, Outcome.FAILED, f"{ev.node} is not answering"), []
     here = {c["name"] for c in live(src)}
+    over = {mid for mid, m in migrations.items() if m is not None and m.past_no_return}
     while True:
-        running = [m for m in ev.plan.moves if ev.moves[m.container].outcome is Outcome.RUNNING]
-        done = {c for c, mv in ev.moves.items() if mv.outcome.final}
-        batch = next_moves(ev.plan, running, done, ev.limits)
+        running = [
+            m
+            for m in ev.plan.moves
+            if ev.moves[m.container].outcome is Outcome.RUNNING
+            and ev.moves[m.container].migration not in over
+        ]
+        # every move but the pending ones is started already, slot or not
+        started = {c for c, mv in ev.moves.items() if mv.outcome is not Outcome.PENDING}
+        batch = next_moves(ev.plan, running, started, ev.limits)
         submits: list[Submit] = []
         for m in batch:
             if m.container not in here:

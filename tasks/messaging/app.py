@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from tasks.config.broker import ssl_options
 from tasks.config.settings import Settings
-from tasks.core.migration import Migration, Send
+from tasks.core.migration import Migration, Phase, Send
 from tasks.messaging.signing import enable_signing
 from workers.errors import BadRequest
 
@@ -130,6 +130,8 @@ def dispatch(app: Celery, mid: str, sends: list[Send]) -> None:
 
 
 def tell_evacuation(app: Celery, m: Migration) -> None:
-    """``m`` ended: its evacuation's tick takes it in now, not at its next turn."""
-    if m.state.final and m.options.evacuation:
+    """``m`` just ended, or passed its point of no return (its evacuation's next move may
+    start then): the evacuation's tick takes it in now, not at its next turn."""
+    passed = m.past_no_return and m.phase is Phase.CLEANUP and m.attempt == 1
+    if (m.state.final or passed) and m.options.evacuation:
         app.send_task(EVACUATE_TICK, args=(m.options.evacuation,), queue=CONTROL_QUEUE)
