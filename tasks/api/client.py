@@ -222,7 +222,8 @@ class Ferry(Cluster):
         """Move every container off ``node``, which is cordoned first and stays cordoned.
 
         At most ``max_parallel`` migrations run at once, and ``per_node`` into
-        or out of one node; ``bandwidth`` (bytes/s, or ``"50M"``, ``"64Mi"``,
+        or out of one node (one past its point of no return, only cleaning up
+        its source, counts no more); ``bandwidth`` (bytes/s, or ``"50M"``, ``"64Mi"``,
         ``"800mbit"``) caps each. ``to`` limits the destinations. When a
         container has nowhere to go nothing moves and Unplaceable (a
         BadRequest) lists why, unless ``allow_partial``. A ``dry_run`` only
