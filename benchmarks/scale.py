@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/scale.py        # 32 nodes, 500 containers, 4 drained at once, twice
         [--nodes 32] [--containers 500] [--drain 4] [--mib 8,16,32] [--link 1gbit]
-        [--strategy auto] [--per-node 2,4] [--json docs/benchmarks/scale.json]
-        [--png docs/benchmarks/scale.png]
+        [--strategy auto] [--per-node 2,4] [--order small-first,large-first]
+        [--baseline DIR] [--json docs/benchmarks/scale.json] [--png docs/benchmarks/scale.png]
+        [--svg docs/benchmarks/scale-concurrency.svg]
     .venv/bin/python benchmarks/scale.py --markdown   # the table of docs/BENCHMARKS.md, from the JSON
 
 SIMULATED: every node is a full ``ferry worker`` (its supervisor with the data
@@ -17,7 +18,9 @@ of a node and ``max_parallel = 2 * per_node`` per evacuation, every migration
 capped at ``link / per_node`` (the data plane's own throttle models each
 node's ``--link``: a drained node sends at most ``per_node`` at once). The bytes are
 real (each sim memory crosses the data plane); dumps and restores sleep for
-the model's times.
+the model's times. ``--baseline DIR`` runs another ferry checkout (say
+``git archive main``) first, the same way, for a before/after in one run;
+``--order`` drains once per level and run order (a baseline: the first only).
 
 Measured: the coordinator's throughput (containers planned per second of
 ``evacuate`` calls; migrations driven to done per second of makespan; the
@@ -56,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import costs
 from benchmarks.machine import machine
+from benchmarks.svgplot import Series, line_chart
 from tasks.api.client import Ferry
 from tasks.api.localcluster import LocalCluster
 from tasks.config.broker import stop_embedded
@@ -81,9 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--link", default="1gbit", help="each node's link (the bound's rate)")
     ap.add_argument("--strategy", default="auto")
     ap.add_argument("--per-node", default="2,4", help="one round of draining per level")
+    ap.add_argument(
+        "--order", default="small-first", help="run orders (tasks.core.planner), a round each"
+    )
     ap.add_argument("--timeout", type=float, default=400.0, help="s for the evacuations")
     ap.add_argument("--json", default=str(ROOT / "docs" / "benchmarks" / "scale.json"))
     ap.add_argument("--png", default=str(ROOT / "docs" / "benchmarks" / "scale.png"))
+    ap.add_argument("--svg", default=str(ROOT / "docs" / "benchmarks" / "scale-concurrency.svg"))
     ap.add_argument("--markdown", action="store_true", help="print the saved JSON as markdown")
     ap.add_argument(
         "--baseline", default="", help="another ferry checkout to run first, the same way"
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(json.loads(Path(args.json).read_text())))
         return 0
     link = parse_rate(args.link)
-    levels = [int(x) for x in args.per_node.split(",")]
+    levels = [(int(x), o) for o in args.order.split(",") for x in args.per_node.split(",")]
     if link is None or args.drain * len(levels) >= args.nodes:
         raise SystemExit(
             "error: --link must be a rate, and --drain times the levels fewer than --nodes"
@@ -103,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     codes = [(f"baseline {args.baseline}", Path(args.baseline))] if args.baseline else []
     for code, root in [*codes, ("this tree", ROOT)]:
-        got, (up_s, start_s, idle) = one_cluster(args, link, levels, root)
+        # a baseline knows the first order only (the planner's default)
+        mine = levels if root == ROOT else [lv for lv in levels if lv[1] == levels[0][1]]
+        got, (up_s, start_s, idle) = one_cluster(args, link, mine, root)
         rows += [{"code": code, **r} for r in got]
     run = {
         "nodes": args.nodes,
@@ -122,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     write(
         Path(args.json), Path(args.png), run, rows, " ".join(["benchmarks/scale.py", *sys.argv[1:]])
     )
+    concurrency_svg(Path(args.svg), run, rows)
     return 0 if all(r["exactly_once"] for r in rows) else 1
 
 
 def one_cluster(
-    args: argparse.Namespace, link: float, levels: list[int], root: Path
+    args: argparse.Namespace, link: float, levels: list[tuple[int, str]], root: Path
 ) -> tuple[list[dict[str, Any]], tuple[float, float, dict[str, float]]]:
     """A fresh cluster running the checkout at ``root``, drained once per level: its rows,
     and how long its nodes took to come up, its containers to start, its idle CPU."""
@@ -153,14 +164,14 @@ def one_cluster(
         print(f"{args.containers} containers started in {start_s:.0f} s", file=sys.stderr)
         rest = nodes[args.drain * len(levels) :]  # never drained: every round's destinations
         idle = idle_cpu(cluster, client)
-        for i, c in enumerate(levels):
+        for i, (c, order) in enumerate(levels):
             load = os.getloadavg()[0]
             row = drain(
                 cluster,
                 client,
                 nodes[i * args.drain : (i + 1) * args.drain],
                 rest,
-                c,
+                (c, order),
                 args,
                 link,
                 idle,
@@ -283,7 +294,7 @@ def drain(
     client: Ferry,
     drained: list[str],
     rest: list[str],
-    per_node: int,
+    level: tuple[int, str],
     args: argparse.Namespace,
     link: float,
     idle: dict[str, float],
@@ -292,6 +303,7 @@ def drain(
 
     CPU per migration is net of what the idle cluster used over the makespan.
     """
+    per_node, order = level
     r = client.store.r
     before_mem, before_keys = int(r.info("memory")["used_memory"]), key_memory(client)
     cpu0 = cpu_all(cluster, client)
@@ -309,6 +321,7 @@ def drain(
                 per_node=per_node,
                 bandwidth=link / per_node,
                 strategy=args.strategy,
+                order=order,
             )
         )
         plan_s.append(time.monotonic() - t)
@@ -340,6 +353,7 @@ def drain(
     return {
         "drained": drained,
         "per_node": per_node,
+        "order": order,
         "max_parallel": 2 * per_node,
         "bandwidth_per_migration_bps": link / per_node,
         "planned": planned,
@@ -439,7 +453,10 @@ def lines() -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
             "drained at once",
             lambda r: f"{len(r['drained'])} ({r['drained'][0]}..{r['drained'][-1]})",
         ),
-        ("per node / per evacuation", lambda r: f"{r['per_node']} / {r['max_parallel']}"),
+        (
+            "per node / per evacuation, order",
+            lambda r: f"{r['per_node']} / {r['max_parallel']}, {r.get('order', 'small-first')}",
+        ),
         ("moved", lambda r: f"{r['moved']} {r['outcomes']}"),
         (
             "MB of memory moved / sent (all passes)",
@@ -528,6 +545,33 @@ def write(
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}", file=sys.stderr)
     plot(png, run, rows)
+
+
+def concurrency_svg(path: Path, run: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Makespan against moves at once per node, per code run, beside each round's bound."""
+
+    def key(r: dict[str, Any]) -> tuple[str, str]:
+        return r.get("code", "this tree"), r.get("order", "small-first")
+
+    series = []
+    for i, (code, order) in enumerate(dict.fromkeys(key(r) for r in rows)):
+        mine = [r for r in rows if key(r) == (code, order)]
+        label = f"{code}, {order}"
+        series.append(Series(label, [(r["per_node"], r["makespan_s"]) for r in mine], False, i))
+        series.append(
+            Series(
+                "  its lower bound", [(r["per_node"], r["lower_bound_s"]) for r in mine], True, i
+            )
+        )
+    drained = len(rows[0]["drained"])
+    title = (
+        f"SIMULATED: {drained} of {run['nodes']} nodes drained at once, "
+        f"{run['containers']} containers, {run['link']} links"
+    )
+    svg = line_chart(title, "moves at once per node (per evacuation: twice that)", "s", series)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(svg)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def plot(png: Path, run: dict[str, Any], rows: list[dict[str, Any]]) -> None:

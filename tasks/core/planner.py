@@ -12,7 +12,9 @@ Pure: node records and container specs in, a :class:`Plan` out. A plan never
 Placement claims capacity by priority, then largest first (first-fit
 decreasing packs best); each container goes to the fitting node with the most
 free memory left after it (spreading). ``Move.order`` is the run order:
-smallest first, or by priority then smallest. :func:`next_moves` says which
+smallest first (each container done soonest on average), largest first (the
+shortest makespan: the small moves fill the gaps at the end), or by priority
+then smallest. :func:`next_moves` says which
 moves may start now; :func:`replan` re-places moves pending to a destination
 that failed or filled.
 
@@ -44,7 +46,8 @@ from typing import Literal
 from tasks.core.bound import Leg, lower_bound
 from workers.errors import BadRequest
 
-Order = Literal["small-first", "priority"]
+Order = Literal["small-first", "large-first", "priority"]
+ORDERS = ("small-first", "large-first", "priority")
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,8 @@ class PlanLimits:
             )
         if not 0.0 <= self.headroom < 1.0:
             raise BadRequest(f"headroom must be in [0, 1), not {self.headroom}")
-        if self.order not in ("small-first", "priority"):
-            raise BadRequest(f"order must be small-first or priority, not {self.order!r}")
+        if self.order not in ORDERS:
+            raise BadRequest(f"order must be one of {', '.join(ORDERS)}, not {self.order!r}")
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,8 @@ def _place(
 def _run_key(order: Order) -> Callable[[Move], tuple[int, int, str]]:
     if order == "priority":
         return lambda m: (-m.priority, m.memory_bytes, m.container)
+    if order == "large-first":  # the longest first: the short fill the gaps at the end
+        return lambda m: (0, -m.memory_bytes, m.container)
     return lambda m: (0, m.memory_bytes, m.container)
 
 
