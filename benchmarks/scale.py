@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/scale.py        # 32 nodes, 500 containers, 4 drained at once, twice
         [--nodes 32] [--containers 500] [--drain 4] [--mib 8,16,32] [--link 1gbit]
-        [--strategy auto] [--per-node 2,4] [--order small-first,large-first]
-        [--baseline DIR] [--json docs/benchmarks/scale.json] [--png docs/benchmarks/scale.png]
+        [--strategy auto] [--rounds 2/small-first/uplink,4/small-first/uplink]
+        [--baseline DIR] [--baseline-rounds 2/small-first/capped,4/small-first/capped]
+        [--json docs/benchmarks/scale.json] [--png docs/benchmarks/scale.png]
         [--svg docs/benchmarks/scale-concurrency.svg]
     .venv/bin/python benchmarks/scale.py --markdown   # the table of docs/BENCHMARKS.md, from the JSON
 
@@ -11,16 +12,19 @@ SIMULATED: every node is a full ``ferry worker`` (its supervisor with the data
 plane and heartbeat, and its two Celery workers, ``main`` and ``urgent``) with
 the sim runtime (docs/sim.md), one coordinator, and an embedded Redis of the
 run's own, all on this machine. Containers of ``--mib`` sizes (in turn) are
-started round-robin on every node through the queue; then, for each
-``--per-node`` level in turn, ``--drain`` more nodes are evacuated at once,
-each to the nodes never drained, with ``per_node`` moves at once into or out
-of a node and ``max_parallel = 2 * per_node`` per evacuation, every migration
-capped at ``link / per_node`` (the data plane's own throttle models each
-node's ``--link``: a drained node sends at most ``per_node`` at once). The bytes are
-real (each sim memory crosses the data plane); dumps and restores sleep for
-the model's times. ``--baseline DIR`` runs another ferry checkout (say
-``git archive main``) first, the same way, for a before/after in one run;
-``--order`` drains once per level and run order (a baseline: the first only).
+started round-robin on every node through the queue; then, for each round
+``PER_NODE/ORDER/MODEL`` of ``--rounds`` in turn, ``--drain`` more nodes are
+evacuated at once, each to the nodes never drained, with ``per_node`` moves
+at once into or out of a node, ``max_parallel = 2 * per_node`` per
+evacuation, in the planner's run ``ORDER``. The data plane's own throttle
+models each node's ``--link``: ``uplink`` gives every node that budget,
+shared by all its transfers, a frozen container's first
+(``FERRY_UPLINK_BPS``); ``capped`` caps each migration at ``link / per_node``
+instead (a drained node sends at most ``per_node`` at once; a checkout
+without the uplink has only this). The bytes are real (each sim memory
+crosses the data plane); dumps and restores sleep for the model's times.
+``--baseline DIR`` runs another ferry checkout (say ``git archive main``)
+first, its ``--baseline-rounds``, for a before/after in one run.
 
 Measured: the coordinator's throughput (containers planned per second of
 ``evacuate`` calls; migrations driven to done per second of makespan; the
@@ -65,6 +69,7 @@ from tasks.api.localcluster import LocalCluster
 from tasks.config.broker import stop_embedded
 from tasks.core.bound import lower_bound
 from tasks.core.evacplan import legs_of, parse_rate, plan_from_json
+from tasks.core.planner import ORDERS
 from workers.procs import tree
 
 KINDS = (
@@ -84,10 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mib", default="8,16,32", help="container memory sizes, used in turn")
     ap.add_argument("--link", default="1gbit", help="each node's link (the bound's rate)")
     ap.add_argument("--strategy", default="auto")
-    ap.add_argument("--per-node", default="2,4", help="one round of draining per level")
     ap.add_argument(
-        "--order", default="small-first", help="run orders (tasks.core.planner), a round each"
+        "--rounds",
+        default="2/small-first/uplink,4/small-first/uplink",
+        help="PER_NODE/ORDER/MODEL, one round of draining each",
     )
+    ap.add_argument("--baseline-rounds", default="2/small-first/capped,4/small-first/capped")
     ap.add_argument("--timeout", type=float, default=400.0, help="s for the evacuations")
     ap.add_argument("--json", default=str(ROOT / "docs" / "benchmarks" / "scale.json"))
     ap.add_argument("--png", default=str(ROOT / "docs" / "benchmarks" / "scale.png"))
@@ -101,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(json.loads(Path(args.json).read_text())))
         return 0
     link = parse_rate(args.link)
-    levels = [(int(x), o) for o in args.order.split(",") for x in args.per_node.split(",")]
-    if link is None or args.drain * len(levels) >= args.nodes:
+    levels, before = rounds(args.rounds), rounds(args.baseline_rounds)
+    if link is None or args.drain * max(len(levels), len(before)) >= args.nodes:
         raise SystemExit(
             "error: --link must be a rate, and --drain times the levels fewer than --nodes"
         )
@@ -111,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     codes = [(f"baseline {args.baseline}", Path(args.baseline))] if args.baseline else []
     for code, root in [*codes, ("this tree", ROOT)]:
-        # a baseline knows the first order only (the planner's default)
-        mine = levels if root == ROOT else [lv for lv in levels if lv[1] == levels[0][1]]
-        got, (up_s, start_s, idle) = one_cluster(args, link, mine, root)
+        got, (up_s, start_s, idle) = one_cluster(
+            args, link, levels if root == ROOT else before, root
+        )
         rows += [{"code": code, **r} for r in got]
     run = {
         "nodes": args.nodes,
@@ -136,8 +143,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r["exactly_once"] for r in rows) else 1
 
 
+Round = tuple[int, str, str]  # moves at once per node, run order, link model
+
+
+def rounds(spec: str) -> list[Round]:
+    """``2/small-first/uplink,4/...`` as rounds; SystemExit on a bad one."""
+    out = []
+    for part in spec.split(","):
+        try:
+            n, order, model = part.split("/")
+            out.append((int(n), order, model))
+        except ValueError:
+            raise SystemExit(f"error: bad round {part!r}: want PER_NODE/ORDER/MODEL") from None
+        if model not in ("uplink", "capped") or order not in ORDERS:
+            raise SystemExit(f"error: bad round {part!r}: MODEL is uplink or capped")
+    return out
+
+
 def one_cluster(
-    args: argparse.Namespace, link: float, levels: list[tuple[int, str]], root: Path
+    args: argparse.Namespace, link: float, levels: list[Round], root: Path
 ) -> tuple[list[dict[str, Any]], tuple[float, float, dict[str, float]]]:
     """A fresh cluster running the checkout at ``root``, drained once per level: its rows,
     and how long its nodes took to come up, its containers to start, its idle CPU."""
@@ -148,6 +172,8 @@ def one_cluster(
     env.update(
         FERRY_RUNTIME="sim", FERRY_HEARTBEAT_S="2", FERRY_NODE_TTL_S="30", FERRY_LINK_BPS=str(link)
     )
+    if any(model == "uplink" for _, _, model in levels):
+        env["FERRY_UPLINK_BPS"] = str(link)  # the capped rounds' caps are below it
     cluster = LocalCluster(base, env, root=root)
     nodes = [f"node{i:02d}" for i in range(1, args.nodes + 1)]
     try:
@@ -164,14 +190,14 @@ def one_cluster(
         print(f"{args.containers} containers started in {start_s:.0f} s", file=sys.stderr)
         rest = nodes[args.drain * len(levels) :]  # never drained: every round's destinations
         idle = idle_cpu(cluster, client)
-        for i, (c, order) in enumerate(levels):
+        for i, level in enumerate(levels):
             load = os.getloadavg()[0]
             row = drain(
                 cluster,
                 client,
                 nodes[i * args.drain : (i + 1) * args.drain],
                 rest,
-                (c, order),
+                level,
                 args,
                 link,
                 idle,
@@ -294,7 +320,7 @@ def drain(
     client: Ferry,
     drained: list[str],
     rest: list[str],
-    level: tuple[int, str],
+    level: Round,
     args: argparse.Namespace,
     link: float,
     idle: dict[str, float],
@@ -303,7 +329,8 @@ def drain(
 
     CPU per migration is net of what the idle cluster used over the makespan.
     """
-    per_node, order = level
+    per_node, order, model = level
+    cap = link / per_node if model == "capped" else None
     r = client.store.r
     before_mem, before_keys = int(r.info("memory")["used_memory"]), key_memory(client)
     cpu0 = cpu_all(cluster, client)
@@ -319,7 +346,7 @@ def drain(
                 to=rest,
                 max_parallel=2 * per_node,
                 per_node=per_node,
-                bandwidth=link / per_node,
+                bandwidth=cap,
                 strategy=args.strategy,
                 order=order,
             )
@@ -354,8 +381,9 @@ def drain(
         "drained": drained,
         "per_node": per_node,
         "order": order,
+        "link_model": model,
         "max_parallel": 2 * per_node,
-        "bandwidth_per_migration_bps": link / per_node,
+        "bandwidth_per_migration_bps": cap,
         "planned": planned,
         "plan_s": [round(s, 3) for s in plan_s],
         "planned_per_s": round(planned / sum(plan_s), 1),
@@ -455,7 +483,10 @@ def lines() -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
         ),
         (
             "per node / per evacuation, order",
-            lambda r: f"{r['per_node']} / {r['max_parallel']}, {r.get('order', 'small-first')}",
+            lambda r: (
+                f"{r['per_node']} / {r['max_parallel']}, {r.get('order', 'small-first')}, "
+                f"{r.get('link_model', 'capped')}"
+            ),
         ),
         ("moved", lambda r: f"{r['moved']} {r['outcomes']}"),
         (
@@ -550,13 +581,13 @@ def write(
 def concurrency_svg(path: Path, run: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """Makespan against moves at once per node, per code run, beside each round's bound."""
 
-    def key(r: dict[str, Any]) -> tuple[str, str]:
-        return r.get("code", "this tree"), r.get("order", "small-first")
+    def key(r: dict[str, Any]) -> tuple[str, str, str]:
+        return r.get("code", "this tree"), r.get("order", "small-first"), r.get("link_model", "")
 
     series = []
-    for i, (code, order) in enumerate(dict.fromkeys(key(r) for r in rows)):
-        mine = [r for r in rows if key(r) == (code, order)]
-        label = f"{code}, {order}"
+    for i, (code, order, model) in enumerate(dict.fromkeys(key(r) for r in rows)):
+        mine = [r for r in rows if key(r) == (code, order, model)]
+        label = f"{code.split('/')[-1]}, {order}, {model}"
         series.append(Series(label, [(r["per_node"], r["makespan_s"]) for r in mine], False, i))
         series.append(
             Series(
