@@ -2,22 +2,29 @@
 
     .venv/bin/python benchmarks/scale.py        # 32 nodes, 500 containers, 4 drained at once, twice
         [--nodes 32] [--containers 500] [--drain 4] [--mib 8,16,32] [--link 1gbit]
-        [--strategy auto] [--per-node 2,4] [--json docs/benchmarks/scale.json]
-        [--png docs/benchmarks/scale.png]
+        [--strategy auto] [--rounds 2/small-first/uplink,4/small-first/uplink]
+        [--baseline DIR] [--baseline-rounds 2/small-first/capped,4/small-first/capped]
+        [--json docs/benchmarks/scale.json] [--png docs/benchmarks/scale.png]
+        [--svg docs/benchmarks/scale-concurrency.svg]
     .venv/bin/python benchmarks/scale.py --markdown   # the table of docs/BENCHMARKS.md, from the JSON
 
 SIMULATED: every node is a full ``ferry worker`` (its supervisor with the data
 plane and heartbeat, and its two Celery workers, ``main`` and ``urgent``) with
 the sim runtime (docs/sim.md), one coordinator, and an embedded Redis of the
 run's own, all on this machine. Containers of ``--mib`` sizes (in turn) are
-started round-robin on every node through the queue; then, for each
-``--per-node`` level in turn, ``--drain`` more nodes are evacuated at once,
-each to the nodes never drained, with ``per_node`` moves at once into or out
-of a node and ``max_parallel = 2 * per_node`` per evacuation, every migration
-capped at ``link / per_node`` (the data plane's own throttle models each
-node's ``--link``: a drained node sends at most ``per_node`` at once). The bytes are
-real (each sim memory crosses the data plane); dumps and restores sleep for
-the model's times.
+started round-robin on every node through the queue; then, for each round
+``PER_NODE/ORDER/MODEL`` of ``--rounds`` in turn, ``--drain`` more nodes are
+evacuated at once, each to the nodes never drained, with ``per_node`` moves
+at once into or out of a node, ``max_parallel = 2 * per_node`` per
+evacuation, in the planner's run ``ORDER``. The data plane's own throttle
+models each node's ``--link``: ``uplink`` gives every node that budget,
+shared by all its transfers, a frozen container's first
+(``FERRY_UPLINK_BPS``); ``capped`` caps each migration at ``link / per_node``
+instead (a drained node sends at most ``per_node`` at once; a checkout
+without the uplink has only this). The bytes are real (each sim memory
+crosses the data plane); dumps and restores sleep for the model's times.
+``--baseline DIR`` runs another ferry checkout (say ``git archive main``)
+first, its ``--baseline-rounds``, for a before/after in one run.
 
 Measured: the coordinator's throughput (containers planned per second of
 ``evacuate`` calls; migrations driven to done per second of makespan; the
@@ -26,8 +33,10 @@ migration (MEMORY USAGE of every key, by kind, before and after; INFO
 used_memory's change too, which allocator reuse and client buffers make
 noisy), the workers' resident memory (per process, sampled), events per
 migration (the length of each migration's stream), and the makespan against
-its lower bound (tasks.core.planner.lower_bound_s over every move of every
-drained node at the link rate). Every container is checked to run exactly
+its lower bound (tasks.core.bound over every move of every drained node:
+the links' measured rates where faster than ``--link``, the freezes the
+migrations measured), with each migration's fixed costs by part
+(benchmarks/costs.py). Every container is checked to run exactly
 once afterwards, off the drained nodes.
 """
 
@@ -52,12 +61,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import costs
 from benchmarks.machine import machine
+from benchmarks.svgplot import Series, line_chart
 from tasks.api.client import Ferry
 from tasks.api.localcluster import LocalCluster
 from tasks.config.broker import stop_embedded
-from tasks.core.evacplan import parse_rate, plan_from_json
-from tasks.core.planner import Plan, lower_bound_s
+from tasks.core.bound import lower_bound
+from tasks.core.evacplan import legs_of, parse_rate, plan_from_json
+from tasks.core.planner import ORDERS
 from workers.procs import tree
 
 KINDS = (
@@ -77,65 +89,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mib", default="8,16,32", help="container memory sizes, used in turn")
     ap.add_argument("--link", default="1gbit", help="each node's link (the bound's rate)")
     ap.add_argument("--strategy", default="auto")
-    ap.add_argument("--per-node", default="2,4", help="one round of draining per level")
+    ap.add_argument(
+        "--rounds",
+        default="2/small-first/uplink,4/small-first/uplink",
+        help="PER_NODE/ORDER/MODEL, one round of draining each",
+    )
+    ap.add_argument("--baseline-rounds", default="2/small-first/capped,4/small-first/capped")
     ap.add_argument("--timeout", type=float, default=400.0, help="s for the evacuations")
     ap.add_argument("--json", default=str(ROOT / "docs" / "benchmarks" / "scale.json"))
     ap.add_argument("--png", default=str(ROOT / "docs" / "benchmarks" / "scale.png"))
+    ap.add_argument("--svg", default=str(ROOT / "docs" / "benchmarks" / "scale-concurrency.svg"))
     ap.add_argument("--markdown", action="store_true", help="print the saved JSON as markdown")
+    ap.add_argument(
+        "--baseline", default="", help="another ferry checkout to run first, the same way"
+    )
     args = ap.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(Path(args.json).read_text())))
         return 0
     link = parse_rate(args.link)
-    levels = [int(x) for x in args.per_node.split(",")]
-    if link is None or args.drain * len(levels) >= args.nodes:
+    levels, before = rounds(args.rounds), rounds(args.baseline_rounds)
+    if link is None or args.drain * max(len(levels), len(before)) >= args.nodes:
         raise SystemExit(
             "error: --link must be a rate, and --drain times the levels fewer than --nodes"
         )
     t_run = time.monotonic()
     load_before = os.getloadavg()
-    base = Path(tempfile.mkdtemp(prefix="ferry-bench-scale-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
-    # a heartbeat every 2 s keeps 32 supervisors' inventory writes off the control plane's back
-    env.update(
-        FERRY_RUNTIME="sim", FERRY_HEARTBEAT_S="2", FERRY_NODE_TTL_S="30", FERRY_LINK_BPS=str(link)
-    )
-    cluster = LocalCluster(base, env)
-    nodes = [f"node{i:02d}" for i in range(1, args.nodes + 1)]
-    try:
-        t0 = time.monotonic()
-        cluster.start_coordinator()
-        for n in nodes:
-            cluster.start_node(n)
-        cluster.wait_ready(nodes, timeout=300)
-        up_s = time.monotonic() - t0
-        print(f"{args.nodes} nodes up in {up_s:.0f} s", file=sys.stderr)
-        client = cluster.client
-        sizes = [int(s) for s in args.mib.split(",")]
-        start_s = start_containers(client, nodes, args.containers, sizes)
-        print(f"{args.containers} containers started in {start_s:.0f} s", file=sys.stderr)
-        rest = nodes[args.drain * len(levels) :]  # never drained: every round's destinations
-        idle = idle_cpu(cluster, client)
-        rows = []
-        for i, c in enumerate(levels):
-            load = os.getloadavg()[0]
-            row = drain(
-                cluster,
-                client,
-                nodes[i * args.drain : (i + 1) * args.drain],
-                rest,
-                c,
-                args,
-                link,
-                idle,
-            )
-            rows.append(
-                {**row, "load1_before_after": [round(load, 2), round(os.getloadavg()[0], 2)]}
-            )
-    finally:
-        cluster.stop()
-        stop_embedded(base)
-        shutil.rmtree(base, ignore_errors=True)
+    rows: list[dict[str, Any]] = []
+    codes = [(f"baseline {args.baseline}", Path(args.baseline))] if args.baseline else []
+    for code, root in [*codes, ("this tree", ROOT)]:
+        got, (up_s, start_s, idle) = one_cluster(
+            args, link, levels if root == ROOT else before, root
+        )
+        rows += [{"code": code, **r} for r in got]
     run = {
         "nodes": args.nodes,
         "containers": args.containers,
@@ -153,7 +139,77 @@ def main(argv: list[str] | None = None) -> int:
     write(
         Path(args.json), Path(args.png), run, rows, " ".join(["benchmarks/scale.py", *sys.argv[1:]])
     )
+    concurrency_svg(Path(args.svg), run, rows)
     return 0 if all(r["exactly_once"] for r in rows) else 1
+
+
+Round = tuple[int, str, str]  # moves at once per node, run order, link model
+
+
+def rounds(spec: str) -> list[Round]:
+    """``2/small-first/uplink,4/...`` as rounds; SystemExit on a bad one."""
+    out = []
+    for part in spec.split(","):
+        try:
+            n, order, model = part.split("/")
+            out.append((int(n), order, model))
+        except ValueError:
+            raise SystemExit(f"error: bad round {part!r}: want PER_NODE/ORDER/MODEL") from None
+        if model not in ("uplink", "capped") or order not in ORDERS:
+            raise SystemExit(f"error: bad round {part!r}: MODEL is uplink or capped")
+    return out
+
+
+def one_cluster(
+    args: argparse.Namespace, link: float, levels: list[Round], root: Path
+) -> tuple[list[dict[str, Any]], tuple[float, float, dict[str, float]]]:
+    """A fresh cluster running the checkout at ``root``, drained once per level: its rows,
+    and how long its nodes took to come up, its containers to start, its idle CPU."""
+    rows: list[dict[str, Any]] = []
+    base = Path(tempfile.mkdtemp(prefix="ferry-bench-scale-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+    # a heartbeat every 2 s keeps 32 supervisors' inventory writes off the control plane's back
+    env.update(
+        FERRY_RUNTIME="sim", FERRY_HEARTBEAT_S="2", FERRY_NODE_TTL_S="30", FERRY_LINK_BPS=str(link)
+    )
+    if any(model == "uplink" for _, _, model in levels):
+        env["FERRY_UPLINK_BPS"] = str(link)  # the capped rounds' caps are below it
+    cluster = LocalCluster(base, env, root=root)
+    nodes = [f"node{i:02d}" for i in range(1, args.nodes + 1)]
+    try:
+        t0 = time.monotonic()
+        cluster.start_coordinator()
+        for n in nodes:
+            cluster.start_node(n)
+        cluster.wait_ready(nodes, timeout=300)
+        up_s = time.monotonic() - t0
+        print(f"{args.nodes} nodes up in {up_s:.0f} s", file=sys.stderr)
+        client = cluster.client
+        sizes = [int(s) for s in args.mib.split(",")]
+        start_s = start_containers(client, nodes, args.containers, sizes)
+        print(f"{args.containers} containers started in {start_s:.0f} s", file=sys.stderr)
+        rest = nodes[args.drain * len(levels) :]  # never drained: every round's destinations
+        idle = idle_cpu(cluster, client)
+        for i, level in enumerate(levels):
+            load = os.getloadavg()[0]
+            row = drain(
+                cluster,
+                client,
+                nodes[i * args.drain : (i + 1) * args.drain],
+                rest,
+                level,
+                args,
+                link,
+                idle,
+            )
+            rows.append(
+                {**row, "load1_before_after": [round(load, 2), round(os.getloadavg()[0], 2)]}
+            )
+    finally:
+        cluster.stop()
+        stop_embedded(base)
+        shutil.rmtree(base, ignore_errors=True)
+    return rows, (up_s, start_s, idle)
 
 
 def start_containers(client: Ferry, nodes: list[str], n: int, sizes: list[int]) -> float:
@@ -264,7 +320,7 @@ def drain(
     client: Ferry,
     drained: list[str],
     rest: list[str],
-    per_node: int,
+    level: Round,
     args: argparse.Namespace,
     link: float,
     idle: dict[str, float],
@@ -273,6 +329,8 @@ def drain(
 
     CPU per migration is net of what the idle cluster used over the makespan.
     """
+    per_node, order, model = level
+    cap = link / per_node if model == "capped" else None
     r = client.store.r
     before_mem, before_keys = int(r.info("memory")["used_memory"]), key_memory(client)
     cpu0 = cpu_all(cluster, client)
@@ -288,8 +346,9 @@ def drain(
                 to=rest,
                 max_parallel=2 * per_node,
                 per_node=per_node,
-                bandwidth=link / per_node,
+                bandwidth=cap,
                 strategy=args.strategy,
+                order=order,
             )
         )
         plan_s.append(time.monotonic() - t)
@@ -303,8 +362,10 @@ def drain(
     moved = [row for rep in reports for row in rep["containers"] if row["outcome"] == "moved"]
     mids = [row["migration"] for row in moved]
     plans = [plan_from_json(rec["plan"]) for rec in recs]
-    every = Plan(plans[0].drain, tuple(m for p in plans for m in p.moves), (), plans[0].headroom)
-    bound = lower_bound_s(every, link)
+    every = [m for p in plans for m in p.moves]
+    # over every drained node at once: the links' measured rates, the freezes measured
+    b = lower_bound([leg for rec in recs for leg in legs_of(rec)], client.measured_links(), link)
+    bound = b.seconds
     records = [client.status(mid) for mid in mids]
     ends = sorted(m.updated - wall0 for m in records)
     events = [int(r.xlen(f"ferry:mig:{mid}:events")) for mid in mids]
@@ -319,8 +380,10 @@ def drain(
     return {
         "drained": drained,
         "per_node": per_node,
+        "order": order,
+        "link_model": model,
         "max_parallel": 2 * per_node,
-        "bandwidth_per_migration_bps": link / per_node,
+        "bandwidth_per_migration_bps": cap,
         "planned": planned,
         "plan_s": [round(s, 3) for s in plan_s],
         "planned_per_s": round(planned / sum(plan_s), 1),
@@ -329,6 +392,9 @@ def drain(
         "strategies": dict(Counter(row["strategy"] for row in moved)),
         "makespan_s": round(makespan, 2),
         "lower_bound_s": round(bound, 2),
+        "bound_by": b.by,
+        "rounds_per_drained_node": -(-planned // (len(drained) * per_node)),
+        "costs_ms_median": costs.of_run(client, recs),
         "ratio": round(makespan / bound, 2) if bound else None,
         "driven_per_s": round(len(mids) / makespan, 2),
         "downtime_ms_median": _median([row["downtime_ms"] for row in moved]),
@@ -338,7 +404,7 @@ def drain(
             + sum(p.get("bytes_sent", 0) for p in m.passes)
             for m in records
         ),
-        "memory_moved": sum(m.memory_bytes for m in every.moves),
+        "memory_moved": sum(m.memory_bytes for m in every),
         "coordinator_capacity_per_s": round(1 / cpu["coordinator"], 1)
         if cpu["coordinator"]
         else None,
@@ -415,7 +481,13 @@ def lines() -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
             "drained at once",
             lambda r: f"{len(r['drained'])} ({r['drained'][0]}..{r['drained'][-1]})",
         ),
-        ("per node / per evacuation", lambda r: f"{r['per_node']} / {r['max_parallel']}"),
+        (
+            "per node / per evacuation, order",
+            lambda r: (
+                f"{r['per_node']} / {r['max_parallel']}, {r.get('order', 'small-first')}, "
+                f"{r.get('link_model', 'capped')}"
+            ),
+        ),
         ("moved", lambda r: f"{r['moved']} {r['outcomes']}"),
         (
             "MB of memory moved / sent (all passes)",
@@ -429,6 +501,11 @@ def lines() -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
             "makespan / lower bound",
             lambda r: f"{r['makespan_s']} / {r['lower_bound_s']} s = {r['ratio']}",
         ),
+        ("rounds per drained node (moves / per node)", lambda r: f"{r['rounds_per_drained_node']}"),
+        *[
+            (f"  {k} ms, median", lambda r, k=k: f"{r['costs_ms_median'][k]}")
+            for k in (*costs.PARTS, "record writes")
+        ],
         (
             "downtime / migration, medians",
             lambda r: f"{r['downtime_ms_median']} ms / {r['migration_s_median']} s",
@@ -499,6 +576,33 @@ def write(
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}", file=sys.stderr)
     plot(png, run, rows)
+
+
+def concurrency_svg(path: Path, run: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Makespan against moves at once per node, per code run, beside each round's bound."""
+
+    def key(r: dict[str, Any]) -> tuple[str, str, str]:
+        return r.get("code", "this tree"), r.get("order", "small-first"), r.get("link_model", "")
+
+    series = []
+    for i, (code, order, model) in enumerate(dict.fromkeys(key(r) for r in rows)):
+        mine = [r for r in rows if key(r) == (code, order, model)]
+        label = f"{code.split('/')[-1]}, {order}, {model}"
+        series.append(Series(label, [(r["per_node"], r["makespan_s"]) for r in mine], False, i))
+        series.append(
+            Series(
+                "  its lower bound", [(r["per_node"], r["lower_bound_s"]) for r in mine], True, i
+            )
+        )
+    drained = len(rows[0]["drained"])
+    title = (
+        f"SIMULATED: {drained} of {run['nodes']} nodes drained at once, "
+        f"{run['containers']} containers, {run['link']} links"
+    )
+    svg = line_chart(title, "moves at once per node (per evacuation: twice that)", "s", series)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(svg)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def plot(png: Path, run: dict[str, Any], rows: list[dict[str, Any]]) -> None:

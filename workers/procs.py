@@ -56,6 +56,22 @@ def tree(pid: int) -> list[int]:
     return out
 
 
+def activity(pid: int) -> int:
+    """How often ``pid``'s tree was scheduled so far: context switches of its every thread.
+
+    It changes whenever one of them ran (and when one exits): progress, whatever it does.
+    """
+    total = 0
+    for p in tree(pid):
+        for status in Path(f"/proc/{p}/task").glob("*/status"):
+            try:
+                lines = status.read_text().splitlines()
+            except OSError:  # that thread exited meanwhile
+                continue
+            total += sum(int(x.split()[1]) for x in lines if "ctxt_switches:" in x)
+    return total
+
+
 def private_dir(path: Path) -> Path:
     """``path`` as a directory only its owner may enter (0700), made so even when it
     was created beforehand with a laxer mode."""

@@ -23,7 +23,7 @@ from tasks.control.evacuation import start
 from tasks.core.admission import MigrationRequest
 from tasks.core.evacplan import parse_rate
 from tasks.core.migration import Migration
-from tasks.core.planner import PlanLimits
+from tasks.core.planner import Order, PlanLimits
 from tasks.core.resolve import LIVE, Settle, decide, keep_node
 from tasks.messaging import auth
 from tasks.messaging.app import node_queue
@@ -218,18 +218,22 @@ class Ferry(Cluster):
         strategy: str = "auto",
         timeout: float | None = None,
         allow_partial: bool = False,
+        order: Order = "small-first",
     ) -> EvacuationHandle:
         """Move every container off ``node``, which is cordoned first and stays cordoned.
 
         At most ``max_parallel`` migrations run at once, and ``per_node`` into
-        or out of one node; ``bandwidth`` (bytes/s, or ``"50M"``, ``"64Mi"``,
+        or out of one node (one past its point of no return, only cleaning up
+        its source, counts no more); ``bandwidth`` (bytes/s, or ``"50M"``, ``"64Mi"``,
         ``"800mbit"``) caps each. ``to`` limits the destinations. When a
         container has nowhere to go nothing moves and Unplaceable (a
         BadRequest) lists why, unless ``allow_partial``. A ``dry_run`` only
         plans. After ``timeout`` s no new move starts and running ones roll
-        back where they still can.
+        back where they still can. ``order``: ``small-first`` (each container
+        off soonest on average), ``large-first`` (the shortest makespan) or
+        ``priority`` (its label, then smallest).
         """
-        limits = PlanLimits(max_parallel=max_parallel, per_node=per_node)
+        limits = PlanLimits(max_parallel=max_parallel, per_node=per_node, order=order)
         eid, preview = start(
             self,
             node,

@@ -115,9 +115,10 @@ def report_table(rep: dict[str, Any]) -> Table:
             (r["error"] or "")[:70],
         )
     ratio = f" ({rep['ratio']:.2f}x)" if rep["ratio"] else ""
+    by = f", set by {rep['bound_by']}" if rep.get("bound_by") else ""
     t.caption = (
         f"makespan {rep['makespan_s']:.1f} s; lower bound {rep['lower_bound_s']:.1f} s"
-        f"{ratio} at {size(rep['link_bps'])}/s per node link"
+        f"{ratio}{by}; {rep['node']}'s uplink {size(rep['link_bps'])}/s (measured where faster)"
     )
     return t
 

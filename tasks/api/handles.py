@@ -99,6 +99,7 @@ class EvacuationHandle:
                     "migration": m.id,
                     "state": m.state.value,
                     "phase": m.phase.value if m.phase else None,
+                    "past_no_return": m.past_no_return,  # holds no slot any more
                     "strategy": m.strategy,
                     "bytes_sent": p.get("bytes_sent", 0),
                     "bytes_total": p.get("bytes_total"),

@@ -32,8 +32,10 @@ class LocalCluster:
         base: Path,
         env: Mapping[str, str],
         mounts: Mapping[str, Mapping[Path, Path]] | None = None,
+        root: Path = ROOT,
     ) -> None:
         self.base = base
+        self.root = root  # the ferry checkout its processes run (a benchmark's baseline: another)
         self.mounts = mounts or {}  # node -> {its own dir: the common path it is mounted on}
         self.env = {**os.environ, **env, "FERRY_STATE_DIR": str(base)}
         self.env.setdefault("FERRY_HEARTBEAT_S", "0.5")
@@ -59,7 +61,7 @@ class LocalCluster:
                 env={**self.env, **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=ROOT,
+                cwd=self.root,
             )
         self.procs[key] = proc
         return proc
@@ -111,7 +113,7 @@ class LocalCluster:
         return subprocess.run(
             [sys.executable, "-m", "tasks.api.cli", *argv],
             env=self.env,
-            cwd=ROOT,
+            cwd=self.root,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -45,6 +45,7 @@ class Settings:
     runtime: str = "criu"  # criu | sim
     sim_page_size: int = 4096  # the sim's kernel page size: 16384 models a Pi 5's default kernel
     link_bps: float = 125e6  # assumed node-to-node bandwidth (bytes/s) until measured
+    uplink_bps: float = 0.0  # the node's send budget, shared, frozen containers first (0: none)
     page_server: str = "auto"  # auto | on | off: cold dumps stream pages to the destination's CRIU
     compression: str = (
         "auto"  # auto | none | zstd: image files on the data plane (auto: when it pays)

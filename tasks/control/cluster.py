@@ -24,7 +24,13 @@ from tasks.messaging import auth
 from tasks.messaging.app import CONTROL_QUEUE, make_app
 from tasks.store.migrations import Store
 from workers.errors import BadRequest, NodeUnavailable, TooLate, UnknownContainer, UnknownNode
-from workers.ids import check_container_name, check_migration_id, check_node_name, new_id
+from workers.ids import (
+    check_container_name,
+    check_evac_id,
+    check_migration_id,
+    check_node_name,
+    new_id,
+)
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -94,6 +100,8 @@ class Cluster:
         """Admit ``req`` (tasks.core.admission), store its record and start it; its id."""
         check_container_name(req.container)
         check_node_name(req.to)
+        if req.evacuation:
+            check_evac_id(req.evacuation)
         src = self.locate(req.container)
         rate, source = self.link(src, req.to)
         dumped = self.store.dump_rate(src)
@@ -149,6 +157,11 @@ class Cluster:
         if got is not None and now - got[1] < LINK_TTL_S:
             return got[0], f"measured {now - got[1]:.0f} s before"
         return self.settings.link_bps, "configured (link_bps: this pair was never measured)"
+
+    def measured_links(self) -> dict[tuple[str, str], float]:
+        """The rate each link measured (bytes/s, by (src, dst)), where it is fresh."""
+        now = time.time()
+        return {k: bps for k, (bps, at) in self.store.links().items() if now - at < LINK_TTL_S}
 
     def fastest_link_from(self, src: str) -> float:
         """The fastest measured link out of ``src``, else the configured ``link_bps``."""

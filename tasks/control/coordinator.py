@@ -20,7 +20,7 @@ from tasks.config.settings import Settings
 from tasks.control.evacuation import register as evacuation_tasks
 from tasks.core.migration import Event, Migration
 from tasks.core.watchdog import Timeouts, check
-from tasks.messaging.app import CONTROL_QUEUE, dispatch, make_app, worker_argv
+from tasks.messaging.app import CONTROL_QUEUE, dispatch, make_app, tell_evacuation, worker_argv
 from tasks.store.migrations import Store
 from workers.errors import BadRequest, CorruptRecord, TooLate
 
@@ -50,7 +50,9 @@ def register(app: Celery, store: Store) -> None:
     )
     def cancel(self: Task, mid: str) -> dict[str, Any]:
         """Roll migration ``mid`` back, if it is not past its point of no return."""
-        m, sends, _ = store.apply(mid, Event("cancel", time.time()))
+        m, sends, changed = store.apply(mid, Event("cancel", time.time()))
+        if changed:
+            tell_evacuation(app, m)
         if m.past_no_return and not m.state.final:
             raise TooLate(f"{mid} is past its point of no return: it will finish on {m.dst}")
         dispatch(app, mid, sends)
@@ -95,6 +97,7 @@ def sweep(app: Celery, store: Store, timeouts: Timeouts, node_ttl_s: float) -> i
         if changed:
             log.warning("%s: %s -> %s", mid, ev.error, m.state.value)
             dispatch(app, mid, sends)
+            tell_evacuation(app, m)
             applied += 1
     return applied
 

@@ -8,7 +8,9 @@ around the pure :mod:`tasks.core.evacuation`: it reads the running
 migrations, the cancel flag and the registry, lets ``advance`` decide, and
 carries out its actions (cancel, submit through ``Cluster.submit``, validated
 like any other, then store the record and unlock or refresh the node's lock);
-it sends itself again ``TICK_S`` later until every container has an outcome.
+it sends itself again ``TICK_S`` later until every container has an outcome,
+and each of its migrations that ends sends one at once (its options name the
+evacuation), so the next move starts without waiting for the turn.
 The node stays cordoned; whatever did not move still runs there.
 """
 
@@ -39,7 +41,7 @@ from tasks.core.migration import Migration
 from tasks.core.nodes import NodeRecord
 from tasks.core.planner import Plan, PlanLimits, plan
 from tasks.core.strategy import Strategy
-from tasks.messaging.app import CONTROL_QUEUE
+from tasks.messaging.app import CONTROL_QUEUE, EVACUATE_TICK
 from tasks.store.evacuations import Records
 from tasks.store.migrations import Store
 from workers.errors import BadRequest, CorruptRecord, FerryError, NodeUnavailable, UnknownNode
@@ -48,8 +50,10 @@ from workers.ids import check_evac_id, check_node_name, new_evac_id
 if TYPE_CHECKING:
     from celery import Celery, Task
 
-TICK_TASK = "ferry.control.evacuate_tick"
-TICK_S = 0.25  # how soon a finished move is followed by the next: ticks cost a few ms
+TICK_TASK = EVACUATE_TICK
+# A migration that ends tells its tick at once (tasks.messaging.app.tell_evacuation);
+# this turn is for the rest: the deadline, a cancel, a destination that died.
+TICK_S = 1.0
 
 
 def start(
@@ -150,14 +154,14 @@ def _preview(client: Cluster, p: Plan, limits: PlanLimits, dry_run: bool) -> dic
         **plan_to_json(p),
         "limits": asdict(limits),
         "link_bps": link,
-        "lower_bound_s": round(bound_s(p, link), 3),
+        "lower_bound_s": round(bound_s(p, link, client.measured_links()), 3),
     }
 
 
 def tick(client: Cluster, eid: str) -> dict[str, Any]:
     """Advance evacuation ``eid`` once, and send the next tick unless it is over."""
     recs = client.store.evacuations
-    if not recs.hold_tick(eid):
+    if not recs.hold_tick(eid):  # the tick that holds it runs once more when it is done
         return {"evacuation": eid, "busy": "another tick runs"}
     again = False
     try:
@@ -167,9 +171,10 @@ def tick(client: Cluster, eid: str) -> dict[str, Any]:
             ev = _run(client, recs, ev, time.time())
             again = ev.state is EvacState.RUNNING
     finally:
-        recs.release_tick(eid)
+        asked = recs.release_tick(eid)
         if again:
-            client.app.send_task(TICK_TASK, args=(eid,), queue=CONTROL_QUEUE, countdown=TICK_S)
+            soon = 0 if asked else TICK_S  # a migration ended while this tick ran: at once
+            client.app.send_task(TICK_TASK, args=(eid,), queue=CONTROL_QUEUE, countdown=soon)
     counts = Counter(mv.outcome.value for mv in ev.moves.values())
     return {"evacuation": eid, "node": ev.node, "state": ev.state.value, **counts}
 
@@ -184,7 +189,10 @@ def _observe(client: Cluster, recs: Records, ev: Evacuation) -> Observations:
             except (BadRequest, CorruptRecord):
                 migrations[mv.migration] = None  # its record is gone, or unreadable
     nodes = {n.name: n for n in client.nodes()}
-    return Observations(migrations, recs.cancelled(ev.id), nodes)
+    # the report's bound needs them: read once the evacuation may end (no move pending)
+    ending = not any(mv.outcome is Outcome.PENDING for mv in ev.moves.values())
+    links = client.measured_links() if ending else {}
+    return Observations(migrations, recs.cancelled(ev.id), nodes, links)
 
 
 def _run(client: Cluster, recs: Records, ev: Evacuation, now: float) -> Evacuation:
@@ -205,6 +213,7 @@ def _run(client: Cluster, recs: Records, ev: Evacuation, now: float) -> Evacuati
                         action.dst,
                         action.strategy,
                         bandwidth_bps=action.bandwidth_bps,
+                        evacuation=ev.id,
                     )
                 )
             except FerryError as exc:
@@ -225,7 +234,7 @@ def register(app: Celery, store: Store, settings: Settings | None = None) -> Non
     """Register ``ferry.control.evacuate_tick`` on ``app`` (the coordinator's)."""
     clients: list[Cluster] = []
 
-    # 4 a second: the record is the result; the backend gets only failures
+    # many a second: the record is the result; the backend gets only failures
     @app.task(name=TICK_TASK, bind=True, ignore_result=True, store_errors_even_if_ignored=True)
     def evacuate_tick(self: Task, eid: str) -> dict[str, Any]:
         """Advance evacuation ``eid`` once; it sends itself again until every container is done."""

@@ -47,6 +47,7 @@ class MigrationRequest:
     bandwidth_bps: float | None = None  # this migration's cap on the data plane
     page_server: str | None = None  # None: the cluster's default
     compression: str | None = None  # None: the cluster's default
+    evacuation: str = ""  # the evacuation asking (its id, checked): told when it ends
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ def admit(req: MigrationRequest, src: NodeRecord, dst: NodeRecord, defaults: Def
         compression=compression,
         lazy_ok=strategy_refusal(Strategy.POSTCOPY, src_caps, dst_caps) is None,
         bandwidth_bps=cap,
+        evacuation=req.evacuation,
     )
     return Admitted(
         Strategy.parse(req.strategy), choice.strategy, choice.reason, limits, options, held.sync

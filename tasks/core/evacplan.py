@@ -17,9 +17,10 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from tasks.core.bound import Leg, lower_bound
 from tasks.core.chooser import pair_refusal, strategy_refusal
 from tasks.core.nodes import NodeRecord
-from tasks.core.planner import Compatible, ContainerSpec, Move, Node, Plan, lower_bound_s
+from tasks.core.planner import Compatible, ContainerSpec, Move, Node, Plan
 from workers.errors import BadRequest
 from workers.records import ContainerInfo
 
@@ -146,14 +147,38 @@ def plan_from_json(d: Mapping[str, Any]) -> Plan:
     )
 
 
-def bound_s(plan: Plan, link_bps: float, moved: Collection[str] | None = None) -> float:
-    """The plan's makespan lower bound, over the moves in ``moved`` (all when None)."""
-    keep = tuple(m for m in plan.moves if moved is None or m.container in moved)
-    return lower_bound_s(Plan(plan.drain, keep, (), plan.headroom), link_bps)
+def bound_s(plan: Plan, link_bps: float, measured: Mapping[tuple[str, str], float]) -> float:
+    """The plan's makespan lower bound before anything moved: no freeze known yet."""
+    legs = [Leg(m.container, m.src, m.dst, m.memory_bytes) for m in plan.moves]
+    return lower_bound(legs, measured, link_bps).seconds
 
 
-def report(rec: Mapping[str, Any]) -> dict[str, Any]:
-    """The report of a finished evacuation record: one row per container, totals, one message."""
+def legs_of(rec: Mapping[str, Any]) -> list[Leg]:
+    """The moves of an evacuation record that moved, with the freezes their migrations measured.
+
+    A lazy restore (post-copy: ``degraded_ms``) ran before its pages crossed: it counts 0.
+    """
+    out = []
+    for name, mv in rec["moves"].items():
+        if mv["outcome"] != "moved":
+            continue
+        s = mv.get("summary") or {}
+        restore = 0.0 if "degraded_ms" in s else float(s.get("restore_ms", 0.0))
+        dump = float(s.get("criu_freeze_ms", 0.0))
+        out.append(
+            Leg(name, rec["node"], mv["dst"], int(mv["memory_bytes"]), dump / 1e3, restore / 1e3)
+        )
+    return out
+
+
+def report(
+    rec: Mapping[str, Any], measured: Mapping[tuple[str, str], float] | None = None
+) -> dict[str, Any]:
+    """The report of a finished evacuation record: one row per container, totals, one message.
+
+    Its lower bound (tasks.core.bound) is over what moved, at the ``measured`` link rates
+    (bytes/s by (src, dst)) where they beat the rate the plan assumed (``link_bps``).
+    """
     rows = []
     for name, mv in sorted(rec["moves"].items(), key=lambda kv: (kv[1]["order"], kv[0])):
         s = mv.get("summary") or {}
@@ -172,9 +197,9 @@ def report(rec: Mapping[str, Any]) -> dict[str, Any]:
             }
         )
     counts = {o: sum(1 for r in rows if r["outcome"] == o) for o in OUTCOMES}
-    moved = {r["container"] for r in rows if r["outcome"] == "moved"}
     makespan = round(float(rec["finished"]) - float(rec["started"]), 3)
-    bound = round(bound_s(plan_from_json(rec["plan"]), float(rec["link_bps"]), moved), 3)
+    b = lower_bound(legs_of(rec), measured or {}, float(rec["link_bps"]))
+    bound = round(b.seconds, 3)
     # a failed migration whose rollback failed may have left a copy elsewhere: its record says
     left = [
         r["container"]
@@ -191,7 +216,8 @@ def report(rec: Mapping[str, Any]) -> dict[str, Any]:
         "makespan_s": makespan,
         "lower_bound_s": bound,
         "ratio": round(makespan / bound, 3) if bound > 0 else None,
-        "link_bps": rec["link_bps"],
+        "bound_by": b.by,  # the link or move that sets the bound
+        "link_bps": b.rates.get(f"up {rec['node']}", rec["link_bps"]),  # the drained node's uplink
         "left_on_source": left,
         "cordoned": True,
         "excluded": rec.get("excluded", {}),

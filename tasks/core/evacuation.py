@@ -20,7 +20,8 @@ The rules, each as the runner has always applied them:
   (``timed_out``) and cancels the migrations still running;
 - once stopped, pending moves are ``not_started``; a source that stopped
   answering fails them; otherwise the next moves the limits allow start
-  (a destination that left, died or was cordoned is excluded first);
+  (a destination that left, died or was cordoned is excluded first), a
+  migration past its point of no return holding no slot;
 - on submit, CapabilityError excludes the destination, TransientError keeps
   the move pending until the next tick, another FerryError fails it.
 
@@ -50,7 +51,7 @@ Worked example: one container, ``web``, leaves n1 for n2::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from tasks.core.evacplan import compatible, live, node_of, report
 from tasks.core.evacrecord import EvacState, Evacuation, MoveState, Outcome, Stop, to_dict
@@ -76,6 +77,9 @@ class Observations:
     migrations: Mapping[str, Migration | None]  # running moves' records by id; None: gone
     cancel_asked: bool
     nodes: Mapping[str, NodeRecord]  # registry records by name, with ``alive``
+    # measured link rates (bytes/s) by (src, dst), for the report's bound; read once no move
+    # is pending, as the evacuation may end then
+    links: Mapping[tuple[str, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -139,9 +143,9 @@ def advance(ev: Evacuation, obs: Observations, now: float) -> tuple[Evacuation, 
         why = ev.stop.value.replace("_", " ")
         ev = _pending_to(ev, Outcome.NOT_STARTED, why)
     else:
-        ev, submits = _launch(ev, obs.nodes)
+        ev, submits = _launch(ev, obs.nodes, obs.migrations)
         actions += submits
-    ev, end = _settle(ev, now)
+    ev, end = _settle(ev, now, obs.links)
     return ev, [*actions, end]
 
 
@@ -158,14 +162,14 @@ def submitted(
     elif isinstance(result, CapabilityError):  # the destination cannot take it after all
         ev = _exclude(ev, submit.dst, str(result), obs.nodes)
     elif isinstance(result, TransientError):  # stays pending: the next tick tries again
-        ev, end = _settle(_put(ev, replace(mv, error=str(result))), now)
+        ev, end = _settle(_put(ev, replace(mv, error=str(result))), now, obs.links)
         return ev, [end]
     elif isinstance(result, str):
         ev = _put(ev, replace(mv, outcome=Outcome.RUNNING, migration=result, started=now, error=""))
     else:
         ev = _put(ev, replace(mv, outcome=Outcome.FAILED, error=str(result)))
-    ev, submits = _launch(ev, obs.nodes)
-    ev, end = _settle(ev, now)
+    ev, submits = _launch(ev, obs.nodes, obs.migrations)
+    ev, end = _settle(ev, now, obs.links)
     return ev, [*submits, end]
 
 
@@ -247,16 +251,31 @@ def _exclude(ev: Evacuation, dst: str, why: str, records: Mapping[str, NodeRecor
     return replace(ev, plan=new)
 
 
-def _launch(ev: Evacuation, records: Mapping[str, NodeRecord]) -> tuple[Evacuation, list[Submit]]:
-    """The next moves the limits allow, as Submits; moves whose container left are gone."""
+def _launch(
+    ev: Evacuation,
+    records: Mapping[str, NodeRecord],
+    migrations: Mapping[str, Migration | None],
+) -> tuple[Evacuation, list[Submit]]:
+    """The next moves the limits allow, as Submits; moves whose container left are gone.
+
+    A migration past its point of no return holds no slot: it runs on its
+    destination, and only the source's cleanup is left.
+    """
     src = records.get(ev.node)
     if src is None or not src.alive:
         return _pending_to(ev, Outcome.FAILED, f"{ev.node} is not answering"), []
     here = {c.name for c in live(src)}
+    over = {mid for mid, m in migrations.items() if m is not None and m.past_no_return}
     while True:
-        running = [m for m in ev.plan.moves if ev.moves[m.container].outcome is Outcome.RUNNING]
-        done = {c for c, mv in ev.moves.items() if mv.outcome.final}
-        batch = next_moves(ev.plan, running, done, ev.limits)
+        running = [
+            m
+            for m in ev.plan.moves
+            if ev.moves[m.container].outcome is Outcome.RUNNING
+            and ev.moves[m.container].migration not in over
+        ]
+        # every move but the pending ones is started already, slot or not
+        started = {c for c, mv in ev.moves.items() if mv.outcome is not Outcome.PENDING}
+        batch = next_moves(ev.plan, running, started, ev.limits)
         submits: list[Submit] = []
         for m in batch:
             if m.container not in here:
@@ -274,10 +293,12 @@ def _launch(ev: Evacuation, records: Mapping[str, NodeRecord]) -> tuple[Evacuati
             # every move of this batch was gone: they freed their slots
 
 
-def _settle(ev: Evacuation, now: float) -> tuple[Evacuation, Unlock | Refresh]:
+def _settle(
+    ev: Evacuation, now: float, links: Mapping[tuple[str, str], float]
+) -> tuple[Evacuation, Unlock | Refresh]:
     """Finish ``ev`` once every move has an outcome (report, unlock); else keep its lock."""
     if not all(mv.outcome.final for mv in ev.moves.values()):
         return ev, Refresh(ev.node, ev.id)
     state = EvacState.DONE if ev.stop is None else EvacState(ev.stop.value)
     ev = replace(ev, state=state, finished=now)
-    return replace(ev, report=report(to_dict(ev))), Unlock(ev.node, ev.id)
+    return replace(ev, report=report(to_dict(ev), links)), Unlock(ev.node, ev.id)

@@ -24,3 +24,4 @@ class Options:
     lazy_ok: bool = False  # both nodes can run post-copy (a forced finish may use it)
     dump_ms: float | None = None  # measured or expected final dump time, for the stop rule
     restore_ms: float | None = None  # likewise for the restore
+    evacuation: str = ""  # the evacuation that started it: told at once when it ends

@@ -12,7 +12,9 @@ Pure: node records and container specs in, a :class:`Plan` out. A plan never
 Placement claims capacity by priority, then largest first (first-fit
 decreasing packs best); each container goes to the fitting node with the most
 free memory left after it (spreading). ``Move.order`` is the run order:
-smallest first, or by priority then smallest. :func:`next_moves` says which
+smallest first (each container done soonest on average), largest first (the
+shortest makespan: the small moves fill the gaps at the end), or by priority
+then smallest. :func:`next_moves` says which
 moves may start now; :func:`replan` re-places moves pending to a destination
 that failed or filled.
 
@@ -41,9 +43,11 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from tasks.core.bound import Leg, lower_bound
 from workers.errors import BadRequest
 
-Order = Literal["small-first", "priority"]
+Order = Literal["small-first", "large-first", "priority"]
+ORDERS = ("small-first", "large-first", "priority")
 
 
 @dataclass(frozen=True)
@@ -95,8 +99,8 @@ class PlanLimits:
             )
         if not 0.0 <= self.headroom < 1.0:
             raise BadRequest(f"headroom must be in [0, 1), not {self.headroom}")
-        if self.order not in ("small-first", "priority"):
-            raise BadRequest(f"order must be small-first or priority, not {self.order!r}")
+        if self.order not in ORDERS:
+            raise BadRequest(f"order must be one of {', '.join(ORDERS)}, not {self.order!r}")
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,8 @@ def _place(
 def _run_key(order: Order) -> Callable[[Move], tuple[int, int, str]]:
     if order == "priority":
         return lambda m: (-m.priority, m.memory_bytes, m.container)
+    if order == "large-first":  # the longest first: the short fill the gaps at the end
+        return lambda m: (0, -m.memory_bytes, m.container)
     return lambda m: (0, m.memory_bytes, m.container)
 
 
@@ -276,19 +282,7 @@ def replan(
 
 
 def lower_bound_s(plan: Plan, bandwidth_bps_per_node: float) -> float:
-    """Seconds the plan takes at best: no node's link moves bytes faster than its bandwidth.
-
-    The drained node's outbound link carries every byte, so it dominates; the
-    inbound and single-move terms keep the bound valid for any plan.
-    """
-    if bandwidth_bps_per_node <= 0:
-        raise BadRequest("bandwidth per node must be > 0")
-    if not plan.moves:
-        return 0.0
-    out: Counter[str] = Counter()
-    into: Counter[str] = Counter()
-    for m in plan.moves:
-        out[m.src] += m.memory_bytes
-        into[m.dst] += m.memory_bytes
-    largest = max(m.memory_bytes for m in plan.moves)
-    return max(max(out.values()), max(into.values()), largest) / bandwidth_bps_per_node
+    """Seconds the plan takes at best when every node's link carries ``bandwidth_bps_per_node``
+    and no freeze is known yet (tasks.core.bound, before anything was measured)."""
+    legs = [Leg(m.container, m.src, m.dst, m.memory_bytes) for m in plan.moves]
+    return lower_bound(legs, {}, bandwidth_bps_per_node).seconds

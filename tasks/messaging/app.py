@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from tasks.config.broker import ssl_options
 from tasks.config.settings import Settings
-from tasks.core.migration import Send
+from tasks.core.migration import Migration, Phase, Send
 from tasks.messaging.signing import enable_signing
 from workers.errors import BadRequest
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
 CONTROL_QUEUE = "ferry.control"
+EVACUATE_TICK = "ferry.control.evacuate_tick"
 
 
 def node_queue(node: str, urgent: bool = False) -> str:
@@ -126,3 +127,11 @@ def dispatch(app: Celery, mid: str, sends: list[Send]) -> None:
             queue=node_queue(s.node, s.urgent),
             countdown=s.countdown or None,
         )
+
+
+def tell_evacuation(app: Celery, m: Migration) -> None:
+    """``m`` just ended, or passed its point of no return (its evacuation's next move may
+    start then): the evacuation's tick takes it in now, not at its next turn."""
+    passed = m.past_no_return and m.phase is Phase.CLEANUP and m.attempt == 1
+    if (m.state.final or passed) and m.options.evacuation:
+        app.send_task(EVACUATE_TICK, args=(m.options.evacuation,), queue=CONTROL_QUEUE)

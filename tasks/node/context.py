@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.migration import Migration, Phase
+from workers.dataplane.throttle import Uplink
 from workers.errors import PermanentError
 from workers.runtimes.base import Runtime
 
@@ -31,7 +32,8 @@ class NodeContext:
     container_root: Path  # where containers' workdirs are (a sync dir may be below one)
     sync_roots: tuple[Path, ...] = ()  # below these, containers may declare sync dirs
     sync_ports: tuple[int, int] | None = None  # the rsync daemons' port range (None: any)
-    verify_grace_s: float = 0.2
+    uplink: Uplink | None = None  # the node's send budget (workers.dataplane.throttle)
+    verify_grace_s: float = 0.2  # at most: verify waits until the restored tree ran
     pages_timeout_s: float = 600.0
     failpoints: Path | None = None  # fault suite only: workers.failpoints
 

@@ -119,6 +119,7 @@ def send_dir(
         subdir=sub,
         progress=report,
         bandwidth_bps=m.options.bandwidth_bps,  # per migration, if capped
+        bucket=ctx.uplink,  # the node's, if it has one: the urgent slot's first
         compression=transport.codec(m.options.compression, way, ratio),
         timeout_s=FROZEN_TIMEOUT_S if frozen else 30.0,
         retries=1 if frozen else 3,

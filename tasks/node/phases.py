@@ -33,9 +33,13 @@ from tasks.node.context import (
     remembered,
 )
 from tasks.node.dataplane import pages_target, send_dir, streams_pages
+from workers import procs
 from workers.dataplane.delta import apply_delta, make_delta
 from workers.dataplane.pagestream import check_pages
 from workers.errors import BadRequest, CriuError, PermanentError
+from workers.records import ContainerInfo
+
+VERIFY_POLL_S = 0.005  # how often verify looks whether the restored tree ran
 
 
 def prepare(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
@@ -218,13 +222,13 @@ MAX_STALLS = 64
 
 
 def verify(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
-    time.sleep(ctx.verify_grace_s)
-    info = ctx.runtime.get(m.container)
+    """The restored tree runs: it was scheduled since the restore, and has not exited."""
+    info, ran_ms = ran(ctx, m.container)
     if info.state != "running":
         raise PermanentError(f"restored {m.container!r} is {info.state} on {ctx.node}, not running")
     # The images (and the restore marker an ABORT relies on) stay until the
     # migration is final: the node's garbage collector (collect) drops them.
-    result: dict[str, Any] = {"pid": info.pid, "memory_bytes": info.memory_bytes}
+    result: dict[str, Any] = {"pid": info.pid, "memory_bytes": info.memory_bytes, "ran_ms": ran_ms}
     if m.lazy:  # every page is here now (PAGES came first): what came over the network
         lazy = ctx.runtime.lazy_report(ctx.incoming(m.id))
         felt = sorted(lazy.stalls, key=lambda s: -s[1])[:MAX_STALLS]
@@ -235,6 +239,25 @@ def verify(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
             "stalls": sorted(s for s in felt if s[1] >= MIN_STALL_MS),
         }
     return result
+
+
+def ran(ctx: NodeContext, name: str) -> tuple[ContainerInfo, float | None]:
+    """Wait until ``name``'s tree ran since the restore, for ``verify_grace_s`` at most.
+
+    Its info then, and the ms until it ran: None when it did not run in the
+    grace (blocked on input, say) though it did not exit either. A model with
+    no process to watch (pid 0: the sim runtime) resumes at once.
+    """
+    started = time.monotonic()
+    info = ctx.runtime.get(name)
+    if info.pid <= 0 or info.state != "running":
+        return info, 0.0 if info.pid <= 0 else None
+    before = procs.activity(info.pid)
+    while (waited := time.monotonic() - started) < ctx.verify_grace_s:
+        if procs.activity(info.pid) != before:  # it ran (or a task of it exited: look)
+            return ctx.runtime.get(name), round(waited * 1000, 1)
+        time.sleep(VERIFY_POLL_S)
+    return ctx.runtime.get(name), None
 
 
 def collect(node_dir: Path, state_of: Callable[[str], State | None]) -> list[str]:

@@ -22,7 +22,7 @@ from celery.signals import task_failure
 from tasks.core import transport
 from tasks.core.migration import ROUTE, Event, Migration, Phase, State
 from tasks.messaging import auth
-from tasks.messaging.app import dispatch
+from tasks.messaging.app import dispatch, tell_evacuation
 from tasks.node.context import NodeContext
 from tasks.node.handlers import HANDLERS
 from tasks.store.migrations import Store
@@ -107,7 +107,9 @@ def run_phase(
             dump = transport.measured_dump_bps(phase.value, ev.result)
             if dump is not None:
                 store.note_dump_rate(m.src, dump, time.time())
-        m, sends, _ = store.apply(mid, ev)
+        m, sends, changed = store.apply(mid, ev)
+        if changed:
+            tell_evacuation(app, m)
         try:
             after()  # the node's published inventory; the outcome is recorded already
         # a broker blip must not lose a phase's outcome; the next heartbeat republishes

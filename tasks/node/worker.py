@@ -35,6 +35,7 @@ from tasks.node.tasks import register
 from tasks.store.migrations import Store
 from workers import procs
 from workers.criu.adapter import Criu
+from workers.dataplane.throttle import Uplink
 from workers.dataplane.transfer import GateLimits, TransferServer
 from workers.errors import BadRequest, CorruptRecord, FerryError
 from workers.ids import check_node_name
@@ -261,6 +262,9 @@ def celery_main(node: str, role: str, address: str) -> None:
         container_root=s.container_root,
         sync_roots=s.sync_root_paths,
         sync_ports=s.sync_port_range,
+        uplink=Uplink(node_dir(s, node) / "uplink", s.uplink_bps, urgent)
+        if s.uplink_bps > 0
+        else None,
     )
     register(app, store, ctx, urgent, lambda: store.put_containers(node, runtime.containers()))
     app.worker_main(

@@ -66,7 +66,16 @@ class Records:
         return bool(self.r.exists(f"ferry:evac:{eid}:cancel"))
 
     def hold_tick(self, eid: str) -> bool:
-        return bool(self.r.set(f"ferry:evac:{eid}:tick", "1", nx=True, ex=TICK_LOCK_S))
+        """Hold ``eid``'s tick; False when another holds it, which is then asked to run again."""
+        if self.r.set(f"ferry:evac:{eid}:tick", "1", nx=True, ex=TICK_LOCK_S):
+            return True
+        self.r.set(f"ferry:evac:{eid}:again", "1", ex=TICK_LOCK_S)
+        return False
 
-    def release_tick(self, eid: str) -> None:
+    def release_tick(self, eid: str) -> bool:
+        """Let ``eid``'s tick go; whether another asked for one meanwhile.
+
+        Released first: one asking after this holds the tick itself.
+        """
         self.r.delete(f"ferry:evac:{eid}:tick")
+        return bool(self.r.getdel(f"ferry:evac:{eid}:again"))

@@ -209,6 +209,19 @@ class Store:
         got = self.r.hgetall(f"ferry:link:{src}:{dst}")
         return (float(got["bps"]), float(got["at"])) if got else None
 
+    def links(self) -> dict[tuple[str, str], tuple[float, float]]:
+        """Every measured link: its rate and when, by (src, dst)."""
+        keys = [str(k) for k in self.r.scan_iter(match="ferry:link:*", count=1000)]
+        pipe = self.r.pipeline(transaction=False)
+        for k in keys:
+            pipe.hgetall(k)
+        out = {}
+        for k, got in zip(keys, pipe.execute(), strict=True):
+            _, _, src, dst = k.split(":", 3)
+            if got:
+                out[(src, dst)] = (float(got["bps"]), float(got["at"]))
+        return out
+
     def note_dump_rate(self, node: str, bps: float, now: float) -> None:
         """How fast ``node`` just dumped a whole tree into its images, bytes per second."""
         self.r.hset(f"ferry:dumprate:{node}", mapping={"bps": bps, "at": now})

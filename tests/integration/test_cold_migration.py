@@ -35,6 +35,7 @@ def test_counter_goes_on_on_the_destination_and_the_source_copy_is_gone(cluster)
     assert not procs.alive(info["pid"]), "the source copy still runs"
     assert m.results["verify"]["pid"] != info["pid"]
     assert procs.alive(m.results["verify"]["pid"])
+    assert m.results["verify"]["ran_ms"] is not None  # verify saw the restored counter run
     where = wait_for(
         lambda: {c["node"] for c in client.containers() if c["name"] == "counter"} == {"n2"}
     )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 
+from tests.integration.helpers import wait_for
 from workers import procs
 
 
@@ -28,3 +31,23 @@ def test_a_state_dir_made_beforehand_with_0755_becomes_private(tmp_path: Path) -
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
     new = procs.private_dir(tmp_path / "a" / "b")
     assert stat.S_IMODE(new.stat().st_mode) == 0o700
+
+
+def test_activity_moves_while_a_tree_runs_and_stands_while_it_waits() -> None:
+    ticker = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.005)"])
+    reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: procs.state(reader.pid) == "S")  # asleep in its read
+        before = procs.activity(ticker.pid)
+        wait_for(lambda: procs.activity(ticker.pid) != before)
+        waiting = procs.activity(reader.pid)
+        time.sleep(0.05)  # blocked on its stdin: never scheduled meanwhile
+        assert procs.activity(reader.pid) == waiting
+        assert reader.stdin is not None
+        reader.stdin.write(b"x\n")
+        reader.stdin.flush()
+        wait_for(lambda: procs.activity(reader.pid) != waiting)  # the read returned: it ran
+    finally:
+        for p in (ticker, reader):
+            p.kill()
+            p.wait()

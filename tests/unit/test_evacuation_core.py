@@ -155,6 +155,19 @@ TICKS = [
         lambda ev, acts: ev.moves["c1"].summary is not None and ev.moves["c1"].finished == NOW,
     ),
     (
+        "a migration past its point of no return (cleaning up) frees its slot: the next starts",
+        evacuation({"c1": "m1", "c2": "m2"}),
+        {
+            "m1": replace(mig("m1", "c1", State.RUNNING), past_no_return=True),
+            "m2": mig("m2", "c2", State.RUNNING),
+        },
+        False,
+        registry(),
+        {},
+        {"c1": "running", "c2": "running", "c3": "running", "c4": "pending"},
+        lambda ev, acts: [a.container for a in acts if isinstance(a, Submit)] == ["c3"],
+    ),
+    (
         f"rolled back on the destination a {STRIKES}nd time: excluded, pending moves replanned",
         evacuation({"c1": "m1"}, strikes={"b": STRIKES - 1}),
         {"m1": mig("m1", "c1", State.ROLLED_BACK, "restore")},

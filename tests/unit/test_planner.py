@@ -154,6 +154,7 @@ def test_placements(request, nodes, containers, limits, dsts, refused) -> None:
     ("order", "expected"),
     [
         ("small-first", ["a-small", "b-mid", "c-mid", "d-big"]),
+        ("large-first", ["d-big", "b-mid", "c-mid", "a-small"]),
         ("priority", ["b-mid", "a-small", "c-mid", "d-big"]),
     ],
 )
@@ -287,7 +288,7 @@ cluster = st.tuples(
         max_parallel=st.integers(1, 6),
         per_node=st.integers(1, 3),
         headroom=st.sampled_from([0.0, 0.1, 0.25]),
-        order=st.sampled_from(["small-first", "priority"]),
+        order=st.sampled_from(["small-first", "large-first", "priority"]),
     ),
 )
 

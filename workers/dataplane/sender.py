@@ -27,7 +27,7 @@ from pathlib import Path
 import blake3
 
 from workers.dataplane import wire
-from workers.dataplane.throttle import TokenBucket
+from workers.dataplane.throttle import Budget, TokenBucket
 from workers.errors import BadRequest, CapabilityError, IntegrityError, TransferError
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def send_files(
     progress: Callable[[int, int], None] | None = None,
     timeout_s: float = 30,
     retries: int = 3,
-    bucket: TokenBucket | None = None,
+    bucket: Budget | None = None,
     codec: str = "none",
 ) -> SendStats:
     """Send ``files`` (local path, destination name) to the transfer service at ``address``.
@@ -145,7 +145,7 @@ def _attempt(
     request: wire.PutRequest,
     sources: list[_Source],
     digests: list[Future[str]],
-    buckets: list[TokenBucket],
+    buckets: list[Budget],
     meter: _Meter,
     timeout_s: float,
     squeezer: Executor,
@@ -176,7 +176,7 @@ def _send_file(
     sock: socket.socket,
     source: _Source,
     offset: int,
-    buckets: list[TokenBucket],
+    buckets: list[Budget],
     meter: _Meter,
     replies: select.poll,
 ) -> None:
@@ -204,7 +204,7 @@ def _send_compressed(
     sock: socket.socket,
     source: _Source,
     offset: int,
-    buckets: list[TokenBucket],
+    buckets: list[Budget],
     meter: _Meter,
     replies: select.poll,
     squeezer: Executor,

@@ -26,7 +26,7 @@ from workers.dataplane import sender, wire
 from workers.dataplane.gate import Gate, GateLimits
 from workers.dataplane.receiver import Receiver
 from workers.dataplane.sender import COMPRESSORS, MIN_COMPRESS, SendStats
-from workers.dataplane.throttle import TokenBucket
+from workers.dataplane.throttle import Budget, TokenBucket
 from workers.errors import BadRequest
 
 __all__ = [
@@ -177,7 +177,7 @@ def send_files(
     progress: Callable[[int, int], None] | None = None,
     timeout_s: float = 30,
     retries: int = 3,
-    bucket: TokenBucket | None = None,
+    bucket: Budget | None = None,
     compression: str = "none",
 ) -> SendStats:
     """:func:`workers.dataplane.sender.send_files`, ``compression`` ``none`` or ``zstd``
