@@ -18,14 +18,15 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from tasks.config.settings import Settings
-from tasks.core.endpoints import plan
+from tasks.core.endpoints import SENTINEL, parse_sentinel, plan
 from workers import procs
 from workers.errors import BadRequest, NodeUnavailable
 
@@ -63,13 +64,34 @@ def connect(settings: Settings, patient: bool = False) -> redis.Redis:
     is retried for about 30 s (:data:`PATIENT`); a command-line client fails
     after redis-py's default few tries instead, and says Redis is away.
     """
-    return redis.Redis.from_url(
+    return client_for(
         settings.redis_url,
         decode_responses=True,
         socket_connect_timeout=5,
         health_check_interval=30,
         **({"retry": PATIENT} if patient else {}),
     )
+
+
+def client_for(url: str, **options: Any) -> redis.Redis:
+    """A redis-py client for ``url``: ``redis://``, ``rediss://``, ``unix://``, or
+    ``sentinel://`` (tasks.core.endpoints.parse_sentinel): then a client of the
+    master its Sentinels name now, which asks them again after a failover."""
+    if urlsplit(url).scheme != SENTINEL:
+        return redis.Redis.from_url(url, **options)
+    s = parse_sentinel(url)
+    user, _, password = s.userinfo.partition(":")
+    timeout = {k: v for k, v in options.items() if k == "socket_connect_timeout"}
+    # The URL's credentials are the master's: the Sentinels take none (docs/operating.md).
+    sentinels = Sentinel(list(s.hosts), sentinel_kwargs=timeout)  # type: ignore[no-untyped-call]
+    master: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+        s.master,
+        db=s.db,
+        username=unquote(user) or None,
+        password=unquote(password) or None,
+        **options,
+    )
+    return master
 
 
 CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}

@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from tasks.core.retention import Retention
 from workers.dirsync.dirs import parse_ports, parse_roots
 from workers.errors import BadRequest
 
@@ -61,6 +62,10 @@ class Settings:
     )
     signing_cert: str = ""  # ... its certificate ...
     signing_certs: str = ""  # ... and a folder of the cluster's trusted certificates (*.pem)
+    retention_days: float = 30.0  # a finished migration's record, events and logs are kept ...
+    retention_migrations: int = (
+        10_000  # ... this long and at most this many (whichever keeps fewer)
+    )
     failpoints: str = ""  # fault suite only: a file of armed failpoints (workers.failpoints)
 
     @classmethod
@@ -94,6 +99,11 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    @property
+    def retention(self) -> Retention:
+        """The retention policy; BadRequest if a bound is not positive."""
+        return Retention(self.retention_days, self.retention_migrations)
 
     @property
     def container_root(self) -> Path:

@@ -112,6 +112,7 @@ def serve(settings: Settings, concurrency: int = 4) -> None:
     s = resolve(settings)
     app = make_app(s)
     store = Store(connect(s, patient=True))
+    retention = s.retention  # a bad bound stops the coordinator now
     register(app, store)
     timeouts = Timeouts(
         per_gib_s=s.timeout_per_gib_s,
@@ -125,6 +126,7 @@ def serve(settings: Settings, concurrency: int = 4) -> None:
             try:
                 store.beat_coordinator(time.time(), s.node_ttl_s)
                 sweep(app, store, timeouts, s.node_ttl_s)
+                store.prune(retention, time.time())
             except Exception:  # the beat must outlive a Redis restart; it runs again next time
                 log.exception("sweep failed")
             time.sleep(s.heartbeat_s)

@@ -41,6 +41,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from tasks.config.broker import client_for
 from tasks.config.settings import Settings
 from tasks.control.cluster import Cluster
 from tasks.core.migration import Migration, State
@@ -219,8 +220,8 @@ def broker_client(url: str) -> redis.Redis | None:
     """A client for the broker's queues; None when the broker is not Redis (RabbitMQ)."""
     if url.startswith("redis+socket://"):
         return redis.Redis.from_url("unix://" + url.removeprefix("redis+socket://"))
-    if url.startswith(("redis://", "rediss://")):
-        return redis.Redis.from_url(url)  # redis-py reads rediss:// TLS options itself
+    if url.startswith(("redis://", "rediss://", "sentinel://")):
+        return client_for(url)  # redis-py reads rediss:// TLS options itself
     return None
 
 

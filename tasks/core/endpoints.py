@@ -13,6 +13,8 @@ store is set does a process use the embedded Redis of its own state dir.
 'unix:///run/ferry/redis.sock'
 >>> plan(redis="unix:///run/r.sock").broker
 'redis+socket:///run/r.sock'
+>>> plan(broker="sentinel://s1:26379,s2:26379,s3:26379/ferry").backend
+'sentinel://s1:26379,s2:26379,s3:26379/ferry'
 >>> plan(broker="amqp://guest@head//")
 Traceback (most recent call last):
 ...
@@ -30,6 +32,7 @@ from workers.errors import BadRequest
 # unix socket differently, the TCP ones alike.
 KOMBU_SOCKET, REDIS_SOCKET = "redis+socket", "unix"
 TCP_REDIS = ("redis", "rediss")
+SENTINEL = "sentinel"  # Redis behind Sentinel: ferry's own form, see parse_sentinel
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,59 @@ class Endpoints:
 
 
 def is_redis(url: str) -> bool:
-    return urlsplit(url).scheme in (*TCP_REDIS, KOMBU_SOCKET, REDIS_SOCKET)
+    return urlsplit(url).scheme in (*TCP_REDIS, KOMBU_SOCKET, REDIS_SOCKET, SENTINEL)
+
+
+@dataclass(frozen=True)
+class Sentinels:
+    """A Redis found through its Sentinels: where they listen, the master's name,
+    the database and the master's credentials (``userinfo``, as written)."""
+
+    hosts: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    userinfo: str = ""
+
+    @property
+    def kombu(self) -> str:
+        """The URL as Celery's sentinel transport and result backend take it
+        (one ``sentinel://`` per Sentinel, ``;`` between; the master's name goes
+        in the transport options).
+
+        >>> parse_sentinel("sentinel://:pw@a:1,b:2/ferry/3").kombu
+        'sentinel://:pw@a:1/3;sentinel://:pw@b:2/3'
+        """
+        auth = f"{self.userinfo}@" if self.userinfo else ""
+        return ";".join(f"sentinel://{auth}{h}:{p}/{self.db}" for h, p in self.hosts)
+
+
+def parse_sentinel(url: str) -> Sentinels:
+    """``sentinel://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/MASTER[/DB]``.
+
+    >>> parse_sentinel("sentinel://ferry:pw@s1,s2:26380,s3/ferry/2")
+    Sentinels(hosts=(('s1', 26379), ('s2', 26380), ('s3', 26379)), master='ferry', db=2, userinfo='ferry:pw')
+    >>> parse_sentinel("sentinel://s1:26379")
+    Traceback (most recent call last):
+    ...
+    workers.errors.BadRequest: a sentinel:// URL names its master: sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB]
+    """
+    form = "sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB]"
+    parts = urlsplit(url)
+    if parts.scheme != SENTINEL:
+        raise BadRequest(f"not a sentinel:// URL: {parts.scheme}://")
+    userinfo, _, where = parts.netloc.rpartition("@")
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2:
+        raise BadRequest(f"a sentinel:// URL names its master: {form}")
+    hosts = []
+    for h in where.split(","):
+        host, _, port = h.rpartition(":") if ":" in h else (h, "", "26379")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise BadRequest(f"bad Sentinel address {h!r} in a sentinel:// URL: {form}")
+        hosts.append((host, int(port)))
+    if len(path) == 2 and not path[1].isdigit():
+        raise BadRequest(f"bad database {path[1]!r} in a sentinel:// URL: {form}")
+    return Sentinels(tuple(hosts), path[0], int(path[1]) if len(path) == 2 else 0, userinfo)
 
 
 def as_store(url: str) -> str:
@@ -70,9 +125,12 @@ def plan(
     neither the broker nor the state store is set (then pass it; otherwise it
     is not looked at, and may be empty).
     """
+    for url in (broker, backend, redis):
+        if urlsplit(url).scheme == SENTINEL:
+            parse_sentinel(url)  # a bad one is refused now, not at the first failover
     if redis and not is_redis(redis):
         raise BadRequest(
-            "FERRY_REDIS_URL must be a Redis URL (redis://, rediss:// or unix://), "
+            "FERRY_REDIS_URL must be a Redis URL (redis://, rediss://, unix:// or sentinel://), "
             f"not {urlsplit(redis).scheme}://"
         )
     if not broker and not redis:

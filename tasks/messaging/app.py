@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from tasks.config.broker import ssl_options
 from tasks.config.settings import Settings
+from tasks.core.endpoints import SENTINEL, parse_sentinel
 from tasks.core.migration import Migration, Phase, Send
 from tasks.messaging.signing import enable_signing
 from workers.errors import BadRequest
@@ -36,8 +38,9 @@ def make_app(settings: Settings) -> Celery:
 
     install()  # a bad message on a queue is moved aside, never delivered
 
+    broker, backend = settings.broker_url, settings.result_backend
     app = Celery(
-        "ferry", broker=settings.broker_url, backend=settings.result_backend, set_as_current=False
+        "ferry", broker=kombu_url(broker), backend=kombu_url(backend), set_as_current=False
     )
     transport = {
         # Longer than the longest phase: an unacked task is redelivered only
@@ -61,8 +64,8 @@ def make_app(settings: Settings) -> Celery:
         # delivery counter and the coordinator's recovery take over instead.
         task_reject_on_worker_lost=False,
         worker_prefetch_multiplier=1,
-        broker_transport_options=transport,
-        result_backend_transport_options=transport,
+        broker_transport_options=transport | sentinel_options(broker),
+        result_backend_transport_options=transport | sentinel_options(backend),
         broker_connection_retry_on_startup=True,
         worker_send_task_events=True,
         task_send_sent_event=True,
@@ -86,6 +89,16 @@ def make_app(settings: Settings) -> Celery:
             Path(settings.signing_certs),
         )
     return app
+
+
+def kombu_url(url: str) -> str:
+    """``url`` as Celery takes it: a ``sentinel://`` one in Kombu's form."""
+    return parse_sentinel(url).kombu if urlsplit(url).scheme == SENTINEL else url
+
+
+def sentinel_options(url: str) -> dict[str, Any]:
+    """The transport options a ``sentinel://`` broker or backend needs: its master's name."""
+    return {"master_name": parse_sentinel(url).master} if urlsplit(url).scheme == SENTINEL else {}
 
 
 def worker_argv(s: Settings, queue: str, name: str, threads: int) -> list[str]:
@@ -118,6 +131,18 @@ def worker_argv(s: Settings, queue: str, name: str, threads: int) -> list[str]:
     ]
 
 
+# A daemon's next step is sent as patiently as its state-store calls are kept
+# (tasks.config.broker.PATIENT, ~30 s): a step published while Redis restarts
+# or fails over to its replica would otherwise be lost until the sweep's
+# progress timeout sent it again (tests/integration/test_sentinel.py).
+PATIENT_PUBLISH = {
+    "max_retries": 20,
+    "interval_start": 0.05,
+    "interval_step": 0.5,
+    "interval_max": 2.0,
+}
+
+
 def dispatch(app: Celery, mid: str, sends: list[Send]) -> None:
     """Send each step to its node's queue."""
     for s in sends:
@@ -126,6 +151,8 @@ def dispatch(app: Celery, mid: str, sends: list[Send]) -> None:
             args=(mid, s.step),
             queue=node_queue(s.node, s.urgent),
             countdown=s.countdown or None,
+            retry=True,
+            retry_policy=PATIENT_PUBLISH,
         )
 
 

@@ -13,7 +13,8 @@ the fields Kombu reads (``properties.delivery_tag``, ``body``) is pushed to
 :data:`DEAD_LETTERS` with its queue, its raw bytes and why, counted in
 :data:`DEAD_COUNT`, logged (the first and every hundredth), and the channel
 sees an empty poll and goes on. :func:`install` makes ``redis://``,
-``rediss://`` and ``redis+socket://`` brokers use it in this process.
+``rediss://``, ``redis+socket://`` and ``sentinel://`` brokers use it in this
+process.
 """
 
 from __future__ import annotations
@@ -108,17 +109,32 @@ class GuardedRedis(redis.Redis):
             )
 
 
-class GuardedChannel(kombu_redis.Channel):
+class _Guarded:
+    """A Kombu Redis channel whose client is :class:`GuardedRedis`."""
+
     def _get_client(self) -> Any:
-        client = super()._get_client()  # type: ignore[no-untyped-call]
+        client = super()._get_client()  # type: ignore[misc]
         return GuardedRedis if client is redis.Redis else client
+
+
+class GuardedChannel(_Guarded, kombu_redis.Channel):
+    pass
 
 
 class GuardedTransport(kombu_redis.Transport):
     Channel = GuardedChannel
 
 
+class GuardedSentinelChannel(_Guarded, kombu_redis.SentinelChannel):
+    pass
+
+
+class GuardedSentinelTransport(kombu_redis.SentinelTransport):
+    Channel = GuardedSentinelChannel
+
+
 def install() -> None:
     """Kombu resolves Redis brokers to :class:`GuardedTransport` from now on."""
     for alias in ("redis", "rediss"):
         kombu.transport.TRANSPORT_ALIASES[alias] = f"{__name__}:GuardedTransport"
+    kombu.transport.TRANSPORT_ALIASES["sentinel"] = f"{__name__}:GuardedSentinelTransport"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.migration import Migration, Phase, State
+from tasks.core.retention import logs_to_drop
 from tasks.core.strategy import Strategy
 from tasks.messaging import auth
 from tasks.node import syncpasses, tracked
@@ -282,6 +283,16 @@ def drop_images(node_dir: Path, d: Path, mid: str) -> None:
         for log in d.glob("*/*.log"):
             shutil.copy2(log, keep / f"{log.parent.name}-{log.name}")
     shutil.rmtree(d, ignore_errors=True)
+
+
+def prune_logs(node_dir: Path, indexed: Callable[[list[str]], list[bool]]) -> list[str]:
+    """Drop the kept CRIU logs (``logs/<mid>``) of migrations whose record the
+    coordinator pruned (``indexed`` says which are still in the index); the ids."""
+    kept = sorted(d.name for d in (node_dir / "logs").glob("m-*") if d.is_dir())
+    drop = logs_to_drop(kept, indexed(kept)) if kept else []
+    for mid in drop:
+        shutil.rmtree(node_dir / "logs" / mid, ignore_errors=True)
+    return drop
 
 
 def cleanup(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from tasks.core.migration import State
 from tasks.core.nodes import NodeRecord
 from tasks.messaging.app import make_app, node_queue, worker_argv
 from tasks.node.context import NodeContext
-from tasks.node.phases import collect
+from tasks.node.phases import collect, prune_logs
 from tasks.node.tasks import register
 from tasks.store.migrations import Store
 from workers import procs
@@ -48,6 +48,9 @@ log = logging.getLogger("ferry.worker")
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 ROLES = ("main", "urgent")
+# How often a node drops the kept CRIU logs of migrations the coordinator pruned
+# (one index lookup for all of them): often enough, and no load on Redis.
+PRUNE_EVERY_S = 60.0
 
 
 def node_dir(settings: Settings, node: str) -> Path:
@@ -148,6 +151,7 @@ def serve(settings: Settings, node: str) -> int:
     started: dict[str, float] = {}
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
+    pruned_at = 0.0
 
     def stop(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -196,6 +200,9 @@ def serve(settings: Settings, node: str) -> int:
                 )
                 store.put_containers(node, runtime.containers())
                 collect(home, lambda mid: _state(store, mid))
+                if time.time() - pruned_at > PRUNE_EVERY_S:
+                    prune_logs(home, store.indexed)
+                    pruned_at = time.time()
             except (redis.RedisError, FerryError, OSError) as exc:
                 # The broker is away, or /proc or the disk hiccuped: keep the
                 # workers (and any freeze-window step they run) alive; the

@@ -27,6 +27,7 @@ from tasks.core.machine import next_step
 from tasks.core.migration import DEFAULT_POLICY, Event, Migration, Policy, Send
 from tasks.core.nodes import NodeRecord
 from tasks.core.options import Options
+from tasks.core.retention import Entry, Retention, to_drop
 from tasks.store.evacuations import Records
 from workers.errors import BadRequest, CorruptRecord
 from workers.ids import check_migration_id
@@ -309,6 +310,34 @@ class Store:
                     yield from_json(str(raw), mid)
                 except CorruptRecord as exc:
                     log.error("%s", exc)
+
+    def prune(self, policy: Retention, now: float, batch: int = 500) -> list[str]:
+        """Drop the records (and event streams) of finished migrations that
+        ``policy`` no longer keeps, from the oldest ``batch`` of the index; the
+        ids dropped. Reads no record: the index's scores are the creation times
+        and ``ferry:active`` says which are in flight."""
+        rows = self.r.zrange("ferry:migs", 0, batch - 1, withscores=True)
+        if not rows:
+            return []
+        ids = [str(mid) for mid, _ in rows]
+        active = self.r.smismember("ferry:active", ids)
+        oldest = [
+            Entry(mid, float(created), not busy)
+            for mid, (_, created), busy in zip(ids, rows, active, strict=True)
+        ]
+        drop = to_drop(oldest, int(self.r.zcard("ferry:migs")), now, policy)
+        if drop:
+            with self.r.pipeline() as pipe:
+                pipe.delete(
+                    *(k for mid in drop for k in (f"ferry:mig:{mid}", f"ferry:mig:{mid}:events"))
+                )
+                pipe.zrem("ferry:migs", *drop)
+                pipe.execute()
+        return drop
+
+    def indexed(self, mids: Sequence[str]) -> list[bool]:
+        """Whether each of ``mids`` is still in the migration index (not pruned)."""
+        return [s is not None for s in self.r.zmscore("ferry:migs", list(mids))] if mids else []
 
     def iter_migrations(self, limit: int = 50) -> Iterator[Migration]:
         """The newest ``limit`` records; a corrupt one is logged and skipped."""

@@ -7,13 +7,21 @@ Each takes a FaultCluster (tests.faults.cluster) and a migration in flight;
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
+
+import pytest
 
 from tasks.core.migration import Migration
+from tasks.messaging import auth
+from tasks.messaging.app import node_queue
+from tasks.messaging.transport import DEAD_COUNT
 from tests.faults.cluster import WORKER_DIED, FaultCluster, PrivateRedis, said
 from tests.integration.helpers import wait_for
+from workers.errors import BadRequest
 
 CAP_BPS = 16e6  # slow enough (about 1.3 s for a 16 MiB container's images) to cut half-way
 OUTAGE_S = 2.0  # how long a restarted Redis stays away, while the held phase goes on
@@ -24,7 +32,19 @@ def resumed(m: Migration) -> bool:
     return any(m.results.get(p, {}).get("resumed") for p in ("precopy", "transfer"))
 
 
+# Bad messages anyone with broker access can push (tests/integration/test_garbage_queue.py)
+BAD = (
+    b"garbage",  # not JSON: Kombu's loads raised out of the worker's loop
+    b'{"body": "", "content-type": "application/json"}',  # no properties
+    b'{"body": "", "properties": {"delivery_info": {}}}',  # no delivery_tag: KeyError
+    b"[1, 2, 3]",
+)
+
 EVIDENCE: dict[str, Callable[[Migration], bool]] = {
+    # a flood and a replay leave the record alone: their rounds check the dead
+    # letters and the refusal themselves (garbage_flood, replay_refused)
+    "garbage": lambda _m: True,
+    "replay": lambda _m: True,
     "kill": WORKER_DIED,
     "redis": said("(Redis) restarted"),
     "drop": lambda m: resumed(m) or said("Broken pipe", "reset", "timed out")(m),
@@ -88,3 +108,52 @@ def full_disk(c: FaultCluster, node: str, size: str = "4m") -> Iterator[FaultClu
         subprocess.run(["umount", "-l", str(incoming)], check=True)
         c.start_node(node)
         c.wait_ready(others)
+
+
+@contextmanager
+def garbage_flood(r: Any, queues: Sequence[str], every_s: float = 0.05) -> Iterator[list[int]]:
+    """Push :data:`BAD` messages onto ``queues`` until the block ends; then wait
+    until every one was moved aside (the dead-letter count grew by as many)."""
+    stop, pushed = threading.Event(), [0]
+    start = int(r.get(DEAD_COUNT) or 0)
+
+    def flood() -> None:
+        while not stop.is_set():
+            for q in queues:
+                r.lpush(q, BAD[pushed[0] % len(BAD)])
+                pushed[0] += 1
+            stop.wait(every_s)
+
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    try:
+        yield pushed
+    finally:
+        stop.set()
+        t.join(10)
+    wait_for(lambda: int(r.get(DEAD_COUNT) or 0) - start >= pushed[0], timeout=30)
+
+
+def captured_kill(c: FaultCluster, node: str, name: str) -> tuple[Any, ...]:
+    """Start ``name`` on ``node``, kill it with a signed kill and keep that kill's
+    arguments, as an attacker reading the queue would: a replay of it must not
+    kill the next container of that name."""
+    c.client.run(node, ["sleep", "600"], name=name)
+    wait_for(lambda: any(k["name"] == name for k in c.client.containers()))
+    issued = time.time()
+    args = (name, issued, auth.sign(c.client.secret, "kill", issued, node, name))
+    send(c, node, "kill", args)
+    wait_for(lambda: not any(k["name"] == name for k in c.client.containers()))
+    return args
+
+
+def send(c: FaultCluster, node: str, kind: str, args: tuple[Any, ...]) -> dict[str, Any]:
+    res = c.client.app.send_task(f"ferry.node.{kind}", args=args, queue=node_queue(node))
+    return c.client._get(res, 30)
+
+
+def replay_refused(c: FaultCluster, node: str, mid: str, kill: tuple[Any, ...]) -> None:
+    """Once ``mid`` runs, replay the captured ``kill`` to ``node``: refused as a replay."""
+    wait_for(lambda: c.client.status(mid).phase is not None, timeout=60, every=0.01)
+    with pytest.raises(BadRequest, match="replay of a kill command"):
+        send(c, node, "kill", kill)

@@ -6,7 +6,9 @@ Each round migrates a dirtying counter between two real-CRIU nodes while one
 fault strikes: a worker killed in a phase (workers.failpoints), Redis
 restarted (kill -9, on its append-only file) while a phase runs, the
 data-plane connection reset mid-transfer, a corrupted block, the
-destination's disk full. Then it checks what tests/faults checks: exactly
+destination's disk full, a flood of undecodable messages on every node queue
+(each must be moved aside, no worker restarted), a captured signed kill of
+the container's name replayed to its node mid-migration (refused). Then it checks what tests/faults checks: exactly
 one copy runs, its counter went on, no image dir is left, the record is
 final with the fault in it. Prints the table at the end; exits 1 unless
 lost, duplicated and unfinished are all 0. The cluster runs on a Redis of
@@ -26,6 +28,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from tasks.api.demo import criu_usable
+from tasks.messaging.app import node_queue
 from tests.conftest import running
 from tests.faults.cluster import (
     COLD,
@@ -38,7 +41,16 @@ from tests.faults.cluster import (
     outcome,
 )
 from tests.faults.conftest import fault_env
-from tests.faults.inject import CAP_BPS, EVIDENCE, cut_when_sending, full_disk, restart_redis_in
+from tests.faults.inject import (
+    CAP_BPS,
+    EVIDENCE,
+    captured_kill,
+    cut_when_sending,
+    full_disk,
+    garbage_flood,
+    replay_refused,
+    restart_redis_in,
+)
 from tests.faults.tally import TALLY
 from tests.integration.helpers import dirtying, ticks, wait_for
 from workers.errors import FerryError
@@ -51,6 +63,8 @@ FAULTS = (
         for p in points
     ]
     + [("redis", s, p) for s, points in REDIS.items() for p in points]
+    + [("garbage", s, "node queues") for s in ("cold", "delta", "postcopy")]
+    + [("replay", s, "kill") for s in ("cold", "delta")]
     + [
         ("drop", "cold", "transfer"),
         ("drop", "delta", "precopy"),
@@ -76,6 +90,7 @@ def one_round(
     memory_mb: int,
 ) -> str:
     """Run one faulted migration of a new container ``name``; its outcome (tests.faults.cluster)."""
+    kill = captured_kill(c, src, name) if kind == "replay" else None
     info = c.client.run(src, [sys.executable, "-u", "-c", dirtying(memory_mb)], name=name)
     wait_for(lambda: len(ticks(info["log"])) > 3)
     with ExitStack() as undo:
@@ -84,6 +99,11 @@ def one_round(
             undo.callback(c.disarm)
         if kind == "disk-full":
             undo.enter_context(full_disk(c, dst))
+        if kind == "garbage":
+            queues = [node_queue(n, u) for n in NODES for u in (False, True)]
+            undo.enter_context(garbage_flood(c.client.store.r, queues))
+            workers = {n: c.client.node(n).workers for n in NODES}  # none may restart
+            undo.callback(lambda: check_same(workers, {n: c.client.node(n).workers for n in NODES}))
         # the pages cross in the dump (streamed) or as files
         streamed = {"page_server": "on" if where in ("dump", "streamed") else "off"}
         extra = (
@@ -98,8 +118,14 @@ def one_round(
             restart_redis_in(c, rds, handle.id, where)
         elif kind == "drop":
             cut_when_sending(c, handle.id, dst, where)
+        elif kill is not None:
+            replay_refused(c, src, handle.id, kill)
         handle.wait(timeout=180)
         return outcome(c, name, info["log"], handle.id, EVIDENCE[kind])
+
+
+def check_same(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> None:
+    assert before == after, f"a worker restarted during the flood: {before} -> {after}"
 
 
 def main() -> int:

@@ -11,17 +11,11 @@ from pathlib import Path
 import pytest
 
 from tasks.messaging.transport import DEAD_COUNT, DEAD_LETTERS
+from tests.faults.inject import BAD
 from tests.integration.helpers import assert_went_on, ticks, wait_for
 from workers import procs
 
 pytestmark = pytest.mark.criu
-
-BAD = (
-    b"garbage",  # not JSON: Kombu's loads raised out of the worker's loop
-    b'{"body": "", "content-type": "application/json"}',  # no properties
-    b'{"body": "", "properties": {"delivery_info": {}}}',  # no delivery_tag: KeyError
-    b"[1, 2, 3]",
-)
 
 
 def celery_workers(cluster, node: str) -> set[int]:  # type: ignore[no-untyped-def]

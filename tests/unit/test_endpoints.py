@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from tasks.core.endpoints import plan
+from tasks.core.endpoints import parse_sentinel, plan
 from workers.errors import BadRequest
 
 SOCK = "/var/lib/ferry/redis.sock"
@@ -80,3 +82,28 @@ def test_no_redis_to_follow_is_refused(given, words) -> None:  # type: ignore[no
     with pytest.raises(BadRequest, match=words) as exc:
         plan(**given, embedded_sock=SOCK)
     assert "hunter2" not in str(exc.value)  # a password in the URL is not repeated
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("sentinel://s1:26379", "names its master"),
+        ("sentinel://s1:26379/ferry/0/x", "names its master"),
+        ("sentinel://s1:port/ferry", "bad Sentinel address 's1:port'"),
+        ("sentinel://s1:0/ferry", "bad Sentinel address 's1:0'"),
+        ("sentinel://s1,,s2/ferry", "bad Sentinel address ''"),
+        ("sentinel://s1/ferry/zero", "bad database 'zero'"),
+    ],
+)
+def test_a_bad_sentinel_url_is_refused_before_anything_starts(url: str, why: str) -> None:
+    for given in ({"broker": url}, {"redis": url}, {"broker": "redis://h/0", "backend": url}):
+        with pytest.raises(BadRequest, match=re.escape(why)):
+            plan(**given)
+
+
+def test_a_sentinel_url_in_kombu_s_form() -> None:
+    s = parse_sentinel("sentinel://u:p%40ss@a,b:26380/ferry/4")
+    assert s.hosts == (("a", 26379), ("b", 26380)) and (s.master, s.db) == ("ferry", 4)
+    assert s.kombu == "sentinel://u:p%40ss@a:26379/4;sentinel://u:p%40ss@b:26380/4"
+    e = plan(broker="sentinel://a/ferry")
+    assert e.redis == e.backend == e.broker == "sentinel://a/ferry"
