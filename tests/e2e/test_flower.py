@@ -118,7 +118,8 @@ def test_flower_shows_each_phase_and_a_running_transfer_s_progress(
             ).new_page()
 
         page = new_page()
-        wait_for(lambda: client.status(m.id).phase.value == "transfer", timeout=30)
+        # (prepare and dump may take long on a loaded machine; the transfer then takes ~5 s)
+        wait_for(lambda: client.status(m.id).phase.value == "transfer", timeout=120)
         page.goto(f"{url}/tasks?state=PROGRESS")
         row = page.locator("#tasks-table tbody tr", has_text="ferry.node.dump")
         row.wait_for(timeout=15_000)
