@@ -25,11 +25,12 @@ from workers.criu.adapter import Criu
 from workers.criu.log import PipedLog, explain
 from workers.criu.probe import probe
 from workers.criu.stats import RESTORE_FIELDS, dump_stats, read_stats
-from workers.errors import BadRequest, CapabilityError, CriuError, PermanentError, UnknownContainer
+from workers.errors import BadRequest, CapabilityError, CriuError, PermanentError
 from workers.ids import check_container_name
 from workers.records import Capabilities, DumpStats, LazyReport, PagesTarget, RestoreStats
 from workers.runtimes.base import ContainerInfo, Served
 from workers.runtimes.criu import NOT_ROOT
+from workers.runtimes.inventory import Inventory
 from workers.runtimes.ocibundle import check_rootfs, config, parse_size, write_bundle
 
 NO_LAZY = "the oci runtime does not do post-copy yet (runc --lazy-pages is not wired)"
@@ -55,13 +56,12 @@ class OciRuntime:
         self, state_dir: Path, container_root: Path, runc: str = "runc", criu: Criu | None = None
     ) -> None:
         self.state_dir = state_dir
-        self.inventory = state_dir / "oci"
+        self.inventory = Inventory(state_dir / "oci", OciEntry, ("argv",))
         self.root = state_dir / "runc"
         self.container_root = container_root
         self.runc = runc
         self.criu = criu or Criu()
         self._caps: Capabilities | None = None
-        self.inventory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.container_root.mkdir(parents=True, exist_ok=True)
 
     def capabilities(self) -> Capabilities:
@@ -92,22 +92,6 @@ class OciRuntime:
         raise CapabilityError(NO_LAZY)
 
     # -- inventory ---------------------------------------------------------
-    def _path(self, name: str) -> Path:
-        return self.inventory / f"{check_container_name(name)}.json"
-
-    def _load(self, name: str) -> OciEntry:
-        try:
-            raw = json.loads(self._path(name).read_text())
-        except FileNotFoundError:
-            raise UnknownContainer(name) from None
-        raw["argv"] = tuple(raw["argv"])
-        return OciEntry(**raw)
-
-    def _save(self, entry: OciEntry) -> None:
-        tmp = self._path(entry.name).with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(entry)))
-        os.replace(tmp, self._path(entry.name))
-
     def _runc(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [self.runc, "--root", str(self.root), *args],
@@ -144,16 +128,10 @@ class OciRuntime:
         )
 
     def containers(self) -> list[ContainerInfo]:
-        out = []
-        for path in sorted(self.inventory.glob("*.json")):
-            try:
-                out.append(self._info(self._load(path.stem)))
-            except (UnknownContainer, ValueError, TypeError, KeyError):
-                continue
-        return out
+        return [self._info(e) for e in self.inventory.entries()]
 
     def get(self, name: str) -> ContainerInfo:
-        return self._info(self._load(name))
+        return self._info(self.inventory.load(name))
 
     # -- lifecycle ---------------------------------------------------------
     def start(
@@ -178,7 +156,7 @@ class OciRuntime:
         memory = parse_size(labels["oci.memory"]) if labels.get("oci.memory") else None
         if os.geteuid() != 0:
             raise CapabilityError(NOT_ROOT)
-        if self._path(name).exists() and self.get(name).state != "exited":
+        if self.inventory.has(name) and self.get(name).state != "exited":
             raise BadRequest(f"container {name!r} already runs on this node")
         self._forget(name)
         workdir = self.container_root / name
@@ -189,7 +167,7 @@ class OciRuntime:
             name, tuple(argv), str(workdir / "bundle"), str(workdir / "log"), time.time(), labels
         )
         self._detached(entry, "run", "--bundle", entry.bundle, "--detach", name)
-        self._save(entry)
+        self.inventory.save(entry)
         return self._info(entry)
 
     def _detached(self, entry: OciEntry, *args: str) -> None:
@@ -212,7 +190,7 @@ class OciRuntime:
         self._runc("delete", name)
 
     def _live(self, name: str) -> OciEntry:
-        entry = self._load(name)
+        entry = self.inventory.load(name)
         if self._state(name)[0] != "running":
             raise PermanentError(f"container {name!r} is not running on this node")
         return entry
@@ -238,7 +216,7 @@ class OciRuntime:
             args += ["--parent-path", os.path.relpath(parent, images)]
         stats = self._dump(name, images, args)
         if not leave_running:
-            self._save(replace(entry, state="frozen"))
+            self.inventory.save(replace(entry, state="frozen"))
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
         return stats
 
@@ -281,13 +259,12 @@ class OciRuntime:
         check_container_name(name)
         if page_server is not None:
             raise CapabilityError(NO_LAZY)
-        if self._path(name).exists() and self.get(name).state in ("running", "frozen"):
+        if self.inventory.has(name) and self.get(name).state in ("running", "frozen"):
             raise BadRequest(f"container {name!r} already runs on this node")
         meta = json.loads((images / "ferry-container.json").read_text())
         if meta.get("name") != name:
             raise PermanentError(f"images in {images} are of {meta.get('name')!r}, not {name!r}")
-        meta["argv"] = tuple(meta["argv"])
-        entry = replace(OciEntry(**meta), state="running")
+        entry = replace(self.inventory.from_dict(meta), state="running")
         if not (Path(entry.bundle) / "config.json").exists():
             raise PermanentError(f"bundle {entry.bundle} of {name!r} is missing on this node")
         self._forget(name)
@@ -311,7 +288,7 @@ class OciRuntime:
             errno, detail = explain(log) if log.exists() else (0, str(exc))
             raise CriuError("restore", errno, log, detail) from exc
         wall = (time.monotonic() - began) * 1000
-        self._save(entry)
+        self.inventory.save(entry)
         stats = work / "stats-restore"
         fields = read_stats(stats, 2, RESTORE_FIELDS) if stats.exists() else {}
         return RestoreStats(
@@ -324,25 +301,25 @@ class OciRuntime:
 
     def resume(self, name: str, images: Path | None = None) -> ContainerInfo:
         """Bring a checkpointed source back: running already, or restored from ``images``."""
-        entry = self._load(name)
+        entry = self.inventory.load(name)
         if self._state(name)[0] == "running":
-            self._save(replace(entry, state="running"))
+            self.inventory.save(replace(entry, state="running"))
             return self.get(name)
         if images is None or not (images / "ferry-container.json").exists():
             raise PermanentError(f"container {name!r} is gone and no images are left to restore it")
-        self._path(name).unlink()
+        self.inventory.drop(name)
         try:
             self.restore(name, images)
         except CriuError:
-            self._save(entry)
+            self.inventory.save(entry)
             raise
         return self.get(name)
 
     def kill(self, name: str) -> None:
         """Kill ``name`` and forget it; a container that is gone is just forgotten."""
-        self._load(name)
+        self.inventory.load(name)
         if self._state(name)[0] != "gone":
             out = self._runc("delete", "--force", name)
             if out.returncode != 0 and self._state(name)[0] != "gone":
                 raise PermanentError(f"runc would not delete {name!r}: {out.stderr.strip()}")
-        self._path(name).unlink(missing_ok=True)
+        self.inventory.drop(name)
