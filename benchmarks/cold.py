@@ -153,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- clusters --------------------------------------------------------------------------
 @contextmanager
-def loopback_cluster(where: Path) -> Iterator[Ferry]:
-    """Two nodes and a coordinator on this host, an embedded Redis of their own."""
+def loopback_cluster(where: Path, extra: dict[str, str] | None = None) -> Iterator[Ferry]:
+    """Two nodes and a coordinator on this host, an embedded Redis of their own
+    (``extra``: settings of theirs, e.g. FERRY_RUNTIME)."""
     base = Path(tempfile.mkdtemp(prefix="ferry-bench-cold-", dir=where))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")} | (extra or {})
     cluster = LocalCluster(base, env)
     try:
         cluster.start_coordinator()

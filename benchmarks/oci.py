@@ -1,0 +1,300 @@
+"""OCI containers moved by ferry, by runc itself and by Podman itself, side by side.
+
+    sudo .venv/bin/python benchmarks/oci.py                    # 64 and 256 MiB, 3 runs each
+    sudo .venv/bin/python benchmarks/oci.py --sizes 64,256,1024
+    .venv/bin/python benchmarks/oci.py --markdown              # the saved table
+
+One container image for all (tests/integration/ocirootfs.py: the host's python3
+and its libraries) running benchmarks/pauses.py's workload: SIZE MiB of random
+bytes, 1 % of its pages rewritten and ``time.time()`` printed every 10 ms, so
+its longest silence less its median tick is the pause it felt. On loopback:
+
+- ``ferry cold`` / ``ferry delta``: two ferry nodes (FERRY_RUNTIME=oci) on this
+  host, through the real coordinator and workers; ferry's own parts of the
+  final pause (tasks.core.summary.final_pause) beside it.
+- ``runc``: ``runc checkpoint`` on one runc root, the image directory copied,
+  ``runc restore --detach`` on another (the container's stdio on pipes kept by
+  workers.runtimes.ocistdio, as ferry keeps them).
+- ``podman``: ``podman container checkpoint --export`` (uncompressed), the
+  archive copied, the container removed, ``podman container restore --import``
+  of the copy (``--runtime runc``; one store on one host: an import keeps the
+  container's ID, and with it paths that only a node with the same store
+  layout has).
+
+Each row is the median of ``--runs`` moves, back and forth; ``x runc`` divides
+by runc's median of the same size in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.cold import loopback_cluster
+from benchmarks.machine import machine
+from benchmarks.pauses import WORKLOAD, felt_ms, ticks_in, times
+from tasks.api.client import Ferry
+from tasks.core.summary import final_pause
+from tests.integration.ocirootfs import build_rootfs
+from tests.integration.podmanimage import import_image, podman_run_args
+from workers.runtimes.ocibundle import config, write_bundle
+from workers.runtimes.podmancli import Podman
+
+SYSTEMS = ("runc", "podman", "ferry-cold", "ferry-delta")
+PARTS = ("dump_ms", "copy_ms", "restore_ms", "overhead_ms")
+Sample = dict[str, Any]
+
+
+def argv_of(size: int) -> list[str]:
+    return ["/usr/bin/python3", "-S", "-u", "-c", WORKLOAD, str(size)]
+
+
+def limit(size: int) -> int:
+    """The container's memory limit: room for the workload's two copies while it starts."""
+    return (2 * size + 128) << 20
+
+
+# -- runc by hand ----------------------------------------------------------------------
+def run_runc(base: Path, rootfs: Path, size: int, runs: int) -> list[Sample]:
+    name, log = f"bench-runc-{size}", str(base / f"runc-{size}.log")
+    roots = (base / "runc-a", base / "runc-b")
+    write_bundle(base / "bundle", config(name, rootfs, argv_of(size), limit(size)))
+
+    def runc(root: Path, *args: str, stdio: bool = False) -> float:
+        t0 = time.monotonic()
+        cmd = ["runc", "--root", str(root), *args]
+        if stdio:  # run/restore --detach: the container's stdio on pipes kept for it
+            cmd = [sys.executable, "-m", "workers.runtimes.ocistdio", "--log", log, "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, timeout=300)
+        return (time.monotonic() - t0) * 1000
+
+    runc(roots[0], "run", "--bundle", str(base / "bundle"), "--detach", name, stdio=True)
+    samples = []
+    try:
+        ticks_in(log, 200, 120)
+        for i in range(runs):
+            src, dst = roots[i % 2], roots[(i + 1) % 2]
+            here, there = base / f"runc-{size}-{i}", base / f"runc-{size}-{i}-there"
+            t0 = time.time()
+            dump = runc(
+                src, "checkpoint", "--image-path", str(here), "--work-path", str(here), name
+            )
+            c0 = time.monotonic()
+            shutil.copytree(here, there)
+            copy = (time.monotonic() - c0) * 1000
+            restore = runc(
+                dst, "restore", "--detach", "--image-path", str(there), "--work-path",
+                str(there / "work"), "--bundle", str(base / "bundle"), name, stdio=True,
+            )  # fmt: skip
+            subprocess.run(["runc", "--root", str(src), "delete", name], check=False)  # if left
+            time.sleep(0.5)  # the workload's first ticks after the restore
+            samples.append(
+                sample(dump + copy + restore, felt_ms(log, t0, time.time()), dump, copy, restore)
+            )
+            shutil.rmtree(here)
+    finally:
+        for root in roots:
+            subprocess.run(["runc", "--root", str(root), "delete", "--force", name], check=False)
+    return samples
+
+
+# -- podman by hand --------------------------------------------------------------------
+def run_podman(base: Path, image: str, podman: Podman, size: int, runs: int) -> list[Sample]:
+    name, log = f"bench-podman-{size}", base / f"podman-{size}.log"
+    podman.ok(
+        "run", "-d", "--name", name, *podman_run_args(), "--memory", str(limit(size)),
+        image, *argv_of(size),
+    )  # fmt: skip
+    samples = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(times(podman.ok("logs", name))) < 200:
+            if time.monotonic() > deadline:
+                raise SystemExit("error: the podman workload does not tick")
+            time.sleep(0.5)
+        for i in range(runs):
+            tar, there = base / f"podman-{size}-{i}.tar", base / f"podman-{size}-{i}-there.tar"
+            t0 = time.time()
+            dump = timed(podman.checkpoint, name, tar)
+            copy = timed(shutil.copyfile, tar, there)
+            podman.remove(name)  # gone from its store, as from a source node's
+            restore = timed(podman.restore_import, there)
+            time.sleep(0.5)
+            log.write_text(podman.ok("logs", name))
+            samples.append(
+                sample(
+                    dump + copy + restore, felt_ms(str(log), t0, time.time()), dump, copy, restore
+                )
+            )
+            tar.unlink()
+            there.unlink()
+    finally:
+        podman.call("container", "rm", "--force", name)
+    return samples
+
+
+def timed(step: Callable[..., object], *args: object) -> float:
+    t0 = time.monotonic()
+    step(*args)
+    return (time.monotonic() - t0) * 1000
+
+
+# -- ferry -----------------------------------------------------------------------------
+def run_ferry(client: Ferry, rootfs: Path, size: int, strategy: str, runs: int) -> list[Sample]:
+    nodes = sorted(n["name"] for n in client.nodes())[:2]
+    name = f"bench-ferry-{strategy}-{size}"
+    labels = {"oci.rootfs": str(rootfs), "oci.memory": str(limit(size))}
+    info = client.run(nodes[0], argv_of(size), name=name, labels=labels)
+    samples = []
+    try:
+        ticks_in(info["log"], 200, 120)
+        for i in range(runs):
+            m = client.migrate(name, nodes[(i + 1) % 2], strategy=strategy).wait(timeout=300)
+            time.sleep(0.5)
+            if m.state.value != "done":
+                raise SystemExit(f"error: ferry {strategy} {size} MiB: {'; '.join(m.errors)}")
+            p = final_pause(m) or {}
+            samples.append(
+                sample(
+                    p["final_pause_ms"],
+                    felt_ms(info["log"], m.created, m.updated + 0.5),
+                    p["criu_freeze_ms"],
+                    p["wire_ms"] + p["delta_ms"],
+                    p["restore_ms"] + p["rebuild_ms"],
+                    p["overhead_ms"],
+                    dump_wall_ms=m.results["dump"].get("wall_ms"),
+                )
+            )
+    finally:
+        client.kill(name)
+    return samples
+
+
+def sample(pause: float, felt: float | None, *parts: float, **extra: Any) -> Sample:
+    """One move: the pause its mover reports (for runc and podman: the three steps'
+    sum), what the workload felt, and the parts."""
+    return {
+        "pause_ms": round(pause, 1),
+        "felt_ms": felt,
+        **dict(zip(PARTS, parts, strict=False)),
+        **extra,
+    }
+
+
+# -- the run ---------------------------------------------------------------------------
+def rows_of(results: dict[tuple[str, int], list[Sample]]) -> list[dict[str, Any]]:
+    def med(samples: list[Sample], key: str) -> float | None:
+        xs = [s[key] for s in samples if s.get(key) is not None]
+        return round(statistics.median(xs), 1) if xs else None
+
+    rows = []
+    for (system, size), samples in results.items():
+        row: dict[str, Any] = {"system": system, "size_mib": size, "runs": len(samples)}
+        row |= {k: med(samples, k) for k in ("pause_ms", "felt_ms", *PARTS)}
+        base = results.get(("runc", size))
+        for key in ("pause_ms", "felt_ms"):
+            ref = med(base, key) if base else None
+            row[f"{key}_x_runc"] = round(row[key] / ref, 2) if ref and row[key] else None
+        row["samples"] = samples
+        rows.append(row)
+    return rows
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The saved rows as a markdown table (ms, medians over the runs)."""
+
+    def ms(v: float | None) -> str:
+        return "" if v is None else f"{v:.0f}"
+
+    def x(v: float | None) -> str:
+        return "" if v is None else f"{v:.2f}x"
+
+    out = [
+        "| MiB | mover | pause | x runc | workload felt | x runc | dump | copy/wire | restore "
+        "| overhead |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        out.append(
+            f"| {r['size_mib']} | {r['system']} | {ms(r['pause_ms'])} | {x(r['pause_ms_x_runc'])} "
+            f"| {ms(r['felt_ms'])} | {x(r['felt_ms_x_runc'])} | {ms(r['dump_ms'])} "
+            f"| {ms(r['copy_ms'])} | {ms(r['restore_ms'])} | {ms(r.get('overhead_ms'))} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="benchmarks/oci.py", description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="64,256", help="MiB, comma separated")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--markdown", action="store_true", help="print the saved JSON as markdown")
+    ap.add_argument("--dir", default=tempfile.gettempdir(), help="where state dirs go")
+    ap.add_argument("--json", default=str(ROOT / "docs" / "benchmarks" / "oci.json"))
+    args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.json).read_text())))
+        return 0
+    if os.geteuid() != 0:
+        print("error: runc, Podman and CRIU need root", file=sys.stderr)
+        return 2
+    systems, sizes = args.systems.split(","), [int(s) for s in args.sizes.split(",")]
+    started = time.monotonic()
+    base = Path(tempfile.mkdtemp(prefix="ferry-bench-oci-", dir=args.dir))
+    results: dict[tuple[str, int], list[Sample]] = {}
+    try:
+        rootfs = build_rootfs(base / "rootfs")
+        podman = Podman(store=base / "podman")
+        if "podman" in systems:
+            image = import_image(podman, rootfs, base / "rootfs.tar")
+        for size in sizes:
+            if "runc" in systems:
+                results["runc", size] = run_runc(base, rootfs, size, args.runs)
+            if "podman" in systems:
+                results["podman", size] = run_podman(base, image, podman, size, args.runs)
+        ferry = [s for s in systems if s.startswith("ferry-")]
+        if ferry:
+            with loopback_cluster(base, {"FERRY_RUNTIME": "oci"}) as client:
+                for size in sizes:
+                    for system in ferry:
+                        strategy = system.removeprefix("ferry-")
+                        results[system, size] = run_ferry(client, rootfs, size, strategy, args.runs)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    order = {s: i for i, s in enumerate(SYSTEMS)}
+    rows = sorted(rows_of(results), key=lambda r: (r["size_mib"], order[r["system"]]))
+    doc = {
+        "benchmark": "OCI container moves on loopback: ferry's oci runtime vs runc and Podman",
+        "units": {
+            "pause_ms": "the mover's own pause: ferry's final pause; runc and podman: "
+            "checkpoint + copy + restore, median",
+            "felt_ms": "the workload's longest silence less its median 10 ms tick, median",
+            "dump_ms, copy_ms, restore_ms, overhead_ms": "the pause's parts (ferry: "
+            "tasks.core.summary.final_pause: criu freeze, wire (+delta), restore, the rest)",
+            "*_x_runc": "the row's median over runc's of the same size",
+        },
+        "machine": machine(),
+        "elapsed_s": round(time.monotonic() - started),
+        "runs": args.runs,
+        "rows": rows,
+    }
+    Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    print(markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
