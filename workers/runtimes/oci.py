@@ -7,6 +7,10 @@ limit ``oci.memory`` in bytes). Each node keeps its own runc state
 without ``--leave-running`` ends the container, so a frozen source is one whose
 images are the only copy: rollback restores it from them on the source.
 Post-copy and streamed pages are not done through runc yet: refused.
+
+A Podman container joins the inventory by ``adopt`` (engine ``podman``) and
+leaves it by ``release``; it moves through Podman's own checkpoint and restore
+(workers.runtimes.ocipodman says why), so Podman stays in charge of it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from workers import procs
 from workers.criu.adapter import Criu
@@ -28,10 +33,12 @@ from workers.criu.stats import RESTORE_FIELDS, dump_stats, read_stats
 from workers.errors import BadRequest, CapabilityError, CriuError, PermanentError
 from workers.ids import check_container_name
 from workers.records import Capabilities, DumpStats, LazyReport, PagesTarget, RestoreStats
+from workers.runtimes import ocipodman
 from workers.runtimes.base import ContainerInfo, Served
 from workers.runtimes.criu import NOT_ROOT
 from workers.runtimes.inventory import Inventory
 from workers.runtimes.ocibundle import check_rootfs, config, parse_size, write_bundle
+from workers.runtimes.podmancli import Podman
 
 NO_LAZY = "the oci runtime does not do post-copy yet (runc --lazy-pages is not wired)"
 
@@ -45,6 +52,8 @@ class OciEntry:
     started: float
     labels: dict[str, str] = field(default_factory=dict)
     state: str = "running"  # running | frozen (checkpointed, no process left)
+    engine: str = "runc"  # runc (ferry's bundle) | podman (adopted: Podman's container)
+    image: str = ""  # podman: its image's ID
 
 
 class OciRuntime:
@@ -53,7 +62,12 @@ class OciRuntime:
     name = "oci"
 
     def __init__(
-        self, state_dir: Path, container_root: Path, runc: str = "runc", criu: Criu | None = None
+        self,
+        state_dir: Path,
+        container_root: Path,
+        runc: str = "runc",
+        criu: Criu | None = None,
+        podman: Podman | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.inventory = Inventory(state_dir / "oci", OciEntry, ("argv",))
@@ -61,6 +75,7 @@ class OciRuntime:
         self.container_root = container_root
         self.runc = runc
         self.criu = criu or Criu()
+        self.podman = podman or Podman()
         self._caps: Capabilities | None = None
         self.container_root.mkdir(parents=True, exist_ok=True)
 
@@ -110,10 +125,16 @@ class OciRuntime:
         st = json.loads(out.stdout)
         return str(st["status"]), int(st.get("pid") or 0)
 
+    def _status(self, e: OciEntry) -> tuple[str, int]:
+        """What the engine says of ``e``: runc's or Podman's status, and its pid."""
+        if e.engine == "podman":
+            return ocipodman.state_of(self.podman, e.name)
+        return self._state(e.name)
+
     def _info(self, e: OciEntry) -> ContainerInfo:
-        status, pid = self._state(e.name)
+        status, pid = self._status(e)
         state = {"running": "running", "paused": "frozen"}.get(status, "exited")
-        if status == "gone" and e.state == "frozen":
+        if status in ("gone", "exited") and e.state == "frozen":
             state = "frozen"
         return ContainerInfo(
             name=e.name,
@@ -186,12 +207,14 @@ class OciRuntime:
             raise PermanentError(f"runc {args[0]} {entry.name}: {proc.stderr.strip()[-400:]}")
 
     def _forget(self, name: str) -> None:
-        """Drop runc's record of a stopped ``name`` (a live one is refused by runc)."""
-        self._runc("delete", name)
+        """Drop runc's record of a stopped ``name`` (a live one is refused by runc); a
+        name runc has no state dir for costs no runc call (restore is in the freeze)."""
+        if (self.root / name).exists():
+            self._runc("delete", name)
 
     def _live(self, name: str) -> OciEntry:
         entry = self.inventory.load(name)
-        if self._state(name)[0] != "running":
+        if self._status(entry)[0] != "running":
             raise PermanentError(f"container {name!r} is not running on this node")
         return entry
 
@@ -209,12 +232,15 @@ class OciRuntime:
         if pages is not None:
             raise CapabilityError("the oci runtime does not stream pages: " + NO_LAZY)
         entry = self._live(name)
-        args = ["--image-path", str(images), "--work-path", str(images)]
-        if leave_running:
-            args.append("--leave-running")
-        if parent is not None and self.capabilities().soft_dirty:
-            args += ["--parent-path", os.path.relpath(parent, images)]
-        stats = self._dump(name, images, args)
+        if entry.engine == "podman":
+            stats = ocipodman.checkpoint(self.podman, name, images, leave_running)
+        else:
+            args = ["--image-path", str(images), "--work-path", str(images)]
+            if leave_running:
+                args.append("--leave-running")
+            if parent is not None and self.capabilities().soft_dirty:
+                args += ["--parent-path", os.path.relpath(parent, images)]
+            stats = self._dump(name, images, args)
         if not leave_running:
             self.inventory.save(replace(entry, state="frozen"))
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
@@ -236,7 +262,8 @@ class OciRuntime:
             raise CapabilityError(
                 "pre-dump refused: tracking memory is not available (no soft-dirty here)"
             )
-        self._live(name)
+        if self._live(name).engine == "podman":
+            raise CapabilityError("pre-dump of a Podman container: use delta (podman has no chain)")
         args = ["--pre-dump", "--image-path", str(images), "--work-path", str(images)]
         if parent is not None:
             args += ["--parent-path", os.path.relpath(parent, images)]
@@ -265,24 +292,23 @@ class OciRuntime:
         if meta.get("name") != name:
             raise PermanentError(f"images in {images} are of {meta.get('name')!r}, not {name!r}")
         entry = replace(self.inventory.from_dict(meta), state="running")
+        if entry.engine == "podman":
+            began = time.monotonic()
+            ocipodman.restore(
+                self.podman, name, entry.image, entry.labels.get("oci.image", ""), images
+            )
+            self.inventory.save(entry)
+            pid = self._status(entry)[1]
+            return RestoreStats(pid, 0.0, 0.0, 0, (time.monotonic() - began) * 1000)
         if not (Path(entry.bundle) / "config.json").exists():
             raise PermanentError(f"bundle {entry.bundle} of {name!r} is missing on this node")
         self._forget(name)
         work = images / f"restore-{time.time_ns()}"
         began = time.monotonic()
+        where = ["--image-path", str(images), "--work-path", str(work), "--bundle", entry.bundle]
+        where += ["--pid-file", str(work / "pid")]  # its pid without another runc call
         try:
-            self._detached(
-                entry,
-                "restore",
-                "--detach",
-                "--image-path",
-                str(images),
-                "--work-path",
-                str(work),
-                "--bundle",
-                entry.bundle,
-                name,
-            )
+            self._detached(entry, "restore", "--detach", *where, name)
         except PermanentError as exc:
             log = work / "restore.log"
             errno, detail = explain(log) if log.exists() else (0, str(exc))
@@ -292,7 +318,7 @@ class OciRuntime:
         stats = work / "stats-restore"
         fields = read_stats(stats, 2, RESTORE_FIELDS) if stats.exists() else {}
         return RestoreStats(
-            pid=self._state(name)[1],
+            pid=int((work / "pid").read_text()),
             restore_ms=fields.get("restore_time", 0) / 1000,
             forking_ms=fields.get("forking_time", 0) / 1000,
             pages_restored=fields.get("pages_restored", 0),
@@ -302,7 +328,11 @@ class OciRuntime:
     def resume(self, name: str, images: Path | None = None) -> ContainerInfo:
         """Bring a checkpointed source back: running already, or restored from ``images``."""
         entry = self.inventory.load(name)
-        if self._state(name)[0] == "running":
+        if self._status(entry)[0] == "running":
+            self.inventory.save(replace(entry, state="running"))
+            return self.get(name)
+        if entry.engine == "podman":  # its checkpoint was kept by its Podman
+            self.podman.restore_here(name)
             self.inventory.save(replace(entry, state="running"))
             return self.get(name)
         if images is None or not (images / "ferry-container.json").exists():
@@ -317,9 +347,50 @@ class OciRuntime:
 
     def kill(self, name: str) -> None:
         """Kill ``name`` and forget it; a container that is gone is just forgotten."""
-        self.inventory.load(name)
-        if self._state(name)[0] != "gone":
+        if self.inventory.load(name).engine == "podman":
+            self.podman.remove(name)
+        elif self._state(name)[0] != "gone":
             out = self._runc("delete", "--force", name)
             if out.returncode != 0 and self._state(name)[0] != "gone":
                 raise PermanentError(f"runc would not delete {name!r}: {out.stderr.strip()}")
         self.inventory.drop(name)
+
+    # -- adopted containers ------------------------------------------------
+    def adopt(self, ref: str) -> ContainerInfo:
+        """Take ``podman:NAME`` into the inventory, if it can be checkpointed (BadRequest why not)."""
+        engine, _, name = ref.partition(":")
+        if engine != "podman":
+            raise BadRequest(f"adopt {ref!r}: this node adopts podman:NAME")
+        check_container_name(name)
+        if self.inventory.has(name) and self.get(name).state != "exited":
+            raise BadRequest(f"container {name!r} is already in this node's inventory")
+        entry = OciEntry(**ocipodman.adopted(self.podman, name), engine="podman")
+        self.inventory.save(entry)
+        return self._info(entry)
+
+    def release(self, name: str) -> ContainerInfo:
+        """Hand an adopted container back to its engine: ferry forgets it, it runs on."""
+        entry = self.inventory.load(name)
+        if entry.engine != "podman":
+            raise BadRequest(f"{name!r} was started by ferry, not adopted: `ferry kill` ends it")
+        info = self._info(entry)
+        if info.state == "frozen":
+            raise BadRequest(f"{name!r} is checkpointed (a migration holds it): release it later")
+        self.inventory.drop(name)
+        return info
+
+    def admit(self, name: str) -> dict[str, Any]:
+        """Refuse a container ``name`` arriving here that this node's Podman has already;
+        the image IDs it holds (the source sends the image when they lack its)."""
+        if self.podman.installed() and self.podman.inspect(name) is not None:
+            raise BadRequest(f"Podman on this node already has a container named {name!r}")
+        return {"podman_images": ocipodman.image_ids(self.podman)}
+
+    def carry(self, name: str, into: Path, peer: dict[str, Any]) -> int:
+        """Put beside ``name``'s checkpoint what the destination lacks: its image."""
+        entry = self.inventory.load(name)
+        if entry.engine != "podman":
+            return 0
+        return ocipodman.carry_image(
+            self.podman, entry.image, into, list(peer.get("podman_images", []))
+        )
