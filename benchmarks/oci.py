@@ -77,7 +77,16 @@ def run_runc(base: Path, rootfs: Path, size: int, runs: int) -> list[Sample]:
         t0 = time.monotonic()
         cmd = ["runc", "--root", str(root), *args]
         if stdio:  # run/restore --detach: the container's stdio on pipes kept for it
-            cmd = [sys.executable, "-m", "workers.runtimes.ocistdio", "--log", log, "--", *cmd]
+            cmd = [
+                sys.executable,
+                "-S",
+                "-m",
+                "workers.runtimes.ocistdio",
+                "--log",
+                log,
+                "--",
+                *cmd,
+            ]
         subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, timeout=300)
         return (time.monotonic() - t0) * 1000
 

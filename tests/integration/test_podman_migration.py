@@ -15,6 +15,8 @@ or go back, ``podman ps`` lists it on the destination only (running, same
 name, same image ID), its memory limit is read back from the destination's
 cgroup, and ``ferry release`` hands it back to Podman. A tty container, a bind
 mount and a name taken on the destination are refused before anything freezes.
+An evacuation of p1 moves one of ferry's runc containers and an adopted Podman
+container together.
 """
 
 from __future__ import annotations
@@ -139,6 +141,34 @@ def test_adopted_counter_moves_cold_and_delta_and_stays_podmans(pm, tmp_path) ->
     assert c.client.containers() == []
     assert [p["Names"] for p in listed(pods["p1"])] == [["pc"]]  # Podman's alone, running on
     pods["p1"].remove("pc")
+
+
+def test_an_evacuation_moves_a_runc_and_a_podman_container_together(pm, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    c, pods = pm["cluster"], pm["pods"]
+    rootfs = build_rootfs(pm["base"] / "rootfs")
+    got = cli(c, "run", "--node", "p1", "--name", "rc", "--rootfs", str(rootfs), "--memory",
+              "256M", "--", "/usr/bin/python3", "-S", "-u", "-c", COUNTER)  # fmt: skip
+    assert got.exit_code == 0, got.output
+    rc_log = next(k["log"] for k in c.client.containers() if k["name"] == "rc")
+    run_counter(pods["p1"], "pe")
+    pe_log = tmp_path / "pe.log"
+    wait_for(lambda: len(logged(pods["p1"], "pe", pe_log)) > 10 and len(ticks(rc_log)) > 10, 30)
+    assert cli(c, "adopt", "--node", "p1", "podman:pe").exit_code == 0
+    try:
+        rep = c.client.evacuate("p1", to=["p2"]).wait(timeout=300)
+        assert rep["counts"]["moved"] == 2, rep
+        where = {k["name"]: (k["node"], k["state"]) for k in c.client.containers()}
+        assert where == {"rc": ("p2", "running"), "pe": ("p2", "running")}
+        for now in (lambda: ticks(rc_log), lambda: logged(pods["p2"], "pe", pe_log)):
+            before = max(now())
+            wait_for(lambda n=now, b=before: max(n()) >= b + 5, timeout=30)
+            assert_went_on(now(), before)
+        assert [p["Names"] for p in listed(pods["p2"])] == [["pe"]] and listed(pods["p1"]) == []
+    finally:
+        c.client.uncordon("p1")
+        for name in ("rc", "pe"):
+            with contextlib.suppress(FerryError):
+                c.client.kill(name)
 
 
 @pytest.mark.parametrize(
