@@ -21,6 +21,11 @@ its longest silence less its median tick is the pause it felt. On loopback:
   container's ID, and with it paths that only a node with the same store
   layout has).
 
+- ``ferry podman``: ferry moving an adopted Podman container cold between its
+  two nodes, each with a Podman of its own (tests/integration/podmanimage.py:
+  a private mount namespace per worker, the same store paths), the image on
+  both: Podman's export and import with ferry's data plane and phases between.
+
 Each row is the median of ``--runs`` moves, back and forth; ``x runc`` divides
 by runc's median of the same size in the same run.
 """
@@ -28,6 +33,7 @@ by runc's median of the same size in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -43,17 +49,25 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cold import loopback_cluster
+from benchmarks.cold import NODES, local_cluster
 from benchmarks.machine import machine
 from benchmarks.pauses import WORKLOAD, felt_ms, ticks_in, times
 from tasks.api.client import Ferry
 from tasks.core.summary import final_pause
 from tests.integration.ocirootfs import build_rootfs
-from tests.integration.podmanimage import import_image, podman_run_args
+from tests.integration.podmanimage import (
+    COMMON,
+    TAG,
+    NodePodman,
+    import_image,
+    node_stores,
+    podman_run_args,
+)
+from workers.errors import FerryError
 from workers.runtimes.ocibundle import config, write_bundle
 from workers.runtimes.podmancli import Podman
 
-SYSTEMS = ("runc", "podman", "ferry-cold", "ferry-delta")
+SYSTEMS = ("runc", "podman", "ferry-cold", "ferry-delta", "ferry-podman")
 PARTS = ("dump_ms", "copy_ms", "restore_ms", "overhead_ms")
 Sample = dict[str, Any]
 
@@ -129,11 +143,7 @@ def run_podman(base: Path, image: str, podman: Podman, size: int, runs: int) -> 
     )  # fmt: skip
     samples = []
     try:
-        deadline = time.monotonic() + 120
-        while len(times(podman.ok("logs", name))) < 200:
-            if time.monotonic() > deadline:
-                raise SystemExit("error: the podman workload does not tick")
-            time.sleep(0.5)
+        wait_ticks(podman, name)
         for i in range(runs):
             tar, there = base / f"podman-{size}-{i}.tar", base / f"podman-{size}-{i}-there.tar"
             t0 = time.time()
@@ -153,6 +163,15 @@ def run_podman(base: Path, image: str, podman: Podman, size: int, runs: int) -> 
     finally:
         podman.call("container", "rm", "--force", name)
     return samples
+
+
+def wait_ticks(podman: Podman, name: str) -> None:
+    """Until the workload in Podman container ``name`` has ticked 200 times."""
+    deadline = time.monotonic() + 120
+    while len(times(podman.ok("logs", name))) < 200:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"error: the workload in podman container {name} does not tick")
+        time.sleep(0.5)
 
 
 def timed(step: Callable[..., object], *args: object) -> float:
@@ -189,6 +208,44 @@ def run_ferry(client: Ferry, rootfs: Path, size: int, strategy: str, runs: int) 
             )
     finally:
         client.kill(name)
+    return samples
+
+
+def run_ferry_podman(
+    base: Path, client: Ferry, pods: list[NodePodman], size: int, runs: int
+) -> list[Sample]:
+    """Ferry moving an adopted Podman container cold (Podman's export and import, ferry's
+    data plane between), each node with a Podman of its own."""
+    name, log = f"bench-fpodman-{size}", base / f"fpodman-{size}.log"
+    pods[0].ok(
+        "run", "-d", "--name", name, *podman_run_args(), "--memory", str(limit(size)),
+        TAG, *argv_of(size),
+    )  # fmt: skip
+    samples = []
+    try:
+        wait_ticks(pods[0], name)
+        client.adopt(NODES[0], f"podman:{name}")
+        for i in range(runs):
+            m = client.migrate(name, NODES[(i + 1) % 2], strategy="cold").wait(timeout=300)
+            time.sleep(0.5)
+            if m.state.value != "done":
+                raise SystemExit(f"error: ferry podman {size} MiB: {'; '.join(m.errors)}")
+            p = final_pause(m) or {}
+            log.write_text(pods[(i + 1) % 2].ok("logs", name))
+            samples.append(
+                sample(
+                    p["final_pause_ms"],
+                    felt_ms(str(log), m.created, m.updated + 0.5),
+                    p["criu_freeze_ms"],
+                    p["wire_ms"],
+                    p["restore_ms"],
+                    p["overhead_ms"],
+                    dump_wall_ms=m.results["dump"].get("wall_ms"),
+                )
+            )
+    finally:
+        with contextlib.suppress(FerryError):
+            client.kill(name)
     return samples
 
 
@@ -276,11 +333,20 @@ def main(argv: list[str] | None = None) -> int:
                 results["podman", size] = run_podman(base, image, podman, size, args.runs)
         ferry = [s for s in systems if s.startswith("ferry-")]
         if ferry:
-            with loopback_cluster(base, {"FERRY_RUNTIME": "oci"}) as client:
+            extra = {"FERRY_RUNTIME": "oci", "FERRY_PODMAN_STORE": str(COMMON)}
+            with local_cluster(base, extra, node_stores(base, list(NODES))) as cluster:
+                pods = [NodePodman(store=COMMON, pid=cluster.procs[n].pid) for n in NODES]
+                if "ferry-podman" in ferry:
+                    for pod in pods:
+                        import_image(pod, rootfs, base / "rootfs.tar")
                 for size in sizes:
                     for system in ferry:
-                        strategy = system.removeprefix("ferry-")
-                        results[system, size] = run_ferry(client, rootfs, size, strategy, args.runs)
+                        how = system.removeprefix("ferry-")
+                        results[system, size] = (
+                            run_ferry_podman(base, cluster.client, pods, size, args.runs)
+                            if how == "podman"
+                            else run_ferry(cluster.client, rootfs, size, how, args.runs)
+                        )
     finally:
         shutil.rmtree(base, ignore_errors=True)
     order = {s: i for i, s in enumerate(SYSTEMS)}

@@ -25,7 +25,6 @@ import contextlib
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,13 @@ from tasks.api.localcluster import LocalCluster
 from tests.conftest import cluster_env, criu_works, need, running
 from tests.integration.helpers import assert_went_on, ticks, wait_for
 from tests.integration.ocirootfs import COUNTER, build_rootfs
-from tests.integration.podmanimage import import_image, podman_run_args
+from tests.integration.podmanimage import (
+    COMMON,
+    NodePodman,
+    import_image,
+    node_stores,
+    podman_run_args,
+)
 from tests.integration.test_container_verbs import cli
 from workers.errors import FerryError
 from workers.runtimes.podmancli import Podman
@@ -43,19 +48,6 @@ from workers.runtimes.podmancli import Podman
 pytestmark = pytest.mark.criu
 NODES = ["p1", "p2"]
 LIMIT = 256 << 20
-# Podman wants a runroot under 50 characters; clusters of other runs may share this
-# path safely: each node's own dir is mounted on it in that node's namespace only.
-common = Path("/run/ferry-podman-test")
-
-
-@dataclass(frozen=True)
-class NodePodman(Podman):
-    """``podman`` as a node sees it: in the mount namespace of its worker (``pid``)."""
-
-    pid: int = 0
-
-    def argv(self, *args: str) -> list[str]:
-        return ["nsenter", "--target", str(self.pid), "--mount", *super().argv(*args)]
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +57,10 @@ def pm(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[dic
     for tool in ("runc", "podman", "nsenter"):
         need(shutil.which(tool) is not None, f"{tool} is not installed (ops/dev setup installs it)")
     base = tmp_path_factory.mktemp("podman-cluster")
-    common.mkdir(exist_ok=True)  # only a mount point: each node mounts its own dir on it
-    mounts = {n: {(base / f"{n}-podman"): common} for n in NODES}
-    for own in mounts.values():
-        next(iter(own)).mkdir()
-    env = {**cluster_env(redis_url), "FERRY_RUNTIME": "oci", "FERRY_PODMAN_STORE": str(common)}
+    mounts = node_stores(base, NODES)
+    env = {**cluster_env(redis_url), "FERRY_RUNTIME": "oci", "FERRY_PODMAN_STORE": str(COMMON)}
     with running(LocalCluster(base, env, mounts), NODES) as c:
-        pods = {n: NodePodman(store=common, pid=c.procs[n].pid) for n in NODES}
+        pods = {n: NodePodman(store=COMMON, pid=c.procs[n].pid) for n in NODES}
         rootfs = build_rootfs(base / "rootfs")
         image = import_image(pods["p1"], rootfs, base / "rootfs.tar")
         yield {"cluster": c, "pods": pods, "image": image, "base": base}
