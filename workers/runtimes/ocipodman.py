@@ -158,23 +158,31 @@ def carry_image(podman: Podman, image_id: str, into: Path, present: list[str]) -
 
 def restore(podman: Podman, name: str, image_id: str, image_name: str, images: Path) -> None:
     """Make Podman here run ``name`` from the checkpoint in ``images``: its image loaded
-    first where missing, and known here by the name the container was made with."""
-    if not podman.has_image(image_id):
+    first where missing, and known here by the name the container was made with (Podman's
+    import looks it up by that name). A restore is inside the freeze: where the image is
+    here by that name already, one podman call checks it all (PREPARE checked the name)."""
+    bare, ref = check_image_id(image_id), check_image_ref(image_name or image_id)
+    if image_of(podman, ref) == bare:
+        podman.restore_import(images / ARCHIVE)
+        return
+    if not podman.has_image(bare):
         if not (images / IMAGE).exists():
-            raise PermanentError(f"the image {image_id[:12]} of {name!r} is not on this node")
+            raise PermanentError(f"the image {bare[:12]} of {name!r} is not on this node")
         podman.ok("image", "load", "--quiet", "--input", str(images / IMAGE))
-        if not podman.has_image(image_id):
-            raise PermanentError(f"the image loaded for {name!r} is not {image_id[:12]}")
-    if image_name:  # Podman's import looks the image up by that name
-        ref = check_image_ref(image_name)
-        here = podman.call("image", "inspect", "--format", "{{.Id}}", "--", ref, timeout=60)
-        if here.returncode != 0:
-            podman.ok("tag", check_image_id(image_id), ref)
-        elif here.stdout.strip().removeprefix("sha256:") != check_image_id(image_id):
-            raise PermanentError(f"{ref} is another image on this node than {name!r} was made of")
-    if podman.inspect(name) is not None:
-        raise BadRequest(f"Podman on this node already has a container named {name!r}")
+        if not podman.has_image(bare):
+            raise PermanentError(f"the image loaded for {name!r} is not {bare[:12]}")
+    here = image_of(podman, ref)
+    if here is None:
+        podman.ok("tag", bare, ref)
+    elif here != bare:
+        raise PermanentError(f"{ref} is another image on this node than {name!r} was made of")
     podman.restore_import(images / ARCHIVE)
+
+
+def image_of(podman: Podman, ref: str) -> str | None:
+    """The ID of the image ``ref`` names in this Podman; None where it names none."""
+    out = podman.call("image", "inspect", "--format", "{{.Id}}", "--", ref, timeout=60)
+    return out.stdout.strip().removeprefix("sha256:") if out.returncode == 0 else None
 
 
 def image_ids(podman: Podman) -> list[str]:
