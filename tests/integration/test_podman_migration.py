@@ -16,7 +16,10 @@ name, same image ID), its memory limit is read back from the destination's
 cgroup, and ``ferry release`` hands it back to Podman. A tty container, a bind
 mount and a name taken on the destination are refused before anything freezes.
 An evacuation of p1 moves one of ferry's runc containers and an adopted Podman
-container together.
+container together. A worker that SIGKILLs itself after the dump, the transfer
+or the restore (workers.failpoints) leaves exactly one copy, running, in the
+Podman of the node ferry says holds it, its counter gone on with no tick lost
+or repeated.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def pm(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[dic
     base = tmp_path_factory.mktemp("podman-cluster")
     mounts = node_stores(base, NODES)
     env = {**cluster_env(redis_url), "FERRY_RUNTIME": "oci", "FERRY_PODMAN_STORE": str(COMMON)}
+    env["FERRY_FAILPOINTS"] = str(base / "failpoints")  # workers.failpoints: the kill -9 test
     with running(LocalCluster(base, env, mounts), NODES) as c:
         pods = {n: NodePodman(store=COMMON, pid=c.procs[n].pid) for n in NODES}
         rootfs = build_rootfs(base / "rootfs")
@@ -158,6 +162,43 @@ def test_an_evacuation_moves_a_runc_and_a_podman_container_together(pm, tmp_path
         for name in ("rc", "pe"):
             with contextlib.suppress(FerryError):
                 c.client.kill(name)
+
+
+@pytest.mark.parametrize("point", ["dump:kill-after", "transfer:kill-after", "restore:kill-after"])
+def test_a_worker_killed_mid_move_leaves_one_copy_and_podman_agrees(pm, tmp_path, point) -> None:  # type: ignore[no-untyped-def]
+    c, pods = pm["cluster"], pm["pods"]
+    name = f"pk-{point.split(':')[0]}"
+    run_counter(pods["p1"], name)
+    log = tmp_path / "k.log"
+    wait_for(lambda: len(logged(pods["p1"], name, log)) > 10, timeout=30)
+    assert cli(c, "adopt", "--node", "p1", f"podman:{name}").exit_code == 0
+    control = pm["base"] / "failpoints"
+    control.write_text(point + "\n")  # the worker running that phase SIGKILLs itself there
+    try:
+        m = c.client.migrate(name, "p2", strategy="cold").wait(timeout=240)
+    finally:
+        control.write_text("")
+    try:
+        assert m.state.value in ("done", "rolled_back"), m.errors
+        print(f"podman cold, {point} -> {m.state.value}")
+        holder = "p2" if m.state.value == "done" else "p1"
+        other = "p1" if holder == "p2" else "p2"
+
+        def where() -> list[tuple[str, str]]:
+            return [(k["node"], k["state"]) for k in c.client.containers() if k["name"] == name]
+
+        wait_for(lambda: where() == [(holder, "running")], timeout=10)
+        assert [p["Names"] for p in listed(pods[holder])] == [[name]]
+        assert pods[other].inspect(name) is None  # no second copy, not even a stopped one
+        before = max(logged(pods[holder], name, log))
+        wait_for(lambda: max(logged(pods[holder], name, log)) >= before + 5, timeout=30)
+        values = logged(pods[holder], name, log)
+        assert values == list(range(values[-1] + 1)), "a tick was lost or repeated"
+    finally:
+        with contextlib.suppress(FerryError):
+            c.client.kill(name)
+        for p in pods.values():
+            p.call("container", "rm", "--force", name)
 
 
 @pytest.mark.parametrize(
