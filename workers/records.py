@@ -14,6 +14,23 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class ContainerInfo:
+    """What a node knows about one of its containers."""
+
+    name: str
+    pid: int = 0
+    argv: tuple[str, ...] = ()
+    state: str = "running"  # running | frozen | exited
+    memory_bytes: int = 0
+    started: float = 0.0
+    log: str = ""
+    runtime: str = "criu"
+    labels: dict[str, str] = field(default_factory=dict)
+    # node-local directories synced when it migrates (workers.dirsync.dirs)
+    sync: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PagesTarget:
     """Where a dump's pages go: the destination's transfer service, for one migration."""
 

@@ -20,11 +20,13 @@ destination is not cordoned and has memory and disk for the workload plus
 10 % headroom (the images are sized as the whole memory: a post-copy that
 falls back needs them all).
 
-``auto``: ``cold`` when a full copy already fits the downtime limit; else
-``postcopy`` (dirty rate >= bandwidth: pre-copy can never converge) or
-``hybrid`` when lazy pages work and the workload dirties fast (>= 30 % of the
-bandwidth, or unmeasured and large); else ``precopy`` with soft-dirty, else
-``delta``. All ``*_bps`` are bytes per second.
+``auto``: ``cold`` when a full copy already fits the downtime limit, unless
+post-copy's one short freeze is clearly shorter (by 10 % and 20 ms: nearer
+than that, the simpler strategy wins); else ``postcopy`` (dirty rate >=
+bandwidth: pre-copy can never converge) or ``hybrid`` when lazy pages work and
+the workload dirties fast (>= 30 % of the bandwidth, or unmeasured and large);
+else ``precopy`` with soft-dirty, else ``delta`` (or post-copy, when a delta
+pass would freeze the tree clearly longer). All ``*_bps`` are bytes per second.
 
 Worked example: 512 MiB dirtying 40 MiB/s over a 1 GbE link (~112 MiB/s)::
 
@@ -59,6 +61,10 @@ ROUND_TRIPS = 3  # control messages inside the freeze: dump, transfer, restore
 FAST_DIRTY = 0.30  # dirtying >= 30 % of the bandwidth: pre-copy converges badly
 LARGE = 10.0  # unmeasured and a full copy takes >= 10x the limit: treat as fast
 HEADROOM = 0.10
+# CRIU's lazy-pages daemon sends the rest in background chunks of up to 4 MiB: a
+# post-copy's first fault waits behind one
+LAZY_CHUNK = 4 << 20
+TIE, TIE_MS = 0.10, 20.0  # pauses nearer than 10 % or 20 ms: the simpler strategy wins
 # What to suggest instead of a strategy the nodes cannot run, best first.
 INSTEAD: dict[Strategy, tuple[Strategy, ...]] = {
     Strategy.PRECOPY: (Strategy.DELTA, Strategy.POSTCOPY),
@@ -128,6 +134,21 @@ def cold_downtime_ms(wl: Workload, link: Link) -> float:
     return (
         wl.memory_bytes / link.bandwidth_bps * 1000.0 + link.overhead_ms + ROUND_TRIPS * link.rtt_ms
     )
+
+
+def lazy_downtime_ms(link: Link) -> float:
+    """Expected pause of a post-copy: the tree without its memory, plus the first
+    fault's wait behind one background chunk of pages."""
+    return LAZY_CHUNK / link.bandwidth_bps * 1000.0 + link.overhead_ms + ROUND_TRIPS * link.rtt_ms
+
+
+def clearly_shorter(a_ms: float, b_ms: float) -> bool:
+    """Whether a pause of ``a_ms`` beats one of ``b_ms`` by more than a near tie.
+
+    >>> clearly_shorter(250, 300), clearly_shorter(290, 300), clearly_shorter(5, 20)
+    (True, False, False)
+    """
+    return a_ms * (1 + TIE) < b_ms and b_ms - a_ms > TIE_MS
 
 
 def _kib(n: int) -> str:
@@ -262,8 +283,13 @@ def choose(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request)
         f"cold copy of {_mib(wl.memory_bytes)} at {_rate(link.bandwidth_bps)} "
         f"+ {link.overhead_ms + ROUND_TRIPS * link.rtt_ms:.0f} ms overhead is ~{cold_ms:.0f} ms"
     )
+    lazy_no = strategy_refusal(Strategy.POSTCOPY, src, dst)
     if cold_ms <= limit:
-        return Choice(Strategy.COLD, f"auto: {cold_why} <= {limit:g} ms limit")
+        why = f"auto: {cold_why} <= {limit:g} ms limit"
+        lazy_ms = lazy_downtime_ms(link)
+        if lazy_no is None and clearly_shorter(lazy_ms, cold_ms):
+            return Choice(Strategy.POSTCOPY, f"{why}; postcopy's one freeze is ~{lazy_ms:.0f} ms")
+        return Choice(Strategy.COLD, why)
     why = f"auto: {cold_why} > {limit:g} ms limit"
     bw, dirty = link.bandwidth_bps, wl.dirty_rate_bps
     if dirty is None:
@@ -272,7 +298,6 @@ def choose(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request)
     else:
         fast = dirty >= FAST_DIRTY * bw
         why += f"; dirty rate {_rate(dirty)} is {dirty / bw:.0%} of the bandwidth"
-    lazy_no = strategy_refusal(Strategy.POSTCOPY, src, dst)
     pre = (
         "precopy (soft-dirty)"
         if iterative is Strategy.PRECOPY
@@ -305,8 +330,14 @@ def _delta_or_not(
     the limit, or is still shorter than cold's one pause; else post-copy, else cold."""
     pass_ms = delta_pause_ms(wl, link)
     measured = "measured" if link.dump_bps else "estimated"
-    if pass_ms <= limit:
+    lazy_ms = lazy_downtime_ms(link)
+    if pass_ms <= limit and (lazy_no is not None or not clearly_shorter(lazy_ms, pass_ms)):
         return Choice(Strategy.DELTA, f"{why}; each pass freezes ~{pass_ms:.0f} ms", Strategy.DELTA)
+    if pass_ms <= limit:
+        return Choice(
+            Strategy.POSTCOPY,
+            f"{why}; each pass freezes ~{pass_ms:.0f} ms, postcopy's one freeze ~{lazy_ms:.0f} ms",
+        )
     over = f"; but each delta pass freezes ~{pass_ms:.0f} ms ({measured} dump speed)"
     if lazy_no is None:
         return Choice(Strategy.POSTCOPY, f"{why}{over}: postcopy, one short freeze")

@@ -8,11 +8,9 @@ chooser's (:func:`tasks.core.chooser.runs`).
 Raspberry Pi OS on a Pi 4 (bcm2711_defconfig) has CHECKPOINT_RESTORE but no
 USERFAULTFD and none of the *_DIAG options, and arm64 has no soft-dirty::
 
-    >>> from tasks.core.nodes import caps
-    >>> pi = {"name": "pi4", "runtime": "criu", "probe": {"arch": "aarch64",
-    ...       "criu_ok": True, "bits": 64, "page_size": 4096,
-    ...       "lacks": ["userfaultfd", "soft_dirty", "unix_diag", "packet_diag",
-    ...                 "netlink_diag"]}}
+    >>> pi = NodeRecord("pi4", probe={"arch": "aarch64", "criu_ok": True, "bits": 64,
+    ...     "page_size": 4096, "lacks": ["userfaultfd", "soft_dirty", "unix_diag",
+    ...                                  "packet_diag", "netlink_diag"]})
     >>> d = diagnose(pi)
     >>> [s.value for s in d.strategies]
     ['cold', 'delta']
@@ -26,10 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from tasks.core.chooser import runs
-from tasks.core.nodes import caps
+from tasks.core.nodes import NodeRecord
 from tasks.core.strategy import Strategy
 from workers.records import Need
 
@@ -137,10 +134,9 @@ class Diagnosis:
     notes: tuple[str, ...]  # other findings: CRIU, page size, userland, an old probe
 
 
-def diagnose(rec: Mapping[str, Any]) -> Diagnosis:
+def diagnose(rec: NodeRecord) -> Diagnosis:
     """What the node ``rec`` has, what it lacks, and what each missing piece costs."""
-    node = caps(rec)
-    p = rec.get("probe", {})
+    node, p = rec.caps, rec.probe
     notes: list[str] = []
     if not node.criu_ok and node.runtime != "sim":
         why = f" ({node.criu_reason})" if node.criu_reason else ""
@@ -165,11 +161,11 @@ def diagnose(rec: Mapping[str, Any]) -> Diagnosis:
     return Diagnosis(node.name, tuple(runs(node)), missing, tuple(notes))
 
 
-def peers(records: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+def peers(records: Mapping[str, NodeRecord]) -> dict[str, list[str]]:
     """The nodes grouped by what a CRIU image needs of both ends: arch, userland, page size."""
     groups: dict[str, list[str]] = {}
     for name in sorted(records):
-        n = caps(records[name])
+        n = records[name].caps
         bits = f"{n.bits}-bit" if n.bits else "?-bit"
         page = f"{n.page_size // 1024} KiB pages" if n.page_size else "? pages"
         groups.setdefault(f"{n.arch} {bits} {page}", []).append(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -53,3 +54,10 @@ DIRTY = (
 def dirtying(mb: int = 32, stride: int = 16) -> str:
     """A counter that holds ``mb`` MiB and rewrites one page in ``stride`` every tick."""
     return DIRTY.format(mb=mb, stride=stride)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -8,18 +8,22 @@ from typing import Any
 import pytest
 
 from tasks.core.admission import Defaults, MigrationRequest, admit
+from tasks.core.nodes import NodeRecord
+from tests.unit.records import node_record
 from workers.errors import BadRequest, CapabilityError, UnknownContainer
 
 MiB = 1 << 20
 
 
-def node(name: str, **probe: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "runtime": "criu",
-        "probe": {"arch": "aarch64", "criu_ok": True, "page_server": True, **probe},
-        "containers": [{"name": "web", "memory_bytes": 64 * MiB, "sync": ["/srv/web"]}],
-    }
+def node(name: str, **probe: Any) -> NodeRecord:
+    return node_record(
+        {
+            "name": name,
+            "runtime": "criu",
+            "probe": {"arch": "aarch64", "criu_ok": True, "page_server": True, **probe},
+            "containers": [{"name": "web", "memory_bytes": 64 * MiB, "sync": ["/srv/web"]}],
+        }
+    )
 
 
 SRC, DST = node("pi1"), node("pi2", lazy_pages=True)

@@ -30,13 +30,14 @@ from workers.errors import BadRequest, CapabilityError, CriuError, PermanentErro
 from workers.ids import check_container_name
 from workers.records import (
     Capabilities,
+    ContainerInfo,
     DumpStats,
     LazyReport,
     Need,
     PagesTarget,
     RestoreStats,
 )
-from workers.runtimes.base import ContainerInfo, Served
+from workers.runtimes.base import Served
 from workers.runtimes.inventory import Inventory
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # what CRIU counts pages in, on this node

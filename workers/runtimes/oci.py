@@ -32,9 +32,16 @@ from workers.criu.probe import probe
 from workers.criu.stats import RESTORE_FIELDS, dump_stats, read_stats
 from workers.errors import BadRequest, CapabilityError, CriuError, PermanentError
 from workers.ids import check_container_name
-from workers.records import Capabilities, DumpStats, LazyReport, PagesTarget, RestoreStats
+from workers.records import (
+    Capabilities,
+    ContainerInfo,
+    DumpStats,
+    LazyReport,
+    PagesTarget,
+    RestoreStats,
+)
 from workers.runtimes import ocipodman
-from workers.runtimes.base import ContainerInfo, Served
+from workers.runtimes.base import Served
 from workers.runtimes.criu import NOT_ROOT
 from workers.runtimes.inventory import Inventory
 from workers.runtimes.ocibundle import check_rootfs, config, parse_size, write_bundle
@@ -382,17 +389,10 @@ class OciRuntime:
         return info
 
     def admit(self, name: str) -> dict[str, Any]:
-        """Refuse a container ``name`` arriving here that this node's Podman has already;
-        the image IDs it holds (the source sends the image when they lack its)."""
-        if self.podman.installed() and self.podman.inspect(name) is not None:
-            raise BadRequest(f"Podman on this node already has a container named {name!r}")
-        return {"podman_images": ocipodman.image_ids(self.podman)}
+        return ocipodman.admit(self.podman, name)
 
     def carry(self, name: str, into: Path, peer: dict[str, Any]) -> int:
         """Put beside ``name``'s checkpoint what the destination lacks: its image."""
         entry = self.inventory.load(name)
-        if entry.engine != "podman":
-            return 0
-        return ocipodman.carry_image(
-            self.podman, entry.image, into, list(peer.get("podman_images", []))
-        )
+        have = list(peer.get("podman_images", []))
+        return ocipodman.carry_image(self.podman, entry.image, into, have) if entry.image else 0

@@ -185,6 +185,14 @@ def image_of(podman: Podman, ref: str) -> str | None:
     return out.stdout.strip().removeprefix("sha256:") if out.returncode == 0 else None
 
 
+def admit(podman: Podman, name: str) -> dict[str, Any]:
+    """Refuse a container ``name`` arriving here that this node's Podman has already;
+    the image IDs it holds (the source sends the image when they lack its)."""
+    if podman.installed() and podman.inspect(name) is not None:
+        raise BadRequest(f"Podman on this node already has a container named {name!r}")
+    return {"podman_images": image_ids(podman)}
+
+
 def image_ids(podman: Podman) -> list[str]:
     """Every image ID this node's Podman holds (none where Podman is not installed)."""
     if not podman.installed():
