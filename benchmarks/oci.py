@@ -182,7 +182,7 @@ def timed(step: Callable[..., object], *args: object) -> float:
 
 # -- ferry -----------------------------------------------------------------------------
 def run_ferry(client: Ferry, rootfs: Path, size: int, strategy: str, runs: int) -> list[Sample]:
-    nodes = sorted(n["name"] for n in client.nodes())[:2]
+    nodes = sorted(n.name for n in client.nodes())[:2]
     name = f"bench-ferry-{strategy}-{size}"
     labels = {"oci.rootfs": str(rootfs), "oci.memory": str(limit(size))}
     info = client.run(nodes[0], argv_of(size), name=name, labels=labels)
@@ -256,6 +256,7 @@ def sample(pause: float, felt: float | None, *parts: float, **extra: Any) -> Sam
         "pause_ms": round(pause, 1),
         "felt_ms": felt,
         **dict(zip(PARTS, parts, strict=False)),
+        "load1": round(os.getloadavg()[0], 2),  # other work on the machine: say how much
         **extra,
     }
 
@@ -274,6 +275,8 @@ def rows_of(results: dict[tuple[str, int], list[Sample]]) -> list[dict[str, Any]
         for key in ("pause_ms", "felt_ms"):
             ref = med(base, key) if base else None
             row[f"{key}_x_runc"] = round(row[key] / ref, 2) if ref and row[key] else None
+        loads = [x["load1"] for x in samples]
+        row["load1_range"] = [min(loads), max(loads)] if loads else None
         row["samples"] = samples
         rows.append(row)
     return rows
@@ -298,6 +301,12 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {r['size_mib']} | {r['system']} | {ms(r['pause_ms'])} | {x(r['pause_ms_x_runc'])} "
             f"| {ms(r['felt_ms'])} | {x(r['felt_ms_x_runc'])} | {ms(r['dump_ms'])} "
             f"| {ms(r['copy_ms'])} | {ms(r['restore_ms'])} | {ms(r.get('overhead_ms'))} |"
+        )
+    loads = [x for r in doc["rows"] for x in r.get("load1_range") or []]
+    if loads:
+        out.append(
+            f"\n{doc['runs']} runs each, medians (ms); load average {min(loads):.1f}-"
+            f"{max(loads):.1f} on {doc['machine'].get('cpus', '?')} CPUs during the moves"
         )
     return "\n".join(out)
 
