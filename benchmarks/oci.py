@@ -26,8 +26,10 @@ its longest silence less its median tick is the pause it felt. On loopback:
   a private mount namespace per worker, the same store paths), the image on
   both: Podman's export and import with ferry's data plane and phases between.
 
-Each row is the median of ``--runs`` moves, back and forth; ``x runc`` divides
-by runc's median of the same size in the same run.
+Each row is the median of ``--runs`` moves, back and forth, the systems taking
+turns move by move (other work on the machine weighs on all alike; each sample
+records the load average); ``x runc`` divides by runc's median of the same size
+in the same run.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +84,7 @@ def limit(size: int) -> int:
 
 
 # -- runc by hand ----------------------------------------------------------------------
-def run_runc(base: Path, rootfs: Path, size: int, runs: int) -> list[Sample]:
+def run_runc(base: Path, rootfs: Path, size: int, runs: int) -> Iterator[Sample]:
     name, log = f"bench-runc-{size}", str(base / f"runc-{size}.log")
     roots = (base / "runc-a", base / "runc-b")
     write_bundle(base / "bundle", config(name, rootfs, argv_of(size), limit(size)))
@@ -105,7 +107,6 @@ def run_runc(base: Path, rootfs: Path, size: int, runs: int) -> list[Sample]:
         return (time.monotonic() - t0) * 1000
 
     runc(roots[0], "run", "--bundle", str(base / "bundle"), "--detach", name, stdio=True)
-    samples = []
     try:
         ticks_in(log, 200, 120)
         for i in range(runs):
@@ -124,24 +125,20 @@ def run_runc(base: Path, rootfs: Path, size: int, runs: int) -> list[Sample]:
             )  # fmt: skip
             subprocess.run(["runc", "--root", str(src), "delete", name], check=False)  # if left
             time.sleep(0.5)  # the workload's first ticks after the restore
-            samples.append(
-                sample(dump + copy + restore, felt_ms(log, t0, time.time()), dump, copy, restore)
-            )
+            yield sample(dump + copy + restore, felt_ms(log, t0, time.time()), dump, copy, restore)
             shutil.rmtree(here)
     finally:
         for root in roots:
             subprocess.run(["runc", "--root", str(root), "delete", "--force", name], check=False)
-    return samples
 
 
 # -- podman by hand --------------------------------------------------------------------
-def run_podman(base: Path, image: str, podman: Podman, size: int, runs: int) -> list[Sample]:
+def run_podman(base: Path, image: str, podman: Podman, size: int, runs: int) -> Iterator[Sample]:
     name, log = f"bench-podman-{size}", base / f"podman-{size}.log"
     podman.ok(
         "run", "-d", "--name", name, *podman_run_args(), "--memory", str(limit(size)),
         image, *argv_of(size),
     )  # fmt: skip
-    samples = []
     try:
         wait_ticks(podman, name)
         for i in range(runs):
@@ -153,16 +150,13 @@ def run_podman(base: Path, image: str, podman: Podman, size: int, runs: int) -> 
             restore = timed(podman.restore_import, there)
             time.sleep(0.5)
             log.write_text(podman.ok("logs", name))
-            samples.append(
-                sample(
-                    dump + copy + restore, felt_ms(str(log), t0, time.time()), dump, copy, restore
-                )
+            yield sample(
+                dump + copy + restore, felt_ms(str(log), t0, time.time()), dump, copy, restore
             )
             tar.unlink()
             there.unlink()
     finally:
         podman.call("container", "rm", "--force", name)
-    return samples
 
 
 def wait_ticks(podman: Podman, name: str) -> None:
@@ -181,12 +175,11 @@ def timed(step: Callable[..., object], *args: object) -> float:
 
 
 # -- ferry -----------------------------------------------------------------------------
-def run_ferry(client: Ferry, rootfs: Path, size: int, strategy: str, runs: int) -> list[Sample]:
+def run_ferry(client: Ferry, rootfs: Path, size: int, strategy: str, runs: int) -> Iterator[Sample]:
     nodes = sorted(n.name for n in client.nodes())[:2]
     name = f"bench-ferry-{strategy}-{size}"
     labels = {"oci.rootfs": str(rootfs), "oci.memory": str(limit(size))}
     info = client.run(nodes[0], argv_of(size), name=name, labels=labels)
-    samples = []
     try:
         ticks_in(info["log"], 200, 120)
         for i in range(runs):
@@ -195,7 +188,7 @@ def run_ferry(client: Ferry, rootfs: Path, size: int, strategy: str, runs: int) 
             if m.state.value != "done":
                 raise SystemExit(f"error: ferry {strategy} {size} MiB: {'; '.join(m.errors)}")
             p = final_pause(m) or {}
-            samples.append(
+            yield (
                 sample(
                     p["final_pause_ms"],
                     felt_ms(info["log"], m.created, m.updated + 0.5),
@@ -208,12 +201,11 @@ def run_ferry(client: Ferry, rootfs: Path, size: int, strategy: str, runs: int) 
             )
     finally:
         client.kill(name)
-    return samples
 
 
 def run_ferry_podman(
     base: Path, client: Ferry, pods: list[NodePodman], size: int, runs: int
-) -> list[Sample]:
+) -> Iterator[Sample]:
     """Ferry moving an adopted Podman container cold (Podman's export and import, ferry's
     data plane between), each node with a Podman of its own."""
     name, log = f"bench-fpodman-{size}", base / f"fpodman-{size}.log"
@@ -221,7 +213,6 @@ def run_ferry_podman(
         "run", "-d", "--name", name, *podman_run_args(), "--memory", str(limit(size)),
         TAG, *argv_of(size),
     )  # fmt: skip
-    samples = []
     try:
         wait_ticks(pods[0], name)
         client.adopt(NODES[0], f"podman:{name}")
@@ -232,7 +223,7 @@ def run_ferry_podman(
                 raise SystemExit(f"error: ferry podman {size} MiB: {'; '.join(m.errors)}")
             p = final_pause(m) or {}
             log.write_text(pods[(i + 1) % 2].ok("logs", name))
-            samples.append(
+            yield (
                 sample(
                     p["final_pause_ms"],
                     felt_ms(str(log), m.created, m.updated + 0.5),
@@ -246,7 +237,6 @@ def run_ferry_podman(
     finally:
         with contextlib.suppress(FerryError):
             client.kill(name)
-    return samples
 
 
 def sample(pause: float, felt: float | None, *parts: float, **extra: Any) -> Sample:
@@ -311,6 +301,54 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+Mover = Callable[[int, int], Iterator[Sample]]  # (size, runs): one sample per move
+
+
+def setup(
+    stack: contextlib.ExitStack, base: Path, rootfs: Path, systems: list[str]
+) -> dict[str, Mover]:
+    """What moves a container, per system: the ferry cluster and the Podman stores up."""
+    movers: dict[str, Mover] = {}
+    podman = Podman(store=base / "podman")
+    if "runc" in systems:
+        movers["runc"] = lambda size, runs: run_runc(base, rootfs, size, runs)
+    if "podman" in systems:
+        image = import_image(podman, rootfs, base / "rootfs.tar")
+        movers["podman"] = lambda size, runs: run_podman(base, image, podman, size, runs)
+    if any(s.startswith("ferry-") for s in systems):
+        extra = {"FERRY_RUNTIME": "oci", "FERRY_PODMAN_STORE": str(COMMON)}
+        cluster = stack.enter_context(local_cluster(base, extra, node_stores(base, list(NODES))))
+        pods = [NodePodman(store=COMMON, pid=cluster.procs[n].pid) for n in NODES]
+        for strategy in ("cold", "delta"):
+            if f"ferry-{strategy}" in systems:
+                movers[f"ferry-{strategy}"] = lambda size, runs, s=strategy: run_ferry(
+                    cluster.client, rootfs, size, s, runs
+                )
+        if "ferry-podman" in systems:
+            for pod in pods:
+                import_image(pod, rootfs, base / "rootfs.tar")
+            movers["ferry-podman"] = lambda size, runs: run_ferry_podman(
+                base, cluster.client, pods, size, runs
+            )
+    return movers
+
+
+def run_size(
+    movers: dict[str, Mover], size: int, runs: int, results: dict[tuple[str, int], list[Sample]]
+) -> None:
+    """Each system's container of ``size`` MiB moved ``runs`` times, the systems taking
+    turns move by move: other work on the machine weighs on all of them alike."""
+    going = {system: mover(size, runs) for system, mover in movers.items()}
+    try:
+        for _ in range(runs):
+            for system, moves in going.items():
+                results.setdefault((system, size), []).append(next(moves))
+                print(f"{system} {size} MiB: {results[system, size][-1]}", file=sys.stderr)
+    finally:
+        for moves in going.values():
+            moves.close()  # each stops its container
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="benchmarks/oci.py", description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="64,256", help="MiB, comma separated")
@@ -332,30 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, int], list[Sample]] = {}
     try:
         rootfs = build_rootfs(base / "rootfs")
-        podman = Podman(store=base / "podman")
-        if "podman" in systems:
-            image = import_image(podman, rootfs, base / "rootfs.tar")
-        for size in sizes:
-            if "runc" in systems:
-                results["runc", size] = run_runc(base, rootfs, size, args.runs)
-            if "podman" in systems:
-                results["podman", size] = run_podman(base, image, podman, size, args.runs)
-        ferry = [s for s in systems if s.startswith("ferry-")]
-        if ferry:
-            extra = {"FERRY_RUNTIME": "oci", "FERRY_PODMAN_STORE": str(COMMON)}
-            with local_cluster(base, extra, node_stores(base, list(NODES))) as cluster:
-                pods = [NodePodman(store=COMMON, pid=cluster.procs[n].pid) for n in NODES]
-                if "ferry-podman" in ferry:
-                    for pod in pods:
-                        import_image(pod, rootfs, base / "rootfs.tar")
-                for size in sizes:
-                    for system in ferry:
-                        how = system.removeprefix("ferry-")
-                        results[system, size] = (
-                            run_ferry_podman(base, cluster.client, pods, size, args.runs)
-                            if how == "podman"
-                            else run_ferry(cluster.client, rootfs, size, how, args.runs)
-                        )
+        with contextlib.ExitStack() as stack:
+            movers = setup(stack, base, rootfs, systems)
+            for size in sizes:
+                run_size(movers, size, args.runs, results)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     order = {s: i for i, s in enumerate(SYSTEMS)}
