@@ -381,7 +381,7 @@ class OciRuntime:
         """Hand an adopted container back to its engine: ferry forgets it, it runs on."""
         entry = self.inventory.load(name)
         if entry.engine != "podman":
-            raise BadRequest(f"{name!r} was started by ferry, not adopted: `ferry kill` ends it")
+            raise BadRequest(f"{name!r} was started by ferry, not adopted: `ferry stop` ends it")
         info = self._info(entry)
         if info.state == "frozen":
             raise BadRequest(f"{name!r} is checkpointed (a migration holds it): release it later")
