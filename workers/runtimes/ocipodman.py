@@ -128,12 +128,16 @@ def checkpoint(podman: Podman, name: str, images: Path, leave_running: bool) -> 
     try:
         doc = json.loads(out)
         wall = doc["podman_checkpoint_duration"] / 1000
-        crit = doc["container_statistics"][0]["criu_statistics"]
+        ctr = doc["container_statistics"][0]
+        crit = ctr["criu_statistics"]
+        # Podman writes the archive after CRIU's dump, the container already stopped:
+        # that time is frozen too (a leave-running pass's container runs on meanwhile)
+        export_ms = 0.0 if leave_running else wall - ctr["runtime_checkpoint_duration"] / 1000
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise PermanentError(f"podman checkpoint {name}: unreadable stats: {out[:200]}") from exc
     return DumpStats(
         freezing_ms=crit.get("freezing_time", 0) / 1000,
-        frozen_ms=crit.get("frozen_time", 0) / 1000,
+        frozen_ms=crit.get("frozen_time", 0) / 1000 + max(export_ms, 0.0),
         memdump_ms=crit.get("memdump_time", 0) / 1000,
         memwrite_ms=crit.get("memwrite_time", 0) / 1000,
         pages_scanned=crit.get("pages_scanned", 0),
