@@ -71,6 +71,7 @@ from workers.runtimes.podmancli import Podman
 
 SYSTEMS = ("runc", "podman", "ferry-cold", "ferry-delta", "ferry-podman")
 PARTS = ("dump_ms", "copy_ms", "restore_ms", "overhead_ms")
+KEEPER = [sys.executable, "-S", "-m", "workers.runtimes.ocistdio"]  # as the oci runtime runs it
 Sample = dict[str, Any]
 
 
@@ -93,16 +94,7 @@ def run_runc(base: Path, rootfs: Path, size: int, runs: int) -> Iterator[Sample]
         t0 = time.monotonic()
         cmd = ["runc", "--root", str(root), *args]
         if stdio:  # run/restore --detach: the container's stdio on pipes kept for it
-            cmd = [
-                sys.executable,
-                "-S",
-                "-m",
-                "workers.runtimes.ocistdio",
-                "--log",
-                log,
-                "--",
-                *cmd,
-            ]
+            cmd = [*KEEPER, "--log", log, "--", *cmd]
         subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, timeout=300)
         return (time.monotonic() - t0) * 1000
 
