@@ -44,6 +44,7 @@ def to_json(rec: NodeRecord, d: Diagnosis) -> dict[str, Any]:
         "criu": p.get("criu_version"),
         "cgroup": p.get("cgroup"),
         "strategies": [s.value for s in d.strategies],
+        "dirty_tracker": d.tracker,
         "has": [str(n) for n in Need if n not in lacking and str(n) in p.get("checks", {})],
         "missing": [
             {
@@ -69,6 +70,7 @@ def show(report: dict[str, Any]) -> None:
     )
     out.print(f"[bold]{escape(report['node'])}[/bold] ({escape(head)})", highlight=False)
     out.print(f"  runs: {', '.join(report['strategies']) or 'nothing'}", highlight=False)
+    out.print(f"  dirty tracker: {report['dirty_tracker']}", highlight=False)
     if report["has"]:
         out.print(
             f"  has: {', '.join(report['has'])}",

@@ -15,7 +15,7 @@ BadRequest / CapabilityError that changes nothing.
 ...       Defaults())
 Traceback (most recent call last):
 ...
-workers.errors.CapabilityError: precopy needs soft-dirty tracking; pi1's kernel has none: use delta
+workers.errors.CapabilityError: precopy needs a dirty tracker (soft-dirty or uffd-wp); pi1's kernel has neither: use delta
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ class NodeRecord:
             page_server=bool(p.get("page_server")),
             bits=int(p.get("bits", 0)),  # 0, "" and (): a record from before the kernel probe
             page_size=int(p.get("page_size", 0)),
+            tracker=str(p.get("tracker", "")),
             lacks=frozenset(Need(n) for n in p.get("lacks", ()) if n in Need._value2member_map_),
         )
 

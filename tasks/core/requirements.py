@@ -73,17 +73,20 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement(
         Need.SOFT_DIRTY,
         "CONFIG_MEM_SOFT_DIRTY",
-        ("precopy", "hybrid"),
-        "no tracked pre-copy: delta (snapshots, changed blocks) does its work",
-        "none on arm64 (the architecture has no soft-dirty bit): use delta or postcopy; "
-        "on x86, a kernel with CONFIG_MEM_SOFT_DIRTY=y",
+        ("hybrid",),
+        "pre-copy tracks its pages with uffd-wp where the kernel has that (precopy is lost "
+        "only without both), else delta (snapshots, changed blocks) does its work",
+        "none on arm64 (the architecture has no soft-dirty bit): a kernel with uffd-wp "
+        "(Linux >= 6.10 on arm64) gives precopy; on x86, CONFIG_MEM_SOFT_DIRTY=y",
     ),
     Requirement(
         Need.UFFD_WP,
         "userfaultfd write-protect + PAGEMAP_SCAN (Linux >= 6.7)",
         (),
-        "nothing yet: a dirty tracker for kernels without soft-dirty, which CRIU 4.1 does not use",
-        "Linux >= 6.7 with CONFIG_USERFAULTFD and CONFIG_PTE_MARKER_UFFD_WP",
+        "without soft-dirty too (every arm64 kernel), no precopy: delta's snapshots freeze "
+        "the tree for a whole dump every pass",
+        "Linux >= 6.7 (arm64: >= 6.10) with CONFIG_USERFAULTFD and CONFIG_PTE_MARKER_UFFD_WP, "
+        "and a worker with CAP_SYS_PTRACE (ferry injects userfaultfd(2) into the container)",
     ),
     Requirement(
         Need.UNIX_DIAG,
@@ -130,6 +133,7 @@ class Diagnosis:
 
     node: str
     strategies: tuple[Strategy, ...]  # what it can run with a peer like itself
+    tracker: str  # pre-copy's dirty tracker: soft-dirty, uffd-wp or none
     missing: tuple[Requirement, ...]  # in REQUIREMENTS order
     notes: tuple[str, ...]  # other findings: CRIU, page size, userland, an old probe
 
@@ -158,7 +162,7 @@ def diagnose(rec: NodeRecord) -> Diagnosis:
     if node.lazy_pages_reason and Need.USERFAULTFD not in node.lacks:
         notes.append(f"lazy pages: {node.lazy_pages_reason}")
     missing = tuple(r for r in REQUIREMENTS if r.need in node.lacks)
-    return Diagnosis(node.name, tuple(runs(node)), missing, tuple(notes))
+    return Diagnosis(node.name, tuple(runs(node)), node.dirty_tracker, missing, tuple(notes))
 
 
 def peers(records: Mapping[str, NodeRecord]) -> dict[str, list[str]]:

@@ -85,8 +85,10 @@ def test_a_corrupt_node_record_is_skipped_by_every_reader(
         listed = store.nodes()
         sweep(make_app(Settings(broker_url=redis_url, result_backend=redis_url)), store,
               Timeouts(min_total_s=1), node_ttl_s=15)  # fmt: skip
-    assert [n.name for n in listed] == ["good"]
-    assert listed[0].containers[0].memory_bytes == 1 << 20
+    # (a session's sim cluster may share this database: only its nodes join the list)
+    good = [n for n in listed if n.name in ("good", "bad")]
+    assert [n.name for n in good] == ["good"]
+    assert good[0].containers[0].memory_bytes == 1 << 20
     assert any(
         "node bad" in r.getMessage() or "node record" in r.getMessage() for r in caplog.records
     )
@@ -94,5 +96,6 @@ def test_a_corrupt_node_record_is_skipped_by_every_reader(
         store.node("bad")
     settings = Settings(broker_url=redis_url, result_backend=redis_url, secret="s" * 32)
     cluster = Cluster(settings, store=store)
-    assert [n.name for n in cluster.nodes()] == ["good"] and cluster.nodes()[0].alive
-    assert [c["name"] for c in cluster.containers()] == ["web"]
+    (seen,) = [n for n in cluster.nodes() if n.name in ("good", "bad")]
+    assert seen.name == "good" and seen.alive
+    assert [c["name"] for c in cluster.containers() if c["node"] == "good"] == ["web"]

@@ -36,6 +36,7 @@ from workers.records import (
     Need,
     PagesTarget,
     RestoreStats,
+    tracker_of,
 )
 from workers.runtimes.base import Served
 from workers.runtimes.inventory import Inventory
@@ -100,6 +101,7 @@ class CriuRuntime:
                 criu_ok=facts.criu_ok,
                 criu_reason=facts.criu_reason,
                 soft_dirty=facts.soft_dirty,
+                tracker=tracker_of(facts.soft_dirty, facts.lacks),
                 lazy_pages=lazy,
                 lazy_pages_reason=why,
                 page_server=facts.criu_ok,
