@@ -153,17 +153,27 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- clusters --------------------------------------------------------------------------
 @contextmanager
-def loopback_cluster(where: Path) -> Iterator[Ferry]:
-    """Two nodes and a coordinator on this host, an embedded Redis of their own."""
+def loopback_cluster(where: Path, extra: dict[str, str] | None = None) -> Iterator[Ferry]:
+    """Two nodes and a coordinator on this host, an embedded Redis of their own
+    (``extra``: settings of theirs, e.g. FERRY_RUNTIME)."""
+    with local_cluster(where, extra) as cluster:
+        yield cluster.client
+
+
+@contextmanager
+def local_cluster(
+    where: Path, extra: dict[str, str] | None = None, mounts: Any = None
+) -> Iterator[LocalCluster]:
+    """:func:`loopback_cluster`'s cluster itself (``mounts``: LocalCluster's, per node)."""
     base = Path(tempfile.mkdtemp(prefix="ferry-bench-cold-", dir=where))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
-    cluster = LocalCluster(base, env)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")} | (extra or {})
+    cluster = LocalCluster(base, env, mounts)
     try:
         cluster.start_coordinator()
         for n in NODES:
             cluster.start_node(n)
         cluster.wait_ready(list(NODES))
-        yield cluster.client
+        yield cluster
     finally:
         kill_all(cluster.client)
         cluster.stop()

@@ -165,17 +165,27 @@ def ticks_in(log: str, n: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            if len(Path(log).read_text().split()) >= n:
+            if len(times(Path(log).read_text())) >= n:
                 return
         time.sleep(0.1)
     raise SystemExit(f"error: the workload did not tick {n} times in {timeout_s:.0f} s ({log})")
 
 
+def times(text: str) -> list[float]:
+    """The workload's ticks in its log: every line that is a number (the interpreter
+    may say something first)."""
+    out = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            out.append(float(line))
+    return out
+
+
 def felt_ms(log: str, start: float, end: float) -> float | None:
     """The workload's longest silence between ``start`` and ``end``, less its median tick."""
     try:
-        t = [float(x) for x in Path(log).read_text().split()]
-    except (OSError, ValueError):
+        t = times(Path(log).read_text())
+    except OSError:
         return None
     window = [x for x in t if start - 1.0 <= x <= end]
     gaps = [b - a for a, b in zip(window, window[1:], strict=False)]

@@ -195,6 +195,8 @@ for command in (
     container_commands.stop,
     container_commands.rm,
     container_commands.logs,
+    container_commands.adopt,
+    container_commands.release,
     migration_commands.migrate,
     migration_commands.status,
     migration_commands.watch,

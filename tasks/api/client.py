@@ -76,8 +76,22 @@ class Ferry(Cluster):
         """Kill container ``name`` (the copy on ``node``, where two nodes hold one)."""
         return self.command("kill", node or self.locate(name), check_container_name(name), timeout)
 
+    def adopt(self, node: str, ref: str, timeout: float = 60) -> dict[str, Any]:
+        """Put ``podman:NAME``, a Podman container on ``node``, into its inventory; the
+        node refuses one that cannot be checkpointed, saying why."""
+        self.node(node)
+        engine, sep, name = ref.partition(":")
+        if not sep or engine != "podman":
+            raise BadRequest(f"adopt {ref!r}: say podman:NAME")
+        return self.command("adopt", node, f"podman:{check_container_name(name)}", timeout)
+
+    def release(self, name: str, timeout: float = 30) -> dict[str, Any]:
+        """Hand adopted container ``name`` back to Podman: ferry forgets it, it runs on."""
+        return self.command("release", self.locate(name), check_container_name(name), timeout)
+
     def command(self, kind: str, node: str, name: str, timeout: float = 30) -> dict[str, Any]:
-        """Send the signed ``ferry.node.<kind>`` (kill, continue) of ``name`` to ``node``; its answer."""
+        """Send the signed ``ferry.node.<kind>`` (kill, continue, adopt, release) of ``name``
+        to ``node``; its answer."""
         issued = time.time()
         mac = auth.sign(self.secret, kind, issued, node, name)
         args = (name, issued, mac)

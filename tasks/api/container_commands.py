@@ -1,4 +1,4 @@
-"""``ferry`` commands about one container: stop, rm, logs."""
+"""``ferry`` commands about one container: stop, rm, logs, adopt, release."""
 
 from __future__ import annotations
 
@@ -91,3 +91,24 @@ def logs(name: str, node: str | None, follow: bool, lines: int | None) -> None:
                 sys.stdout.flush()
             else:
                 time.sleep(0.2)
+
+
+@click.command()
+@click.argument("ref", metavar="podman:NAME")
+@click.option("--node", required=True, help="The node whose Podman runs it.")
+@json_opt
+def adopt(ref: str, node: str, as_json: bool) -> None:
+    """Put Podman container NAME on NODE into ferry's inventory, so that it can be
+    moved (refused, saying why, if it cannot be checkpointed: a tty, a bind-mounted
+    host dir, a device)."""
+    got = ferry_client().adopt(node, ref)
+    emit(as_json, got, lambda: out.print(f"{got['name']} adopted on {node} (pid {got['pid']})"))
+
+
+@click.command()
+@click.argument("name")
+@json_opt
+def release(name: str, as_json: bool) -> None:
+    """Hand adopted container NAME back to Podman: ferry forgets it, it runs on."""
+    got = ferry_client().release(name)
+    emit(as_json, got, lambda: out.print(f"{name} released to Podman on {got['node']}"))

@@ -43,7 +43,8 @@ class Settings:
     max_redeliveries: int = 2
     allow_pipe_max_size: bool = False  # may raise fs.pipe-max-size for post-copy
     criu_bin: str = "criu"
-    runtime: str = "criu"  # criu | sim
+    runtime: str = "criu"  # criu | oci | sim
+    podman_store: str = ""  # oci: this node's own Podman store (root/, run/, tmp/); "": the host's
     sim_page_size: int = 4096  # the sim's kernel page size: 16384 models a Pi 5's default kernel
     link_bps: float = 125e6  # assumed node-to-node bandwidth (bytes/s) until measured
     uplink_bps: float = 0.0  # the node's send budget, shared, frozen containers first (0: none)

@@ -33,6 +33,7 @@ from tasks.node.context import (
     remembered,
 )
 from tasks.node.dataplane import send_dir
+from tasks.node.phases import carried
 from workers.dataplane.delta import apply_delta, make_delta
 
 
@@ -51,6 +52,7 @@ def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     prev = last_pass(m)
     since = float(m.results["precopy"]["end"]) if m.passes else time.time()
     if m.strategy is Strategy.DELTA:
+        carried(ctx, m, d)  # in every pass: only the first pass's copy crosses the wire
         s = ctx.runtime.checkpoint(m.container, d, leave_running=True)
         frozen_until = time.time()
         out = ctx.images(m.id, f"pass-{k}.out")

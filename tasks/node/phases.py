@@ -46,8 +46,10 @@ VERIFY_POLL_S = 0.005  # how often verify looks whether the restored tree ran
 def prepare(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     if _has(ctx, m.container, live=True) and not remembered(ctx.incoming(m.id), Phase.RESTORE):
         raise BadRequest(f"a container named {m.container!r} already runs on {ctx.node}")
+    admitted = ctx.runtime.admit(m.container)  # what cannot land here is refused now
     ctx.incoming(m.id).parent.mkdir(parents=True, exist_ok=True)
     return {
+        "admit": admitted,
         "address": ctx.address,
         "address_mac": auth.sign(ctx.secret, "address", m.id, ctx.node, ctx.address),
         **(syncpasses.open_targets(ctx, m) if m.sync else {}),
@@ -91,6 +93,7 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     # Pages straight into the destination's CRIU where the planner allows it
     # (tasks.core.chooser.page_server: a cold dump, which has no parent) and it pays.
     streamed = parent is None and streams_pages(ctx, m)
+    carried(ctx, m, d)
     s = ctx.runtime.checkpoint(
         m.container,
         d,
@@ -343,6 +346,12 @@ def _end_lazy_dump(ctx: NodeContext, m: Migration, page_server: str) -> None:
         CriuError
     ):  # the expected end: the dump failed and CRIU resumed the tree
         ctx.runtime.wait_lazy(m.container, ctx.images(m.id), 30)
+
+
+def carried(ctx: NodeContext, m: Migration, d: Path) -> int:
+    """What the destination lacks beside the checkpoint (a Podman image), written into
+    ``d`` while the container still runs."""
+    return ctx.runtime.carry(m.container, d, m.results.get("prepare", {}).get("admit", {}))
 
 
 def free_port(host: str) -> int:

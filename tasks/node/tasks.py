@@ -29,6 +29,7 @@ from tasks.store.migrations import Store
 from workers import failpoints
 from workers.errors import BadRequest, FerryError, Superseded, TokenError, TransientError
 from workers.ids import check_container_name, check_migration_id
+from workers.runtimes.oci import OciRuntime
 
 if TYPE_CHECKING:
     from celery import Celery, Task
@@ -218,6 +219,34 @@ def register(
         ctx.runtime.kill(name)
         on_inventory()
         return {"name": name, "node": ctx.node, "killed": True}
+
+    @app.task(name="ferry.node.adopt", bind=True, throws=(FerryError,))
+    def adopt(self: Task, ref: str, issued: float, mac: str) -> dict[str, Any]:
+        """Take an engine's container (``podman:NAME``) into the inventory."""
+        if not isinstance(ref, str):
+            raise BadRequest("adopt wants ENGINE:NAME")
+        auth.verify_fresh(ctx.secret, mac, issued, time.time(), "adopt", ctx.node, ref)
+        runtime = ctx.runtime
+        if not isinstance(runtime, OciRuntime):
+            raise BadRequest(f"adopt needs an oci node; {ctx.node} runs {runtime.name}")
+        once(store, ctx.node, "adopt", ref, mac)
+        info = runtime.adopt(ref)
+        on_inventory()
+        return {"name": info.name, "node": ctx.node, "pid": info.pid, "state": info.state}
+
+    @app.task(name="ferry.node.release", bind=True, throws=(FerryError,))
+    def release(self: Task, name: str, issued: float, mac: str) -> dict[str, Any]:
+        """Forget an adopted container; it runs on, its engine's alone."""
+        auth.verify_fresh(
+            ctx.secret, mac, issued, time.time(), "release", ctx.node, check_container_name(name)
+        )
+        runtime = ctx.runtime
+        if not isinstance(runtime, OciRuntime):
+            raise BadRequest(f"{ctx.node} runs {runtime.name}: it adopts nothing to release")
+        once(store, ctx.node, "release", name, mac)
+        info = runtime.release(name)
+        on_inventory()
+        return {"name": name, "node": ctx.node, "pid": info.pid, "released": True}
 
     @app.task(name="ferry.node.continue", bind=True, throws=(FerryError,))
     def continue_(self: Task, name: str, issued: float, mac: str) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from workers.ids import check_node_name
 from workers.runtimes.base import Runtime
 from workers.runtimes.criu import NOT_ROOT, CriuRuntime
 from workers.runtimes.oci import OciRuntime
+from workers.runtimes.podmancli import Podman
 from workers.runtimes.sim import SimRuntime
 
 log = logging.getLogger("ferry.worker")
@@ -61,7 +62,12 @@ RUNTIMES: dict[str, Callable[[Settings, Path], Runtime]] = {
     "criu": lambda s, home: CriuRuntime(
         home, s.container_root, Criu(s.criu_bin), s.sync_root_paths, s.allow_pipe_max_size
     ),
-    "oci": lambda s, home: OciRuntime(home, s.container_root, criu=Criu(s.criu_bin)),
+    "oci": lambda s, home: OciRuntime(
+        home,
+        s.container_root,
+        criu=Criu(s.criu_bin),
+        podman=Podman(store=Path(s.podman_store) if s.podman_store else None),
+    ),
     "sim": lambda s, home: SimRuntime(home, s.container_root, page_size=s.sim_page_size),
 }
 
@@ -99,6 +105,7 @@ def _env(s: Settings) -> dict[str, str]:
         FERRY_REDIS_URL=s.redis_url,
         FERRY_SECRET=s.secret,
         FERRY_RUNTIME=s.runtime,
+        FERRY_PODMAN_STORE=s.podman_store,
         FERRY_SHARED_DIR=str(s.container_root),
         FERRY_FAILPOINTS=s.failpoints,
         FERRY_SYNC_ROOTS=s.sync_roots,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from workers.criu.log import PipedLog
 from workers.records import (
@@ -82,3 +82,13 @@ class Runtime(Protocol):
         ...
 
     def kill(self, name: str) -> None: ...
+
+    def admit(self, name: str) -> dict[str, Any]:
+        """Refuse a container ``name`` that cannot arrive on this node (BadRequest, before
+        anything freezes); facts of this node the source's ``carry`` reads."""
+        ...
+
+    def carry(self, name: str, into: Path, peer: dict[str, Any]) -> int:
+        """Write into ``into`` (beside the checkpoint) what the destination, which
+        ``admit``-ed with ``peer``, lacks to restore ``name``; the bytes written."""
+        ...

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from workers import procs, sockets
 from workers.criu.adapter import Criu
@@ -25,7 +26,7 @@ from workers.criu.probe import probe, probe_lazy
 from workers.criu.stats import dump_stats
 from workers.dataplane.pagestream import Relay
 from workers.dirsync.dirs import check_dirs
-from workers.errors import BadRequest, CapabilityError, CriuError, PermanentError, UnknownContainer
+from workers.errors import BadRequest, CapabilityError, CriuError, PermanentError
 from workers.ids import check_container_name
 from workers.records import (
     Capabilities,
@@ -38,6 +39,7 @@ from workers.records import (
     tracker_of,
 )
 from workers.runtimes.base import Served
+from workers.runtimes.inventory import Inventory
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # what CRIU counts pages in, on this node
 
@@ -78,13 +80,12 @@ class CriuRuntime:
         allow_pipe_max_size: bool = False,
     ) -> None:
         self.state_dir = state_dir
-        self.inventory = state_dir / "containers"
+        self.inventory = Inventory(state_dir / "containers", Entry, ("argv", "sync"))
         self.container_root = container_root
         self.sync_roots = sync_roots
         self.criu = criu or Criu()
         self.allow_pipe_max_size = allow_pipe_max_size  # may raise fs.pipe-max-size (probe_lazy)
         self._caps: Capabilities | None = None
-        self.inventory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.container_root.mkdir(parents=True, exist_ok=True)
 
     # -- what this node can do ---------------------------------------------
@@ -128,24 +129,6 @@ class CriuRuntime:
         return LazyReport(size, waits.faults, waits.stalls)
 
     # -- inventory ---------------------------------------------------------
-    def _path(self, name: str) -> Path:
-        return self.inventory / f"{check_container_name(name)}.json"
-
-    def _load(self, name: str) -> Entry:
-        try:
-            raw = json.loads(self._path(name).read_text())
-        except FileNotFoundError:
-            raise UnknownContainer(name) from None
-        raw["argv"] = tuple(raw["argv"])
-        raw["sync"] = tuple(raw.get("sync", ()))
-        return Entry(**raw)
-
-    def _save(self, entry: Entry) -> None:
-        path = self._path(entry.name)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(entry)))
-        os.replace(tmp, path)
-
     def _info(self, e: Entry) -> ContainerInfo:
         live = procs.alive(e.pid, e.ticks)
         st = e.state if live else "exited"
@@ -165,19 +148,13 @@ class CriuRuntime:
         )
 
     def containers(self) -> list[ContainerInfo]:
-        out = []
-        for path in sorted(self.inventory.glob("*.json")):
-            try:
-                out.append(self._info(self._load(path.stem)))
-            except (UnknownContainer, ValueError, TypeError, KeyError):
-                continue
-        return out
+        return [self._info(e) for e in self.inventory.entries()]
 
     def get(self, name: str) -> ContainerInfo:
-        return self._info(self._load(name))
+        return self._info(self.inventory.load(name))
 
     def has(self, name: str) -> bool:
-        return self._path(name).exists()
+        return self.inventory.has(name)
 
     # -- lifecycle ---------------------------------------------------------
     def start(
@@ -236,11 +213,11 @@ class CriuRuntime:
             labels=dict(labels or {}),
             sync=sync,
         )
-        self._save(entry)
+        self.inventory.save(entry)
         return self._info(entry)
 
     def _live(self, name: str) -> Entry:
-        entry = self._load(name)
+        entry = self.inventory.load(name)
         if not procs.alive(entry.pid, entry.ticks):
             raise PermanentError(
                 f"container {name!r} is not running on this node (pid {entry.pid} is gone)"
@@ -284,7 +261,7 @@ class CriuRuntime:
                 )
             stats = replace(stats, pages=relay.stats)
         if not leave_running:
-            self._save(replace(entry, state="frozen"))
+            self.inventory.save(replace(entry, state="frozen"))
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
         return stats
 
@@ -306,7 +283,7 @@ class CriuRuntime:
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
         _, frozen_at = self.criu.start_lazy_dump(entry.pid, images, address, port, parent)
         (images / "page-server.port").write_text(f"{port}\n")  # wait_lazy counts its bytes
-        self._save(replace(entry, state="frozen"))
+        self.inventory.save(replace(entry, state="frozen"))
         return frozen_at
 
     def wait_lazy(
@@ -326,8 +303,8 @@ class CriuRuntime:
             if "Dumping finished successfully" in text:
                 return dump_stats(images, (time.monotonic() - started) * 1000)
             if "Dumping FAILED" in text:
-                entry = self._load(name)
-                self._save(replace(entry, state="running"))  # CRIU resumed it
+                entry = self.inventory.load(name)
+                self.inventory.save(replace(entry, state="running"))  # CRIU resumed it
                 errno, detail = explain(log)
                 raise CriuError("lazy dump", errno, log, detail)
             time.sleep(0.01)
@@ -363,7 +340,7 @@ class CriuRuntime:
             labels=meta.get("labels", {}),
             sync=tuple(meta.get("sync", ())),
         )  # the declaration moves with it
-        self._save(entry)
+        self.inventory.save(entry)
         return stats
 
     def _check_sync(self, name: str, sync: tuple[str, ...], workdir: Path) -> tuple[str, ...]:
@@ -384,25 +361,31 @@ class CriuRuntime:
         Frozen (after a dump): continue it. Gone but its images are here:
         restore it on this node. Running: nothing to do.
         """
-        entry = self._load(name)
+        entry = self.inventory.load(name)
         if procs.alive(entry.pid, entry.ticks):
             procs.signal_tree(entry.pid, signal.SIGCONT)
             entry = replace(entry, state="running")
-            self._save(entry)
+            self.inventory.save(entry)
             return self._info(entry)
         if images is None or not (images / "ferry-container.json").exists():
             raise PermanentError(f"container {name!r} is gone and no images are left to restore it")
-        self._path(name).unlink(missing_ok=True)
+        self.inventory.drop(name)
         try:
             self.restore(name, images)
         except CriuError:
-            self._save(entry)
+            self.inventory.save(entry)
             raise
         return self.get(name)
 
     def kill(self, name: str) -> None:
         """Kill ``name`` and forget it. Killing a container that is gone just forgets it."""
-        entry = self._load(name)
+        entry = self.inventory.load(name)
         if procs.alive(entry.pid, entry.ticks) and not procs.kill_and_wait(entry.pid):
             raise PermanentError(f"container {name!r} (pid {entry.pid}) would not die")
-        self._path(name).unlink(missing_ok=True)
+        self.inventory.drop(name)
+
+    def admit(self, name: str) -> dict[str, Any]:
+        return {}  # a container of this runtime needs nothing of its destination but the name
+
+    def carry(self, name: str, into: Path, peer: dict[str, Any]) -> int:
+        return 0

@@ -7,6 +7,10 @@ limit ``oci.memory`` in bytes). Each node keeps its own runc state
 without ``--leave-running`` ends the container, so a frozen source is one whose
 images are the only copy: rollback restores it from them on the source.
 Post-copy and streamed pages are not done through runc yet: refused.
+
+A Podman container joins the inventory by ``adopt`` (engine ``podman``) and
+leaves it by ``release``; it moves through Podman's own checkpoint and restore
+(workers.runtimes.ocipodman says why), so Podman stays in charge of it.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from workers import procs
 from workers.criu.adapter import Criu
 from workers.criu.log import PipedLog, explain
 from workers.criu.probe import probe
 from workers.criu.stats import RESTORE_FIELDS, dump_stats, read_stats
-from workers.errors import BadRequest, CapabilityError, CriuError, PermanentError, UnknownContainer
+from workers.errors import BadRequest, CapabilityError, CriuError, PermanentError
 from workers.ids import check_container_name
 from workers.records import (
     Capabilities,
@@ -35,9 +40,12 @@ from workers.records import (
     PagesTarget,
     RestoreStats,
 )
+from workers.runtimes import ocipodman
 from workers.runtimes.base import Served
 from workers.runtimes.criu import NOT_ROOT
+from workers.runtimes.inventory import Inventory
 from workers.runtimes.ocibundle import check_rootfs, config, parse_size, write_bundle
+from workers.runtimes.podmancli import Podman
 
 NO_LAZY = "the oci runtime does not do post-copy yet (runc --lazy-pages is not wired)"
 
@@ -51,6 +59,8 @@ class OciEntry:
     started: float
     labels: dict[str, str] = field(default_factory=dict)
     state: str = "running"  # running | frozen (checkpointed, no process left)
+    engine: str = "runc"  # runc (ferry's bundle) | podman (adopted: Podman's container)
+    image: str = ""  # podman: its image's ID
 
 
 class OciRuntime:
@@ -59,16 +69,21 @@ class OciRuntime:
     name = "oci"
 
     def __init__(
-        self, state_dir: Path, container_root: Path, runc: str = "runc", criu: Criu | None = None
+        self,
+        state_dir: Path,
+        container_root: Path,
+        runc: str = "runc",
+        criu: Criu | None = None,
+        podman: Podman | None = None,
     ) -> None:
         self.state_dir = state_dir
-        self.inventory = state_dir / "oci"
+        self.inventory = Inventory(state_dir / "oci", OciEntry, ("argv",))
         self.root = state_dir / "runc"
         self.container_root = container_root
         self.runc = runc
         self.criu = criu or Criu()
+        self.podman = podman or Podman()
         self._caps: Capabilities | None = None
-        self.inventory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.container_root.mkdir(parents=True, exist_ok=True)
 
     def capabilities(self) -> Capabilities:
@@ -99,22 +114,6 @@ class OciRuntime:
         raise CapabilityError(NO_LAZY)
 
     # -- inventory ---------------------------------------------------------
-    def _path(self, name: str) -> Path:
-        return self.inventory / f"{check_container_name(name)}.json"
-
-    def _load(self, name: str) -> OciEntry:
-        try:
-            raw = json.loads(self._path(name).read_text())
-        except FileNotFoundError:
-            raise UnknownContainer(name) from None
-        raw["argv"] = tuple(raw["argv"])
-        return OciEntry(**raw)
-
-    def _save(self, entry: OciEntry) -> None:
-        tmp = self._path(entry.name).with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(entry)))
-        os.replace(tmp, self._path(entry.name))
-
     def _runc(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [self.runc, "--root", str(self.root), *args],
@@ -133,10 +132,16 @@ class OciRuntime:
         st = json.loads(out.stdout)
         return str(st["status"]), int(st.get("pid") or 0)
 
+    def _status(self, e: OciEntry) -> tuple[str, int]:
+        """What the engine says of ``e``: runc's or Podman's status, and its pid."""
+        if e.engine == "podman":
+            return ocipodman.state_of(self.podman, e.name)
+        return self._state(e.name)
+
     def _info(self, e: OciEntry) -> ContainerInfo:
-        status, pid = self._state(e.name)
+        status, pid = self._status(e)
         state = {"running": "running", "paused": "frozen"}.get(status, "exited")
-        if status == "gone" and e.state == "frozen":
+        if status in ("gone", "exited") and e.state == "frozen":
             state = "frozen"
         return ContainerInfo(
             name=e.name,
@@ -151,16 +156,10 @@ class OciRuntime:
         )
 
     def containers(self) -> list[ContainerInfo]:
-        out = []
-        for path in sorted(self.inventory.glob("*.json")):
-            try:
-                out.append(self._info(self._load(path.stem)))
-            except (UnknownContainer, ValueError, TypeError, KeyError):
-                continue
-        return out
+        return [self._info(e) for e in self.inventory.entries()]
 
     def get(self, name: str) -> ContainerInfo:
-        return self._info(self._load(name))
+        return self._info(self.inventory.load(name))
 
     # -- lifecycle ---------------------------------------------------------
     def start(
@@ -185,7 +184,7 @@ class OciRuntime:
         memory = parse_size(labels["oci.memory"]) if labels.get("oci.memory") else None
         if os.geteuid() != 0:
             raise CapabilityError(NOT_ROOT)
-        if self._path(name).exists() and self.get(name).state != "exited":
+        if self.inventory.has(name) and self.get(name).state != "exited":
             raise BadRequest(f"container {name!r} already runs on this node")
         self._forget(name)
         workdir = self.container_root / name
@@ -196,13 +195,15 @@ class OciRuntime:
             name, tuple(argv), str(workdir / "bundle"), str(workdir / "log"), time.time(), labels
         )
         self._detached(entry, "run", "--bundle", entry.bundle, "--detach", name)
-        self._save(entry)
+        self.inventory.save(entry)
         return self._info(entry)
 
     def _detached(self, entry: OciEntry, *args: str) -> None:
         """``runc ARGS`` with the container's stdio on pipes copied into its log."""
+        # -S: the keeper needs only the standard library, and a restore is inside the
+        # freeze: skipping site (the venv's .pth files) saves 50-100 ms of it here
         proc = subprocess.run(
-            [sys.executable, "-m", "workers.runtimes.ocistdio", "--log", entry.log, "--"]
+            [sys.executable, "-S", "-m", "workers.runtimes.ocistdio", "--log", entry.log, "--"]
             + [self.runc, "--root", str(self.root), *args],
             capture_output=True,
             text=True,
@@ -215,12 +216,14 @@ class OciRuntime:
             raise PermanentError(f"runc {args[0]} {entry.name}: {proc.stderr.strip()[-400:]}")
 
     def _forget(self, name: str) -> None:
-        """Drop runc's record of a stopped ``name`` (a live one is refused by runc)."""
-        self._runc("delete", name)
+        """Drop runc's record of a stopped ``name`` (a live one is refused by runc); a
+        name runc has no state dir for costs no runc call (restore is in the freeze)."""
+        if (self.root / name).exists():
+            self._runc("delete", name)
 
     def _live(self, name: str) -> OciEntry:
-        entry = self._load(name)
-        if self._state(name)[0] != "running":
+        entry = self.inventory.load(name)
+        if self._status(entry)[0] != "running":
             raise PermanentError(f"container {name!r} is not running on this node")
         return entry
 
@@ -238,14 +241,17 @@ class OciRuntime:
         if pages is not None:
             raise CapabilityError("the oci runtime does not stream pages: " + NO_LAZY)
         entry = self._live(name)
-        args = ["--image-path", str(images), "--work-path", str(images)]
-        if leave_running:
-            args.append("--leave-running")
-        if parent is not None and self.capabilities().soft_dirty:
-            args += ["--parent-path", os.path.relpath(parent, images)]
-        stats = self._dump(name, images, args)
+        if entry.engine == "podman":
+            stats = ocipodman.checkpoint(self.podman, name, images, leave_running)
+        else:
+            args = ["--image-path", str(images), "--work-path", str(images)]
+            if leave_running:
+                args.append("--leave-running")
+            if parent is not None and self.capabilities().soft_dirty:
+                args += ["--parent-path", os.path.relpath(parent, images)]
+            stats = self._dump(name, images, args)
         if not leave_running:
-            self._save(replace(entry, state="frozen"))
+            self.inventory.save(replace(entry, state="frozen"))
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
         return stats
 
@@ -265,7 +271,8 @@ class OciRuntime:
             raise CapabilityError(
                 "pre-dump refused: tracking memory is not available (no soft-dirty here)"
             )
-        self._live(name)
+        if self._live(name).engine == "podman":
+            raise CapabilityError("pre-dump of a Podman container: use delta (podman has no chain)")
         args = ["--pre-dump", "--image-path", str(images), "--work-path", str(images)]
         if parent is not None:
             args += ["--parent-path", os.path.relpath(parent, images)]
@@ -288,41 +295,39 @@ class OciRuntime:
         check_container_name(name)
         if page_server is not None:
             raise CapabilityError(NO_LAZY)
-        if self._path(name).exists() and self.get(name).state in ("running", "frozen"):
+        if self.inventory.has(name) and self.get(name).state in ("running", "frozen"):
             raise BadRequest(f"container {name!r} already runs on this node")
         meta = json.loads((images / "ferry-container.json").read_text())
         if meta.get("name") != name:
             raise PermanentError(f"images in {images} are of {meta.get('name')!r}, not {name!r}")
-        meta["argv"] = tuple(meta["argv"])
-        entry = replace(OciEntry(**meta), state="running")
+        entry = replace(self.inventory.from_dict(meta), state="running")
+        if entry.engine == "podman":
+            began = time.monotonic()
+            ocipodman.restore(
+                self.podman, name, entry.image, entry.labels.get("oci.image", ""), images
+            )
+            self.inventory.save(entry)
+            pid = self._status(entry)[1]
+            return RestoreStats(pid, 0.0, 0.0, 0, (time.monotonic() - began) * 1000)
         if not (Path(entry.bundle) / "config.json").exists():
             raise PermanentError(f"bundle {entry.bundle} of {name!r} is missing on this node")
         self._forget(name)
         work = images / f"restore-{time.time_ns()}"
         began = time.monotonic()
+        where = ["--image-path", str(images), "--work-path", str(work), "--bundle", entry.bundle]
+        where += ["--pid-file", str(work / "pid")]  # its pid without another runc call
         try:
-            self._detached(
-                entry,
-                "restore",
-                "--detach",
-                "--image-path",
-                str(images),
-                "--work-path",
-                str(work),
-                "--bundle",
-                entry.bundle,
-                name,
-            )
+            self._detached(entry, "restore", "--detach", *where, name)
         except PermanentError as exc:
             log = work / "restore.log"
             errno, detail = explain(log) if log.exists() else (0, str(exc))
             raise CriuError("restore", errno, log, detail) from exc
         wall = (time.monotonic() - began) * 1000
-        self._save(entry)
+        self.inventory.save(entry)
         stats = work / "stats-restore"
         fields = read_stats(stats, 2, RESTORE_FIELDS) if stats.exists() else {}
         return RestoreStats(
-            pid=self._state(name)[1],
+            pid=int((work / "pid").read_text()),
             restore_ms=fields.get("restore_time", 0) / 1000,
             forking_ms=fields.get("forking_time", 0) / 1000,
             pages_restored=fields.get("pages_restored", 0),
@@ -331,25 +336,63 @@ class OciRuntime:
 
     def resume(self, name: str, images: Path | None = None) -> ContainerInfo:
         """Bring a checkpointed source back: running already, or restored from ``images``."""
-        entry = self._load(name)
-        if self._state(name)[0] == "running":
-            self._save(replace(entry, state="running"))
+        entry = self.inventory.load(name)
+        if self._status(entry)[0] == "running":
+            self.inventory.save(replace(entry, state="running"))
+            return self.get(name)
+        if entry.engine == "podman":  # its checkpoint was kept by its Podman
+            self.podman.restore_here(name)
+            self.inventory.save(replace(entry, state="running"))
             return self.get(name)
         if images is None or not (images / "ferry-container.json").exists():
             raise PermanentError(f"container {name!r} is gone and no images are left to restore it")
-        self._path(name).unlink()
+        self.inventory.drop(name)
         try:
             self.restore(name, images)
         except CriuError:
-            self._save(entry)
+            self.inventory.save(entry)
             raise
         return self.get(name)
 
     def kill(self, name: str) -> None:
         """Kill ``name`` and forget it; a container that is gone is just forgotten."""
-        self._load(name)
-        if self._state(name)[0] != "gone":
+        if self.inventory.load(name).engine == "podman":
+            self.podman.remove(name)
+        elif self._state(name)[0] != "gone":
             out = self._runc("delete", "--force", name)
             if out.returncode != 0 and self._state(name)[0] != "gone":
                 raise PermanentError(f"runc would not delete {name!r}: {out.stderr.strip()}")
-        self._path(name).unlink(missing_ok=True)
+        self.inventory.drop(name)
+
+    # -- adopted containers ------------------------------------------------
+    def adopt(self, ref: str) -> ContainerInfo:
+        """Take ``podman:NAME`` into the inventory, if it can be checkpointed (BadRequest why not)."""
+        engine, _, name = ref.partition(":")
+        if engine != "podman":
+            raise BadRequest(f"adopt {ref!r}: this node adopts podman:NAME")
+        check_container_name(name)
+        if self.inventory.has(name) and self.get(name).state != "exited":
+            raise BadRequest(f"container {name!r} is already in this node's inventory")
+        entry = OciEntry(**ocipodman.adopted(self.podman, name), engine="podman")
+        self.inventory.save(entry)
+        return self._info(entry)
+
+    def release(self, name: str) -> ContainerInfo:
+        """Hand an adopted container back to its engine: ferry forgets it, it runs on."""
+        entry = self.inventory.load(name)
+        if entry.engine != "podman":
+            raise BadRequest(f"{name!r} was started by ferry, not adopted: `ferry stop` ends it")
+        info = self._info(entry)
+        if info.state == "frozen":
+            raise BadRequest(f"{name!r} is checkpointed (a migration holds it): release it later")
+        self.inventory.drop(name)
+        return info
+
+    def admit(self, name: str) -> dict[str, Any]:
+        return ocipodman.admit(self.podman, name)
+
+    def carry(self, name: str, into: Path, peer: dict[str, Any]) -> int:
+        """Put beside ``name``'s checkpoint what the destination lacks: its image."""
+        entry = self.inventory.load(name)
+        have = list(peer.get("podman_images", []))
+        return ocipodman.carry_image(self.podman, entry.image, into, have) if entry.image else 0
