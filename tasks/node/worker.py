@@ -40,6 +40,7 @@ from workers.errors import BadRequest, FerryError
 from workers.ids import check_node_name
 from workers.runtimes.base import Runtime
 from workers.runtimes.criu import NOT_ROOT, CriuRuntime
+from workers.runtimes.netns import bridge
 from workers.runtimes.oci import OciRuntime
 from workers.runtimes.sim import SimRuntime
 
@@ -55,7 +56,12 @@ def node_dir(settings: Settings, node: str) -> Path:
 
 RUNTIMES: dict[str, Callable[[Settings, Path], Runtime]] = {
     "criu": lambda s, home: CriuRuntime(
-        home, s.container_root, Criu(s.criu_bin), s.sync_root_paths, s.allow_pipe_max_size
+        home,
+        s.container_root,
+        Criu(s.criu_bin),
+        s.sync_root_paths,
+        s.allow_pipe_max_size,
+        s.bridge,
     ),
     "oci": lambda s, home: OciRuntime(home, s.container_root, criu=Criu(s.criu_bin)),
     "sim": lambda s, home: SimRuntime(home, s.container_root, page_size=s.sim_page_size),
@@ -86,6 +92,14 @@ def already_up(node: str, holder: str, rec: dict[str, Any] | None) -> str:
 
 def _containers(runtime: Runtime) -> list[dict[str, Any]]:
     return [{**asdict(c), "argv": list(c.argv)} for c in runtime.containers()]
+
+
+def _net(s: Settings) -> dict[str, Any]:
+    """What the chooser needs to know of this node's bridge (tasks.core.netaddr.NodeNet)."""
+    if not s.bridge:
+        return {}
+    found = bridge(s.bridge)  # not a bridge here: the node stops now, saying so
+    return {"bridge": found.name, "addresses": list(found.addresses)}
 
 
 def _env(s: Settings) -> dict[str, str]:
@@ -145,6 +159,7 @@ def serve(settings: Settings, node: str) -> int:
         "started": time.time(),
         "queues": [node_queue(node), node_queue(node, True)],
         "probe": caps.record(),
+        "net": _net(s),
     }
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False

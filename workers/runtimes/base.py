@@ -33,6 +33,7 @@ class ContainerInfo:
     labels: dict[str, str] = field(default_factory=dict)
     # node-local directories synced when it migrates (workers.dirsync.dirs)
     sync: tuple[str, ...] = ()
+    net: str = ""  # its own address, ADDR/PREFIX (workers.runtimes.netns); "": the node's
 
 
 class Runtime(Protocol):
@@ -59,6 +60,7 @@ class Runtime(Protocol):
         argv: list[str],
         labels: dict[str, str] | None = None,
         sync: tuple[str, ...] = (),
+        net: str = "",
     ) -> ContainerInfo: ...
 
     def checkpoint(

@@ -2,22 +2,25 @@
 
 A container is a process tree in new pid, uts and ipc namespaces (started by
 workers.runtimes.launch), with its working directory and log under the cluster's
-container root (storage every node sees, or synced). The node's inventory, one
-JSON file per container under ``<state>/containers``, is the authority on what
-the node manages: nothing outside it is ever checkpointed or killed.
+container root (storage every node sees, or synced); one started with an address
+has its own network namespace too (workers.runtimes.netns), which moves with it
+with its TCP connections. The node's inventory
+(workers.runtimes.inventory) is the authority on what it manages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
+from tasks.core.netaddr import parse
 from workers import procs, sockets
 from workers.criu.adapter import Criu
 from workers.criu.log import FaultStalls, PipedLog, explain, fault_stalls, lazy_pages_pulled
@@ -36,6 +39,8 @@ from workers.records import (
     RestoreStats,
 )
 from workers.runtimes.base import ContainerInfo, Served
+from workers.runtimes.inventory import Entry, Inventory
+from workers.runtimes.netns import NetIdentity, claim, restore_into
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # what CRIU counts pages in, on this node
 
@@ -44,22 +49,6 @@ NOT_ROOT = (
     "containers need root on this node (CRIU and namespaces): run `ferry worker` as root, "
     "or FERRY_RUNTIME=sim for the simulated runtime"
 )
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One inventory entry, as kept on the node's disk."""
-
-    name: str
-    pid: int
-    ticks: int
-    argv: tuple[str, ...]
-    workdir: str
-    log: str
-    started: float
-    state: str = "running"  # running | frozen
-    labels: dict[str, str] = field(default_factory=dict)
-    sync: tuple[str, ...] = ()  # declared node-local directories (workers.dirsync.dirs)
 
 
 class CriuRuntime:
@@ -74,15 +63,17 @@ class CriuRuntime:
         criu: Criu | None = None,
         sync_roots: tuple[Path, ...] = (),
         allow_pipe_max_size: bool = False,
+        bridge: str = "",
     ) -> None:
         self.state_dir = state_dir
-        self.inventory = state_dir / "containers"
+        self.inventory = Inventory(state_dir / "containers")
+        self._load, self._save = self.inventory.load, self.inventory.save
         self.container_root = container_root
         self.sync_roots = sync_roots
         self.criu = criu or Criu()
         self.allow_pipe_max_size = allow_pipe_max_size  # may raise fs.pipe-max-size (probe_lazy)
+        self.bridge = bridge  # where containers with their own address plug in ("": none)
         self._caps: Capabilities | None = None
-        self.inventory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.container_root.mkdir(parents=True, exist_ok=True)
 
     # -- what this node can do ---------------------------------------------
@@ -125,24 +116,6 @@ class CriuRuntime:
         return LazyReport(size, waits.faults, waits.stalls)
 
     # -- inventory ---------------------------------------------------------
-    def _path(self, name: str) -> Path:
-        return self.inventory / f"{check_container_name(name)}.json"
-
-    def _load(self, name: str) -> Entry:
-        try:
-            raw = json.loads(self._path(name).read_text())
-        except FileNotFoundError:
-            raise UnknownContainer(name) from None
-        raw["argv"] = tuple(raw["argv"])
-        raw["sync"] = tuple(raw.get("sync", ()))
-        return Entry(**raw)
-
-    def _save(self, entry: Entry) -> None:
-        path = self._path(entry.name)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(entry)))
-        os.replace(tmp, path)
-
     def _info(self, e: Entry) -> ContainerInfo:
         live = procs.alive(e.pid, e.ticks)
         st = e.state if live else "exited"
@@ -159,13 +132,14 @@ class CriuRuntime:
             runtime=self.name,
             labels=e.labels,
             sync=e.sync,
+            net=e.net,
         )
 
     def containers(self) -> list[ContainerInfo]:
         out = []
-        for path in sorted(self.inventory.glob("*.json")):
+        for name in self.inventory.names():
             try:
-                out.append(self._info(self._load(path.stem)))
+                out.append(self._info(self._load(name)))
             except (UnknownContainer, ValueError, TypeError, KeyError):
                 continue
         return out
@@ -174,7 +148,7 @@ class CriuRuntime:
         return self._info(self._load(name))
 
     def has(self, name: str) -> bool:
-        return self._path(name).exists()
+        return self.inventory.has(name)
 
     # -- lifecycle ---------------------------------------------------------
     def start(
@@ -183,8 +157,10 @@ class CriuRuntime:
         argv: list[str],
         labels: dict[str, str] | None = None,
         sync: tuple[str, ...] = (),
+        net: str = "",
     ) -> ContainerInfo:
-        """Start ``argv`` as container ``name`` on this node, declaring its ``sync`` dirs."""
+        """Start ``argv`` as container ``name`` on this node, declaring its ``sync`` dirs,
+        with its own address ``net`` (ADDR/PREFIX) on the node's bridge if given."""
         check_container_name(name)
         if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
             raise BadRequest("a container needs a command: ferry run --node N -- CMD ...")
@@ -194,8 +170,11 @@ class CriuRuntime:
             raise BadRequest(f"container {name!r} already runs on this node")
         workdir = self.container_root / name
         sync = self._check_sync(name, sync, workdir)
+        held = {c.name: c.net for c in self.containers() if c.state != "exited"}
+        identity = claim(self.state_dir, self.bridge, name, net, held) if net else None
         workdir.mkdir(parents=True, exist_ok=True)
         log = workdir / "log"
+        joins = ["--netns", str(identity.path)] if identity else []
         proc = subprocess.run(
             [
                 sys.executable,
@@ -207,6 +186,7 @@ class CriuRuntime:
                 str(workdir),
                 "--log",
                 str(log),
+                *joins,
                 "--",
                 *argv,
             ],
@@ -217,6 +197,8 @@ class CriuRuntime:
             cwd=str(Path(__file__).resolve().parents[2]),
         )
         if proc.returncode != 0 or not proc.stdout.strip().isdigit():
+            if identity:
+                identity.remove()
             raise BadRequest(
                 f"cannot start {argv[0]!r}: {proc.stderr.strip() or proc.stdout.strip()}"
             )
@@ -232,9 +214,16 @@ class CriuRuntime:
             started=time.time(),
             labels=dict(labels or {}),
             sync=sync,
+            net=net,
         )
         self._save(entry)
+        if identity:
+            identity.announce()
         return self._info(entry)
+
+    def _identity(self, name: str, net: str) -> NetIdentity | None:
+        """Container ``name``'s network on this node, if it has an address."""
+        return NetIdentity(self.state_dir, name, parse(net), self.bridge) if net else None
 
     def _live(self, name: str) -> Entry:
         entry = self._load(name)
@@ -260,28 +249,25 @@ class CriuRuntime:
         running (CRIU resumes it).
         """
         entry = self._live(name)
-        if pages is None:
+        identity = self._identity(name, entry.net)
+        net_ns = identity.inode() if identity else None
+        relay = Relay(pages) if pages is not None else None
+        with relay if relay is not None else contextlib.nullcontext(None) as fd:
             stats = self.criu.dump(
                 entry.pid,
                 images,
                 leave_running=leave_running,
                 leave_stopped=not leave_running,
                 parent=parent,
+                ps_socket=fd,
+                net_ns=net_ns,
             )
-        else:
-            relay = Relay(pages)
-            with relay as fd:
-                stats = self.criu.dump(
-                    entry.pid,
-                    images,
-                    leave_running=leave_running,
-                    leave_stopped=not leave_running,
-                    parent=parent,
-                    ps_socket=fd,
-                )
+        if relay is not None:
             stats = replace(stats, pages=relay.stats)
         if not leave_running:
             self._save(replace(entry, state="frozen"))
+            if identity:
+                identity.withdraw()  # off the network before the destination's copy comes up
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
         return stats
 
@@ -299,6 +285,8 @@ class CriuRuntime:
         Returns when the tree froze (wall clock).
         """
         entry = self._live(name)
+        if entry.net:
+            raise CapabilityError(f"{name} has its own address: post-copy cannot move it yet")
         (images / "ferry-container.json").parent.mkdir(parents=True, exist_ok=True)
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
         _, frozen_at = self.criu.start_lazy_dump(entry.pid, images, address, port, parent)
@@ -344,9 +332,12 @@ class CriuRuntime:
         meta = json.loads((images / "ferry-container.json").read_text())
         if meta.get("name") != name:
             raise PermanentError(f"images in {images} are of {meta.get('name')!r}, not {name!r}")
+        identity = self._identity(name, meta.get("net", ""))
         if page_server is not None:
             self.criu.start_lazy_pages(images, *page_server)
             stats = self.criu.restore(images, extra=("--lazy-pages",))
+        elif identity:
+            stats = restore_into(self.criu, images, identity)
         else:
             stats = self.criu.restore(images)
         entry = Entry(
@@ -359,8 +350,11 @@ class CriuRuntime:
             started=meta["started"],
             labels=meta.get("labels", {}),
             sync=tuple(meta.get("sync", ())),
-        )  # the declaration moves with it
+            net=meta.get("net", ""),
+        )  # the declaration and the address move with it
         self._save(entry)
+        if identity:
+            identity.announce()
         return stats
 
     def _check_sync(self, name: str, sync: tuple[str, ...], workdir: Path) -> tuple[str, ...]:
@@ -382,14 +376,24 @@ class CriuRuntime:
         restore it on this node. Running: nothing to do.
         """
         entry = self._load(name)
+        has_images = images is not None and (images / "ferry-container.json").exists()
+        if (
+            entry.net
+            and entry.state == "frozen"
+            and has_images
+            and procs.alive(entry.pid, entry.ticks)
+        ):
+            # its connections are in repair mode behind CRIU's lock: a SIGCONT would not
+            # bring them back; a restore from the images here does
+            procs.kill_and_wait(entry.pid)
         if procs.alive(entry.pid, entry.ticks):
             procs.signal_tree(entry.pid, signal.SIGCONT)
             entry = replace(entry, state="running")
             self._save(entry)
             return self._info(entry)
-        if images is None or not (images / "ferry-container.json").exists():
+        if images is None or not has_images:
             raise PermanentError(f"container {name!r} is gone and no images are left to restore it")
-        self._path(name).unlink(missing_ok=True)
+        self.inventory.drop(name)
         try:
             self.restore(name, images)
         except CriuError:
@@ -402,4 +406,7 @@ class CriuRuntime:
         entry = self._load(name)
         if procs.alive(entry.pid, entry.ticks) and not procs.kill_and_wait(entry.pid):
             raise PermanentError(f"container {name!r} (pid {entry.pid}) would not die")
-        self._path(name).unlink(missing_ok=True)
+        identity = self._identity(name, entry.net)
+        if identity:
+            identity.remove()
+        self.inventory.drop(name)

@@ -1,0 +1,95 @@
+"""A TCP echo service and the client that watches it across a move.
+
+``SERVER`` is the container's program: it accepts connections one after the
+other and answers every line with the same line. ``EchoClient`` holds ONE
+connection to it and sends a numbered line every ``every_s``, waiting for its
+answer before the next; it records what a peer of a migrated service sees:
+whether the connection broke, whether every answer came back once and in
+order, and the longest wait for an answer (the stall).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+PORT = 7000
+SERVER = (
+    "import socket\n"
+    "s = socket.socket()\n"
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    f"s.bind(('0.0.0.0', {PORT})); s.listen()\n"
+    "while True:\n"
+    "    c, _ = s.accept()\n"
+    "    f = c.makefile('rwb', buffering=0)\n"
+    "    for line in f:\n"
+    "        c.sendall(line)\n"
+    "    c.close()\n"
+)
+
+
+@dataclass
+class Seen:
+    """What the client saw."""
+
+    sent: int = 0
+    answers: list[int] = field(default_factory=list)
+    stalls: list[tuple[float, float]] = field(default_factory=list)  # (start epoch, s) > 50 ms
+    longest_s: float = 0.0
+    error: str = ""  # the connection broke: how
+
+    @property
+    def in_order(self) -> bool:
+        """Every line sent was answered exactly once, in order."""
+        return self.answers == list(range(len(self.answers))) and self.sent - len(self.answers) <= 1
+
+
+class EchoClient:
+    """One connection to ``address:PORT``, a numbered line every ``every_s``, in a thread."""
+
+    def __init__(self, address: str, every_s: float = 0.01, timeout_s: float = 60.0) -> None:
+        self.sock = socket.create_connection((address, PORT), timeout=10)
+        self.sock.settimeout(timeout_s)
+        self.every_s = every_s
+        self.seen = Seen()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._talk, daemon=True, name="echo-client")
+
+    def start(self) -> EchoClient:
+        self._thread.start()
+        return self
+
+    def answered(self) -> int:
+        return len(self.seen.answers)
+
+    def stop(self) -> Seen:
+        """Stop sending, close the connection and say what was seen."""
+        self._stop.set()
+        self._thread.join(90)
+        self.sock.close()
+        return self.seen
+
+    def _talk(self) -> None:
+        buf, i = b"", 0
+        try:
+            while not self._stop.is_set():
+                asked = time.monotonic()
+                self.sock.sendall(f"{i}\n".encode())
+                self.seen.sent += 1
+                while b"\n" not in buf:
+                    data = self.sock.recv(4096)
+                    if not data:
+                        raise ConnectionError("the server closed the connection")
+                    buf += data
+                line, _, buf = buf.partition(b"\n")
+                self.seen.answers.append(int(line))
+                waited = time.monotonic() - asked
+                self.seen.longest_s = max(self.seen.longest_s, waited)
+                if waited > 0.05:
+                    self.seen.stalls.append((time.time() - waited, waited))
+                i += 1
+                time.sleep(self.every_s)
+        except (OSError, ValueError) as exc:
+            self.seen.error = f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,215 @@
+"""A container's own network: a namespace with one veth into the node's bridge.
+
+    node's bridge (FERRY_BRIDGE) ── fv<hash>  ══  eth0 ADDR/PREFIX, MAC from ADDR   (the netns)
+
+The namespace is kept alive by a bind mount on a file in the node's state
+dir (``<home>/netns/<container>``), so it outlives its processes: the launcher
+joins it, CRIU dumps the container with it as external and restores into a
+fresh one on the destination (``--inherit-fd``). The outside end of the veth
+is the switch: down, the address is off the network (the source withdraws it
+after the dump; the destination builds its copy down and brings it up once
+the tree is restored), up, a gratuitous ARP tells the peers and the bridges
+where the address now is.
+
+Everything here runs ``ip``, ``unshare`` and ``umount`` with argument lists,
+never a shell; names are made here from checked container names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import socket
+import struct
+import subprocess
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Interface
+from pathlib import Path
+from typing import Any
+
+from tasks.core.netaddr import NodeNet, check_carry, check_claim, mac
+from workers.criu.adapter import Criu
+from workers.errors import CapabilityError, PermanentError
+from workers.records import RestoreStats
+
+CLONE_NEWNET = 0x40000000
+INSIDE = "eth0"  # the container's interface
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """The node's bridge, as the kernel reports it."""
+
+    name: str
+    addresses: tuple[str, ...]  # its IPv4 addresses, "10.77.0.11/24"
+
+
+def bridge(name: str) -> Bridge:
+    """The bridge ``name`` with its addresses; CapabilityError if it is not a bridge here."""
+    links = _ip_json("-d", "link", "show", "dev", name)
+    if not links or links[0].get("linkinfo", {}).get("info_kind") != "bridge":
+        raise CapabilityError(f"FERRY_BRIDGE={name}: no bridge of that name on this node")
+    addrs = _ip_json("-4", "addr", "show", "dev", name)
+    found = tuple(f"{a['local']}/{a['prefixlen']}" for a in addrs[0].get("addr_info", ()))
+    return Bridge(name, found)
+
+
+@dataclass(frozen=True)
+class NetIdentity:
+    """One container's network on this node: its namespace file and its veth."""
+
+    home: Path  # the node's state dir
+    name: str
+    iface: IPv4Interface
+    bridge: str
+
+    @property
+    def path(self) -> Path:
+        return self.home / "netns" / self.name
+
+    @property
+    def veth(self) -> str:
+        """The outside end's name: unique per node and container, 15 chars at most."""
+        return (
+            "fv" + hashlib.blake2s(f"{self.home}/{self.name}".encode(), digest_size=6).hexdigest()
+        )
+
+    def create(self, up: bool) -> None:
+        """Make the namespace and its veth, the address on; the outside end up or not yet."""
+        self.remove()
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path.touch(mode=0o400)
+        try:
+            _run("unshare", f"--net={self.path}", "true")
+            _ip(
+                "link",
+                "add",
+                self.veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                INSIDE,
+                "netns",
+                str(self.path),
+            )
+            inside = ["nsenter", f"--net={self.path}", "ip"]
+            _run(*inside, "link", "set", "lo", "up")
+            _run(*inside, "link", "set", INSIDE, "address", mac(self.iface))
+            _run(*inside, "addr", "add", str(self.iface), "dev", INSIDE)
+            _run(*inside, "link", "set", INSIDE, "up")
+            _ip("link", "set", self.veth, "master", self.bridge, "up" if up else "down")
+        except BaseException:
+            self.remove()
+            raise
+
+    def inode(self) -> int:
+        """The namespace's inode: how CRIU names it (``--external net[INO]:KEY``)."""
+        return os.stat(self.path).st_ino
+
+    def open(self) -> int:
+        """An fd on the namespace, for ``criu restore --inherit-fd``."""
+        return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def withdraw(self) -> None:
+        """Take the address off the network: the outside end goes down."""
+        _ip("link", "set", self.veth, "down")
+
+    def announce(self) -> None:
+        """Put the address on the network here and tell the peers (gratuitous ARP)."""
+        _ip("link", "set", self.veth, "up")
+        garp(self.path, self.iface)
+
+    def remove(self) -> None:
+        """Delete the veth and the namespace; safe to repeat."""
+        subprocess.run(["ip", "link", "del", self.veth], capture_output=True, check=False)
+        if self.path.exists():
+            subprocess.run(["umount", str(self.path)], capture_output=True, check=False)
+            self.path.unlink(missing_ok=True)
+
+
+def claim(
+    home: Path, bridge_name: str, name: str, net: str, held: Mapping[str, str]
+) -> NetIdentity:
+    """Build container ``name``'s namespace with address ``net`` on this node's bridge,
+    its veth still down, if the bridge can carry it and no container here (``held``:
+    name -> address) holds it; the client checked the whole cluster before."""
+    here = bridge(bridge_name) if bridge_name else None
+    node = NodeNet("this node", bridge_name, here.addresses if here else ())
+    iface = check_claim(net, name, [node], held)
+    check_carry(node, iface)
+    identity = NetIdentity(home, name, iface, bridge_name)
+    identity.create(up=False)
+    return identity
+
+
+def restore_into(criu: Criu, images: Path, identity: NetIdentity) -> RestoreStats:
+    """Restore ``images`` into a fresh namespace with the address, its veth still down:
+    no packet reaches the connections until they are out of repair mode."""
+    identity.create(up=False)
+    fd = identity.open()
+    try:
+        return criu.restore(images, net_fd=fd)
+    except BaseException:
+        identity.remove()
+        raise
+    finally:
+        os.close(fd)
+
+
+def garp(path: Path, iface: IPv4Interface, count: int = 3) -> None:
+    """Broadcast ``count`` gratuitous ARP requests for ``iface`` from inside the namespace."""
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=_garp_inside, args=(path, iface, count, errors), daemon=True)
+    thread.start()  # setns moves only the calling thread: a thread of its own, then gone
+    thread.join(5)
+    if errors:
+        raise PermanentError(f"gratuitous ARP for {iface.ip} failed: {errors[0]}")
+
+
+def _garp_inside(path: Path, iface: IPv4Interface, count: int, errors: list[BaseException]) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        finally:
+            os.close(fd)
+        hw = bytes.fromhex(mac(iface).replace(":", ""))
+        ip = iface.ip.packed
+        frame = b"\xff" * 6 + hw + struct.pack("!H", 0x0806)  # broadcast, ARP
+        frame += struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + hw + ip + b"\x00" * 6 + ip
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+            sock.bind((INSIDE, 0))
+            for _ in range(count):
+                sock.send(frame)
+    except OSError as exc:
+        errors.append(exc)
+
+
+def _ip_json(*args: str) -> list[dict[str, Any]]:
+    done = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return []
+    with contextlib.suppress(ValueError):
+        return list(json.loads(done.stdout or "[]"))
+    return []
+
+
+def _ip(*args: str) -> None:
+    _run("ip", *args)
+
+
+def _run(*argv: str) -> None:
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PermanentError(f"`{' '.join(argv)}` failed: {exc}") from exc
+    if done.returncode != 0:
+        raise PermanentError(f"`{' '.join(argv)}` failed: {done.stderr.strip()}")
