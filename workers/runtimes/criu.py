@@ -23,11 +23,11 @@ from pathlib import Path
 from tasks.core.netaddr import parse
 from workers import procs, sockets
 from workers.criu.adapter import Criu
-from workers.criu.log import FaultStalls, PipedLog, explain, fault_stalls, lazy_pages_pulled
+from workers.criu.log import PipedLog, explain, lazy_report
 from workers.criu.probe import probe, probe_lazy
 from workers.criu.stats import dump_stats
 from workers.dataplane.pagestream import Relay
-from workers.dirsync.dirs import check_dirs
+from workers.dirsync.dirs import check_dirs, check_unshared
 from workers.errors import BadRequest, CapabilityError, CriuError, PermanentError, UnknownContainer
 from workers.ids import check_container_name
 from workers.records import (
@@ -105,15 +105,7 @@ class CriuRuntime:
         return self.criu.page_server(images, sock)
 
     def lazy_report(self, images: Path) -> LazyReport:
-        log = images / "lazy-pages.log"
-        pulled = lazy_pages_pulled(log)
-        try:
-            started = float((images / "lazy-pages.started").read_text())
-            waits = fault_stalls(log.read_text(errors="replace"), started)
-        except (OSError, ValueError):
-            waits = FaultStalls(0, ())
-        size = None if pulled is None else pulled * PAGE_SIZE
-        return LazyReport(size, waits.faults, waits.stalls)
+        return lazy_report(images, PAGE_SIZE)
 
     # -- inventory ---------------------------------------------------------
     def _info(self, e: Entry) -> ContainerInfo:
@@ -360,13 +352,8 @@ class CriuRuntime:
     def _check_sync(self, name: str, sync: tuple[str, ...], workdir: Path) -> tuple[str, ...]:
         """``sync`` if this node may sync every dir and no other container declared one of them."""
         check_dirs(sync, self.sync_roots, workdir, exist=True)
-        for other in self.containers():
-            if other.name == name or other.state == "exited":
-                continue
-            for a in sync:
-                for b in other.sync:
-                    if a == b or Path(a) in Path(b).parents or Path(b) in Path(a).parents:
-                        raise BadRequest(f"sync dir {a} overlaps {b}, declared by {other.name!r}")
+        live = {c.name: c.sync for c in self.containers() if c.state != "exited"}
+        check_unshared(name, sync, live)
         return tuple(sync)
 
     def resume(self, name: str, images: Path | None = None) -> ContainerInfo:
