@@ -43,6 +43,7 @@ RUNS: dict[str, list[list[str]]] = {
     "scale": [[]],
     "pauses": [[]],
     "footprint": [[]],
+    "tcp": [[]],
 }
 MARK = re.compile(r"(<!-- table: (\w+) -->\n)(.*?)(<!-- /table: \2 -->)", re.DOTALL)
 

@@ -5,7 +5,8 @@ other and answers every line with the same line. ``EchoClient`` holds ONE
 connection to it and sends a numbered line every ``every_s``, waiting for its
 answer before the next; it records what a peer of a migrated service sees:
 whether the connection broke, whether every answer came back once and in
-order, and the longest wait for an answer (the stall).
+order, and the longest wait for an answer (the stall). ``SERVER`` takes an
+optional size in MiB to hold in memory (``python3 -c SERVER 256``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 
 PORT = 7000
 SERVER = (
-    "import socket\n"
+    "import socket, sys\n"
+    "hold = bytearray(b'x') * (int(sys.argv[1]) << 20 if len(sys.argv) > 1 else 0)\n"
     "s = socket.socket()\n"
     "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
     f"s.bind(('0.0.0.0', {PORT})); s.listen()\n"
@@ -36,9 +38,18 @@ class Seen:
 
     sent: int = 0
     answers: list[int] = field(default_factory=list)
-    stalls: list[tuple[float, float]] = field(default_factory=list)  # (start epoch, s) > 50 ms
+    waits: list[tuple[float, float]] = field(default_factory=list)  # (start epoch, s) per line
     longest_s: float = 0.0
     error: str = ""  # the connection broke: how
+
+    @property
+    def stalls(self) -> list[tuple[float, float]]:
+        """The waits over 50 ms."""
+        return [(t, s) for t, s in self.waits if s > 0.05]
+
+    def longest_between(self, start: float, end: float) -> float:
+        """The longest wait (s) that began in [start, end] (epoch seconds)."""
+        return max((s for t, s in self.waits if start <= t <= end), default=0.0)
 
     @property
     def in_order(self) -> bool:
@@ -87,8 +98,7 @@ class EchoClient:
                 self.seen.answers.append(int(line))
                 waited = time.monotonic() - asked
                 self.seen.longest_s = max(self.seen.longest_s, waited)
-                if waited > 0.05:
-                    self.seen.stalls.append((time.time() - waited, waited))
+                self.seen.waits.append((time.time() - waited, waited))
                 i += 1
                 time.sleep(self.every_s)
         except (OSError, ValueError) as exc:
