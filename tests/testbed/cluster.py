@@ -128,6 +128,8 @@ class Testbed:
                 if self.bridge:
                     ip("-n", ns, "link", "add", self.bridge, "type", "bridge")
                     ip("-n", ns, "link", "set", "eth0", "master", self.bridge)
+                    mac = ip_json("-n", ns, "link", "show", "dev", "eth0")[0]["address"]
+                    ip("-n", ns, "link", "set", self.bridge, "address", mac)  # fixed, as on a Pi
                     ip("-n", ns, "link", "set", self.bridge, "up")
                 ip("-n", ns, "addr", "add", f"{self.address(node)}/24", "dev", dev)
                 ip("-n", ns, "link", "set", "lo", "up")

@@ -86,18 +86,12 @@ class NetIdentity:
         self.path.touch(mode=0o400)
         try:
             _run("unshare", f"--net={self.path}", "true")
-            _ip(
-                "link",
-                "add",
-                self.veth,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                INSIDE,
-                "netns",
-                str(self.path),
-            )
+            # A high MAC outside: a bridge whose MAC nobody set takes its lowest port's,
+            # and a node address whose MAC came and went with a container's veth would
+            # leave the peers' ARP entries for the node pointing nowhere.
+            outside = "fe:ff:" + ":".join(self.veth[i : i + 2] for i in range(2, 10, 2))
+            peer = ["peer", "name", INSIDE, "netns", str(self.path)]
+            _ip("link", "add", self.veth, "address", outside, "type", "veth", *peer)
             inside = ["nsenter", f"--net={self.path}", "ip"]
             _run(*inside, "link", "set", "lo", "up")
             _run(*inside, "link", "set", INSIDE, "address", mac(self.iface))
