@@ -99,3 +99,29 @@ def test_addresses_that_collide_are_refused_before_anything_runs(bridged: NetClu
         assert not [c for c in ferry.containers() if c["name"] == "claimer"]
     finally:
         ferry.kill("holder")
+
+
+def test_a_rollback_mid_transfer_leaves_the_connection_served_by_the_source(
+    bridged: NetCluster,
+) -> None:
+    ferry = bridged.client
+    # 128 MiB at 8 MB/s: the images take ~16 s to cross, the tree frozen meanwhile
+    ferry.run("node1", [sys.executable, "-c", SERVER, "128"], name="echo-rb", net=f"{ADDRESS}/24")
+    client = wait_for(_connect, timeout=30).start()
+    try:
+        wait_for(lambda: client.answered() > 50, timeout=30)
+        handle = ferry.migrate("echo-rb", "node2", strategy="cold", bandwidth_bps=8e6)
+        wait_for(lambda: str(handle.status().phase) == "Phase.TRANSFER", timeout=60, every=0.01)
+        ferry.cancel(handle.id)
+        m = handle.wait(timeout=120)
+        assert m.state.value == "rolled_back", m.errors
+        seen = client.answered()
+        wait_for(lambda: client.answered() > seen + 50, timeout=30)
+        here = [c for c in ferry.containers() if c["name"] == "echo-rb" and c["state"] != "exited"]
+        assert [c["node"] for c in here] == ["node1"]
+    finally:
+        got = client.stop()
+        with contextlib.suppress(FerryError):
+            ferry.kill("echo-rb")
+    assert not got.error, f"the connection broke: {got.error}"
+    assert got.in_order, "an answer was lost, repeated or out of order"

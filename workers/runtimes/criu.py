@@ -345,8 +345,6 @@ class CriuRuntime:
             net=meta.get("net", ""),
         )  # the declaration and the address move with it
         self._save(entry)
-        if identity:
-            identity.announce()
         return stats
 
     def _check_sync(self, name: str, sync: tuple[str, ...], workdir: Path) -> tuple[str, ...]:

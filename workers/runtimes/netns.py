@@ -6,12 +6,12 @@ The namespace is kept alive by a bind mount on a file in the node's state
 dir (``<home>/netns/<container>``), so it outlives its processes: the launcher
 joins it, CRIU dumps the container with it as external and restores into a
 fresh one on the destination (``--inherit-fd``). The outside end of the veth
-is the switch: down, the address is off the network (the source withdraws it
-after the dump; the destination builds its copy down and brings it up once
-the tree is restored), up, a gratuitous ARP tells the peers and the bridges
-where the address now is.
+is the switch: off the bridge, the address is off the network (the source
+takes it off after the dump; the destination builds its copy off the bridge
+and puts it on once the tree is restored), on it, a gratuitous ARP tells the
+peers and the bridges where the address now is.
 
-Everything here runs ``ip``, ``unshare`` and ``umount`` with argument lists,
+Everything here runs ``ip``, ``unshare``, ``umount`` and ``nft`` with argument lists,
 never a shell; names are made here from checked container names.
 """
 
@@ -22,6 +22,7 @@ import ctypes
 import hashlib
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.netaddr import NodeNet, check_carry, check_claim, mac
+from workers import procs
 from workers.criu.adapter import Criu
 from workers.errors import CapabilityError, PermanentError
 from workers.records import RestoreStats
@@ -79,8 +81,14 @@ class NetIdentity:
             "fv" + hashlib.blake2s(f"{self.home}/{self.name}".encode(), digest_size=6).hexdigest()
         )
 
-    def create(self, up: bool) -> None:
-        """Make the namespace and its veth, the address on; the outside end up or not yet."""
+    def create(self) -> None:
+        """Make the namespace and its veth, both ends up, the address on, the outside end
+        not yet a port of the bridge (:meth:`announce` makes it one).
+
+        Up from the start: a link that just came up drops what is sent on it until
+        the kernel's link watch has activated it, up to a second later, and the
+        gratuitous ARP and the restored connections' first packets must not be
+        lost to that."""
         self.remove()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path.touch(mode=0o400)
@@ -97,7 +105,7 @@ class NetIdentity:
             _run(*inside, "link", "set", INSIDE, "address", mac(self.iface))
             _run(*inside, "addr", "add", str(self.iface), "dev", INSIDE)
             _run(*inside, "link", "set", INSIDE, "up")
-            _ip("link", "set", self.veth, "master", self.bridge, "up" if up else "down")
+            _ip("link", "set", self.veth, "up")
         except BaseException:
             self.remove()
             raise
@@ -111,16 +119,57 @@ class NetIdentity:
         return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
 
     def withdraw(self) -> None:
-        """Take the address off the network: the outside end goes down."""
-        _ip("link", "set", self.veth, "down")
+        """Take the address off the network: the outside end leaves the bridge, and what
+        still arrives for it here is answered "host unreachable" (:meth:`refuse`)."""
+        _ip("link", "set", self.veth, "nomaster")
+        self.refuse()
 
     def announce(self) -> None:
         """Put the address on the network here and tell the peers (gratuitous ARP)."""
-        _ip("link", "set", self.veth, "up")
+        self.unrefuse()
+        _ip("link", "set", self.veth, "master", self.bridge)
         garp(self.path, self.iface)
+
+    @property
+    def _table(self) -> str:
+        return f"ferry_{self.veth}"
+
+    def refuse(self) -> bool:
+        """Answer packets for the address that reach the bridge's other ports with ICMP
+        host unreachable until it is back (here or elsewhere). A peer's TCP takes
+        that as the path being down, not as loss (RFC 6069): it undoes its
+        retransmission backoff and tries again within its minimum timeout, so
+        its stall ends soon after the move instead of at the next doubled
+        timeout. Best effort (no nft, no netdev reject in the kernel: False): the
+        move does not need it."""
+        links = _ip_json("link", "show", "master", self.bridge)
+        ports = [str(p["ifname"]) for p in links if not str(p["ifname"]).startswith("fv")]
+        if not ports:
+            return False
+        devices = ", ".join(f'"{p}"' for p in ports)
+        rules = (
+            f"table netdev {self._table} {{\n"
+            f"  chain in {{ type filter hook ingress devices = {{ {devices} }} priority 0;\n"
+            f"    ip daddr {self.iface.ip} ip protocol tcp reject with icmp host-unreachable; }}\n"
+            "}\n"
+        )
+        try:
+            done = subprocess.run(
+                ["nft", "-f", "-"], input=rules, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return done.returncode == 0
+
+    def unrefuse(self) -> None:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(
+                ["nft", "delete", "table", "netdev", self._table], capture_output=True, timeout=10
+            )
 
     def remove(self) -> None:
         """Delete the veth and the namespace; safe to repeat."""
+        self.unrefuse()
         subprocess.run(["ip", "link", "del", self.veth], capture_output=True, check=False)
         if self.path.exists():
             subprocess.run(["umount", str(self.path)], capture_output=True, check=False)
@@ -131,29 +180,38 @@ def claim(
     home: Path, bridge_name: str, name: str, net: str, held: Mapping[str, str]
 ) -> NetIdentity:
     """Build container ``name``'s namespace with address ``net`` on this node's bridge,
-    its veth still down, if the bridge can carry it and no container here (``held``:
+    its veth not yet on the bridge, if the bridge can carry it and no container here (``held``:
     name -> address) holds it; the client checked the whole cluster before."""
     here = bridge(bridge_name) if bridge_name else None
     node = NodeNet("this node", bridge_name, here.addresses if here else ())
     iface = check_claim(net, name, [node], held)
     check_carry(node, iface)
     identity = NetIdentity(home, name, iface, bridge_name)
-    identity.create(up=False)
+    identity.create()
     return identity
 
 
 def restore_into(criu: Criu, images: Path, identity: NetIdentity) -> RestoreStats:
-    """Restore ``images`` into a fresh namespace with the address, its veth still down:
-    no packet reaches the connections until they are out of repair mode."""
-    identity.create(up=False)
+    """Restore ``images`` into a fresh namespace with the address, its veth not yet on
+    the bridge (no packet reaches the connections until they are out of repair
+    mode), the tree left stopped; then announce the address and continue it.
+
+    Stopped until the address is on the network: what the tree sends first (the
+    answer to what it read before the dump) would be lost on a veth off the
+    bridge, and a restored connection retransmits only after TCP's initial
+    timeout, a second."""
+    identity.create()
     fd = identity.open()
     try:
-        return criu.restore(images, net_fd=fd)
+        stats = criu.restore(images, net_fd=fd, extra=("--leave-stopped",))
+        identity.announce()
     except BaseException:
         identity.remove()
         raise
     finally:
         os.close(fd)
+    procs.signal_tree(stats.pid, signal.SIGCONT)
+    return stats
 
 
 def garp(path: Path, iface: IPv4Interface, count: int = 3) -> None:
