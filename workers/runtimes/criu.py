@@ -259,7 +259,7 @@ class CriuRuntime:
         if not leave_running:
             self._save(replace(entry, state="frozen"))
             if identity:
-                identity.withdraw()  # off the network before the destination's copy comes up
+                identity.withdraw(images)  # off the network before the destination's copy is on
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
         return stats
 

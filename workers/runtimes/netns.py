@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -41,6 +43,8 @@ from workers.records import RestoreStats
 
 CLONE_NEWNET = 0x40000000
 INSIDE = "eth0"  # the container's interface
+NEIGHBOURS = "ferry-neighbours.json"  # in the images: the peers' MACs the container knew
+MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 @dataclass(frozen=True)
@@ -118,11 +122,45 @@ class NetIdentity:
         """An fd on the namespace, for ``criu restore --inherit-fd``."""
         return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
 
-    def withdraw(self) -> None:
+    def withdraw(self, images: Path) -> None:
         """Take the address off the network: the outside end leaves the bridge, and what
-        still arrives for it here is answered "host unreachable" (:meth:`refuse`)."""
+        still arrives for it here is answered "host unreachable" (:meth:`refuse`).
+        The namespace's neighbour table goes with the images (:meth:`seed`)."""
         _ip("link", "set", self.veth, "nomaster")
         self.refuse()
+        inside = _ip_json_in(self.path, "-4", "neigh", "show", "dev", INSIDE)
+        known = [{"dst": n["dst"], "lladdr": n["lladdr"]} for n in inside if "lladdr" in n]
+        (images / NEIGHBOURS).write_text(json.dumps(known))
+
+    def seed(self, images: Path) -> None:
+        """Give the fresh namespace the neighbours the dumped one knew, as stale entries.
+
+        A fresh namespace knows no peer's MAC: the first packets of the restored
+        connections would wait for ARP, and a request sent before the veth is on
+        the bridge is lost and retried only after a second (retrans_time_ms).
+        """
+        try:
+            known = json.loads((images / NEIGHBOURS).read_text())
+        except (OSError, ValueError):
+            return
+        for n in known if isinstance(known, list) else ():
+            dst, mac = str(n.get("dst", "")), str(n.get("lladdr", "")).lower()
+            if not (_is_ipv4(dst) and MAC.fullmatch(mac)):
+                continue  # written by a node, but checked like anything read from disk
+            _run(
+                "nsenter",
+                f"--net={self.path}",
+                "ip",
+                "neigh",
+                "replace",
+                dst,
+                "lladdr",
+                mac,
+                "dev",
+                INSIDE,
+                "nud",
+                "stale",
+            )
 
     def announce(self) -> None:
         """Put the address on the network here and tell the peers (gratuitous ARP)."""
@@ -201,6 +239,7 @@ def restore_into(criu: Criu, images: Path, identity: NetIdentity) -> RestoreStat
     bridge, and a restored connection retransmits only after TCP's initial
     timeout, a second."""
     identity.create()
+    identity.seed(images)
     fd = identity.open()
     try:
         stats = criu.restore(images, net_fd=fd, extra=("--leave-stopped",))
@@ -252,6 +291,22 @@ def _ip_json(*args: str) -> list[dict[str, Any]]:
     with contextlib.suppress(ValueError):
         return list(json.loads(done.stdout or "[]"))
     return []
+
+
+def _ip_json_in(path: Path, *args: str) -> list[dict[str, Any]]:
+    cmd = ["nsenter", f"--net={path}", "ip", "-j", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    with contextlib.suppress(ValueError):
+        return list(json.loads(done.stdout or "[]")) if done.returncode == 0 else []
+    return []
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _ip(*args: str) -> None:
