@@ -13,7 +13,8 @@ client's longest wait for an answer during the move (its stall), whether the
 connection broke and whether every answer came back once and in order. The
 baseline is the client's longest wait over a quiet stretch of the same run
 with no move. Each row: medians of the runs; "stall/pause" is the median of
-the per-move ratios.
+the per-move ratios. ``--redis`` (on by default) adds the Redis case of
+``benchmarks/tcpredis.py``: redis-benchmark against a Redis that moves under it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import tcpredis
 from benchmarks.machine import machine
 from tasks.core.pauses import longest
 from tests.e2e.netcluster import NetCluster, wait_subnet_free
@@ -127,6 +130,8 @@ def markdown(doc: dict[str, Any]) -> str:
     """The saved run as docs/BENCHMARKS.md's table."""
     out = [HEADER, "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     out += [line(r) for r in doc["rows"]]
+    if doc.get("redis"):
+        out += ["", tcpredis.markdown(doc["redis"])]
     m = doc["machine"]
     out.append(
         f"\n{doc['rate']} links, median of {doc['runs']} moves per row; "
@@ -142,6 +147,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="16,256", help="MiB the server holds")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rate", default="1gbit")
+    parser.add_argument("--redis", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--json", type=Path, default=ROOT / "docs/benchmarks/tcp.json")
     parser.add_argument("--markdown", action="store_true", help="print the saved JSON as markdown")
     args = parser.parse_args()
@@ -162,6 +168,9 @@ def main() -> None:
     ):
         for size in (int(s) for s in args.sizes.split(",")):
             rows += one_size(cluster, size, args.strategies.split(","), args.runs)
+        redis = tcpredis.case(cluster) if args.redis and shutil.which("redis-benchmark") else None
+        if redis:
+            print(tcpredis.markdown(redis), flush=True)
     report = {
         "what": "one TCP connection to a container with its own address, moved node1 <-> node2",
         "rate": args.rate,
@@ -172,6 +181,7 @@ def main() -> None:
         "load_average_1m": [load, round(os.getloadavg()[0], 2)],  # at start, at end
         "seconds": round(time.monotonic() - started, 1),
         "rows": rows,
+        "redis": redis,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
