@@ -64,7 +64,15 @@ def ps(as_json: bool) -> None:
 
     def show() -> None:
         t = table(
-            "container", "node", "runtime", "state", "pid", "memory", "synced dirs", "command"
+            "container",
+            "node",
+            "runtime",
+            "state",
+            "pid",
+            "memory",
+            "address",
+            "synced dirs",
+            "command",
         )
         for c in rows:
             t.add_row(
@@ -74,6 +82,7 @@ def ps(as_json: bool) -> None:
                 c["state"],
                 str(c["pid"]),
                 gib(c["memory_bytes"]),
+                c.get("net") or "-",
                 " ".join(c.get("sync", [])) or "-",
                 " ".join(c["argv"])[:60],
             )
