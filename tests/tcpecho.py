@@ -1,7 +1,8 @@
 """A TCP echo service and the client that watches it across a move.
 
-``SERVER`` is the container's program: it accepts connections one after the
-other and answers every line with the same line. ``EchoClient`` holds ONE
+``SERVER`` is the container's program: it answers every line on every TCP
+connection with the same line, and every UDP datagram with itself (one
+process, one thread, epoll). ``EchoClient`` holds ONE
 connection to it and sends a numbered line every ``every_s``, waiting for its
 answer before the next; it records what a peer of a migrated service sees:
 whether the connection broke, whether every answer came back once and in
@@ -18,17 +19,31 @@ from dataclasses import dataclass, field
 
 PORT = 7000
 SERVER = (
-    "import socket, sys\n"
+    "import selectors, socket, sys\n"
     "hold = bytearray(b'x') * (int(sys.argv[1]) << 20 if len(sys.argv) > 1 else 0)\n"
+    "sel = selectors.DefaultSelector()\n"
     "s = socket.socket()\n"
     "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    f"s.bind(('0.0.0.0', {PORT})); s.listen()\n"
+    f"s.bind(('0.0.0.0', {PORT})); s.listen(256); s.setblocking(False)\n"
+    "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    f"u.bind(('0.0.0.0', {PORT})); u.setblocking(False)\n"
+    "sel.register(s, selectors.EVENT_READ); sel.register(u, selectors.EVENT_READ)\n"
     "while True:\n"
-    "    c, _ = s.accept()\n"
-    "    f = c.makefile('rwb', buffering=0)\n"
-    "    for line in f:\n"
-    "        c.sendall(line)\n"
-    "    c.close()\n"
+    "    for key, _ in sel.select():\n"
+    "        c = key.fileobj\n"
+    "        if c is s:\n"
+    "            c, _ = s.accept(); c.setblocking(False); sel.register(c, selectors.EVENT_READ)\n"
+    "        elif c is u:\n"
+    "            data, peer = u.recvfrom(2048); u.sendto(data, peer)\n"
+    "        else:\n"
+    "            try:\n"
+    "                data = c.recv(65536)\n"
+    "            except OSError:\n"
+    "                data = b''\n"
+    "            if not data:\n"
+    "                sel.unregister(c); c.close()\n"
+    "            else:\n"
+    "                c.sendall(data)\n"
 )
 
 

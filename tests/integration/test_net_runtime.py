@@ -4,13 +4,15 @@ Two ``criu`` runtimes with their own state dirs are two nodes on one bridge
 (the host's, made here, on a private /24); an echo server runs in a container
 with its own address, a client on the host holds one connection to it. The
 dump withdraws the address, the restore on the other node brings it back with
-the connection, and the client never notices more than a stall.
+the connection, and the client never notices more than a stall; the same with a
+hundred connections at once and a UDP socket.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 from tasks.core.netaddr import parse
 from tests.conftest import criu_works, need
 from tests.integration.helpers import wait_for
-from tests.tcpecho import SERVER, EchoClient
+from tests.tcpecho import PORT, SERVER, EchoClient
 from workers.criu.adapter import Criu
 from workers.errors import BadRequest
 from workers.runtimes.criu import CriuRuntime
@@ -116,3 +118,42 @@ def _connect(address: str) -> EchoClient | None:
         return EchoClient(address)
     except OSError:
         return None
+
+
+def test_a_hundred_connections_and_udp_move_together(
+    tmp_path: Path, bridge: tuple[str, str]
+) -> None:
+    name, subnet = bridge
+    a, b = node(tmp_path, "a", name), node(tmp_path, "b", name)
+    a.start("echo", ["python3", "-c", SERVER], net=f"{subnet}.50/24")
+    first = wait_for(lambda: _connect(f"{subnet}.50"))
+    clients = [first] + [EchoClient(f"{subnet}.50", every_s=0.1) for _ in range(99)]
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.settimeout(0.2)
+    for c in clients:
+        c.start()
+    try:
+        wait_for(lambda: min(c.answered() for c in clients) > 3, timeout=30)
+        a.checkpoint("echo", tmp_path / "img")
+        b.restore("echo", tmp_path / "img")
+        a.kill("echo")
+        seen = [c.answered() for c in clients]
+        wait_for(
+            lambda: all(c.answered() > s + 3 for c, s in zip(clients, seen, strict=True)),
+            timeout=60,
+        )
+        assert wait_for(lambda: _udp_echo(udp, f"{subnet}.50"), timeout=10)  # the same socket
+    finally:
+        got = [c.stop() for c in clients]
+        udp.close()
+        b.kill("echo")
+    assert not [g.error for g in got if g.error]
+    assert all(g.in_order for g in got), "an answer was lost, repeated or out of order"
+
+
+def _udp_echo(sock: socket.socket, address: str) -> bool:
+    sock.sendto(b"ping", (address, PORT))
+    try:
+        return sock.recvfrom(64)[0] == b"ping"
+    except OSError:
+        return False
