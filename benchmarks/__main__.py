@@ -44,6 +44,7 @@ RUNS: dict[str, list[list[str]]] = {
     "pauses": [[]],
     "footprint": [[]],
     "tcp": [[]],
+    "tracker": [["--sizes", "256", "--rates", "1,10", "--runs", "3"]],
 }
 MARK = re.compile(r"(<!-- table: (\w+) -->\n)(.*?)(<!-- /table: \2 -->)", re.DOTALL)
 

@@ -258,7 +258,7 @@ def run_link(
     rates: dict[str, float],
 ) -> list[dict[str, Any]]:
     rows = []
-    nodes = sorted(n["name"] for n in client.nodes() if n["alive"])[:2]
+    nodes = sorted(n.name for n in client.nodes() if n.alive)[:2]
     for size, (page_server, compression, data) in itertools.product(sizes, axes):
         how = {"page_server": page_server, "compression": compression, "data": data}
         need = estimate_s(link, size, runs, rates)

@@ -182,7 +182,7 @@ def kill_all(client: Ferry) -> None:
         if c["state"] != "exited":
             client.kill(c["name"])
     for n in client.nodes():
-        client.uncordon(n["name"])
+        client.uncordon(n.name)
 
 
 def start(client: Ferry, kind: str, sizes: list[int], tag: str) -> list[str]:

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_sizes(
     client: Ferry, link: str, sizes: list[int], strategies: list[str], runs: int, wire: Counter
 ) -> list[dict[str, Any]]:
-    nodes = sorted(n["name"] for n in client.nodes())[:2]
+    nodes = sorted(n.name for n in client.nodes())[:2]
     return [
         {"link": link, **r}
         for size in sizes

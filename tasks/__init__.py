@@ -22,6 +22,8 @@ _HOMES = {
     "State": "tasks.core.migration",
     "Phase": "tasks.core.migration",
     "Unplaceable": "tasks.core.evacplan",
+    "NodeRecord": "tasks.core.nodes",
+    "ContainerInfo": "workers.records",
     **{
         name: "workers.errors"
         for name in (
@@ -46,6 +48,7 @@ _HOMES = {
 __all__ = [
     "BadRequest",
     "CapabilityError",
+    "ContainerInfo",
     "CriuError",
     "EvacuationHandle",
     "Ferry",
@@ -54,6 +57,7 @@ __all__ = [
     "Migration",
     "MigrationHandle",
     "NoSpace",
+    "NodeRecord",
     "NodeUnavailable",
     "Phase",
     "PermanentError",
@@ -75,6 +79,7 @@ if TYPE_CHECKING:  # what a type checker sees; at run time __getattr__ loads the
     from tasks.config.settings import Settings
     from tasks.core.evacplan import Unplaceable
     from tasks.core.migration import Migration, Phase, State
+    from tasks.core.nodes import NodeRecord
     from workers.errors import (
         BadRequest,
         CapabilityError,
@@ -92,6 +97,7 @@ if TYPE_CHECKING:  # what a type checker sees; at run time __getattr__ loads the
         UnknownContainer,
         UnknownNode,
     )
+    from workers.records import ContainerInfo
 
 
 def __getattr__(name: str) -> Any:

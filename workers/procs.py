@@ -26,6 +26,14 @@ def state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
+def comm(pid: int) -> str | None:
+    """The command name of ``pid``, or None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
 def alive(pid: int, ticks: int | None = None) -> bool:
     """True if ``pid`` exists, is not a zombie, and (if given) started at ``ticks``."""
     st = state(pid)

@@ -14,6 +14,24 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class ContainerInfo:
+    """What a node knows about one of its containers."""
+
+    name: str
+    pid: int = 0
+    argv: tuple[str, ...] = ()
+    state: str = "running"  # running | frozen | exited
+    memory_bytes: int = 0
+    started: float = 0.0
+    log: str = ""
+    runtime: str = "criu"
+    labels: dict[str, str] = field(default_factory=dict)
+    # node-local directories synced when it migrates (workers.dirsync.dirs)
+    sync: tuple[str, ...] = ()
+    net: str = ""  # its own address, ADDR/PREFIX (workers.runtimes.netns); "": the node's
+
+
+@dataclass(frozen=True)
 class PagesTarget:
     """Where a dump's pages go: the destination's transfer service, for one migration."""
 
@@ -100,6 +118,22 @@ class Need(StrEnum):
     PIPE_MAX_SIZE = "pipe_max_size"  # fs.pipe-max-size >= 4 MiB: CRIU's page server
 
 
+class Tracker(StrEnum):
+    """How a node's kernel tells pre-copy which pages were written since the last pass."""
+
+    SOFT_DIRTY = "soft-dirty"  # CRIU pre-dumps with --track-mem (x86 kernels with the bit)
+    UFFD_WP = "uffd-wp"  # userfaultfd async write-protect + PAGEMAP_SCAN (workers.tracker)
+    NONE = "none"
+
+
+def tracker_of(soft_dirty: bool, lacks: tuple[Need, ...]) -> Tracker:
+    """The tracker a node's pre-copy uses: soft-dirty where the kernel has it, else uffd-wp
+    where the probe's round trip passed, else none."""
+    if soft_dirty:
+        return Tracker.SOFT_DIRTY
+    return Tracker.NONE if Need.UFFD_WP in lacks else Tracker.UFFD_WP
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a node's runtime can do: published in the node's record for the chooser.
@@ -115,6 +149,9 @@ class Capabilities:
     criu_ok: bool  # checkpoint and restore work here (the sim's model always does)
     criu_reason: str = ""  # why not
     soft_dirty: bool = False  # the kernel tracks dirty pages for pre-copy
+    tracker: str = (
+        ""  # pre-copy's dirty tracker: "soft-dirty" | "uffd-wp" | "none" ("": not probed)
+    )
     lazy_pages: bool = False  # post-copy works here (a real lazy round trip passed)
     lazy_pages_reason: str = ""  # why not
     page_server: bool = False  # a dump's pages can stream into this node's CRIU page server

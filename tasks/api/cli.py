@@ -119,13 +119,24 @@ def coordinator(concurrency: int, verbose: bool) -> None:
 @click.option(
     "--no-auth", is_flag=True, help="Serve without a password: only on a loopback --address."
 )
-def flower(port: int, address: str, basic_auth: str, no_auth: bool) -> None:
+@verbose_opt
+def flower(port: int, address: str, basic_auth: str, no_auth: bool, verbose: bool) -> None:
     """Run Flower on ferry's broker (the tasks page lists each phase's args and progress)."""
     check_flower_auth(address, basic_auth, no_auth)
-    app = make_app(broker.resolve(Settings.from_env()))
+    s = daemon_settings(verbose)
+    app = make_app(broker.resolve(s))
     argv = ["flower", f"--port={port}", f"--address={address}", f"--tasks_columns={FLOWER_COLUMNS}"]
+    # quiet unless -v: its start-up lists this app's tasks (none: the nodes define them),
+    # and every inspect round that no worker answered yet is a warning
+    argv.append("--logging=" + ("info" if s.log_level.upper() in ("DEBUG", "INFO") else "error"))
     if basic_auth:
         argv.append(f"--basic-auth={basic_auth}")
+    where = "localhost" if address in ("127.0.0.1", "::1") else address
+    print(
+        f"ferry: Flower on http://{where}:{port}: each phase a task, as the nodes run them",
+        file=sys.stderr,
+        flush=True,
+    )
     app.start(argv)
 
 

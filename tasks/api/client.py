@@ -187,7 +187,7 @@ class Ferry(Cluster):
         m = self.status(target) if MIGRATION_ID.match(target) else None
         name = m.container if m else check_container_name(target)
         node = keep_node(m, keep) if m else check_node_name(keep)
-        alive = {n["name"]: bool(n["alive"]) for n in self.nodes()}
+        alive = {n.name: n.alive for n in self.nodes()}
         if node not in alive:
             raise UnknownNode(node, list(alive))
         # A migration's copies can be on its two nodes only; a container's, on any.
@@ -216,7 +216,7 @@ class Ferry(Cluster):
 
     def _registered(self, node: str) -> None:
         if self.store.node(check_node_name(node)) is None:
-            raise UnknownNode(node, [n["name"] for n in self.store.nodes()])
+            raise UnknownNode(node, [n.name for n in self.store.nodes()])
 
     def evacuate(
         self,

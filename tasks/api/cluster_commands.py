@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
 
 import click
 
 from tasks.api import evacview
 from tasks.api.console import LABEL, POSITIVE, emit, err, ferry_client, gib, json_opt, out, table
 from tasks.core.chooser import runs
-from tasks.core.nodes import caps
+from tasks.core.codec import encode
+from tasks.core.nodes import NodeRecord
 
 SHORT = {"cold": "cold", "precopy": "pre", "delta": "delta", "postcopy": "post", "hybrid": "hyb"}
 
 
-def strategies(rec: dict[str, Any]) -> str:
+def strategies(rec: NodeRecord) -> str:
     """The strategies a node can run, compactly (``cold,delta,post``)."""
-    return ",".join(SHORT[s] for s in rec["strategies"]) or "none"
+    return ",".join(SHORT[s.value] for s in runs(rec.caps)) or "none"
 
 
 @click.command()
@@ -26,30 +26,31 @@ def strategies(rec: dict[str, Any]) -> str:
 @json_opt
 def nodes(wide: bool, as_json: bool) -> None:
     """List the nodes: the strategies each can run, load, last seen (`ferry doctor`: why)."""
-    rows = [{**n, "strategies": [s.value for s in runs(caps(n))]} for n in ferry_client().nodes()]
+    records = ferry_client().nodes()
+    rows = [{**encode(n), "strategies": [s.value for s in runs(n.caps)]} for n in records]
 
     def show() -> None:
         extra = ("arch", "criu", "address") if wide else ()
         t = table("node", "state", "strategies", "mem free", "load", "ctrs", "seen", *extra)
         now = time.time()
-        for n in rows:
-            p = n.get("probe", {})
-            state = ("up" if n["alive"] else "down") + (" (cordoned)" if n.get("cordoned") else "")
+        for n in records:
+            p = n.probe
+            state = ("up" if n.alive else "down") + (" (cordoned)" if n.cordoned else "")
             free = gib(p["mem_free_bytes"]) if "mem_free_bytes" in p else "-"  # -: not limited
             cells = [
-                n["name"],
+                n.name,
                 state,
                 strategies(n),
                 free,
-                f"{n.get('load', 0):.2f}",
-                str(len(n.get("containers", []))),
-                f"{now - n.get('last_seen', 0):.0f}s ago",
+                f"{n.load:.2f}",
+                str(len(n.containers)),
+                f"{now - n.last_seen:.0f}s ago",
             ]
             if wide:
                 criu = p.get("criu_version") or ("sim" if p.get("simulated") else "no")
                 if p.get("criu_reason"):
                     criu += f" ({p['criu_reason']})"
-                cells += [p.get("arch", "?"), criu, n.get("address", "")]
+                cells += [p.get("arch", "?"), criu, n.address]
             t.add_row(*cells)
         out.print(t)
 

@@ -16,6 +16,7 @@ import click
 from rich.markup import escape
 
 from tasks.api.console import emit, ferry_client, json_opt, out
+from tasks.core.nodes import NodeRecord
 from tasks.core.requirements import Diagnosis, diagnose, peers
 from workers.errors import BadRequest
 from workers.ids import check_node_name
@@ -23,16 +24,16 @@ from workers.records import Need
 from workers.runtimes.criu import CriuRuntime
 
 
-def local_record() -> dict[str, Any]:
+def local_record() -> NodeRecord:
     """This machine's probe, as a worker would publish it (its lazy round trip included)."""
     with tempfile.TemporaryDirectory(prefix="ferry-doctor-") as tmp:
         rt = CriuRuntime(Path(tmp) / "state", Path(tmp) / "containers")
         caps = rt.capabilities()
-    return {"name": "local", "runtime": "criu", "probe": caps.record()}
+    return NodeRecord("local", runtime="criu", probe=caps.record())
 
 
-def to_json(rec: dict[str, Any], d: Diagnosis) -> dict[str, Any]:
-    p = rec.get("probe", {})
+def to_json(rec: NodeRecord, d: Diagnosis) -> dict[str, Any]:
+    p = rec.probe
     lacking = {r.need for r in d.missing}
     return {
         "node": d.node,
@@ -43,6 +44,7 @@ def to_json(rec: dict[str, Any], d: Diagnosis) -> dict[str, Any]:
         "criu": p.get("criu_version"),
         "cgroup": p.get("cgroup"),
         "strategies": [s.value for s in d.strategies],
+        "dirty_tracker": d.tracker,
         "has": [str(n) for n in Need if n not in lacking and str(n) in p.get("checks", {})],
         "missing": [
             {
@@ -68,6 +70,7 @@ def show(report: dict[str, Any]) -> None:
     )
     out.print(f"[bold]{escape(report['node'])}[/bold] ({escape(head)})", highlight=False)
     out.print(f"  runs: {', '.join(report['strategies']) or 'nothing'}", highlight=False)
+    out.print(f"  dirty tracker: {report['dirty_tracker']}", highlight=False)
     if report["has"]:
         out.print(
             f"  has: {', '.join(report['has'])}",
@@ -92,7 +95,7 @@ def show(report: dict[str, Any]) -> None:
 @json_opt
 def doctor(node: str | None, local: bool, as_json: bool) -> None:
     """Per node: the strategies it can run, what its kernel lacks, what each lack costs."""
-    records = {"local": local_record()} if local else {r["name"]: r for r in ferry_client().nodes()}
+    records = {"local": local_record()} if local else {r.name: r for r in ferry_client().nodes()}
     if node is not None and not local:
         if check_node_name(node) not in records:
             raise BadRequest(f"unknown node {node!r}: `ferry nodes` lists them")

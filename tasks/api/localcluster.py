@@ -81,7 +81,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                up = {n["name"] for n in self.client.nodes() if n["alive"]}
+                up = {n.name for n in self.client.nodes() if n.alive}
                 ping = self.client.app.control.ping(timeout=0.5) or []
             except redis.RedisError:  # the broker restarts: this client reconnects next round
                 time.sleep(0.2)

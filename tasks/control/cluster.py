@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 from tasks.config.broker import connect, resolve
 from tasks.config.settings import Settings
 from tasks.core.admission import Defaults, MigrationRequest, admit
+from tasks.core.codec import encode
 from tasks.core.migration import Migration
-from tasks.core.nodes import alive
+from tasks.core.nodes import NodeRecord
 from tasks.messaging import auth
 from tasks.messaging.app import CONTROL_QUEUE, make_app
 from tasks.store.migrations import Store
@@ -56,30 +57,29 @@ class Cluster:
         return self._app
 
     # -- nodes and containers --------------------------------------------------
-    def nodes(self) -> list[dict[str, Any]]:
+    def nodes(self) -> list[NodeRecord]:
         """Every registered node, with ``alive`` from its heartbeat."""
-        now = time.time()
-        return [{**n, "alive": alive(n, now, self.settings.node_ttl_s)} for n in self.store.nodes()]
+        now, ttl = time.time(), self.settings.node_ttl_s
+        return [replace(n, alive=n.is_alive(now, ttl)) for n in self.store.nodes()]
 
-    def node(self, name: str) -> dict[str, Any]:
+    def node(self, name: str) -> NodeRecord:
         """Node ``name``'s record; UnknownNode or NodeUnavailable unless it answers."""
         check_node_name(name)
         rec = self.store.node(name)
         if rec is None:
-            raise UnknownNode(name, [n["name"] for n in self.store.nodes()])
+            raise UnknownNode(name, [n.name for n in self.store.nodes()])
         now = time.time()
-        rec["alive"] = alive(rec, now, self.settings.node_ttl_s)
-        if not rec["alive"]:
+        if not rec.is_alive(now, self.settings.node_ttl_s):
             raise NodeUnavailable(
                 f"node {name} is not answering (last seen "
-                f"{now - rec.get('last_seen', 0):.0f} s ago): is "
+                f"{now - rec.last_seen:.0f} s ago): is "
                 f"`ferry worker --node {name}` running?"
             )
-        return rec
+        return replace(rec, alive=True)
 
     def containers(self) -> list[dict[str, Any]]:
         """Every container on every node, as the nodes last reported them."""
-        return [{**c, "node": n["name"]} for n in self.nodes() for c in n.get("containers", [])]
+        return [{**encode(c), "node": n.name} for n in self.nodes() for c in n.containers]
 
     def locate(self, name: str) -> str:
         """The node that runs container ``name``."""
@@ -152,7 +152,7 @@ class Cluster:
 
     def fastest_link_from(self, src: str) -> float:
         """The fastest measured link out of ``src``, else the configured ``link_bps``."""
-        rates = [self.link(src, n["name"])[0] for n in self.store.nodes() if n["name"] != src]
+        rates = [self.link(src, n.name)[0] for n in self.store.nodes() if n.name != src]
         return max(rates, default=self.settings.link_bps)
 
     @property

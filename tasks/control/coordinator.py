@@ -19,7 +19,6 @@ from tasks.config.broker import connect, resolve
 from tasks.config.settings import Settings
 from tasks.control.evacuation import register as evacuation_tasks
 from tasks.core.migration import Event, Migration
-from tasks.core.nodes import alive as is_alive
 from tasks.core.watchdog import Timeouts, check
 from tasks.messaging.app import CONTROL_QUEUE, dispatch, make_app, worker_argv
 from tasks.store.migrations import Store
@@ -67,9 +66,9 @@ def sweep(app: Celery, store: Store, timeouts: Timeouts, node_ttl_s: float) -> i
     now = time.time()
     alive, restarted = {}, {}
     for n in store.nodes():
-        alive[n["name"]] = is_alive(n, now, node_ttl_s)
-        for role, at in n.get("workers", {}).items():
-            restarted[f"{n['name']}/{role}"] = float(at)
+        alive[n.name] = n.is_alive(now, node_ttl_s)
+        for role, at in n.workers.items():
+            restarted[f"{n.name}/{role}"] = at
     applied = 0
     since = store.restarted(now)
     if since is not None:

@@ -36,6 +36,7 @@ from tasks.core.evacuation import (
     submitted,
 )
 from tasks.core.migration import Migration
+from tasks.core.nodes import NodeRecord
 from tasks.core.planner import Plan, PlanLimits, plan
 from tasks.core.strategy import Strategy
 from tasks.messaging.app import CONTROL_QUEUE
@@ -74,7 +75,7 @@ def start(
     Strategy.parse(strategy)
     if timeout is not None and not 0 < timeout < float("inf"):  # NaN too
         raise BadRequest(f"timeout must be > 0 s and finite, not {timeout}")
-    known = [n["name"] for n in client.nodes()]
+    known = [n.name for n in client.nodes()]
     targets = None if to is None else {check_node_name(n) for n in to}
     for n in sorted(targets or ()):
         if n not in known:
@@ -93,14 +94,17 @@ def start(
             f"{node} is being evacuated already by {holder}: wait for it, "
             f"or `ferry evacuate --cancel {holder}`"
         )
-    was_cordoned = bool((client.store.node(node) or {}).get("cordoned"))
+    drained = client.store.node(node)
+    was_cordoned = drained is not None and drained.cordoned
     try:
         client.store.cordon(node, True)  # first, so nothing lands there while we plan
         p = _plan(client, node, targets, limits, strategy)
         preview = _preview(client, p, limits, False)
         if p.unplaceable and not allow_partial:
             raise Unplaceable(preview)
-        sizes = {c.name: c.memory_bytes for c in specs_of(client.store.node(node) or {})}
+        sizes = {
+            c.name: c.memory_bytes for c in specs_of(client.store.node(node) or NodeRecord(node))
+        }
         deadline = now + timeout if timeout else None
         ev = begin(
             eid,
@@ -130,7 +134,7 @@ def start(
 def _plan(
     client: Cluster, node: str, targets: Collection[str] | None, limits: PlanLimits, strategy: str
 ) -> Plan:
-    records = {n["name"]: n for n in client.nodes()}
+    records = {n.name: n for n in client.nodes()}
     drain = records[node]
     others = [node_of(r) for name, r in records.items() if name != node]
     return plan(
@@ -179,7 +183,7 @@ def _observe(client: Cluster, recs: Records, ev: Evacuation) -> Observations:
                 migrations[mv.migration] = client.status(mv.migration)
             except (BadRequest, CorruptRecord):
                 migrations[mv.migration] = None  # its record is gone, or unreadable
-    nodes = {n["name"]: n for n in client.nodes()}
+    nodes = {n.name: n for n in client.nodes()}
     return Observations(migrations, recs.cancelled(ev.id), nodes)
 
 

@@ -28,7 +28,6 @@ import re
 import signal
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import click
 import redis
@@ -45,6 +44,7 @@ from prometheus_client.utils import floatToGoString
 from tasks.config.settings import Settings
 from tasks.control.cluster import Cluster
 from tasks.core.migration import Migration, State
+from tasks.core.nodes import NodeRecord
 from tasks.core.summary import summary
 from tasks.messaging.app import node_queue
 from tasks.messaging.transport import DEAD_COUNT
@@ -70,7 +70,7 @@ class FerryCollector(Collector):
         nodes = self.ferry.nodes()
         yield from self._nodes(nodes)
         if self.broker is not None:
-            yield self._queues([n["name"] for n in nodes])
+            yield self._queues([n.name for n in nodes])
             dead = CounterMetricFamily(
                 "ferry_queue_dead_letters", "Bad messages moved off ferry's queues, aside"
             )
@@ -158,7 +158,7 @@ class FerryCollector(Collector):
             f.add_metric([strategy, phase], n)
         yield f
 
-    def _nodes(self, nodes: list[dict[str, Any]]) -> Iterator[Metric]:
+    def _nodes(self, nodes: list[NodeRecord]) -> Iterator[Metric]:
         up = GaugeMetricFamily(
             "ferry_node_up", "1 while the node's heartbeat is fresh", labels=["node", "arch"]
         )
@@ -174,13 +174,11 @@ class FerryCollector(Collector):
             labels=["node", "reason"],
         )
         for n in nodes:
-            arch = n.get("probe", {}).get("arch", "")
-            up.add_metric([n["name"], arch], 1.0 if n["alive"] else 0.0)
-            cordoned.add_metric([n["name"]], 1.0 if n.get("cordoned") else 0.0)
-            containers.add_metric([n["name"]], len(n.get("containers", [])))
-            counts = n.get("dataplane_refused")
-            for reason, count in sorted(counts.items() if isinstance(counts, dict) else ()):
-                refused.add_metric([n["name"], str(reason)], float(count))
+            up.add_metric([n.name, str(n.probe.get("arch", ""))], 1.0 if n.alive else 0.0)
+            cordoned.add_metric([n.name], 1.0 if n.cordoned else 0.0)
+            containers.add_metric([n.name], len(n.containers))
+            for reason, count in sorted(n.dataplane_refused.items()):
+                refused.add_metric([n.name, reason], float(count))
         yield from (up, cordoned, containers, refused)
 
     def _queues(self, nodes: list[str]) -> Metric:

@@ -4,29 +4,29 @@ Pure: the request, the two nodes' registry records and the cluster's defaults
 in; what the migration record will hold out (:class:`Admitted`), or a
 BadRequest / CapabilityError that changes nothing.
 
->>> pi = {"name": "pi1", "runtime": "criu", "probe": {"arch": "aarch64", "criu_ok": True,
-...       "page_server": True}, "containers": [{"name": "web", "memory_bytes": 4 << 20}]}
->>> a = admit(MigrationRequest("web", "pi2"), pi, {**pi, "name": "pi2"}, Defaults())
+>>> from dataclasses import replace
+>>> from workers.records import ContainerInfo
+>>> pi = NodeRecord("pi1", probe={"arch": "aarch64", "criu_ok": True, "page_server": True},
+...                 containers=(ContainerInfo("web", memory_bytes=4 << 20),))
+>>> a = admit(MigrationRequest("web", "pi2"), pi, replace(pi, name="pi2"), Defaults())
 >>> a.strategy.value, a.options.memory_bytes >> 20, a.options.page_server  # 4 MiB: cold fits
 ('cold', 4, 'auto')
->>> admit(MigrationRequest("web", "pi2", strategy="precopy"), pi, {**pi, "name": "pi2"},
+>>> admit(MigrationRequest("web", "pi2", strategy="precopy"), pi, replace(pi, name="pi2"),
 ...       Defaults())
 Traceback (most recent call last):
 ...
-workers.errors.CapabilityError: precopy needs soft-dirty tracking; pi1's kernel has none: use delta
+workers.errors.CapabilityError: precopy needs a dirty tracker (soft-dirty or uffd-wp); pi1's kernel has neither: use delta
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 from tasks.core.chooser import Link, Request, Workload, choose, page_server, strategy_refusal
 from tasks.core.convergence import Fallback, Limits
 from tasks.core.netaddr import NodeNet, check_carry, parse
-from tasks.core.nodes import caps
+from tasks.core.nodes import NodeRecord
 from tasks.core.options import Options
 from tasks.core.strategy import Strategy
 from tasks.core.transport import check_compression
@@ -81,12 +81,10 @@ class Admitted:
     sync: tuple[str, ...]
 
 
-def admit(
-    req: MigrationRequest, src: Mapping[str, Any], dst: Mapping[str, Any], defaults: Defaults
-) -> Admitted:
+def admit(req: MigrationRequest, src: NodeRecord, dst: NodeRecord, defaults: Defaults) -> Admitted:
     """Admit ``req`` from node record ``src`` (which runs the container) to ``dst``."""
-    if src["name"] == dst["name"]:
-        raise BadRequest(f"{req.container} already runs on {dst['name']}")
+    if src.name == dst.name:
+        raise BadRequest(f"{req.container} already runs on {dst.name}")
     limits = Limits(
         max_iterations=req.max_iterations,
         goal_unchanged=req.goal_unchanged,
@@ -94,14 +92,14 @@ def admit(
         fallback=req.fallback,
         hard_downtime_cap=req.hard_downtime_cap,
     )
-    src_caps, dst_caps = caps(src), caps(dst)
+    src_caps, dst_caps = src.caps, dst.caps
     for node in (src_caps, dst_caps):
         if not node.criu_ok:
             raise CapabilityError(f"{node.name} cannot run CRIU: {node.criu_reason}")
-    held = next((c for c in src.get("containers", ()) if c["name"] == req.container), None)
+    held = src.container(req.container)
     if held is None:
         raise UnknownContainer(req.container)
-    net = str(held.get("net", ""))
+    net = held.net
     if net:  # the destination must carry its address; post-copy cannot move its connections
         check_carry(NodeNet.of(dst), parse(net))
         src_caps, dst_caps = (
@@ -114,7 +112,7 @@ def admit(
     choice = choose(
         src_caps,
         dst_caps,
-        Workload(held["memory_bytes"]),
+        Workload(held.memory_bytes),
         Link(
             min(defaults.link_bps, cap or math.inf),
             overhead_ms=defaults.freeze_overhead_ms,
@@ -131,7 +129,7 @@ def admit(
             raise CapabilityError(f"page_server=on, but {NET_PAGES}: use page_server=auto")
         pages, pages_why = "off", NET_PAGES
     options = Options(
-        memory_bytes=held["memory_bytes"],
+        memory_bytes=held.memory_bytes,
         timeout_action=defaults.timeout_action,
         page_server=pages,
         page_server_why=pages_why,
@@ -141,7 +139,6 @@ def admit(
         lazy_ok=strategy_refusal(Strategy.POSTCOPY, src_caps, dst_caps) is None,
         bandwidth_bps=cap,
     )
-    sync = tuple(held.get("sync", ()))
     return Admitted(
-        Strategy.parse(req.strategy), choice.strategy, choice.reason, limits, options, sync
+        Strategy.parse(req.strategy), choice.strategy, choice.reason, limits, options, held.sync
     )

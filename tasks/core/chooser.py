@@ -8,10 +8,13 @@ What each strategy needs (on top of a pair that can migrate at all):
 
 ``cold``      nothing more.
 ``delta``     nothing more: repeated ``criu dump --leave-running`` snapshots.
-``precopy``   soft-dirty tracking (CRIU feature ``mem_dirty_track``) on the SOURCE.
+``precopy``   a dirty tracker on the SOURCE: soft-dirty (CRIU feature
+              ``mem_dirty_track``) or else uffd-wp (async userfaultfd
+              write-protect with PAGEMAP_SCAN, ``NodeCaps.tracker``).
 ``postcopy``  lazy pages on both nodes: uffd + uffd-noncoop on the DESTINATION
               and a working lazy-pages probe on each (``NodeCaps.lazy_pages``).
-``hybrid``    postcopy's needs; its pre-copy half is precopy or else delta.
+``hybrid``    postcopy's needs and soft-dirty on the source (CRIU's lazy dump skips
+              only the pages of a soft-dirty pre-dump chain).
 
 A pair can migrate at all when both nodes share an architecture, a userland
 word size, a page size and a runtime, both kernels have CHECKPOINT_RESTORE
@@ -20,11 +23,13 @@ destination is not cordoned and has memory and disk for the workload plus
 10 % headroom (the images are sized as the whole memory: a post-copy that
 falls back needs them all).
 
-``auto``: ``cold`` when a full copy already fits the downtime limit; else
-``postcopy`` (dirty rate >= bandwidth: pre-copy can never converge) or
-``hybrid`` when lazy pages work and the workload dirties fast (>= 30 % of the
-bandwidth, or unmeasured and large); else ``precopy`` with soft-dirty, else
-``delta``. All ``*_bps`` are bytes per second.
+``auto``: ``cold`` when a full copy already fits the downtime limit, unless
+post-copy's one short freeze is clearly shorter (by 10 % and 20 ms: nearer
+than that, the simpler strategy wins); else ``postcopy`` (dirty rate >=
+bandwidth: pre-copy can never converge) or ``hybrid`` when lazy pages work and
+the workload dirties fast (>= 30 % of the bandwidth, or unmeasured and large);
+else ``precopy`` with a tracker, else ``delta`` (or post-copy, when a delta
+pass would freeze the tree clearly longer). All ``*_bps`` are bytes per second.
 
 Worked example: 512 MiB dirtying 40 MiB/s over a 1 GbE link (~112 MiB/s)::
 
@@ -40,7 +45,7 @@ Worked example: 512 MiB dirtying 40 MiB/s over a 1 GbE link (~112 MiB/s)::
     ...     choose(pi1, pi2, Workload(512 << 20), Link(112 << 20, 0.3), Request("precopy", 300))
     ... except CapabilityError as err:
     ...     print(err)
-    precopy needs soft-dirty tracking; pi-01's kernel has none: use delta or postcopy
+    precopy needs a dirty tracker (soft-dirty or uffd-wp); pi-01's kernel has neither: use delta or postcopy
 """
 
 from __future__ import annotations
@@ -59,6 +64,10 @@ ROUND_TRIPS = 3  # control messages inside the freeze: dump, transfer, restore
 FAST_DIRTY = 0.30  # dirtying >= 30 % of the bandwidth: pre-copy converges badly
 LARGE = 10.0  # unmeasured and a full copy takes >= 10x the limit: treat as fast
 HEADROOM = 0.10
+# CRIU's lazy-pages daemon sends the rest in background chunks of up to 4 MiB: a
+# post-copy's first fault waits behind one
+LAZY_CHUNK = 4 << 20
+TIE, TIE_MS = 0.10, 20.0  # pauses nearer than 10 % or 20 ms: the simpler strategy wins
 # What to suggest instead of a strategy the nodes cannot run, best first.
 INSTEAD: dict[Strategy, tuple[Strategy, ...]] = {
     Strategy.PRECOPY: (Strategy.DELTA, Strategy.POSTCOPY),
@@ -86,6 +95,14 @@ class NodeCaps:
     bits: int = 0  # the userland's word size; 0: not probed (a record from before the probe)
     page_size: int = 0  # bytes; 0: not probed
     lacks: frozenset[Need] = frozenset()  # kernel pieces the probe found missing
+    tracker: str = ""  # workers.records.Tracker; "": from soft_dirty (a record from before it)
+
+    @property
+    def dirty_tracker(self) -> str:
+        """The tracker pre-copy uses on this node: soft-dirty, uffd-wp or none."""
+        if self.soft_dirty:
+            return "soft-dirty"
+        return "uffd-wp" if self.tracker == "uffd-wp" else "none"
 
 
 @dataclass(frozen=True)
@@ -128,6 +145,21 @@ def cold_downtime_ms(wl: Workload, link: Link) -> float:
     return (
         wl.memory_bytes / link.bandwidth_bps * 1000.0 + link.overhead_ms + ROUND_TRIPS * link.rtt_ms
     )
+
+
+def lazy_downtime_ms(link: Link) -> float:
+    """Expected pause of a post-copy: the tree without its memory, plus the first
+    fault's wait behind one background chunk of pages."""
+    return LAZY_CHUNK / link.bandwidth_bps * 1000.0 + link.overhead_ms + ROUND_TRIPS * link.rtt_ms
+
+
+def clearly_shorter(a_ms: float, b_ms: float) -> bool:
+    """Whether a pause of ``a_ms`` beats one of ``b_ms`` by more than a near tie.
+
+    >>> clearly_shorter(250, 300), clearly_shorter(290, 300), clearly_shorter(5, 20)
+    (True, False, False)
+    """
+    return a_ms * (1 + TIE) < b_ms and b_ms - a_ms > TIE_MS
 
 
 def _kib(n: int) -> str:
@@ -202,10 +234,14 @@ def fit_refusal(dst: NodeCaps, wl: Workload) -> str | None:
 def strategy_refusal(strategy: Strategy | str, src: NodeCaps, dst: NodeCaps) -> str | None:
     """Why this pair cannot run ``strategy`` (pair assumed able to migrate), or None."""
     strategy = Strategy.parse(strategy)
-    if strategy.needs_tracker and not src.soft_dirty:
-        # hybrid: CRIU's lazy dump skips only the pages a soft-dirty pre-dump chain sent.
-        half = " for its pre-copy half" if strategy.lazy else ""
-        return f"{strategy} needs soft-dirty tracking{half}; {src.name}'s kernel has none"
+    if strategy.needs_tracker and strategy.lazy and not src.soft_dirty:
+        # CRIU's lazy dump skips only the pages a soft-dirty pre-dump chain sent.
+        return f"{strategy} needs soft-dirty tracking for its pre-copy half; {src.name}'s kernel has none"
+    if strategy.needs_tracker and src.dirty_tracker == "none":
+        return (
+            f"{strategy} needs a dirty tracker (soft-dirty or uffd-wp); "
+            f"{src.name}'s kernel has neither"
+        )
     if strategy.lazy:
         for node in (dst, src):
             if not node.lazy_pages:
@@ -240,7 +276,8 @@ def choose(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request)
     refusal = pair_refusal(src, dst) or fit_refusal(dst, wl)
     if refusal:
         raise CapabilityError(refusal)
-    iterative = Strategy.PRECOPY if src.soft_dirty else Strategy.DELTA
+    tracker = src.dirty_tracker
+    iterative = Strategy.DELTA if tracker == "none" else Strategy.PRECOPY
     cold_ms = cold_downtime_ms(wl, link)
     limit = req.downtime_limit_ms
     if asked is not Strategy.AUTO:
@@ -251,7 +288,7 @@ def choose(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request)
         it = {
             Strategy.PRECOPY: Strategy.PRECOPY,
             Strategy.DELTA: Strategy.DELTA,
-            Strategy.HYBRID: iterative,
+            Strategy.HYBRID: Strategy.PRECOPY,
         }.get(asked)
         why = f"requested {asked}"
         if asked is Strategy.COLD and cold_ms > limit:
@@ -262,8 +299,13 @@ def choose(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request)
         f"cold copy of {_mib(wl.memory_bytes)} at {_rate(link.bandwidth_bps)} "
         f"+ {link.overhead_ms + ROUND_TRIPS * link.rtt_ms:.0f} ms overhead is ~{cold_ms:.0f} ms"
     )
+    lazy_no = strategy_refusal(Strategy.POSTCOPY, src, dst)
     if cold_ms <= limit:
-        return Choice(Strategy.COLD, f"auto: {cold_why} <= {limit:g} ms limit")
+        why = f"auto: {cold_why} <= {limit:g} ms limit"
+        lazy_ms = lazy_downtime_ms(link)
+        if lazy_no is None and clearly_shorter(lazy_ms, cold_ms):
+            return Choice(Strategy.POSTCOPY, f"{why}; postcopy's one freeze is ~{lazy_ms:.0f} ms")
+        return Choice(Strategy.COLD, why)
     why = f"auto: {cold_why} > {limit:g} ms limit"
     bw, dirty = link.bandwidth_bps, wl.dirty_rate_bps
     if dirty is None:
@@ -272,47 +314,62 @@ def choose(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request)
     else:
         fast = dirty >= FAST_DIRTY * bw
         why += f"; dirty rate {_rate(dirty)} is {dirty / bw:.0%} of the bandwidth"
-    lazy_no = strategy_refusal(Strategy.POSTCOPY, src, dst)
     pre = (
-        "precopy (soft-dirty)"
+        f"precopy ({tracker})"
         if iterative is Strategy.PRECOPY
-        else f"delta ({src.name} has no soft-dirty)"
+        else f"delta ({src.name} has no dirty tracker)"
     )
     if fast and lazy_no is None:
         if dirty is not None and dirty >= bw:
             return Choice(Strategy.POSTCOPY, f"{why}: pre-copy cannot converge, postcopy")
-        if iterative is Strategy.DELTA:
+        if not src.soft_dirty:
             return Choice(
                 Strategy.POSTCOPY, f"{why}: postcopy ({src.name} has no soft-dirty for hybrid)"
             )
         return Choice(Strategy.HYBRID, f"{why}: hybrid, {pre} then postcopy", iterative)
     if fast:
         why += f"; postcopy unavailable ({lazy_no}), the convergence rule will decide"
-    if iterative is Strategy.DELTA:
-        return _delta_or_not(wl, link, limit, cold_ms, lazy_no, f"{why}: {pre}")
+    if tracker != "soft-dirty":  # delta, or uffd-wp: both dump every page in the freeze
+        return _snapshot_or_not(iterative, wl, link, limit, cold_ms, lazy_no, f"{why}: {pre}")
     return Choice(iterative, f"{why}: {pre}", iterative)
 
 
 def delta_pause_ms(wl: Workload, link: Link) -> float:
-    """The pause of one delta pass: a full dump of the memory into local images."""
+    """The pause of a full dump of the memory into local images: each delta pass, and
+    the final dump of a uffd-wp pre-copy (CRIU writes every page; ferry sends the new)."""
     return wl.memory_bytes / (link.dump_bps or DUMP_BPS) * 1000.0 + link.overhead_ms
 
 
-def _delta_or_not(
-    wl: Workload, link: Link, limit: float, cold_ms: float, lazy_no: str | None, why: str
+def _snapshot_or_not(
+    iterative: Strategy,
+    wl: Workload,
+    link: Link,
+    limit: float,
+    cold_ms: float,
+    lazy_no: str | None,
+    why: str,
 ) -> Choice:
-    """Delta freezes the tree for a whole dump every pass: only worth it when that fits
-    the limit, or is still shorter than cold's one pause; else post-copy, else cold."""
-    pass_ms = delta_pause_ms(wl, link)
+    """A pre-copy whose freezes each dump the whole memory (delta's every pass, uffd-wp's
+    final dump) is only worth it when that fits the limit and post-copy's one freeze is
+    not clearly shorter, or it is still shorter than cold's one pause; else post-copy,
+    else cold."""
+    dump_ms = delta_pause_ms(wl, link)
+    what = "each delta pass freezes" if iterative is Strategy.DELTA else "its final dump freezes"
+    lazy_ms = lazy_downtime_ms(link)
+    if dump_ms <= limit and (lazy_no is not None or not clearly_shorter(lazy_ms, dump_ms)):
+        return Choice(iterative, f"{why}; {what} ~{dump_ms:.0f} ms", iterative)
+    if dump_ms <= limit:
+        return Choice(
+            Strategy.POSTCOPY,
+            f"{why}; {what} ~{dump_ms:.0f} ms, postcopy's one freeze ~{lazy_ms:.0f} ms",
+        )
     measured = "measured" if link.dump_bps else "estimated"
-    if pass_ms <= limit:
-        return Choice(Strategy.DELTA, f"{why}; each pass freezes ~{pass_ms:.0f} ms", Strategy.DELTA)
-    over = f"; but each delta pass freezes ~{pass_ms:.0f} ms ({measured} dump speed)"
+    over = f"; but {what} ~{dump_ms:.0f} ms ({measured} dump speed)"
     if lazy_no is None:
         return Choice(Strategy.POSTCOPY, f"{why}{over}: postcopy, one short freeze")
-    if cold_ms <= pass_ms:
+    if cold_ms <= dump_ms:
         return Choice(Strategy.COLD, f"{why}{over}, no shorter than cold's ~{cold_ms:.0f} ms: cold")
-    return Choice(Strategy.DELTA, f"{why}{over}, still shorter than cold's", Strategy.DELTA)
+    return Choice(iterative, f"{why}{over}, still shorter than cold's", iterative)
 
 
 def _check(src: NodeCaps, dst: NodeCaps, wl: Workload, link: Link, req: Request) -> None:

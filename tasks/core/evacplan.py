@@ -18,13 +18,14 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from tasks.core.chooser import pair_refusal, strategy_refusal
-from tasks.core.nodes import caps
+from tasks.core.nodes import NodeRecord
 from tasks.core.planner import Compatible, ContainerSpec, Move, Node, Plan, lower_bound_s
 from workers.errors import BadRequest
+from workers.records import ContainerInfo
 
 OUTCOMES = ("moved", "rolled_back", "failed", "not_placed", "not_started", "gone")
 PENDING, RUNNING = "pending", "running"  # a move's outcome before one of OUTCOMES
-UNKNOWN_MEMORY = 1 << 40  # what tasks.core.nodes.caps assumes for a node that did not probe
+UNKNOWN_MEMORY = 1 << 40  # what NodeRecord.caps assumes for a node that did not probe
 RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(bit|b)?(?:/s)?\s*$", re.IGNORECASE)
 POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
@@ -63,38 +64,35 @@ def parse_rate(rate: str | float | None) -> float | None:
     return value
 
 
-def live(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
+def live(rec: NodeRecord) -> list[ContainerInfo]:
     """The containers of a node record that have not exited."""
-    return [c for c in rec.get("containers", []) if c.get("state") != "exited"]
+    return [c for c in rec.containers if c.state != "exited"]
 
 
-def node_of(rec: Mapping[str, Any]) -> Node:
+def node_of(rec: NodeRecord) -> Node:
     """A registry record as the planner sees it."""
-    p = rec.get("probe", {})
+    p = rec.probe
     running = live(rec)
-    groups = {str(c.get("labels", {}).get("anti-affinity", "")) for c in running}
-    used = sum(int(c.get("memory_bytes", 0)) for c in running)
+    groups = {c.labels.get("anti-affinity", "") for c in running}
+    used = sum(c.memory_bytes for c in running)
     return Node(
-        rec["name"],
+        rec.name,
         str(p.get("arch", "?")),
         int(p.get("mem_total_bytes", UNKNOWN_MEMORY)),
         int(p.get("mem_free_bytes", UNKNOWN_MEMORY)) - used,
-        cordoned=bool(rec.get("cordoned")),
+        cordoned=rec.cordoned,
         containers=len(running),
         groups=frozenset(groups - {""}),
     )
 
 
-def specs_of(rec: Mapping[str, Any]) -> list[ContainerSpec]:
+def specs_of(rec: NodeRecord) -> list[ContainerSpec]:
     """The containers to move off a node record."""
-    return [
-        ContainerSpec(c["name"], int(c.get("memory_bytes", 0)), dict(c.get("labels", {})))
-        for c in live(rec)
-    ]
+    return [ContainerSpec(c.name, c.memory_bytes, dict(c.labels)) for c in live(rec)]
 
 
 def compatible(
-    records: Mapping[str, Mapping[str, Any]], to: Collection[str] | None, strategy: str
+    records: Mapping[str, NodeRecord], to: Collection[str] | None, strategy: str
 ) -> Compatible:
     """Why a destination cannot take the drained node's containers (planner's ``compatible``)."""
 
@@ -102,9 +100,9 @@ def compatible(
         rec = records[dst.name]
         if to is not None and dst.name not in to:
             return "is not in --to"
-        if not rec.get("alive"):
+        if not rec.alive:
             return "is not answering"
-        src_caps, dst_caps = caps(dict(records[drain.name])), caps(dict(rec))
+        src_caps, dst_caps = records[drain.name].caps, rec.caps
         refusal = pair_refusal(src_caps, dst_caps)
         if refusal is None and strategy != "auto":
             refusal = strategy_refusal(strategy, src_caps, dst_caps)

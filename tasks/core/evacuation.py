@@ -30,8 +30,10 @@ Worked example: one container, ``web``, leaves n1 for n2::
     >>> from tasks.core.planner import Move, Node, Plan
     >>> p = Plan(Node("n1", "x86_64", 1 << 30, 0), (Move("web", "n1", "n2", 0, 1 << 20),), (), 0.1)
     >>> ev = begin("e-1", "n1", p, link_bps=1e8, now=10.0)
-    >>> nodes = {"n1": {"name": "n1", "alive": True, "containers": [{"name": "web"}]},
-    ...          "n2": {"name": "n2", "alive": True}}
+    >>> from tasks.core.nodes import NodeRecord
+    >>> from workers.records import ContainerInfo
+    >>> nodes = {"n1": NodeRecord("n1", alive=True, containers=(ContainerInfo("web"),)),
+    ...          "n2": NodeRecord("n2", alive=True)}
     >>> obs = Observations({}, cancel_asked=False, nodes=nodes)
     >>> ev, actions = advance(ev, obs, now=11.0)
     >>> [type(a).__name__ for a in actions], actions[0].dst
@@ -49,11 +51,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 from tasks.core.evacplan import compatible, live, node_of, report
 from tasks.core.evacrecord import EvacState, Evacuation, MoveState, Outcome, Stop, to_dict
 from tasks.core.migration import Migration, Phase, State, phases
+from tasks.core.nodes import NodeRecord
 from tasks.core.planner import next_moves, replan
 from tasks.core.summary import summary
 from workers.errors import CapabilityError, FerryError, TransientError
@@ -73,7 +75,7 @@ class Observations:
 
     migrations: Mapping[str, Migration | None]  # running moves' records by id; None: gone
     cancel_asked: bool
-    nodes: Mapping[str, Mapping[str, Any]]  # registry records by name, with ``alive``
+    nodes: Mapping[str, NodeRecord]  # registry records by name, with ``alive``
 
 
 @dataclass(frozen=True)
@@ -176,13 +178,13 @@ def blames_dst(m: Migration) -> bool:
     return failed is not None and failed not in SOURCE_PHASES
 
 
-def dst_refusal(rec: Mapping[str, Any] | None) -> str | None:
+def dst_refusal(rec: NodeRecord | None) -> str | None:
     """Why a planned destination takes no more moves now (its registry record), or None."""
     if rec is None:
         return "it left the registry"
-    if not rec.get("alive"):
+    if not rec.alive:
         return "it is not answering"
-    return "it was cordoned" if rec.get("cordoned") else None
+    return "it was cordoned" if rec.cordoned else None
 
 
 def _put(ev: Evacuation, mv: MoveState) -> Evacuation:
@@ -222,9 +224,7 @@ def _follow(
     return ev, blamed
 
 
-def _exclude(
-    ev: Evacuation, dst: str, why: str, records: Mapping[str, Mapping[str, Any]]
-) -> Evacuation:
+def _exclude(ev: Evacuation, dst: str, why: str, records: Mapping[str, NodeRecord]) -> Evacuation:
     """Take no more moves to ``dst``; re-place those pending to it, or mark them not placed."""
     ev = replace(ev, excluded={**ev.excluded, dst: why})
     if ev.node not in records:  # nothing to plan from: _launch fails the pending moves next
@@ -247,14 +247,12 @@ def _exclude(
     return replace(ev, plan=new)
 
 
-def _launch(
-    ev: Evacuation, records: Mapping[str, Mapping[str, Any]]
-) -> tuple[Evacuation, list[Submit]]:
+def _launch(ev: Evacuation, records: Mapping[str, NodeRecord]) -> tuple[Evacuation, list[Submit]]:
     """The next moves the limits allow, as Submits; moves whose container left are gone."""
     src = records.get(ev.node)
-    if src is None or not src.get("alive"):
+    if src is None or not src.alive:
         return _pending_to(ev, Outcome.FAILED, f"{ev.node} is not answering"), []
-    here = {c["name"] for c in live(src)}
+    here = {c.name for c in live(src)}
     while True:
         running = [m for m in ev.plan.moves if ev.moves[m.container].outcome is Outcome.RUNNING]
         done = {c for c, mv in ev.moves.items() if mv.outcome.final}

@@ -27,9 +27,12 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
-from typing import Any
+from typing import TYPE_CHECKING
 
 from workers.errors import BadRequest, CapabilityError
+
+if TYPE_CHECKING:  # tasks.core.nodes imports the chooser, which needs nothing of this
+    from tasks.core.nodes import NodeRecord
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,9 @@ class NodeNet:
         return tuple(i.network for i in self.interfaces)
 
     @classmethod
-    def of(cls, rec: Mapping[str, Any]) -> NodeNet:
-        """From a node's registry record (its ``net`` entry; a record without one: no bridge)."""
-        net = rec.get("net") or {}
-        return cls(rec["name"], str(net.get("bridge", "")), tuple(net.get("addresses", ())))
+    def of(cls, rec: NodeRecord) -> NodeNet:
+        """From a node's registry record (one published before --net: no bridge)."""
+        return cls(rec.name, rec.bridge, rec.bridge_addresses)
 
 
 def parse(text: str) -> IPv4Interface:

@@ -42,13 +42,20 @@ def stalled(pauses: Sequence[Pause], stalls: Sequence[Sequence[float]]) -> tuple
     >>> dump = Pause("dump", 10.0, 200.0)
     >>> [(p.phase, p.ms) for p in stalled([dump], [(10.201, 80.0), (11.0, 30.0)])]
     [('dump', 281.0), ('fault', 30.0)]
+
+    A wait that ended inside the freeze as recorded (the tree resumed a moment
+    before the restore step noted its end) never shortens it:
+
+    >>> [(p.phase, p.ms) for p in stalled([dump], [(10.15, 20.0)])]
+    [('dump', 200.0)]
     """
     out = list(pauses)
     for start, ms in stalls:
         last = out[-1] if out else None
         if last and last.phase == "dump" and start <= last.start + last.ms / 1000 + STALL_JOIN_S:
             end = float(start) + float(ms) / 1000
-            out[-1] = Pause("dump", last.start, round((end - last.start) * 1000, 1))
+            longer = max(last.ms, round((end - last.start) * 1000, 1))
+            out[-1] = Pause("dump", last.start, longer)
         else:
             out.append(Pause("fault", float(start), round(float(ms), 1)))
     return tuple(out)

@@ -8,11 +8,9 @@ chooser's (:func:`tasks.core.chooser.runs`).
 Raspberry Pi OS on a Pi 4 (bcm2711_defconfig) has CHECKPOINT_RESTORE but no
 USERFAULTFD and none of the *_DIAG options, and arm64 has no soft-dirty::
 
-    >>> from tasks.core.nodes import caps
-    >>> pi = {"name": "pi4", "runtime": "criu", "probe": {"arch": "aarch64",
-    ...       "criu_ok": True, "bits": 64, "page_size": 4096,
-    ...       "lacks": ["userfaultfd", "soft_dirty", "unix_diag", "packet_diag",
-    ...                 "netlink_diag"]}}
+    >>> pi = NodeRecord("pi4", probe={"arch": "aarch64", "criu_ok": True, "bits": 64,
+    ...     "page_size": 4096, "lacks": ["userfaultfd", "soft_dirty", "unix_diag",
+    ...                                  "packet_diag", "netlink_diag"]})
     >>> d = diagnose(pi)
     >>> [s.value for s in d.strategies]
     ['cold', 'delta']
@@ -26,10 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from tasks.core.chooser import runs
-from tasks.core.nodes import caps
+from tasks.core.nodes import NodeRecord
 from tasks.core.strategy import Strategy
 from workers.records import Need
 
@@ -76,17 +73,20 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement(
         Need.SOFT_DIRTY,
         "CONFIG_MEM_SOFT_DIRTY",
-        ("precopy", "hybrid"),
-        "no tracked pre-copy: delta (snapshots, changed blocks) does its work",
-        "none on arm64 (the architecture has no soft-dirty bit): use delta or postcopy; "
-        "on x86, a kernel with CONFIG_MEM_SOFT_DIRTY=y",
+        ("hybrid",),
+        "pre-copy tracks its pages with uffd-wp where the kernel has that (precopy is lost "
+        "only without both), else delta (snapshots, changed blocks) does its work",
+        "none on arm64 (the architecture has no soft-dirty bit): a kernel with uffd-wp "
+        "(Linux >= 6.10 on arm64) gives precopy; on x86, CONFIG_MEM_SOFT_DIRTY=y",
     ),
     Requirement(
         Need.UFFD_WP,
         "userfaultfd write-protect + PAGEMAP_SCAN (Linux >= 6.7)",
         (),
-        "nothing yet: a dirty tracker for kernels without soft-dirty, which CRIU 4.1 does not use",
-        "Linux >= 6.7 with CONFIG_USERFAULTFD and CONFIG_PTE_MARKER_UFFD_WP",
+        "without soft-dirty too (every arm64 kernel), no precopy: delta's snapshots freeze "
+        "the tree for a whole dump every pass",
+        "Linux >= 6.7 (arm64: >= 6.10) with CONFIG_USERFAULTFD and CONFIG_PTE_MARKER_UFFD_WP, "
+        "and a worker with CAP_SYS_PTRACE (ferry injects userfaultfd(2) into the container)",
     ),
     Requirement(
         Need.UNIX_DIAG,
@@ -133,14 +133,14 @@ class Diagnosis:
 
     node: str
     strategies: tuple[Strategy, ...]  # what it can run with a peer like itself
+    tracker: str  # pre-copy's dirty tracker: soft-dirty, uffd-wp or none
     missing: tuple[Requirement, ...]  # in REQUIREMENTS order
     notes: tuple[str, ...]  # other findings: CRIU, page size, userland, an old probe
 
 
-def diagnose(rec: Mapping[str, Any]) -> Diagnosis:
+def diagnose(rec: NodeRecord) -> Diagnosis:
     """What the node ``rec`` has, what it lacks, and what each missing piece costs."""
-    node = caps(rec)
-    p = rec.get("probe", {})
+    node, p = rec.caps, rec.probe
     notes: list[str] = []
     if not node.criu_ok and node.runtime != "sim":
         why = f" ({node.criu_reason})" if node.criu_reason else ""
@@ -162,14 +162,14 @@ def diagnose(rec: Mapping[str, Any]) -> Diagnosis:
     if node.lazy_pages_reason and Need.USERFAULTFD not in node.lacks:
         notes.append(f"lazy pages: {node.lazy_pages_reason}")
     missing = tuple(r for r in REQUIREMENTS if r.need in node.lacks)
-    return Diagnosis(node.name, tuple(runs(node)), missing, tuple(notes))
+    return Diagnosis(node.name, tuple(runs(node)), node.dirty_tracker, missing, tuple(notes))
 
 
-def peers(records: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+def peers(records: Mapping[str, NodeRecord]) -> dict[str, list[str]]:
     """The nodes grouped by what a CRIU image needs of both ends: arch, userland, page size."""
     groups: dict[str, list[str]] = {}
     for name in sorted(records):
-        n = caps(records[name])
+        n = records[name].caps
         bits = f"{n.bits}-bit" if n.bits else "?-bit"
         page = f"{n.page_size // 1024} KiB pages" if n.page_size else "? pages"
         groups.setdefault(f"{n.arch} {bits} {page}", []).append(name)

@@ -4,7 +4,10 @@
 chained with ``--prev-images-dir``; each pass's pages go to the destination
 whole, the final dump writes only what changed since the last pass.
 
-``delta`` (no soft-dirty: arm64 Pis, this VM): each pass is a full
+``precopy`` on the uffd-wp tracker (no soft-dirty, Linux >= 6.7): passes that
+read the written pages from the running tree (tasks.node.tracked).
+
+``delta`` (no dirty tracker at all): each pass is a full
 ``criu dump --leave-running``; only the 4 KiB blocks whose content changed
 since the destination's copy are sent (workers.dataplane.delta), and the destination
 rebuilds the full image set in REBUILD. Every delta pass freezes the
@@ -20,6 +23,7 @@ from typing import Any
 
 from tasks.core.migration import Migration, Phase
 from tasks.core.strategy import Strategy
+from tasks.node import tracked
 from tasks.node.context import (
     NodeContext,
     Progress,
@@ -39,9 +43,11 @@ def precopy(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     done = remembered(d, Phase.PRECOPY)
     if done:
         return done
-    shutil.rmtree(d, ignore_errors=True)
     if not m.passes:
         check_asked_for(ctx, m)
+    if tracked.uses_tracker(ctx, m):
+        return tracked.tracked_pass(ctx, m, k, progress)
+    shutil.rmtree(d, ignore_errors=True)
     prev = last_pass(m)
     since = float(m.results["precopy"]["end"]) if m.passes else time.time()
     if m.strategy is Strategy.DELTA:

@@ -22,7 +22,7 @@ from typing import Any
 from tasks.core.migration import Migration, Phase, State
 from tasks.core.strategy import Strategy
 from tasks.messaging import auth
-from tasks.node import syncpasses
+from tasks.node import syncpasses, tracked
 from tasks.node.context import (
     FINAL,
     NodeContext,
@@ -58,7 +58,12 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     if d.exists():
         shutil.rmtree(d)  # a dump that died half-way: start over
     prev = last_pass(m)
+    on_tracker = tracked.uses_tracker(ctx, m)
     parent = ctx.images(m.id, prev) if prev and m.strategy.parent_images else None
+    if on_tracker:
+        parent = None  # the passes left packs, not CRIU parent images
+        if m.lazy:  # a fallback to post-copy: CRIU serves every page itself
+            tracked.stop(ctx, m)
     if m.lazy:
         port = free_port(ctx.host)
         frozen_at = ctx.runtime.checkpoint_lazy(m.container, d, ctx.host, port, parent)
@@ -101,6 +106,9 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     if s.pages is not None:
         # CRIU's memwrite time is its pages crossing the wire, inside the freeze
         result.update(pages=s.pages.to_dict(), memwrite_ms=s.memwrite_ms)
+    if on_tracker:  # inside the freeze: what the destination lacks of the dump
+        result["tracker"] = tracked.split_dump(ctx, m)
+        result["end"] = time.time()
     return remember(d, Phase.DUMP, result)
 
 
@@ -110,7 +118,9 @@ def transfer(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, An
     if done:
         return done
     prev = last_pass(m)
-    if m.strategy is Strategy.DELTA and prev and not m.lazy:
+    if "tracker" in m.results.get("dump", {}):
+        result = tracked.send_final(ctx, m, progress)
+    elif m.strategy is Strategy.DELTA and prev and not m.lazy:
         out = ctx.images(m.id, "final.out")
         shutil.rmtree(out, ignore_errors=True)
         delta = make_delta(ctx.images(m.id, prev), d, out, ctx.page_size)
@@ -137,6 +147,10 @@ def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     if m.strategy is Strategy.DELTA and prev and not m.lazy:
         if not d.exists():  # the last pass, patched in place, becomes it once verified
             apply_delta(ctx.incoming(m.id, prev), ctx.incoming(m.id, "final.delta"), d)
+        rebuild_ms = (time.monotonic() - started) * 1000
+    elif "tracker" in m.results["dump"]:
+        if not d.exists():  # every pages image checked against the source's BLAKE3
+            tracked.rebuild_final(ctx, m, d)
         rebuild_ms = (time.monotonic() - started) * 1000
     elif prev and m.strategy.parent_images:
         link = d / "parent"
@@ -249,6 +263,7 @@ def drop_images(node_dir: Path, d: Path, mid: str) -> None:
 
 def cleanup(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     """After the point of no return: remove the source copy, exactly once."""
+    tracked.stop(ctx, m)
     if _has(ctx, m.container):
         ctx.runtime.kill(m.container)
     drop_images(ctx.node_dir, ctx.images(m.id).parent, m.id)
@@ -270,6 +285,7 @@ def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
     """Rollback on the source: continue the frozen copy, or restore it from its images."""
     d = ctx.images(m.id)
     dumped = remembered(d, Phase.DUMP)
+    tracked.stop(ctx, m)  # its registrations end with it; the tree runs on untracked
     if not _has(ctx, m.container):
         if not d.parent.exists():  # never dumped here, and gone since: nothing to resume
             return {"state": "gone", "end": time.time()}

@@ -19,15 +19,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import redis
 
 from tasks.config.broker import connect, resolve
 from tasks.config.settings import Settings
 from tasks.core.migration import State
+from tasks.core.nodes import NodeRecord
 from tasks.messaging.app import make_app, node_queue, worker_argv
 from tasks.node.context import NodeContext
 from tasks.node.phases import collect
@@ -36,7 +36,7 @@ from tasks.store.migrations import Store
 from workers import procs
 from workers.criu.adapter import Criu
 from workers.dataplane.transfer import GateLimits, TransferServer
-from workers.errors import BadRequest, FerryError
+from workers.errors import BadRequest, CorruptRecord, FerryError
 from workers.ids import check_node_name
 from workers.runtimes.base import Runtime
 from workers.runtimes.criu import NOT_ROOT, CriuRuntime
@@ -80,26 +80,24 @@ def _dead_here(holder: str) -> bool:
     return host == socket.gethostname() and pid.isdigit() and not procs.alive(int(pid))
 
 
-def already_up(node: str, holder: str, rec: dict[str, Any] | None) -> str:
+def already_up(node: str, holder: str, store: Store) -> str:
     """Why a second worker may not be node ``node``: who holds it, where, since when."""
     host, _, pid = holder.rpartition(":")
-    where = f" at {rec['address']}" if rec and rec.get("address") else ""
-    seen = (
-        f", seen {time.time() - rec['last_seen']:.0f} s ago" if rec and "last_seen" in rec else ""
-    )
+    try:
+        rec = store.node(node)
+    except CorruptRecord:  # the claim says enough
+        rec = None
+    where = f" at {rec.address}" if rec and rec.address else ""
+    seen = f", seen {time.time() - rec.last_seen:.0f} s ago" if rec and rec.last_seen else ""
     return f"node {node} is already up{where} (pid {pid} on {host}{seen}): one worker per node name"
 
 
-def _containers(runtime: Runtime) -> list[dict[str, Any]]:
-    return [{**asdict(c), "argv": list(c.argv)} for c in runtime.containers()]
-
-
-def _net(s: Settings) -> dict[str, Any]:
-    """What the chooser needs to know of this node's bridge (tasks.core.netaddr.NodeNet)."""
+def _net(s: Settings) -> tuple[str, tuple[str, ...]]:
+    """This node's bridge and its addresses (tasks.core.netaddr.NodeNet); ("", ()): none."""
     if not s.bridge:
-        return {}
+        return "", ()
     found = bridge(s.bridge)  # not a bridge here: the node stops now, saying so
-    return {"bridge": found.name, "addresses": list(found.addresses)}
+    return found.name, found.addresses
 
 
 def _env(s: Settings) -> dict[str, str]:
@@ -134,7 +132,7 @@ def serve(settings: Settings, node: str) -> int:
     if holder is not None and _dead_here(holder):  # a worker of this host killed a moment ago
         holder = store.claim_node(node, owner, claim_ttl, take_from=holder)
     if holder is not None:
-        raise BadRequest(already_up(node, holder, store.node(node)))
+        raise BadRequest(already_up(node, holder, store))
     runtime = make_runtime(s, node)
     caps = runtime.capabilities()
     server = TransferServer(
@@ -150,17 +148,20 @@ def serve(settings: Settings, node: str) -> int:
     server.start()
     host, port = server.address
     address = f"{s.advertise_host or host}:{port}"
-    record: dict[str, Any] = {
-        "name": node,
-        "address": address,
-        "runtime": runtime.name,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "started": time.time(),
-        "queues": [node_queue(node), node_queue(node, True)],
-        "probe": caps.record(),
-        "net": _net(s),
-    }
+    bridge_name, bridge_addresses = _net(s)
+    record = NodeRecord(
+        node,
+        address=address,
+        runtime=runtime.name,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started=time.time(),
+        queues=(node_queue(node), node_queue(node, True)),
+        probe=caps.record(),
+        bridge=bridge_name,
+        bridge_addresses=bridge_addresses,
+    )
+    started: dict[str, float] = {}
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -171,7 +172,7 @@ def serve(settings: Settings, node: str) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(
-        f"ferry: node {node} up: data plane on {address}, queues {', '.join(record['queues'])}",
+        f"ferry: node {node} up: data plane on {address}, queues {', '.join(record.queues)}",
         file=sys.stderr,
         flush=True,
     )
@@ -190,26 +191,26 @@ def serve(settings: Settings, node: str) -> int:
                         [sys.executable, "-m", "tasks.node.worker", node, role, address],
                         env=_env(s),
                     )
-                    record.setdefault("workers", {})[role] = time.time()
+                    started[role] = time.time()
             _reap({c.pid for c in children.values()})
             load = os.getloadavg()[0]
             try:
                 holder = store.claim_node(node, owner, claim_ttl)
                 if holder is not None:  # ours lapsed (Redis was away) and another took it
-                    log.error("%s; this worker stops", already_up(node, holder, store.node(node)))
+                    log.error("%s; this worker stops", already_up(node, holder, store))
                     stopping = True
                     continue
                 store.put_node(
-                    node,
-                    {
-                        **record,
-                        "last_seen": time.time(),
-                        "load": load,
-                        "state": "up",
-                        "dataplane_refused": server.refusals(),
-                    },
+                    replace(
+                        record,
+                        last_seen=time.time(),
+                        load=load,
+                        state="up",
+                        dataplane_refused=server.refusals(),
+                        workers=dict(started),
+                    )
                 )
-                store.put_containers(node, _containers(runtime))
+                store.put_containers(node, runtime.containers())
                 collect(home, lambda mid: _state(store, mid))
             except (redis.RedisError, FerryError, OSError) as exc:
                 # The broker is away, or /proc or the disk hiccuped: keep the
@@ -229,7 +230,7 @@ def serve(settings: Settings, node: str) -> int:
                 child.kill()
         server.stop()
         with contextlib.suppress(redis.RedisError):  # the heartbeat going stale says the same
-            store.put_node(node, {**record, "last_seen": time.time(), "state": "stopped"})
+            store.put_node(replace(record, last_seen=time.time(), state="stopped"))
     return 0
 
 
@@ -278,7 +279,7 @@ def celery_main(node: str, role: str, address: str) -> None:
         sync_roots=s.sync_root_paths,
         sync_ports=s.sync_port_range,
     )
-    register(app, store, ctx, urgent, lambda: store.put_containers(node, _containers(runtime)))
+    register(app, store, ctx, urgent, lambda: store.put_containers(node, runtime.containers()))
     app.worker_main(
         worker_argv(
             s, node_queue(node, urgent), f"{role}.{node}@%h", 1 if urgent else s.main_concurrency

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
@@ -25,10 +25,12 @@ import redis
 from tasks.core.codec import decode, encode
 from tasks.core.machine import next_step
 from tasks.core.migration import DEFAULT_POLICY, Event, Migration, Policy, Send
+from tasks.core.nodes import NodeRecord
 from tasks.core.options import Options
 from tasks.store.evacuations import Records
 from workers.errors import BadRequest, CorruptRecord
 from workers.ids import check_migration_id
+from workers.records import ContainerInfo
 
 EVENTS_MAX = 10_000
 log = logging.getLogger("ferry.store")
@@ -243,24 +245,38 @@ class Store:
         ``ttl_s``, longer than a command stays fresh): a replay is refused."""
         return bool(self.r.set(f"ferry:used:{node}:{mac}", "1", nx=True, ex=max(1, int(ttl_s))))
 
-    def put_node(self, name: str, record: dict[str, Any]) -> None:
+    def put_node(self, record: NodeRecord) -> None:
+        """Publish node ``record`` (its containers and cordon are kept apart)."""
+        data = encode(record)
+        for own in ("containers", "cordoned", "alive"):
+            del data[own]
         with self.r.pipeline() as pipe:
-            pipe.set(f"ferry:node:{name}", json.dumps(record))
-            pipe.sadd("ferry:nodes", name)
+            pipe.set(f"ferry:node:{record.name}", json.dumps(data))
+            pipe.sadd("ferry:nodes", record.name)
             pipe.execute()
 
-    def put_containers(self, name: str, containers: list[dict[str, Any]]) -> None:
-        self.r.set(f"ferry:node:{name}:containers", json.dumps(containers))
+    def put_containers(self, name: str, containers: Sequence[ContainerInfo]) -> None:
+        self.r.set(f"ferry:node:{name}:containers", json.dumps(encode(list(containers))))
 
-    def node(self, name: str) -> dict[str, Any] | None:
-        return _node(self.r.mget(*_node_keys(name)))
+    def node(self, name: str) -> NodeRecord | None:
+        """Node ``name``'s record; None if unknown; CorruptRecord if unreadable."""
+        return _node(name, self.r.mget(*_node_keys(name)))
 
-    def nodes(self) -> list[dict[str, Any]]:
+    def nodes(self) -> list[NodeRecord]:
+        """Every registered node; a corrupt record is logged and skipped."""
         names = sorted(str(n) for n in self.r.smembers("ferry:nodes"))
         # one round trip for every node: an evacuation tick reads them all
         replies = self.r.mget(*(k for n in names for k in _node_keys(n))) if names else []
-        out = [_node(replies[i : i + 3]) for i in range(0, len(replies), 3)]
-        return [n for n in out if n is not None]
+        out = []
+        for i, name in enumerate(names):
+            try:
+                rec = _node(name, replies[3 * i : 3 * i + 3])
+            except CorruptRecord as exc:
+                log.error("%s", exc)
+                continue
+            if rec is not None:
+                out.append(rec)
+        return out
 
     def cordon(self, name: str, on: bool) -> None:
         if on:
@@ -296,11 +312,17 @@ def _node_keys(name: str) -> tuple[str, str, str]:
     return f"ferry:node:{name}", f"ferry:node:{name}:containers", f"ferry:cordon:{name}"
 
 
-def _node(replies: list[Any]) -> dict[str, Any] | None:
+def _node(name: str, replies: list[Any]) -> NodeRecord | None:
     raw, cont, cordon = replies
     if raw is None:
         return None
-    rec: dict[str, Any] = json.loads(str(raw))
-    rec["containers"] = json.loads(str(cont)) if cont else []
-    rec["cordoned"] = cordon is not None
-    return rec
+    where = f"node record {name}"
+    try:
+        data = json.loads(str(raw))
+        containers = json.loads(str(cont)) if cont else []
+    except ValueError as exc:
+        raise CorruptRecord(f"{where}: not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CorruptRecord(f"{where}: want an object, not {type(data).__name__}")
+    data.update(name=name, containers=containers, cordoned=cordon is not None)
+    return decode(NodeRecord, data, where)

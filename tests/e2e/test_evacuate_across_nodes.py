@@ -47,8 +47,8 @@ def test_a_node_is_evacuated_to_the_two_others(netcluster: NetCluster) -> None:
         for dst in ("node2", "node3"):
             moved = sum(r["bytes"] for r in report["containers"] if r["dst"] == dst)
             assert tx_bytes(netcluster, dst) - sent[dst] >= moved > 0
-        assert client.node("node1")["cordoned"], "an evacuated node stays cordoned"
-        assert not client.node("node2").get("cordoned") and not client.node("node3").get("cordoned")
+        assert client.node("node1").cordoned, "an evacuated node stays cordoned"
+        assert not client.node("node2").cordoned and not client.node("node3").cordoned
         print(f"\n{report['message']}")
     finally:
         for n in NAMES:

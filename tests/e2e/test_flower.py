@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import urllib.request
 from base64 import b64encode
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import pytest
 
 from tasks.api.localcluster import LocalCluster
 from tests.conftest import cluster_env, need
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import free_port, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -39,13 +38,6 @@ ARGS = [
 # transfer and verify run inside the dump and restore tasks (the freeze window, no queue
 # in between): their progress shows on those tasks
 PHASES = ("prepare", "dump", "restore", "cleanup")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,9 @@ COLD = [
 ]
 POSTCOPY = ["dump:kill-after", "restore:kill-after", "pages:kill-before"]
 DELTA = ["precopy:kill-after", "rebuild:kill-before", "dump:kill-after", "restore:kill-before"]
+# precopy on the uffd-wp tracker (where the source has no soft-dirty): its tracker process
+# outlives the worker; a pass, the final split and the rebuild are each tried again
+PRECOPY = ["precopy:kill-after", "dump:kill-after", "transfer:kill-before", "restore:kill-before"]
 # Where a Redis restart strikes (the phase is held there, Redis killed, the
 # phase let go with Redis still down, then Redis started on the same data):
 # during a pass, inside the freeze window, during the restore.

@@ -50,7 +50,7 @@ def restart_redis_in(
 def cut_when_sending(c: FaultCluster, mid: str, dst: str, phase: str) -> None:
     """Reset the migration's data-plane connection to ``dst`` (``ss -K``: the kernel
     sends a RST) once ``phase`` has sent bytes."""
-    port = c.client.node(dst)["address"].rpartition(":")[2]
+    port = c.client.node(dst).address.rpartition(":")[2]
 
     def sending() -> bool:
         m = c.client.status(mid)

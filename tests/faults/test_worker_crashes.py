@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.faults.cluster import COLD, DELTA, POSTCOPY, outcome
+from tasks.core.chooser import strategy_refusal
+from tests.faults.cluster import COLD, DELTA, POSTCOPY, PRECOPY, outcome
 from tests.integration.helpers import dirtying, ticks, wait_for
 
 pytestmark = pytest.mark.criu
@@ -20,10 +21,14 @@ pytestmark = pytest.mark.criu
     "strategy,point",
     [("cold", p) for p in COLD]
     + [("postcopy", p) for p in POSTCOPY]
-    + [("delta", p) for p in DELTA],
+    + [("delta", p) for p in DELTA]
+    + [("precopy", p) for p in PRECOPY],
 )
 def test_a_worker_killed_in_a_phase_loses_nothing(faults, strategy: str, point: str) -> None:
     client = faults.client
+    refusal = strategy_refusal(strategy, *(client.node(n).caps for n in ("f1", "f2")))
+    if refusal:
+        pytest.skip(f"{strategy} cannot run on this machine: {refusal}")
     name = f"f-{strategy}-{point.replace(':', '-')}"
     info = client.run("f1", [sys.executable, "-u", "-c", dirtying(16)], name=name)
     wait_for(lambda: len(ticks(info["log"])) > 5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -53,3 +54,43 @@ DIRTY = (
 def dirtying(mb: int = 32, stride: int = 16) -> str:
     """A counter that holds ``mb`` MiB and rewrites one page in ``stride`` every tick."""
     return DIRTY.format(mb=mb, stride=stride)
+
+
+VERIFYING = (
+    "import os, random, time\n"
+    "TAG = 'tick'\n"
+    "{fork}"
+    "P = 4096\n"
+    "N = ({mb} << 20) // P\n"
+    "PAGES = [bytes([v]) * P for v in range(256)]\n"
+    "exp = bytearray(p % 255 + 1 for p in range(N))\n"
+    "buf = bytearray(b''.join(PAGES[v] for v in exp))\n"
+    "i = 0\n"
+    "while True:\n"
+    "    for p in random.sample(range(N), max(1, N * {percent} // 100)):\n"
+    "        exp[p] = exp[p] % 255 + 1\n"
+    "        buf[p * P:(p + 1) * P] = PAGES[exp[p]]\n"
+    "    bad = sum(buf[p * P:(p + 1) * P] != PAGES[exp[p]] for p in range(N))\n"
+    "    print(TAG, i, 'bad', bad, flush=True) if bad else print(TAG, i, 'ok', flush=True)\n"
+    "    i += 1; time.sleep(0.05)\n"
+)
+
+
+def verifying(mb: int = 32, percent: int = 2, fork: bool = False) -> str:
+    """A counter holding ``mb`` MiB of pages it knows; every tick it rewrites ``percent`` % of
+    them and checks every page, printing ``tick N ok`` or ``tick N bad K`` (K pages wrong).
+    ``fork``: a child forked first does the same with pages of its own, printing ``kid ...``."""
+    child = "TAG = 'kid' if os.fork() == 0 else TAG\n" if fork else ""
+    return VERIFYING.format(mb=mb, percent=percent, fork=child)
+
+
+def bad_ticks(log: str | Path) -> list[str]:
+    """The lines where a verifying counter found its memory wrong."""
+    return [ln for ln in Path(log).read_text().splitlines() if " bad " in ln]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

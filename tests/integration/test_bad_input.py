@@ -53,7 +53,7 @@ def test_bad_requests_are_refused_and_change_nothing(victim, call, error, words)
 def test_a_node_without_criu_is_refused(cluster, victim) -> None:  # type: ignore[no-untyped-def]
     client, info = victim
     cluster.start_node("nocriu", env={"FERRY_CRIU_BIN": "/nonexistent/criu"})
-    wait_for(lambda: any(n["name"] == "nocriu" and n["alive"] for n in client.nodes()), timeout=30)
+    wait_for(lambda: any(n.name == "nocriu" and n.alive for n in client.nodes()), timeout=30)
     with pytest.raises(CapabilityError, match="nocriu cannot run CRIU"):
         client.migrate("victim", "nocriu")
     cluster.stop("nocriu")

@@ -434,7 +434,11 @@ def test_what_follows_the_first_word_is_the_commands_own(sim) -> None:
 
 @pytest.mark.parametrize("argv", [["ps"], ["nodes"], ["status"]])
 def test_with_redis_away_a_command_says_so_in_one_line_and_exits_3(argv: list[str]) -> None:
-    env = {"FERRY_REDIS_URL": "redis://127.0.0.1:1/0", "FERRY_BROKER_URL": "redis://127.0.0.1:1/0"}
+    env = {
+        "FERRY_REDIS_URL": "redis://127.0.0.1:1/0",
+        "FERRY_BROKER_URL": "redis://127.0.0.1:1/0",
+        "FERRY_SECRET": "a-secret-so-that-only-redis-is-missing",
+    }
     res = CliRunner().invoke(main, argv, env=env, catch_exceptions=False)
     assert res.exit_code == 3, res.output
     lines = res.output.strip().splitlines()

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from tasks.api.localcluster import ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.integration.helpers import free_port
 
 
 def test_the_demo_cleans_up_its_state_dir(tmp_path: Path) -> None:

@@ -40,3 +40,9 @@ def test_doctor_local_lists_what_this_machine_has() -> None:
     human = doctor("--local")
     assert human.returncode == 0, human.stderr
     assert "runs: " + ", ".join(node["strategies"]) in human.stdout
+    # the tracker the probe found by really tracking a page; precopy runs wherever there is one
+    assert node["dirty_tracker"] in ("soft-dirty", "uffd-wp", "none")
+    assert f"dirty tracker: {node['dirty_tracker']}" in human.stdout
+    assert ("precopy" in node["strategies"]) == (node["dirty_tracker"] != "none")
+    if "uffd_wp" in node["has"] and "soft_dirty" not in node["has"]:
+        assert node["dirty_tracker"] == "uffd-wp"

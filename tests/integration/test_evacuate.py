@@ -93,7 +93,7 @@ def test_a_dry_run_plans_and_changes_nothing(evac: LocalCluster) -> None:
     assert res.returncode == 0, res.stderr
     placed = {m["container"]: m["dst"] for m in json.loads(res.stdout)["moves"]}
     assert placed.keys() == names.keys()  # sizes are live RSS: the spread may differ
-    assert not evac.client.node("e1")["cordoned"]
+    assert not evac.client.node("e1").cordoned
     assert evac.client.store.ids(1000) == before, "a dry run started a migration"
     assert not evac.client.store.r.exists("ferry:evac:node:e1")
     assert all(where(evac)[n] == "e1" for n in names)
@@ -120,7 +120,7 @@ def test_unplaceable_containers_are_reported_before_anything_moves(evac: LocalCl
     assert left["container"].startswith("db-") and "anti-affinity" in left["reason"]
     assert "--allow-partial" in res.stderr
     assert evac.client.store.ids(1000) == before, "something moved"
-    assert not evac.client.node("e1")["cordoned"], "a refused evacuation left e1 cordoned"
+    assert not evac.client.node("e1").cordoned, "a refused evacuation left e1 cordoned"
     assert not evac.client.store.r.exists("ferry:evac:node:e1")
     # --allow-partial moves the two that have a place and says the third stayed
     rep = evac.client.evacuate("e1", to=TO, allow_partial=True).wait(timeout=120)
@@ -160,7 +160,7 @@ def test_four_counters_leave_e1_and_go_on(evac: LocalCluster) -> None:
         assert not procs.alive(info["pid"]), f"{name}'s source copy still runs"
     moved = where(evac)
     assert {moved[n] for n in infos} <= {"e2", "e3"} and "e1" not in moved.values()
-    assert evac.client.node("e1")["cordoned"], "e1 must stay cordoned"
+    assert evac.client.node("e1").cordoned, "e1 must stay cordoned"
     assert not evac.client.store.r.exists("ferry:evac:node:e1"), "the node lock was kept"
     assert evac.client.evacuation(h.id).result() == rep
 
@@ -270,7 +270,7 @@ def test_simulated_a_container_bigger_than_any_node_is_not_placed(sim_cluster) -
         with pytest.raises(Unplaceable, match="no destination for huge") as exc:
             client.evacuate("s1", to=["s2"])
         assert "left after headroom" in exc.value.preview["unplaceable"][0]["reason"]
-        assert not client.node("s1")["cordoned"]
+        assert not client.node("s1").cordoned
     finally:
         client.kill("huge")
 

@@ -117,10 +117,9 @@ def test_a_synced_dir_moves_with_its_container_cold_and_back_with_delta(disks: D
 
 def test_post_copy_syncs_the_dir_before_the_restore_too(disks: Disks) -> None:
     from tasks.core.chooser import strategy_refusal
-    from tasks.core.nodes import caps
 
     c = disks
-    refusal = strategy_refusal("postcopy", *(caps(c.client.node(n)) for n in NODES))
+    refusal = strategy_refusal("postcopy", *(c.client.node(n).caps for n in NODES))
     if refusal:
         pytest.skip(f"postcopy cannot run on this machine: {refusal}")
     start_writer(c, "fs-lazy")

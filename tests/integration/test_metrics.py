@@ -21,9 +21,11 @@ from tasks.config.broker import ensure_embedded, stop_embedded
 from tasks.config.settings import Settings
 from tasks.control.metrics import registry_for
 from tasks.core.migration import Migration, State
+from tasks.core.nodes import NodeRecord
 from tasks.messaging.app import make_app
 from tasks.store.migrations import Store
 from workers.ids import new_id
+from workers.records import ContainerInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0
@@ -100,19 +102,16 @@ def populate(settings: Settings) -> None:
         store.create(m)
     now = time.time()
     store.put_node(
-        "n1",
-        {
-            "name": "n1",
-            "state": "up",
-            "last_seen": now,
-            "probe": {"arch": "aarch64"},
-            "dataplane_refused": {"deadline": 7, "busy": 0},  # as the heartbeat reports them
-        },
+        NodeRecord(
+            "n1",
+            state="up",
+            last_seen=now,
+            probe={"arch": "aarch64"},
+            dataplane_refused={"deadline": 7, "busy": 0},  # as the heartbeat reports them
+        )
     )
-    store.put_node(
-        "n2", {"name": "n2", "state": "up", "last_seen": now - 600, "probe": {"arch": "x86_64"}}
-    )
-    store.put_containers("n1", [{"name": "web"}, {"name": "db"}])
+    store.put_node(NodeRecord("n2", state="up", last_seen=now - 600, probe={"arch": "x86_64"}))
+    store.put_containers("n1", [ContainerInfo("web"), ContainerInfo("db")])
     store.cordon("n2", True)
     store.beat_coordinator(now, 30)
     app = make_app(settings)  # real messages, as the coordinator queues them

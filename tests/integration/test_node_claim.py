@@ -17,7 +17,7 @@ def test_a_second_worker_for_a_node_that_is_up_refuses(sim_cluster: LocalCluster
     assert "one worker per node name" in said
     # s1 is still served by the first worker alone
     assert sim_cluster.procs["s1"].poll() is None
-    assert {n["name"] for n in sim_cluster.client.nodes() if n["alive"]} >= {"s1", "s2"}
+    assert {n.name for n in sim_cluster.client.nodes() if n.alive} >= {"s1", "s2"}
 
 
 def test_a_node_whose_worker_was_killed_can_start_again_at_once(sim_cluster: LocalCluster) -> None:
@@ -36,4 +36,4 @@ def test_a_node_whose_worker_was_killed_can_start_again_at_once(sim_cluster: Loc
 
 
 def _alive(c: LocalCluster, node: str) -> bool:
-    return any(n["name"] == node and n["alive"] for n in c.client.nodes())
+    return any(n.name == node and n.alive for n in c.client.nodes())

@@ -3,11 +3,11 @@ nothing configured (its own embedded Redis; real CRIU where it works, else the
 SIMULATED runtime): every command does what its comment says and exits 0, and
 ``ferry down`` stops the embedded Redis at the end.
 
-What the tour shows but cannot run as a script is named here, with why:
-``ID`` is the last migration's id; ``./job`` is the reader's own program;
-``a / b`` is two commands; Flower and the metrics server run until stopped;
-``resolve`` needs a failed migration, and ``cancel`` of the done ``ID`` is
-refused in one line (rc 2).
+Read as a shell would: ``export`` sets the daemons' environment, ``ID`` is
+the last migration's id, ``a / b`` is two commands, ``&`` a daemon (Flower and
+the metrics server are asked for a page, then stopped). ``cancel`` and
+``resolve`` of the done ``ID`` are refused in one line (rc 2), as their
+comments say they would be.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import re
 import shlex
 import subprocess
 import sys
+import time
+import urllib.request
+from base64 import b64encode
 from pathlib import Path
 
 from tasks.api.demo import criu_usable
@@ -24,7 +27,26 @@ from tasks.api.localcluster import ROOT, LocalCluster
 from tests.integration.helpers import wait_for
 
 TOUR = re.compile(r"^## A quick tour\n.*?^```sh\n(.*?)^```$", re.MULTILINE | re.DOTALL)
-SERVERS = ("flower", "metrics")  # they serve until stopped
+# what each server of the tour answers on, and with which credentials
+SERVERS = {
+    "flower": ("http://127.0.0.1:5555/", "user:pass", "Flower"),
+    "metrics": ("http://127.0.0.1:9464/metrics", "", "ferry_node_up"),
+}
+
+
+def page(url: str, auth: str) -> str:
+    """``url``'s body once it answers (the server may still be starting), else ''."""
+    req = urllib.request.Request(url)
+    if auth:
+        req.add_header("Authorization", "Basic " + b64encode(auth.encode()).decode())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return str(r.read().decode())
+        except OSError:
+            time.sleep(0.5)
+    return ""
 
 
 def tour_commands() -> list[list[str]]:
@@ -56,6 +78,7 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
     cluster = LocalCluster(tmp_path, env)
     nodes: list[str] = []
     last_id = ""
+    servers: list[subprocess.Popen[bytes]] = []
 
     def ferry(*argv: str, rc: int = 0) -> str:
         done = subprocess.run(
@@ -75,6 +98,12 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
         for argv in tour_commands():
             if argv[0] == ".":
                 continue  # the venv: this test runs in it
+            if argv[0] == "export":
+                cluster.env.update(a.split("=", 1) for a in argv[1:])
+                continue
+            if argv[0] == "mkdir":
+                subprocess.run(argv, check=True)
+                continue
             assert argv[0] == "ferry", argv
             verb, rest = argv[1], argv[2:]
             if verb == "coordinator":
@@ -83,8 +112,11 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
                 nodes.append(rest[rest.index("--node") + 1])
                 cluster.start_node(nodes[-1])
                 cluster.wait_ready(nodes, timeout=120)
-            elif "./job" in rest or verb in SERVERS or verb == "resolve":
-                continue
+            elif verb in SERVERS:
+                url, auth, says = SERVERS[verb]
+                argv = [sys.executable, "-m", "tasks.api.cli", verb, *rest[:-1]]  # less the &
+                servers.append(subprocess.Popen(argv, env=cluster.env, cwd=ROOT))
+                assert says in page(url, auth), f"{verb} did not serve {url}"
             elif "/" in rest:
                 i = rest.index("/")
                 ferry(verb, *rest[:i])
@@ -92,7 +124,12 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
             elif verb == "cancel":  # ID is done: past its point of no return, one line, rc 2
                 said = ferry(verb, *[last_id if a == "ID" else a for a in rest], rc=2)
                 assert said == f"error: {last_id} is already done\n", said
+            elif verb == "resolve":  # ID is done: its source holds no copy to keep
+                said = ferry(verb, *[last_id if a == "ID" else a for a in rest], rc=2)
+                assert said.startswith("error: ") and said.count("\n") == 1, said
             elif verb == "down":
+                for server in servers:
+                    server.terminate()
                 cluster.stop()
                 ferry(verb)
                 assert not (tmp_path / "redis.sock").exists()
@@ -103,6 +140,9 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
                 if verb == "logs":
                     assert said.strip(), "the counter printed nothing"
     finally:
+        for server in servers:
+            server.kill()
+            server.wait()
         cluster.stop()
         if (tmp_path / "redis.sock").exists():
             subprocess.run([sys.executable, "-m", "tasks.api.cli", "down"], env=cluster.env)

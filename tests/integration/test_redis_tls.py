@@ -27,6 +27,7 @@ from tasks.core.migration import Migration
 from tasks.messaging.app import make_app
 from tasks.store.migrations import Store
 from tests.conftest import need
+from tests.integration.helpers import free_port
 from workers.ids import new_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,12 +105,6 @@ def acl_line(user: str, password: str) -> str:
         password,
         re.sub(r"\{\{ ferry_redis_user \}\}", user, rule),
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_tls_redis(

@@ -36,7 +36,7 @@ def pages_cluster(
 
 def test_delta_between_16k_nodes_compares_16k_blocks(pages_cluster: LocalCluster) -> None:
     client = pages_cluster.client
-    probes = {n["name"]: n["probe"] for n in client.nodes() if n["name"] in NODES}
+    probes = {n.name: n.probe for n in client.nodes() if n.name in NODES}
     assert {n: p["page_size"] for n, p in probes.items()} == {k: int(v) for k, v in NODES.items()}
     client.run("pg16a", ["counter"], name="big-pages", labels={"sim.memory": str(MEMORY)})
     wait_for(lambda: any(c["name"] == "big-pages" for c in client.containers()))

@@ -11,7 +11,6 @@ import sys
 import pytest
 
 from tasks.core.chooser import strategy_refusal
-from tasks.core.nodes import caps
 from tasks.core.summary import downtime
 from tests.integration.helpers import assert_went_on, dirtying, ticks, wait_for
 from workers import procs
@@ -22,7 +21,7 @@ pytestmark = pytest.mark.criu
 @pytest.mark.parametrize("strategy", ["cold", "delta", "postcopy", "precopy", "hybrid"])
 def test_strategy_moves_a_dirtying_process_that_goes_on(cluster, strategy: str) -> None:
     client = cluster.client
-    src, dst = (caps(client.node(n)) for n in ("n1", "n2"))
+    src, dst = (client.node(n).caps for n in ("n1", "n2"))
     refusal = strategy_refusal(strategy, src, dst)
     if refusal:
         pytest.skip(f"{strategy} cannot run on this machine: {refusal}")

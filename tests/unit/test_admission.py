@@ -8,18 +8,22 @@ from typing import Any
 import pytest
 
 from tasks.core.admission import Defaults, MigrationRequest, admit
+from tasks.core.nodes import NodeRecord
+from tests.unit.records import node_record
 from workers.errors import BadRequest, CapabilityError, UnknownContainer
 
 MiB = 1 << 20
 
 
-def node(name: str, **probe: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "runtime": "criu",
-        "probe": {"arch": "aarch64", "criu_ok": True, "page_server": True, **probe},
-        "containers": [{"name": "web", "memory_bytes": 64 * MiB, "sync": ["/srv/web"]}],
-    }
+def node(name: str, **probe: Any) -> NodeRecord:
+    return node_record(
+        {
+            "name": name,
+            "runtime": "criu",
+            "probe": {"arch": "aarch64", "criu_ok": True, "page_server": True, **probe},
+            "containers": [{"name": "web", "memory_bytes": 64 * MiB, "sync": ["/srv/web"]}],
+        }
+    )
 
 
 SRC, DST = node("pi1"), node("pi2", lazy_pages=True)
@@ -66,12 +70,20 @@ def test_a_cap_below_the_link_is_the_rate_the_chooser_plans_with() -> None:
     assert capped.strategy == "delta"  # at 1 MB/s it does not
 
 
-def net_node(name: str, bridge: str = "br0", **probe: Any) -> dict[str, Any]:
+def net_node(
+    name: str, bridge: str = "br0", addresses: tuple[str, ...] = ("10.77.0.11/24",), **probe: Any
+) -> NodeRecord:
     """A node whose ``web`` has its own address 10.77.0.50/24; its bridge on 10.77.0.0/24."""
-    rec = node(name, **probe)
-    rec["containers"] = [{"name": "web", "memory_bytes": 64 * MiB, "net": "10.77.0.50/24"}]
-    rec["net"] = {"bridge": bridge, "addresses": ["10.77.0.11/24"]} if bridge else {}
-    return rec
+    return node_record(
+        {
+            "name": name,
+            "runtime": "criu",
+            "probe": {"arch": "aarch64", "criu_ok": True, "page_server": True, **probe},
+            "containers": [{"name": "web", "memory_bytes": 64 * MiB, "net": "10.77.0.50/24"}],
+            "bridge": bridge,
+            "bridge_addresses": list(addresses if bridge else ()),
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -79,7 +91,7 @@ def net_node(name: str, bridge: str = "br0", **probe: Any) -> dict[str, Any]:
     [
         (net_node("pi2", bridge=""), "cold", "pi2 has no bridge"),
         (
-            {**net_node("pi2"), "net": {"bridge": "br0", "addresses": ["192.168.1.2/24"]}},
+            net_node("pi2", addresses=("192.168.1.2/24",)),
             "cold",
             "not 10.77.0.0/24",
         ),

@@ -46,6 +46,7 @@ SRC, DST = node("pi-01"), node("pi-02")
 NO_SD = node("pi-01", soft_dirty=False)
 NO_LAZY_DST = node("pi-02", lazy_pages=False, lazy_pages_reason="uffd-noncoop missing")
 NO_LAZY_SRC = node("pi-01", lazy_pages=False)
+UFFD_WP = node("pi-01", soft_dirty=False, tracker="uffd-wp")  # a Pi kernel >= 6.10 with uffd
 GBE = Link(112 * MiB, 0.3)
 BIG = Workload(512 * MiB, None)
 AUTO = Request("auto", 300)
@@ -54,7 +55,28 @@ AUTO = Request("auto", 300)
 # (id, src, dst, workload, link, request, strategy, iterative, words in reason)
 CHOICES = [
     ("small-cold", SRC, DST, Workload(4 * MiB, 50 * MiB), GBE, AUTO, "cold", None, ["<= 300 ms"]),
-    ("loose-limit-cold", SRC, DST, BIG, GBE, Request("auto", 5000), "cold", None, ["512 MiB"]),
+    (
+        "loose-limit-cold",
+        SRC,
+        NO_LAZY_DST,
+        BIG,
+        GBE,
+        Request("auto", 5000),
+        "cold",
+        None,
+        ["512 MiB"],
+    ),
+    (  # cold fits the limit, but post-copy's one freeze is clearly shorter
+        "loose-limit-postcopy",
+        SRC,
+        DST,
+        BIG,
+        GBE,
+        Request("auto", 5000),
+        "postcopy",
+        None,
+        ["<= 5000 ms limit", "postcopy's one freeze"],
+    ),
     (
         "slow-precopy",
         SRC,
@@ -75,7 +97,7 @@ CHOICES = [
         AUTO,
         "postcopy",
         None,
-        ["no soft-dirty", "each delta pass freezes", "postcopy"],
+        ["no dirty tracker", "each delta pass freezes", "postcopy"],
     ),
     (  # no lazy pages: cold's one pause is no longer than one delta pass
         "slow-delta-cold",
@@ -91,13 +113,35 @@ CHOICES = [
     (  # a fast disk measured: a delta pass fits the limit
         "fast-dump-delta",
         NO_SD,
-        DST,
+        NO_LAZY_DST,
         Workload(512 * MiB, 5 * MiB),
         Link(112 * MiB, 0.3, overhead_ms=100, dump_bps=4e9),
         AUTO,
         "delta",
         "delta",
-        ["each pass freezes"],
+        ["each delta pass freezes"],
+    ),
+    (  # the same with lazy pages: a pass's ~234 ms freeze against post-copy's ~137 ms
+        "fast-dump-postcopy",
+        NO_SD,
+        DST,
+        Workload(512 * MiB, 5 * MiB),
+        Link(112 * MiB, 0.3, overhead_ms=100, dump_bps=4e9),
+        AUTO,
+        "postcopy",
+        None,
+        ["each delta pass freezes ~234 ms", "postcopy's one freeze ~137 ms"],
+    ),
+    (  # a pass freezes barely longer than post-copy would: a near tie, the simpler wins
+        "near-tie-delta",
+        NO_SD,
+        DST,
+        Workload(64 * MiB, 5 * MiB),
+        Link(112 * MiB, 0.3, overhead_ms=100, dump_bps=4e9),
+        AUTO,
+        "delta",
+        "delta",
+        ["each delta pass freezes"],
     ),
     (
         "fast-hybrid",
@@ -109,6 +153,50 @@ CHOICES = [
         "hybrid",
         "precopy",
         ["36%"],
+    ),
+    (  # no soft-dirty, but the uffd-wp tracker: passes do not freeze, the final dump does
+        "fast-dump-uffd-wp-precopy",
+        UFFD_WP,
+        NO_LAZY_DST,
+        Workload(512 * MiB, 5 * MiB),
+        Link(112 * MiB, 0.3, overhead_ms=100, dump_bps=4e9),
+        AUTO,
+        "precopy",
+        "precopy",
+        ["precopy (uffd-wp)", "its final dump freezes ~234 ms"],
+    ),
+    (  # CRIU still writes every page in uffd-wp's final dump: ~5.6 s at 100 MB/s
+        "slow-uffd-wp-postcopy",
+        UFFD_WP,
+        DST,
+        Workload(512 * MiB, 5 * MiB),
+        GBE,
+        AUTO,
+        "postcopy",
+        None,
+        ["precopy (uffd-wp)", "its final dump freezes", "postcopy, one short freeze"],
+    ),
+    (  # hybrid's lazy dump needs a soft-dirty chain: uffd-wp does not make one
+        "fast-uffd-wp-postcopy",
+        UFFD_WP,
+        DST,
+        Workload(512 * MiB, 40 * MiB),
+        GBE,
+        AUTO,
+        "postcopy",
+        None,
+        ["no soft-dirty for hybrid"],
+    ),
+    (
+        "asked-precopy-uffd-wp",
+        UFFD_WP,
+        NO_LAZY_DST,
+        BIG,
+        GBE,
+        Request("precopy", 300),
+        "precopy",
+        "precopy",
+        ["requested precopy"],
     ),
     (
         "fast-no-soft-dirty-postcopy",
@@ -236,7 +324,10 @@ REFUSALS = [
         DST,
         BIG,
         "precopy",
-        "precopy needs soft-dirty tracking; pi-03's kernel has none: use delta or postcopy",
+        (
+            "precopy needs a dirty tracker (soft-dirty or uffd-wp); pi-03's kernel has neither: "
+            "use delta or postcopy"
+        ),
     ),
     (
         "precopy-no-sd-no-lazy",
@@ -244,7 +335,19 @@ REFUSALS = [
         NO_LAZY_DST,
         BIG,
         "precopy",
-        "precopy needs soft-dirty tracking; pi-03's kernel has none: use delta",
+        (
+            "precopy needs a dirty tracker (soft-dirty or uffd-wp); pi-03's kernel has neither: "
+            "use delta"
+        ),
+    ),
+    (
+        "hybrid-uffd-wp",
+        UFFD_WP,
+        DST,
+        BIG,
+        "hybrid",
+        "hybrid needs soft-dirty tracking for its pre-copy half; pi-01's kernel has none: "
+        "use precopy or delta or postcopy",
     ),
     (
         "postcopy-dst",

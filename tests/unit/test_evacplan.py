@@ -13,7 +13,9 @@ from tasks.core.evacplan import (
     report,
     specs_of,
 )
+from tasks.core.nodes import NodeRecord
 from tasks.core.planner import PlanLimits, plan
+from tests.unit.records import node_record
 from workers.errors import BadRequest
 
 M = 1 << 20
@@ -44,17 +46,19 @@ def test_parse_rate_refuses(text: str) -> None:
 
 def rec(
     name: str, free: int, containers: tuple[dict[str, object], ...] = (), **kw: object
-) -> dict[str, object]:
+) -> NodeRecord:
     probe = {"arch": "x86_64", "mem_total_bytes": 4096 * M, "mem_free_bytes": free, "criu_ok": True}
-    return {
-        "name": name,
-        "runtime": "criu",
-        "probe": probe,
-        "alive": True,
-        "cordoned": False,
-        "containers": list(containers),
-        **kw,
-    }
+    return node_record(
+        {
+            "name": name,
+            "runtime": "criu",
+            "probe": probe,
+            "alive": True,
+            "cordoned": False,
+            "containers": list(containers),
+            **kw,
+        }
+    )
 
 
 def box(name: str, mb: int, state: str = "running", **labels: str) -> dict[str, object]:
@@ -78,7 +82,7 @@ def test_node_free_memory_counts_the_containers_it_runs_now() -> None:
 
 
 def test_a_node_that_never_probed_memory_counts_as_one_tib() -> None:
-    n = node_of({"name": "s1", "runtime": "sim", "probe": {"arch": "x86_64"}})
+    n = node_of(node_record({"name": "s1", "runtime": "sim", "probe": {"arch": "x86_64"}}))
     assert n.mem_free_bytes == n.mem_total_bytes == 1 << 40
 
 

@@ -37,7 +37,9 @@ from tasks.core.evacuation import (
     submitted,
 )
 from tasks.core.migration import Migration, State
+from tasks.core.nodes import NodeRecord
 from tasks.core.planner import Move, Node, Plan, PlanLimits
+from tests.unit.records import node_record
 from workers.errors import BadRequest, CapabilityError, FerryError, NodeUnavailable
 from workers.records import Capabilities
 
@@ -69,19 +71,21 @@ SIM = Capabilities(
 )
 
 
-def node(name: str, *, alive: bool = True, cordoned: bool = False, has: Any = ()) -> dict[str, Any]:
-    return {
-        "name": name,
-        "alive": alive,
-        "cordoned": cordoned,
-        "state": "up",
-        "runtime": "sim",
-        "probe": SIM.record(),
-        "containers": [{"name": c, "memory_bytes": SIZES[c]} for c in has],
-    }
+def node(name: str, *, alive: bool = True, cordoned: bool = False, has: Any = ()) -> NodeRecord:
+    return node_record(
+        {
+            "name": name,
+            "alive": alive,
+            "cordoned": cordoned,
+            "state": "up",
+            "runtime": "sim",
+            "probe": SIM.record(),
+            "containers": [{"name": c, "memory_bytes": SIZES[c]} for c in has],
+        }
+    )
 
 
-def registry(**flags: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def registry(**flags: dict[str, Any]) -> dict[str, NodeRecord]:
     """The drained node ``a`` (running c1..c4) and destinations b, c and d; ``flags`` per node."""
     kw: dict[str, dict[str, Any]] = {"a": {"has": tuple(SIZES)}}
     for n, f in flags.items():
@@ -452,11 +456,11 @@ def run(ticks: list[dict[str, Any]], deadline: float | None) -> list[Evacuation]
             migrations[mv.migration] = m
         nodes = registry(**t["nodes"])
         if t["source"] == "down":
-            nodes["a"]["alive"] = False
+            nodes["a"] = replace(nodes["a"], alive=False)
         elif t["source"] == "left":
             del nodes["a"]
         elif t["source"] == "lost one":
-            nodes["a"]["containers"] = nodes["a"]["containers"][1:]
+            nodes["a"] = replace(nodes["a"], containers=nodes["a"].containers[1:])
         picks = iter(t["submits"])
 
         def result(s: Submit, picks: Any = picks) -> SubmitResult:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import workers.criu.kernel
-from tasks.core.nodes import caps
+from tests.unit.records import node_record
 from workers.criu import kernel, sockdiag
 from workers.records import Capabilities, Need
 
@@ -102,9 +102,11 @@ def test_record_round_trip_and_old_records() -> None:
     )
     rec = c.record()
     assert rec["lacks"] == ["userfaultfd", "unix_diag"] and rec["cgroup"] == "2"
-    n = caps({"name": "pi5", "probe": rec})
+    n = node_record({"name": "pi5", "probe": rec}).caps
     assert (n.bits, n.page_size, n.lacks) == (64, 16384, {Need.USERFAULTFD, Need.UNIX_DIAG})
-    old = caps({"name": "pi4", "probe": {"arch": "aarch64", "criu_ok": True}})
+    old = node_record({"name": "pi4", "probe": {"arch": "aarch64", "criu_ok": True}}).caps
     assert (old.bits, old.page_size, old.lacks) == (0, 0, frozenset())
-    future = caps({"name": "pi4", "probe": {"arch": "aarch64", "lacks": ["warp_drive"]}})
+    future = node_record(
+        {"name": "pi4", "probe": {"arch": "aarch64", "lacks": ["warp_drive"]}}
+    ).caps
     assert future.lacks == frozenset()  # a newer worker's piece this coordinator doesn't know

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.core.netaddr import NodeNet, carry_refusal, check_carry, check_claim, mac, parse
+from tasks.core.nodes import NodeRecord
 from workers.errors import BadRequest, CapabilityError
 
 NODES = [
@@ -69,9 +70,9 @@ def test_a_node_carries_only_its_bridge_network() -> None:
 
 
 def test_node_net_from_a_registry_record() -> None:
-    rec = {"name": "pi1", "net": {"bridge": "br0", "addresses": ["10.0.0.2/24"]}}
+    rec = NodeRecord("pi1", bridge="br0", bridge_addresses=("10.0.0.2/24",))
     assert NodeNet.of(rec) == NodeNet("pi1", "br0", ("10.0.0.2/24",))
-    assert NodeNet.of({"name": "old"}) == NodeNet("old", "", ())  # published before --net
+    assert NodeNet.of(NodeRecord("old")) == NodeNet("old", "", ())  # published before --net
 
 
 def test_the_mac_is_the_address_and_locally_administered() -> None:

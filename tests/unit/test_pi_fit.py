@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 import tasks.core.requirements
 from tasks.core.chooser import Link, Request, Workload, choose, runs, usable
 from tasks.core.evacplan import compatible, node_of
-from tasks.core.nodes import caps
+from tasks.core.nodes import NodeRecord
 from tasks.core.requirements import diagnose, peers
+from tests.unit.records import node_record
 from workers.dataplane.delta import MANIFEST, apply_delta, make_delta
 from workers.errors import CapabilityError
 from workers.runtimes.sim import SimRuntime
@@ -54,8 +55,10 @@ KINDS: dict[str, dict[str, Any]] = {
 }
 
 
-def rec(kind: str, name: str | None = None) -> dict[str, Any]:
-    return {"name": name or kind, "runtime": "criu", "probe": KINDS[kind], "alive": True}
+def rec(kind: str, name: str | None = None) -> NodeRecord:
+    return node_record(
+        {"name": name or kind, "runtime": "criu", "probe": KINDS[kind], "alive": True}
+    )
 
 
 @pytest.mark.parametrize(
@@ -70,7 +73,7 @@ def rec(kind: str, name: str | None = None) -> dict[str, Any]:
 def test_strategies_and_missing_pieces(
     kind: str, strategies: list[str], missing: list[str]
 ) -> None:
-    assert [s.value for s in runs(caps(rec(kind)))] == strategies
+    assert [s.value for s in runs(rec(kind).caps)] == strategies
     d = diagnose(rec(kind))
     assert [s.value for s in d.strategies] == strategies
     assert sorted(m.need.value for m in d.missing) == sorted(missing)
@@ -98,7 +101,7 @@ def test_strategies_and_missing_pieces(
     ],
 )
 def test_pairs(src: str, dst: str, usable_: list[str], refusal: str | None) -> None:
-    a, b = caps(rec(src)), caps(rec(dst, dst + "-2" if dst == src else dst))
+    a, b = rec(src).caps, rec(dst, dst + "-2" if dst == src else dst).caps
     assert [s.value for s in usable(a, b)] == usable_
     if refusal:
         with pytest.raises(CapabilityError, match=refusal):
@@ -117,7 +120,7 @@ def test_pairs(src: str, dst: str, usable_: list[str], refusal: str | None) -> N
 def test_refusals_name_the_node_and_the_piece(
     src: str, dst: str, strategy: str, names: list[str]
 ) -> None:
-    a, b = caps(rec(src)), caps(rec(dst.removesuffix("-2"), dst))
+    a, b = rec(src).caps, rec(dst.removesuffix("-2"), dst).caps
     with pytest.raises(CapabilityError) as err:
         choose(a, b, Workload(256 * MiB), Link(112 * MiB), Request(strategy))
     for name in names:
@@ -135,7 +138,7 @@ def test_refusals_name_the_node_and_the_piece(
 def test_auto_never_picks_what_a_pi_os_node_cannot_run(
     kinds: tuple[str, str], mem: int, dirty: float | None, bw: float, limit: float
 ) -> None:
-    a, b = caps(rec(kinds[0], "a")), caps(rec(kinds[1], "b"))
+    a, b = rec(kinds[0], "a").caps, rec(kinds[1], "b").caps
     c = choose(a, b, Workload(mem, dirty), Link(bw), Request("auto", limit))
     assert c.strategy in usable(a, b)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from workers.criu.sockdiag import FAMILIES, sock_diag
 from workers.records import Need
+from workers.tracker import probe as tracker_probe
 
 # userfaultfd(2) by architecture: the userland's own syscall table
 SYS_USERFAULTFD = {"x86_64": 323, "aarch64": 282, "armv7l": 388, "armv6l": 388, "i686": 374}
@@ -165,7 +166,10 @@ def userfaultfd() -> tuple[Check, Check]:
         return uffd, Check(False, "no userfaultfd")
     if not (features & UFFD_FEATURE_PAGEFAULT_FLAG_WP and features & UFFD_FEATURE_WP_ASYNC):
         return uffd, Check(False, "userfaultfd offers no async write-protect (Linux >= 6.7)")
-    return uffd, pagemap_scan()
+    scan = pagemap_scan()
+    if not scan.ok:
+        return uffd, scan
+    return uffd, Check(*tracker_probe.round_trip())
 
 
 def pagemap_scan() -> Check:

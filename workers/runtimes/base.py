@@ -8,32 +8,20 @@ interface and the plain records below.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from workers.criu.log import PipedLog
-from workers.records import Capabilities, DumpStats, LazyReport, PagesTarget, RestoreStats
+from workers.records import (
+    Capabilities,
+    ContainerInfo,
+    DumpStats,
+    LazyReport,
+    PagesTarget,
+    RestoreStats,
+)
 
 Served = Callable[[int], None]  # wait_lazy's progress: bytes the page server has sent so far
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    """What a node knows about one of its containers."""
-
-    name: str
-    pid: int
-    argv: tuple[str, ...]
-    state: str  # running | frozen | exited
-    memory_bytes: int
-    started: float
-    log: str
-    runtime: str
-    labels: dict[str, str] = field(default_factory=dict)
-    # node-local directories synced when it migrates (workers.dirsync.dirs)
-    sync: tuple[str, ...] = ()
-    net: str = ""  # its own address, ADDR/PREFIX (workers.runtimes.netns); "": the node's
 
 
 class Runtime(Protocol):

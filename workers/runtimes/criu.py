@@ -32,13 +32,15 @@ from workers.errors import BadRequest, CapabilityError, CriuError, PermanentErro
 from workers.ids import check_container_name
 from workers.records import (
     Capabilities,
+    ContainerInfo,
     DumpStats,
     LazyReport,
     Need,
     PagesTarget,
     RestoreStats,
+    tracker_of,
 )
-from workers.runtimes.base import ContainerInfo, Served
+from workers.runtimes.base import Served
 from workers.runtimes.inventory import Entry, Inventory
 from workers.runtimes.netns import NetIdentity, claim, restore_into
 
@@ -89,6 +91,7 @@ class CriuRuntime:
                 criu_ok=facts.criu_ok,
                 criu_reason=facts.criu_reason,
                 soft_dirty=facts.soft_dirty,
+                tracker=tracker_of(facts.soft_dirty, facts.lacks),
                 lazy_pages=lazy,
                 lazy_pages_reason=why,
                 page_server=facts.criu_ok,

@@ -27,8 +27,15 @@ from workers.criu.probe import probe
 from workers.criu.stats import RESTORE_FIELDS, dump_stats, read_stats
 from workers.errors import BadRequest, CapabilityError, CriuError, PermanentError, UnknownContainer
 from workers.ids import check_container_name
-from workers.records import Capabilities, DumpStats, LazyReport, PagesTarget, RestoreStats
-from workers.runtimes.base import ContainerInfo, Served
+from workers.records import (
+    Capabilities,
+    ContainerInfo,
+    DumpStats,
+    LazyReport,
+    PagesTarget,
+    RestoreStats,
+)
+from workers.runtimes.base import Served
 from workers.runtimes.criu import NOT_ROOT
 from workers.runtimes.ocibundle import check_rootfs, config, parse_size, write_bundle
 

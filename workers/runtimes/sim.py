@@ -25,8 +25,15 @@ from pathlib import Path
 from workers.criu.log import PipedLog
 from workers.errors import BadRequest, CapabilityError, PermanentError, UnknownContainer
 from workers.ids import check_container_name
-from workers.records import Capabilities, DumpStats, LazyReport, PagesTarget, RestoreStats
-from workers.runtimes.base import ContainerInfo, Served
+from workers.records import (
+    Capabilities,
+    ContainerInfo,
+    DumpStats,
+    LazyReport,
+    PagesTarget,
+    RestoreStats,
+)
+from workers.runtimes.base import Served
 from workers.runtimes.simmodel import (
     MIB,
     PAGE,

@@ -1,0 +1,1 @@
+"""The uffd-wp dirty tracker: pre-copy passes that never freeze the tree (docs/strategies.md)."""
