@@ -43,6 +43,7 @@ RUNS: dict[str, list[list[str]]] = {
     "scale": [[]],
     "pauses": [[]],
     "footprint": [[]],
+    "tcp": [[]],
     "tracker": [["--sizes", "256", "--rates", "1,10", "--runs", "3"]],
     "oci": [[]],
 }

@@ -19,8 +19,11 @@
 # Raspberry Pi OS on a 64-bit kernel gets an armhf package, as it must.
 #
 # Debian 12's criu 3.17.1 fails `criu check` on recent kernels ("vdso:
-# Unexpected rt vDSO area bounds"), hence the build. The source comes through a
-# temporary deb-src-only entry for trixie. Never a binary (deb) trixie suite:
+# Unexpected rt vDSO area bounds"), hence the build; on Linux >= 6.16 CRIU
+# 4.1.1 passes `criu check` but cannot dump an inet socket, so "works" also
+# means a real dump of a process with one (inet_dump_ok), and the build
+# applies ferry's patches (ops/criu/*.patch) to the source. The source comes
+# through a temporary deb-src-only entry for trixie. Never a binary (deb) trixie suite:
 # one `apt-get install` would then upgrade libc6 and half the machine.
 set -euo pipefail
 
@@ -32,14 +35,31 @@ SRC_ENTRY=/etc/apt/sources.list.d/ferry-criu-src.sources
 BUILD_DEPS="build-essential pkg-config protobuf-compiler protobuf-c-compiler
   libprotobuf-dev libprotobuf-c-dev python3-protobuf libnl-3-dev libnet1-dev
   libcap-dev libbsd-dev libgnutls28-dev libnftables-dev uuid-dev
-  iproute2 xz-utils"
+  iproute2 xz-utils patch"
 RUNTIME_LIBS="libprotobuf-c1 libnl-3-200 libnet1 libbsd0 libgnutls30 libnftables1 libuuid1 libcap2"
 ARCH=$(dpkg --print-architecture 2>/dev/null || uname -m)
 
 log() { echo "install-criu: $*" >&2; }
 
 criu_ok() {
-    command -v criu >/dev/null 2>&1 && criu check >/dev/null 2>&1
+    command -v criu >/dev/null 2>&1 && criu check >/dev/null 2>&1 && inet_dump_ok
+}
+
+# A dump of a process holding a TCP socket (what a container with its own address holds).
+inet_dump_ok() {
+    command -v python3 >/dev/null 2>&1 || return 0
+    local dir pid ok=1
+    dir=$(mktemp -d)
+    setsid python3 -c 'import socket, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); time.sleep(60)' \
+        </dev/null >/dev/null 2>&1 &
+    pid=$!
+    sleep 0.3
+    criu dump -t "$pid" -D "$dir" --leave-running -o dump.log >/dev/null 2>&1 || ok=0
+    kill "$pid" 2>/dev/null || true
+    rm -rf "$dir"
+    ((ok)) || log "criu $(criu --version | head -1) passes criu check but cannot dump an inet socket here"
+    ((ok))
 }
 
 mode=install
@@ -184,6 +204,11 @@ fi
 
 rm -rf "$CACHE/criu-$CRIU_VERSION"
 tar -C "$CACHE" -xJf "$tarball"
+for patch in "$(dirname "$0")"/criu/*.patch; do
+    [[ -f $patch ]] || continue
+    log "applying $(basename "$patch")"
+    patch -s -p1 -d "$CACHE/criu-$CRIU_VERSION" <"$patch"
+done
 make -C "$CACHE/criu-$CRIU_VERSION" -j"$(nproc)" criu >"$CACHE/build.log" 2>&1 \
     || { tail -30 "$CACHE/build.log" >&2; log "build failed (full log: $CACHE/build.log)"; exit 1; }
 if [[ $mode == package ]]; then pack; exit 0; fi

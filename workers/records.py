@@ -28,6 +28,7 @@ class ContainerInfo:
     labels: dict[str, str] = field(default_factory=dict)
     # node-local directories synced when it migrates (workers.dirsync.dirs)
     sync: tuple[str, ...] = ()
+    net: str = ""  # its own address, ADDR/PREFIX (workers.runtimes.netns); "": the node's
 
 
 @dataclass(frozen=True)

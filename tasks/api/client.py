@@ -23,6 +23,7 @@ from tasks.control.evacuation import start
 from tasks.core.admission import MigrationRequest
 from tasks.core.evacplan import parse_rate
 from tasks.core.migration import Migration
+from tasks.core.netaddr import NodeNet, check_carry, check_claim
 from tasks.core.planner import Order, PlanLimits
 from tasks.core.resolve import LIVE, Settle, decide, keep_node
 from tasks.messaging import auth
@@ -48,8 +49,13 @@ class Ferry(Cluster):
         labels: dict[str, str] | None = None,
         timeout: float = 30,
         sync: Collection[str] = (),
+        net: str = "",
     ) -> dict[str, Any]:
         """Start ``argv`` as a container on ``node``.
+
+        ``net``: its own address, ``ADDR/PREFIX`` in a network of the nodes'
+        bridges (FERRY_BRIDGE), that moves with it: refused if another
+        container or a node holds it, or ``node`` has no bridge on its network.
 
         ``sync``: its directories that are not on shared storage (absolute
         paths below the node's ``sync_roots``, or its workdir): each
@@ -62,11 +68,16 @@ class Ferry(Cluster):
         bad = next((d for d in sync if not isinstance(d, str) or not d.startswith("/")), None)
         if bad is not None:
             raise BadRequest(f"bad sync dir {bad!r}: want an absolute path")
-        if any(c["name"] == name and c["state"] != "exited" for c in self.containers()):
+        live = [c for c in self.containers() if c["state"] != "exited"]
+        if any(c["name"] == name for c in live):
             raise BadRequest(f"a container named {name!r} already runs: see `ferry ps`")
+        if net:
+            nodes = [NodeNet.of(n) for n in self.nodes()]
+            held = {c["name"]: c.get("net", "") for c in live}
+            check_carry(NodeNet.of(self.node(node)), check_claim(net, name, nodes, held))
         issued, argv, labels = time.time(), list(argv), labels or {}
-        mac = auth.sign(self.secret, "run", issued, node, name, argv, labels, sync)
-        args = (name, argv, labels, sync, issued, mac)
+        mac = auth.sign(self.secret, "run", issued, node, name, argv, labels, sync, net)
+        args = (name, argv, labels, sync, net, issued, mac)
         res = self.app.send_task(
             "ferry.node.run", args=args, queue=node_queue(node), argsrepr=without_mac(args)
         )

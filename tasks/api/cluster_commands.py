@@ -65,7 +65,15 @@ def ps(as_json: bool) -> None:
 
     def show() -> None:
         t = table(
-            "container", "node", "runtime", "state", "pid", "memory", "synced dirs", "command"
+            "container",
+            "node",
+            "runtime",
+            "state",
+            "pid",
+            "memory",
+            "address",
+            "synced dirs",
+            "command",
         )
         for c in rows:
             t.add_row(
@@ -75,6 +83,7 @@ def ps(as_json: bool) -> None:
                 c["state"],
                 str(c["pid"]),
                 gib(c["memory_bytes"]),
+                c.get("net") or "-",
                 " ".join(c.get("sync", [])) or "-",
                 " ".join(c["argv"])[:60],
             )
@@ -112,6 +121,13 @@ def ps(as_json: bool) -> None:
     help="Run CMD in an OCI container with this rootfs (a node with FERRY_RUNTIME=oci).",
 )
 @click.option("--memory", default=None, help="The OCI container's memory limit: 512M, 1G.")
+@click.option(
+    "--net",
+    default="",
+    metavar="ADDR/PREFIX",
+    help="Its own address on the nodes' bridge network, kept across moves with its TCP "
+    "connections (nodes with FERRY_BRIDGE).",
+)
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @json_opt
 def run(
@@ -121,21 +137,24 @@ def run(
     labels: tuple[tuple[str, str], ...],
     rootfs: str | None,
     memory: str | None,
+    net: str,
     cmd: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Start CMD on NODE as a container: ferry run --node N [--sync DIR] [--label K=V] -- CMD ..."""
+    """Start CMD on NODE as a container: ferry run --node N [--sync DIR] [--label K=V]
+    [--net ADDR/PREFIX] -- CMD ..."""
     pairs = dict(labels)
     if rootfs:
         pairs["oci.rootfs"] = rootfs
     if memory:
         pairs["oci.memory"] = memory
-    res = ferry_client().run(node, list(cmd), name, labels=pairs, sync=sync)
+    res = ferry_client().run(node, list(cmd), name, labels=pairs, sync=sync, net=net)
     emit(
         as_json,
         res,
         lambda: out.print(
-            f"{res['name']} runs on {res['node']} (pid {res['pid']}, log {res['log']})"
+            f"{res['name']} runs on {res['node']}{f' at {net}' if net else ''} "
+            f"(pid {res['pid']}, log {res['log']})"
         ),
     )
 

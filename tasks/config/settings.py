@@ -43,6 +43,7 @@ class Settings:
     max_redeliveries: int = 2
     allow_pipe_max_size: bool = False  # may raise fs.pipe-max-size for post-copy
     criu_bin: str = "criu"
+    bridge: str = ""  # the bridge containers with their own address (--net) plug into
     runtime: str = "criu"  # criu | oci | sim
     podman_store: str = ""  # oci: this node's own Podman store (root/, run/, tmp/); "": the host's
     sim_page_size: int = 4096  # the sim's kernel page size: 16384 models a Pi 5's default kernel

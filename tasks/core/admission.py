@@ -21,15 +21,22 @@ workers.errors.CapabilityError: precopy needs a dirty tracker (soft-dirty or uff
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tasks.core.chooser import Link, Request, Workload, choose, page_server, strategy_refusal
 from tasks.core.convergence import Fallback, Limits
+from tasks.core.netaddr import NodeNet, check_carry, parse
 from tasks.core.nodes import NodeRecord
 from tasks.core.options import Options
 from tasks.core.strategy import Strategy
 from tasks.core.transport import check_compression
 from workers.errors import BadRequest, CapabilityError, UnknownContainer
+
+# A container with its own address (--net): a rollback restores it from the pages
+# on the source's disk (its connections sit in repair mode after the dump), and
+# CRIU's lazy pages do not carry its connections yet.
+NET_PAGES = "it has its own address: a rollback restores it from the pages on the source"
+NET_NOT_LAZY = "it has its own address (--net): post-copy cannot carry its connections yet"
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,13 @@ def admit(req: MigrationRequest, src: NodeRecord, dst: NodeRecord, defaults: Def
     held = src.container(req.container)
     if held is None:
         raise UnknownContainer(req.container)
+    net = held.net
+    if net:  # the destination must carry its address; post-copy cannot move its connections
+        check_carry(NodeNet.of(dst), parse(net))
+        src_caps, dst_caps = (
+            replace(c, lazy_pages=False, lazy_pages_reason=NET_NOT_LAZY)
+            for c in (src_caps, dst_caps)
+        )
     cap = req.bandwidth_bps
     if cap is not None and not 0 < cap < math.inf:  # NaN too
         raise BadRequest(f"bandwidth must be > 0 bytes/s and finite, not {cap}")
@@ -111,6 +125,10 @@ def admit(req: MigrationRequest, src: NodeRecord, dst: NodeRecord, defaults: Def
     pages, pages_why = page_server(
         req.page_server or defaults.page_server, choice.strategy, src_caps, dst_caps
     )
+    if net and pages != "off":
+        if pages == "on":
+            raise CapabilityError(f"page_server=on, but {NET_PAGES}: use page_server=auto")
+        pages, pages_why = "off", NET_PAGES
     options = Options(
         memory_bytes=held.memory_bytes,
         timeout_action=defaults.timeout_action,

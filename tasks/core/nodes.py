@@ -43,6 +43,8 @@ class NodeRecord:
     workers: dict[str, float] = field(default_factory=dict)  # role -> when (re)started
     containers: tuple[ContainerInfo, ...] = ()
     cordoned: bool = False
+    bridge: str = ""  # where its containers' own addresses plug in ("": --net refused here)
+    bridge_addresses: tuple[str, ...] = ()  # the bridge's own, "10.77.0.11/24"
     alive: bool = False  # filled in by the reader from the heartbeat and the node TTL
 
     def is_alive(self, now: float, ttl_s: float) -> bool:

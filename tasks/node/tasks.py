@@ -188,6 +188,7 @@ def register(
         argv: list[str],
         labels: dict[str, str],
         sync: list[str],
+        net: str,
         issued: float,
         mac: str,
     ) -> dict[str, Any]:
@@ -198,15 +199,17 @@ def register(
             raise BadRequest("labels must map names to strings")
         if not isinstance(sync, list) or not all(isinstance(d, str) for d in sync):
             raise BadRequest("sync must be a list of paths")
+        if not isinstance(net, str):
+            raise BadRequest("net must be an address, ADDR/PREFIX")
         auth.verify_fresh(
-            ctx.secret, mac, issued, time.time(), "run", ctx.node, name, argv, labels, sync
+            ctx.secret, mac, issued, time.time(), "run", ctx.node, name, argv, labels, sync, net
         )
         if ctx.runtime.name != "oci" and any(k.startswith("oci.") for k in labels):
             raise BadRequest(
                 f"--rootfs and --memory need an oci node; {ctx.node} runs {ctx.runtime.name}"
             )
         once(store, ctx.node, "run", name, mac)
-        info = ctx.runtime.start(name, argv, labels, tuple(sync))
+        info = ctx.runtime.start(name, argv, labels, tuple(sync), net)
         on_inventory()
         return {"name": info.name, "node": ctx.node, "pid": info.pid, "log": info.log}
 

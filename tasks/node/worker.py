@@ -41,6 +41,7 @@ from workers.errors import BadRequest, CorruptRecord, FerryError
 from workers.ids import check_node_name
 from workers.runtimes.base import Runtime
 from workers.runtimes.criu import NOT_ROOT, CriuRuntime
+from workers.runtimes.netns import bridge
 from workers.runtimes.oci import OciRuntime
 from workers.runtimes.podmancli import Podman
 from workers.runtimes.sim import SimRuntime
@@ -60,7 +61,12 @@ def node_dir(settings: Settings, node: str) -> Path:
 
 RUNTIMES: dict[str, Callable[[Settings, Path], Runtime]] = {
     "criu": lambda s, home: CriuRuntime(
-        home, s.container_root, Criu(s.criu_bin), s.sync_root_paths, s.allow_pipe_max_size
+        home,
+        s.container_root,
+        Criu(s.criu_bin),
+        s.sync_root_paths,
+        s.allow_pipe_max_size,
+        s.bridge,
     ),
     "oci": lambda s, home: OciRuntime(
         home,
@@ -94,6 +100,14 @@ def already_up(node: str, holder: str, store: Store) -> str:
     where = f" at {rec.address}" if rec and rec.address else ""
     seen = f", seen {time.time() - rec.last_seen:.0f} s ago" if rec and rec.last_seen else ""
     return f"node {node} is already up{where} (pid {pid} on {host}{seen}): one worker per node name"
+
+
+def _net(s: Settings) -> tuple[str, tuple[str, ...]]:
+    """This node's bridge and its addresses (tasks.core.netaddr.NodeNet); ("", ()): none."""
+    if not s.bridge:
+        return "", ()
+    found = bridge(s.bridge)  # not a bridge here: the node stops now, saying so
+    return found.name, found.addresses
 
 
 def _env(s: Settings) -> dict[str, str]:
@@ -145,6 +159,7 @@ def serve(settings: Settings, node: str) -> int:
     server.start()
     host, port = server.address
     address = f"{s.advertise_host or host}:{port}"
+    bridge_name, bridge_addresses = _net(s)
     record = NodeRecord(
         node,
         address=address,
@@ -154,6 +169,8 @@ def serve(settings: Settings, node: str) -> int:
         started=time.time(),
         queues=(node_queue(node), node_queue(node, True)),
         probe=caps.record(),
+        bridge=bridge_name,
+        bridge_addresses=bridge_addresses,
     )
     started: dict[str, float] = {}
     children: dict[str, subprocess.Popen[bytes]] = {}

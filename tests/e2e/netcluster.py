@@ -68,11 +68,17 @@ class NetCluster:
         prefix: str | None = None,
         secret: str | None = None,
         mounts: Mapping[str, Mapping[Path, Path]] | None = None,
+        bridge: str | None = None,
     ) -> None:
         self.base = base
         self.mounts = mounts or {}  # node -> {its own dir: the common path it is mounted on}
         self.bed = Testbed(
-            prefix or unique_prefix(), nodes=nodes, subnet=SUBNET, rate=rate, delay_ms=0
+            prefix or unique_prefix(),
+            nodes=nodes,
+            subnet=SUBNET,
+            rate=rate,
+            delay_ms=0,
+            bridge=bridge,
         )
         self.secret = secret or "e2e-" + "".join(random.choices(string.hexdigits, k=24))
         self.url = ""
@@ -94,6 +100,10 @@ class NetCluster:
     def env(self) -> dict[str, str]:
         """What every ferry process of this cluster is given (no other FERRY_* leaks in)."""
         clean = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+        if "FERRY_CRIU_BIN" in os.environ:  # the CRIU the tests were told to use
+            clean["FERRY_CRIU_BIN"] = os.environ["FERRY_CRIU_BIN"]
+        if self.bed.bridge:
+            clean["FERRY_BRIDGE"] = self.bed.bridge
         return {
             **clean,
             "FERRY_STATE_DIR": str(self.base),
@@ -175,6 +185,8 @@ class NetCluster:
         if self.host is not None:
             self.host.stop()
         self.bed.down()  # also kills whatever still runs in the namespaces, and the Redis
+        for held in self.base.glob("nodes/*/netns/*"):  # containers' own network namespaces
+            subprocess.run(["umount", str(held)], capture_output=True, check=False)
         for log in self._logs:
             log.close()
         self._logs.clear()

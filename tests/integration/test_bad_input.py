@@ -68,14 +68,15 @@ FORGED = "0" * 64
     [
         ("ferry.node.dump", ("../../etc/passwd", 1), "BadRequest"),
         ("ferry.node.restore", ("m-000000000000", "1; rm -rf /"), "BadRequest"),
-        ("ferry.node.run", ("x", "rm -rf /", {}, [], 0.0, FORGED), "BadRequest"),
-        ("ferry.node.run", ("../x", ["true"], {}, [], 0.0, FORGED), "BadRequest"),
-        ("ferry.node.run", ("evil", ["true"], {}, "/etc", 0.0, FORGED), "BadRequest"),
+        ("ferry.node.run", ("x", "rm -rf /", {}, [], "", 0.0, FORGED), "BadRequest"),
+        ("ferry.node.run", ("../x", ["true"], {}, [], "", 0.0, FORGED), "BadRequest"),
+        ("ferry.node.run", ("evil", ["true"], {}, "/etc", "", 0.0, FORGED), "BadRequest"),
+        ("ferry.node.run", ("evil", ["true"], {}, [], ["10.0.0.5/24"], 0.0, FORGED), "BadRequest"),
         ("ferry.node.kill", ("victim; reboot", 0.0, FORGED), "BadRequest"),
         # well-formed, but not signed with the cluster secret
         (
             "ferry.node.run",
-            ("evil", ["touch", "/tmp/ferry-pwned"], {}, [], "now", FORGED),
+            ("evil", ["touch", "/tmp/ferry-pwned"], {}, [], "", "now", FORGED),
             "TokenError",
         ),
         ("ferry.node.kill", ("victim", "now", FORGED), "TokenError"),

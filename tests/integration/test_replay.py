@@ -27,8 +27,8 @@ def names(c: LocalCluster) -> set[str]:
 def test_a_captured_kill_and_run_replayed_are_refused(sim_cluster: LocalCluster) -> None:
     c, secret = sim_cluster, sim_cluster.client.secret
     issued = time.time()
-    run = ("replayed", ["count"], {}, [], issued)
-    run_mac = auth.sign(secret, "run", issued, "s1", "replayed", ["count"], {}, [])
+    run = ("replayed", ["count"], {}, [], "", issued)
+    run_mac = auth.sign(secret, "run", issued, "s1", "replayed", ["count"], {}, [], "")
     assert send(c, "run", (*run, run_mac))["name"] == "replayed"
     kill = ("replayed", issued, auth.sign(secret, "kill", issued, "s1", "replayed"))
     assert send(c, "kill", kill)["killed"]

@@ -9,7 +9,10 @@ Each node's link is shaped in both directions (see ``tests.testbed.shaping``), s
 node-to-node path crosses two shaped links: it runs at the lower of the two
 rates and picks up both links' delay each way.
 
-The nodes have no default route: traffic stays on the bridge. A service meant
+With ``bridge="br0"`` each node's eth0 is a port of a bridge of that name
+inside the node, which holds the node's address: what a node whose containers
+have their own addresses looks like (``FERRY_BRIDGE``; the containers' veths
+join it). The nodes have no default route: traffic stays on the bridge. A service meant
 for the nodes must listen on the bridge address ``<subnet>.1``; one bound to
 127.0.0.1 is NOT reachable from a node, whose 127.0.0.1 is its own loopback.
 ``Testbed.start_redis`` starts a private, password-protected Redis there.
@@ -71,8 +74,12 @@ class Testbed:
         rate: str | None = "1gbit",
         delay_ms: float = 0.5,
         loss_pct: float = 0,
+        bridge: str | None = None,
     ) -> None:
         _check_prefix(prefix)
+        if bridge is not None and not re.fullmatch(r"[a-z][a-z0-9]{0,14}", bridge):
+            raise BadRequest(f"bad bridge name {bridge!r}")
+        self.bridge = bridge
         if not 1 <= nodes <= 244:
             raise BadRequest(f"bad node count {nodes}: use 1 to 244")
         if len(f"{prefix}-node{nodes}") > _IFNAMSIZ:
@@ -117,7 +124,14 @@ class Testbed:
                 ip("netns", "add", ns)
                 ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
                 ip("link", "set", veth, "master", bridge, "up")
-                ip("-n", ns, "addr", "add", f"{self.address(node)}/24", "dev", "eth0")
+                dev = self.bridge or "eth0"
+                if self.bridge:
+                    ip("-n", ns, "link", "add", self.bridge, "type", "bridge")
+                    ip("-n", ns, "link", "set", "eth0", "master", self.bridge)
+                    mac = ip_json("-n", ns, "link", "show", "dev", "eth0")[0]["address"]
+                    ip("-n", ns, "link", "set", self.bridge, "address", mac)  # fixed, as on a Pi
+                    ip("-n", ns, "link", "set", self.bridge, "up")
+                ip("-n", ns, "addr", "add", f"{self.address(node)}/24", "dev", dev)
                 ip("-n", ns, "link", "set", "lo", "up")
                 ip("-n", ns, "link", "set", "eth0", "up")
                 self._apply(node, self.initial_shape)
@@ -209,8 +223,12 @@ def status(prefix: str) -> list[NodeStatus]:
     _preflight()
     nodes = []
     for ns in sorted(_namespaces(prefix), key=lambda name: int(name.rsplit("node", 1)[1])):
-        eth0 = ip_json("-n", ns, "-4", "addr", "show", "dev", "eth0", missing_ok=True)
-        address = eth0[0]["addr_info"][0]["local"] if eth0 and eth0[0]["addr_info"] else "?"
+        found = [  # on eth0, or on the node's bridge
+            a["local"]
+            for link in ip_json("-n", ns, "-4", "addr", "show", "scope", "global", missing_ok=True)
+            for a in link.get("addr_info", ())
+        ]
+        address = found[0] if found else "?"
         host_side = ip_json("link", "show", ns, missing_ok=True)
         down = not host_side or "UP" not in host_side[0]["flags"]
         nodes.append(

@@ -68,3 +68,52 @@ def test_a_cap_below_the_link_is_the_rate_the_chooser_plans_with() -> None:
                    Defaults(link_bps=10e9))  # fmt: skip
     assert fast.strategy == "cold"  # 64 MiB at 10 Gbit/s fits 300 ms
     assert capped.strategy == "delta"  # at 1 MB/s it does not
+
+
+def net_node(
+    name: str, bridge: str = "br0", addresses: tuple[str, ...] = ("10.77.0.11/24",), **probe: Any
+) -> NodeRecord:
+    """A node whose ``web`` has its own address 10.77.0.50/24; its bridge on 10.77.0.0/24."""
+    return node_record(
+        {
+            "name": name,
+            "runtime": "criu",
+            "probe": {"arch": "aarch64", "criu_ok": True, "page_server": True, **probe},
+            "containers": [{"name": "web", "memory_bytes": 64 * MiB, "net": "10.77.0.50/24"}],
+            "bridge": bridge,
+            "bridge_addresses": list(addresses if bridge else ()),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("dst", "strategy", "why"),
+    [
+        (net_node("pi2", bridge=""), "cold", "pi2 has no bridge"),
+        (
+            net_node("pi2", addresses=("192.168.1.2/24",)),
+            "cold",
+            "not 10.77.0.0/24",
+        ),
+        (net_node("pi2", lazy_pages=True), "postcopy", "post-copy cannot carry its connections"),
+        (net_node("pi2", lazy_pages=True), "hybrid", "post-copy cannot carry its connections"),
+    ],
+)
+def test_a_container_with_its_own_address_goes_only_where_it_can_keep_it(
+    dst: dict[str, Any], strategy: str, why: str
+) -> None:
+    src = net_node("pi1", lazy_pages=True, soft_dirty=True)
+    with pytest.raises(CapabilityError, match=why):
+        admit(MigrationRequest("web", "pi2", strategy=strategy), src, dst, Defaults())
+
+
+def test_its_pages_stay_on_the_source_for_a_rollback_and_auto_never_picks_postcopy() -> None:
+    src, dst = net_node("pi1", lazy_pages=True), net_node("pi2", lazy_pages=True)
+    a = admit(MigrationRequest("web", "pi2"), src, dst, Defaults(link_bps=1e6))  # slow: not cold
+    assert a.strategy.value not in ("postcopy", "hybrid") and not a.options.lazy_ok
+    cold = admit(MigrationRequest("web", "pi2", strategy="cold"), src, dst, Defaults())
+    assert cold.options.page_server == "off" and "own address" in cold.options.page_server_why
+    with pytest.raises(CapabilityError, match="page_server=on"):
+        admit(
+            MigrationRequest("web", "pi2", strategy="cold", page_server="on"), src, dst, Defaults()
+        )

@@ -23,6 +23,27 @@ from workers.criu.stats import RESTORE_FIELDS, dump_stats, read_stats
 from workers.errors import CriuError
 from workers.records import DumpStats, RestoreStats
 
+NET_KEY = "ferry-net"  # how a dump names the container's own network namespace, kept outside
+
+
+def net_dump_args(net_ns: int) -> list[str]:
+    """A tree in its own network namespace (inode ``net_ns``), left outside the images
+    (the runtime rebuilds it), with its TCP connections: CRIU locks the namespace
+    for the dump and leaves it locked, connections in repair mode, unless it rolls
+    back; connections still in their handshake are left to the client to retry."""
+    return [
+        "--tcp-established",
+        "--skip-in-flight",
+        "--external",
+        f"net[{net_ns}]:{NET_KEY}",
+    ]
+
+
+def net_restore_args(fd: int) -> list[str]:
+    """Restore into the namespace open on ``fd`` (which the runtime built), with the TCP
+    connections."""
+    return ["--tcp-established", "--inherit-fd", f"fd[{fd}]:{NET_KEY}"]
+
 
 @dataclass(frozen=True)
 class Criu:
@@ -68,12 +89,14 @@ class Criu:
         lazy: bool = False,
         pre: bool = False,
         ps_socket: int | None = None,
+        net_ns: int | None = None,
     ) -> DumpStats:
         """Checkpoint the tree rooted at ``pid`` into ``images``.
 
         With ``ps_socket`` (a connected socket, see :class:`workers.dataplane.pagestream.Relay`)
         the pages and pagemaps go through it to a :meth:`page_server`; the
-        rest still lands in ``images``.
+        rest still lands in ``images``. ``net_ns``: the tree has its own network
+        namespace, with that inode (:func:`net_dump_args`).
         """
         images.mkdir(parents=True, exist_ok=True)
         op = "pre-dump" if pre else "dump"
@@ -88,6 +111,8 @@ class Criu:
             argv.append("--track-mem")
         if lazy:
             argv.append("--lazy-pages")
+        if net_ns is not None and not pre:
+            argv += net_dump_args(net_ns)
         fds: tuple[int, ...] = ()
         if ps_socket is not None:
             argv += ["--page-server", "--ps-socket", str(ps_socket)]
@@ -221,8 +246,13 @@ class Criu:
         threading.Thread(target=proc.wait, daemon=True, name=f"criu-{argv[0]}").start()
         return proc
 
-    def restore(self, images: Path, *, extra: tuple[str, ...] = ()) -> RestoreStats:
-        """Restore the tree in ``images``, detached; returns its new host pid."""
+    def restore(
+        self, images: Path, *, extra: tuple[str, ...] = (), net_fd: int | None = None
+    ) -> RestoreStats:
+        """Restore the tree in ``images``, detached; returns its new host pid.
+
+        ``net_fd``: an fd on the network namespace to restore it into
+        (:func:`net_restore_args`)."""
         pidfile = images / "restore.pid"
         pidfile.unlink(missing_ok=True)
         argv = [
@@ -237,8 +267,12 @@ class Criu:
             "-v4",
             *extra,
         ]
+        fds: tuple[int, ...] = ()
+        if net_fd is not None:
+            argv += net_restore_args(net_fd)
+            fds = (net_fd,)
         started = time.monotonic()
-        self._run("restore", argv, images / "restore.log")
+        self._run("restore", argv, images / "restore.log", pass_fds=fds)
         wall = (time.monotonic() - started) * 1000
         pid = int(pidfile.read_text().strip())
         fields = read_stats(images / "stats-restore", 2, RESTORE_FIELDS)

@@ -10,6 +10,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.records import LazyReport
+
 _ERROR_LINE = re.compile(r"Error \((?:[^)]*)\):\s*(.*)")
 # Lines CRIU logs as errors and then carries on from: never the reason a call failed.
 # (Raising RLIMIT_NOFILE is refused inside a user namespace or under a hard cap.)
@@ -142,6 +144,19 @@ class FaultStalls:
 
     faults: int
     stalls: tuple[tuple[float, float], ...]
+
+
+def lazy_report(images: Path, page_size: int) -> LazyReport:
+    """What a post-copy restore from ``images`` pulled (its lazy-pages log) and waited for."""
+    log = images / "lazy-pages.log"
+    pulled = lazy_pages_pulled(log)
+    try:
+        started = float((images / "lazy-pages.started").read_text())
+        waits = fault_stalls(log.read_text(errors="replace"), started)
+    except (OSError, ValueError):
+        waits = FaultStalls(0, ())
+    size = None if pulled is None else pulled * page_size
+    return LazyReport(size, waits.faults, waits.stalls)
 
 
 def fault_stalls(text: str, started: float) -> FaultStalls:

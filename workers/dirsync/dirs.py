@@ -27,7 +27,7 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from workers.dirsync.rsync import RsyncTarget
@@ -75,6 +75,18 @@ def check_dirs(
             if a is not b and (a == b or Path(a) in Path(b).parents):
                 raise BadRequest(f"sync dir {b} is inside sync dir {a}: declare one of them")
     return tuple(dirs)
+
+
+def check_unshared(name: str, sync: Sequence[str], others: Mapping[str, Sequence[str]]) -> None:
+    """BadRequest if a dir of container ``name``'s ``sync`` overlaps one another container
+    (``others``: name -> its sync dirs) declared."""
+    for other, theirs in others.items():
+        if other == name:
+            continue
+        for a in sync:
+            for b in theirs:
+                if a == b or Path(a) in Path(b).parents or Path(b) in Path(a).parents:
+                    raise BadRequest(f"sync dir {a} overlaps {b}, declared by {other!r}")
 
 
 def _check_one(d: str, roots: Sequence[Path], workdir: Path, exist: bool) -> None:

@@ -48,6 +48,7 @@ class Runtime(Protocol):
         argv: list[str],
         labels: dict[str, str] | None = None,
         sync: tuple[str, ...] = (),
+        net: str = "",
     ) -> ContainerInfo: ...
 
     def checkpoint(

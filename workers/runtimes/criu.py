@@ -2,13 +2,15 @@
 
 A container is a process tree in new pid, uts and ipc namespaces (started by
 workers.runtimes.launch), with its working directory and log under the cluster's
-container root (storage every node sees, or synced). The node's inventory, one
-JSON file per container under ``<state>/containers``, is the authority on what
-the node manages: nothing outside it is ever checkpointed or killed.
+container root (storage every node sees, or synced); one started with an address
+has its own network namespace too (workers.runtimes.netns), which moves with it
+with its TCP connections. The node's inventory
+(workers.runtimes.inventory) is the authority on what it manages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,13 +21,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tasks.core.netaddr import parse
 from workers import procs, sockets
 from workers.criu.adapter import Criu
-from workers.criu.log import FaultStalls, PipedLog, explain, fault_stalls, lazy_pages_pulled
+from workers.criu.log import PipedLog, explain, lazy_report
 from workers.criu.probe import probe, probe_lazy
 from workers.criu.stats import dump_stats
 from workers.dataplane.pagestream import Relay
-from workers.dirsync.dirs import check_dirs
+from workers.dirsync.dirs import check_dirs, check_unshared
 from workers.errors import BadRequest, CapabilityError, CriuError, PermanentError
 from workers.ids import check_container_name
 from workers.records import (
@@ -40,6 +43,7 @@ from workers.records import (
 )
 from workers.runtimes.base import Served
 from workers.runtimes.inventory import Inventory
+from workers.runtimes.netns import NetIdentity, claim, restore_into
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # what CRIU counts pages in, on this node
 
@@ -64,6 +68,7 @@ class Entry:
     state: str = "running"  # running | frozen
     labels: dict[str, str] = field(default_factory=dict)
     sync: tuple[str, ...] = ()  # declared node-local directories (workers.dirsync.dirs)
+    net: str = ""  # its own address, ADDR/PREFIX (workers.runtimes.netns); "": the node's network
 
 
 class CriuRuntime:
@@ -78,6 +83,7 @@ class CriuRuntime:
         criu: Criu | None = None,
         sync_roots: tuple[Path, ...] = (),
         allow_pipe_max_size: bool = False,
+        bridge: str = "",
     ) -> None:
         self.state_dir = state_dir
         self.inventory = Inventory(state_dir / "containers", Entry, ("argv", "sync"))
@@ -85,6 +91,7 @@ class CriuRuntime:
         self.sync_roots = sync_roots
         self.criu = criu or Criu()
         self.allow_pipe_max_size = allow_pipe_max_size  # may raise fs.pipe-max-size (probe_lazy)
+        self.bridge = bridge  # where containers with their own address plug in ("": none)
         self._caps: Capabilities | None = None
         self.container_root.mkdir(parents=True, exist_ok=True)
 
@@ -118,15 +125,7 @@ class CriuRuntime:
         return self.criu.page_server(images, sock)
 
     def lazy_report(self, images: Path) -> LazyReport:
-        log = images / "lazy-pages.log"
-        pulled = lazy_pages_pulled(log)
-        try:
-            started = float((images / "lazy-pages.started").read_text())
-            waits = fault_stalls(log.read_text(errors="replace"), started)
-        except (OSError, ValueError):
-            waits = FaultStalls(0, ())
-        size = None if pulled is None else pulled * PAGE_SIZE
-        return LazyReport(size, waits.faults, waits.stalls)
+        return lazy_report(images, PAGE_SIZE)
 
     # -- inventory ---------------------------------------------------------
     def _info(self, e: Entry) -> ContainerInfo:
@@ -145,6 +144,7 @@ class CriuRuntime:
             runtime=self.name,
             labels=e.labels,
             sync=e.sync,
+            net=e.net,
         )
 
     def containers(self) -> list[ContainerInfo]:
@@ -163,8 +163,10 @@ class CriuRuntime:
         argv: list[str],
         labels: dict[str, str] | None = None,
         sync: tuple[str, ...] = (),
+        net: str = "",
     ) -> ContainerInfo:
-        """Start ``argv`` as container ``name`` on this node, declaring its ``sync`` dirs."""
+        """Start ``argv`` as container ``name`` on this node, declaring its ``sync`` dirs,
+        with its own address ``net`` (ADDR/PREFIX) on the node's bridge if given."""
         check_container_name(name)
         if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
             raise BadRequest("a container needs a command: ferry run --node N -- CMD ...")
@@ -174,8 +176,11 @@ class CriuRuntime:
             raise BadRequest(f"container {name!r} already runs on this node")
         workdir = self.container_root / name
         sync = self._check_sync(name, sync, workdir)
+        held = {c.name: c.net for c in self.containers() if c.state != "exited"}
+        identity = claim(self.state_dir, self.bridge, name, net, held) if net else None
         workdir.mkdir(parents=True, exist_ok=True)
         log = workdir / "log"
+        joins = ["--netns", str(identity.path)] if identity else []
         proc = subprocess.run(
             [
                 sys.executable,
@@ -187,6 +192,7 @@ class CriuRuntime:
                 str(workdir),
                 "--log",
                 str(log),
+                *joins,
                 "--",
                 *argv,
             ],
@@ -197,6 +203,8 @@ class CriuRuntime:
             cwd=str(Path(__file__).resolve().parents[2]),
         )
         if proc.returncode != 0 or not proc.stdout.strip().isdigit():
+            if identity:
+                identity.remove()
             raise BadRequest(
                 f"cannot start {argv[0]!r}: {proc.stderr.strip() or proc.stdout.strip()}"
             )
@@ -212,9 +220,16 @@ class CriuRuntime:
             started=time.time(),
             labels=dict(labels or {}),
             sync=sync,
+            net=net,
         )
         self.inventory.save(entry)
+        if identity:
+            identity.announce()
         return self._info(entry)
+
+    def _identity(self, name: str, net: str) -> NetIdentity | None:
+        """Container ``name``'s network on this node, if it has an address."""
+        return NetIdentity(self.state_dir, name, parse(net), self.bridge) if net else None
 
     def _live(self, name: str) -> Entry:
         entry = self.inventory.load(name)
@@ -240,28 +255,25 @@ class CriuRuntime:
         running (CRIU resumes it).
         """
         entry = self._live(name)
-        if pages is None:
+        identity = self._identity(name, entry.net)
+        net_ns = identity.inode() if identity else None
+        relay = Relay(pages) if pages is not None else None
+        with relay if relay is not None else contextlib.nullcontext(None) as fd:
             stats = self.criu.dump(
                 entry.pid,
                 images,
                 leave_running=leave_running,
                 leave_stopped=not leave_running,
                 parent=parent,
+                ps_socket=fd,
+                net_ns=net_ns,
             )
-        else:
-            relay = Relay(pages)
-            with relay as fd:
-                stats = self.criu.dump(
-                    entry.pid,
-                    images,
-                    leave_running=leave_running,
-                    leave_stopped=not leave_running,
-                    parent=parent,
-                    ps_socket=fd,
-                )
+        if relay is not None:
             stats = replace(stats, pages=relay.stats)
         if not leave_running:
             self.inventory.save(replace(entry, state="frozen"))
+            if identity:
+                identity.withdraw(images)  # off the network before the destination's copy is on
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
         return stats
 
@@ -279,6 +291,8 @@ class CriuRuntime:
         Returns when the tree froze (wall clock).
         """
         entry = self._live(name)
+        if entry.net:
+            raise CapabilityError(f"{name} has its own address: post-copy cannot move it yet")
         (images / "ferry-container.json").parent.mkdir(parents=True, exist_ok=True)
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
         _, frozen_at = self.criu.start_lazy_dump(entry.pid, images, address, port, parent)
@@ -324,9 +338,12 @@ class CriuRuntime:
         meta = json.loads((images / "ferry-container.json").read_text())
         if meta.get("name") != name:
             raise PermanentError(f"images in {images} are of {meta.get('name')!r}, not {name!r}")
+        identity = self._identity(name, meta.get("net", ""))
         if page_server is not None:
             self.criu.start_lazy_pages(images, *page_server)
             stats = self.criu.restore(images, extra=("--lazy-pages",))
+        elif identity:
+            stats = restore_into(self.criu, images, identity)
         else:
             stats = self.criu.restore(images)
         entry = Entry(
@@ -339,20 +356,16 @@ class CriuRuntime:
             started=meta["started"],
             labels=meta.get("labels", {}),
             sync=tuple(meta.get("sync", ())),
-        )  # the declaration moves with it
+            net=meta.get("net", ""),
+        )  # the declaration and the address move with it
         self.inventory.save(entry)
         return stats
 
     def _check_sync(self, name: str, sync: tuple[str, ...], workdir: Path) -> tuple[str, ...]:
         """``sync`` if this node may sync every dir and no other container declared one of them."""
         check_dirs(sync, self.sync_roots, workdir, exist=True)
-        for other in self.containers():
-            if other.name == name or other.state == "exited":
-                continue
-            for a in sync:
-                for b in other.sync:
-                    if a == b or Path(a) in Path(b).parents or Path(b) in Path(a).parents:
-                        raise BadRequest(f"sync dir {a} overlaps {b}, declared by {other.name!r}")
+        live = {c.name: c.sync for c in self.containers() if c.state != "exited"}
+        check_unshared(name, sync, live)
         return tuple(sync)
 
     def resume(self, name: str, images: Path | None = None) -> ContainerInfo:
@@ -362,12 +375,22 @@ class CriuRuntime:
         restore it on this node. Running: nothing to do.
         """
         entry = self.inventory.load(name)
+        has_images = images is not None and (images / "ferry-container.json").exists()
+        if (
+            entry.net
+            and entry.state == "frozen"
+            and has_images
+            and procs.alive(entry.pid, entry.ticks)
+        ):
+            # its connections are in repair mode behind CRIU's lock: a SIGCONT would not
+            # bring them back; a restore from the images here does
+            procs.kill_and_wait(entry.pid)
         if procs.alive(entry.pid, entry.ticks):
             procs.signal_tree(entry.pid, signal.SIGCONT)
             entry = replace(entry, state="running")
             self.inventory.save(entry)
             return self._info(entry)
-        if images is None or not (images / "ferry-container.json").exists():
+        if images is None or not has_images:
             raise PermanentError(f"container {name!r} is gone and no images are left to restore it")
         self.inventory.drop(name)
         try:
@@ -382,6 +405,9 @@ class CriuRuntime:
         entry = self.inventory.load(name)
         if procs.alive(entry.pid, entry.ticks) and not procs.kill_and_wait(entry.pid):
             raise PermanentError(f"container {name!r} (pid {entry.pid}) would not die")
+        identity = self._identity(name, entry.net)
+        if identity:
+            identity.remove()
         self.inventory.drop(name)
 
     def admit(self, name: str) -> dict[str, Any]:

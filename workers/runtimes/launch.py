@@ -1,6 +1,8 @@
 """Start a ferry container: a process tree in new pid, uts and ipc namespaces.
 
-Run as ``python -m workers.runtimes.launch --name N --dir D --log L -- CMD ...``; prints
+Run as ``python -m workers.runtimes.launch --name N --dir D --log L [--netns F] -- CMD ...``
+(``--netns``: join the network namespace bound on file F, its own; see
+workers.runtimes.netns; without it the tree shares the node's network); prints
 the host pid of the container's init (pid 1 inside) and exits. The init is a
 session leader inside its namespaces, holds no inherited fds, and has its
 stdio on the log: what CRIU needs to dump it cleanly. It is a separate program
@@ -24,6 +26,7 @@ from collections.abc import Mapping
 CLONE_NEWPID = 0x20000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
+CLONE_NEWNET = 0x40000000
 
 # What every container starts with; nothing of the worker's own environment.
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", required=True)
     parser.add_argument("--log", required=True)
     parser.add_argument("--env", type=_pair, action="append", default=[])
+    parser.add_argument("--netns", default=None)
     parser.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     child = os.fork()
     if child == 0:
         os.close(read_end)
+        if args.netns and not _join_netns(libc, args.netns, write_end):
+            os._exit(1)
         if libc.unshare(CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC) != 0:
             os.write(write_end, f"error unshare: {os.strerror(ctypes.get_errno())}".encode())
             os._exit(1)
@@ -96,6 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(answer)
     return 0
+
+
+def _join_netns(libc: ctypes.CDLL, path: str, report: int) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        os.write(report, f"error netns {path}: {exc.strerror}".encode())
+        return False
+    ok = bool(libc.setns(fd, CLONE_NEWNET) == 0)
+    if not ok:
+        os.write(report, f"error setns: {os.strerror(ctypes.get_errno())}".encode())
+    os.close(fd)
+    return ok
 
 
 def _become_init(

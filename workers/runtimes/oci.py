@@ -168,9 +168,12 @@ class OciRuntime:
         argv: list[str],
         labels: dict[str, str] | None = None,
         sync: tuple[str, ...] = (),
+        net: str = "",
     ) -> ContainerInfo:
         """Start ``argv`` in an OCI container ``name`` whose rootfs is ``labels['oci.rootfs']``."""
         check_container_name(name)
+        if net:
+            raise BadRequest("--net needs a criu node; this one runs oci")
         labels = dict(labels or {})
         if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
             raise BadRequest("a container needs a command: ferry run --node N -- CMD ...")

@@ -219,8 +219,11 @@ class SimRuntime:
         argv: list[str],
         labels: dict[str, str] | None = None,
         sync: tuple[str, ...] = (),
+        net: str = "",
     ) -> ContainerInfo:
         check_container_name(name)
+        if net:
+            raise BadRequest("--net needs a criu node; this one runs sim")
         if sync:
             raise BadRequest(
                 "the sim runtime syncs no directories: run the container on criu nodes"
