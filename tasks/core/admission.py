@@ -23,13 +23,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from tasks.core.chooser import Link, Request, Workload, choose, page_server, strategy_refusal
+from tasks.core.chooser import Link, Request, Workload, choose, strategy_refusal
 from tasks.core.convergence import Fallback, Limits
 from tasks.core.netaddr import NodeNet, check_carry, parse
 from tasks.core.nodes import NodeRecord
 from tasks.core.options import Options
 from tasks.core.strategy import Strategy
-from tasks.core.transport import check_compression
+from tasks.core.transport import check_compression, page_server
 from workers.errors import BadRequest, CapabilityError, UnknownContainer
 
 # A container with its own address (--net): a rollback restores it from the pages

@@ -15,7 +15,7 @@ class Options:
     memory_bytes: int = 0  # the container's memory when it was submitted
     container_started: float | None = None  # when that container started: a restarted one is not it
     timeout_action: str = "abort"  # abort | force (push a pre-copy to its final dump)
-    page_server: str = "off"  # auto | on | off: tasks.core.chooser.page_server's verdict
+    page_server: str = "off"  # auto | on | off: tasks.core.transport.page_server's verdict
     page_server_why: str = ""
     compression: str = "auto"  # auto | none | zstd, for image files on the data plane
     link_bps: float | None = None  # the link's rate assumed at submit (bytes/s)

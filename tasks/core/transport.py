@@ -18,7 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from workers.errors import BadRequest
+from tasks.core.chooser import NodeCaps
+from tasks.core.strategy import Strategy
+from workers.errors import BadRequest, CapabilityError
 
 COMPRESSIONS = ("auto", "none", "zstd")
 MIN_SAMPLE = 8 << 20  # a transfer smaller than this measures latency, not the link
@@ -139,3 +141,41 @@ def measured_dump_bps(phase: str, result: Mapping[str, Any]) -> float | None:
     if size < MIN_SAMPLE or ms <= 0:
         return None
     return float(size / (ms / 1000))
+
+
+PAGE_SERVER_MODES = ("auto", "on", "off")
+
+
+def page_server(
+    mode: str, strategy: Strategy | str, src: NodeCaps, dst: NodeCaps
+) -> tuple[str, str]:
+    """The page-server mode a migration gets (``auto``, ``on`` or ``off``), and why.
+
+    Only a ``cold`` migration between two nodes with a page server can stream its dump's
+    pages into the destination's CRIU (delta's block diff and pre-copy's
+    parent images need the pages on the source's disk; post-copy serves them
+    from there): elsewhere it is ``off``, and ``on`` is refused. Whether
+    ``auto`` streams is decided at the dump, from the link
+    (:func:`stream_pages`).
+
+    >>> pi = NodeCaps("pi-01", "aarch64", "criu", True, True, True, "", 4 << 30, 32 << 30,
+    ...               page_server=True)
+    >>> page_server("auto", "cold", pi, pi)[0], page_server("auto", "delta", pi, pi)[0]
+    ('auto', 'off')
+    """
+    if mode not in PAGE_SERVER_MODES:
+        raise BadRequest(f"page_server must be one of {', '.join(PAGE_SERVER_MODES)}, not {mode!r}")
+    if mode == "off":
+        return "off", "page server off"
+    strategy = Strategy.parse(strategy)
+    why_not = (
+        "" if strategy is Strategy.COLD else f"{strategy} needs the pages on the source's disk"
+    )
+    for node in (src, dst):
+        if not node.page_server:
+            why_not = why_not or f"{node.name} runs no CRIU page server ({node.runtime})"
+    if why_not:
+        if mode == "on":
+            raise CapabilityError(f"page_server=on, but {why_not}: use page_server=auto")
+        return "off", why_not
+    return mode, "cold between two CRIU nodes: its pages may stream into the destination's CRIU"

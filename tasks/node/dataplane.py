@@ -52,7 +52,7 @@ def route(ctx: NodeContext, m: Migration) -> transport.Route:
 
 
 def streams_pages(ctx: NodeContext, m: Migration) -> bool:
-    """Whether this migration's final dump streams its pages (tasks.core.chooser.page_server)."""
+    """Whether this migration's final dump streams its pages (tasks.core.transport.page_server)."""
     return transport.stream_pages(m.options.page_server, m.options.compression, route(ctx, m))
 
 

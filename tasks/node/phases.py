@@ -91,7 +91,7 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
             },
         )
     # Pages straight into the destination's CRIU where the planner allows it
-    # (tasks.core.chooser.page_server: a cold dump, which has no parent) and it pays.
+    # (tasks.core.transport.page_server: a cold dump, which has no parent) and it pays.
     streamed = parent is None and streams_pages(ctx, m)
     carried(ctx, m, d)
     s = ctx.runtime.checkpoint(

@@ -20,6 +20,7 @@ from tasks.core.chooser import (
     usable,
 )
 from tasks.core.strategy import CONCRETE, STRATEGIES
+from tasks.core.transport import page_server
 from workers.errors import BadRequest, CapabilityError
 
 GiB, MiB = 1 << 30, 1 << 20
@@ -546,11 +547,11 @@ def test_auto_always_answers_a_healthy_pair(wl, link, req, data) -> None:
 )
 def test_page_server_mode(mode: str, strategy: str, runtime: str, expected: str) -> None:
     a, b = (node(n, runtime=runtime, page_server=runtime == "criu") for n in "ab")
-    assert tasks.core.chooser.page_server(mode, strategy, a, b)[0] == expected
+    assert page_server(mode, strategy, a, b)[0] == expected
 
 
 def test_page_server_on_where_it_cannot_is_refused() -> None:
     with pytest.raises(CapabilityError, match="delta needs the pages"):
-        tasks.core.chooser.page_server("on", "delta", node("a"), node("b"))
+        page_server("on", "delta", node("a"), node("b"))
     with pytest.raises(BadRequest, match="page_server must be"):
-        tasks.core.chooser.page_server("maybe", "cold", node("a"), node("b"))
+        page_server("maybe", "cold", node("a"), node("b"))

@@ -104,6 +104,13 @@ def test_every_module_has_a_layer() -> None:
         layer(m)  # raises ValueError (max of nothing) for a module no layer names
 
 
+def test_no_module_is_over_400_lines() -> None:
+    long = {
+        n: lines for n, p in modules().items() if (lines := len(p.read_text().splitlines())) > 400
+    }
+    assert not long, f"split these (one module per idea): {long}"
+
+
 def test_no_import_cycles() -> None:
     g, cycles = graph(), []
     state: dict[str, int] = {}

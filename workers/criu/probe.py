@@ -17,7 +17,7 @@ from workers import procs
 from workers.criu import kernel as kern
 from workers.criu.adapter import Criu
 from workers.errors import CriuError
-from workers.records import Need
+from workers.records import Capabilities, Need, tracker_of
 
 FEATURES = ("mem_dirty_track", "uffd", "uffd-noncoop")
 
@@ -105,6 +105,28 @@ def probe(state_dir: Path, criu: Criu) -> Probe:
 
 
 PIPE_NEEDED = 4 << 20  # CRIU's page server asks for 4 MiB pipes
+
+
+def capabilities(state_dir: Path, criu: Criu, allow_pipe_max_size: bool) -> Capabilities:
+    """What the criu runtime can do on this node: :func:`probe`, then a real lazy round trip."""
+    facts = probe(state_dir, criu)
+    lazy, why = probe_lazy(criu, state_dir / "lazy-probe", facts, allow_pipe_max_size)
+    return Capabilities(
+        arch=facts.arch,
+        criu_ok=facts.criu_ok,
+        criu_reason=facts.criu_reason,
+        soft_dirty=facts.soft_dirty,
+        tracker=tracker_of(facts.soft_dirty, facts.lacks),
+        lazy_pages=lazy,
+        lazy_pages_reason=why,
+        page_server=facts.criu_ok,
+        bits=facts.bits,
+        page_size=facts.page_size,
+        kernel=facts.kernel,
+        # a lazy round trip that passed raised fs.pipe-max-size where allowed
+        lacks=tuple(n for n in facts.lacks if not (lazy and n is Need.PIPE_MAX_SIZE)),
+        facts=facts.to_dict(),
+    )
 
 
 def probe_lazy(criu: Criu, scratch: Path, p: Probe, allow_raise: bool) -> tuple[bool, str]:

@@ -25,7 +25,7 @@ from tasks.core.netaddr import parse
 from workers import procs, sockets
 from workers.criu.adapter import Criu
 from workers.criu.log import PipedLog, explain, lazy_report
-from workers.criu.probe import probe, probe_lazy
+from workers.criu.probe import capabilities
 from workers.criu.stats import dump_stats
 from workers.dataplane.pagestream import Relay
 from workers.dirsync.dirs import check_dirs, check_unshared
@@ -36,10 +36,8 @@ from workers.records import (
     ContainerInfo,
     DumpStats,
     LazyReport,
-    Need,
     PagesTarget,
     RestoreStats,
-    tracker_of,
 )
 from workers.runtimes.base import Served
 from workers.runtimes.inventory import Inventory
@@ -99,26 +97,7 @@ class CriuRuntime:
     def capabilities(self) -> Capabilities:
         """The probe (CRIU, its kernel features, a real lazy round trip), run once."""
         if self._caps is None:
-            facts = probe(self.state_dir, self.criu)
-            lazy, why = probe_lazy(
-                self.criu, self.state_dir / "lazy-probe", facts, self.allow_pipe_max_size
-            )
-            self._caps = Capabilities(
-                arch=facts.arch,
-                criu_ok=facts.criu_ok,
-                criu_reason=facts.criu_reason,
-                soft_dirty=facts.soft_dirty,
-                tracker=tracker_of(facts.soft_dirty, facts.lacks),
-                lazy_pages=lazy,
-                lazy_pages_reason=why,
-                page_server=facts.criu_ok,
-                bits=facts.bits,
-                page_size=facts.page_size,
-                kernel=facts.kernel,
-                # a lazy round trip that passed raised fs.pipe-max-size where allowed
-                lacks=tuple(n for n in facts.lacks if not (lazy and n is Need.PIPE_MAX_SIZE)),
-                facts=facts.to_dict(),
-            )
+            self._caps = capabilities(self.state_dir, self.criu, self.allow_pipe_max_size)
         return self._caps
 
     def page_server(self, images: Path, sock: int) -> PipedLog:

@@ -385,8 +385,7 @@ class OciRuntime:
         entry = self.inventory.load(name)
         if entry.engine != "podman":
             raise BadRequest(f"{name!r} was started by ferry, not adopted: `ferry stop` ends it")
-        info = self._info(entry)
-        if info.state == "frozen":
+        if (info := self._info(entry)).state == "frozen":
             raise BadRequest(f"{name!r} is checkpointed (a migration holds it): release it later")
         self.inventory.drop(name)
         return info
