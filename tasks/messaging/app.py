@@ -131,9 +131,9 @@ def worker_argv(s: Settings, queue: str, name: str, threads: int) -> list[str]:
 
 
 # A daemon's next step is sent as patiently as its state-store calls are kept
-# (tasks.config.broker.PATIENT, ~30 s): a step published while Redis restarts
-# or fails over to its replica would otherwise be lost until the sweep's
-# progress timeout sent it again (tests/integration/test_sentinel.py).
+# (tasks.config.broker.PATIENT, ~30 s): Celery's default gives up after ~0.6 s,
+# so a step published while Redis restarts or fails over to its replica would
+# be lost until the sweep's progress timeout sent it again.
 PATIENT_PUBLISH = {
     "max_retries": 20,
     "interval_start": 0.05,
