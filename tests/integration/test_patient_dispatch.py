@@ -1,7 +1,7 @@
 """A daemon's next step outlives a Redis restart: a step dispatched while Redis
 is away waits in Kombu's connection retry and reaches its queue once Redis is
-back (8 s away here). On a Redis of its own, killed with -9 and started on its append-only
-file."""
+back (8 s away here). On a Redis of its own, killed with -9 and started on its
+append-only file."""
 
 from __future__ import annotations
 
