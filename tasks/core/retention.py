@@ -59,6 +59,18 @@ def to_drop(oldest: Sequence[Entry], total: int, now: float, policy: Retention) 
     ]
 
 
+def may_drop(total: int, oldest_created: float, now: float, policy: Retention) -> bool:
+    """Whether an index of ``total`` records whose oldest was created at
+    ``oldest_created`` can hold any to drop: the sweep's cheap first look.
+
+    >>> may_drop(10, oldest_created=0.0, now=DAY_S, policy=Retention(days=30, migrations=10))
+    False
+    >>> may_drop(11, oldest_created=0.0, now=DAY_S, policy=Retention(days=30, migrations=10))
+    True
+    """
+    return total > policy.migrations or oldest_created < now - policy.days * DAY_S
+
+
 def logs_to_drop(kept_logs: Sequence[str], indexed: Sequence[bool]) -> list[str]:
     """The migrations among ``kept_logs`` (a node's ``logs/<mid>`` dirs) whose
     record is gone from the index (``indexed[i]`` is False): pruned, so their

@@ -131,18 +131,6 @@ def worker_argv(s: Settings, queue: str, name: str, threads: int) -> list[str]:
     ]
 
 
-# A daemon's next step is sent as patiently as its state-store calls are kept
-# (tasks.config.broker.PATIENT, ~30 s): a step published while Redis restarts
-# or fails over to its replica would otherwise be lost until the sweep's
-# progress timeout sent it again (tests/integration/test_sentinel.py).
-PATIENT_PUBLISH = {
-    "max_retries": 20,
-    "interval_start": 0.05,
-    "interval_step": 0.5,
-    "interval_max": 2.0,
-}
-
-
 def dispatch(app: Celery, mid: str, sends: list[Send]) -> None:
     """Send each step to its node's queue."""
     for s in sends:
@@ -151,8 +139,6 @@ def dispatch(app: Celery, mid: str, sends: list[Send]) -> None:
             args=(mid, s.step),
             queue=node_queue(s.node, s.urgent),
             countdown=s.countdown or None,
-            retry=True,
-            retry_policy=PATIENT_PUBLISH,
         )
 
 

@@ -27,7 +27,7 @@ from tasks.core.machine import next_step
 from tasks.core.migration import DEFAULT_POLICY, Event, Migration, Policy, Send
 from tasks.core.nodes import NodeRecord
 from tasks.core.options import Options
-from tasks.core.retention import Entry, Retention, to_drop
+from tasks.core.retention import Entry, Retention, may_drop, to_drop
 from tasks.store.evacuations import Records
 from workers.errors import BadRequest, CorruptRecord
 from workers.ids import check_migration_id
@@ -316,16 +316,20 @@ class Store:
         ``policy`` no longer keeps, from the oldest ``batch`` of the index; the
         ids dropped. Reads no record: the index's scores are the creation times
         and ``ferry:active`` says which are in flight."""
+        with self.r.pipeline(transaction=False) as pipe:
+            total, first = (
+                pipe.zcard("ferry:migs").zrange("ferry:migs", 0, 0, withscores=True).execute()
+            )
+        if not first or not may_drop(int(total), float(first[0][1]), now, policy):
+            return []  # most beats: two cheap commands
         rows = self.r.zrange("ferry:migs", 0, batch - 1, withscores=True)
-        if not rows:
-            return []
         ids = [str(mid) for mid, _ in rows]
         active = self.r.smismember("ferry:active", ids)
         oldest = [
             Entry(mid, float(created), not busy)
             for mid, (_, created), busy in zip(ids, rows, active, strict=True)
         ]
-        drop = to_drop(oldest, int(self.r.zcard("ferry:migs")), now, policy)
+        drop = to_drop(oldest, int(total), now, policy)
         if drop:
             with self.r.pipeline() as pipe:
                 pipe.delete(

@@ -127,8 +127,8 @@ def test_a_killed_master_fails_over_and_the_migration_ends_with_its_record(
         "FERRY_RESULT_BACKEND": sentinels.url,
         "FERRY_REDIS_URL": "",
         "FERRY_RUNTIME": "sim",
-        # A step whose outcome the failover lost (written to the old master, not
-        # yet replicated) is sent again after this: the sweep's recovery, sooner.
+        # A step the failover cut off is sent again after this (the sweep's
+        # recovery, sooner than the default 150 s).
         "FERRY_PROGRESS_TIMEOUT_S": "20",
     }
     with running(LocalCluster(tmp_path / "c", env), ["s1", "s2"]) as c:

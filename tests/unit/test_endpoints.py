@@ -107,3 +107,17 @@ def test_a_sentinel_url_in_kombu_s_form() -> None:
     assert s.kombu == "sentinel://u:p%40ss@a:26379/4;sentinel://u:p%40ss@b:26380/4"
     e = plan(broker="sentinel://a/ferry")
     assert e.redis == e.backend == e.broker == "sentinel://a/ferry"
+
+
+def test_celery_gets_kombu_s_sentinel_form_and_the_master_s_name() -> None:
+    from tasks.config.settings import Settings
+    from tasks.messaging.app import make_app
+
+    url = "sentinel://:pw@a:26379,b:26380/ferry/2"
+    app = make_app(Settings(broker_url=url, result_backend=url, redis_url=url, secret="x"))
+    assert app.conf.broker_url == "sentinel://:pw@a:26379/2;sentinel://:pw@b:26380/2"
+    assert app.conf.result_backend == app.conf.broker_url
+    assert app.conf.broker_transport_options["master_name"] == "ferry"
+    assert app.conf.result_backend_transport_options["master_name"] == "ferry"
+    plain = make_app(Settings(broker_url="redis://h/0", secret="x"))
+    assert "master_name" not in plain.conf.broker_transport_options

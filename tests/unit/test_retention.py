@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.core.retention import DAY_S, Entry, Retention, logs_to_drop, to_drop
+from tasks.core.retention import DAY_S, Entry, Retention, logs_to_drop, may_drop, to_drop
 from workers.errors import BadRequest
 
 NOW = 100 * DAY_S
@@ -71,3 +71,16 @@ def test_a_bound_that_keeps_nothing_is_refused(days: float, count: int, why: str
 def test_logs_of_pruned_migrations_go() -> None:
     assert logs_to_drop(["m-a", "m-b", "m-c"], [True, False, False]) == ["m-b", "m-c"]
     assert logs_to_drop([], []) == []
+
+
+@pytest.mark.parametrize(
+    ("total", "oldest_age_days", "expected"),
+    [(10, 29, False), (10, 30, False), (11, 1, True), (10, 31, True), (0, 0, False)],
+)
+def test_may_drop_looks_first_and_agrees_with_to_drop(
+    total: int, oldest_age_days: float, expected: bool
+) -> None:
+    policy = Retention(days=30, migrations=10)
+    assert may_drop(total, NOW - oldest_age_days * DAY_S, NOW, policy) is expected
+    entries = rows(*[oldest_age_days] * total)  # all finished: to_drop drops some iff may_drop
+    assert bool(to_drop(entries, total, NOW, policy)) is expected
