@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--baseline-rounds", default="2/small-first/capped,4/small-first/capped")
     ap.add_argument("--timeout", type=float, default=400.0, help="s for the evacuations")
+    ap.add_argument("--up-timeout", type=float, default=300.0, help="s for the nodes to come up")
     ap.add_argument("--json", default=str(ROOT / "docs" / "benchmarks" / "scale.json"))
     ap.add_argument("--png", default=str(ROOT / "docs" / "benchmarks" / "scale.png"))
     ap.add_argument("--svg", default=str(ROOT / "docs" / "benchmarks" / "scale-concurrency.svg"))
@@ -181,7 +182,7 @@ def one_cluster(
         cluster.start_coordinator()
         for n in nodes:
             cluster.start_node(n)
-        cluster.wait_ready(nodes, timeout=300)
+        cluster.wait_ready(nodes, timeout=args.up_timeout)
         up_s = time.monotonic() - t0
         print(f"{args.nodes} nodes up in {up_s:.0f} s", file=sys.stderr)
         client = cluster.client
