@@ -68,8 +68,9 @@ from tasks.api.client import Ferry
 from tasks.api.localcluster import LocalCluster
 from tasks.config.broker import stop_embedded
 from tasks.core.bound import lower_bound
-from tasks.core.evacplan import legs_of, parse_rate, plan_from_json
-from tasks.core.planner import ORDERS
+from tasks.core.codec import decode
+from tasks.core.evacplan import legs_of, parse_rate
+from tasks.core.planner import ORDERS, Plan
 from workers.procs import tree
 
 KINDS = (
@@ -362,7 +363,7 @@ def drain(
     recs = [h.record() for h in handles]
     moved = [row for rep in reports for row in rep["containers"] if row["outcome"] == "moved"]
     mids = [row["migration"] for row in moved]
-    plans = [plan_from_json(rec["plan"]) for rec in recs]
+    plans = [decode(Plan, rec["plan"]) for rec in recs]
     every = [m for p in plans for m in p.moves]
     # over every drained node at once: the links' measured rates, the freezes measured
     b = lower_bound([leg for rec in recs for leg in legs_of(rec)], client.measured_links(), link)

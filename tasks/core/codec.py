@@ -46,6 +46,8 @@ def encode(value: Any) -> Any:
         return value.value
     if isinstance(value, tuple | list):
         return [encode(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted(encode(v) for v in value)
     if isinstance(value, Mapping):
         return {str(k): encode(v) for k, v in value.items()}
     return value
@@ -92,13 +94,13 @@ def _decode(kind: Any, data: Any, where: str) -> Any:
             return kind(data)
         except ValueError as exc:
             raise CorruptRecord(f"{where}: {exc}") from exc
-    if origin is tuple or origin is list:
+    if origin in (tuple, list, frozenset, set):
         if not isinstance(data, list | tuple):
             raise CorruptRecord(f"{where}: want a list, not {type(data).__name__}")
         item = args[0] if args else Any
         items = [_decode(item, v, f"{where}[{i}]") for i, v in enumerate(data)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
+        return items if origin is list else origin(items)
+    if origin in (dict, Mapping):
         if not isinstance(data, Mapping):
             raise CorruptRecord(f"{where}: want an object, not {type(data).__name__}")
         value = args[1] if args else Any

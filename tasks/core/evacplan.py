@@ -20,7 +20,7 @@ from typing import Any
 from tasks.core.bound import Leg, lower_bound
 from tasks.core.chooser import pair_refusal, strategy_refusal
 from tasks.core.nodes import NodeRecord
-from tasks.core.planner import Compatible, ContainerSpec, Move, Node, Plan
+from tasks.core.planner import Compatible, ContainerSpec, Node, Plan
 from workers.errors import BadRequest
 from workers.records import ContainerInfo
 
@@ -136,15 +136,6 @@ def plan_to_json(p: Plan) -> dict[str, Any]:
         "unplaceable": [{"container": c, "reason": why} for c, why in p.unplaceable],
         "headroom": p.headroom,
     }
-
-
-def plan_from_json(d: Mapping[str, Any]) -> Plan:
-    return Plan(
-        Node(**d["drain"]),
-        tuple(Move(**m) for m in d["moves"]),
-        tuple((u["container"], u["reason"]) for u in d["unplaceable"]),
-        d["headroom"],
-    )
 
 
 def bound_s(plan: Plan, link_bps: float, measured: Mapping[tuple[str, str], float]) -> float:

@@ -3,19 +3,19 @@
 Pure: :class:`Evacuation` holds the plan, the limits, each container's
 :class:`MoveState` (pending, running, then one final :class:`Outcome`),
 exclusions and strikes, and once over the report. :func:`to_dict` and
-:func:`from_dict` are the one serializer between it and the JSON record
-tasks.store.evacuations keeps; the keys are the runner's since its first
-release, so evacuations running across an upgrade go on.
+:func:`from_dict` carry it to and from the JSON record tasks.store.evacuations
+keeps, through the one codec of every record (tasks.core.codec).
 """
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from tasks.core.evacplan import plan_from_json, plan_to_json
+from tasks.core.codec import decode, encode
 from tasks.core.planner import Plan, PlanLimits
 from workers.errors import CorruptRecord
 
@@ -93,9 +93,6 @@ class Evacuation:
     report: dict[str, Any] | None = None
 
 
-_OPTIONAL = ("started", "finished", "summary")  # stored only once set, as they always were
-
-
 def begin(
     eid: str,
     node: str,
@@ -139,77 +136,24 @@ def begin(
 
 def to_dict(ev: Evacuation) -> dict[str, Any]:
     """The stored JSON record of ``ev`` (tasks.store.evacuations keeps it)."""
-    moves = {}
-    for name, mv in ev.moves.items():
-        d = {k: v for k, v in asdict(mv).items() if k != "container"}
-        d["outcome"] = mv.outcome.value
-        moves[name] = {k: v for k, v in d.items() if k not in _OPTIONAL or v is not None}
-    return {
-        "id": ev.id,
-        "node": ev.node,
-        "to": None if ev.to is None else list(ev.to),
-        "strategy": ev.strategy,
-        "bandwidth_bps": ev.bandwidth_bps,
-        "limits": asdict(ev.limits),
-        "link_bps": ev.link_bps,
-        "state": ev.state.value,
-        "stop": None if ev.stop is None else ev.stop.value,
-        "deadline": ev.deadline,
-        "plan": plan_to_json(ev.plan),
-        "excluded": dict(ev.excluded),
-        "strikes": dict(ev.strikes),
-        "moves": moves,
-        "preview": ev.preview,
-        "started": ev.started,
-        "finished": ev.finished,
-        "report": ev.report,
-    }
+    return typing.cast(dict[str, Any], encode(ev))
 
 
 def from_dict(d: Mapping[str, Any]) -> Evacuation:
-    """The evacuation a stored JSON record holds (the inverse of :func:`to_dict`)."""
-    try:
-        return _from_dict(d)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CorruptRecord(
-            f"evacuation record {d.get('id', '?') if isinstance(d, Mapping) else '?'} does not "
-            f"parse ({type(exc).__name__}: {exc})"
-        ) from exc
-
-
-def _from_dict(d: Mapping[str, Any]) -> Evacuation:
-    moves = {
-        name: MoveState(
-            name,
-            mv["dst"],
-            int(mv["order"]),
-            int(mv["memory_bytes"]),
-            Outcome(mv["outcome"]),
-            mv.get("migration"),
-            mv.get("error", ""),
-            mv.get("started"),
-            mv.get("finished"),
-            mv.get("summary"),
-        )
-        for name, mv in d["moves"].items()
-    }
-    return Evacuation(
-        id=d["id"],
-        node=d["node"],
-        to=None if d["to"] is None else tuple(d["to"]),
-        strategy=d["strategy"],
-        bandwidth_bps=d["bandwidth_bps"],
-        limits=PlanLimits(**d["limits"]),
-        link_bps=d["link_bps"],
-        plan=plan_from_json(d["plan"]),
-        moves=moves,
-        started=d["started"],
-        state=EvacState(d["state"]),
-        stop=None if d["stop"] is None else Stop(d["stop"]),
-        deadline=d["deadline"],
-        excluded=dict(d.get("excluded", {})),
-        strikes=dict(d.get("strikes", {})),
-        preview=d.get("preview", {}),
-        finished=d.get("finished"),
-        report=d.get("report"),
-    )
+    """The evacuation a stored JSON record holds (the inverse of :func:`to_dict`);
+    CorruptRecord naming the field when it does not read. A record written before
+    the codec (its moves keyed by container only, the plan's unplaceable as
+    objects) is read as it is, so an evacuation running across an upgrade goes on."""
+    where = f"evacuation record {d.get('id', '?') if isinstance(d, Mapping) else '?'}"
+    if not isinstance(d, Mapping):
+        raise CorruptRecord(f"{where}: want an object, not {type(d).__name__}")
+    moves, plan = d.get("moves"), d.get("plan")
+    if isinstance(moves, Mapping):
+        d = {**d, "moves": {c: {"container": c, **mv} if isinstance(mv, Mapping) else mv
+                            for c, mv in moves.items()}}  # fmt: skip
+    if isinstance(plan, Mapping) and isinstance(plan.get("unplaceable"), list):
+        old = [u for u in plan["unplaceable"] if isinstance(u, Mapping)]
+        if old:
+            d = {**d, "plan": {**plan, "unplaceable": [[u.get("container"), u.get("reason")]
+                                                        for u in old]}}  # fmt: skip
+    return decode(Evacuation, d, where)

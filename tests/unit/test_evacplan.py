@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from tasks.core.codec import decode, encode
 from tasks.core.evacplan import (
     compatible,
     node_of,
     parse_rate,
-    plan_from_json,
-    plan_to_json,
     report,
     specs_of,
 )
 from tasks.core.nodes import NodeRecord
-from tasks.core.planner import PlanLimits, plan
+from tasks.core.planner import Plan, PlanLimits, plan
 from tests.unit.records import node_record
 from workers.errors import BadRequest
 
@@ -119,9 +120,9 @@ def test_the_plan_survives_json() -> None:
         PlanLimits(),
         compatible(records, None, "auto"),
     )
-    back = plan_from_json(plan_to_json(p))
+    back = decode(Plan, json.loads(json.dumps(encode(p))))
     assert (back.moves, back.unplaceable, back.headroom) == (p.moves, p.unplaceable, p.headroom)
-    assert (back.drain.name, back.drain.arch) == ("a", "x86_64")  # what placement needs of it
+    assert back.drain == p.drain
 
 
 def evac(outcomes: dict[str, str], state: str = "done") -> dict:
