@@ -10,6 +10,7 @@ hundred connections at once and a UDP socket.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -24,7 +25,7 @@ from tests.conftest import criu_works, need
 from tests.integration.helpers import wait_for
 from tests.tcpecho import PORT, SERVER, EchoClient
 from workers.criu.adapter import Criu
-from workers.errors import BadRequest
+from workers.errors import BadRequest, FerryError
 from workers.runtimes.criu import CriuRuntime
 from workers.runtimes.netns import NetIdentity
 
@@ -34,8 +35,9 @@ def ip(*args: str) -> None:
 
 
 @pytest.fixture
-def bridge() -> Iterator[tuple[str, str]]:
-    """A bridge on the host with a private /24: (its name, the first three octets)."""
+def bridge(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A bridge on the host with a private /24: (its name, the first three octets);
+    what a failed test left on its nodes a and b (containers, namespaces) goes after it."""
     need(os.geteuid() == 0, "containers with their own network need root")
     ok, why = criu_works()
     need(ok, why)
@@ -44,6 +46,11 @@ def bridge() -> Iterator[tuple[str, str]]:
     ip("addr", "add", f"{subnet}.1/24", "dev", name)
     ip("link", "set", name, "up")
     yield name, subnet
+    for home in ("a", "b"):
+        rt = node(tmp_path, home, name)
+        for c in rt.containers():
+            with contextlib.suppress(FerryError):
+                rt.kill(c.name)
     subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
 
 
