@@ -43,17 +43,14 @@ once afterwards, off the drained nodes.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -62,8 +59,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import costs
-from benchmarks.machine import machine
-from benchmarks.svgplot import Series, line_chart
+from benchmarks.scaleprobe import Sampler, cpu_all, idle_cpu, roles
+from benchmarks.scaleview import KINDS, concurrency_svg, markdown, print_table, write
 from tasks.api.client import Ferry
 from tasks.api.localcluster import LocalCluster
 from tasks.config.broker import stop_embedded
@@ -71,15 +68,6 @@ from tasks.core.bound import lower_bound
 from tasks.core.codec import decode
 from tasks.core.evacplan import legs_of, parse_rate
 from tasks.core.planner import ORDERS, Plan
-from workers.procs import tree
-
-KINDS = (
-    ("migration records", "ferry:mig:", ""),
-    ("event streams", "ferry:mig:", ":events"),
-    ("task results", "celery-task-meta-", ""),
-    ("evacuations", "ferry:evac:", ""),
-    ("node records", "ferry:node", ""),
-)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,86 +225,6 @@ def start_containers(client: Ferry, nodes: list[str], n: int, sizes: list[int]) 
     return took
 
 
-class Sampler(threading.Thread):
-    """Every 0.5 s: Redis memory and every cluster process's RSS, by role."""
-
-    def __init__(self, cluster: LocalCluster, client: Ferry) -> None:
-        super().__init__(daemon=True)
-        self.cluster, self.r, self.samples = cluster, client.store.r, []  # type: ignore[var-annotated]
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        t0 = time.monotonic()
-        while not self.stop.wait(0.5):
-            rss = roles(self.cluster)
-            self.samples.append(
-                {
-                    "t": round(time.monotonic() - t0, 2),
-                    "redis_used": int(self.r.info("memory")["used_memory"]),
-                    "rss": {k: sum(v) for k, v in rss.items()},
-                }
-            )
-
-
-def roles(cluster: LocalCluster) -> dict[str, list[int]]:
-    """RSS (bytes) of each cluster process, grouped: coordinator, supervisor, celery worker."""
-    out: dict[str, list[int]] = {"coordinator": [], "supervisor": [], "celery worker": []}
-    for key, proc in list(cluster.procs.items()):
-        for pid in tree(proc.pid):
-            role = (
-                "coordinator"
-                if key == "coordinator"
-                else "supervisor"
-                if pid == proc.pid
-                else "celery worker"
-            )
-            out[role].append(_status(pid, "VmRSS") * 1024)
-    return out
-
-
-def _status(pid: int, field: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_s(cluster: LocalCluster) -> dict[str, float]:
-    """CPU seconds used so far by the coordinator and by the nodes' processes."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {"coordinator": 0.0, "nodes": 0.0}
-    for key, proc in list(cluster.procs.items()):
-        for pid in tree(proc.pid):
-            try:
-                f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            out["coordinator" if key == "coordinator" else "nodes"] += (
-                int(f[11]) + int(f[12])
-            ) / tick
-    return out
-
-
-def redis_cpu(client: Ferry) -> float:
-    info = client.store.r.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-
-def cpu_all(cluster: LocalCluster, client: Ferry) -> dict[str, float]:
-    return {**cpu_s(cluster), "redis": redis_cpu(client)}
-
-
-def idle_cpu(cluster: LocalCluster, client: Ferry, seconds: float = 10.0) -> dict[str, float]:
-    """CPU per second the idle cluster uses (heartbeats, inventories, Celery's own polling)."""
-    before = cpu_all(cluster, client)
-    time.sleep(seconds)
-    after = cpu_all(cluster, client)
-    return {k: round((after[k] - before[k]) / seconds, 4) for k in before}
-
-
 def drain(
     cluster: LocalCluster,
     client: Ferry,
@@ -462,197 +370,6 @@ def key_memory(client: Ferry) -> dict[str, int]:
 def _median(xs: list[Any]) -> float | None:
     vals = [x for x in xs if x is not None]
     return round(statistics.median(vals), 1) if vals else None
-
-
-def headline(run: dict[str, Any]) -> str:
-    return (
-        f"SIMULATED: {run['nodes']} sim nodes, {run['containers']} containers of {run['mib']} MiB, "
-        f"{run['link']} links, strategy {run['strategy']}; nodes up in {run['nodes_up_s']} s, "
-        f"{run['containers_started_per_s']} containers started per s; idle, the cluster used "
-        + ", ".join(f"{k} {v}" for k, v in run["idle_cpu_per_s"].items())
-        + " CPU s per s; load "
-        f"{run['load1_before_after'][0]} before, {run['load1_before_after'][1]} after "
-        f"({run['run_s']} s in all)"
-    )
-
-
-def lines() -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
-    """The table's rows: a label and how a round's row shows in it."""
-    return [
-        (
-            "drained at once",
-            lambda r: f"{len(r['drained'])} ({r['drained'][0]}..{r['drained'][-1]})",
-        ),
-        (
-            "per node / per evacuation, order",
-            lambda r: (
-                f"{r['per_node']} / {r['max_parallel']}, {r.get('order', 'small-first')}, "
-                f"{r.get('link_model', 'capped')}"
-            ),
-        ),
-        ("moved", lambda r: f"{r['moved']} {r['outcomes']}"),
-        (
-            "MB of memory moved / sent (all passes)",
-            lambda r: f"{r['memory_moved'] / 1e6:.0f} / {r['bytes_moved'] / 1e6:.0f}",
-        ),
-        ("strategies", lambda r: f"{r['strategies']}"),
-        ("planned per s (evacuate calls)", lambda r: f"{r['planned_per_s']}"),
-        ("driven per s (done / makespan)", lambda r: f"{r['driven_per_s']}"),
-        ("coordinator capacity per s (1/CPU)", lambda r: f"{r['coordinator_capacity_per_s']}"),
-        (
-            "makespan / lower bound",
-            lambda r: f"{r['makespan_s']} / {r['lower_bound_s']} s = {r['ratio']}",
-        ),
-        ("rounds per drained node (moves / per node)", lambda r: f"{r['rounds_per_drained_node']}"),
-        *[
-            (f"  {k} ms, median", lambda r, k=k: f"{r['costs_ms_median'][k]}")
-            for k in (*costs.PARTS, "record writes")
-        ],
-        (
-            "downtime / migration, medians",
-            lambda r: f"{r['downtime_ms_median']} ms / {r['migration_s_median']} s",
-        ),
-        (
-            "CPU s per migration (net of idle)",
-            lambda r: " ".join(f"{k[:5]} {v}" for k, v in r["cpu_s_per_migration"].items()),
-        ),
-        ("Redis bytes per migration (keys)", lambda r: f"{r['redis_bytes_per_migration']}"),
-        ("  used_memory delta per migration", lambda r: f"{r['redis_used_delta_per_migration']}"),
-        *[
-            (f"  of which {k}", lambda r, k=k: f"{r['redis_key_bytes_per_migration'][k]}")
-            for k, _, _ in KINDS
-        ],
-        (
-            "events per migration mean (min-max)",
-            lambda r: "{mean} ({min}-{max})".format(**r["events_per_migration"]),
-        ),
-        *[
-            (
-                f"RSS MiB per {k} mean (max)",
-                lambda r, k=k: "{mean} ({max}) x{count}".format(**r["rss_mib_per_process"][k]),
-            )
-            for k in ("coordinator", "supervisor", "celery worker")
-        ],
-        ("RSS MiB, every process, peak", lambda r: f"{r['rss_mib_total_peak']}"),
-        ("every container once, off the drained", lambda r: f"{r['exactly_once']}"),
-        ("load1 before, after", lambda r: f"{r['load1_before_after']}"),
-    ]
-
-
-def print_table(run: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    print(headline(run))
-    for label, cell in lines():
-        print(f"{label:<40} " + " | ".join(f"{cell(r):<36}" for r in rows))
-
-
-def markdown(doc: dict[str, Any]) -> str:
-    """The saved run as a markdown table, one column per round."""
-    rows = doc["rows"]
-    out = [
-        f"{headline(doc['run'])}; measured {doc['generated']}.",
-        "",
-        "| | " + " | ".join(f"round {i + 1}" for i in range(len(rows))) + " |",
-        "|---|" + "---|" * len(rows),
-    ]
-    out += [
-        f"| {label.strip()} | " + " | ".join(cell(r).replace("|", "/") for r in rows) + " |"
-        for label, cell in lines()
-    ]
-    return "\n".join(out)
-
-
-def write(
-    path: Path, png: Path, run: dict[str, Any], rows: list[dict[str, Any]], command: str
-) -> None:
-    out = {
-        "benchmark": "scale",
-        "simulated": "true: the sim runtime (docs/sim.md), never real CRIU",
-        "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {**machine(), "load1": os.getloadavg()[0]},
-        "command": command,
-        "units": {"*_s": "s", "*_bps": "bytes/s", "redis_*": "bytes", "rss_*": "MiB"},
-        "run": run,
-        "rows": rows,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {path}", file=sys.stderr)
-    plot(png, run, rows)
-
-
-def concurrency_svg(path: Path, run: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """Makespan against moves at once per node, per code run, beside each round's bound."""
-
-    def key(r: dict[str, Any]) -> tuple[str, str, str]:
-        return r.get("code", "this tree"), r.get("order", "small-first"), r.get("link_model", "")
-
-    series = []
-    for i, (code, order, model) in enumerate(dict.fromkeys(key(r) for r in rows)):
-        mine = [r for r in rows if key(r) == (code, order, model)]
-        label = f"{code.split('/')[-1]}, {order}, {model}"
-        series.append(Series(label, [(r["per_node"], r["makespan_s"]) for r in mine], False, i))
-        series.append(
-            Series(
-                "  its lower bound", [(r["per_node"], r["lower_bound_s"]) for r in mine], True, i
-            )
-        )
-    drained = len(rows[0]["drained"])
-    title = (
-        f"SIMULATED: {drained} of {run['nodes']} nodes drained at once, "
-        f"{run['containers']} containers, {run['link']} links"
-    )
-    svg = line_chart(title, "moves at once per node (per evacuation: twice that)", "s", series)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(svg)
-    print(f"wrote {path}", file=sys.stderr)
-
-
-def plot(png: Path, run: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing (the bench extra): no plot", file=sys.stderr)
-        return
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in rows:
-        done = r["timeline"]["done_s"]
-        line = a.step(
-            done,
-            range(1, len(done) + 1),
-            where="post",
-            label=f"per node {r['per_node']}: {r['makespan_s']:.1f} s",
-        )[0]
-        a.axvline(
-            r["lower_bound_s"],
-            color=line.get_color(),
-            linestyle="--",
-            label=f"lower bound {r['lower_bound_s']:.1f} s",
-        )
-    a.set(
-        xlabel="s since the evacuations started",
-        ylabel="migrations done",
-        title=f"SIMULATED: {len(rows[0]['drained'])} of {run['nodes']} nodes drained at once, "
-        f"{run['link']} links",
-    )
-    a.legend(fontsize="small")
-    s = rows[0]["timeline"]["samples"]
-    t = [x["t"] for x in s]
-    b.plot(t, [x["redis_used"] / 2**20 for x in s], label="Redis used_memory")
-    for k in ("celery worker", "supervisor", "coordinator"):
-        b.plot(t, [x["rss"][k] / 2**20 for x in s], label=f"RSS, all {k} processes")
-    b.set(
-        xlabel=f"s (per node {rows[0]['per_node']})",
-        ylabel="MiB",
-        yscale="log",
-        title="memory during the first round",
-    )
-    b.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(png, dpi=90)
-    print(f"wrote {png}", file=sys.stderr)
 
 
 if __name__ == "__main__":

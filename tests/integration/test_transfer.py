@@ -188,11 +188,13 @@ def test_compressed_round_trip(server: TransferServer, tmp_path: Path) -> None:
 
 @zstd
 def test_compression_beats_a_bandwidth_cap(server: TransferServer, tmp_path: Path) -> None:
+    # the cap is on the wire: what crosses is the compressed bytes (how much faster that
+    # is, is benchmarks/transfer.py's to say; timed here it failed on a loaded machine)
     src = make_text(tmp_path / "a", 30 * MB)
     stats = send_files(
         server.address, fresh(), "m1", [(src, "a.img")], bandwidth_bps=20e6, compression="zstd"
     )
-    assert stats.seconds < 1.0  # 1.6 s uncompressed at 20 MB/s
+    assert stats.codec == "zstd" and stats.bytes < 10 * MB  # text: well under a third
     assert digest(tmp_path / "dst" / "m1" / "images" / "a.img") == digest(src)
 
 
