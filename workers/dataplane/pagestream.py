@@ -80,6 +80,7 @@ class Relay:
         self._sent = 0
         self._first = self._last = 0.0
         self._sending = False  # mid-chunk: waiting on the bandwidth cap or the socket
+        self._answered = False  # the destination's page server has answered once
         self._verdict: dict[str, Any] | None = None  # the destination's last frame
         self.stats: StreamStats | None = None
 
@@ -203,12 +204,16 @@ class Relay:
                 k = self._tcp.recv_into(buf[got:])
             except TimeoutError:
                 quiet = time.monotonic() - max(heard, self._last)
-                if self._sending or quiet < self._target.stall_s:
+                # until its first answer the destination's page server is still starting:
+                # that is admission, not a stall
+                patience = self._target.stall_s if self._answered else _ADMIT_S
+                if self._sending or quiet < patience:
                     continue  # the forward pump watches a stalled peer itself
                 raise
             if not k:
                 raise TransferError("pages stream: the destination hung up")
             got, heard = got + k, time.monotonic()
+        self._answered = True
         return bytes(buf)
 
 
