@@ -8,7 +8,9 @@ restarted (kill -9, on its append-only file) while a phase runs, the
 data-plane connection reset mid-transfer, a corrupted block, the
 destination's disk full, a flood of undecodable messages on every node queue
 (each must be moved aside, no worker restarted), a captured signed kill of
-the container's name replayed to its node mid-migration (refused). Then it checks what tests/faults checks: exactly
+the container's name replayed to its node mid-migration (refused), a
+slowloris on the destination's data-plane listener (the migration finishes,
+every trickling connection is cut by the token deadline). Then it checks what tests/faults checks: exactly
 one copy runs, its counter went on, no image dir is left, the record is
 final with the fault in it. Prints the table at the end; exits 1 unless
 lost, duplicated and unfinished are all 0. The cluster runs on a Redis of
@@ -50,6 +52,7 @@ from tests.faults.inject import (
     garbage_flood,
     replay_refused,
     restart_redis_in,
+    slowloris_at,
 )
 from tests.faults.tally import TALLY
 from tests.integration.helpers import dirtying, ticks, wait_for
@@ -65,6 +68,7 @@ FAULTS = (
     + [("redis", s, p) for s, points in REDIS.items() for p in points]
     + [("garbage", s, "node queues") for s in ("cold", "delta", "postcopy")]
     + [("replay", s, "kill") for s in ("cold", "delta")]
+    + [("slowloris", s, "data plane") for s in ("cold", "delta", "postcopy")]
     + [
         ("drop", "cold", "transfer"),
         ("drop", "delta", "precopy"),
@@ -104,6 +108,8 @@ def one_round(
             undo.enter_context(garbage_flood(c.client.store.r, queues))
             workers = {n: c.client.node(n).workers for n in NODES}  # none may restart
             undo.callback(lambda: check_same(workers, {n: c.client.node(n).workers for n in NODES}))
+        if kind == "slowloris":
+            undo.enter_context(slowloris_at(c, dst))
         # the pages cross in the dump (streamed) or as files
         streamed = {"page_server": "on" if where in ("dump", "streamed") else "off"}
         extra = (
@@ -121,7 +127,10 @@ def one_round(
         elif kill is not None:
             replay_refused(c, src, handle.id, kill)
         handle.wait(timeout=180)
-        return outcome(c, name, info["log"], handle.id, EVIDENCE[kind])
+        result = outcome(c, name, info["log"], handle.id, EVIDENCE[kind])
+        # nothing failed but the attack: the migration must get through it
+        assert kind != "slowloris" or result == "done", c.client.status(handle.id).errors
+        return result
 
 
 def check_same(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> None:
