@@ -10,7 +10,9 @@ destination's disk full, a flood of undecodable messages on every node queue
 (each must be moved aside, no worker restarted), a captured signed kill of
 the container's name replayed to its node mid-migration (refused), a
 slowloris on the destination's data-plane listener (the migration finishes,
-every trickling connection is cut by the token deadline). Then it checks what tests/faults checks: exactly
+every trickling connection is cut by the token deadline), the Redis
+master killed -9 under a cluster of its own on a master, a replica and three
+Sentinels (the replica promoted). Then it checks what tests/faults checks: exactly
 one copy runs, its counter went on, no image dir is left, the record is
 final with the fault in it. Prints the table at the end; exits 1 unless
 lost, duplicated and unfinished are all 0. The cluster runs on a Redis of
@@ -28,6 +30,8 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+
+import redis
 
 from tasks.api.demo import criu_usable
 from tasks.messaging.app import node_queue
@@ -56,6 +60,7 @@ from tests.faults.inject import (
 )
 from tests.faults.tally import TALLY
 from tests.integration.helpers import dirtying, ticks, wait_for
+from tests.integration.sentinels import RedisSet
 from workers.errors import FerryError
 
 # (kind, strategy, where): every fault the soak draws from
@@ -69,6 +74,7 @@ FAULTS = (
     + [("garbage", s, "node queues") for s in ("cold", "delta", "postcopy")]
     + [("replay", s, "kill") for s in ("cold", "delta")]
     + [("slowloris", s, "data plane") for s in ("cold", "delta", "postcopy")]
+    + [("sentinel", s, points[1]) for s, points in REDIS.items()]
     + [
         ("drop", "cold", "transfer"),
         ("drop", "delta", "precopy"),
@@ -133,6 +139,45 @@ def one_round(
         return result
 
 
+def sentinel_round(base: Path, strategy: str, where: str, name: str, memory_mb: int) -> str:
+    """A cluster of its own on a master, a replica and three Sentinels
+    (tests.integration.sentinels); ``name`` migrates f1 -> f2, held at the pause
+    failpoint ``where`` while the master is killed with -9 and the Sentinels
+    promote the replica, then let go: it ends with its record, on one node."""
+    rs = RedisSet(base / "redis")
+    rs.start()
+    try:
+        env = {
+            **fault_env(rs.url, str(base / "failpoints")),
+            "FERRY_RESULT_BACKEND": rs.url,
+            "FERRY_REDIS_URL": "",
+        }
+        c = FaultCluster(base, env)
+        c.disarm()
+        with running(c, list(NODES)):
+            info = c.client.run("f1", [sys.executable, "-u", "-c", dirtying(memory_mb)], name=name)
+            wait_for(lambda: len(ticks(info["log"])) > 3)
+            c.arm(where)
+            mid = c.client.migrate(name, "f2", strategy=strategy).id
+            wait_for(lambda: c.held(mid, where), timeout=90)
+            rs.kill("master")
+            wait_for(lambda: rs.master_port() == rs.ports["replica"], timeout=60)
+            c.disarm()
+            c.release(mid, where)
+            wait_for(lambda: final(c, mid), timeout=180, every=0.5)
+            return outcome(c, name, info["log"], mid, EVIDENCE["sentinel"])
+    finally:
+        rs.stop()
+
+
+def final(c: FaultCluster, mid: str) -> bool:
+    """Whether ``mid``'s record is final; False while the state store fails over."""
+    try:
+        return c.client.status(mid).state.final
+    except (redis.RedisError, FerryError):
+        return False
+
+
 def check_same(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> None:
     assert before == after, f"a worker restarted during the flood: {before} -> {after}"
 
@@ -178,9 +223,12 @@ def main() -> int:
                 src, dst = ("f1", "f2") if i % 2 == 0 else ("f2", "f1")
                 name = f"soak-{i}"
                 t0 = time.monotonic()
+                memory_mb = rng.choice([8, 32])
                 try:
-                    result = one_round(
-                        c, rds, kind, strategy, where, name, src, dst, rng.choice([8, 32])
+                    result = (
+                        sentinel_round(base / f"sentinel-{i}", strategy, where, name, memory_mb)
+                        if kind == "sentinel"
+                        else one_round(c, rds, kind, strategy, where, name, src, dst, memory_mb)
                     )
                 except (AssertionError, TimeoutError) as exc:
                     failures += 1
@@ -203,7 +251,8 @@ def main() -> int:
                     flush=True,
                 )
                 try:
-                    c.client.kill(name)
+                    if kind != "sentinel":  # its cluster is gone, with its containers
+                        c.client.kill(name)
                 except FerryError as exc:  # lost: counted in the table already
                     print(f"    {name}: {exc}", flush=True)
     finally:
