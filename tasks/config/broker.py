@@ -73,6 +73,15 @@ def connect(settings: Settings, patient: bool = False) -> redis.Redis:
     )
 
 
+def broker_client(url: str) -> redis.Redis | None:
+    """A client for the broker's queues; None when the broker is not Redis (RabbitMQ)."""
+    if url.startswith("redis+socket://"):
+        return redis.Redis.from_url("unix://" + url.removeprefix("redis+socket://"))
+    if url.startswith(("redis://", "rediss://", "sentinel://")):
+        return client_for(url)  # redis-py reads rediss:// TLS options itself
+    return None
+
+
 def client_for(url: str, **options: Any) -> redis.Redis:
     """A redis-py client for ``url``: ``redis://``, ``rediss://``, ``unix://``, or
     ``sentinel://`` (tasks.core.endpoints.parse_sentinel): then a client of the

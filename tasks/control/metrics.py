@@ -41,7 +41,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from tasks.config.broker import client_for
+from tasks.config.broker import broker_client
 from tasks.config.settings import Settings
 from tasks.control.cluster import Cluster
 from tasks.core.migration import Migration, State
@@ -72,11 +72,13 @@ class FerryCollector(Collector):
         yield from self._nodes(nodes)
         if self.broker is not None:
             yield self._queues([n.name for n in nodes])
-            dead = CounterMetricFamily(
-                "ferry_queue_dead_letters", "Bad messages moved off ferry's queues, aside"
-            )
-            dead.add_metric([], float(str(self.broker.get(DEAD_COUNT) or 0)))
-            yield dead
+        dead = CounterMetricFamily(
+            "ferry_queue_dead_letters", "Bad messages moved off ferry's queues, aside"
+        )
+        # kept beside a Redis broker's queues; with RabbitMQ, in the state's Redis
+        where = self.ferry.store.r if self.broker is None else self.broker
+        dead.add_metric([], float(str(where.get(DEAD_COUNT) or 0)))
+        yield dead
         up = GaugeMetricFamily(
             "ferry_coordinator_up", "1 while the coordinator's heartbeat is fresh"
         )
@@ -214,15 +216,6 @@ def _histogram(
 def _le(bound: float) -> str:
     """A bucket bound as Prometheus writes it (1 -> "1.0")."""
     return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
-
-
-def broker_client(url: str) -> redis.Redis | None:
-    """A client for the broker's queues; None when the broker is not Redis (RabbitMQ)."""
-    if url.startswith("redis+socket://"):
-        return redis.Redis.from_url("unix://" + url.removeprefix("redis+socket://"))
-    if url.startswith(("redis://", "rediss://", "sentinel://")):
-        return client_for(url)  # redis-py reads rediss:// TLS options itself
-    return None
 
 
 def registry_for(settings: Settings) -> CollectorRegistry:

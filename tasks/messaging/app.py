@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 CONTROL_QUEUE = "ferry.control"
 EVACUATE_TICK = "ferry.control.evacuate_tick"
+DEAD_LETTERS_AT = "ferry_dead_letters_at"  # app.conf: (broker URL, state Redis URL)
 
 
 def node_queue(node: str, urgent: bool = False) -> str:
@@ -76,7 +77,10 @@ def make_app(settings: Settings) -> Celery:
         result_extended=True,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
+        # a message Celery cannot take as a task is set aside, not dropped
+        worker_consumer="tasks.messaging.consumer:GuardedConsumer",
     )
+    app.conf[DEAD_LETTERS_AT] = (broker, settings.redis_url)
     # Kombu and Celery read TLS options from a rediss:// URL themselves; Flower
     # reads only these settings (docs/security.md).
     app.conf.broker_use_ssl = ssl_options(settings.broker_url) or False

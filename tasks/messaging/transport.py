@@ -66,6 +66,37 @@ def envelope_problem(raw: bytes | str) -> str | None:
     return None
 
 
+def set_aside(r: redis.Redis, queue: bytes | str, item: bytes | str, why: str) -> None:
+    """Push a bad message from ``queue`` onto :data:`DEAD_LETTERS` with its raw bytes
+    and ``why``, count it in :data:`DEAD_COUNT`, log the first and every hundredth."""
+    raw = item if isinstance(item, bytes) else item.encode()
+    name = queue.decode(errors="replace") if isinstance(queue, bytes) else queue
+    entry = {
+        "queue": name,
+        "why": why,
+        "at": time.time(),
+        "raw_b64": base64.b64encode(raw[:65536]).decode(),
+        "bytes": len(raw),
+    }
+    try:
+        with r.pipeline() as pipe:
+            pipe.lpush(DEAD_LETTERS, json.dumps(entry))
+            pipe.ltrim(DEAD_LETTERS, 0, KEEP - 1)
+            pipe.incr(DEAD_COUNT)
+            n = pipe.execute()[-1]
+    except redis.RedisError as exc:  # Redis went away: the item is dropped, say so
+        log.warning("dropped a bad message from %s (%s): %s", name, why, exc)
+        return
+    if n == 1 or n % 100 == 0:
+        log.warning(
+            "moved a bad message from %s aside (%s; %d so far): see the %s list",
+            name,
+            why,
+            n,
+            DEAD_LETTERS,
+        )
+
+
 class GuardedRedis(redis.Redis):
     """The client of a guarded channel: moves bad BRPOP items aside."""
 
@@ -77,36 +108,8 @@ class GuardedRedis(redis.Redis):
         why = envelope_problem(item)
         if why is None:
             return reply
-        self._dead_letter(queue, item, why)
+        set_aside(self, queue, item, why)
         return None  # the channel sees an empty poll, and polls again
-
-    def _dead_letter(self, queue: bytes | str, item: bytes | str, why: str) -> None:
-        raw = item if isinstance(item, bytes) else item.encode()
-        name = queue.decode(errors="replace") if isinstance(queue, bytes) else queue
-        entry = {
-            "queue": name,
-            "why": why,
-            "at": time.time(),
-            "raw_b64": base64.b64encode(raw[:65536]).decode(),
-            "bytes": len(raw),
-        }
-        try:
-            with self.pipeline() as pipe:
-                pipe.lpush(DEAD_LETTERS, json.dumps(entry))
-                pipe.ltrim(DEAD_LETTERS, 0, KEEP - 1)
-                pipe.incr(DEAD_COUNT)
-                n = pipe.execute()[-1]
-        except redis.RedisError as exc:  # the broker went away: the item is dropped, say so
-            log.warning("dropped a bad message from %s (%s): %s", name, why, exc)
-            return
-        if n == 1 or n % 100 == 0:
-            log.warning(
-                "moved a bad message from %s aside (%s; %d so far): see the %s list",
-                name,
-                why,
-                n,
-                DEAD_LETTERS,
-            )
 
 
 class _Guarded:

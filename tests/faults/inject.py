@@ -6,7 +6,9 @@ Each takes a FaultCluster (tests.faults.cluster) and a migration in flight;
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,12 +17,14 @@ from typing import Any
 
 import pytest
 
+from tasks.api.localcluster import ROOT
 from tasks.core.migration import Migration
 from tasks.messaging import auth
 from tasks.messaging.app import node_queue
 from tasks.messaging.transport import DEAD_COUNT
 from tests.faults.cluster import WORKER_DIED, FaultCluster, PrivateRedis, said
 from tests.integration.helpers import wait_for
+from workers.dataplane.gate import GateLimits
 from workers.errors import BadRequest
 
 CAP_BPS = 16e6  # slow enough (about 1.3 s for a 16 MiB container's images) to cut half-way
@@ -41,10 +45,14 @@ BAD = (
 )
 
 EVIDENCE: dict[str, Callable[[Migration], bool]] = {
-    # a flood and a replay leave the record alone: their rounds check the dead
-    # letters and the refusal themselves (garbage_flood, replay_refused)
+    # a flood, a replay and a slowloris leave the record alone: their rounds check
+    # the dead letters, the refusal and the cut connections themselves
+    # (garbage_flood, replay_refused, slowloris_at)
     "garbage": lambda _m: True,
     "replay": lambda _m: True,
+    "slowloris": lambda _m: True,
+    # the failover need not show in the record: its round checks the promotion
+    "sentinel": lambda _m: True,
     "kill": WORKER_DIED,
     "redis": said("(Redis) restarted"),
     "drop": lambda m: resumed(m) or said("Broken pipe", "reset", "timed out")(m),
@@ -132,6 +140,24 @@ def garbage_flood(r: Any, queues: Sequence[str], every_s: float = 0.05) -> Itera
         stop.set()
         t.join(10)
     wait_for(lambda: int(r.get(DEAD_COUNT) or 0) - start >= pushed[0], timeout=30)
+
+
+@contextmanager
+def slowloris_at(c: FaultCluster, node: str, seconds: float = 15.0) -> Iterator[None]:
+    """200 connections trickling at ``node``'s data-plane listener
+    (tests/integration/slowloris.py) from 2 s before the block for ``seconds``;
+    then check the listener cut them, each within its token deadline."""
+    host, port = c.client.node(node).address.rsplit(":", 1)
+    argv = [sys.executable, "-m", "tests.integration.slowloris", host, port, str(seconds)]
+    attack = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=ROOT)
+    time.sleep(2.0)  # every attacking connection is open and trickling
+    try:
+        yield
+    finally:
+        out, _ = attack.communicate(timeout=seconds + 30)
+    lifetimes = json.loads(out)["lifetimes"]
+    assert lifetimes, "the listener cut no trickling connection"
+    assert max(lifetimes) <= GateLimits().deadline_s + 1.0, max(lifetimes)
 
 
 def captured_kill(c: FaultCluster, node: str, name: str) -> tuple[Any, ...]:

@@ -8,7 +8,11 @@ restarted (kill -9, on its append-only file) while a phase runs, the
 data-plane connection reset mid-transfer, a corrupted block, the
 destination's disk full, a flood of undecodable messages on every node queue
 (each must be moved aside, no worker restarted), a captured signed kill of
-the container's name replayed to its node mid-migration (refused). Then it checks what tests/faults checks: exactly
+the container's name replayed to its node mid-migration (refused), a
+slowloris on the destination's data-plane listener (the migration finishes,
+every trickling connection is cut by the token deadline), the Redis
+master killed -9 under a cluster of its own on a master, a replica and three
+Sentinels (the replica promoted). Then it checks what tests/faults checks: exactly
 one copy runs, its counter went on, no image dir is left, the record is
 final with the fault in it. Prints the table at the end; exits 1 unless
 lost, duplicated and unfinished are all 0. The cluster runs on a Redis of
@@ -26,6 +30,8 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+
+import redis
 
 from tasks.api.demo import criu_usable
 from tasks.messaging.app import node_queue
@@ -50,9 +56,11 @@ from tests.faults.inject import (
     garbage_flood,
     replay_refused,
     restart_redis_in,
+    slowloris_at,
 )
 from tests.faults.tally import TALLY
 from tests.integration.helpers import dirtying, ticks, wait_for
+from tests.integration.sentinels import RedisSet
 from workers.errors import FerryError
 
 # (kind, strategy, where): every fault the soak draws from
@@ -65,6 +73,8 @@ FAULTS = (
     + [("redis", s, p) for s, points in REDIS.items() for p in points]
     + [("garbage", s, "node queues") for s in ("cold", "delta", "postcopy")]
     + [("replay", s, "kill") for s in ("cold", "delta")]
+    + [("slowloris", s, "data plane") for s in ("cold", "delta", "postcopy")]
+    + [("sentinel", s, points[1]) for s, points in REDIS.items()]
     + [
         ("drop", "cold", "transfer"),
         ("drop", "delta", "precopy"),
@@ -104,6 +114,8 @@ def one_round(
             undo.enter_context(garbage_flood(c.client.store.r, queues))
             workers = {n: c.client.node(n).workers for n in NODES}  # none may restart
             undo.callback(lambda: check_same(workers, {n: c.client.node(n).workers for n in NODES}))
+        if kind == "slowloris":
+            undo.enter_context(slowloris_at(c, dst))
         # the pages cross in the dump (streamed) or as files
         streamed = {"page_server": "on" if where in ("dump", "streamed") else "off"}
         extra = (
@@ -121,7 +133,49 @@ def one_round(
         elif kill is not None:
             replay_refused(c, src, handle.id, kill)
         handle.wait(timeout=180)
-        return outcome(c, name, info["log"], handle.id, EVIDENCE[kind])
+        result = outcome(c, name, info["log"], handle.id, EVIDENCE[kind])
+        # nothing failed but the attack: the migration must get through it
+        assert kind != "slowloris" or result == "done", c.client.status(handle.id).errors
+        return result
+
+
+def sentinel_round(base: Path, strategy: str, where: str, name: str, memory_mb: int) -> str:
+    """A cluster of its own on a master, a replica and three Sentinels
+    (tests.integration.sentinels); ``name`` migrates f1 -> f2, held at the pause
+    failpoint ``where`` while the master is killed with -9 and the Sentinels
+    promote the replica, then let go: it ends with its record, on one node."""
+    rs = RedisSet(base / "redis")
+    rs.start()
+    try:
+        env = {
+            **fault_env(rs.url, str(base / "failpoints")),
+            "FERRY_RESULT_BACKEND": rs.url,
+            "FERRY_REDIS_URL": "",
+        }
+        c = FaultCluster(base, env)
+        c.disarm()
+        with running(c, list(NODES)):
+            info = c.client.run("f1", [sys.executable, "-u", "-c", dirtying(memory_mb)], name=name)
+            wait_for(lambda: len(ticks(info["log"])) > 3)
+            c.arm(where)
+            mid = c.client.migrate(name, "f2", strategy=strategy).id
+            wait_for(lambda: c.held(mid, where), timeout=90)
+            rs.kill("master")
+            wait_for(lambda: rs.master_port() == rs.ports["replica"], timeout=60)
+            c.disarm()
+            c.release(mid, where)
+            wait_for(lambda: final(c, mid), timeout=180, every=0.5)
+            return outcome(c, name, info["log"], mid, EVIDENCE["sentinel"])
+    finally:
+        rs.stop()
+
+
+def final(c: FaultCluster, mid: str) -> bool:
+    """Whether ``mid``'s record is final; False while the state store fails over."""
+    try:
+        return c.client.status(mid).state.final
+    except (redis.RedisError, FerryError):
+        return False
 
 
 def check_same(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> None:
@@ -169,9 +223,12 @@ def main() -> int:
                 src, dst = ("f1", "f2") if i % 2 == 0 else ("f2", "f1")
                 name = f"soak-{i}"
                 t0 = time.monotonic()
+                memory_mb = rng.choice([8, 32])
                 try:
-                    result = one_round(
-                        c, rds, kind, strategy, where, name, src, dst, rng.choice([8, 32])
+                    result = (
+                        sentinel_round(base / f"sentinel-{i}", strategy, where, name, memory_mb)
+                        if kind == "sentinel"
+                        else one_round(c, rds, kind, strategy, where, name, src, dst, memory_mb)
                     )
                 except (AssertionError, TimeoutError) as exc:
                     failures += 1
@@ -194,7 +251,8 @@ def main() -> int:
                     flush=True,
                 )
                 try:
-                    c.client.kill(name)
+                    if kind != "sentinel":  # its cluster is gone, with its containers
+                        c.client.kill(name)
                 except FerryError as exc:  # lost: counted in the table already
                     print(f"    {name}: {exc}", flush=True)
     finally:

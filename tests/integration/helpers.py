@@ -6,6 +6,8 @@ import socket
 import time
 from pathlib import Path
 
+from workers import procs
+
 COUNTER = (
     "import time\ni = 0\nwhile True:\n    print('tick', i, flush=True)\n"
     "    i += 1\n    time.sleep(0.05)\n"
@@ -94,3 +96,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def celery_workers(cluster, node: str) -> set[int]:  # type: ignore[no-untyped-def]
+    """The node's Celery worker processes (its containers are its children too)."""
+    out = set()
+    for pid in procs.tree(cluster.procs[node].pid)[1:]:
+        try:
+            if b"tasks.node.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.add(pid)
+        except OSError:
+            continue
+    return out

@@ -6,28 +6,14 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from tasks.messaging.transport import DEAD_COUNT, DEAD_LETTERS
 from tests.faults.inject import BAD
-from tests.integration.helpers import assert_went_on, ticks, wait_for
-from workers import procs
+from tests.integration.helpers import assert_went_on, celery_workers, ticks, wait_for
 
 pytestmark = pytest.mark.criu
-
-
-def celery_workers(cluster, node: str) -> set[int]:  # type: ignore[no-untyped-def]
-    """The node's Celery worker processes (its containers are its children too)."""
-    out = set()
-    for pid in procs.tree(cluster.procs[node].pid)[1:]:
-        try:
-            if b"tasks.node.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                out.add(pid)
-        except OSError:
-            continue
-    return out
 
 
 def test_a_garbage_flood_is_moved_aside_and_the_migration_goes_on(cluster) -> None:

@@ -1,4 +1,5 @@
-"""RabbitMQ as the broker: a real cold migration (real CRIU, real workers).
+"""RabbitMQ as the broker: a real cold migration (real CRIU, real workers), and
+one through a flood of bad messages on the node queues.
 
 Celery's messages go through RabbitMQ; the migration records, the node
 registry and the task results stay in Redis (FERRY_REDIS_URL and
@@ -7,10 +8,12 @@ FERRY_RESULT_BACKEND), on a database of this module's own.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import amqp
@@ -21,12 +24,23 @@ from kombu.exceptions import OperationalError
 
 from tasks.api.localcluster import LocalCluster
 from tasks.config.broker import ensure_embedded, stop_embedded
+from tasks.messaging.transport import DEAD_COUNT, DEAD_LETTERS
 from tests.conftest import cluster_env, criu_works, need
-from tests.integration.helpers import COUNTER, assert_went_on, ticks, wait_for
+from tests.integration.helpers import COUNTER, assert_went_on, celery_workers, ticks, wait_for
 from workers import procs
 
 pytestmark = pytest.mark.criu
 AMQP_URL = os.environ.get("FERRY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+# (body, content type, headers) that Celery cannot take as a task: it acked the
+# first three (CRITICAL, gone), rejected the fourth (gone), and the last raised
+# out of the worker's loop (a task message without an id)
+AMQP_BAD: tuple[tuple[bytes, str | None, dict[str, str] | None], ...] = (
+    (b"garbage", None, None),
+    (b"garbage", "application/json", None),
+    (b"\x80\x04K\x01.", "application/x-python-serialize", None),
+    (b"[[], {}, {}]", "application/json", {"task": "ferry.node.nope", "id": "bad-1"}),
+    (b"[[], {}, {}]", "application/json", {"task": "ferry.node.prepare"}),
+)
 
 
 def rabbitmq_answers(url: str) -> tuple[bool, str]:
@@ -96,3 +110,48 @@ def test_a_cold_migration_over_rabbitmq(rabbit: tuple[LocalCluster, list[str]]) 
     assert procs.alive(m.results["verify"]["pid"])
     assert m.results["transfer"]["bytes"] > 0
     client.kill("rabbitcount")
+
+
+def test_a_flood_of_bad_messages_is_set_aside_and_the_migration_goes_on(
+    rabbit: tuple[LocalCluster, list[str]],
+) -> None:
+    cluster, nodes = rabbit
+    client, r = cluster.client, cluster.client.store.r
+    workers = {n: celery_workers(cluster, n) for n in nodes}
+    assert all(len(w) == 2 for w in workers.values())  # main and urgent
+    queues = [q for n in nodes for q in (f"node.{n}", f"node.{n}.urgent")]
+    start, stop, pushed = int(r.get(DEAD_COUNT) or 0), threading.Event(), [0]
+
+    def flood() -> None:
+        with kombu.Connection(AMQP_URL) as conn:
+            ch = conn.default_channel
+            while not stop.is_set():
+                for q in queues:
+                    body, ctype, headers = AMQP_BAD[pushed[0] % len(AMQP_BAD)]
+                    msg = ch.prepare_message(body, content_type=ctype, headers=headers)
+                    ch.basic_publish(msg, exchange="", routing_key=q)
+                    pushed[0] += 1
+                stop.wait(0.05)
+
+    info = client.run(nodes[0], [sys.executable, "-u", "-c", COUNTER], name="rabbitflood")
+    wait_for(lambda: len(ticks(info["log"])) > 3)
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    try:
+        for to in (nodes[1], nodes[0]):
+            m = client.migrate("rabbitflood", to, strategy="cold").wait(timeout=180)
+            assert m.state.value == "done", m.errors
+    finally:
+        stop.set()
+        t.join(10)
+    before = max(ticks(info["log"]))
+    wait_for(lambda: max(ticks(info["log"])) > before + 3)
+    assert_went_on(ticks(info["log"]), before)
+    assert pushed[0] >= 2 * len(AMQP_BAD)
+    wait_for(lambda: int(r.get(DEAD_COUNT) or 0) - start >= pushed[0], timeout=30)
+    # no Celery worker of either node died or was restarted
+    assert {n: celery_workers(cluster, n) for n in nodes} == workers
+    entries = [json.loads(e) for e in r.lrange(DEAD_LETTERS, 0, pushed[0] - 1)]
+    assert {e["queue"] for e in entries} == set(queues)
+    assert all(e["why"] and e["raw_b64"] for e in entries)
+    client.kill("rabbitflood")
