@@ -103,9 +103,9 @@ def test_flower_shows_each_phase_and_a_running_transfer_s_progress(
     client = c.client
     client.run("f1", ["counter"], name="flowerweb", labels={"sim.memory": str(1 << 20)})
     wait_for(lambda: any(k["name"] == "flowerweb" for k in client.containers()))
-    # 1 MiB of sim memory (its images) at 200 kB/s: the transfer runs for about 5 s, long
-    # enough to look at
-    m = client.migrate("flowerweb", "f2", strategy="cold", bandwidth_bps=200e3)
+    # 1 MiB of sim memory (its images) at 100 kB/s: the transfer runs for about 10 s, long
+    # enough to look at, even when a loaded machine slows the browser down
+    m = client.migrate("flowerweb", "f2", strategy="cold", bandwidth_bps=100e3)
     shots = Path(os.environ.get("FERRY_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:

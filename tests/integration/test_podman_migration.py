@@ -73,6 +73,11 @@ def pm(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[dic
                 p.call("container", "rm", "--force", name)
 
 
+def ours(c: LocalCluster) -> list[dict[str, Any]]:
+    """The containers on this module's nodes (other modules' nodes may share the registry)."""
+    return [k for k in c.client.containers() if k["node"] in NODES]
+
+
 def run_counter(pod: Podman, name: str, *extra: str) -> None:
     pod.ok(
         "run", "--detach", "--name", name, *podman_run_args(), "--memory", str(LIMIT), *extra,
@@ -126,12 +131,12 @@ def test_adopted_counter_moves_cold_and_delta_and_stays_podmans(pm, tmp_path) ->
         assert pods[here].inspect("pc") is None  # removed, not just stopped
         pid = int(pods[there].inspect("pc")["State"]["Pid"])  # type: ignore[index]
         assert cgroup_memory_limit(pid) == LIMIT
-        ours = [(k["node"], k["state"], k["runtime"]) for k in c.client.containers()]
-        assert ours == [(there, "running", "oci")]
+        held = [(k["node"], k["state"], k["runtime"]) for k in ours(c)]
+        assert held == [(there, "running", "oci")]
         here = there
     got = cli(c, "release", "pc")
     assert got.exit_code == 0, got.output
-    assert c.client.containers() == []
+    assert ours(c) == []
     assert [p["Names"] for p in listed(pods["p1"])] == [["pc"]]  # Podman's alone, running on
     pods["p1"].remove("pc")
 
@@ -142,7 +147,7 @@ def test_an_evacuation_moves_a_runc_and_a_podman_container_together(pm, tmp_path
     got = cli(c, "run", "--node", "p1", "--name", "rc", "--rootfs", str(rootfs), "--memory",
               "256M", "--", "/usr/bin/python3", "-S", "-u", "-c", COUNTER)  # fmt: skip
     assert got.exit_code == 0, got.output
-    rc_log = next(k["log"] for k in c.client.containers() if k["name"] == "rc")
+    rc_log = next(k["log"] for k in ours(c) if k["name"] == "rc")
     run_counter(pods["p1"], "pe")
     pe_log = tmp_path / "pe.log"
     wait_for(lambda: len(logged(pods["p1"], "pe", pe_log)) > 10 and len(ticks(rc_log)) > 10, 30)
@@ -150,7 +155,7 @@ def test_an_evacuation_moves_a_runc_and_a_podman_container_together(pm, tmp_path
     try:
         rep = c.client.evacuate("p1", to=["p2"]).wait(timeout=300)
         assert rep["counts"]["moved"] == 2, rep
-        where = {k["name"]: (k["node"], k["state"]) for k in c.client.containers()}
+        where = {k["name"]: (k["node"], k["state"]) for k in ours(c)}
         assert where == {"rc": ("p2", "running"), "pe": ("p2", "running")}
         for now in (lambda: ticks(rc_log), lambda: logged(pods["p2"], "pe", pe_log)):
             before = max(now())
@@ -185,7 +190,7 @@ def test_a_worker_killed_mid_move_leaves_one_copy_and_podman_agrees(pm, tmp_path
         other = "p1" if holder == "p2" else "p2"
 
         def where() -> list[tuple[str, str]]:
-            return [(k["node"], k["state"]) for k in c.client.containers() if k["name"] == name]
+            return [(k["node"], k["state"]) for k in ours(c) if k["name"] == name]
 
         wait_for(lambda: where() == [(holder, "running")], timeout=10)
         assert [p["Names"] for p in listed(pods[holder])] == [[name]]
@@ -216,7 +221,7 @@ def test_what_cannot_be_checkpointed_is_refused_at_adopt(pm, extra, why) -> None
         got = cli(c, "adopt", "--node", "p1", "podman:bad")
         assert got.exit_code != 0
         assert why in got.output and len(got.output.strip().splitlines()) == 1, got.output
-        assert c.client.containers() == []
+        assert ours(c) == []
         assert pod.inspect("bad")["State"]["Running"]  # type: ignore[index]
     finally:
         pod.remove("bad")
