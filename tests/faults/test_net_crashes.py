@@ -6,8 +6,10 @@ its own address; a client on the host holds ONE connection and sends a
 numbered line every 10 ms. A worker SIGKILLs itself between the source's dump
 (the connections in repair mode behind CRIU's network lock, the address off
 the bridge) and the destination's restore: the source's at the dump and at
-either side of the transfer, then the destination's before the restore. Each
-migration ends DONE or ROLLED_BACK; either way one copy runs, the connection
+either side of the transfer, then the destination's before the restore; and
+the same kills with the migration cancelled while the worker is down, so the
+source's copy comes back from its images. Each migration ends DONE or
+ROLLED_BACK; either way one copy runs, the connection
 was never reset, every line was answered once and in order, and the address
 is on the bridge from exactly one node.
 """
@@ -29,12 +31,15 @@ from tests.faults.conftest import fault_env
 from tests.faults.tally import TALLY
 from tests.integration.helpers import wait_for
 from tests.tcpecho import SERVER, EchoClient
+from workers import failpoints
 from workers.runtimes.netns import NetIdentity
 
 pytestmark = pytest.mark.criu
 
 # the source's worker (f1) at the dump and around the transfer, then the destination's (f2)
 LOCKED = ["dump:kill-after", "transfer:kill-before", "transfer:kill-after", "restore:kill-before"]
+# the same kills, the migration cancelled while the worker is down: the source's copy resumes
+ROLLBACK = ["dump:kill-after", "restore:kill-before"]
 
 
 def _ip(*args: str) -> str:
@@ -87,12 +92,14 @@ def _connect(address: str) -> EchoClient | None:
         return None
 
 
-@pytest.mark.parametrize("point", LOCKED)
+@pytest.mark.parametrize(
+    "point,cancel", [(p, False) for p in LOCKED] + [(p, True) for p in ROLLBACK]
+)
 def test_a_worker_killed_while_the_network_is_locked_keeps_the_connection(
-    netfaults: tuple[FaultCluster, str], point: str
+    netfaults: tuple[FaultCluster, str], point: str, cancel: bool
 ) -> None:
     c, subnet = netfaults
-    name, net = f"nf-{point.replace(':', '-')}", f"{subnet}.50/24"
+    name, net = f"nf-{point.replace(':', '-')}{'-cancel' if cancel else ''}", f"{subnet}.50/24"
     c.client.run("f1", [sys.executable, "-c", SERVER], name=name, net=net)
     client = wait_for(lambda: _connect(f"{subnet}.50"), timeout=20).start()
     try:
@@ -100,11 +107,16 @@ def test_a_worker_killed_while_the_network_is_locked_keeps_the_connection(
         c.arm(point)
         try:
             handle = c.client.migrate(name, "f2", strategy="cold")
+            if cancel:  # while the worker is dead: the source restores when it is back
+                wait_for(lambda: failpoints.mark(c.control, handle.id, point).exists(), timeout=60)
+                c.client.cancel(handle.id)
             m = handle.wait(timeout=120)
         finally:
             c.disarm()
         TALLY["faults tried"] += 1
-        assert m.state.value in ("done", "rolled_back"), (m.state, m.errors)
+        assert (
+            m.state.value == "rolled_back" if cancel else m.state.value in ("done", "rolled_back")
+        ), (m.state, m.errors)
         TALLY[m.state.value.replace("_", " ")] += 1
         home = "f2" if m.state.value == "done" else "f1"
         wait_for(lambda: len(c.copies(name)) == 1, timeout=10)
@@ -113,12 +125,12 @@ def test_a_worker_killed_while_the_network_is_locked_keeps_the_connection(
         assert on_bridge(c, name, net) == [home]
         here = [k for k in c.client.containers() if k["name"] == name and k["state"] != "exited"]
         assert [k["node"] for k in here] == [home]
-        wait_for(lambda: WORKER_DIED(c.client.status(handle.id)), timeout=10)
+        wait_for(lambda: WORKER_DIED(c.client.status(handle.id)) or cancel, timeout=10)
         wait_for(lambda: not c.leftovers(handle.id), timeout=10)
     finally:
         got = client.stop()
     print(
-        f"{point:22} -> {m.state.value}: {len(got.answers)} answers, "
+        f"{point:22} {'cancelled' if cancel else '':9} -> {m.state.value}: {len(got.answers)} answers, "
         f"longest stall {got.longest_s * 1000:.0f} ms"
     )
     assert not got.error, f"the connection broke: {got.error}"
