@@ -58,10 +58,14 @@ class Catcher:
         try:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
             sock.settimeout(0.05)
+        except OSError:
+            return False
+        try:  # catching before the LAN is told: nothing sent here is missed
             with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as out:
                 out.bind((self.bridge, 0))
                 out.send(arp_announcement(self.iface))
         except OSError:
+            sock.close()
             return False
         self._sock = sock
         self._thread = threading.Thread(target=self._catch, daemon=True, name="net-catch")
