@@ -4,7 +4,8 @@ Every node's eth0 is a port of a bridge ``br0`` inside the node (FERRY_BRIDGE);
 an echo server runs in a container with its own address 10.77.0.50/24 on it;
 the client on the host (another namespace on the testbed's bridge) holds ONE
 connection and sends a numbered line every 10 ms. The container moves
-node1 -> node2 cold, then node2 -> node1 with delta: the connection stays open,
+node1 -> node2 cold, node2 -> node1 with delta, then back with precopy (the
+uffd-wp tracker's passes run while it serves): the connection stays open,
 every line is answered once and in order, and the client's longest stall is
 printed beside the pause ferry reported (``pytest -s``).
 """
@@ -54,18 +55,22 @@ def _connect() -> EchoClient | None:
         return None
 
 
-def test_the_connection_survives_cold_and_delta_moves(bridged: NetCluster) -> None:
+def test_the_connection_survives_cold_delta_and_precopy_moves(bridged: NetCluster) -> None:
     ferry = bridged.client
     ferry.run("node1", [sys.executable, "-c", SERVER], name="echo", net=f"{ADDRESS}/24")
     client = wait_for(_connect, timeout=20).start()
     reported = []
     try:
         wait_for(lambda: client.answered() > 50)
-        for to, strategy in (("node2", "cold"), ("node1", "delta")):
+        for to, strategy in (("node2", "cold"), ("node1", "delta"), ("node2", "precopy")):
             m = ferry.migrate("echo", to, strategy=strategy).wait(timeout=120)
             assert m.state.value == "done", m.errors
+            assert m.strategy.value == strategy and not m.fallbacks, m.path  # as asked
             pause = longest(m.pauses)
-            reported.append((strategy, pause.ms if pause else 0.0))
+            tracker = m.results.get("precopy", {}).get("tracker")
+            reported.append(
+                (f"{strategy} ({tracker})" if tracker else strategy, pause.ms if pause else 0.0)
+            )
             seen = client.answered()
             wait_for(lambda s=seen: client.answered() > s + 50, timeout=30)  # type: ignore[misc]
             here = [c for c in ferry.containers() if c["name"] == "echo" and c["state"] != "exited"]

@@ -26,7 +26,6 @@ import os
 import re
 import signal
 import socket
-import struct
 import subprocess
 import threading
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ from workers import procs
 from workers.criu.adapter import Criu
 from workers.errors import CapabilityError, PermanentError
 from workers.records import RestoreStats
+from workers.runtimes.netcatch import Catcher, arp_announcement
 
 CLONE_NEWNET = 0x40000000
 INSIDE = "eth0"  # the container's interface
@@ -240,16 +240,20 @@ def restore_into(criu: Criu, images: Path, identity: NetIdentity) -> RestoreStat
     timeout, a second."""
     identity.create()
     identity.seed(images)
+    catch = Catcher(identity.iface, identity.bridge)  # what the peers send meanwhile
     fd = identity.open()
     try:
+        catch.start()
         stats = criu.restore(images, net_fd=fd, extra=("--leave-stopped",))
         identity.announce()
     except BaseException:
+        catch.stop()
         identity.remove()
         raise
     finally:
         os.close(fd)
     procs.signal_tree(stats.pid, signal.SIGCONT)
+    catch.hand_in(identity.veth)
     return stats
 
 
@@ -272,10 +276,7 @@ def _garp_inside(path: Path, iface: IPv4Interface, count: int, errors: list[Base
                 raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         finally:
             os.close(fd)
-        hw = bytes.fromhex(mac(iface).replace(":", ""))
-        ip = iface.ip.packed
-        frame = b"\xff" * 6 + hw + struct.pack("!H", 0x0806)  # broadcast, ARP
-        frame += struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + hw + ip + b"\x00" * 6 + ip
+        frame = arp_announcement(iface)
         with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
             sock.bind((INSIDE, 0))
             for _ in range(count):
