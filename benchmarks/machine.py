@@ -80,3 +80,17 @@ def kill_all(client: Ferry) -> None:
                 subprocess.run(["kill", "-9", str(c["pid"])], capture_output=True, check=False)
     except (FerryError, redis.RedisError) as exc:  # the cluster is going down anyway
         print(f"warning: could not list containers to kill them: {exc}", file=sys.stderr)
+
+
+def ms(v: float | None) -> str:
+    """A table cell of milliseconds; ``-`` for none."""
+    return "-" if v is None else f"{v:.0f} ms"
+
+
+def footer(doc: dict[str, Any], runs: int) -> str:
+    """The line under a table: the machine, the commit, how many runs, how long."""
+    m = doc["machine"]
+    return (
+        f"\n{m['cpus']} CPUs ({m['cpu']}), CRIU {m['criu']}, commit {m['commit']}; "
+        f"medians of {runs} runs; {doc['elapsed_s']} s"
+    )

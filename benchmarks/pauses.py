@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cold import loopback_cluster, testbed_cluster
-from benchmarks.machine import machine
+from benchmarks.machine import footer, machine, ms
 from tasks.api.client import Ferry
 from tasks.core.summary import summary
 
@@ -280,22 +280,14 @@ def markdown(doc: dict[str, Any]) -> str:
         if r["strategy"] == "auto" and best.get(cell(r)) and rep is not None:
             ran += f" ({rep / best[cell(r)]:.2f}x the best)"
         out.append(
-            f"| {cell(r)[0]} | {r['size_mib']} | {r['strategy']} | {ran} | {_ms(rep)} | {_ms(felt)} | "
-            f"{'yes' if pause_ok else 'no'} | {_ms(r['paused_total_ms'])} | "
-            f"{_ms(r['degraded_ms'])} | {_mib(r['bytes'])} | {_mib(r['wire_bytes'])} | "
+            f"| {cell(r)[0]} | {r['size_mib']} | {r['strategy']} | {ran} | {ms(rep)} | {ms(felt)} | "
+            f"{'yes' if pause_ok else 'no'} | {ms(r['paused_total_ms'])} | "
+            f"{ms(r['degraded_ms'])} | {_mib(r['bytes'])} | {_mib(r['wire_bytes'])} | "
             f"{'-' if ratio is None else ('yes' if abs(ratio - 1) <= 0.02 else 'no')} "
             f"({'-' if ratio is None else f'{ratio:.3f}'}) |"
         )
-    m = doc["machine"]
-    out.append(
-        f"\n{m['cpus']} CPUs ({m['cpu']}), CRIU {m['criu']}, commit {m['commit']}; "
-        f"medians of {rows[0]['runs'] if rows else 0} runs; {doc['elapsed_s']} s"
-    )
+    out.append(footer(doc, rows[0]["runs"] if rows else 0))
     return "\n".join(out)
-
-
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0f} ms"
 
 
 def _mib(v: float | None) -> str:

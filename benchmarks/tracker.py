@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cold import testbed_cluster
-from benchmarks.machine import kill_all, machine
+from benchmarks.machine import footer, kill_all, machine, ms
 from benchmarks.pauses import felt_ms, ticks_in
 from tasks.api.client import Ferry
 from tasks.api.localcluster import LocalCluster
@@ -299,21 +299,13 @@ def markdown(doc: dict[str, Any]) -> str:
         name = r["strategy"] + (f" ({', '.join(r['tracker'])})" if r["tracker"] else "")
         out.append(
             f"| {r.get('link', 'loopback')} | {r['size_mib']} | {r['rate']:g} | {name} | "
-            + " | ".join(_ms(r[k]) for k in KEYS[:9])
+            + " | ".join(ms(r[k]) for k in KEYS[:9])
             + f" | {_mib(r['worker_extra_mib'])} | {_bytes(r['bytes'])} | {ratio} | "
             + ("-" if r.get("load") is None else f"{r['load']:.1f}")
             + " |"
         )
-    m = doc["machine"]
-    out.append(
-        f"\n{m['cpus']} CPUs ({m['cpu']}), CRIU {m['criu']}, commit {m['commit']}; medians of "
-        f"{rows[0]['runs'] if rows else 0} runs; {doc['elapsed_s']} s"
-    )
+    out.append(footer(doc, rows[0]["runs"] if rows else 0))
     return "\n".join(out)
-
-
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0f} ms"
 
 
 def _mib(v: float | None) -> str:
