@@ -118,7 +118,7 @@ class OciRuntime:
     def _info(self, e: OciEntry) -> ContainerInfo:
         status, pid = self._status(e)
         state = {"running": "running", "paused": "frozen"}.get(status, "exited")
-        if status in ("gone", "exited") and e.state == "frozen":
+        if e.state == "frozen":  # gone after a dump, or seized by a lazy one (runc: running)
             state = "frozen"
         return ContainerInfo(
             name=e.name,
