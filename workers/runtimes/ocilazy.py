@@ -2,12 +2,13 @@
 
 The source runs ``runc checkpoint --lazy-pages --page-server ADDR:PORT
 --status-fd FD``: its CRIU freezes the container, dumps all but its pages and
-writes one byte to FD when its page server waits on PORT (CRIU's lazy page
-server listens on every address of the node: runc's ADDR is not passed on).
-The destination starts ``criu lazy-pages`` against that server and ``runc
-restore --lazy-pages``: the container runs at once and each page it touches
-comes over the network. When the last page has gone the source's dump ends
-and runc removes the container there. The probe is the criu runtime's (CRIU's
+writes one byte to FD when its page server waits on PORT. That server listens
+on every address of the node: CRIU 4.1's RPC (cr-service.c) drops the address
+runc passes when lazy pages are on. The destination starts ``criu
+lazy-pages`` against that server and ``runc restore --lazy-pages``: the
+container runs at once and each page it touches comes over the network. When
+the last page has gone the source's dump ends and runc removes the container
+there. The probe is the criu runtime's (CRIU's
 own lazy round trip on this kernel); runc adds nothing it needs.
 """
 
