@@ -9,7 +9,7 @@ and its libraries) running benchmarks/pauses.py's workload: SIZE MiB of random
 bytes, 1 % of its pages rewritten and ``time.time()`` printed every 10 ms, so
 its longest silence less its median tick is the pause it felt. On loopback:
 
-- ``ferry cold`` / ``ferry delta``: two ferry nodes (FERRY_RUNTIME=oci) on this
+- ``ferry cold`` / ``ferry delta`` / ``ferry postcopy``: two ferry nodes (FERRY_RUNTIME=oci) on this
   host, through the real coordinator and workers; ferry's own parts of the
   final pause (tasks.core.summary.final_pause) beside it.
 - ``runc``: ``runc checkpoint`` on one runc root, the image directory copied,
@@ -69,7 +69,7 @@ from workers.errors import FerryError
 from workers.runtimes.ocibundle import config, write_bundle
 from workers.runtimes.podmancli import Podman
 
-SYSTEMS = ("runc", "podman", "ferry-cold", "ferry-delta", "ferry-podman")
+SYSTEMS = ("runc", "podman", "ferry-cold", "ferry-delta", "ferry-postcopy", "ferry-podman")
 PARTS = ("dump_ms", "copy_ms", "restore_ms", "overhead_ms")
 KEEPER = [sys.executable, "-S", "-m", "workers.runtimes.ocistdio"]  # as the oci runtime runs it
 Sample = dict[str, Any]
@@ -311,7 +311,7 @@ def setup(
         extra = {"FERRY_RUNTIME": "oci", "FERRY_PODMAN_STORE": str(COMMON)}
         cluster = stack.enter_context(local_cluster(base, extra, node_stores(base, list(NODES))))
         pods = [NodePodman(store=COMMON, pid=cluster.procs[n].pid) for n in NODES]
-        for strategy in ("cold", "delta"):
+        for strategy in ("cold", "delta", "postcopy"):
             if f"ferry-{strategy}" in systems:
                 movers[f"ferry-{strategy}"] = lambda size, runs, s=strategy: run_ferry(
                     cluster.client, rootfs, size, s, runs

@@ -37,6 +37,7 @@ from workers.errors import BadRequest, CapabilityError, UnknownContainer
 # CRIU's lazy pages do not carry its connections yet.
 NET_PAGES = "it has its own address: a rollback restores it from the pages on the source"
 NET_NOT_LAZY = "it has its own address (--net): post-copy cannot carry its connections yet"
+PODMAN_NOT_LAZY = "it is a Podman container: Podman 4.3's checkpoint has no lazy pages"
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,12 @@ def admit(req: MigrationRequest, src: NodeRecord, dst: NodeRecord, defaults: Def
     net = held.net
     if net:  # the destination must carry its address; post-copy cannot move its connections
         check_carry(NodeNet.of(dst), parse(net))
+    not_lazy = NET_NOT_LAZY if net else ""
+    if held.labels.get("oci.engine") == "podman":  # it moves through Podman's own checkpoint
+        not_lazy = PODMAN_NOT_LAZY
+    if not_lazy:
         src_caps, dst_caps = (
-            replace(c, lazy_pages=False, lazy_pages_reason=NET_NOT_LAZY)
-            for c in (src_caps, dst_caps)
+            replace(c, lazy_pages=False, lazy_pages_reason=not_lazy) for c in (src_caps, dst_caps)
         )
     cap = req.bandwidth_bps
     if cap is not None and not 0 < cap < math.inf:  # NaN too

@@ -73,6 +73,7 @@ RUNTIMES: dict[str, Callable[[Settings, Path], Runtime]] = {
         s.container_root,
         criu=Criu(s.criu_bin),
         podman=Podman(store=Path(s.podman_store) if s.podman_store else None),
+        allow_pipe_max_size=s.allow_pipe_max_size,
     ),
     "sim": lambda s, home: SimRuntime(home, s.container_root, page_size=s.sim_page_size),
 }

@@ -3,8 +3,9 @@
 Nodes o1 and o2 run FERRY_RUNTIME=oci on one host; the container root (with
 each container's bundle and log) is their shared storage. A counter that
 checks 16 MiB of its memory every tick moves cold and delta and goes on where
-it stopped, its 256 MiB limit read back from the destination's cgroup;
-post-copy, which the oci runtime does not do, is refused before anything freezes.
+it stopped, its 256 MiB limit read back from the destination's cgroup; so
+does post-copy (runc's lazy dump, CRIU's lazy-pages daemon on o2), also when
+o2's worker is killed just before or after the restore: one copy runs on.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tasks.api.localcluster import LocalCluster
+from tasks.core.chooser import strategy_refusal
+from tasks.core.summary import downtime
 from tests.conftest import cluster_env, criu_works, need, running
 from tests.integration.helpers import assert_went_on, ticks, wait_for
 from tests.integration.ocirootfs import build_rootfs, counter_argv
 from tests.integration.test_container_verbs import cli
-from workers.errors import CapabilityError
 from workers.runtimes.ocibundle import memory_limit
 
 pytestmark = pytest.mark.criu
@@ -33,9 +36,9 @@ def oci_cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Ite
     need(ok, why)
     need(shutil.which("runc") is not None, "runc is not installed (ops/dev setup installs it)")
     base = tmp_path_factory.mktemp("oci-cluster")
-    with running(
-        LocalCluster(base, {**cluster_env(redis_url), "FERRY_RUNTIME": "oci"}), ["o1", "o2"]
-    ) as c:
+    env = {**cluster_env(redis_url), "FERRY_RUNTIME": "oci"}
+    env["FERRY_FAILPOINTS"] = str(base / "failpoints")  # workers.failpoints: the kill test
+    with running(LocalCluster(base, env), ["o1", "o2"]) as c:
         yield c
 
 
@@ -88,16 +91,69 @@ def test_bad_rootfs_is_refused_in_one_line(oci_cluster, tmp_path, sim_cluster) -
     assert not [c for c in oci_cluster.client.containers() if c["node"] == "o1"]
 
 
-def test_postcopy_is_refused_and_the_container_runs_on(oci_cluster, rootfs) -> None:  # type: ignore[no-untyped-def]
-    client = oci_cluster.client
+def started(cluster: LocalCluster, rootfs: Path, name: str) -> dict[str, Any]:
+    """A counter with a 256 MiB limit running on o1, ticking; its container record."""
+    client = cluster.client
+    refusal = strategy_refusal("postcopy", *(client.node(n).caps for n in ("o1", "o2")))
+    need(refusal is None, f"post-copy cannot run on this machine: {refusal}")
     labels = {"oci.rootfs": str(rootfs), "oci.memory": "256M"}
-    info = client.run("o1", counter_argv(), name="oci-lazy", labels=labels)
+    info = client.run("o1", counter_argv(), name=name, labels=labels)
+    wait_for(lambda: len(ticks(info["log"])) > 10, timeout=30)
+    return info
+
+
+def test_postcopy_moves_a_runc_counter_that_goes_on(oci_cluster, rootfs) -> None:  # type: ignore[no-untyped-def]
+    client = oci_cluster.client
+    info = started(oci_cluster, rootfs, "oci-lazy")
     try:
-        wait_for(lambda: len(ticks(info["log"])) > 5, timeout=30)
-        with pytest.raises(CapabilityError, match="the oci runtime does not do post-copy"):
-            client.migrate("oci-lazy", "o2", strategy="postcopy").wait(timeout=60)
-        n = max(ticks(info["log"]))
-        wait_for(lambda: max(ticks(info["log"])) > n + 3, timeout=30)
-        assert [c["node"] for c in client.containers() if c["name"] == "oci-lazy"] == ["o1"]
+        m = client.migrate("oci-lazy", "o2", strategy="postcopy").wait(timeout=120)
+        assert m.state.value == "done", m.errors
+        assert m.strategy == "postcopy"
+        before = max(ticks(info["log"]))
+        wait_for(lambda: max(ticks(info["log"])) >= before + 8, timeout=30)
+        assert_went_on(ticks(info["log"]), before)
+        assert "corrupt" not in Path(info["log"]).read_text()
+        # its 16 MiB crossed after the restore, pulled by the lazy-pages daemon
+        assert m.results["verify"]["lazy_bytes"] >= 16 << 20
+        d = downtime(m)
+        assert d is not None and d["pauses"] >= 1 and d["downtime_ms"] > 0
+        assert d["degraded_ms"] >= 0 and d["faults"] > 0
+        print(
+            f"oci postcopy: downtime {d['downtime_ms']:.0f} ms, degraded {d['degraded_ms']:.0f} "
+            f"ms, {d['faults']} faults, {m.results['verify']['lazy_bytes'] >> 20} MiB lazy"
+        )
+        on = [(c["node"], c["state"]) for c in client.containers() if c["name"] == "oci-lazy"]
+        assert on == [("o2", "running")]
+        assert memory_limit("oci-lazy") == LIMIT
     finally:
         client.kill("oci-lazy")
+
+
+@pytest.mark.parametrize("point", ["restore:kill-before", "restore:kill-after"])
+def test_a_destination_killed_mid_postcopy_loses_no_container(oci_cluster, rootfs, point) -> None:  # type: ignore[no-untyped-def]
+    client = oci_cluster.client
+    name = f"oci-lazy-{point.split('-')[1]}"
+    info = started(oci_cluster, rootfs, name)
+    control = oci_cluster.base / "failpoints"
+    control.write_text(point + "\n")  # o2's worker SIGKILLs itself before/after the restore
+    try:
+        m = client.migrate(name, "o2", strategy="postcopy").wait(timeout=240)
+    finally:
+        control.write_text("")
+    try:
+        assert m.state.value in ("done", "rolled_back"), m.errors
+        print(f"oci postcopy, {point} -> {m.state.value}")
+        holder = "o2" if m.state.value == "done" else "o1"
+
+        def where() -> list[tuple[str, str]]:
+            return [
+                (c["node"], c["state"]) for c in client.containers() if c["name"] == m.container
+            ]
+
+        wait_for(lambda: where() == [(holder, "running")], timeout=30)
+        before = max(ticks(info["log"]))
+        wait_for(lambda: max(ticks(info["log"])) >= before + 8, timeout=30)
+        assert_went_on(ticks(info["log"]), before)
+        assert "corrupt" not in Path(info["log"]).read_text()
+    finally:
+        client.kill(name)

@@ -127,12 +127,12 @@ def test_rollback_restores_the_source(nodes, rootfs, tmp_path) -> None:  # type:
     assert_went_on(ticks(log), before)
 
 
-def test_no_post_copy(nodes, rootfs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_no_streamed_pages(nodes, rootfs, tmp_path) -> None:  # type: ignore[no-untyped-def]
     src, _ = nodes
     started(src, rootfs)
-    assert not src.capabilities().lazy_pages
-    with pytest.raises(CapabilityError, match="post-copy"):
-        src.checkpoint_lazy("c1", tmp_path / "lazy", "127.0.0.1", 1)
+    assert not src.capabilities().page_server
+    with pytest.raises(CapabilityError, match="no streamed pages"):
+        src.page_server(tmp_path, 0)
     assert src.get("c1").state == "running"
 
 

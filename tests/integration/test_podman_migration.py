@@ -19,7 +19,8 @@ An evacuation of p1 moves one of ferry's runc containers and an adopted Podman
 container together. A worker that SIGKILLs itself after the dump, the transfer
 or the restore (workers.failpoints) leaves exactly one copy, running, in the
 Podman of the node ferry says holds it, its counter gone on with no tick lost
-or repeated.
+or repeated. Post-copy of an adopted container is refused before anything
+freezes (Podman 4.3 has no lazy pages), on nodes where runc's containers can.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from tests.integration.podmanimage import (
     podman_run_args,
 )
 from tests.integration.test_container_verbs import cli
-from workers.errors import FerryError
+from workers.errors import CapabilityError, FerryError
 from workers.runtimes.podmancli import Podman
 
 pytestmark = pytest.mark.criu
@@ -255,3 +256,23 @@ def test_a_name_taken_on_the_destination_is_refused_before_the_freeze(pm, tmp_pa
             c.client.release("taken")
         for p in pods.values():
             p.call("container", "rm", "--force", "taken")
+
+
+def test_post_copy_of_a_podman_container_is_refused_and_it_runs_on(pm, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    c, pods = pm["cluster"], pm["pods"]
+    caps = c.client.node("p1").caps  # the node can: the refusal is Podman's
+    need(caps.lazy_pages, f"post-copy cannot run on this machine: {caps.lazy_pages_reason}")
+    run_counter(pods["p1"], "plazy")
+    log = tmp_path / "plazy.log"
+    try:
+        assert cli(c, "adopt", "--node", "p1", "podman:plazy").exit_code == 0
+        with pytest.raises(CapabilityError, match="Podman 4.3's checkpoint has no lazy pages"):
+            c.client.migrate("plazy", "p2", strategy="postcopy").wait(timeout=60)
+        before = max(logged(pods["p1"], "plazy", log))
+        wait_for(lambda: max(logged(pods["p1"], "plazy", log)) > before + 3, timeout=30)
+        assert [p["State"] for p in listed(pods["p1"])] == ["running"] and listed(pods["p2"]) == []
+    finally:
+        with contextlib.suppress(FerryError):
+            c.client.release("plazy")
+        for p in pods.values():
+            p.call("container", "rm", "--force", "plazy")

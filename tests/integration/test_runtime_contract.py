@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import criu_works, need
 from tests.integration.helpers import COUNTER, assert_went_on, ticks, wait_for
 from workers.criu.adapter import Criu
-from workers.errors import BadRequest, CapabilityError, PermanentError, UnknownContainer
+from workers.errors import BadRequest, PermanentError, UnknownContainer
 from workers.runtimes.base import Runtime
 
 MIB = 1 << 20
@@ -71,10 +71,10 @@ def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pair]:
         )
     elif request.param == "oci":
         from tests.integration.ocirootfs import build_rootfs, counter_argv
-        from workers.runtimes.oci import NO_LAZY, OciRuntime
+        from workers.runtimes.oci import OciRuntime
 
         need(shutil.which("runc") is not None, "runc is not installed (ops/dev setup installs it)")
-        soft, _ = request.getfixturevalue("criu_caps")
+        soft, lazy = request.getfixturevalue("criu_caps")  # the same probe (ocilazy)
         rootfs = build_rootfs(tmp_path / "rootfs")
         p = Pair(
             "oci",
@@ -83,7 +83,7 @@ def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pair]:
             counter_argv(),
             {"oci.rootfs": str(rootfs), "oci.memory": "128M"},
             soft,
-            (False, NO_LAZY),
+            lazy,
         )
     else:
         from workers.runtimes.sim import SimRuntime
@@ -201,12 +201,6 @@ def test_predump_passes_or_a_clear_refusal(pair: Pair, tmp_path: Path) -> None:
 
 def test_postcopy_round_trip_or_a_clear_refusal(pair: Pair, tmp_path: Path) -> None:
     can, why = pair.lazy
-    if pair.kind == "oci":  # refused by the runtime itself, before anything freezes
-        started(pair)
-        with pytest.raises(CapabilityError, match="post-copy"):
-            pair.src.checkpoint_lazy("c1", tmp_path / "lazy", "127.0.0.1", 1)
-        assert pair.src.get("c1").state == "running"
-        return
     need(can, f"post-copy does not work on this node: {why}")
     log = started(pair)
     with socket.socket() as s:

@@ -117,3 +117,31 @@ def test_its_pages_stay_on_the_source_for_a_rollback_and_auto_never_picks_postco
         admit(
             MigrationRequest("web", "pi2", strategy="cold", page_server="on"), src, dst, Defaults()
         )
+
+
+def oci_node(name: str, engine: str) -> NodeRecord:
+    """An oci node (post-copy probed, no streamed pages) holding ``web`` run by ``engine``."""
+    labels = {"oci.rootfs": "/srv/rootfs"} if engine == "runc" else {"oci.engine": "podman"}
+    return node_record(
+        {
+            "name": name,
+            "runtime": "oci",
+            "probe": {"arch": "x86_64", "criu_ok": True, "lazy_pages": True},
+            "containers": [{"name": "web", "memory_bytes": 64 * MiB, "labels": labels}],
+        }
+    )
+
+
+def test_a_runc_container_may_go_post_copy_and_a_podman_one_says_why_not() -> None:
+    runc = admit(
+        MigrationRequest("web", "o2", strategy="postcopy"),
+        oci_node("o1", "runc"),
+        oci_node("o2", "runc"),
+        Defaults(),
+    )
+    assert runc.strategy.value == "postcopy" and runc.options.lazy_ok
+    src, dst = oci_node("o1", "podman"), oci_node("o2", "podman")
+    with pytest.raises(CapabilityError, match="Podman 4.3's checkpoint has no lazy pages"):
+        admit(MigrationRequest("web", "o2", strategy="postcopy"), src, dst, Defaults())
+    slow = admit(MigrationRequest("web", "o2"), src, dst, Defaults(link_bps=1e6))
+    assert slow.strategy.value not in ("postcopy", "hybrid") and not slow.options.lazy_ok

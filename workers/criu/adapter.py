@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.criu.lazydump import seized_at
 from workers.criu.log import PipedLog, explain
 from workers.criu.stats import RESTORE_FIELDS, dump_stats, read_stats
 from workers.errors import CriuError
@@ -163,8 +164,7 @@ class Criu:
         while time.monotonic() < deadline:
             text = log.read_text(errors="replace") if log.exists() else ""
             if "Starting page server" in text:
-                match = re.search(r"\((\d+\.\d+)\) Seized task", text)
-                return proc, started + (float(match.group(1)) if match else 0.0)
+                return proc, seized_at(text, started)
             if proc.poll() is not None:
                 errno, detail = explain(log)
                 raise CriuError("lazy dump", errno, log, detail)

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.netaddr import parse
-from workers import procs, sockets
+from workers import procs
 from workers.criu.adapter import Criu
-from workers.criu.log import PipedLog, explain, lazy_report
+from workers.criu.lazydump import PORT_FILE, wait_served
+from workers.criu.log import PipedLog, lazy_report
 from workers.criu.probe import capabilities
-from workers.criu.stats import dump_stats
 from workers.dataplane.pagestream import Relay
 from workers.dirsync.dirs import check_dirs, check_unshared
 from workers.errors import BadRequest, CapabilityError, CriuError, PermanentError
@@ -275,7 +275,7 @@ class CriuRuntime:
         (images / "ferry-container.json").parent.mkdir(parents=True, exist_ok=True)
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
         _, frozen_at = self.criu.start_lazy_dump(entry.pid, images, address, port, parent)
-        (images / "page-server.port").write_text(f"{port}\n")  # wait_lazy counts its bytes
+        (images / PORT_FILE).write_text(f"{port}\n")  # wait_lazy counts its bytes
         self.inventory.save(replace(entry, state="frozen"))
         return frozen_at
 
@@ -284,24 +284,11 @@ class CriuRuntime:
     ) -> DumpStats:
         """Wait until a post-copy dump has served every page; its stats. ``served``
         hears, every quarter second, how many bytes the page server has sent."""
-        log = images / "dump.log"
-        port = int((images / "page-server.port").read_text())
-        deadline = time.monotonic() + timeout_s
-        started = told = time.monotonic()
-        while time.monotonic() < deadline:
-            if served is not None and time.monotonic() - told >= 0.25:
-                served(sockets.bytes_sent(port))
-                told = time.monotonic()
-            text = log.read_text(errors="replace")
-            if "Dumping finished successfully" in text:
-                return dump_stats(images, (time.monotonic() - started) * 1000)
-            if "Dumping FAILED" in text:
-                entry = self.inventory.load(name)
-                self.inventory.save(replace(entry, state="running"))  # CRIU resumed it
-                errno, detail = explain(log)
-                raise CriuError("lazy dump", errno, log, detail)
-            time.sleep(0.01)
-        raise CriuError("lazy dump", 110, log, f"pages still in flight after {timeout_s:.0f} s")
+
+        def resumed() -> None:  # CRIU resumed it
+            self.inventory.save(replace(self.inventory.load(name), state="running"))
+
+        return wait_served(images, timeout_s, served, resumed)
 
     def restore(
         self, name: str, images: Path, page_server: tuple[str, int] | None = None

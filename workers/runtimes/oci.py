@@ -6,7 +6,8 @@ limit ``oci.memory`` in bytes). Each node keeps its own runc state
 (``<state>/runc``) and an inventory like the criu runtime's. runc's checkpoint
 without ``--leave-running`` ends the container, so a frozen source is one whose
 images are the only copy: rollback restores it from them on the source.
-Post-copy and streamed pages are not done through runc yet: refused.
+Post-copy is runc's lazy dump and CRIU's lazy-pages daemon (workers.runtimes.ocilazy);
+streamed pages are refused (runc's checkpoint takes no page-server socket).
 
 A Podman container joins the inventory by ``adopt`` (engine ``podman``) and
 leaves it by ``release``; it moves through Podman's own checkpoint and restore
@@ -17,18 +18,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from tasks.core.admission import PODMAN_NOT_LAZY
 from workers import procs
 from workers.criu.adapter import Criu
-from workers.criu.log import PipedLog, explain
-from workers.criu.probe import probe
+from workers.criu.lazydump import wait_served
+from workers.criu.log import PipedLog, explain, lazy_report
 from workers.criu.stats import RESTORE_FIELDS, dump_stats, read_stats
 from workers.errors import BadRequest, CapabilityError, CriuError, PermanentError
 from workers.ids import check_container_name
@@ -40,27 +41,14 @@ from workers.records import (
     PagesTarget,
     RestoreStats,
 )
-from workers.runtimes import ocipodman
+from workers.runtimes import ocilazy, ocipodman
 from workers.runtimes.base import Served
-from workers.runtimes.criu import NOT_ROOT
+from workers.runtimes.criu import NOT_ROOT, PAGE_SIZE
 from workers.runtimes.inventory import Inventory
-from workers.runtimes.ocibundle import check_rootfs, config, parse_size, write_bundle
+from workers.runtimes.ocibundle import OciEntry, check_rootfs, config, parse_size, write_bundle
 from workers.runtimes.podmancli import Podman
 
-NO_LAZY = "the oci runtime does not do post-copy yet (runc --lazy-pages is not wired)"
-
-
-@dataclass(frozen=True)
-class OciEntry:
-    name: str
-    argv: tuple[str, ...]
-    bundle: str
-    log: str
-    started: float
-    labels: dict[str, str] = field(default_factory=dict)
-    state: str = "running"  # running | frozen (checkpointed, no process left)
-    engine: str = "runc"  # runc (ferry's bundle) | podman (adopted: Podman's container)
-    image: str = ""  # podman: its image's ID
+NO_STREAM = "the oci runtime takes no streamed pages (runc's checkpoint has no page-server socket)"
 
 
 class OciRuntime:
@@ -75,6 +63,7 @@ class OciRuntime:
         runc: str = "runc",
         criu: Criu | None = None,
         podman: Podman | None = None,
+        allow_pipe_max_size: bool = False,
     ) -> None:
         self.state_dir = state_dir
         self.inventory = Inventory(state_dir / "oci", OciEntry, ("argv",))
@@ -84,34 +73,22 @@ class OciRuntime:
         self.criu = criu or Criu()
         self.podman = podman or Podman()
         self._caps: Capabilities | None = None
+        self.allow_pipe_max_size = allow_pipe_max_size  # as the criu runtime's probe_lazy
         self.container_root.mkdir(parents=True, exist_ok=True)
 
     def capabilities(self) -> Capabilities:
+        """The criu probe with its real lazy round trip, run once (workers.runtimes.ocilazy)."""
         if self._caps is None:
-            facts = probe(self.state_dir, self.criu)
-            ok, why = facts.criu_ok, facts.criu_reason
-            if shutil.which(self.runc) is None:
-                ok, why = False, f"{self.runc} is not installed (apt-get install runc)"
-            self._caps = Capabilities(
-                arch=facts.arch,
-                criu_ok=ok,
-                criu_reason=why,
-                soft_dirty=facts.soft_dirty,
-                lazy_pages=False,
-                lazy_pages_reason=NO_LAZY,
-                bits=facts.bits,
-                page_size=facts.page_size,
-                kernel=facts.kernel,
-                lacks=facts.lacks,
-                facts={**facts.to_dict(), "runc": self.runc},
+            self._caps = ocilazy.capabilities(
+                self.state_dir, self.criu, self.runc, self.allow_pipe_max_size
             )
         return self._caps
 
     def page_server(self, images: Path, sock: int) -> PipedLog:
-        raise CapabilityError("the oci runtime takes no streamed pages: " + NO_LAZY)
+        raise CapabilityError(NO_STREAM)
 
     def lazy_report(self, images: Path) -> LazyReport:
-        raise CapabilityError(NO_LAZY)
+        return lazy_report(images, PAGE_SIZE)
 
     # -- inventory ---------------------------------------------------------
     def _runc(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -141,7 +118,7 @@ class OciRuntime:
     def _info(self, e: OciEntry) -> ContainerInfo:
         status, pid = self._status(e)
         state = {"running": "running", "paused": "frozen"}.get(status, "exited")
-        if status in ("gone", "exited") and e.state == "frozen":
+        if e.state == "frozen":  # gone after a dump, or seized by a lazy one (runc: running)
             state = "frozen"
         return ContainerInfo(
             name=e.name,
@@ -242,7 +219,7 @@ class OciRuntime:
         """``runc checkpoint`` of ``name`` into ``images``; without ``leave_running`` the
         container ends and its images are its only copy. A failed dump leaves it running."""
         if pages is not None:
-            raise CapabilityError("the oci runtime does not stream pages: " + NO_LAZY)
+            raise CapabilityError(NO_STREAM)
         entry = self._live(name)
         if entry.engine == "podman":
             stats = ocipodman.checkpoint(self.podman, name, images, leave_running)
@@ -284,20 +261,37 @@ class OciRuntime:
     def checkpoint_lazy(
         self, name: str, images: Path, address: str, port: int, parent: Path | None = None
     ) -> float:
-        raise CapabilityError(NO_LAZY)
+        """runc's lazy dump of ``name``: frozen, dumped but for its pages, which its
+        page server on ``port`` hands out until the destination has them all (then
+        runc ends it here). Returns when it froze (wall clock)."""
+        entry = self._live(name)
+        if entry.engine == "podman":
+            raise CapabilityError(f"post-copy of {name} refused: {PODMAN_NOT_LAZY}")
+        images.mkdir(parents=True, exist_ok=True)
+        (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
+        if parent is not None and not self.capabilities().soft_dirty:
+            parent = None
+        runc = [self.runc, "--root", str(self.root)]
+        frozen_at = ocilazy.start_dump(runc, name, images, address, port, parent)
+        self.inventory.save(replace(entry, state="frozen"))
+        return frozen_at
 
     def wait_lazy(
         self, name: str, images: Path, timeout_s: float, served: Served | None = None
     ) -> DumpStats:
-        raise CapabilityError(NO_LAZY)
+        """Wait until a post-copy dump has served every page; its stats."""
+
+        def resumed() -> None:  # CRIU thawed it: runc's container runs on here
+            self.inventory.save(replace(self.inventory.load(name), state="running"))
+
+        return wait_served(images, timeout_s, served, resumed)
 
     def restore(
         self, name: str, images: Path, page_server: tuple[str, int] | None = None
     ) -> RestoreStats:
-        """``runc restore --detach`` of ``name`` from ``images`` under the same name."""
+        """``runc restore --detach`` of ``name`` from ``images`` under the same name; with
+        ``page_server`` (post-copy) its pages come from there as it touches them."""
         check_container_name(name)
-        if page_server is not None:
-            raise CapabilityError(NO_LAZY)
         if self.inventory.has(name) and self.get(name).state in ("running", "frozen"):
             raise BadRequest(f"container {name!r} already runs on this node")
         meta = json.loads((images / "ferry-container.json").read_text())
@@ -305,6 +299,8 @@ class OciRuntime:
             raise PermanentError(f"images in {images} are of {meta.get('name')!r}, not {name!r}")
         entry = replace(self.inventory.from_dict(meta), state="running")
         if entry.engine == "podman":
+            if page_server is not None:
+                raise CapabilityError(f"post-copy of {name} refused: {PODMAN_NOT_LAZY}")
             began = time.monotonic()
             ocipodman.restore(
                 self.podman, name, entry.image, entry.labels.get("oci.image", ""), images
@@ -315,9 +311,13 @@ class OciRuntime:
         if not (Path(entry.bundle) / "config.json").exists():
             raise PermanentError(f"bundle {entry.bundle} of {name!r} is missing on this node")
         self._forget(name)
-        work = images / f"restore-{time.time_ns()}"
+        # the lazy-pages daemon's socket and log are in images: the restore works there too
+        work = images if page_server else images / f"restore-{time.time_ns()}"
         began = time.monotonic()
         where = ["--image-path", str(images), "--work-path", str(work), "--bundle", entry.bundle]
+        if page_server is not None:
+            self.criu.start_lazy_pages(images, *page_server)
+            where.append("--lazy-pages")
         where += ["--pid-file", str(work / "pid")]  # its pid without another runc call
         try:
             self._detached(entry, "restore", "--detach", *where, name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,18 @@ def memory_limit(name: str) -> int | None:
             continue
         return None if text == "max" else int(text)
     return None
+
+
+@dataclass(frozen=True)
+class OciEntry:
+    """The inventory entry of an oci container: its bundle, or the Podman container adopted."""
+
+    name: str
+    argv: tuple[str, ...]
+    bundle: str
+    log: str
+    started: float
+    labels: dict[str, str] = field(default_factory=dict)
+    state: str = "running"  # running | frozen (checkpointed, no process left)
+    engine: str = "runc"  # runc (ferry's bundle) | podman (adopted: Podman's container)
+    image: str = ""  # podman: its image's ID
