@@ -11,7 +11,9 @@ Pure: node records and container specs in, a :class:`Plan` out. A plan never
 
 Placement claims capacity by priority, then largest first (first-fit
 decreasing packs best); each container goes to the fitting node with the most
-free memory left after it (spreading). ``Move.order`` is the run order:
+free memory left after it, where nodes within 5 % of their total of that are as
+good and the one running fewest containers wins (spreading: free memory probed
+a moment apart never sends them all one way). ``Move.order`` is the run order:
 smallest first (each container done soonest on average), largest first (the
 shortest makespan: the small moves fill the gaps at the end), or by priority
 then smallest. :func:`next_moves` says which
@@ -125,6 +127,9 @@ class Plan:
 Compatible = Callable[[Node, Node], str | None]
 
 
+SPREAD = 0.05  # free memory within 5 % of a node's total: as good, the fewer containers wins
+
+
 def _mib(n: float) -> str:
     return f"{n / (1 << 20):.0f} MiB"
 
@@ -164,7 +169,7 @@ def _place(
     for n in nodes:
         groups.setdefault(n.name, set()).update(n.groups)
     for item in items:
-        best: tuple[int, int, str] | None = None
+        fits: list[tuple[int, int, str, int]] = []  # (memory left after, containers, name, total)
         why: list[str] = []
         for n in nodes:
             left = n.mem_free_bytes - math.ceil(headroom * n.mem_total_bytes) - reserved[n.name]
@@ -172,16 +177,18 @@ def _place(
             if refusal:
                 why.append(f"{n.name} {refusal}")
                 continue
-            # most memory left after placing, then fewest containers, then name
-            key = (-(left - item.memory_bytes), count[n.name], n.name)
-            best = key if best is None else min(best, key)
-        if best is None:
+            fits.append((left - item.memory_bytes, count[n.name], n.name, n.mem_total_bytes))
+        if not fits:
             detail = "; ".join(why) if why else "no other node"
             refused.append(
                 (item.container, f"no destination for {_mib(item.memory_bytes)}: {detail}")
             )
             continue
-        dst = best[2]
+        # the most memory left after placing; nodes within SPREAD of the most are as good,
+        # and of those the one running fewest containers (then by name) takes it
+        most = max(f[0] for f in fits)
+        near = [f for f in fits if most - f[0] <= SPREAD * f[3]]
+        dst = min(near, key=lambda f: (f[1], -f[0], f[2]))[2]
         reserved[dst] += item.memory_bytes
         count[dst] += 1
         if item.group is not None:

@@ -55,6 +55,14 @@ PLACEMENTS = [
         {"a": "pi-03"},
         {},
     ),
+    (  # free memory probed a moment apart differs a little: within 5 % of 4 GiB, it spreads
+        "near-free-spreads",
+        [pi("pi-02", 3.1), pi("pi-03", 3.0)],
+        [c("a", 16), c("b", 16), c("c", 16), c("d", 16)],
+        LIM,
+        {"a": "pi-02", "b": "pi-03", "c": "pi-02", "d": "pi-03"},
+        {},
+    ),
     ("headroom", [pi("pi-02", 1.2)], [c("a", 820)], LIM, {}, {"a": ["pi-02 has 819 MiB left"]}),
     ("headroom-fits", [pi("pi-02", 1.2)], [c("a", 819)], LIM, {"a": "pi-02"}, {}),
     (
