@@ -1,11 +1,13 @@
-"""Undo the network lock a failed post-copy dump leaves on a container that runs on.
+"""Undo the network lock a post-copy dump leaves on a container that stays where it is.
 
 CRIU decides whether to unlock the network before a lazy dump serves its pages
 (cr_dump_finish in criu/cr-dump.c unlocks on a failed or leave-running dump,
-then serves the pages): when the page transfer fails afterwards it resumes the
-tree with every established connection still in TCP repair mode and CRIU's
-chain still dropping the namespace's traffic. A recv() on such a socket fails
-with EPERM at once, and most servers close the connection on that.
+then serves the pages). A lazy dump that ends without its destination (the
+page transfer fails, or the peer hangs up, which CRIU takes for the end)
+leaves every established connection in TCP repair mode and CRIU's chain
+dropping the namespace's traffic, the tree stopped or, after a failure,
+resumed: a recv() on such a socket fails with EPERM at once, and most
+servers close the connection on that.
 
 So while CRIU still holds the tree, the runtime queues a SIGSTOP on each of its
 processes (:func:`hold`): CRIU's detach lets them run, and the signal stops them
