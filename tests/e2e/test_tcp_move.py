@@ -116,7 +116,7 @@ def test_addresses_that_collide_are_refused_before_anything_runs(bridged: NetClu
     "strategy,bandwidth",
     [
         ("cold", 8e6),  # 128 MiB at 8 MB/s: the images take ~16 s to cross, the tree frozen
-        # all but the pages (~0.3 MB) at 30 kB/s: ~10 s; the lazy dump's page server waits
+        # all but the pages at 30 kB/s: seconds, the lazy dump's page server waiting
         ("postcopy", 30e3),
     ],
 )
