@@ -1,6 +1,6 @@
 """A service's TCP connection across moves: what the client saw beside the pause ferry reported.
 
-    sudo .venv/bin/python benchmarks/tcp.py [--strategies cold,delta] [--sizes 16,256]
+    sudo .venv/bin/python benchmarks/tcp.py [--strategies cold,delta,precopy,postcopy] [--sizes 16,256]
         [--runs 3] [--rate 1gbit] [--json docs/benchmarks/tcp.json]
 
 On the netns testbed (2 nodes, each link shaped to ``--rate``, each node's
@@ -143,7 +143,7 @@ def markdown(doc: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--strategies", default="cold,delta")
+    parser.add_argument("--strategies", default="cold,delta,precopy,postcopy")
     parser.add_argument("--sizes", default="16,256", help="MiB the server holds")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rate", default="1gbit")

@@ -32,11 +32,10 @@ from tasks.core.strategy import Strategy
 from tasks.core.transport import check_compression, page_server
 from workers.errors import BadRequest, CapabilityError, UnknownContainer
 
-# A container with its own address (--net): a rollback restores it from the pages
-# on the source's disk (its connections sit in repair mode after the dump), and
-# CRIU's lazy pages do not carry its connections yet.
+# A container with its own address (--net): a rollback of a cold dump restores it
+# from the pages on the source's disk (its connections sit in repair mode after the
+# dump); post-copy carries its connections too (workers.runtimes.netlock).
 NET_PAGES = "it has its own address: a rollback restores it from the pages on the source"
-NET_NOT_LAZY = "it has its own address (--net): post-copy cannot carry its connections yet"
 PODMAN_NOT_LAZY = "it is a Podman container: Podman 4.3's checkpoint has no lazy pages"
 
 
@@ -102,14 +101,12 @@ def admit(req: MigrationRequest, src: NodeRecord, dst: NodeRecord, defaults: Def
     if held is None:
         raise UnknownContainer(req.container)
     net = held.net
-    if net:  # the destination must carry its address; post-copy cannot move its connections
+    if net:  # the destination must carry its address
         check_carry(NodeNet.of(dst), parse(net))
-    not_lazy = NET_NOT_LAZY if net else ""
     if held.labels.get("oci.engine") == "podman":  # it moves through Podman's own checkpoint
-        not_lazy = PODMAN_NOT_LAZY
-    if not_lazy:
         src_caps, dst_caps = (
-            replace(c, lazy_pages=False, lazy_pages_reason=not_lazy) for c in (src_caps, dst_caps)
+            replace(c, lazy_pages=False, lazy_pages_reason=PODMAN_NOT_LAZY)
+            for c in (src_caps, dst_caps)
         )
     cap = req.bandwidth_bps
     if cap is not None and not 0 < cap < math.inf:  # NaN too

@@ -337,14 +337,13 @@ def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
 
 
 def _end_lazy_dump(ctx: NodeContext, m: Migration, page_server: str) -> None:
-    """Make a post-copy dump that still waits for its destination give up, so CRIU resumes the tree."""
+    """End a post-copy dump that still waits for its destination, so the tree can be resumed."""
     host, _, port = page_server.rpartition(":")
-    # a peer that hangs up at once fails the page transfer (or the page server is gone already)
+    # a peer that hangs up at once ends the page transfer: CRIU takes it for the end of
+    # its session and leaves the tree stopped (or the page server is gone already)
     with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=2):
         pass
-    with contextlib.suppress(
-        CriuError
-    ):  # the expected end: the dump failed and CRIU resumed the tree
+    with contextlib.suppress(CriuError):  # or the transfer failed and CRIU let the tree go
         ctx.runtime.wait_lazy(m.container, ctx.images(m.id), 30)
 
 

@@ -4,10 +4,13 @@ Every node's eth0 is a port of a bridge ``br0`` inside the node (FERRY_BRIDGE);
 an echo server runs in a container with its own address 10.77.0.50/24 on it;
 the client on the host (another namespace on the testbed's bridge) holds ONE
 connection and sends a numbered line every 10 ms. The container moves
-node1 -> node2 cold, node2 -> node1 with delta, then back with precopy (the
-uffd-wp tracker's passes run while it serves): the connection stays open,
-every line is answered once and in order, and the client's longest stall is
-printed beside the pause ferry reported (``pytest -s``).
+node1 -> node2 cold, node2 -> node1 with delta, back with precopy (the
+uffd-wp tracker's passes run while it serves), then once more with postcopy
+(it runs on node1 at once, its pages pulled from node2 as it touches them):
+the connection stays open, every line is answered once and in order, and the
+client's longest stall is printed beside the pause ferry reported (``pytest -s``).
+A move cancelled mid-transfer, cold or post-copy, leaves the connection served
+by the source.
 """
 
 from __future__ import annotations
@@ -55,14 +58,17 @@ def _connect() -> EchoClient | None:
         return None
 
 
-def test_the_connection_survives_cold_delta_and_precopy_moves(bridged: NetCluster) -> None:
+def test_the_connection_survives_cold_delta_precopy_and_postcopy_moves(
+    bridged: NetCluster,
+) -> None:
     ferry = bridged.client
     ferry.run("node1", [sys.executable, "-c", SERVER], name="echo", net=f"{ADDRESS}/24")
     client = wait_for(_connect, timeout=20).start()
     reported = []
     try:
         wait_for(lambda: client.answered() > 50)
-        for to, strategy in (("node2", "cold"), ("node1", "delta"), ("node2", "precopy")):
+        moves = [("node2", "cold"), ("node1", "delta"), ("node2", "precopy"), ("node1", "postcopy")]
+        for to, strategy in moves:
             m = ferry.migrate("echo", to, strategy=strategy).wait(timeout=120)
             assert m.state.value == "done", m.errors
             assert m.strategy.value == strategy and not m.fallbacks, m.path  # as asked
@@ -106,16 +112,23 @@ def test_addresses_that_collide_are_refused_before_anything_runs(bridged: NetClu
         ferry.kill("holder")
 
 
+@pytest.mark.parametrize(
+    "strategy,bandwidth",
+    [
+        ("cold", 8e6),  # 128 MiB at 8 MB/s: the images take ~16 s to cross, the tree frozen
+        # all but the pages at 30 kB/s: seconds, the lazy dump's page server waiting
+        ("postcopy", 30e3),
+    ],
+)
 def test_a_rollback_mid_transfer_leaves_the_connection_served_by_the_source(
-    bridged: NetCluster,
+    bridged: NetCluster, strategy: str, bandwidth: float
 ) -> None:
     ferry = bridged.client
-    # 128 MiB at 8 MB/s: the images take ~16 s to cross, the tree frozen meanwhile
     ferry.run("node1", [sys.executable, "-c", SERVER, "128"], name="echo-rb", net=f"{ADDRESS}/24")
     client = wait_for(_connect, timeout=30).start()
     try:
         wait_for(lambda: client.answered() > 50, timeout=30)
-        handle = ferry.migrate("echo-rb", "node2", strategy="cold", bandwidth_bps=8e6)
+        handle = ferry.migrate("echo-rb", "node2", strategy=strategy, bandwidth_bps=bandwidth)
         wait_for(lambda: str(handle.status().phase) == "Phase.TRANSFER", timeout=60, every=0.01)
         ferry.cancel(handle.id)
         m = handle.wait(timeout=120)

@@ -8,8 +8,11 @@ numbered line every 10 ms. A worker SIGKILLs itself between the source's dump
 the bridge) and the destination's restore: the source's at the dump and at
 either side of the transfer, then the destination's before the restore; and
 the same kills with the migration cancelled while the worker is down, so the
-source's copy comes back from its images. Each migration ends DONE or
-ROLLED_BACK; either way one copy runs, the connection
+source's copy comes back from its images. Post-copy too: the source's worker
+killed once its lazy dump serves (cancelled as well: the held tree's
+connections come out of repair mode on the source) and as the page transfer
+begins, the destination's once its copy runs and pulls its pages. Each
+migration ends DONE or ROLLED_BACK; either way one copy runs, the connection
 was never reset, every line was answered once and in order, and the address
 is on the bridge from exactly one node.
 """
@@ -40,6 +43,15 @@ pytestmark = pytest.mark.criu
 LOCKED = ["dump:kill-after", "transfer:kill-before", "transfer:kill-after", "restore:kill-before"]
 # the same kills, the migration cancelled while the worker is down: the source's copy resumes
 ROLLBACK = ["dump:kill-after", "restore:kill-before"]
+# post-copy: the source's worker (f1) as its page server waits and serves, the destination's
+# (f2) with its copy running on pages still in flight
+LAZY = ["dump:kill-after", "pages:kill-before", "restore:kill-after"]
+CASES = (
+    [(p, False, "cold") for p in LOCKED]
+    + [(p, True, "cold") for p in ROLLBACK]
+    + [(p, False, "postcopy") for p in LAZY]
+    + [("dump:kill-after", True, "postcopy")]
+)
 
 
 def _ip(*args: str) -> str:
@@ -92,21 +104,20 @@ def _connect(address: str) -> EchoClient | None:
         return None
 
 
-@pytest.mark.parametrize(
-    "point,cancel", [(p, False) for p in LOCKED] + [(p, True) for p in ROLLBACK]
-)
+@pytest.mark.parametrize("point,cancel,strategy", CASES)
 def test_a_worker_killed_while_the_network_is_locked_keeps_the_connection(
-    netfaults: tuple[FaultCluster, str], point: str, cancel: bool
+    netfaults: tuple[FaultCluster, str], point: str, cancel: bool, strategy: str
 ) -> None:
     c, subnet = netfaults
-    name, net = f"nf-{point.replace(':', '-')}{'-cancel' if cancel else ''}", f"{subnet}.50/24"
+    name = f"nf-{strategy[0]}-{point.replace(':', '-')}{'-cancel' if cancel else ''}"
+    net = f"{subnet}.50/24"
     c.client.run("f1", [sys.executable, "-c", SERVER], name=name, net=net)
     client = wait_for(lambda: _connect(f"{subnet}.50"), timeout=20).start()
     try:
         wait_for(lambda: client.answered() > 50)
         c.arm(point)
         try:
-            handle = c.client.migrate(name, "f2", strategy="cold")
+            handle = c.client.migrate(name, "f2", strategy=strategy)
             if cancel:  # while the worker is dead: the source restores when it is back
                 wait_for(lambda: failpoints.mark(c.control, handle.id, point).exists(), timeout=60)
                 c.client.cancel(handle.id)
@@ -130,7 +141,8 @@ def test_a_worker_killed_while_the_network_is_locked_keeps_the_connection(
     finally:
         got = client.stop()
     print(
-        f"{point:22} {'cancelled' if cancel else '':9} -> {m.state.value}: {len(got.answers)} answers, "
+        f"{strategy:8} {point:22} {'cancelled' if cancel else '':9} -> {m.state.value}: "
+        f"{len(got.answers)} answers, "
         f"longest stall {got.longest_s * 1000:.0f} ms"
     )
     assert not got.error, f"the connection broke: {got.error}"

@@ -24,8 +24,9 @@ from tasks.core.netaddr import parse
 from tests.conftest import criu_works, need
 from tests.integration.helpers import wait_for
 from tests.tcpecho import PORT, SERVER, EchoClient
+from workers import procs
 from workers.criu.adapter import Criu
-from workers.errors import BadRequest, FerryError
+from workers.errors import BadRequest, CriuError, FerryError
 from workers.runtimes.criu import CriuRuntime
 from workers.runtimes.netns import NetIdentity
 
@@ -96,6 +97,57 @@ def test_the_address_and_the_connection_move_and_survive_a_rollback(
     veths = {NetIdentity(r.state_dir, "echo", iface, name).veth for r in (a, b)}
     assert not veths & links()  # nothing left behind on either node
     assert not (tmp_path / "a" / "netns" / "echo").exists()
+
+
+def test_post_copy_moves_the_connection_and_a_failed_page_transfer_leaves_it_on_the_source(
+    tmp_path: Path, bridge: tuple[str, str]
+) -> None:
+    name, subnet = bridge
+    a, b = node(tmp_path, "a", name), node(tmp_path, "b", name)
+    a.start("echo", ["python3", "-c", SERVER, "32"], net=f"{subnet}.50/24")
+    client = wait_for(lambda: _connect(f"{subnet}.50")).start()
+    try:
+        wait_for(lambda: client.answered() > 20)
+        # rolled back before any page went: the destination hung up (CRIU takes that for
+        # the end: the tree stays stopped), or spoke nonsense (the transfer fails: CRIU
+        # lets the tree go, and the SIGSTOP ferry queued stops it)
+        for said, ends in (
+            (b"", contextlib.nullcontext()),
+            (b"\xff" * 24, pytest.raises(CriuError)),
+        ):
+            port = _free_port()
+            images = tmp_path / f"lazy-{len(said)}"
+            a.checkpoint_lazy("echo", images, "127.0.0.1", port)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as peer:
+                peer.sendall(said)
+            with ends:
+                a.wait_lazy("echo", images, 30)
+            pid = a.get("echo").pid
+            wait_for(lambda p=pid: {procs.state(t) for t in procs.tree(p)} == {"T"}, timeout=10)  # type: ignore[misc]
+            a.resume("echo")
+            seen = client.answered()
+            wait_for(lambda s=seen: client.answered() > s + 20, timeout=30)  # type: ignore[misc]
+        # the move: restored on b at once, its pages pulled from a's page server after
+        port = _free_port()
+        a.checkpoint_lazy("echo", tmp_path / "lazy2", "127.0.0.1", port)
+        b.restore("echo", tmp_path / "lazy2", page_server=("127.0.0.1", port))
+        a.wait_lazy("echo", tmp_path / "lazy2", 60)
+        a.kill("echo")
+        seen = client.answered()
+        wait_for(lambda: client.answered() > seen + 20, timeout=30)
+        assert b.get("echo").state == "running" and b.lazy_report(tmp_path / "lazy2").bytes > 0
+    finally:
+        got = client.stop()
+    print(f"client: {len(got.answers)} answers, longest stall {got.longest_s * 1000:.0f} ms")
+    assert not got.error, got.error
+    assert got.in_order, "an answer was lost, repeated or out of order"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def test_bad_addresses_change_nothing(tmp_path: Path, bridge: tuple[str, str]) -> None:

@@ -130,6 +130,7 @@ class Criu:
         address: str,
         port: int,
         parent: Path | None = None,
+        net_ns: int | None = None,
         timeout_s: float = 60,
     ) -> tuple[subprocess.Popen[bytes], float]:
         """Start ``criu dump --lazy-pages``; return once the tree is frozen, dumped
@@ -137,6 +138,8 @@ class Criu:
 
         Returns the running dump and the wall time the tree froze at. The dump
         ends when every page has gone (exit 0), or fails and resumes the tree.
+        ``net_ns``: as for :meth:`dump`; the network stays locked either way
+        (CRIU unlocks it, if at all, before it serves the pages).
         """
         images.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -157,6 +160,8 @@ class Criu:
         ]
         if parent is not None:
             argv += ["--prev-images-dir", os.path.relpath(parent, images), "--track-mem"]
+        if net_ns is not None:
+            argv += net_dump_args(net_ns)
         log = images / "dump.log"
         started = time.time()
         proc = self._spawn(argv)

@@ -39,6 +39,7 @@ from workers.records import (
     PagesTarget,
     RestoreStats,
 )
+from workers.runtimes import netlock
 from workers.runtimes.base import Served
 from workers.runtimes.inventory import Inventory
 from workers.runtimes.netns import NetIdentity, claim, restore_into
@@ -268,15 +269,22 @@ class CriuRuntime:
         on ``address:port`` hands out until the destination has them all. The
         tree stays frozen (and is resumed by CRIU if the page transfer fails).
         Returns when the tree froze (wall clock).
+
+        A container with its own address is dumped with its connections, as
+        :meth:`checkpoint` does, and held for :meth:`resume`
+        (:mod:`workers.runtimes.netlock`); its address is off the network when this returns.
         """
         entry = self._live(name)
-        if entry.net:
-            raise CapabilityError(f"{name} has its own address: post-copy cannot move it yet")
+        identity = self._identity(name, entry.net)
         (images / "ferry-container.json").parent.mkdir(parents=True, exist_ok=True)
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
-        _, frozen_at = self.criu.start_lazy_dump(entry.pid, images, address, port, parent)
+        net_ns = identity.inode() if identity else None
+        _, frozen_at = self.criu.start_lazy_dump(entry.pid, images, address, port, parent, net_ns)
         (images / PORT_FILE).write_text(f"{port}\n")  # wait_lazy counts its bytes
         self.inventory.save(replace(entry, state="frozen"))
+        if identity:
+            netlock.hold(entry.pid)
+            identity.withdraw(images)  # off the network before the destination's copy is on
         return frozen_at
 
     def wait_lazy(
@@ -285,8 +293,10 @@ class CriuRuntime:
         """Wait until a post-copy dump has served every page; its stats. ``served``
         hears, every quarter second, how many bytes the page server has sent."""
 
-        def resumed() -> None:  # CRIU resumed it
-            self.inventory.save(replace(self.inventory.load(name), state="running"))
+        def resumed() -> None:  # CRIU resumed it; one with its own address is held (netlock)
+            entry = self.inventory.load(name)
+            if not entry.net:
+                self.inventory.save(replace(entry, state="running"))
 
         return wait_served(images, timeout_s, served, resumed)
 
@@ -305,13 +315,14 @@ class CriuRuntime:
         if meta.get("name") != name:
             raise PermanentError(f"images in {images} are of {meta.get('name')!r}, not {name!r}")
         identity = self._identity(name, meta.get("net", ""))
+        lazy: tuple[str, ...] = ()
         if page_server is not None:
             self.criu.start_lazy_pages(images, *page_server)
-            stats = self.criu.restore(images, extra=("--lazy-pages",))
-        elif identity:
-            stats = restore_into(self.criu, images, identity)
+            lazy = ("--lazy-pages",)
+        if identity:
+            stats = restore_into(self.criu, images, identity, lazy)
         else:
-            stats = self.criu.restore(images)
+            stats = self.criu.restore(images, extra=lazy)
         entry = Entry(
             name=name,
             pid=stats.pid,
@@ -342,15 +353,15 @@ class CriuRuntime:
         """
         entry = self.inventory.load(name)
         has_images = images is not None and (images / "ferry-container.json").exists()
-        if (
-            entry.net
-            and entry.state == "frozen"
-            and has_images
-            and procs.alive(entry.pid, entry.ticks)
-        ):
-            # its connections are in repair mode behind CRIU's lock: a SIGCONT would not
-            # bring them back; a restore from the images here does
-            procs.kill_and_wait(entry.pid)
+        identity = self._identity(name, entry.net)
+        if identity and entry.state == "frozen" and procs.alive(entry.pid, entry.ticks):
+            # its connections are in repair mode behind CRIU's lock: a SIGCONT alone would
+            # not bring them back
+            if has_images:  # a restore from the images here does
+                procs.kill_and_wait(entry.pid)
+            else:  # a post-copy dump, ended, its tree held stopped (netlock.hold)
+                netlock.release(procs.tree(entry.pid), identity.path)
+                identity.announce()
         if procs.alive(entry.pid, entry.ticks):
             procs.signal_tree(entry.pid, signal.SIGCONT)
             entry = replace(entry, state="running")

@@ -229,10 +229,13 @@ def claim(
     return identity
 
 
-def restore_into(criu: Criu, images: Path, identity: NetIdentity) -> RestoreStats:
+def restore_into(
+    criu: Criu, images: Path, identity: NetIdentity, extra: tuple[str, ...] = ()
+) -> RestoreStats:
     """Restore ``images`` into a fresh namespace with the address, its veth not yet on
     the bridge (no packet reaches the connections until they are out of repair
     mode), the tree left stopped; then announce the address and continue it.
+    ``extra``: more of ``criu restore``'s arguments (``--lazy-pages``).
 
     Stopped until the address is on the network: what the tree sends first (the
     answer to what it read before the dump) would be lost on a veth off the
@@ -244,7 +247,7 @@ def restore_into(criu: Criu, images: Path, identity: NetIdentity) -> RestoreStat
     fd = identity.open()
     try:
         catch.start()
-        stats = criu.restore(images, net_fd=fd, extra=("--leave-stopped",))
+        stats = criu.restore(images, net_fd=fd, extra=(*extra, "--leave-stopped"))
         identity.announce()
     except BaseException:
         catch.stop()
