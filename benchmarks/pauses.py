@@ -165,6 +165,7 @@ def migrate(
         "bytes": s["bytes"],
         "wire_bytes": sent,
         "link_source": m.options.link_source,
+        "load": round(os.getloadavg()[0], 1),  # this host's, as the migration ended
     }
 
 
@@ -325,6 +326,9 @@ def markdown(doc: dict[str, Any]) -> str:
             f"({'-' if ratio is None else f'{ratio:.3f}'}) |"
         )
     out.append(footer(doc, rows[0]["runs"] if rows else 0))
+    loads = [x["load"] for r in rows for x in r["samples"] if "load" in x]
+    if loads:
+        out[-1] += f"; load average {min(loads):.0f}-{max(loads):.0f} (1 min, as each run ended)"
     return "\n".join(out)
 
 
