@@ -182,8 +182,11 @@ def local_cluster(
 
 
 @contextmanager
-def testbed_cluster(where: Path, wait_s: float) -> Iterator[tuple[Ferry, Any, float]]:
-    """Two testbed nodes, each worker in its own netns; Redis on the bridge.
+def testbed_cluster(
+    where: Path, wait_s: float, extra: dict[str, str] | None = None
+) -> Iterator[tuple[Ferry, Any, float]]:
+    """Two testbed nodes, each worker in its own netns; Redis on the bridge
+    (``extra``: settings of theirs, as for :func:`loopback_cluster`).
 
     Yields the client, the cluster and the seconds spent waiting for another
     testbed on the one subnet to go down.
@@ -199,7 +202,7 @@ def testbed_cluster(where: Path, wait_s: float) -> Iterator[tuple[Ferry, Any, fl
             raise SystemExit(
                 f"error: another testbed holds the subnet (on {holder}) for {wait_s:.0f} s"
             )
-        cluster = NetCluster(base, nodes=2, rate="1gbit", prefix=None)
+        cluster = NetCluster(base, nodes=2, rate="1gbit", prefix=None, extra=extra)
         try:
             cluster.up()
             break

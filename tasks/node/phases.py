@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.migration import Migration, Phase, State
+from tasks.core.pauses import joined
 from tasks.core.retention import logs_to_drop
 from tasks.core.strategy import Strategy
 from tasks.messaging import auth
@@ -219,8 +220,8 @@ def pages(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     }
 
 
-# The stalls a post-copy restore reports as pauses: those a workload feels, and
-# no more than fit a record.
+# The stalls a post-copy restore reports as pauses: those a workload feels (its
+# waits joined as tasks.core.pauses.joined says), and no more than fit a record.
 MIN_STALL_MS = 10.0
 MAX_STALLS = 64
 
@@ -235,7 +236,7 @@ def verify(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
     result: dict[str, Any] = {"pid": info.pid, "memory_bytes": info.memory_bytes, "ran_ms": ran_ms}
     if m.lazy:  # every page is here now (PAGES came first): what came over the network
         lazy = ctx.runtime.lazy_report(ctx.incoming(m.id))
-        felt = sorted(lazy.stalls, key=lambda s: -s[1])[:MAX_STALLS]
+        felt = sorted(joined(lazy.stalls), key=lambda s: -s[1])[:MAX_STALLS]
         result |= {
             "lazy_bytes": lazy.bytes,
             "faults": lazy.faults,

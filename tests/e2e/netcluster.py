@@ -69,8 +69,10 @@ class NetCluster:
         secret: str | None = None,
         mounts: Mapping[str, Mapping[Path, Path]] | None = None,
         bridge: str | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> None:
         self.base = base
+        self.extra = dict(extra or {})  # settings every ferry process of it is given
         self.mounts = mounts or {}  # node -> {its own dir: the common path it is mounted on}
         self.bed = Testbed(
             prefix or unique_prefix(),
@@ -114,6 +116,7 @@ class NetCluster:
             "FERRY_SECRET": self.secret,
             "FERRY_HEARTBEAT_S": "0.5",
             "PYTHONPATH": str(ROOT),
+            **self.extra,
         }
 
     def up(self, ready_timeout: float = 90) -> Self:

@@ -139,7 +139,8 @@ class FaultStalls:
 
     ``stalls``: (start, ms) of each time the tree waited for the network —
     a run of page faults less than :data:`STALL_GAP_S` apart, from the first
-    fault to the page that ended the last one, on the epoch clock.
+    fault to the page that ended the last one, on the epoch clock; the pauses
+    they make are :func:`tasks.core.pauses.joined`'s.
     """
 
     faults: int
