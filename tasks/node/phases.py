@@ -37,7 +37,7 @@ from tasks.node.context import (
 from tasks.node.dataplane import pages_target, send_dir, streams_pages
 from workers import procs
 from workers.dataplane.delta import apply_delta, make_delta
-from workers.dataplane.lazylink import LOOPBACK, open_lazy
+from workers.dataplane.lazylink import LOOPBACK, hang_up, open_lazy
 from workers.dataplane.pagestream import check_pages
 from workers.dataplane.tokens import issue_token
 from workers.errors import BadRequest, CriuError, PermanentError
@@ -324,7 +324,7 @@ def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
             return {"state": "gone", "end": time.time()}
         raise PermanentError(f"{m.container!r} is not in {ctx.node}'s inventory")
     if dumped and "page_server" in dumped:
-        _end_lazy_dump(ctx, m, dumped["page_server"])
+        _end_lazy_dump(ctx, m)
     if dumped and ("page_server" in dumped or "pages" in dumped):
         dumped = None  # its pages are not on this node's disk to restore from
     info = ctx.runtime.resume(m.container, d if dumped else None)
@@ -332,15 +332,14 @@ def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
     return {"pid": info.pid, "state": info.state, "end": time.time()}
 
 
-def _end_lazy_dump(ctx: NodeContext, m: Migration, page_server: str) -> None:
+def _end_lazy_dump(ctx: NodeContext, m: Migration) -> None:
     """End a post-copy dump that still waits for its destination, so the tree can be resumed."""
-    host, _, port = page_server.rpartition(":")
+    d = ctx.images(m.id)
     # a peer that hangs up at once ends the page transfer: CRIU takes it for the end of
     # its session and leaves the tree stopped (or the page server is gone already)
-    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=2):
-        pass
+    hang_up(d)
     with contextlib.suppress(CriuError):  # or the transfer failed and CRIU let the tree go
-        ctx.runtime.wait_lazy(m.container, ctx.images(m.id), 30)
+        ctx.runtime.wait_lazy(m.container, d, 30)
 
 
 def carried(ctx: NodeContext, m: Migration, d: Path) -> int:

@@ -97,6 +97,14 @@ def serve_lazy(conn: socket.socket, images: Path) -> int:
     return sent[0]
 
 
+def hang_up(images: Path) -> None:
+    """Connect to the page server of the lazy dump in ``images`` and hang up at once, which
+    ends a dump whose destination never came; nothing if it is gone already."""
+    with contextlib.suppress(OSError, ValueError):
+        port = int((images / PORT_FILE).read_text())
+        socket.create_connection((LOOPBACK, port), timeout=2).close()
+
+
 def _pump(src: socket.socket, dst: socket.socket, counted: list[int] | None) -> None:
     """``src``'s bytes to ``dst``; at ``src``'s end ``dst`` hears it (half-close), and
     a broken end cuts both directions."""
