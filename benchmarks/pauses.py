@@ -7,8 +7,10 @@
 Real CRIU, two real workers. On ``loopback`` both run on this host with an
 embedded Redis on a unix socket, in a network namespace of their own (this
 process's, for the run: :func:`private_loopback`), so that every TCP byte on
-its ``lo`` during a migration is the migration's own: ferry's data plane and
-CRIU's page server, not another process's on this host's ``lo``.
+its ``lo`` during a migration is the migration's own, not another process's on
+this host's ``lo``; of those the counter takes the ones to and from the nodes'
+data-plane ports (a lazy dump's page server is spliced to the source's data
+plane over ``lo``, a hop that no wire between two nodes carries).
 On ``1gbit`` each runs in its own network namespace of the testbed, its link
 shaped to 1 Gbit/s, and the wire is what the bridge forwarded from node to
 node (Redis, on the bridge's own address, is not forwarded).
@@ -90,18 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     strategies = args.strategies.split(",")
     for link in args.links.split(","):
         if link == "loopback":
-            with (
-                private_loopback(),
-                Counter("inet", "input", "iifname lo") as wire,
-                loopback_cluster(Path(args.dir), LAZY) as client,
-            ):
-                rows += run_sizes(client, link, sizes, strategies, args.runs, wire)
+            with private_loopback(), loopback_cluster(Path(args.dir), LAZY) as client:
+                # the data plane's ports: a lazy dump's page server is spliced to the
+                # source's data plane over this lo too, a hop no wire between nodes has
+                ports = ", ".join(n.address.rpartition(":")[2] for n in client.nodes())
+                hops = [f"iifname lo tcp {end} {{ {ports} }}" for end in ("dport", "sport")]
+                with Counter("inet", "input", hops) as wire:
+                    rows += run_sizes(client, link, sizes, strategies, args.runs, wire)
         elif link == "1gbit":
             with testbed_cluster(Path(args.dir), args.wait_testbed, LAZY) as (client, cluster, _):
                 for node in cluster.nodes:
                     cluster.bed.shape(node, link)
                 client.settings = client.settings.with_(link_bps=125e6)
-                with Counter("bridge", "forward", "") as wire:
+                with Counter("bridge", "forward", ["meta l4proto tcp"]) as wire:
                     rows += run_sizes(client, link, sizes, strategies, args.runs, wire)
         else:
             parser.error(f"unknown link {link!r}: loopback or 1gbit")
@@ -250,18 +253,20 @@ def private_loopback() -> Iterator[None]:
 
 
 class Counter:
-    """An nftables table counting every TCP byte through ``hook`` of ``family``
-    (``inet input`` on ``lo``, or ``bridge forward``: node to node), for the run."""
+    """An nftables table counting the bytes through ``hook`` of ``family`` that match
+    one of ``matches`` (``inet input`` on ``lo`` to or from a data-plane port, or
+    ``bridge forward``: node to node), for the run."""
 
-    def __init__(self, family: str, hook: str, match: str) -> None:
-        self.family, self.hook, self.match = family, hook, match
+    def __init__(self, family: str, hook: str, matches: list[str]) -> None:
+        self.family, self.hook, self.matches = family, hook, matches
 
     def __enter__(self) -> Counter:
         nft(f"add table {self.family} {TABLE}")
         nft(
             f"add chain {self.family} {TABLE} {self.hook} {{ type filter hook {self.hook} priority -300 ; }}"
         )
-        nft(f"add rule {self.family} {TABLE} {self.hook} {self.match} meta l4proto tcp counter")
+        for match in self.matches:
+            nft(f"add rule {self.family} {TABLE} {self.hook} {match} counter")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -274,7 +279,7 @@ class Counter:
 def wire_bytes(chain: str) -> int:
     out = nft(f"-j list chain {chain}")
     rules = [e["rule"] for e in json.loads(out)["nftables"] if "rule" in e]
-    return int(next(x["counter"]["bytes"] for x in rules[0]["expr"] if "counter" in x))
+    return sum(int(x["counter"]["bytes"]) for r in rules for x in r["expr"] if "counter" in x)
 
 
 def nft(command: str) -> str:

@@ -37,9 +37,12 @@ from tasks.node.context import (
 from tasks.node.dataplane import pages_target, send_dir, streams_pages
 from workers import procs
 from workers.dataplane.delta import apply_delta, make_delta
+from workers.dataplane.lazylink import LOOPBACK, hang_up, open_lazy
 from workers.dataplane.pagestream import check_pages
+from workers.dataplane.tokens import issue_token
 from workers.errors import BadRequest, CriuError, PermanentError
 from workers.records import ContainerInfo
+from workers.runtimes.base import LazySource
 
 VERIFY_POLL_S = 0.005  # how often verify looks whether the restored tree ran
 
@@ -72,10 +75,10 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
         parent = None  # the passes left packs, not CRIU parent images
         if m.lazy:  # a fallback to post-copy: CRIU serves every page itself
             tracked.stop(ctx, m)
-    if m.lazy:
-        port = free_port(ctx.host)
-        frozen_at = ctx.runtime.checkpoint_lazy(m.container, d, ctx.host, port, parent)
-        server = f"{ctx.host}:{port}"
+    if m.lazy:  # the page server on loopback, reached through this node's data plane
+        port = free_port(LOOPBACK)
+        frozen_at = ctx.runtime.checkpoint_lazy(m.container, d, LOOPBACK, port, parent)
+        server = ctx.address
         end = time.time()
         return remember(
             d,
@@ -167,15 +170,7 @@ def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
             os.symlink(f"../{prev}", link)
     if "pages" in m.results["dump"]:
         check_pages(m.results["dump"]["pages"], d)  # never restore pages that differ
-    page_server = None
-    if m.lazy:
-        server = str(m.results["dump"]["page_server"])
-        auth.verify(
-            ctx.secret, m.results["dump"].get("page_server_mac"), "address", m.id, m.src, server
-        )
-        host, _, port = server.rpartition(":")
-        page_server = (host, int(port))
-    s = ctx.runtime.restore(m.container, d, page_server=page_server)
+    s = ctx.runtime.restore(m.container, d, page_server=lazy_source(ctx, m) if m.lazy else None)
     return remember(
         d,
         Phase.RESTORE,
@@ -329,7 +324,7 @@ def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
             return {"state": "gone", "end": time.time()}
         raise PermanentError(f"{m.container!r} is not in {ctx.node}'s inventory")
     if dumped and "page_server" in dumped:
-        _end_lazy_dump(ctx, m, dumped["page_server"])
+        _end_lazy_dump(ctx, m)
     if dumped and ("page_server" in dumped or "pages" in dumped):
         dumped = None  # its pages are not on this node's disk to restore from
     info = ctx.runtime.resume(m.container, d if dumped else None)
@@ -337,21 +332,36 @@ def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
     return {"pid": info.pid, "state": info.state, "end": time.time()}
 
 
-def _end_lazy_dump(ctx: NodeContext, m: Migration, page_server: str) -> None:
+def _end_lazy_dump(ctx: NodeContext, m: Migration) -> None:
     """End a post-copy dump that still waits for its destination, so the tree can be resumed."""
-    host, _, port = page_server.rpartition(":")
+    d = ctx.images(m.id)
     # a peer that hangs up at once ends the page transfer: CRIU takes it for the end of
     # its session and leaves the tree stopped (or the page server is gone already)
-    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=2):
-        pass
+    hang_up(d)
     with contextlib.suppress(CriuError):  # or the transfer failed and CRIU let the tree go
-        ctx.runtime.wait_lazy(m.container, ctx.images(m.id), 30)
+        ctx.runtime.wait_lazy(m.container, d, 30)
 
 
 def carried(ctx: NodeContext, m: Migration, d: Path) -> int:
     """What the destination lacks beside the checkpoint (a Podman image), written into
     ``d`` while the container still runs."""
     return ctx.runtime.carry(m.container, d, m.results.get("prepare", {}).get("admit", {}))
+
+
+def lazy_source(ctx: NodeContext, m: Migration) -> LazySource:
+    """How a post-copy restore reaches the source's page server: the source's data
+    plane, as its dump signed it, with a fresh token for this migration."""
+    server = str(m.results["dump"]["page_server"])
+    auth.verify(
+        ctx.secret, m.results["dump"].get("page_server_mac"), "address", m.id, m.src, server
+    )
+    host, _, port = server.rpartition(":")
+
+    def connect() -> socket.socket:
+        token = issue_token(ctx.secret, m.id, m.dst, m.src, time.time())
+        return open_lazy((host, int(port)), token, m.id, FINAL)
+
+    return connect
 
 
 def free_port(host: str) -> int:

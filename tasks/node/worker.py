@@ -155,6 +155,7 @@ def serve(settings: Settings, node: str) -> int:
         s.listen_port,
         limits=GateLimits(deadline_s=s.token_deadline_s, per_peer=s.listen_per_peer),
         page_server=runtime.page_server if caps.page_server else None,
+        lazy_root=home / "images",
         failpoints=Path(s.failpoints) if s.failpoints else None,
     )
     server.start()

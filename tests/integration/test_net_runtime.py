@@ -130,7 +130,11 @@ def test_post_copy_moves_the_connection_and_a_failed_page_transfer_leaves_it_on_
         # the move: restored on b at once, its pages pulled from a's page server after
         port = _free_port()
         a.checkpoint_lazy("echo", tmp_path / "lazy2", "127.0.0.1", port)
-        b.restore("echo", tmp_path / "lazy2", page_server=("127.0.0.1", port))
+        b.restore(
+            "echo",
+            tmp_path / "lazy2",
+            page_server=lambda: socket.create_connection(("127.0.0.1", port)),
+        )
         a.wait_lazy("echo", tmp_path / "lazy2", 60)
         a.kill("echo")
         seen = client.answered()

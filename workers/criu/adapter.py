@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -177,28 +178,19 @@ class Criu:
         proc.kill()
         raise CriuError("lazy dump", 110, log, f"no page server after {timeout_s:.0f} s")
 
-    def start_lazy_pages(self, images: Path, address: str, port: int) -> subprocess.Popen[bytes]:
-        """Start ``criu lazy-pages`` to pull pages from the source's page server.
+    def start_lazy_pages(self, images: Path, source: socket.socket) -> subprocess.Popen[bytes]:
+        """Start ``criu lazy-pages`` to pull pages over ``source``, a connection to the
+        source's page server (:func:`workers.dataplane.lazylink.open_lazy`) that it
+        takes over: this call closes its own copy.
 
         Its log's times count from its start, which ``lazy-pages.started``
         keeps (epoch seconds): :func:`workers.criu.log.fault_stalls` needs it.
         """
         (images / "lazy-pages.started").write_text(f"{time.time():.6f}\n")
-        proc = self._spawn(
-            [
-                "lazy-pages",
-                "-D",
-                str(images),
-                "-o",
-                "lazy-pages.log",
-                "-v4",
-                "--page-server",
-                "--address",
-                address,
-                "--port",
-                str(port),
-            ]
-        )
+        with source:
+            fd = source.fileno()
+            argv = ["lazy-pages", "-D", str(images), "-o", "lazy-pages.log", "-v4"]
+            proc = self._spawn([*argv, "--page-server", "--ps-socket", str(fd)], pass_fds=(fd,))
         sock = images / "lazy-pages.socket"
         deadline = time.monotonic() + 10
         while not sock.exists():

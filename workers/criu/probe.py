@@ -188,7 +188,7 @@ def _lazy_round_trip(criu: Criu, scratch: Path) -> tuple[bool, str]:
             port = s.getsockname()[1]
         criu.start_lazy_dump(pid, scratch / "src", "127.0.0.1", port, timeout_s=20)
         shutil.copytree(scratch / "src", scratch / "dst", ignore=shutil.ignore_patterns("*.log"))
-        criu.start_lazy_pages(scratch / "dst", "127.0.0.1", port)
+        criu.start_lazy_pages(scratch / "dst", socket.create_connection(("127.0.0.1", port)))
         restored = criu.restore(scratch / "dst", extra=("--lazy-pages",)).pid
         log = scratch / "src" / "dump.log"
         for _ in range(1000):

@@ -31,6 +31,7 @@ from workers.dataplane.landing import (
     open_dir,
     remove_leftovers,
 )
+from workers.dataplane.lazylink import serve_lazy
 from workers.dataplane.pagestream import serve_pages
 from workers.dataplane.tokens import NonceStore, verify_token
 from workers.errors import (
@@ -62,9 +63,11 @@ class Receiver:
         resume_window_s: float,
         fsync: bool,
         page_server: Callable[[Path, int], PipedLog] | None = None,
+        lazy_root: Path | None = None,
         failpoints: Path | None = None,
     ) -> None:
         self._root, self._secret, self._node = root, secret, node
+        self._lazy_root = lazy_root  # where this node's lazy dumps serve their pages from
         self._failpoints = failpoints
         self._page_server = page_server  # workers.criu.adapter.Criu.page_server, where CRIU runs
         self._stall_s, self._fsync = stall_timeout_s, fsync
@@ -108,13 +111,15 @@ class Receiver:
         conn.settimeout(self._stall_s)
         self._session(conn, peer, first)
 
-    def _open(self, conn: socket.socket) -> wire.PutRequest | tuple[str, str]:
-        """The first frame, its token checked: a put request or a pages session's (migration, subdir)."""
+    def _open(self, conn: socket.socket) -> wire.PutRequest | tuple[str, str, str]:
+        """The first frame, its token checked: a put request, or a pages or lazy session's
+        (type, migration, subdir)."""
         message = wire.recv_frame(conn)
-        if message["type"] == "pages":
+        if message["type"] in ("pages", "lazy"):
             token, migration, subdir = wire.parse_pages(message)
             self._check_token(token, migration)
-            return migration, subdir
+            check_id("subdir", subdir)
+            return str(message["type"]), migration, subdir
         return self._admit(message)
 
     def close(self) -> None:
@@ -126,11 +131,15 @@ class Receiver:
             self._root_fd = -1
 
     def _session(
-        self, conn: socket.socket, peer: tuple[str, int], first: wire.PutRequest | tuple[str, str]
+        self,
+        conn: socket.socket,
+        peer: tuple[str, int],
+        first: wire.PutRequest | tuple[str, str, str],
     ) -> None:
         try:
             if isinstance(first, tuple):
-                self._pages(conn, first[0], first[1], peer)
+                kind, migration, subdir = first
+                (self._pages if kind == "pages" else self._lazy)(conn, migration, subdir, peer)
                 return
             request = first
             keys: list[FileKey] = [
@@ -177,7 +186,6 @@ class Receiver:
         self, conn: socket.socket, migration: str, subdir: str, peer: tuple[str, int]
     ) -> None:
         """A pages session (workers.dataplane.pagestream), its token checked: CRIU's page server."""
-        check_id("subdir", subdir)
         if self._page_server is None:
             raise CapabilityError(f"{self._node} runs no CRIU: send the pages as files")
         where = f"{migration}/{subdir}"
@@ -185,6 +193,16 @@ class Receiver:
         wire.send_frame(conn, {"type": "ready"})
         received = serve_pages(conn, self._root / migration / subdir, self._page_server)
         log.info("data plane: %s streamed %d bytes of pages for %s", peer, received, migration)
+
+    def _lazy(
+        self, conn: socket.socket, migration: str, subdir: str, peer: tuple[str, int]
+    ) -> None:
+        """A lazy session (workers.dataplane.lazylink), its token checked: this node's
+        post-copy page server of ``migration``, until it has sent every page."""
+        if self._lazy_root is None:
+            raise CapabilityError(f"{self._node} serves no post-copy pages")
+        sent = serve_lazy(conn, self._lazy_root / migration / subdir)
+        log.info("data plane: %s pulled %d bytes of lazy pages for %s", peer, sent, migration)
 
     def _receive(self, conn: socket.socket, request: wire.PutRequest, keys: list[FileKey]) -> int:
         """Tell the sender what is missing, receive it, land it; return bytes received."""

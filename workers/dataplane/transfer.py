@@ -56,6 +56,8 @@ class TransferServer:
     that only authenticated transfers take; beyond those, new ones are told to retry.
     ``page_server`` (:meth:`workers.criu.adapter.Criu.page_server`) serves pages
     sessions (:mod:`workers.dataplane.pagestream`); without it they are refused.
+    ``lazy_root`` (this node's images dir) serves lazy sessions: a post-copy
+    destination pulling pages from a lazy dump (:mod:`workers.dataplane.lazylink`).
     ``failpoints``: the fault suite's control file (workers.failpoints); None in production.
     """
 
@@ -72,6 +74,7 @@ class TransferServer:
         fsync: bool = False,
         limits: GateLimits | None = None,
         page_server: Callable[[Path, int], PipedLog] | None = None,
+        lazy_root: Path | None = None,
         failpoints: Path | None = None,
     ) -> None:
         self._bind = (host, port)
@@ -84,6 +87,7 @@ class TransferServer:
             resume_window_s=resume_window_s,
             fsync=fsync,
             page_server=page_server,
+            lazy_root=lazy_root,
             failpoints=failpoints,
         )
         self._listener: socket.socket | None = None

@@ -29,7 +29,9 @@ A frame is a 4-byte big-endian length then a UTF-8 JSON object whose
 point and then stops reading; ``error`` names a class of
 :mod:`workers.errors`. Other request types are new ``type`` values after the
 same token check: ``pages`` streams a dump's pages into the destination's
-CRIU page server (:mod:`workers.dataplane.pagestream`).
+CRIU page server (:mod:`workers.dataplane.pagestream`), ``lazy`` lets a
+post-copy destination pull pages from the source's
+(:mod:`workers.dataplane.lazylink`).
 """
 
 from __future__ import annotations
@@ -192,12 +194,12 @@ def parse_put(message: Mapping[str, Any]) -> PutRequest:
 
 
 def parse_pages(message: Mapping[str, Any]) -> tuple[str, str, str]:
-    """Check the shape of a ``pages`` frame (workers.dataplane.pagestream): token, migration, subdir."""
+    """Check the shape of a ``pages`` or ``lazy`` frame: token, migration, subdir."""
     if message.get("v") not in VERSIONS:
         raise BadRequest(f"unsupported protocol version {message.get('v')!r} (want {VERSION})")
     token, migration, subdir = (message.get(k) for k in ("token", "migration", "subdir"))
     if not (isinstance(token, str) and isinstance(migration, str) and isinstance(subdir, str)):
-        raise BadRequest("pages needs string 'token', 'migration' and 'subdir'")
+        raise BadRequest(f"{message['type']} needs string 'token', 'migration' and 'subdir'")
     return token, migration, subdir
 
 

@@ -7,6 +7,7 @@ interface and the plain records below.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +23,9 @@ from workers.records import (
 )
 
 Served = Callable[[int], None]  # wait_lazy's progress: bytes the page server has sent so far
+# a post-copy restore's way to the source's page server: a connected socket, admitted
+# (workers.dataplane.lazylink.open_lazy), that CRIU's lazy-pages daemon takes
+LazySource = Callable[[], socket.socket]
 
 
 class Runtime(Protocol):
@@ -72,7 +76,7 @@ class Runtime(Protocol):
     ) -> DumpStats: ...
 
     def restore(
-        self, name: str, images: Path, page_server: tuple[str, int] | None = None
+        self, name: str, images: Path, page_server: LazySource | None = None
     ) -> RestoreStats: ...
 
     def resume(self, name: str, images: Path | None = None) -> ContainerInfo: ...

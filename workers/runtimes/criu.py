@@ -40,7 +40,7 @@ from workers.records import (
     RestoreStats,
 )
 from workers.runtimes import netlock
-from workers.runtimes.base import Served
+from workers.runtimes.base import LazySource, Served
 from workers.runtimes.inventory import Inventory
 from workers.runtimes.netns import NetIdentity, claim, restore_into
 
@@ -301,7 +301,7 @@ class CriuRuntime:
         return wait_served(images, timeout_s, served, resumed)
 
     def restore(
-        self, name: str, images: Path, page_server: tuple[str, int] | None = None
+        self, name: str, images: Path, page_server: LazySource | None = None
     ) -> RestoreStats:
         """Restore ``name`` from ``images`` on this node and take it into the inventory.
 
@@ -317,7 +317,7 @@ class CriuRuntime:
         identity = self._identity(name, meta.get("net", ""))
         lazy: tuple[str, ...] = ()
         if page_server is not None:
-            self.criu.start_lazy_pages(images, *page_server)
+            self.criu.start_lazy_pages(images, page_server())
             lazy = ("--lazy-pages",)
         if identity:
             stats = restore_into(self.criu, images, identity, lazy)

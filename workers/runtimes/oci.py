@@ -42,7 +42,7 @@ from workers.records import (
     RestoreStats,
 )
 from workers.runtimes import ocilazy, ocipodman
-from workers.runtimes.base import Served
+from workers.runtimes.base import LazySource, Served
 from workers.runtimes.criu import NOT_ROOT, PAGE_SIZE
 from workers.runtimes.inventory import Inventory
 from workers.runtimes.ocibundle import OciEntry, check_rootfs, config, parse_size, write_bundle
@@ -267,10 +267,10 @@ class OciRuntime:
         entry = self._live(name)
         if entry.engine == "podman":
             raise CapabilityError(f"post-copy of {name} refused: {PODMAN_NOT_LAZY}")
+        ocilazy.check_bundle(name, Path(entry.bundle))
         images.mkdir(parents=True, exist_ok=True)
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
-        if parent is not None and not self.capabilities().soft_dirty:
-            parent = None
+        parent = parent if self.capabilities().soft_dirty else None
         runc = [self.runc, "--root", str(self.root)]
         frozen_at = ocilazy.start_dump(runc, name, images, address, port, parent)
         self.inventory.save(replace(entry, state="frozen"))
@@ -287,7 +287,7 @@ class OciRuntime:
         return wait_served(images, timeout_s, served, resumed)
 
     def restore(
-        self, name: str, images: Path, page_server: tuple[str, int] | None = None
+        self, name: str, images: Path, page_server: LazySource | None = None
     ) -> RestoreStats:
         """``runc restore --detach`` of ``name`` from ``images`` under the same name; with
         ``page_server`` (post-copy) its pages come from there as it touches them."""
@@ -316,7 +316,7 @@ class OciRuntime:
         began = time.monotonic()
         where = ["--image-path", str(images), "--work-path", str(work), "--bundle", entry.bundle]
         if page_server is not None:
-            self.criu.start_lazy_pages(images, *page_server)
+            self.criu.start_lazy_pages(images, page_server())
             where.append("--lazy-pages")
         where += ["--pid-file", str(work / "pid")]  # its pid without another runc call
         try:

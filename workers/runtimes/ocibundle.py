@@ -44,6 +44,11 @@ MOUNTS: list[dict[str, Any]] = [
     },
 ]
 CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+# runc hands CRIU only the port of a lazy dump's page server, which then listens on
+# every address; a CRIU config file named by this annotation binds it to loopback
+CRIU_CONFIG = "org.criu.config"
+CRIU_CONF = "criu.conf"
+LOOPBACK_CONF = "address 127.0.0.1\n"
 
 
 def parse_size(text: str) -> int:
@@ -115,10 +120,25 @@ def config(name: str, rootfs: Path, argv: list[str], memory: int | None) -> dict
 
 
 def write_bundle(bundle: Path, cfg: dict[str, Any]) -> None:
+    """``cfg`` as ``bundle``'s config.json, with the CRIU config that keeps a lazy
+    dump's page server on loopback (:func:`lazy_on_loopback`)."""
     bundle.mkdir(parents=True, exist_ok=True)
+    (bundle / CRIU_CONF).write_text(LOOPBACK_CONF)
+    notes = {**cfg.get("annotations", {}), CRIU_CONFIG: str(bundle / CRIU_CONF)}
     tmp = bundle / "config.json.tmp"
-    tmp.write_text(json.dumps(cfg, indent=1))
+    tmp.write_text(json.dumps({**cfg, "annotations": notes}, indent=1))
     os.replace(tmp, bundle / "config.json")
+
+
+def lazy_on_loopback(bundle: Path) -> bool:
+    """Whether runc's CRIU keeps a lazy dump of ``bundle``'s container listening on
+    loopback only (behind the data plane's token: workers.dataplane.lazylink)."""
+    try:
+        cfg = json.loads((bundle / "config.json").read_text())
+        named = Path(cfg.get("annotations", {}).get(CRIU_CONFIG, ""))
+        return named == bundle / CRIU_CONF and named.read_text() == LOOPBACK_CONF
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def memory_limit(name: str) -> int | None:

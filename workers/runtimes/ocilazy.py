@@ -2,15 +2,16 @@
 
 The source runs ``runc checkpoint --lazy-pages --page-server ADDR:PORT
 --status-fd FD``: its CRIU freezes the container, dumps all but its pages and
-writes one byte to FD when its page server waits on PORT. That server listens
-on every address of the node: CRIU 4.1's RPC (cr-service.c) drops the address
-runc passes when lazy pages are on. The destination starts ``criu
-lazy-pages`` against that server and ``runc restore --lazy-pages``: the
-container runs at once and each page it touches comes over the network. When
-the last page has gone the source's dump ends and runc removes the container
-there. The probe is the criu runtime's (CRIU's
-own lazy round trip on this kernel); runc adds nothing it needs.
-"""
+writes one byte to FD when its page server waits on PORT. CRIU 4.1's RPC
+(cr-service.c) drops the address runc passes when lazy pages are on, so that
+server would listen on every address of the node; the CRIU config file the
+bundle names (``org.criu.config``, :mod:`workers.runtimes.ocibundle`) binds it
+to loopback, behind the data plane's token (:mod:`workers.dataplane.lazylink`).
+The destination starts ``criu lazy-pages`` on that admitted connection and
+``runc restore --lazy-pages``: the container runs at once and each page it
+touches comes over the network. When the last page has gone the source's dump
+ends and runc removes the container there. The probe is the criu runtime's
+(CRIU's own lazy round trip on this kernel); runc adds nothing it needs."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ from workers.criu.adapter import Criu
 from workers.criu.lazydump import PORT_FILE, seized_at
 from workers.criu.log import explain
 from workers.criu.probe import capabilities as criu_capabilities
-from workers.errors import CriuError
+from workers.errors import CapabilityError, CriuError
 from workers.records import Capabilities
+from workers.runtimes.ocibundle import CRIU_CONF, lazy_on_loopback
 
 
 def capabilities(state_dir: Path, criu: Criu, runc: str, allow_pipe_max_size: bool) -> Capabilities:
@@ -42,6 +44,17 @@ def capabilities(state_dir: Path, criu: Criu, runc: str, allow_pipe_max_size: bo
             caps, criu_ok=False, criu_reason=why, lazy_pages=False, lazy_pages_reason=why
         )
     return caps
+
+
+def check_bundle(name: str, bundle: Path) -> None:
+    """Refuse post-copy of ``name`` unless its bundle keeps runc's lazy page server on
+    loopback (:func:`workers.runtimes.ocibundle.lazy_on_loopback`)."""
+    if not lazy_on_loopback(bundle):
+        raise CapabilityError(
+            f"post-copy of {name} refused: its bundle has no {CRIU_CONF} keeping CRIU's "
+            "page server on loopback, so it would serve the container's memory on every "
+            "address; move it cold or with delta"
+        )
 
 
 def start_dump(

@@ -34,7 +34,7 @@ from workers.records import (
     PagesTarget,
     RestoreStats,
 )
-from workers.runtimes.base import Served
+from workers.runtimes.base import LazySource, Served
 from workers.runtimes.simmodel import (
     MIB,
     PAGE,
@@ -353,7 +353,7 @@ class SimRuntime:
         )
 
     def restore(
-        self, name: str, images: Path, page_server: tuple[str, int] | None = None
+        self, name: str, images: Path, page_server: LazySource | None = None
     ) -> RestoreStats:
         """A modelled restore; with ``page_server`` (post-copy) the pages come later."""
         check_container_name(name)
