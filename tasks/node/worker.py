@@ -75,6 +75,7 @@ RUNTIMES: dict[str, Callable[[Settings, Path], Runtime]] = {
         podman=Podman(store=Path(s.podman_store) if s.podman_store else None),
         allow_pipe_max_size=s.allow_pipe_max_size,
         runc_root=Path(s.runc_root),
+        cgroup_parent=f"/ferry/{home.name}",
     ),
     "sim": lambda s, home: SimRuntime(home, s.container_root, page_size=s.sim_page_size),
 }

@@ -34,7 +34,13 @@ from tasks.core.chooser import strategy_refusal
 from tasks.core.summary import downtime, summary
 from tests.conftest import criu_works, need
 from tests.e2e.netcluster import NetCluster, wait_subnet_free
-from tests.integration.helpers import assert_went_on, ticks, wait_for
+from tests.integration.helpers import (
+    assert_went_on,
+    cgroup_memory_limit,
+    limit_of,
+    ticks,
+    wait_for,
+)
 from tests.integration.ocirootfs import COUNTER, build_rootfs, counter_argv
 from tests.integration.podmanimage import (
     COMMON,
@@ -45,7 +51,6 @@ from tests.integration.podmanimage import (
     podman_run_args,
 )
 from workers.errors import CapabilityError, FerryError
-from workers.runtimes.ocibundle import memory_limit
 
 pytestmark = pytest.mark.criu
 NODES = ["node1", "node2"]
@@ -95,7 +100,7 @@ def test_a_runc_container_moves_cold_delta_and_postcopy_across_the_link(bed) -> 
     info = client.run("node1", counter_argv(), name="rx", labels=labels)
     try:
         wait_for(lambda: len(ticks(info["log"])) > 10, timeout=30)
-        assert memory_limit("rx") == LIMIT
+        assert limit_of(client, "rx") == LIMIT
         lazy = strategy_refusal("postcopy", *(client.node(n).caps for n in NODES))
         moves = [("node2", "cold"), ("node1", "delta"), ("node2", "postcopy")]
         for there, strategy in moves if lazy is None else moves[:2]:
@@ -107,7 +112,7 @@ def test_a_runc_container_moves_cold_delta_and_postcopy_across_the_link(bed) -> 
             assert_went_on(ticks(info["log"]), before)
             assert "corrupt" not in Path(info["log"]).read_text()
             assert wait_for(lambda t=there: held(cluster, "rx") == [(t, "running")], timeout=30)
-            assert memory_limit("rx") == LIMIT  # the destination's runc made its cgroup
+            assert limit_of(client, "rx") == LIMIT  # the destination's runc made its cgroup
             # its images (post-copy: its pages) crossed the testbed link to the destination
             assert m.results["prepare"]["address"].startswith(cluster.bed.address(there) + ":")
             sent = summary(m)["bytes"]  # post-copy: with the pages pulled after the restore
@@ -132,18 +137,6 @@ def listed(pod: NodePodman) -> list[tuple[str, str, str]]:
 def logged(pod: NodePodman, name: str, where: Path) -> list[int]:
     where.write_text(pod.ok("logs", name))
     return ticks(where)
-
-
-def cgroup_memory_limit(pid: int) -> int:
-    """The memory limit of ``pid``'s cgroup (v2, or v1's memory controller)."""
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            text = Path(f"/sys/fs/cgroup{path}/memory.max").read_text().strip()
-            return -1 if text == "max" else int(text)
-        if "memory" in controllers.split(","):
-            return int(Path(f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes").read_text())
-    raise AssertionError(f"no memory cgroup for {pid}")
 
 
 def test_a_podman_container_moves_cold_and_delta_and_podman_agrees(bed, tmp_path) -> None:  # type: ignore[no-untyped-def]

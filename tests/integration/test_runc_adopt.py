@@ -31,12 +31,12 @@ import pytest
 from tasks.api.localcluster import LocalCluster
 from tasks.core.chooser import strategy_refusal
 from tests.conftest import cluster_env, criu_works, need, running
-from tests.integration.helpers import assert_went_on, ticks, wait_for
+from tests.integration.helpers import assert_went_on, limit_of, ticks, wait_for
 from tests.integration.ocirootfs import build_rootfs, counter_argv
 from tests.integration.podmanimage import node_stores
 from tests.integration.test_container_verbs import cli
 from workers.errors import FerryError
-from workers.runtimes.ocibundle import config, memory_limit, write_bundle
+from workers.runtimes.ocibundle import config, write_bundle
 
 pytestmark = pytest.mark.criu
 NODES = ["a1", "a2"]
@@ -121,7 +121,7 @@ def test_an_adopted_runc_container_moves_cold_delta_postcopy_and_is_released(ra)
             assert wait_for(lambda t=there: ours(c, "ra") == [(t, "running")], timeout=30)
             # runc's own view: under the root it was started in, on the destination only
             assert (box.state(there), box.state(here)) == ("running", "gone")
-            assert memory_limit("ra") == LIMIT
+            assert limit_of(c.client, "ra") == LIMIT
             here = there
         got = cli(c, "release", "ra")
         assert got.exit_code == 0, got.output

@@ -7,7 +7,8 @@ limit ``oci.memory`` in bytes). Each node keeps its own runc state
 without ``--leave-running`` ends the container, so a frozen source is one whose
 images are the only copy: rollback restores it from them on the source.
 Post-copy is runc's lazy dump and CRIU's lazy-pages daemon (workers.runtimes.ocilazy);
-streamed pages are refused (runc's checkpoint takes no page-server socket).
+a cold dump may stream its pages (workers.runtimes.ocipages). A restore runs from
+the node's copy of config.json, its cgroup under the node's (ocibundle.here).
 
 A Podman container joins the inventory by ``adopt`` (engine ``podman``) and
 leaves it by ``release``; it moves through Podman's own checkpoint and restore
@@ -18,6 +19,7 @@ and moves as ferry's own do, under the runc root it was started with.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -27,7 +29,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from tasks.core.admission import PODMAN_NOT_LAZY
+from tasks.core.admission import PODMAN_NOT_LAZY, PODMAN_PAGES
 from workers import procs
 from workers.criu.adapter import Criu
 from workers.criu.lazydump import wait_served
@@ -43,14 +45,12 @@ from workers.records import (
     PagesTarget,
     RestoreStats,
 )
-from workers.runtimes import ociadopt, ocilazy, ocipodman
+from workers.runtimes import ociadopt, ocilazy, ocipages, ocipodman
 from workers.runtimes.base import LazySource, Served
 from workers.runtimes.criu import NOT_ROOT, PAGE_SIZE
 from workers.runtimes.inventory import Inventory
-from workers.runtimes.ocibundle import OciEntry, check_start, config, write_bundle
+from workers.runtimes.ocibundle import OciEntry, check_start, config, here, write_bundle
 from workers.runtimes.podmancli import Podman
-
-NO_STREAM = "the oci runtime takes no streamed pages (runc's checkpoint has no page-server socket)"
 
 
 class OciRuntime:
@@ -67,6 +67,7 @@ class OciRuntime:
         podman: Podman | None = None,
         allow_pipe_max_size: bool = False,
         runc_root: Path = Path("/run/runc"),
+        cgroup_parent: str = "/ferry",
     ) -> None:
         self.state_dir = state_dir
         self.inventory = Inventory(state_dir / "oci", OciEntry, ("argv",))
@@ -74,6 +75,7 @@ class OciRuntime:
         self.container_root = container_root
         self.runc = runc
         self.runc_root = runc_root  # where the runc containers ``adopt runc:ID`` names live
+        self.cgroup_parent = cgroup_parent  # this node's containers' cgroups are below it
         self.criu = criu or Criu()
         self.podman = podman or Podman()
         self._caps: Capabilities | None = None
@@ -89,7 +91,7 @@ class OciRuntime:
         return self._caps
 
     def page_server(self, images: Path, sock: int) -> PipedLog:
-        raise CapabilityError(NO_STREAM)
+        return self.criu.page_server(images, sock)
 
     def lazy_report(self, images: Path) -> LazyReport:
         return lazy_report(images, PAGE_SIZE)
@@ -166,7 +168,7 @@ class OciRuntime:
         if self.inventory.has(name) and self.get(name).state != "exited":
             raise BadRequest(f"container {name!r} already runs on this node")
         workdir = self.container_root / name
-        write_bundle(workdir / "bundle", config(name, rootfs, argv, memory))
+        write_bundle(workdir / "bundle", config(name, rootfs, argv, memory, self.cgroup_parent))
         if memory is not None:
             labels["oci.memory"] = str(memory)
         entry = OciEntry(
@@ -217,11 +219,14 @@ class OciRuntime:
     ) -> DumpStats:
         """``runc checkpoint`` of ``name`` into ``images``; without ``leave_running`` the
         container ends and its images are its only copy. A failed dump leaves it running."""
-        if pages is not None:
-            raise CapabilityError(NO_STREAM)
         entry = self._live(name)
         if entry.engine == "podman":
+            if pages is not None:
+                raise CapabilityError(f"streamed pages of {name} refused: {PODMAN_PAGES}")
             stats = ocipodman.checkpoint(self.podman, name, images, leave_running)
+        elif pages is not None:  # paused, not ended: the pages leave no images here
+            dump = functools.partial(self._dump, entry, images)
+            stats = ocipages.checkpoint(self._cmd(entry), name, images, pages, dump)
         else:
             args = ["--image-path", str(images), "--work-path", str(images)]
             if leave_running:
@@ -308,7 +313,8 @@ class OciRuntime:
         # the lazy-pages daemon's socket and log are in images: the restore works there too
         work = images if page_server else images / f"restore-{time.time_ns()}"
         began = time.monotonic()
-        where = ["--image-path", str(images), "--work-path", str(work), "--bundle", entry.bundle]
+        bundle = here(Path(entry.bundle), self.state_dir / "bundles" / name, self.cgroup_parent)
+        where = ["--image-path", str(images), "--work-path", str(work), "--bundle", str(bundle)]
         if page_server is not None:
             self.criu.start_lazy_pages(images, page_server())
             where.append("--lazy-pages")
@@ -334,6 +340,8 @@ class OciRuntime:
     def resume(self, name: str, images: Path | None = None) -> ContainerInfo:
         """Bring a checkpointed source back: running already, or restored from ``images``."""
         entry = self.inventory.load(name)
+        if self._status(entry)[0] == "paused":  # a streamed dump's source copy
+            ocipages.call(self._cmd(entry), "resume", name)
         if self._status(entry)[0] == "running":
             self.inventory.save(replace(entry, state="running"))
             return self.get(name)

@@ -107,8 +107,11 @@ def check_start(
     return rootfs, parse_size(labels["oci.memory"]) if labels.get("oci.memory") else None
 
 
-def config(name: str, rootfs: Path, argv: list[str], memory: int | None) -> dict[str, Any]:
-    """The config.json of container ``name`` running ``argv`` in ``rootfs``."""
+def config(
+    name: str, rootfs: Path, argv: list[str], memory: int | None, parent: str = "/ferry"
+) -> dict[str, Any]:
+    """The config.json of container ``name`` running ``argv`` in ``rootfs``, its cgroup
+    ``<parent>/<name>``."""
     resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
     if memory is not None:
         resources["memory"] = {"limit": memory}
@@ -129,7 +132,7 @@ def config(name: str, rootfs: Path, argv: list[str], memory: int | None) -> dict
         "mounts": MOUNTS,
         "linux": {
             "resources": resources,
-            "cgroupsPath": f"/ferry/{name}",
+            "cgroupsPath": f"{parent}/{name}",
             "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
             "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"],
@@ -165,18 +168,21 @@ def memory_of(cfg: dict[str, Any]) -> int | None:
     return int(limit) if isinstance(limit, int) and limit > 0 else None
 
 
-def memory_limit(name: str) -> int | None:
-    """The memory limit the kernel holds for container ``name`` (cgroup v2 or v1)."""
-    for path in (
-        Path(f"/sys/fs/cgroup/ferry/{name}/memory.max"),
-        Path(f"/sys/fs/cgroup/memory/ferry/{name}/memory.limit_in_bytes"),
-    ):
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            continue
-        return None if text == "max" else int(text)
-    return None
+def here(bundle: Path, local: Path, parent: str) -> Path:
+    """A bundle for restoring ``bundle``'s container on this node: ``local``, its config.json
+    the same but for its cgroup (``<parent>/<name>``) and its paths made absolute. Each
+    node's containers have their cgroups under its own parent (``/ferry/<node>``), so a
+    source paused by a streamed dump (workers.runtimes.ocipages) and its restored copy
+    never share one where two nodes share a host (runc will not restore into a frozen one)."""
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["root"]["path"] = os.path.join(bundle, cfg["root"]["path"])
+    for m in cfg.get("mounts") or []:  # a bind's relative source is in the bundle
+        binds = m.get("type") == "bind" or {"bind", "rbind"} & set(m.get("options") or [])
+        if binds and not os.path.isabs(m.get("source", "/")):
+            m["source"] = os.path.normpath(os.path.join(bundle, m["source"]))
+    cfg.setdefault("linux", {})["cgroupsPath"] = f"{parent}/{local.name}"
+    write_bundle(local, cfg)
+    return local
 
 
 @dataclass(frozen=True)
