@@ -8,7 +8,8 @@ node2's containers only. The container root (bundles, rootfs, logs) is the
 testbed's shared storage.
 
 A runc container (a rootfs built from this host, its own mount, pid and
-network namespaces, a 256 MiB limit in its cgroup) moves node1 -> node2 cold,
+network namespaces, a 256 MiB limit in its cgroup) moves node1 -> node2 cold
+(its pages streamed into node2's CRIU during the dump where ``auto`` says so),
 back with delta, then to node2 with post-copy (CRIU's lazy-pages daemon on
 node2 pulls its pages from runc's page server on node1's testbed address):
 the counter goes on where it stopped and the limit is read back from the
