@@ -41,16 +41,21 @@ def checkpoint(
     dump: Callable[[list[str]], DumpStats],
 ) -> DumpStats:
     """Pause ``name`` and ``dump`` it (``runc checkpoint`` with these args) into ``images``,
-    its pages streamed to ``target``; it stays paused here. A failed dump resumes it."""
-    paused_at = time.monotonic()
-    call(runc, "pause", name)
-    relay = Relay(target)
+    its pages streamed to ``target``; it stays paused here. A failed dump resumes it.
+
+    The stream is admitted (the destination's page server up) before the pause, so
+    that wait is outside the freeze."""
+    relay, paused_at = Relay(target), 0.0
+    args = ["--image-path", str(images), "--work-path", str(images), "--leave-running"]
     try:
         with relay as fd, bridge(fd) as port:
-            args = ["--image-path", str(images), "--work-path", str(images), "--leave-running"]
+            began = time.monotonic()
+            call(runc, "pause", name)
+            paused_at = began
             stats = dump([*args, "--page-server", f"127.0.0.1:{port}"])
     except BaseException:
-        call(runc, "resume", name)
+        if paused_at:
+            call(runc, "resume", name)
         raise
     frozen_ms = (time.monotonic() - paused_at) * 1000  # from the pause: CRIU found it frozen
     return replace(
