@@ -5,7 +5,8 @@
 ``/run/runc``) into the inventory. ferry then moves it with runc's checkpoint
 and restore as it moves its own (cold, delta, post-copy), under the same root
 and from the same bundle: the bundle (config.json and rootfs) must be at the
-same path on the destination, as a shared container root gives it. Its output
+same path on the destination, as a shared container root gives it (post-copy
+also needs its criu.conf: workers.runtimes.ocilazy.check_bundle). Its output
 goes, after its first move, into ferry's log of it. What CRIU cannot dump is
 refused here, before anything freezes, with the reason: a terminal, a host dir
 bind-mounted in, a host device, stdio on a host file.
