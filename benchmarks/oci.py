@@ -11,7 +11,9 @@ its longest silence less its median tick is the pause it felt. On loopback:
 
 - ``ferry cold`` / ``ferry delta`` / ``ferry postcopy``: two ferry nodes (FERRY_RUNTIME=oci) on this
   host, through the real coordinator and workers; ferry's own parts of the
-  final pause (tasks.core.summary.final_pause) beside it.
+  final pause (tasks.core.summary.final_pause) beside it. ``ferry cold`` streams
+  its pages during the dump (the page server's ``auto`` on loopback),
+  ``ferry cold files`` writes them and sends them as files (``off``).
 - ``runc``: ``runc checkpoint`` on one runc root, the image directory copied,
   ``runc restore --detach`` on another (the container's stdio on pipes kept by
   workers.runtimes.ocistdio, as ferry keeps them).
@@ -69,7 +71,21 @@ from workers.errors import FerryError
 from workers.runtimes.ocibundle import config, write_bundle
 from workers.runtimes.podmancli import Podman
 
-SYSTEMS = ("runc", "podman", "ferry-cold", "ferry-delta", "ferry-postcopy", "ferry-podman")
+SYSTEMS = (
+    "runc",
+    "podman",
+    "ferry-cold",
+    "ferry-cold-files",
+    "ferry-delta",
+    "ferry-postcopy",
+    "ferry-podman",
+)
+FERRY = {  # ferry's own movers: strategy and page-server mode
+    "ferry-cold": ("cold", "auto"),  # on loopback: the pages stream during the dump
+    "ferry-cold-files": ("cold", "off"),  # the pages written here, then sent as files
+    "ferry-delta": ("delta", "auto"),
+    "ferry-postcopy": ("postcopy", "auto"),
+}
 PARTS = ("dump_ms", "copy_ms", "restore_ms", "overhead_ms")
 KEEPER = [sys.executable, "-S", "-m", "workers.runtimes.ocistdio"]  # as the oci runtime runs it
 Sample = dict[str, Any]
@@ -167,15 +183,18 @@ def timed(step: Callable[..., object], *args: object) -> float:
 
 
 # -- ferry -----------------------------------------------------------------------------
-def run_ferry(client: Ferry, rootfs: Path, size: int, strategy: str, runs: int) -> Iterator[Sample]:
+def run_ferry(client: Ferry, rootfs: Path, size: int, system: str, runs: int) -> Iterator[Sample]:
+    strategy, page_server = FERRY[system]
     nodes = sorted(n.name for n in client.nodes())[:2]
-    name = f"bench-ferry-{strategy}-{size}"
+    name = f"bench-{system}-{size}"
     labels = {"oci.rootfs": str(rootfs), "oci.memory": str(limit(size))}
     info = client.run(nodes[0], argv_of(size), name=name, labels=labels)
     try:
         ticks_in(info["log"], 200, 120)
         for i in range(runs):
-            m = client.migrate(name, nodes[(i + 1) % 2], strategy=strategy).wait(timeout=300)
+            to = nodes[(i + 1) % 2]
+            h = client.migrate(name, to, strategy=strategy, page_server=page_server)
+            m = h.wait(timeout=300)
             time.sleep(0.5)
             if m.state.value != "done":
                 raise SystemExit(f"error: ferry {strategy} {size} MiB: {'; '.join(m.errors)}")
@@ -311,9 +330,9 @@ def setup(
         extra = {"FERRY_RUNTIME": "oci", "FERRY_PODMAN_STORE": str(COMMON)}
         cluster = stack.enter_context(local_cluster(base, extra, node_stores(base, list(NODES))))
         pods = [NodePodman(store=COMMON, pid=cluster.procs[n].pid) for n in NODES]
-        for strategy in ("cold", "delta", "postcopy"):
-            if f"ferry-{strategy}" in systems:
-                movers[f"ferry-{strategy}"] = lambda size, runs, s=strategy: run_ferry(
+        for system in FERRY:
+            if system in systems:
+                movers[system] = lambda size, runs, s=system: run_ferry(
                     cluster.client, rootfs, size, s, runs
                 )
         if "ferry-podman" in systems:

@@ -88,16 +88,17 @@ class Ferry(Cluster):
         return self.command("kill", node or self.locate(name), check_container_name(name), timeout)
 
     def adopt(self, node: str, ref: str, timeout: float = 60) -> dict[str, Any]:
-        """Put ``podman:NAME``, a Podman container on ``node``, into its inventory; the
-        node refuses one that cannot be checkpointed, saying why."""
+        """Put ``podman:NAME`` (a Podman container on ``node``) or ``runc:ID`` (one runc
+        started there) into its inventory; the node refuses one that cannot be
+        checkpointed, saying why."""
         self.node(node)
         engine, sep, name = ref.partition(":")
-        if not sep or engine != "podman":
-            raise BadRequest(f"adopt {ref!r}: say podman:NAME")
-        return self.command("adopt", node, f"podman:{check_container_name(name)}", timeout)
+        if not sep or engine not in ("podman", "runc"):
+            raise BadRequest(f"adopt {ref!r}: say podman:NAME or runc:ID")
+        return self.command("adopt", node, f"{engine}:{check_container_name(name)}", timeout)
 
     def release(self, name: str, timeout: float = 30) -> dict[str, Any]:
-        """Hand adopted container ``name`` back to Podman: ferry forgets it, it runs on."""
+        """Hand adopted container ``name`` back to its engine: ferry forgets it, it runs on."""
         return self.command("release", self.locate(name), check_container_name(name), timeout)
 
     def command(self, kind: str, node: str, name: str, timeout: float = 30) -> dict[str, Any]:

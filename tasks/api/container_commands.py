@@ -94,13 +94,14 @@ def logs(name: str, node: str | None, follow: bool, lines: int | None) -> None:
 
 
 @click.command()
-@click.argument("ref", metavar="podman:NAME")
-@click.option("--node", required=True, help="The node whose Podman runs it.")
+@click.argument("ref", metavar="podman:NAME|runc:ID")
+@click.option("--node", required=True, help="The node whose Podman or runc runs it.")
 @json_opt
 def adopt(ref: str, node: str, as_json: bool) -> None:
-    """Put Podman container NAME on NODE into ferry's inventory, so that it can be
-    moved (refused, saying why, if it cannot be checkpointed: a tty, a bind-mounted
-    host dir, a device)."""
+    """Put Podman container NAME, or runc container ID (under the node's FERRY_RUNC_ROOT),
+    on NODE into ferry's inventory, so that it can be moved (refused, saying why, if it
+    cannot be checkpointed: a tty, a bind-mounted host dir, a device, stdio on a host
+    file)."""
     got = ferry_client().adopt(node, ref)
     emit(as_json, got, lambda: out.print(f"{got['name']} adopted on {node} (pid {got['pid']})"))
 
@@ -109,6 +110,6 @@ def adopt(ref: str, node: str, as_json: bool) -> None:
 @click.argument("name")
 @json_opt
 def release(name: str, as_json: bool) -> None:
-    """Hand adopted container NAME back to Podman: ferry forgets it, it runs on."""
+    """Hand adopted container NAME back to Podman or runc: ferry forgets it, it runs on."""
     got = ferry_client().release(name)
-    emit(as_json, got, lambda: out.print(f"{name} released to Podman on {got['node']}"))
+    emit(as_json, got, lambda: out.print(f"{name} released on {got['node']}"))

@@ -46,6 +46,7 @@ class Settings:
     bridge: str = ""  # the bridge containers with their own address (--net) plug into
     runtime: str = "criu"  # criu | oci | sim
     podman_store: str = ""  # oci: this node's own Podman store (root/, run/, tmp/); "": the host's
+    runc_root: str = "/run/runc"  # oci: the runc --root of the containers `adopt runc:ID` names
     sim_page_size: int = 4096  # the sim's kernel page size: 16384 models a Pi 5's default kernel
     link_bps: float = 125e6  # assumed node-to-node bandwidth (bytes/s) until measured
     uplink_bps: float = 0.0  # the node's send budget, shared, frozen containers first (0: none)

@@ -37,6 +37,7 @@ from workers.errors import BadRequest, CapabilityError, UnknownContainer
 # dump); post-copy carries its connections too (workers.runtimes.netlock).
 NET_PAGES = "it has its own address: a rollback restores it from the pages on the source"
 PODMAN_NOT_LAZY = "it is a Podman container: Podman 4.3's checkpoint has no lazy pages"
+PODMAN_PAGES = "it is a Podman container: Podman's checkpoint writes its pages into its archive"
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def admit(req: MigrationRequest, src: NodeRecord, dst: NodeRecord, defaults: Def
     net = held.net
     if net:  # the destination must carry its address
         check_carry(NodeNet.of(dst), parse(net))
-    if held.labels.get("oci.engine") == "podman":  # it moves through Podman's own checkpoint
+    podman = held.labels.get("oci.engine") == "podman"  # it moves through Podman's checkpoint
+    if podman:
         src_caps, dst_caps = (
             replace(c, lazy_pages=False, lazy_pages_reason=PODMAN_NOT_LAZY)
             for c in (src_caps, dst_caps)
@@ -126,10 +128,11 @@ def admit(req: MigrationRequest, src: NodeRecord, dst: NodeRecord, defaults: Def
     pages, pages_why = page_server(
         req.page_server or defaults.page_server, choice.strategy, src_caps, dst_caps
     )
-    if net and pages != "off":
+    if (net or podman) and pages != "off":
+        why = NET_PAGES if net else PODMAN_PAGES
         if pages == "on":
-            raise CapabilityError(f"page_server=on, but {NET_PAGES}: use page_server=auto")
-        pages, pages_why = "off", NET_PAGES
+            raise CapabilityError(f"page_server=on, but {why}: use page_server=auto")
+        pages, pages_why = "off", why
     options = Options(
         memory_bytes=held.memory_bytes,
         timeout_action=defaults.timeout_action,

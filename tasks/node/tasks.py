@@ -225,7 +225,7 @@ def register(
 
     @app.task(name="ferry.node.adopt", bind=True, throws=(FerryError,))
     def adopt(self: Task, ref: str, issued: float, mac: str) -> dict[str, Any]:
-        """Take an engine's container (``podman:NAME``) into the inventory."""
+        """Take an engine's container (``podman:NAME``, ``runc:ID``) into the inventory."""
         if not isinstance(ref, str):
             raise BadRequest("adopt wants ENGINE:NAME")
         auth.verify_fresh(ctx.secret, mac, issued, time.time(), "adopt", ctx.node, ref)

@@ -74,6 +74,8 @@ RUNTIMES: dict[str, Callable[[Settings, Path], Runtime]] = {
         criu=Criu(s.criu_bin),
         podman=Podman(store=Path(s.podman_store) if s.podman_store else None),
         allow_pipe_max_size=s.allow_pipe_max_size,
+        runc_root=Path(s.runc_root),
+        cgroup_parent=f"/ferry/{home.name}",
     ),
     "sim": lambda s, home: SimRuntime(home, s.container_root, page_size=s.sim_page_size),
 }
@@ -121,6 +123,7 @@ def _env(s: Settings) -> dict[str, str]:
         FERRY_SECRET=s.secret,
         FERRY_RUNTIME=s.runtime,
         FERRY_PODMAN_STORE=s.podman_store,
+        FERRY_RUNC_ROOT=s.runc_root,
         FERRY_SHARED_DIR=str(s.container_root),
         FERRY_FAILPOINTS=s.failpoints,
         FERRY_SYNC_ROOTS=s.sync_roots,

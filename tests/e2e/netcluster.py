@@ -9,7 +9,9 @@ Every node's data plane binds and advertises its testbed address, so images
 cross the node's shaped veth link, never loopback. The nodes share the mount
 namespace, so the container root (``FERRY_SHARED_DIR``) is one host directory:
 it models the shared storage of a real cluster. ``mounts`` gives nodes
-node-local storage too (tasks.api.localcluster.private_mounts). Used by the e2e tests and by
+node-local storage too (tasks.api.localcluster.private_mounts), ``extra`` settings
+such as FERRY_RUNTIME=oci. A node mounts the host's cgroup hierarchies again
+(:func:`host_cgroups`). Used by the e2e tests and by
 ``benchmarks/cold.py --testbed``.
 """
 
@@ -35,6 +37,26 @@ from tests.testbed.iproute import ip_json
 from workers.errors import FerryError
 
 SUBNET = "10.77.0"  # the one subnet a testbed may use on this machine
+
+
+def host_cgroups() -> list[str]:
+    """A command prefix: mount the host's cgroup hierarchies on /sys/fs/cgroup again.
+
+    ``ip netns exec`` mounts a fresh /sys for the node, which hides them; runc
+    (and CRIU dumping a container's cgroups) need them there, as on a real node.
+    Each is mounted by its type and options, so it is the host's same hierarchy.
+    """
+    triples: list[str] = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, _, tail = line.partition(" - ")
+        path, (kind, _, options) = fields.split()[4], tail.split()
+        if path == "/sys/fs/cgroup" or path.startswith("/sys/fs/cgroup/"):
+            triples += [kind, options, path]
+    script = (
+        'while [ "$1" != -- ]; do mkdir -p "$3" && mount -t "$1" -o "$2" "$1" "$3" || exit 1; '
+        'shift 3; done; shift; exec "$@"'
+    )
+    return ["sh", "-c", script, "sh", *triples, "--"]
 
 
 def unique_prefix(stem: str = "fx") -> str:
@@ -148,6 +170,7 @@ class NetCluster:
         self.workers[node] = self.bed.exec(
             node,
             [
+                *host_cgroups(),
                 *(private_mounts(mounts) if mounts else ()),
                 sys.executable,
                 "-m",

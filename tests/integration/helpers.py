@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from workers import procs
 
@@ -23,6 +24,25 @@ def ticks(log: str | Path) -> list[int]:
         for p in (ln.split() for ln in lines)
         if len(p) >= 2 and p[0] == "tick" and p[1].isdigit()
     ]
+
+
+def cgroup_memory_limit(pid: int) -> int:
+    """The memory limit the kernel holds for ``pid``'s cgroup (v2, or v1's memory controller)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            text = Path(f"/sys/fs/cgroup{path}/memory.max").read_text().strip()
+            return -1 if text == "max" else int(text)
+        if "memory" in controllers.split(","):
+            return int(Path(f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes").read_text())
+    raise AssertionError(f"no memory cgroup for {pid}")
+
+
+def limit_of(client: Any, name: str) -> int:
+    """The memory limit of container ``name``'s cgroup, wherever ``client``'s cluster runs it."""
+    pids = [c["pid"] for c in client.containers() if c["name"] == name and c["pid"] > 0]
+    assert len(pids) == 1, f"{name} runs {len(pids)} times"
+    return cgroup_memory_limit(pids[0])
 
 
 def wait_for(pred, timeout: float = 10.0, every: float = 0.05):  # type: ignore[no-untyped-def]

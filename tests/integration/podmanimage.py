@@ -58,9 +58,10 @@ class NodePodman(Podman):
         return ["nsenter", "--target", str(self.pid), "--mount", *super().argv(*args)]
 
 
-def node_stores(base: Path, nodes: list[str]) -> dict[str, dict[Path, Path]]:
-    """LocalCluster's ``mounts``: each node's own store dir under ``base`` on :data:`COMMON`."""
-    COMMON.mkdir(exist_ok=True)  # only a mount point
+def node_stores(base: Path, nodes: list[str], common: Path = COMMON) -> dict[str, dict[Path, Path]]:
+    """LocalCluster's ``mounts``: each node's own dir under ``base`` on ``common`` (its
+    Podman store; or another path each node has its own of, such as a runc root)."""
+    common.mkdir(exist_ok=True)  # only a mount point
     for n in nodes:
-        (base / f"{n}-podman").mkdir(exist_ok=True)
-    return {n: {base / f"{n}-podman": COMMON} for n in nodes}
+        (base / f"{n}-{common.name}").mkdir(exist_ok=True)
+    return {n: {base / f"{n}-{common.name}": common} for n in nodes}

@@ -21,10 +21,9 @@ from tasks.api.localcluster import LocalCluster
 from tasks.core.chooser import strategy_refusal
 from tasks.core.summary import downtime
 from tests.conftest import cluster_env, criu_works, need, running
-from tests.integration.helpers import assert_went_on, ticks, wait_for
+from tests.integration.helpers import assert_went_on, limit_of, ticks, wait_for
 from tests.integration.ocirootfs import build_rootfs, counter_argv
 from tests.integration.test_container_verbs import cli
-from workers.runtimes.ocibundle import memory_limit
 
 pytestmark = pytest.mark.criu
 LIMIT = 256 << 20
@@ -47,10 +46,12 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_rootfs(tmp_path_factory.mktemp("rootfs"))
 
 
-@pytest.mark.parametrize("strategy", ["cold", "delta"])
-def test_counter_moves_and_keeps_its_limit(oci_cluster, rootfs, strategy) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("strategy", "page_server"), [("cold", "off"), ("cold", "on"), ("delta", "auto")]
+)
+def test_counter_moves_and_keeps_its_limit(oci_cluster, rootfs, strategy, page_server) -> None:  # type: ignore[no-untyped-def]
     client = oci_cluster.client
-    name = f"oci-{strategy}"
+    name = f"oci-{strategy}-{page_server}"
     argv = ["--rootfs", str(rootfs), "--memory", "256M", "--", *counter_argv()]
     started = cli(oci_cluster, "run", "--node", "o1", "--name", name, *argv)
     assert started.exit_code == 0, started.output
@@ -58,10 +59,15 @@ def test_counter_moves_and_keeps_its_limit(oci_cluster, rootfs, strategy) -> Non
     try:
         assert "oci" in cli(oci_cluster, "ps").output  # the runtime column
         wait_for(lambda: len(ticks(info["log"])) > 10, timeout=30)
-        m = client.migrate(name, "o2", strategy=strategy).wait(timeout=120)
+        m = client.migrate(name, "o2", strategy=strategy, page_server=page_server)
+        m = m.wait(timeout=120)
         assert m.state.value == "done", m.errors
         if strategy == "delta":  # pre-copy passes ran while it ran (full leave-running dumps)
             assert m.results["precopy"]
+        # on: its pages went into o2's page server during the dump (its 16 MiB, uncompressed)
+        assert ("pages" in m.results["dump"]) is (page_server == "on")
+        if page_server == "on":
+            assert m.results["dump"]["pages"]["bytes"] >= 16 << 20
         before = max(ticks(info["log"]))
         wait_for(lambda: max(ticks(info["log"])) >= before + 8, timeout=30)
         assert_went_on(ticks(info["log"]), before)
@@ -74,9 +80,36 @@ def test_counter_moves_and_keeps_its_limit(oci_cluster, rootfs, strategy) -> Non
             timeout=30,
         )
         assert where
-        assert memory_limit(name) == LIMIT
+        assert limit_of(client, name) == LIMIT
     finally:
         client.kill(name)
+
+
+def test_a_corrupt_pages_stream_fails_the_dump_and_the_paused_source_goes_on(
+    oci_cluster, rootfs
+) -> None:  # type: ignore[no-untyped-def]
+    """Streamed, the pages leave no images on the source: it was paused, not ended, and resumes."""
+    client = oci_cluster.client
+    labels = {"oci.rootfs": str(rootfs), "oci.memory": "256M"}
+    info = client.run("o1", counter_argv(), name="oci-corrupt", labels=labels)
+    control = oci_cluster.base / "failpoints"
+    try:
+        wait_for(lambda: len(ticks(info["log"])) > 10, timeout=30)
+        control.write_text("pages:corrupt\n")  # o1 flips a byte of every stream it sends
+        try:
+            m = client.migrate("oci-corrupt", "o2", strategy="cold", page_server="on")
+            m = m.wait(timeout=120)
+        finally:
+            control.write_text("")
+        assert m.state.value == "rolled_back", m.errors
+        assert any("blake3" in e.lower() or "digest" in e.lower() for e in m.errors), m.errors
+        before = max(ticks(info["log"]))
+        wait_for(lambda: max(ticks(info["log"])) >= before + 8, timeout=30)
+        assert_went_on(ticks(info["log"]), before)
+        where = [(c["node"], c["state"]) for c in client.containers() if c["name"] == "oci-corrupt"]
+        assert where == [("o1", "running")]
+    finally:
+        client.kill("oci-corrupt")
 
 
 def test_bad_rootfs_is_refused_in_one_line(oci_cluster, tmp_path, sim_cluster) -> None:  # type: ignore[no-untyped-def]
@@ -124,7 +157,7 @@ def test_postcopy_moves_a_runc_counter_that_goes_on(oci_cluster, rootfs) -> None
         )
         on = [(c["node"], c["state"]) for c in client.containers() if c["name"] == "oci-lazy"]
         assert on == [("o2", "running")]
-        assert memory_limit("oci-lazy") == LIMIT
+        assert limit_of(client, "oci-lazy") == LIMIT
     finally:
         client.kill("oci-lazy")
 

@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import criu_works, need
-from tests.integration.helpers import assert_went_on, ticks, wait_for
+from tests.integration.helpers import assert_went_on, cgroup_memory_limit, ticks, wait_for
 from tests.integration.ocirootfs import build_rootfs, counter_argv
 from workers.errors import BadRequest, CapabilityError
 from workers.runtimes.oci import OciRuntime
-from workers.runtimes.ocibundle import memory_limit
 
 LIMIT = 256 << 20
 
@@ -38,7 +37,7 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def nodes(tmp_path: Path, rootfs: Path) -> Iterator[tuple[OciRuntime, OciRuntime]]:
     shared = tmp_path / "shared"
-    src, dst = OciRuntime(tmp_path / "n1", shared), OciRuntime(tmp_path / "n2", shared)
+    src, dst = (OciRuntime(tmp_path / n, shared, cgroup_parent=f"/ferry/{n}") for n in ("n1", "n2"))
     yield src, dst
     for rt in (src, dst):
         for c in rt.containers():
@@ -68,7 +67,7 @@ def went_on(dst: OciRuntime, log: str, before: int) -> None:
     assert_went_on(ticks(log), before)
     assert "corrupt" not in Path(log).read_text()
     assert dst.get("c1").state == "running"
-    assert memory_limit("c1") == LIMIT
+    assert cgroup_memory_limit(dst.get("c1").pid) == LIMIT
 
 
 def test_runs_in_its_own_namespaces_with_its_limit(nodes, rootfs) -> None:  # type: ignore[no-untyped-def]
@@ -79,7 +78,7 @@ def test_runs_in_its_own_namespaces_with_its_limit(nodes, rootfs) -> None:  # ty
         assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
     assert os.readlink(f"/proc/{pid}/root") == "/"  # chrooted: the kernel shows its own root
     assert sorted(os.listdir(f"/proc/{pid}/root/usr/bin")) == ["python3", "python3.11"]
-    assert memory_limit("c1") == LIMIT
+    assert cgroup_memory_limit(pid) == LIMIT
     src.kill("c1")
     assert src.containers() == []
 
@@ -125,15 +124,6 @@ def test_rollback_restores_the_source(nodes, rootfs, tmp_path) -> None:  # type:
     assert src.resume("c1", tmp_path / "img").state == "running"
     wait_for(lambda: ticks(log)[-1] > before + 3, timeout=30)
     assert_went_on(ticks(log), before)
-
-
-def test_no_streamed_pages(nodes, rootfs, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    src, _ = nodes
-    started(src, rootfs)
-    assert not src.capabilities().page_server
-    with pytest.raises(CapabilityError, match="no streamed pages"):
-        src.page_server(tmp_path, 0)
-    assert src.get("c1").state == "running"
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ import pytest
 
 from tasks.api.localcluster import LocalCluster
 from tests.conftest import cluster_env, criu_works, need, running
-from tests.integration.helpers import assert_went_on, ticks, wait_for
+from tests.integration.helpers import assert_went_on, cgroup_memory_limit, ticks, wait_for
 from tests.integration.ocirootfs import COUNTER, build_rootfs
 from tests.integration.podmanimage import (
     COMMON,
@@ -94,18 +94,6 @@ def logged(pod: Podman, name: str, where: Path) -> list[int]:
 def listed(pod: Podman) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = json.loads(pod.ok("ps", "--format", "json") or "[]")
     return out
-
-
-def cgroup_memory_limit(pid: int) -> int:
-    """The memory limit the kernel holds for ``pid``'s cgroup (v2, or v1's memory controller)."""
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            text = Path(f"/sys/fs/cgroup{path}/memory.max").read_text().strip()
-            return -1 if text == "max" else int(text)
-        if "memory" in controllers.split(","):
-            return int(Path(f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes").read_text())
-    raise AssertionError(f"no memory cgroup for {pid}")
 
 
 def test_adopted_counter_moves_cold_and_delta_and_stays_podmans(pm, tmp_path) -> None:  # type: ignore[no-untyped-def]

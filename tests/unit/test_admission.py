@@ -119,14 +119,19 @@ def test_its_pages_stay_on_the_source_for_a_rollback_and_auto_may_pick_postcopy(
         )
 
 
-def oci_node(name: str, engine: str) -> NodeRecord:
-    """An oci node (post-copy probed, no streamed pages) holding ``web`` run by ``engine``."""
+def oci_node(name: str, engine: str, page_server: bool = False) -> NodeRecord:
+    """An oci node (post-copy probed) holding ``web`` run by ``engine``."""
     labels = {"oci.rootfs": "/srv/rootfs"} if engine == "runc" else {"oci.engine": "podman"}
     return node_record(
         {
             "name": name,
             "runtime": "oci",
-            "probe": {"arch": "x86_64", "criu_ok": True, "lazy_pages": True},
+            "probe": {
+                "arch": "x86_64",
+                "criu_ok": True,
+                "lazy_pages": True,
+                "page_server": page_server,
+            },
             "containers": [{"name": "web", "memory_bytes": 64 * MiB, "labels": labels}],
         }
     )
@@ -145,3 +150,22 @@ def test_a_runc_container_may_go_post_copy_and_a_podman_one_says_why_not() -> No
         admit(MigrationRequest("web", "o2", strategy="postcopy"), src, dst, Defaults())
     slow = admit(MigrationRequest("web", "o2"), src, dst, Defaults(link_bps=1e6))
     assert slow.strategy.value not in ("postcopy", "hybrid") and not slow.options.lazy_ok
+
+
+def test_a_runc_container_may_stream_its_pages_and_a_podman_one_says_why_not() -> None:
+    def node(name: str, engine: str) -> NodeRecord:
+        return oci_node(name, engine, page_server=True)
+
+    cold = MigrationRequest("web", "o2", strategy="cold")
+    runc = admit(cold, node("o1", "runc"), node("o2", "runc"), Defaults())
+    assert runc.options.page_server == "auto"
+    podman = admit(cold, node("o1", "podman"), node("o2", "podman"), Defaults())
+    assert podman.options.page_server == "off"
+    assert "writes its pages into its archive" in podman.options.page_server_why
+    with pytest.raises(CapabilityError, match="page_server=on, but it is a Podman container"):
+        admit(
+            MigrationRequest("web", "o2", strategy="cold", page_server="on"),
+            node("o1", "podman"),
+            node("o2", "podman"),
+            Defaults(),
+        )

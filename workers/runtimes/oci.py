@@ -7,15 +7,19 @@ limit ``oci.memory`` in bytes). Each node keeps its own runc state
 without ``--leave-running`` ends the container, so a frozen source is one whose
 images are the only copy: rollback restores it from them on the source.
 Post-copy is runc's lazy dump and CRIU's lazy-pages daemon (workers.runtimes.ocilazy);
-streamed pages are refused (runc's checkpoint takes no page-server socket).
+a cold dump may stream its pages (workers.runtimes.ocipages). A restore runs from
+the node's copy of config.json, its cgroup under the node's (ocibundle.here).
 
 A Podman container joins the inventory by ``adopt`` (engine ``podman``) and
 leaves it by ``release``; it moves through Podman's own checkpoint and restore
-(workers.runtimes.ocipodman says why), so Podman stays in charge of it.
+(workers.runtimes.ocipodman says why), so Podman stays in charge of it. A runc
+container started outside ferry is adopted by its ID (workers.runtimes.ociadopt)
+and moves as ferry's own do, under the runc root it was started with.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -25,7 +29,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from tasks.core.admission import PODMAN_NOT_LAZY
+from tasks.core.admission import PODMAN_NOT_LAZY, PODMAN_PAGES
 from workers import procs
 from workers.criu.adapter import Criu
 from workers.criu.lazydump import wait_served
@@ -41,14 +45,12 @@ from workers.records import (
     PagesTarget,
     RestoreStats,
 )
-from workers.runtimes import ocilazy, ocipodman
+from workers.runtimes import ociadopt, ocilazy, ocipages, ocipodman
 from workers.runtimes.base import LazySource, Served
 from workers.runtimes.criu import NOT_ROOT, PAGE_SIZE
 from workers.runtimes.inventory import Inventory
-from workers.runtimes.ocibundle import OciEntry, check_rootfs, config, parse_size, write_bundle
+from workers.runtimes.ocibundle import OciEntry, check_start, config, here, write_bundle
 from workers.runtimes.podmancli import Podman
-
-NO_STREAM = "the oci runtime takes no streamed pages (runc's checkpoint has no page-server socket)"
 
 
 class OciRuntime:
@@ -64,12 +66,16 @@ class OciRuntime:
         criu: Criu | None = None,
         podman: Podman | None = None,
         allow_pipe_max_size: bool = False,
+        runc_root: Path = Path("/run/runc"),
+        cgroup_parent: str = "/ferry",
     ) -> None:
         self.state_dir = state_dir
         self.inventory = Inventory(state_dir / "oci", OciEntry, ("argv",))
         self.root = state_dir / "runc"
         self.container_root = container_root
         self.runc = runc
+        self.runc_root = runc_root  # where the runc containers ``adopt runc:ID`` names live
+        self.cgroup_parent = cgroup_parent  # this node's containers' cgroups are below it
         self.criu = criu or Criu()
         self.podman = podman or Podman()
         self._caps: Capabilities | None = None
@@ -85,15 +91,21 @@ class OciRuntime:
         return self._caps
 
     def page_server(self, images: Path, sock: int) -> PipedLog:
-        raise CapabilityError(NO_STREAM)
+        return self.criu.page_server(images, sock)
 
     def lazy_report(self, images: Path) -> LazyReport:
         return lazy_report(images, PAGE_SIZE)
 
     # -- inventory ---------------------------------------------------------
-    def _runc(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def _cmd(self, e: OciEntry) -> list[str]:
+        """runc with the root that holds ``e``: ferry's own, or the one it was adopted from."""
+        return [self.runc, "--root", e.root or str(self.root)]
+
+    def _runc(
+        self, e: OciEntry, *args: str, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [self.runc, "--root", str(self.root), *args],
+            [*self._cmd(e), *args],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -101,9 +113,9 @@ class OciRuntime:
             check=False,
         )
 
-    def _state(self, name: str) -> tuple[str, int]:
-        """runc's status of ``name`` (``gone`` when runc has none) and its init's pid."""
-        out = self._runc("state", name)
+    def _state(self, e: OciEntry) -> tuple[str, int]:
+        """runc's status of ``e`` (``gone`` when runc has none) and its init's pid."""
+        out = self._runc(e, "state", e.name)
         if out.returncode != 0:
             return "gone", 0
         st = json.loads(out.stdout)
@@ -113,7 +125,7 @@ class OciRuntime:
         """What the engine says of ``e``: runc's or Podman's status, and its pid."""
         if e.engine == "podman":
             return ocipodman.state_of(self.podman, e.name)
-        return self._state(e.name)
+        return self._state(e)
 
     def _info(self, e: OciEntry) -> ContainerInfo:
         status, pid = self._status(e)
@@ -149,31 +161,20 @@ class OciRuntime:
     ) -> ContainerInfo:
         """Start ``argv`` in an OCI container ``name`` whose rootfs is ``labels['oci.rootfs']``."""
         check_container_name(name)
-        if net:
-            raise BadRequest("--net needs a criu node; this one runs oci")
         labels = dict(labels or {})
-        if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
-            raise BadRequest("a container needs a command: ferry run --node N -- CMD ...")
-        if sync:
-            raise BadRequest("the oci runtime does not sync directories yet: drop --sync")
-        if labels.get("oci.tty", "") not in ("", "false"):
-            raise BadRequest("a tty container cannot be checkpointed: run it without a terminal")
-        if "oci.rootfs" not in labels:
-            raise BadRequest("an oci container needs a rootfs: ferry run --rootfs DIR")
-        rootfs = check_rootfs(Path(labels["oci.rootfs"]))
-        memory = parse_size(labels["oci.memory"]) if labels.get("oci.memory") else None
+        rootfs, memory = check_start(argv, labels, sync, net)
         if os.geteuid() != 0:
             raise CapabilityError(NOT_ROOT)
         if self.inventory.has(name) and self.get(name).state != "exited":
             raise BadRequest(f"container {name!r} already runs on this node")
-        self._forget(name)
         workdir = self.container_root / name
-        write_bundle(workdir / "bundle", config(name, rootfs, argv, memory))
+        write_bundle(workdir / "bundle", config(name, rootfs, argv, memory, self.cgroup_parent))
         if memory is not None:
             labels["oci.memory"] = str(memory)
         entry = OciEntry(
             name, tuple(argv), str(workdir / "bundle"), str(workdir / "log"), time.time(), labels
         )
+        self._forget(entry)
         self._detached(entry, "run", "--bundle", entry.bundle, "--detach", name)
         self.inventory.save(entry)
         return self._info(entry)
@@ -184,7 +185,7 @@ class OciRuntime:
         # freeze: skipping site (the venv's .pth files) saves 50-100 ms of it here
         proc = subprocess.run(
             [sys.executable, "-S", "-m", "workers.runtimes.ocistdio", "--log", entry.log, "--"]
-            + [self.runc, "--root", str(self.root), *args],
+            + [*self._cmd(entry), *args],
             capture_output=True,
             text=True,
             timeout=120,
@@ -195,11 +196,11 @@ class OciRuntime:
         if proc.returncode != 0 or proc.stdout.strip() != "ok":
             raise PermanentError(f"runc {args[0]} {entry.name}: {proc.stderr.strip()[-400:]}")
 
-    def _forget(self, name: str) -> None:
-        """Drop runc's record of a stopped ``name`` (a live one is refused by runc); a
+    def _forget(self, e: OciEntry) -> None:
+        """Drop runc's record of a stopped ``e`` (a live one is refused by runc); a
         name runc has no state dir for costs no runc call (restore is in the freeze)."""
-        if (self.root / name).exists():
-            self._runc("delete", name)
+        if (Path(e.root or self.root) / e.name).exists():
+            self._runc(e, "delete", e.name)
 
     def _live(self, name: str) -> OciEntry:
         entry = self.inventory.load(name)
@@ -218,27 +219,30 @@ class OciRuntime:
     ) -> DumpStats:
         """``runc checkpoint`` of ``name`` into ``images``; without ``leave_running`` the
         container ends and its images are its only copy. A failed dump leaves it running."""
-        if pages is not None:
-            raise CapabilityError(NO_STREAM)
         entry = self._live(name)
         if entry.engine == "podman":
+            if pages is not None:
+                raise CapabilityError(f"streamed pages of {name} refused: {PODMAN_PAGES}")
             stats = ocipodman.checkpoint(self.podman, name, images, leave_running)
+        elif pages is not None:  # paused, not ended: the pages leave no images here
+            dump = functools.partial(self._dump, entry, images)
+            stats = ocipages.checkpoint(self._cmd(entry), name, images, pages, dump)
         else:
             args = ["--image-path", str(images), "--work-path", str(images)]
             if leave_running:
                 args.append("--leave-running")
             if parent is not None and self.capabilities().soft_dirty:
                 args += ["--parent-path", os.path.relpath(parent, images)]
-            stats = self._dump(name, images, args)
+            stats = self._dump(entry, images, args)
         if not leave_running:
             self.inventory.save(replace(entry, state="frozen"))
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
         return stats
 
-    def _dump(self, name: str, images: Path, args: list[str]) -> DumpStats:
+    def _dump(self, e: OciEntry, images: Path, args: list[str]) -> DumpStats:
         images.mkdir(parents=True, exist_ok=True)
         began = time.monotonic()
-        out = self._runc("checkpoint", *args, name, timeout=300)
+        out = self._runc(e, "checkpoint", *args, e.name, timeout=300)
         if out.returncode != 0:
             log = images / "dump.log"
             errno, detail = explain(log) if log.exists() else (0, out.stderr.strip()[-300:])
@@ -251,12 +255,12 @@ class OciRuntime:
             raise CapabilityError(
                 "pre-dump refused: tracking memory is not available (no soft-dirty here)"
             )
-        if self._live(name).engine == "podman":
+        if (entry := self._live(name)).engine == "podman":
             raise CapabilityError("pre-dump of a Podman container: use delta (podman has no chain)")
         args = ["--pre-dump", "--image-path", str(images), "--work-path", str(images)]
         if parent is not None:
             args += ["--parent-path", os.path.relpath(parent, images)]
-        return self._dump(name, images, args)
+        return self._dump(entry, images, args)
 
     def checkpoint_lazy(
         self, name: str, images: Path, address: str, port: int, parent: Path | None = None
@@ -271,8 +275,7 @@ class OciRuntime:
         images.mkdir(parents=True, exist_ok=True)
         (images / "ferry-container.json").write_text(json.dumps(asdict(entry)))
         parent = parent if self.capabilities().soft_dirty else None
-        runc = [self.runc, "--root", str(self.root)]
-        frozen_at = ocilazy.start_dump(runc, name, images, address, port, parent)
+        frozen_at = ocilazy.start_dump(self._cmd(entry), name, images, address, port, parent)
         self.inventory.save(replace(entry, state="frozen"))
         return frozen_at
 
@@ -301,20 +304,17 @@ class OciRuntime:
         if entry.engine == "podman":
             if page_server is not None:
                 raise CapabilityError(f"post-copy of {name} refused: {PODMAN_NOT_LAZY}")
-            began = time.monotonic()
-            ocipodman.restore(
-                self.podman, name, entry.image, entry.labels.get("oci.image", ""), images
-            )
+            done = ocipodman.restore(self.podman, name, entry, images)
             self.inventory.save(entry)
-            pid = self._status(entry)[1]
-            return RestoreStats(pid, 0.0, 0.0, 0, (time.monotonic() - began) * 1000)
+            return done
         if not (Path(entry.bundle) / "config.json").exists():
             raise PermanentError(f"bundle {entry.bundle} of {name!r} is missing on this node")
-        self._forget(name)
+        self._forget(entry)
         # the lazy-pages daemon's socket and log are in images: the restore works there too
         work = images if page_server else images / f"restore-{time.time_ns()}"
         began = time.monotonic()
-        where = ["--image-path", str(images), "--work-path", str(work), "--bundle", entry.bundle]
+        bundle = here(Path(entry.bundle), self.state_dir / "bundles" / name, self.cgroup_parent)
+        where = ["--image-path", str(images), "--work-path", str(work), "--bundle", str(bundle)]
         if page_server is not None:
             self.criu.start_lazy_pages(images, page_server())
             where.append("--lazy-pages")
@@ -340,6 +340,8 @@ class OciRuntime:
     def resume(self, name: str, images: Path | None = None) -> ContainerInfo:
         """Bring a checkpointed source back: running already, or restored from ``images``."""
         entry = self.inventory.load(name)
+        if self._status(entry)[0] == "paused":  # a streamed dump's source copy
+            ocipages.call(self._cmd(entry), "resume", name)
         if self._status(entry)[0] == "running":
             self.inventory.save(replace(entry, state="running"))
             return self.get(name)
@@ -359,31 +361,29 @@ class OciRuntime:
 
     def kill(self, name: str) -> None:
         """Kill ``name`` and forget it; a container that is gone is just forgotten."""
-        if self.inventory.load(name).engine == "podman":
+        if (entry := self.inventory.load(name)).engine == "podman":
             self.podman.remove(name)
-        elif self._state(name)[0] != "gone":
-            out = self._runc("delete", "--force", name)
-            if out.returncode != 0 and self._state(name)[0] != "gone":
+        elif self._state(entry)[0] != "gone":
+            out = self._runc(entry, "delete", "--force", name)
+            if out.returncode != 0 and self._state(entry)[0] != "gone":
                 raise PermanentError(f"runc would not delete {name!r}: {out.stderr.strip()}")
         self.inventory.drop(name)
 
     # -- adopted containers ------------------------------------------------
     def adopt(self, ref: str) -> ContainerInfo:
-        """Take ``podman:NAME`` into the inventory, if it can be checkpointed (BadRequest why not)."""
-        engine, _, name = ref.partition(":")
-        if engine != "podman":
-            raise BadRequest(f"adopt {ref!r}: this node adopts podman:NAME")
-        check_container_name(name)
+        """Take ``podman:NAME`` or ``runc:ID`` (under ``runc_root``) into the inventory, if
+        it can be checkpointed (BadRequest why not)."""
+        name = check_container_name(ref.partition(":")[2])
         if self.inventory.has(name) and self.get(name).state != "exited":
             raise BadRequest(f"container {name!r} is already in this node's inventory")
-        entry = OciEntry(**ocipodman.adopted(self.podman, name), engine="podman")
+        entry = ociadopt.entry(ref, self.podman, self.runc, self.runc_root, self.container_root)
         self.inventory.save(entry)
         return self._info(entry)
 
     def release(self, name: str) -> ContainerInfo:
         """Hand an adopted container back to its engine: ferry forgets it, it runs on."""
         entry = self.inventory.load(name)
-        if entry.engine != "podman":
+        if not entry.adopted:
             raise BadRequest(f"{name!r} was started by ferry, not adopted: `ferry stop` ends it")
         if (info := self._info(entry)).state == "frozen":
             raise BadRequest(f"{name!r} is checkpointed (a migration holds it): release it later")

@@ -89,8 +89,29 @@ def check_rootfs(rootfs: Path) -> Path:
     return root
 
 
-def config(name: str, rootfs: Path, argv: list[str], memory: int | None) -> dict[str, Any]:
-    """The config.json of container ``name`` running ``argv`` in ``rootfs``."""
+def check_start(
+    argv: list[str], labels: dict[str, str], sync: tuple[str, ...], net: str
+) -> tuple[Path, int | None]:
+    """The checked rootfs and memory limit (bytes) of a container to start; BadRequest why not."""
+    if net:
+        raise BadRequest("--net needs a criu node; this one runs oci")
+    if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
+        raise BadRequest("a container needs a command: ferry run --node N -- CMD ...")
+    if sync:
+        raise BadRequest("the oci runtime does not sync directories yet: drop --sync")
+    if labels.get("oci.tty", "") not in ("", "false"):
+        raise BadRequest("a tty container cannot be checkpointed: run it without a terminal")
+    if "oci.rootfs" not in labels:
+        raise BadRequest("an oci container needs a rootfs: ferry run --rootfs DIR")
+    rootfs = check_rootfs(Path(labels["oci.rootfs"]))
+    return rootfs, parse_size(labels["oci.memory"]) if labels.get("oci.memory") else None
+
+
+def config(
+    name: str, rootfs: Path, argv: list[str], memory: int | None, parent: str = "/ferry"
+) -> dict[str, Any]:
+    """The config.json of container ``name`` running ``argv`` in ``rootfs``, its cgroup
+    ``<parent>/<name>``."""
     resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
     if memory is not None:
         resources["memory"] = {"limit": memory}
@@ -111,7 +132,7 @@ def config(name: str, rootfs: Path, argv: list[str], memory: int | None) -> dict
         "mounts": MOUNTS,
         "linux": {
             "resources": resources,
-            "cgroupsPath": f"/ferry/{name}",
+            "cgroupsPath": f"{parent}/{name}",
             "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
             "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"],
@@ -141,23 +162,32 @@ def lazy_on_loopback(bundle: Path) -> bool:
         return False
 
 
-def memory_limit(name: str) -> int | None:
-    """The memory limit the kernel holds for container ``name`` (cgroup v2 or v1)."""
-    for path in (
-        Path(f"/sys/fs/cgroup/ferry/{name}/memory.max"),
-        Path(f"/sys/fs/cgroup/memory/ferry/{name}/memory.limit_in_bytes"),
-    ):
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            continue
-        return None if text == "max" else int(text)
-    return None
+def memory_of(cfg: dict[str, Any]) -> int | None:
+    """The memory limit a config.json sets, in bytes; None for none."""
+    limit = cfg.get("linux", {}).get("resources", {}).get("memory", {}).get("limit")
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
+def here(bundle: Path, local: Path, parent: str) -> Path:
+    """A bundle for restoring ``bundle``'s container on this node: ``local``, its config.json
+    the same but for its cgroup (``<parent>/<name>``) and its paths made absolute. Each
+    node's containers have their cgroups under its own parent (``/ferry/<node>``), so a
+    source paused by a streamed dump (workers.runtimes.ocipages) and its restored copy
+    never share one where two nodes share a host (runc will not restore into a frozen one)."""
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["root"]["path"] = os.path.join(bundle, cfg["root"]["path"])
+    for m in cfg.get("mounts") or []:  # a bind's relative source is in the bundle
+        binds = m.get("type") == "bind" or {"bind", "rbind"} & set(m.get("options") or [])
+        if binds and not os.path.isabs(m.get("source", "/")):
+            m["source"] = os.path.normpath(os.path.join(bundle, m["source"]))
+    cfg.setdefault("linux", {})["cgroupsPath"] = f"{parent}/{local.name}"
+    write_bundle(local, cfg)
+    return local
 
 
 @dataclass(frozen=True)
 class OciEntry:
-    """The inventory entry of an oci container: its bundle, or the Podman container adopted."""
+    """The inventory entry of an oci container: its bundle, or the container adopted."""
 
     name: str
     argv: tuple[str, ...]
@@ -166,5 +196,11 @@ class OciEntry:
     started: float
     labels: dict[str, str] = field(default_factory=dict)
     state: str = "running"  # running | frozen (checkpointed, no process left)
-    engine: str = "runc"  # runc (ferry's bundle) | podman (adopted: Podman's container)
+    engine: str = "runc"  # runc (ferry's bundle, or adopted by ID) | podman (Podman's container)
     image: str = ""  # podman: its image's ID
+    root: str = ""  # runc: the --root of a container adopted by ID; "": ferry's own
+
+    @property
+    def adopted(self) -> bool:
+        """Whether the container was started outside ferry (release hands it back)."""
+        return self.engine == "podman" or bool(self.root)

@@ -34,14 +34,19 @@ from workers.runtimes.ocibundle import CRIU_CONF, lazy_on_loopback
 
 
 def capabilities(state_dir: Path, criu: Criu, runc: str, allow_pipe_max_size: bool) -> Capabilities:
-    """The criu probe (with its lazy round trip), as a node running ``runc`` has it:
-    no streamed pages (runc's checkpoint takes no page-server socket)."""
+    """The criu probe (with its lazy round trip and page server), as a node running
+    ``runc`` has it: no dirty tracker."""
     caps = criu_capabilities(state_dir, criu, allow_pipe_max_size)
-    caps = replace(caps, tracker="", page_server=False, facts={**caps.facts, "runc": runc})
+    caps = replace(caps, tracker="", facts={**caps.facts, "runc": runc})
     if shutil.which(runc) is None:
         why = f"{runc} is not installed (apt-get install runc)"
         return replace(
-            caps, criu_ok=False, criu_reason=why, lazy_pages=False, lazy_pages_reason=why
+            caps,
+            criu_ok=False,
+            criu_reason=why,
+            lazy_pages=False,
+            lazy_pages_reason=why,
+            page_server=False,
         )
     return caps
 

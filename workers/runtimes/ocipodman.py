@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from workers.errors import BadRequest, PermanentError
-from workers.records import DumpStats
+from workers.records import DumpStats, RestoreStats
+from workers.runtimes.ocibundle import OciEntry
 from workers.runtimes.podmancli import Podman, check_image_id, check_image_ref
 
 ARCHIVE = "podman.tar"  # the checkpoint, in a migration's images dir
@@ -160,11 +161,19 @@ def carry_image(podman: Podman, image_id: str, into: Path, present: list[str]) -
     return (into / IMAGE).stat().st_size
 
 
-def restore(podman: Podman, name: str, image_id: str, image_name: str, images: Path) -> None:
-    """Make Podman here run ``name`` from the checkpoint in ``images``: its image loaded
-    first where missing, and known here by the name the container was made with (Podman's
-    import looks it up by that name). A restore is inside the freeze: where the image is
-    here by that name already, one podman call checks it all (PREPARE checked the name)."""
+def restore(podman: Podman, name: str, entry: OciEntry, images: Path) -> RestoreStats:
+    """Make Podman here run ``name`` (``entry``) from the checkpoint in ``images``."""
+    began = time.monotonic()
+    _restore(podman, name, entry.image, entry.labels.get("oci.image", ""), images)
+    pid = state_of(podman, name)[1]
+    return RestoreStats(pid, 0.0, 0.0, 0, (time.monotonic() - began) * 1000)
+
+
+def _restore(podman: Podman, name: str, image_id: str, image_name: str, images: Path) -> None:
+    """Podman's import of ``images``: the image loaded first where missing, and known here
+    by the name the container was made with (Podman's import looks it up by that name). A
+    restore is inside the freeze: where the image is here by that name already, one podman
+    call checks it all (PREPARE checked the name)."""
     bare, ref = check_image_id(image_id), check_image_ref(image_name or image_id)
     if image_of(podman, ref) == bare:
         podman.restore_import(images / ARCHIVE)
