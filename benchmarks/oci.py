@@ -81,7 +81,7 @@ SYSTEMS = (
     "ferry-podman",
 )
 FERRY = {  # ferry's own movers: strategy and page-server mode
-    "ferry-cold": ("cold", "auto"),  # on loopback: the pages stream during the dump
+    "ferry-cold": ("cold", "on"),  # the pages stream during the dump
     "ferry-cold-files": ("cold", "off"),  # the pages written here, then sent as files
     "ferry-delta": ("delta", "auto"),
     "ferry-postcopy": ("postcopy", "auto"),

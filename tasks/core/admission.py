@@ -38,6 +38,9 @@ from workers.errors import BadRequest, CapabilityError, UnknownContainer
 NET_PAGES = "it has its own address: a rollback restores it from the pages on the source"
 PODMAN_NOT_LAZY = "it is a Podman container: Podman 4.3's checkpoint has no lazy pages"
 PODMAN_PAGES = "it is a Podman container: Podman's checkpoint writes its pages into its archive"
+# runc streams only from a paused container it checkpoints --leave-running: a fixed
+# 250-300 ms more in the freeze, slower than files up to 256 MiB (docs/BENCHMARKS.md)
+RUNC_FILES = "a runc dump sends its pages as files unless page_server=on"
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,8 @@ def admit(req: MigrationRequest, src: NodeRecord, dst: NodeRecord, defaults: Def
         if pages == "on":
             raise CapabilityError(f"page_server=on, but {why}: use page_server=auto")
         pages, pages_why = "off", why
+    elif pages == "auto" and src_caps.runtime == "oci":
+        pages, pages_why = "off", RUNC_FILES
     options = Options(
         memory_bytes=held.memory_bytes,
         timeout_action=defaults.timeout_action,

@@ -82,7 +82,7 @@ class NodeCaps:
 
     name: str
     arch: str  # "x86_64", "aarch64", ...
-    runtime: str  # "criu" | "sim"
+    runtime: str  # "criu" | "oci" | "sim"
     criu_ok: bool
     soft_dirty: bool
     lazy_pages: bool  # uffd + uffd-noncoop and a working lazy-pages probe
