@@ -11,6 +11,7 @@ options), and a coordinator to drive it.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -63,17 +64,18 @@ class Cluster:
         return self._app
 
     # -- nodes and containers --------------------------------------------------
-    def nodes(self) -> list[NodeRecord]:
-        """Every registered node, with ``alive`` from its heartbeat."""
+    def nodes(self, inventories: Collection[str] | None = None) -> list[NodeRecord]:
+        """Every registered node, with ``alive`` from its heartbeat; the containers of
+        ``inventories`` only, if given (the others carry their usage)."""
         now, ttl = time.time(), self.settings.node_ttl_s
-        return [replace(n, alive=n.is_alive(now, ttl)) for n in self.store.nodes()]
+        return [replace(n, alive=n.is_alive(now, ttl)) for n in self.store.nodes(inventories)]
 
     def node(self, name: str) -> NodeRecord:
         """Node ``name``'s record; UnknownNode or NodeUnavailable unless it answers."""
         check_node_name(name)
         rec = self.store.node(name)
         if rec is None:
-            raise UnknownNode(name, [n.name for n in self.store.nodes()])
+            raise UnknownNode(name, [n.name for n in self.store.nodes(())])
         now = time.time()
         if not rec.is_alive(now, self.settings.node_ttl_s):
             raise NodeUnavailable(
@@ -96,13 +98,19 @@ class Cluster:
         raise UnknownContainer(name)
 
     # -- migrations ------------------------------------------------------------
-    def submit(self, req: MigrationRequest) -> str:
-        """Admit ``req`` (tasks.core.admission), store its record and start it; its id."""
+    def submit(self, req: MigrationRequest, seen_on: str | None = None) -> str:
+        """Admit ``req`` (tasks.core.admission), store its record and start it; its id.
+
+        ``seen_on``: the node the caller saw the container on (an evacuation's drained
+        node): only its record is read where the container still runs there.
+        """
         check_container_name(req.container)
         check_node_name(req.to)
         if req.evacuation:
             check_evac_id(req.evacuation)
-        src = self.locate(req.container)
+        here = self.node(check_node_name(seen_on)) if seen_on else None
+        seen = here.container(req.container) if here else None
+        src = here.name if here and seen and seen.state != "exited" else self.locate(req.container)
         rate, source = self.link(src, req.to)
         dumped = self.store.dump_rate(src)
         fresh = dumped is not None and time.time() - dumped[1] < LINK_TTL_S
@@ -112,11 +120,11 @@ class Cluster:
             link_source=source,
             dump_bps=dumped[0] if dumped and fresh else None,
         )
-        admitted = admit(req, self.node(src), self.node(req.to), defaults)
-        asked_for = next(
-            (c for c in self.containers() if c["name"] == req.container and c["node"] == src), {}
-        )
-        options = replace(admitted.options, container_started=asked_for.get("started"))
+        src_rec = here if here and src == here.name else self.node(src)
+        admitted = admit(req, src_rec, self.node(req.to), defaults)
+        asked_for = src_rec.container(req.container)
+        started = asked_for.started if asked_for else None
+        options = replace(admitted.options, container_started=started)
         if not self.store.coordinator_alive():
             raise NodeUnavailable("no coordinator is running: start `ferry coordinator`")
         now, mid, strategy = time.time(), new_id(), admitted.strategy
@@ -165,7 +173,7 @@ class Cluster:
 
     def fastest_link_from(self, src: str) -> float:
         """The fastest measured link out of ``src``, else the configured ``link_bps``."""
-        rates = [self.link(src, n.name)[0] for n in self.store.nodes() if n.name != src]
+        rates = [self.link(src, n.name)[0] for n in self.store.nodes(()) if n.name != src]
         return max(rates, default=self.settings.link_bps)
 
     @property

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -79,11 +80,10 @@ def _decode(kind: Any, data: Any, where: str) -> Any:
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         if not isinstance(data, Mapping):
             raise CorruptRecord(f"{where}: want an object, not {type(data).__name__}")
-        hints = typing.get_type_hints(kind)
         values = {
-            f.name: _decode(hints[f.name], data[f.name], f"{where}.{f.name}")
-            for f in dataclasses.fields(kind)
-            if f.name in data and f.init
+            name: _decode(hint, data[name], f"{where}.{name}")
+            for name, hint in _fields(kind)
+            if name in data
         }
         try:
             return kind(**values)
@@ -106,6 +106,14 @@ def _decode(kind: Any, data: Any, where: str) -> Any:
         value = args[1] if args else Any
         return {k: _decode(value, v, f"{where}[{k!r}]") for k, v in data.items()}
     return _scalar(kind, data, where)
+
+
+@functools.cache
+def _fields(kind: type) -> tuple[tuple[str, Any], ...]:
+    """A dataclass's init fields with their resolved hints: resolving them is most of a
+    decode's cost (a tick reads thousands of records), and a class's hints never change."""
+    hints = typing.get_type_hints(kind)
+    return tuple((f.name, hints[f.name]) for f in dataclasses.fields(kind) if f.init)
 
 
 def _scalar(kind: Any, data: Any, where: str) -> Any:
