@@ -17,6 +17,7 @@ from celery import Celery, Task
 
 from tasks.config.broker import connect, resolve
 from tasks.config.settings import Settings
+from tasks.control.cluster import start as start_migration
 from tasks.control.evacuation import register as evacuation_tasks
 from tasks.core.migration import Event, Migration
 from tasks.core.watchdog import Timeouts, check
@@ -44,8 +45,7 @@ def register(app: Celery, store: Store) -> None:
     )
     def start(self: Task, mid: str) -> dict[str, Any]:
         """Start migration ``mid`` (its record exists, PENDING)."""
-        m, sends, _ = store.apply(mid, Event("start", time.time()))
-        dispatch(app, mid, sends)
+        m = start_migration(app, store, mid)
         return {"migration": mid, "state": m.state.value}
 
     @app.task(

@@ -232,6 +232,7 @@ def _run(client: Cluster, recs: Records, ev: Evacuation, now: float) -> Evacuati
                         evacuation=ev.id,
                     ),
                     seen_on=ev.node,
+                    here=True,  # a tick runs in the coordinator: no hop through ferry.control
                 )
             except FerryError as exc:
                 result = exc
