@@ -47,7 +47,8 @@ RUNS: dict[str, list[list[str]]] = {
     "tracker": [["--sizes", "256", "--rates", "1,10", "--runs", "3"]],
     "oci": [[]],
 }
-MARK = re.compile(r"(<!-- table: (\w+) -->\n)(.*?)(<!-- /table: \2 -->)", re.DOTALL)
+# ``scale-64``: benchmarks/scale.py's table of docs/benchmarks/scale-64.json
+MARK = re.compile(r"(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- /table: \2 -->)", re.DOTALL)
 
 
 def run(names: list[str]) -> list[str]:
@@ -71,11 +72,13 @@ def tables(doc: Path = DOC) -> list[str]:
     done: list[str] = []
 
     def fill(m: re.Match[str]) -> str:
-        name = m.group(2)
+        table = m.group(2)
+        name, variant = table.partition("-")[::2]
         if name not in RUNS:
             raise SystemExit(f"error: {doc} marks a table for unknown benchmark {name!r}")
+        its = ["--json", str(ROOT / "docs" / "benchmarks" / f"{table}.json")] if variant else []
         out = subprocess.run(
-            [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--markdown"],
+            [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--markdown", *its],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -83,7 +86,7 @@ def tables(doc: Path = DOC) -> list[str]:
         )
         if out.returncode != 0:
             raise SystemExit(f"error: benchmarks/{name}.py --markdown failed: {out.stderr.strip()}")
-        done.append(name)
+        done.append(table)
         return m.group(1) + out.stdout.rstrip("\n") + "\n" + m.group(4)
 
     new = MARK.sub(fill, text)

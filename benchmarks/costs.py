@@ -6,7 +6,8 @@ the evacuation that drove it), for benchmarks/scale.py. Per migration, in ms:
 - ``fixed``: the whole migration (created to final) less its final freeze
   and less each pre-copy pass's own work (its send and its snapshot's
   freeze): what the target of <= 100 ms is about;
-- ``control hop``: submitted to the coordinator's start (the ``ferry.control`` queue);
+- ``control hop``: submitted to its start (the ``ferry.control`` queue; an
+  evacuation's tick starts what it submits itself, in the coordinator);
 - ``queue hops``: each phase's task sent (the record entered the phase) to
   its handler starting on the node, summed (a pass's: its interval less its work);
 - ``prepare``, ``verify``, ``cleanup``: those handlers' own time;

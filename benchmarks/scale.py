@@ -24,7 +24,9 @@ instead (a drained node sends at most ``per_node`` at once; a checkout
 without the uplink has only this). The bytes are real (each sim memory
 crosses the data plane); dumps and restores sleep for the model's times.
 ``--baseline DIR`` runs another ferry checkout (say ``git archive main``)
-first, its ``--baseline-rounds``, for a before/after in one run.
+first, its ``--baseline-rounds``, for a before/after in one run: that
+checkout's own ``benchmarks/scale.py``, so its client (``evacuate``) is its
+own too and speaks to its coordinator as that version does.
 
 Measured: the coordinator's throughput (containers planned per second of
 ``evacuate`` calls; migrations driven to done per second of makespan; the
@@ -47,6 +49,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -105,13 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     t_run = time.monotonic()
     load_before = os.getloadavg()
-    rows: list[dict[str, Any]] = []
-    codes = [(f"baseline {args.baseline}", Path(args.baseline))] if args.baseline else []
-    for code, root in [*codes, ("this tree", ROOT)]:
-        got, (up_s, start_s, idle) = one_cluster(
-            args, link, levels if root == ROOT else before, root
-        )
-        rows += [{"code": code, **r} for r in got]
+    rows = baseline(args) if args.baseline else []
+    got, (up_s, start_s, idle) = one_cluster(args, link, levels)
+    rows += [{"code": "this tree", **r} for r in got]
     run = {
         "nodes": args.nodes,
         "containers": args.containers,
@@ -133,6 +132,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r["exactly_once"] for r in rows) else 1
 
 
+def baseline(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows of ``--baseline``'s checkout, run by its own benchmarks/scale.py."""
+    root = Path(args.baseline).resolve()
+    out = Path(tempfile.mkdtemp(prefix="ferry-bench-baseline-"))
+    same = ["--nodes", args.nodes, "--containers", args.containers, "--drain", args.drain]
+    same += ["--mib", args.mib, "--link", args.link, "--strategy", args.strategy]
+    same += ["--timeout", args.timeout, "--up-timeout", args.up_timeout]
+    files = ["--json", out / "scale.json", "--png", out / "scale.png", "--svg", out / "c.svg"]
+    argv = [*same, "--rounds", args.baseline_rounds, *files]
+    try:
+        subprocess.run(
+            [sys.executable, str(root / "benchmarks" / "scale.py"), *map(str, argv)],
+            cwd=root,
+            check=False,  # a run whose containers did not all end once still has its rows
+        )
+        got = json.loads((out / "scale.json").read_text())["rows"]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return [{**r, "code": f"baseline {args.baseline}"} for r in got]
+
+
 Round = tuple[int, str, str]  # moves at once per node, run order, link model
 
 
@@ -151,9 +171,9 @@ def rounds(spec: str) -> list[Round]:
 
 
 def one_cluster(
-    args: argparse.Namespace, link: float, levels: list[Round], root: Path
+    args: argparse.Namespace, link: float, levels: list[Round]
 ) -> tuple[list[dict[str, Any]], tuple[float, float, dict[str, float]]]:
-    """A fresh cluster running the checkout at ``root``, drained once per level: its rows,
+    """A fresh cluster running this checkout, drained once per level: its rows,
     and how long its nodes took to come up, its containers to start, its idle CPU."""
     rows: list[dict[str, Any]] = []
     base = Path(tempfile.mkdtemp(prefix="ferry-bench-scale-"))
@@ -164,7 +184,7 @@ def one_cluster(
     )
     if any(model == "uplink" for _, _, model in levels):
         env["FERRY_UPLINK_BPS"] = str(link)  # the capped rounds' caps are below it
-    cluster = LocalCluster(base, env, root=root)
+    cluster = LocalCluster(base, env, root=ROOT)
     nodes = [f"node{i:02d}" for i in range(1, args.nodes + 1)]
     try:
         t0 = time.monotonic()

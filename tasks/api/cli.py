@@ -101,7 +101,7 @@ def worker(node: str, verbose: bool) -> None:
 @click.option("--concurrency", default=4, show_default=True)
 @verbose_opt
 def coordinator(concurrency: int, verbose: bool) -> None:
-    """Run the coordinator (consumes ferry.control)."""
+    """Run the coordinator (consumes ferry.control and ferry.control.ticks)."""
     from tasks.control import coordinator as control  # noqa: PLC0415 (Celery's worker machinery)
 
     control.serve(daemon_settings(verbose), concurrency)

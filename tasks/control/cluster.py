@@ -11,6 +11,7 @@ options), and a coordinator to drive it.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +19,10 @@ from tasks.config.broker import connect, resolve
 from tasks.config.settings import Settings
 from tasks.core.admission import Defaults, MigrationRequest, admit
 from tasks.core.codec import encode
-from tasks.core.migration import Migration
+from tasks.core.migration import Event, Migration
 from tasks.core.nodes import NodeRecord
 from tasks.messaging import auth
-from tasks.messaging.app import CONTROL_QUEUE, make_app
+from tasks.messaging.app import CONTROL_QUEUE, dispatch, make_app
 from tasks.store.migrations import Store
 from workers.errors import BadRequest, NodeUnavailable, TooLate, UnknownContainer, UnknownNode
 from workers.ids import (
@@ -63,17 +64,18 @@ class Cluster:
         return self._app
 
     # -- nodes and containers --------------------------------------------------
-    def nodes(self) -> list[NodeRecord]:
-        """Every registered node, with ``alive`` from its heartbeat."""
+    def nodes(self, inventories: Collection[str] | None = None) -> list[NodeRecord]:
+        """Every registered node, with ``alive`` from its heartbeat; the containers of
+        ``inventories`` only, if given (the others carry their usage)."""
         now, ttl = time.time(), self.settings.node_ttl_s
-        return [replace(n, alive=n.is_alive(now, ttl)) for n in self.store.nodes()]
+        return [replace(n, alive=n.is_alive(now, ttl)) for n in self.store.nodes(inventories)]
 
     def node(self, name: str) -> NodeRecord:
         """Node ``name``'s record; UnknownNode or NodeUnavailable unless it answers."""
         check_node_name(name)
         rec = self.store.node(name)
         if rec is None:
-            raise UnknownNode(name, [n.name for n in self.store.nodes()])
+            raise UnknownNode(name, [n.name for n in self.store.nodes(())])
         now = time.time()
         if not rec.is_alive(now, self.settings.node_ttl_s):
             raise NodeUnavailable(
@@ -96,13 +98,23 @@ class Cluster:
         raise UnknownContainer(name)
 
     # -- migrations ------------------------------------------------------------
-    def submit(self, req: MigrationRequest) -> str:
-        """Admit ``req`` (tasks.core.admission), store its record and start it; its id."""
+    def submit(self, req: MigrationRequest, seen_on: str | None = None, here: bool = False) -> str:
+        """Admit ``req`` (tasks.core.admission), store its record and start it; its id.
+
+        ``seen_on``: the node the caller saw the container on (an evacuation's drained
+        node): only its record is read where the container still runs there. ``here``:
+        the caller is the coordinator (the evacuation runner), which starts it at once
+        instead of through ``ferry.control`` (a start applied twice changes nothing).
+        """
         check_container_name(req.container)
         check_node_name(req.to)
         if req.evacuation:
             check_evac_id(req.evacuation)
-        src = self.locate(req.container)
+        there = self.node(check_node_name(seen_on)) if seen_on else None
+        seen = there.container(req.container) if there else None
+        src = (
+            there.name if there and seen and seen.state != "exited" else self.locate(req.container)
+        )
         rate, source = self.link(src, req.to)
         dumped = self.store.dump_rate(src)
         fresh = dumped is not None and time.time() - dumped[1] < LINK_TTL_S
@@ -112,11 +124,11 @@ class Cluster:
             link_source=source,
             dump_bps=dumped[0] if dumped and fresh else None,
         )
-        admitted = admit(req, self.node(src), self.node(req.to), defaults)
-        asked_for = next(
-            (c for c in self.containers() if c["name"] == req.container and c["node"] == src), {}
-        )
-        options = replace(admitted.options, container_started=asked_for.get("started"))
+        src_rec = there if there and src == there.name else self.node(src)
+        admitted = admit(req, src_rec, self.node(req.to), defaults)
+        asked_for = src_rec.container(req.container)
+        started = asked_for.started if asked_for else None
+        options = replace(admitted.options, container_started=started)
         if not self.store.coordinator_alive():
             raise NodeUnavailable("no coordinator is running: start `ferry coordinator`")
         now, mid, strategy = time.time(), new_id(), admitted.strategy
@@ -146,7 +158,10 @@ class Cluster:
             ),
         )
         self.store.create(m)
-        self.app.send_task("ferry.control.start", args=(m.id,), queue=CONTROL_QUEUE)
+        if here:
+            start(self.app, self.store, mid)
+        else:
+            self.app.send_task("ferry.control.start", args=(m.id,), queue=CONTROL_QUEUE)
         return mid
 
     def link(self, src: str, dst: str) -> tuple[float, str]:
@@ -165,7 +180,7 @@ class Cluster:
 
     def fastest_link_from(self, src: str) -> float:
         """The fastest measured link out of ``src``, else the configured ``link_bps``."""
-        rates = [self.link(src, n.name)[0] for n in self.store.nodes() if n.name != src]
+        rates = [self.link(src, n.name)[0] for n in self.store.nodes(()) if n.name != src]
         return max(rates, default=self.settings.link_bps)
 
     @property
@@ -188,3 +203,10 @@ class Cluster:
             raise TooLate(f"{mid} is past its point of no return: it will finish on {m.dst}")
         self.app.send_task("ferry.control.cancel", args=(mid,), queue=CONTROL_QUEUE)
         return m
+
+
+def start(app: Celery, store: Store, mid: str) -> Migration:
+    """Start migration ``mid`` (its record exists, PENDING): its first steps are sent."""
+    m, sends, _ = store.apply(mid, Event("start", time.time()))
+    dispatch(app, mid, sends)
+    return m

@@ -1,4 +1,4 @@
-"""The coordinator: control tasks on ``ferry.control``.
+"""The coordinator: control tasks on ``ferry.control``, evacuation ticks on ``ferry.control.ticks``.
 
 It starts and cancels migrations by feeding the state machine; node tasks
 advance it from there. It never waits on a task's result.
@@ -17,10 +17,17 @@ from celery import Celery, Task
 
 from tasks.config.broker import connect, resolve
 from tasks.config.settings import Settings
+from tasks.control.cluster import start as start_migration
 from tasks.control.evacuation import register as evacuation_tasks
 from tasks.core.migration import Event, Migration
 from tasks.core.watchdog import Timeouts, check
-from tasks.messaging.app import CONTROL_QUEUE, dispatch, make_app, tell_evacuation, worker_argv
+from tasks.messaging.app import (
+    COORDINATOR_QUEUES,
+    dispatch,
+    make_app,
+    tell_evacuation,
+    worker_argv,
+)
 from tasks.store.migrations import Store
 from workers.errors import BadRequest, CorruptRecord, TooLate
 
@@ -38,8 +45,7 @@ def register(app: Celery, store: Store) -> None:
     )
     def start(self: Task, mid: str) -> dict[str, Any]:
         """Start migration ``mid`` (its record exists, PENDING)."""
-        m, sends, _ = store.apply(mid, Event("start", time.time()))
-        dispatch(app, mid, sends)
+        m = start_migration(app, store, mid)
         return {"migration": mid, "state": m.state.value}
 
     @app.task(
@@ -52,7 +58,7 @@ def register(app: Celery, store: Store) -> None:
         """Roll migration ``mid`` back, if it is not past its point of no return."""
         m, sends, changed = store.apply(mid, Event("cancel", time.time()))
         if changed:
-            tell_evacuation(app, m)
+            tell_evacuation(app, m, store.evacuations)
         if m.past_no_return and not m.state.final:
             raise TooLate(f"{mid} is past its point of no return: it will finish on {m.dst}")
         dispatch(app, mid, sends)
@@ -67,7 +73,7 @@ def sweep(app: Celery, store: Store, timeouts: Timeouts, node_ttl_s: float) -> i
     """
     now = time.time()
     alive, restarted = {}, {}
-    for n in store.nodes():
+    for n in store.nodes(()):  # their heartbeats: no inventory
         alive[n.name] = n.is_alive(now, node_ttl_s)
         for role, at in n.workers.items():
             restarted[f"{n.name}/{role}"] = at
@@ -97,7 +103,7 @@ def sweep(app: Celery, store: Store, timeouts: Timeouts, node_ttl_s: float) -> i
         if changed:
             log.warning("%s: %s -> %s", mid, ev.error, m.state.value)
             dispatch(app, mid, sends)
-            tell_evacuation(app, m)
+            tell_evacuation(app, m, store.evacuations)
             applied += 1
     return applied
 
@@ -132,5 +138,5 @@ def serve(settings: Settings, concurrency: int = 4) -> None:
             time.sleep(s.heartbeat_s)
 
     threading.Thread(target=beat, daemon=True, name="coordinator-heartbeat").start()
-    print(f"ferry: coordinator up: queue {CONTROL_QUEUE}", file=sys.stderr, flush=True)
-    app.worker_main(worker_argv(s, CONTROL_QUEUE, "coordinator@%h", concurrency))
+    print(f"ferry: coordinator up: queues {COORDINATOR_QUEUES}", file=sys.stderr, flush=True)
+    app.worker_main(worker_argv(s, COORDINATOR_QUEUES, "coordinator@%h", concurrency))

@@ -3,15 +3,20 @@
 :func:`start` (client side) takes the node's lock, cordons it, plans from the
 registry, refuses before anything moves when a container has nowhere to go
 (unless partial evacuations are allowed), stores the record (tasks.store.evacuations)
-and sends the first ``ferry.control.evacuate_tick``. Each tick is I/O glue
-around the pure :mod:`tasks.core.evacuation`: it reads the running
-migrations, the cancel flag and the registry, lets ``advance`` decide, and
-carries out its actions (cancel, submit through ``Cluster.submit``, validated
-like any other, then store the record and unlock or refresh the node's lock);
-it sends itself again ``TICK_S`` later until every container has an outcome,
-and each of its migrations that ends sends one at once (its options name the
-evacuation), so the next move starts without waiting for the turn.
-The node stays cordoned; whatever did not move still runs there.
+and sends the first ``ferry.control.evacuate_tick``, on the ticks' own queue
+(``ferry.control.ticks``: a migration's start never waits behind a tick). Each
+tick is I/O glue around the pure :mod:`tasks.core.evacuation`: it reads the
+running migrations, the cancel flag and the registry (the drained node's
+inventory; of the others only what they have room for), lets ``advance``
+decide, and carries out its actions (cancel, submit through
+``Cluster.submit``, validated like any other, then store the record where it
+changed and unlock or refresh the node's lock). One tick, the turn, sends
+itself again ``TICK_S`` later until every container has an outcome; each of
+the evacuation's migrations that ends or passes its point of no return asks
+for one at once (its options name the evacuation), so the next move starts
+without waiting for the turn, and one such tick queued at a time is enough
+(tasks.messaging.app.ask_tick). The node stays cordoned; whatever did not
+move still runs there.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from tasks.core.migration import Migration
 from tasks.core.nodes import NodeRecord
 from tasks.core.planner import Plan, PlanLimits, plan
 from tasks.core.strategy import Strategy
-from tasks.messaging.app import CONTROL_QUEUE, EVACUATE_TICK
+from tasks.messaging.app import EVACUATE_TICK, TICK_QUEUE, ask_tick
 from tasks.store.evacuations import Records
 from tasks.store.migrations import Store
 from workers.errors import BadRequest, CorruptRecord, FerryError, NodeUnavailable, UnknownNode
@@ -51,8 +56,8 @@ if TYPE_CHECKING:
     from celery import Celery, Task
 
 TICK_TASK = EVACUATE_TICK
-# A migration that ends tells its tick at once (tasks.messaging.app.tell_evacuation);
-# this turn is for the rest: the deadline, a cancel, a destination that died.
+# A migration that ends asks for a tick at once (tasks.messaging.app.tell_evacuation);
+# the turn is for the rest: the deadline, a cancel, a destination that died.
 TICK_S = 1.0
 
 
@@ -79,7 +84,7 @@ def start(
     Strategy.parse(strategy)
     if timeout is not None and not 0 < timeout < float("inf"):  # NaN too
         raise BadRequest(f"timeout must be > 0 s and finite, not {timeout}")
-    known = [n.name for n in client.nodes()]
+    known = [n.name for n in client.nodes(())]
     targets = None if to is None else {check_node_name(n) for n in to}
     for n in sorted(targets or ()):
         if n not in known:
@@ -125,7 +130,7 @@ def start(
             preview=preview,
         )
         recs.put(to_dict(ev))
-        client.app.send_task(TICK_TASK, args=(eid,), queue=CONTROL_QUEUE)
+        client.app.send_task(TICK_TASK, args=(eid,), kwargs={"turn": True}, queue=TICK_QUEUE)
     except BaseException:
         recs.delete(eid)
         recs.unlock(node, eid)
@@ -138,7 +143,7 @@ def start(
 def _plan(
     client: Cluster, node: str, targets: Collection[str] | None, limits: PlanLimits, strategy: str
 ) -> Plan:
-    records = {n.name: n for n in client.nodes()}
+    records = {n.name: n for n in client.nodes({node})}
     drain = records[node]
     others = [node_of(r) for name, r in records.items() if name != node]
     return plan(
@@ -158,10 +163,14 @@ def _preview(client: Cluster, p: Plan, limits: PlanLimits, dry_run: bool) -> dic
     }
 
 
-def tick(client: Cluster, eid: str) -> dict[str, Any]:
-    """Advance evacuation ``eid`` once, and send the next tick unless it is over."""
+def tick(client: Cluster, eid: str, turn: bool = False) -> dict[str, Any]:
+    """Advance evacuation ``eid`` once; the ``turn`` sends itself again unless it is over."""
     recs = client.store.evacuations
+    if not turn:
+        recs.took_tick(eid)  # from now on, a migration that ends asks for another
     if not recs.hold_tick(eid):  # the tick that holds it runs once more when it is done
+        if turn:
+            _next_turn(client, eid)
         return {"evacuation": eid, "busy": "another tick runs"}
     again = False
     try:
@@ -172,11 +181,18 @@ def tick(client: Cluster, eid: str) -> dict[str, Any]:
             again = ev.state is EvacState.RUNNING
     finally:
         asked = recs.release_tick(eid)
-        if again:
-            soon = 0 if asked else TICK_S  # a migration ended while this tick ran: at once
-            client.app.send_task(TICK_TASK, args=(eid,), queue=CONTROL_QUEUE, countdown=soon)
+        if again and asked:  # a migration ended while this tick ran: at once
+            ask_tick(client.app, recs, eid)
+        if again and turn:
+            _next_turn(client, eid)
     counts = Counter(mv.outcome.value for mv in ev.moves.values())
     return {"evacuation": eid, "node": ev.node, "state": ev.state.value, **counts}
+
+
+def _next_turn(client: Cluster, eid: str) -> None:
+    client.app.send_task(
+        TICK_TASK, args=(eid,), kwargs={"turn": True}, queue=TICK_QUEUE, countdown=TICK_S
+    )
 
 
 def _observe(client: Cluster, recs: Records, ev: Evacuation) -> Observations:
@@ -188,7 +204,7 @@ def _observe(client: Cluster, recs: Records, ev: Evacuation) -> Observations:
                 migrations[mv.migration] = client.status(mv.migration)
             except (BadRequest, CorruptRecord):
                 migrations[mv.migration] = None  # its record is gone, or unreadable
-    nodes = {n.name: n for n in client.nodes()}
+    nodes = {n.name: n for n in client.nodes({ev.node})}  # the others: their usage only
     # the report's bound needs them: read once the evacuation may end (no move pending)
     ending = not any(mv.outcome is Outcome.PENDING for mv in ev.moves.values())
     links = client.measured_links() if ending else {}
@@ -197,7 +213,7 @@ def _observe(client: Cluster, recs: Records, ev: Evacuation) -> Observations:
 
 def _run(client: Cluster, recs: Records, ev: Evacuation, now: float) -> Evacuation:
     """Carry out what :func:`tasks.core.evacuation.advance` asks, in order; the record is stored."""
-    obs = _observe(client, recs, ev)
+    obs, was = _observe(client, recs, ev), ev
     ev, todo = advance(ev, obs, now)
     while todo:
         action, *todo = todo
@@ -214,15 +230,19 @@ def _run(client: Cluster, recs: Records, ev: Evacuation, now: float) -> Evacuati
                         action.strategy,
                         bandwidth_bps=action.bandwidth_bps,
                         evacuation=ev.id,
-                    )
+                    ),
+                    seen_on=ev.node,
+                    here=True,  # a tick runs in the coordinator: no hop through ferry.control
                 )
             except FerryError as exc:
                 result = exc
             ev, todo = submitted(ev, obs, action, result, now)
             if isinstance(result, str):
                 recs.put(to_dict(ev))  # saved at once: a container is never submitted twice
+                was = ev
         else:
-            recs.put(to_dict(ev))
+            if ev != was:  # most turns change nothing: the record is not written again
+                recs.put(to_dict(ev))
             if isinstance(action, Unlock):
                 recs.unlock(action.node, action.evacuation)
             else:
@@ -236,8 +256,9 @@ def register(app: Celery, store: Store, settings: Settings | None = None) -> Non
 
     # many a second: the record is the result; the backend gets only failures
     @app.task(name=TICK_TASK, bind=True, ignore_result=True, store_errors_even_if_ignored=True)
-    def evacuate_tick(self: Task, eid: str) -> dict[str, Any]:
-        """Advance evacuation ``eid`` once; it sends itself again until every container is done."""
+    def evacuate_tick(self: Task, eid: str, turn: bool = False) -> dict[str, Any]:
+        """Advance evacuation ``eid`` once; its turn sends itself again until every container
+        is done."""
         if not clients:
             clients.append(Cluster(settings, store=store, app=app))
-        return tick(clients[0], check_evac_id(eid))
+        return tick(clients[0], check_evac_id(eid), turn is True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -59,7 +60,9 @@ def decode(kind: type[T], data: Any, where: str = "") -> T:
 
 
 def _decode(kind: Any, data: Any, where: str) -> Any:
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind in _SCALARS:  # most fields: nothing to resolve
+        return _scalar(kind, data, where)
+    origin, args, record = _shape(kind)
     if kind is Any:
         return data
     if origin in (typing.Union, types.UnionType):
@@ -76,14 +79,13 @@ def _decode(kind: Any, data: Any, where: str) -> Any:
         if data not in args:
             raise CorruptRecord(f"{where}: {data!r} is not one of {', '.join(map(repr, args))}")
         return data
-    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+    if record:
         if not isinstance(data, Mapping):
             raise CorruptRecord(f"{where}: want an object, not {type(data).__name__}")
-        hints = typing.get_type_hints(kind)
         values = {
-            f.name: _decode(hints[f.name], data[f.name], f"{where}.{f.name}")
-            for f in dataclasses.fields(kind)
-            if f.name in data and f.init
+            name: _decode(hint, data[name], f"{where}.{name}")
+            for name, hint in _fields(kind)
+            if name in data
         }
         try:
             return kind(**values)
@@ -106,6 +108,24 @@ def _decode(kind: Any, data: Any, where: str) -> Any:
         value = args[1] if args else Any
         return {k: _decode(value, v, f"{where}[{k!r}]") for k, v in data.items()}
     return _scalar(kind, data, where)
+
+
+_SCALARS = frozenset({int, str, bool, float, type(None)})
+
+
+@functools.cache
+def _shape(kind: Any) -> tuple[Any, tuple[Any, ...], bool]:
+    """A hint's origin, its arguments, and whether it is a dataclass."""
+    record = isinstance(kind, type) and dataclasses.is_dataclass(kind)
+    return typing.get_origin(kind), typing.get_args(kind), record
+
+
+@functools.cache
+def _fields(kind: type) -> tuple[tuple[str, Any], ...]:
+    """A dataclass's init fields with their resolved hints: resolving them is most of a
+    decode's cost (a tick reads thousands of records), and a class's hints never change."""
+    hints = typing.get_type_hints(kind)
+    return tuple((f.name, hints[f.name]) for f in dataclasses.fields(kind) if f.init)
 
 
 def _scalar(kind: Any, data: Any, where: str) -> Any:

@@ -71,19 +71,16 @@ def live(rec: NodeRecord) -> list[ContainerInfo]:
 
 
 def node_of(rec: NodeRecord) -> Node:
-    """A registry record as the planner sees it."""
-    p = rec.probe
-    running = live(rec)
-    groups = {c.labels.get("anti-affinity", "") for c in running}
-    used = sum(c.memory_bytes for c in running)
+    """A registry record as the planner sees it (its inventory, or the usage it published)."""
+    p, load = rec.probe, rec.taken
     return Node(
         rec.name,
         str(p.get("arch", "?")),
         int(p.get("mem_total_bytes", UNKNOWN_MEMORY)),
-        int(p.get("mem_free_bytes", UNKNOWN_MEMORY)) - used,
+        int(p.get("mem_free_bytes", UNKNOWN_MEMORY)) - load.memory_bytes,
         cordoned=rec.cordoned,
-        containers=len(running),
-        groups=frozenset(groups - {""}),
+        containers=load.containers,
+        groups=frozenset(load.groups),
     )
 
 

@@ -13,15 +13,44 @@ it back typed, ``alive`` filled in by tasks.control.cluster from the heartbeat.
 >>> from tasks.core.codec import decode, encode
 >>> decode(NodeRecord, encode(rec)) == rec
 True
+
+A reader that skips a node's inventory (an evacuation tick needs only what its
+destinations have room for) fills in its :class:`Usage` instead, which the node
+publishes beside the inventory:
+
+>>> c = (ContainerInfo("db", memory_bytes=64, labels={"anti-affinity": "db"}),
+...      ContainerInfo("old", memory_bytes=32, state="exited"))
+>>> NodeRecord("pi1", containers=c).taken
+Usage(memory_bytes=64, containers=1, groups=('db',))
+>>> NodeRecord("pi1", usage=Usage(128, 2)).taken.memory_bytes
+128
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.core.chooser import NodeCaps
 from workers.records import ContainerInfo, Need
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a node's containers that have not exited take: their memory, their count and
+    their anti-affinity groups (what the planner weighs a destination by)."""
+
+    memory_bytes: int = 0
+    containers: int = 0
+    groups: tuple[str, ...] = ()  # sorted
+
+
+def usage_of(containers: Iterable[ContainerInfo]) -> Usage:
+    """The :class:`Usage` of an inventory."""
+    running = [c for c in containers if c.state != "exited"]
+    groups = {c.labels.get("anti-affinity", "") for c in running} - {""}
+    return Usage(sum(c.memory_bytes for c in running), len(running), tuple(sorted(groups)))
 
 
 @dataclass(frozen=True)
@@ -46,6 +75,12 @@ class NodeRecord:
     bridge: str = ""  # where its containers' own addresses plug in ("": --net refused here)
     bridge_addresses: tuple[str, ...] = ()  # the bridge's own, "10.77.0.11/24"
     alive: bool = False  # filled in by the reader from the heartbeat and the node TTL
+    usage: Usage | None = None  # filled in by a reader that skipped ``containers``
+
+    @property
+    def taken(self) -> Usage:
+        """What its containers take: from its inventory, else the usage it published."""
+        return self.usage if self.usage is not None else usage_of(self.containers)
 
     def is_alive(self, now: float, ttl_s: float) -> bool:
         """Whether its worker is up and was heard from within ``ttl_s``."""

@@ -2,7 +2,9 @@
 
 Queues: ``node.<name>`` (a node's ordinary work), ``node.<name>.urgent`` (the
 steps inside a container's freeze window, served by a slot nothing else may
-occupy) and ``ferry.control`` (coordinator, evacuation runner).
+occupy), ``ferry.control`` (the coordinator: starts and cancels) and
+``ferry.control.ticks`` (the evacuation runner's ticks, which the coordinator
+consumes too: a start never waits behind them).
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from tasks.config.settings import Settings
 from tasks.core.endpoints import SENTINEL, parse_sentinel
 from tasks.core.migration import Migration, Phase, Send
 from tasks.messaging.signing import enable_signing
+from tasks.store.evacuations import Records
 from workers.errors import BadRequest
 
 if TYPE_CHECKING:
     from celery import Celery
 
 CONTROL_QUEUE = "ferry.control"
+TICK_QUEUE = "ferry.control.ticks"
+COORDINATOR_QUEUES = f"{CONTROL_QUEUE},{TICK_QUEUE}"  # what `ferry coordinator` consumes
 EVACUATE_TICK = "ferry.control.evacuate_tick"
 DEAD_LETTERS_AT = "ferry_dead_letters_at"  # app.conf: (broker URL, state Redis URL)
 
@@ -146,9 +151,16 @@ def dispatch(app: Celery, mid: str, sends: list[Send]) -> None:
         )
 
 
-def tell_evacuation(app: Celery, m: Migration) -> None:
+def tell_evacuation(app: Celery, m: Migration, recs: Records) -> None:
     """``m`` just ended, or passed its point of no return (its evacuation's next move may
-    start then): the evacuation's tick takes it in now, not at its next turn."""
+    start then): the evacuation's tick takes it in now, not at its next turn. One tick
+    queued at a time is enough: it reads what is there when it starts."""
     passed = m.past_no_return and m.phase is Phase.CLEANUP and m.attempt == 1
     if (m.state.final or passed) and m.options.evacuation:
-        app.send_task(EVACUATE_TICK, args=(m.options.evacuation,), queue=CONTROL_QUEUE)
+        ask_tick(app, recs, m.options.evacuation)
+
+
+def ask_tick(app: Celery, recs: Records, eid: str) -> None:
+    """Queue a tick of evacuation ``eid`` now, unless one is queued already."""
+    if recs.ask_tick(eid):
+        app.send_task(EVACUATE_TICK, args=(eid,), queue=TICK_QUEUE)

@@ -110,7 +110,7 @@ def run_phase(
                 store.note_dump_rate(m.src, dump, time.time())
         m, sends, changed = store.apply(mid, ev)
         if changed:
-            tell_evacuation(app, m)
+            tell_evacuation(app, m, store.evacuations)
         try:
             after()  # the node's published inventory; the outcome is recorded already
         # a broker blip must not lose a phase's outcome; the next heartbeat republishes

@@ -9,6 +9,8 @@ Keys::
     ferry:evac:<id>            JSON record: node, plan, limits, moves (outcome, migration), report
     ferry:evac:<id>:cancel     present once a cancel was asked for
     ferry:evac:<id>:tick       held by the one tick that runs (a tick may be redelivered)
+    ferry:evac:<id>:again      a tick came while another ran: that one runs again
+    ferry:evac:<id>:queued     a tick is queued (SET NX): no need to queue another
     ferry:evac:node:<node>     the evacuation draining <node> (SET NX; refreshed by each tick)
 """
 
@@ -79,3 +81,11 @@ class Records:
         """
         self.r.delete(f"ferry:evac:{eid}:tick")
         return bool(self.r.getdel(f"ferry:evac:{eid}:again"))
+
+    def ask_tick(self, eid: str) -> bool:
+        """Whether to queue a tick of ``eid``: False while one is queued (until it starts)."""
+        return bool(self.r.set(f"ferry:evac:{eid}:queued", "1", nx=True, ex=TICK_LOCK_S))
+
+    def took_tick(self, eid: str) -> None:
+        """The queued tick of ``eid`` starts: one asked for from now on is queued again."""
+        self.r.delete(f"ferry:evac:{eid}:queued")

@@ -6,7 +6,8 @@ Keys (all under ``ferry:``)::
     ferry:mig:<id>:events     stream of every change (phase, state, numbers)
     ferry:migs                sorted set of migration ids by creation time
     ferry:active              set of migration ids not yet final
-    ferry:node:<name>         JSON node record (probe, address, containers, heartbeat)
+    ferry:node:<name>         JSON node record (probe, address, heartbeat)
+    ferry:node:<name>:containers  JSON inventory; :usage, what it takes (tasks.core.nodes.Usage)
     ferry:nodes               set of node names
     ferry:cordon:<name>       present while the node is cordoned
     ferry:redis-run-id        [run_id, when] the coordinator last saw Redis (restarts)
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
@@ -25,7 +26,7 @@ import redis
 from tasks.core.codec import decode, encode
 from tasks.core.machine import next_step
 from tasks.core.migration import DEFAULT_POLICY, Event, Migration, Policy, Send
-from tasks.core.nodes import NodeRecord
+from tasks.core.nodes import NodeRecord, usage_of
 from tasks.core.options import Options
 from tasks.core.retention import Entry, Retention, may_drop, to_drop
 from tasks.store.evacuations import Records
@@ -262,7 +263,7 @@ class Store:
     def put_node(self, record: NodeRecord) -> None:
         """Publish node ``record`` (its containers and cordon are kept apart)."""
         data = encode(record)
-        for own in ("containers", "cordoned", "alive"):
+        for own in ("containers", "cordoned", "alive", "usage"):
             del data[own]
         with self.r.pipeline() as pipe:
             pipe.set(f"ferry:node:{record.name}", json.dumps(data))
@@ -270,21 +271,29 @@ class Store:
             pipe.execute()
 
     def put_containers(self, name: str, containers: Sequence[ContainerInfo]) -> None:
-        self.r.set(f"ferry:node:{name}:containers", json.dumps(encode(list(containers))))
+        with self.r.pipeline() as pipe:
+            pipe.set(f"ferry:node:{name}:containers", json.dumps(encode(list(containers))))
+            pipe.set(f"ferry:node:{name}:usage", json.dumps(encode(usage_of(containers))))
+            pipe.execute()
 
     def node(self, name: str) -> NodeRecord | None:
         """Node ``name``'s record; None if unknown; CorruptRecord if unreadable."""
         return _node(name, self.r.mget(*_node_keys(name)))
 
-    def nodes(self) -> list[NodeRecord]:
-        """Every registered node; a corrupt record is logged and skipped."""
+    def nodes(self, inventories: Collection[str] | None = None) -> list[NodeRecord]:
+        """Every registered node; a corrupt record is logged and skipped.
+
+        ``inventories``: the nodes whose containers to read (None: all); the others
+        carry only their ``usage``, a few bytes where an inventory may list thousands.
+        """
         names = sorted(str(n) for n in self.r.smembers("ferry:nodes"))
+        keys = [_node_keys(n, inventories is None or n in inventories) for n in names]
         # one round trip for every node: an evacuation tick reads them all
-        replies = self.r.mget(*(k for n in names for k in _node_keys(n))) if names else []
+        replies = self.r.mget(*(k for ks in keys for k in ks)) if names else []
         out = []
         for i, name in enumerate(names):
             try:
-                rec = _node(name, replies[3 * i : 3 * i + 3])
+                rec = _node(name, replies[3 * i : 3 * i + 3], keys[i][1].endswith(":usage"))
             except CorruptRecord as exc:
                 log.error("%s", exc)
                 continue
@@ -354,21 +363,23 @@ class Store:
                 continue
 
 
-def _node_keys(name: str) -> tuple[str, str, str]:
-    return f"ferry:node:{name}", f"ferry:node:{name}:containers", f"ferry:cordon:{name}"
+def _node_keys(name: str, inventory: bool = True) -> tuple[str, str, str]:
+    part = "containers" if inventory else "usage"
+    return f"ferry:node:{name}", f"ferry:node:{name}:{part}", f"ferry:cordon:{name}"
 
 
-def _node(name: str, replies: list[Any]) -> NodeRecord | None:
+def _node(name: str, replies: list[Any], usage: bool = False) -> NodeRecord | None:
+    """A node record from its keys' ``replies``; the second its usage, if ``usage``."""
     raw, cont, cordon = replies
     if raw is None:
         return None
     where = f"node record {name}"
     try:
         data = json.loads(str(raw))
-        containers = json.loads(str(cont)) if cont else []
+        own = json.loads(str(cont)) if cont else ({} if usage else [])
     except ValueError as exc:
         raise CorruptRecord(f"{where}: not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise CorruptRecord(f"{where}: want an object, not {type(data).__name__}")
-    data.update(name=name, containers=containers, cordoned=cordon is not None)
+    data.update({"usage" if usage else "containers": own}, name=name, cordoned=cordon is not None)
     return decode(NodeRecord, data, where)

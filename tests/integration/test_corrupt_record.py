@@ -94,6 +94,8 @@ def test_a_corrupt_node_record_is_skipped_by_every_reader(
     )
     with pytest.raises(CorruptRecord):
         store.node("bad")
+    (light,) = [n for n in store.nodes(inventories=()) if n.name in ("good", "bad")]
+    assert light.containers == () and light.taken == good[0].taken  # its usage, not its inventory
     settings = Settings(broker_url=redis_url, result_backend=redis_url, secret="s" * 32)
     cluster = Cluster(settings, store=store)
     (seen,) = [n for n in cluster.nodes() if n.name in ("good", "bad")]

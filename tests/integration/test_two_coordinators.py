@@ -1,8 +1,8 @@
 """Two coordinators on one queue never both drive one migration: real CRIU, real Redis.
 
-Both consume ``ferry.control``; the evacuation's ticks and every migration's
-start are sent again and again while it runs, as redelivery or a second
-coordinator's sweep would. Each container is still submitted once, each
+Both consume ``ferry.control`` and ``ferry.control.ticks``; the evacuation's
+ticks and every migration's start are sent again and again while it runs, as
+redelivery or a second coordinator's sweep would. Each container is still submitted once, each
 migration started once, each of its steps run once, and every counter goes on
 where it stopped, once.
 """
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from tasks.api.localcluster import LocalCluster
-from tasks.messaging.app import CONTROL_QUEUE, EVACUATE_TICK
+from tasks.messaging.app import CONTROL_QUEUE, EVACUATE_TICK, TICK_QUEUE
 from tests.conftest import cluster_env, criu_works, need, running
 from tests.integration.helpers import COUNTER, assert_went_on, ticks, wait_for
 
@@ -46,6 +46,16 @@ def test_a_tick_asked_for_while_one_runs_runs_right_after_it(two: LocalCluster) 
     assert recs.release_tick(eid) is False  # nobody asked meanwhile
 
 
+def test_one_tick_is_queued_until_it_starts(two: LocalCluster) -> None:
+    recs = two.client.store.evacuations
+    eid = "e-00000000beef"
+    assert recs.ask_tick(eid)
+    assert not recs.ask_tick(eid)  # queued already: it reads what is there when it starts
+    recs.took_tick(eid)
+    assert recs.ask_tick(eid)
+    recs.took_tick(eid)
+
+
 def test_duplicate_ticks_and_starts_drive_each_migration_once(two: LocalCluster) -> None:
     client = two.client
     names = [f"dup{i}" for i in range(6)]
@@ -57,8 +67,14 @@ def test_duplicate_ticks_and_starts_drive_each_migration_once(two: LocalCluster)
     stop = threading.Event()
 
     def again() -> None:  # what redelivery, or a second coordinator, would send
+        turns = 3  # a redelivered turn goes on beside the first, until the evacuation ends
         while not stop.wait(0.02):
-            client.app.send_task(EVACUATE_TICK, args=(h.id,), queue=CONTROL_QUEUE)
+            client.app.send_task(EVACUATE_TICK, args=(h.id,), queue=TICK_QUEUE)
+            if turns:
+                turns -= 1
+                client.app.send_task(
+                    EVACUATE_TICK, args=(h.id,), kwargs={"turn": True}, queue=TICK_QUEUE
+                )
             for mv in client.store.evacuations.get(h.id)["moves"].values():
                 if mv.get("migration"):
                     client.app.send_task(

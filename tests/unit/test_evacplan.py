@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -14,7 +15,7 @@ from tasks.core.evacplan import (
     report,
     specs_of,
 )
-from tasks.core.nodes import NodeRecord
+from tasks.core.nodes import NodeRecord, usage_of
 from tasks.core.planner import Plan, PlanLimits, plan
 from tests.unit.records import node_record
 from workers.errors import BadRequest
@@ -80,6 +81,13 @@ def test_node_free_memory_counts_the_containers_it_runs_now() -> None:
     )
     assert n.mem_free_bytes == 850 * M
     assert n.containers == 2 and n.groups == frozenset({"db"})
+
+
+def test_a_record_read_without_its_inventory_plans_the_same_from_its_usage() -> None:
+    full = rec("b", 1000 * M, (box("x", 100, **{"anti-affinity": "db"}), box("y", 50)))
+    light = replace(full, containers=(), usage=usage_of(full.containers))
+    assert encode(light.usage) == {"memory_bytes": 150 * M, "containers": 2, "groups": ["db"]}
+    assert node_of(light) == node_of(full)
 
 
 def test_a_node_that_never_probed_memory_counts_as_one_tib() -> None:
