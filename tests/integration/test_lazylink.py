@@ -75,11 +75,20 @@ def test_pages_come_only_through_an_admitted_session(
         landed = tmp_path / "dst"
         subprocess.run(["cp", "-a", str(images), str(landed)], check=True)
         good = token()
-        Criu().start_lazy_pages(landed, open_lazy(source.address, good, "m1", "final"))
-        pids.append(Criu().restore(landed, extra=("--lazy-pages",)).pid)
-        wait_served(images, 60, None, lambda: None)  # every page went through the session
+        lazy = open_lazy(source.address, good, "m1", "final")
         with pytest.raises(TokenError, match="already used"):
             open_lazy(source.address, good, "m1", "final")  # no replay
+        source.stop()  # the worker goes (restarted, say): the splice is a process of its own
+        Criu().start_lazy_pages(landed, lazy)
+        pids.append(Criu().restore(landed, extra=("--lazy-pages",)).pid)
+        wait_served(images, 60, None, lambda: None)  # every page went through the session
+        again = TransferServer(tmp_path / "incoming", SECRET, "pi1", lazy_root=tmp_path / "images")
+        again.start()
+        try:  # a restarted worker's server: the page server has gone with its last page
+            with pytest.raises(PermanentError, match="no post-copy page server"):
+                open_lazy(again.address, token(), "m1", "final")
+        finally:
+            again.stop()
         wait_for(lambda: max(ticks(log)) > before + 3)
         assert_went_on([v for v in ticks(log) if v >= before - 3], before)
     finally:

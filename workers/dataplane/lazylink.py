@@ -22,14 +22,16 @@ still waits for the destination's own connection.
 
 The session lasts as long as the degraded period: until the page server has
 sent every page and closed, or either end goes away (then CRIU's dump fails,
-resumes the source's tree, and the migration rolls back).
+resumes the source's tree, and the migration rolls back). The source splices
+it in a process of its own, so a worker restarted meanwhile does not cut it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import socket
-import threading
 from pathlib import Path
 
 from workers.criu.lazydump import PORT_FILE
@@ -68,9 +70,15 @@ def open_lazy(address: tuple[str, int], token: str, migration: str, subdir: str)
 
 
 def serve_lazy(conn: socket.socket, images: Path) -> int:
-    """Splice an admitted lazy session on ``conn`` to the page server of the lazy dump
-    in ``images``; return the bytes it sent the destination.
+    """Splice an admitted lazy session on ``conn`` to the page server of the lazy dump in
+    ``images``, in a process of its own; return its pid.
 
+    The splice must outlive this process: a worker restarted mid post-copy
+    (``KillMode=process``) leaves its CRIU dumps and lazy-pages daemons running,
+    and the pages must go on crossing between them. The child only calls the
+    kernel (no locks, no logging) and exits when both ends have closed, when
+    one breaks, or ``_LINGER_S`` after the page server closed if the
+    destination never does; the node's supervisor reaps it (its subreaper).
     PermanentError (before ``ready``) when no lazy dump serves there.
     """
     try:
@@ -78,23 +86,23 @@ def serve_lazy(conn: socket.socket, images: Path) -> int:
         local = socket.create_connection((LOOPBACK, port), timeout=_ADMIT_S)
     except (OSError, ValueError) as exc:
         raise PermanentError(f"no post-copy page server for {images.parent.name}: {exc}") from exc
-    sent = [0]
-    back = threading.Thread(target=_pump, args=(conn, local, None), daemon=True, name="ferry-lazy")
     try:
         local.settimeout(None)
         local.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         wire.send_frame(conn, {"type": "ready"})
         conn.settimeout(None)  # the destination may be quiet while its tree runs
-        back.start()
-        _pump(local, conn, sent)  # until the page server has closed
-        back.join(timeout=_LINGER_S)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child; its work is checked end to end)
+            status = 0
+            try:
+                _detach(conn.fileno(), local.fileno())
+                _splice(conn, local)
+            except BaseException:
+                status = 1
+            os._exit(status)
     finally:
-        for sock in (conn, local):  # wakes a pump stuck on a silent destination
-            _shut(sock, socket.SHUT_RDWR)
-        if back.is_alive():
-            back.join()
-        local.close()
-    return sent[0]
+        local.close()  # this process's copy: the child holds its own
+    return pid
 
 
 def hang_up(images: Path) -> None:
@@ -105,22 +113,44 @@ def hang_up(images: Path) -> None:
         socket.create_connection((LOOPBACK, port), timeout=2).close()
 
 
-def _pump(src: socket.socket, dst: socket.socket, counted: list[int] | None) -> None:
-    """``src``'s bytes to ``dst``; at ``src``'s end ``dst`` hears it (half-close), and
-    a broken end cuts both directions."""
-    buf = memoryview(bytearray(_BUFFER))
-    try:
-        while n := src.recv_into(buf):
-            dst.sendall(buf[:n])
-            if counted is not None:
-                counted[0] += n
-    except OSError:
-        for sock in (src, dst):
-            _shut(sock, socket.SHUT_RDWR)
-        return
-    _shut(dst, socket.SHUT_WR)
+def _detach(*keep: int) -> None:
+    """Make this forked child a session of its own that holds only ``keep``: none of
+    the worker's listeners, connections or log, which must close when the worker does."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    edge = 3
+    for fd in sorted(keep):
+        os.closerange(edge, fd)
+        edge = fd + 1
+    os.closerange(edge, os.sysconf("SC_OPEN_MAX"))
 
 
-def _shut(sock: socket.socket, how: int) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(how)
+def _splice(a: socket.socket, b: socket.socket) -> None:
+    """Both directions between ``a`` and ``b``, in one thread: an end's close is passed on
+    (half-close), a broken end ends it, and so does ``_LINGER_S`` of silence once one
+    end has closed."""
+    peer = {a.fileno(): b, b.fileno(): a}
+    ends = {a.fileno(): a, b.fileno(): b}
+    poll = select.poll()
+    for fd in ends:
+        poll.register(fd, select.POLLIN)
+    buf, reading = memoryview(bytearray(_BUFFER)), set(ends)
+    while reading:
+        ready = poll.poll(None if len(reading) == 2 else _LINGER_S * 1000)
+        if not ready:
+            return  # the other end never closed
+        for fd, _ in ready:
+            if fd not in reading:
+                continue
+            try:
+                n = ends[fd].recv_into(buf)
+                if n:
+                    peer[fd].sendall(buf[:n])
+                    continue
+                peer[fd].shutdown(socket.SHUT_WR)
+            except OSError:
+                return
+            poll.unregister(fd)
+            reading.discard(fd)

@@ -197,12 +197,12 @@ class Receiver:
     def _lazy(
         self, conn: socket.socket, migration: str, subdir: str, peer: tuple[str, int]
     ) -> None:
-        """A lazy session (workers.dataplane.lazylink), its token checked: this node's
-        post-copy page server of ``migration``, until it has sent every page."""
+        """A lazy session (workers.dataplane.lazylink), its token checked: spliced to this
+        node's post-copy page server of ``migration`` by a process of its own."""
         if self._lazy_root is None:
             raise CapabilityError(f"{self._node} serves no post-copy pages")
-        sent = serve_lazy(conn, self._lazy_root / migration / subdir)
-        log.info("data plane: %s pulled %d bytes of lazy pages for %s", peer, sent, migration)
+        pid = serve_lazy(conn, self._lazy_root / migration / subdir)
+        log.info("data plane: %s pulls the lazy pages of %s (splice pid %d)", peer, migration, pid)
 
     def _receive(self, conn: socket.socket, request: wire.PutRequest, keys: list[FileKey]) -> int:
         """Tell the sender what is missing, receive it, land it; return bytes received."""
