@@ -7,7 +7,7 @@
 One container image for all (tests/integration/ocirootfs.py: the host's python3
 and its libraries) running benchmarks/pauses.py's workload: SIZE MiB of random
 bytes, 1 % of its pages rewritten and ``time.time()`` printed every 10 ms, so
-its longest silence less its median tick is the pause it felt. On loopback:
+its longest silence less its median tick before the move is the pause it felt. On loopback:
 
 - ``ferry cold`` / ``ferry delta`` / ``ferry postcopy``: two ferry nodes (FERRY_RUNTIME=oci) on this
   host, through the real coordinator and workers; ferry's own parts of the

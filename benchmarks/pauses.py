@@ -17,7 +17,7 @@ node (Redis, on the bridge's own address, is not forwarded).
 
 The workload holds SIZE MiB of random bytes (no codec shrinks them), rewrites
 1 % of its pages and prints ``time.time()`` every 10 ms. Its longest silence during a migration, less its
-median tick, is the pause it felt; ferry's ``downtime_ms`` (the longest pause
+median tick before it, is the pause it felt; ferry's ``downtime_ms`` (the longest pause
 in the record) should match it within 10 % or 20 ms. ``bytes`` (ferry's count:
 passes, final transfer, lazy pages, sync) should match what an nftables
 counter on the wire saw (TCP, headers and ACKs included) within 2 %. ``auto``
@@ -194,16 +194,20 @@ def times(text: str) -> list[float]:
 
 
 def felt_ms(log: str, start: float, end: float) -> float | None:
-    """The workload's longest silence between ``start`` and ``end``, less its median tick."""
+    """The workload's longest silence between ``start`` and ``end``, less its median
+    tick in the 2 s before ``start``: undisturbed, for a post-copy's degraded
+    ticks after the restore (each touching pages still on the source) would make
+    the median of the migration's own ticks too long and the pause felt too short."""
     try:
         t = times(Path(log).read_text())
     except OSError:
         return None
+    before = [b - a for a, b in zip(t, t[1:], strict=False) if start - 2.0 <= a and b <= start]
     window = [x for x in t if start - 1.0 <= x <= end]
     gaps = [b - a for a, b in zip(window, window[1:], strict=False)]
-    if len(gaps) < 3:
+    if len(gaps) < 3 or len(before) < 3:
         return None
-    return round((max(gaps) - statistics.median(gaps)) * 1000, 1)
+    return round((max(gaps) - statistics.median(before)) * 1000, 1)
 
 
 def row(size: int, strategy: str, samples: list[dict[str, Any]]) -> dict[str, Any]:

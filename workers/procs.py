@@ -120,3 +120,18 @@ def kill_and_wait(pid: int, timeout_s: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def detach(*keep: int) -> None:
+    """Make this forked child of a worker a session of its own that holds only ``keep``:
+    none of the worker's listeners, connections or log, which must close when the
+    worker does."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    edge = 3
+    for fd in sorted(keep):
+        os.closerange(edge, fd)
+        edge = fd + 1
+    os.closerange(edge, os.sysconf("SC_OPEN_MAX"))

@@ -36,6 +36,7 @@ from tasks.node.context import (
 )
 from tasks.node.dataplane import pages_target, send_dir, streams_pages
 from workers import procs
+from workers.criu import faultwatch
 from workers.dataplane.delta import apply_delta, make_delta
 from workers.dataplane.lazylink import LOOPBACK, hang_up, open_lazy
 from workers.dataplane.pagestream import check_pages
@@ -171,6 +172,8 @@ def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     if "pages" in m.results["dump"]:
         check_pages(m.results["dump"]["pages"], d)  # never restore pages that differ
     s = ctx.runtime.restore(m.container, d, page_server=lazy_source(ctx, m) if m.lazy else None)
+    if m.lazy and s.pid > 0:  # when its threads wait for pages (the daemon's log is late)
+        faultwatch.start(s.pid, d, ctx.pages_timeout_s)
     return remember(
         d,
         Phase.RESTORE,

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.criu.faultwatch import DAEMON_PID
 from workers.criu.lazydump import seized_at
 from workers.criu.log import PipedLog, explain
 from workers.criu.stats import RESTORE_FIELDS, dump_stats, read_stats
@@ -183,21 +184,26 @@ class Criu:
         source's page server (:func:`workers.dataplane.lazylink.open_lazy`) that it
         takes over: this call closes its own copy.
 
-        Its log's times count from its start, which ``lazy-pages.started``
-        keeps (epoch seconds): :func:`workers.criu.log.fault_stalls` needs it.
+        Its log's times count from its start (:func:`workers.criu.log.fault_stalls`
+        needs it in epoch seconds): ``lazy-pages.started`` keeps the time before
+        its exec, some ms early on a busy node, and ``lazy-pages.bound`` when
+        its socket was first seen, which its log also times
+        (:func:`workers.criu.log.log_start`).
         """
         (images / "lazy-pages.started").write_text(f"{time.time():.6f}\n")
         with source:
             fd = source.fileno()
             argv = ["lazy-pages", "-D", str(images), "-o", "lazy-pages.log", "-v4"]
             proc = self._spawn([*argv, "--page-server", "--ps-socket", str(fd)], pass_fds=(fd,))
+        (images / DAEMON_PID).write_text(f"{proc.pid}\n")  # workers.criu.faultwatch
         sock = images / "lazy-pages.socket"
         deadline = time.monotonic() + 10
         while not sock.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 errno, detail = explain(images / "lazy-pages.log")
                 raise CriuError("lazy-pages", errno, images / "lazy-pages.log", detail)
-            time.sleep(0.002)
+            time.sleep(0.0005)
+        (images / "lazy-pages.bound").write_text(f"{time.time():.6f}\n")
         return proc
 
     def page_server(self, images: Path, sock: int) -> PipedLog:

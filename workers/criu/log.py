@@ -7,9 +7,11 @@ import re
 import subprocess
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.criu import faultwatch
 from workers.records import LazyReport
 
 _ERROR_LINE = re.compile(r"Error \((?:[^)]*)\):\s*(.*)")
@@ -152,12 +154,49 @@ def lazy_report(images: Path, page_size: int) -> LazyReport:
     log = images / "lazy-pages.log"
     pulled = lazy_pages_pulled(log)
     try:
+        text = log.read_text(errors="replace")
         started = float((images / "lazy-pages.started").read_text())
-        waits = fault_stalls(log.read_text(errors="replace"), started)
+        with contextlib.suppress(OSError, ValueError):
+            started = log_start(text, started, float((images / "lazy-pages.bound").read_text()))
+        waits = fault_stalls(text, started)
     except (OSError, ValueError):
         waits = FaultStalls(0, ())
     size = None if pulled is None else pulled * page_size
-    return LazyReport(size, waits.faults, waits.stalls)
+    return LazyReport(size, waits.faults, union(waits.stalls, faultwatch.waits(images)))
+
+
+def union(*waits: Sequence[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    """The (start, ms) waits of every source as one: those that overlap merged.
+
+    >>> union([(10.0, 5.0), (10.1, 2.0)], [(9.998, 4.0), (10.2, 1.0)])
+    ((9.998, 7.0), (10.1, 2.0), (10.2, 1.0))
+    """
+    out: list[list[float]] = []
+    for start, ms in sorted(w for ws in waits for w in ws):
+        end = start + ms / 1000
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return tuple((round(s, 6), round((e - s) * 1000, 1)) for s, e in out)
+
+
+_LISTENING = re.compile(r"^\((\d+\.\d+)\) uffd: Waiting for incoming connections", re.MULTILINE)
+
+
+def log_start(text: str, before: float, bound: float) -> float:
+    """When the lazy-pages daemon whose log is ``text`` started (epoch seconds), from
+    ``before`` its exec and ``bound``, when its socket was first seen: less the
+    time its log gives that moment (it logs once it listens). Without that line
+    (or if it says the daemon started before its exec) ``before``.
+
+    >>> log_start("(00.031758) uffd: Waiting for incoming connections on x", 100.0, 100.04)
+    100.008242
+    >>> log_start("(00.000035) Version: 4.1.1", 100.0, 100.04)
+    100.0
+    """
+    found = _LISTENING.search(text)
+    return max(before, round(bound - float(found[1]), 6)) if found else before
 
 
 def fault_stalls(text: str, started: float) -> FaultStalls:

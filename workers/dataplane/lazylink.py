@@ -35,6 +35,7 @@ import select
 import socket
 from pathlib import Path
 
+from workers import procs
 from workers.criu.lazydump import PORT_FILE
 from workers.dataplane import wire
 from workers.errors import PermanentError, TransferError
@@ -96,7 +97,7 @@ def serve_lazy(conn: socket.socket, images: Path) -> int:
         if pid == 0:  # pragma: no cover (the child; its work is checked end to end)
             status = 0
             try:
-                _detach(conn.fileno(), local.fileno())
+                procs.detach(conn.fileno(), local.fileno())
                 _splice(conn, local)
             except BaseException:
                 status = 1
@@ -112,20 +113,6 @@ def hang_up(images: Path) -> None:
     with contextlib.suppress(OSError, ValueError):
         port = int((images / PORT_FILE).read_text())
         socket.create_connection((LOOPBACK, port), timeout=2).close()
-
-
-def _detach(*keep: int) -> None:
-    """Make this forked child a session of its own that holds only ``keep``: none of
-    the worker's listeners, connections or log, which must close when the worker does."""
-    os.setsid()
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    edge = 3
-    for fd in sorted(keep):
-        os.closerange(edge, fd)
-        edge = fd + 1
-    os.closerange(edge, os.sysconf("SC_OPEN_MAX"))
 
 
 def _splice(a: socket.socket, b: socket.socket) -> None:
