@@ -8,11 +8,10 @@ fault pending in the log and no tick of the workload, between two logged waits.
 
 So from the restore until the daemon exits, a forked watcher looks at every
 thread of the tree every :data:`EVERY_S` and notes when one sleeps in
-``handle_userfault`` (its ``wchan``). Each run of such samples, from the first
-sample that saw a wait to the last, goes to ``lazy-waits.json`` in the images
-dir, and :func:`workers.criu.log.lazy_report` adds them to the log's waits.
-A run is never longer than the waits it saw: it starts at most one sample late
-and ends before the wait did (whose end the log times exactly).
+``handle_userfault`` (its ``wchan``). Each wait, from the first sample that saw
+it to the last, goes to ``lazy-waits.json`` in the images dir, and :func:`workers.criu.log.lazy_report` adds them to the log's waits.
+A wait so noted is never longer than the real one: it starts at most one
+sample late and ends before the real one did (whose end the log times exactly).
 
 A kernel that shows no ``wchan`` (no kallsyms) gives no runs. Then the log's
 waits are all there is, as before.
@@ -24,6 +23,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from workers import procs
@@ -60,27 +60,51 @@ def start(pid: int, images: Path, most_s: float) -> int | None:
 
 
 def watch(pid: int, daemon: int, until: float) -> list[list[float]]:
-    """[start, end] (epoch seconds) of each run of samples in which a thread of
-    ``pid``'s tree waited for a page, until ``daemon`` exits or ``until``."""
-    runs: list[list[float]] = []
-    waiting = False
+    """[start, end] (epoch seconds) of each wait for a page that a thread of ``pid``'s
+    tree was seen in (:class:`Waits`), until ``daemon`` exits or ``until``."""
+    seen = Waits()
     threads: list[Path] = []
     listed = 0.0
     while procs.alive(daemon) and (now := time.monotonic()) < until:
         if now - listed > _TREE_EVERY_S:
-            threads = [t / "wchan" for p in procs.tree(pid) for t in _tasks(p)]
+            threads = [t for p in procs.tree(pid) for t in _tasks(p)]
             listed = now
-        seen = time.time()
-        if any(_wchan(t) == _WAITING for t in threads):
-            if waiting:
-                runs[-1][1] = seen
-            else:
-                runs.append([seen, seen])
-            waiting = True
-        else:
-            waiting = False
+        at = time.time()
+        seen.sample(at, {t: _runs(t) for t in threads if _read(t / "wchan") == _WAITING})
         time.sleep(EVERY_S)
-    return runs
+    return sorted(seen.runs)
+
+
+class Waits:
+    """The waits seen in samples of a tree's threads: one wait is the samples that saw
+    a thread waiting without its having run between them (its count of runs on a
+    CPU unchanged), so a watcher that gets no CPU for longer than the tree's own
+    sleeps never joins two waits across a tick of the tree's.
+
+    >>> w = Waits()
+    >>> w.sample(1.000, {"t1": 7})
+    >>> w.sample(1.002, {"t1": 7})  # the same wait
+    >>> w.sample(1.030, {"t1": 9})  # it ran meanwhile: another wait
+    >>> w.sample(1.032, {})         # served
+    >>> w.sample(1.034, {"t1": 9})  # a third, though its count did not change
+    >>> w.runs
+    [[1.0, 1.002], [1.03, 1.03], [1.034, 1.034]]
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[list[float]] = []
+        self._open: dict[object, tuple[int, list[float]]] = {}  # thread -> its count, wait
+
+    def sample(self, at: float, waiting: Mapping[object, int]) -> None:
+        """At ``at``, the threads seen waiting, each with its count of runs."""
+        was, self._open = self._open, {}
+        for thread, ran in waiting.items():
+            if thread in was and was[thread][0] == ran:
+                was[thread][1][1] = at
+                self._open[thread] = was[thread]
+            else:
+                self.runs.append([at, at])
+                self._open[thread] = (ran, self.runs[-1])
 
 
 def waits(images: Path, within_s: float = 2.0) -> tuple[tuple[float, float], ...]:
@@ -106,9 +130,16 @@ def _tasks(pid: int) -> list[Path]:
     return []
 
 
-def _wchan(path: Path) -> str:
+def _read(path: Path) -> str:
     try:
         with open(path, "rb", buffering=0) as f:
-            return f.read(64).decode(errors="replace")
+            return f.read(128).decode(errors="replace")
     except OSError:  # that thread exited
         return ""
+
+
+def _runs(thread: Path) -> int:
+    """How often ``thread`` has run on a CPU (the last of its ``schedstat``); -1 on a
+    kernel without it, whose samples of one thread waiting are then all one wait."""
+    fields = _read(thread / "schedstat").split()
+    return int(fields[2]) if len(fields) == 3 else -1
