@@ -36,11 +36,13 @@ class Pause:
 # Waits for pages (and the final freeze before them) closer together than this
 # are one pause as the workload feels it: in a shorter gap the restored tree
 # was at best being woken and scheduled again (on a busy node a woken task
-# waits that long for a CPU), so it could not have shown any progress, and a
-# workload that ticks every 10 ms cannot tell the gap from a stall. Measured on
-# benchmarks/pauses.py's workload: the gaps in which it printed were 10 ms or
-# more (its sleep), those without it were 5 to 10 ms, and longer under load.
-JOIN_S = 0.010
+# waits that long for a CPU), so it could not have shown any progress. Measured
+# on benchmarks/pauses.py's workload (1 Gbit/s, 1 GiB post-copy), with the
+# waits the daemon read late started when the tree was seen waiting
+# (workers.criu.faultwatch): the gaps without a tick were 1 to 5.5 ms (the log's
+# faults less than 5 ms apart are already one wait), those with one 10 ms or
+# more (its sleep), so the window sits between.
+JOIN_S = 0.008
 
 
 def joined(waits: Sequence[Sequence[float]], window_s: float = JOIN_S) -> tuple[Wait, ...]:

@@ -9,7 +9,9 @@ fault pending in the log and no tick of the workload, between two logged waits.
 So from the restore until the daemon exits, a forked watcher looks at every
 thread of the tree every :data:`EVERY_S` and notes when one sleeps in
 ``handle_userfault`` (its ``wchan``). Each wait, from the first sample that saw
-it to the last, goes to ``lazy-waits.json`` in the images dir, and :func:`workers.criu.log.lazy_report` adds them to the log's waits.
+it to the last, goes to ``lazy-waits.json`` in the images dir, and
+:func:`workers.criu.log.extended` starts each of the log's stalls as early as
+a wait seen leading into it.
 A wait so noted is never longer than the real one: it starts at most one
 sample late and ends before the real one did (whose end the log times exactly).
 

@@ -162,23 +162,29 @@ def lazy_report(images: Path, page_size: int) -> LazyReport:
     except (OSError, ValueError):
         waits = FaultStalls(0, ())
     size = None if pulled is None else pulled * page_size
-    return LazyReport(size, waits.faults, union(waits.stalls, faultwatch.waits(images)))
+    return LazyReport(size, waits.faults, extended(waits.stalls, faultwatch.waits(images)))
 
 
-def union(*waits: Sequence[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
-    """The (start, ms) waits of every source as one: those that overlap merged.
+def extended(
+    stalls: Sequence[tuple[float, float]],
+    seen: Sequence[tuple[float, float]],
+    slack_s: float = 0.005,
+) -> tuple[tuple[float, float], ...]:
+    """The log's ``stalls`` (start, ms), each started as early as a wait ``seen`` in the
+    tree (:mod:`workers.criu.faultwatch`) that began before it and lasted until it
+    began (``slack_s`` early: a wait is seen to end at most a sample before it
+    did): the fault the daemon read late. A seen wait only ever extends a stall
+    back: the two clocks agree to some ms, and a wait of its own between two
+    stalls could join them across a gap in which the tree ran.
 
-    >>> union([(10.0, 5.0), (10.1, 2.0)], [(9.998, 4.0), (10.2, 1.0)])
-    ((9.998, 7.0), (10.1, 2.0), (10.2, 1.0))
+    >>> extended([(10.2, 50.0), (10.4, 5.0)], [(10.083, 115.0), (10.3, 20.0), (10.39, 8.0)])
+    ((10.083, 167.0), (10.39, 15.0))
     """
-    out: list[list[float]] = []
-    for start, ms in sorted(w for ws in waits for w in ws):
-        end = start + ms / 1000
-        if out and start <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], end)
-        else:
-            out.append([start, end])
-    return tuple((round(s, 6), round((e - s) * 1000, 1)) for s, e in out)
+    out = []
+    for start, ms in stalls:
+        early = min((s for s, w in seen if s < start <= s + w / 1000 + slack_s), default=start)
+        out.append((round(early, 6), round(ms + (start - early) * 1000, 1)))
+    return tuple(out)
 
 
 _LISTENING = re.compile(r"^\((\d+\.\d+)\) uffd: Waiting for incoming connections", re.MULTILINE)
