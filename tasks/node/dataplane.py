@@ -1,5 +1,6 @@
 """The data plane as the phases use it: where the destination listens, what the
-link carries, a dir of images sent as files, a dump's pages streamed.
+link carries, a dir of images sent as files, a dump's pages streamed or its pages
+image sent as it is written.
 
 The bytes themselves move in :mod:`workers.dataplane.transfer` and
 :mod:`workers.dataplane.pagestream`; this module turns a migration record into their
@@ -21,6 +22,8 @@ from tasks.messaging import auth
 from tasks.node.context import NodeContext, Progress
 from workers import failpoints
 from workers.dataplane import transfer
+from workers.dataplane.tail import Tail
+from workers.dataplane.throttle import TokenBucket
 from workers.dataplane.tokens import issue_token
 from workers.dataplane.wire import HAVE_ZSTD
 from workers.errors import PermanentError
@@ -54,6 +57,29 @@ def route(ctx: NodeContext, m: Migration) -> transport.Route:
 def streams_pages(ctx: NodeContext, m: Migration) -> bool:
     """Whether this migration's final dump streams its pages (tasks.core.transport.page_server)."""
     return transport.stream_pages(m.options.page_server, m.options.compression, route(ctx, m))
+
+
+def tails_pages(ctx: NodeContext, m: Migration) -> bool:
+    """Whether this final dump's pages image goes out as CRIU writes it
+    (tasks.core.transport.tail_pages)."""
+    return transport.tail_pages(m.options.compression, route(ctx, m))
+
+
+def start_tail(ctx: NodeContext, m: Migration, d: Path, sub: str) -> Tail:
+    """The pages image of the dump into ``d``, sent while it is written (started)."""
+    own = TokenBucket(m.options.bandwidth_bps) if m.options.bandwidth_bps else None
+    tail = Tail(
+        dst_address(ctx, m),
+        lambda: issue_token(ctx.secret, m.id, m.src, m.dst, time.time()),
+        m.id,
+        sub,
+        d,
+        lambda name: name.startswith("pages-") and name.endswith(".img"),
+        buckets=[b for b in (own, ctx.uplink) if b is not None],
+        timeout_s=FROZEN_TIMEOUT_S,
+    )
+    tail.start()
+    return tail
 
 
 def link_bps(m: Migration) -> float | None:

@@ -34,7 +34,7 @@ from tasks.node.context import (
     remember,
     remembered,
 )
-from tasks.node.dataplane import pages_target, send_dir, streams_pages
+from tasks.node.dataplane import pages_target, send_dir, start_tail, streams_pages, tails_pages
 from workers import procs
 from workers.dataplane.delta import apply_delta, make_delta
 from workers.dataplane.lazylink import LOOPBACK, hang_up, open_lazy
@@ -98,12 +98,23 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     # (tasks.core.transport.page_server: a cold dump, which has no parent) and it pays.
     streamed = parent is None and streams_pages(ctx, m)
     carried(ctx, m, d)
-    s = ctx.runtime.checkpoint(
-        m.container,
-        d,
-        parent=parent,
-        pages=pages_target(ctx, m, FINAL, progress) if streamed else None,
-    )
+    # Else the pages image goes out as it is written, where TRANSFER sends these files.
+    delta = m.strategy is Strategy.DELTA and prev is not None
+    tail = None
+    if not (streamed or on_tracker or delta) and tails_pages(ctx, m):
+        d.mkdir(parents=True, exist_ok=True)
+        tail = start_tail(ctx, m, d, FINAL)
+    try:
+        s = ctx.runtime.checkpoint(
+            m.container,
+            d,
+            parent=parent,
+            pages=pages_target(ctx, m, FINAL, progress) if streamed else None,
+        )
+    except BaseException:
+        if tail is not None:
+            tail.cancel()
+        raise
     end = time.time()
     result: dict[str, Any] = {
         "frozen_ms": s.frozen_ms,
@@ -118,6 +129,15 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     if s.pages is not None:
         # CRIU's memwrite time is its pages crossing the wire, inside the freeze
         result.update(pages=s.pages.to_dict(), memwrite_ms=s.memwrite_ms)
+    if tail is not None and (landed := tail.finish()) is not None:
+        # what was left of the pages image after the dump crossed inside the freeze
+        result["tail"] = {
+            "file": landed.name,
+            "bytes": landed.bytes,
+            "wall_ms": round(landed.seconds * 1000, 3),
+            "finish_ms": round(landed.finish_seconds * 1000, 3),
+        }
+        result["end"] = time.time()
     if on_tracker:  # inside the freeze: what the destination lacks of the dump
         result["tracker"] = tracked.split_dump(ctx, m)
         result["end"] = time.time()

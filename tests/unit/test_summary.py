@@ -95,6 +95,28 @@ def test_nothing_until_the_container_was_restored() -> None:
                 "overhead_ms": 48.0,
             },
         ),
+        # the pages image sent as CRIU wrote it: what it took after the dump is wire time
+        (
+            {
+                "dump": {
+                    "freeze_start": 100.0,
+                    "frozen_ms": 90.0,
+                    "freezing_ms": 2.0,
+                    "tail": {"file": "pages-1.img", "bytes": 1 << 26, "finish_ms": 30.0},
+                },
+                "transfer": {"wall_ms": 10.0},
+                "restore": {"end": 100.2, "wall_ms": 50.0},
+            },
+            {
+                "criu_freeze_ms": 92.0,
+                "delta_ms": 0.0,
+                "wire_ms": 40.0,
+                "fsync_ms": 0.0,
+                "rebuild_ms": 0.0,
+                "restore_ms": 50.0,
+                "overhead_ms": 18.0,
+            },
+        ),
     ],
 )
 def test_the_parts_add_up(results: dict, parts: dict) -> None:

@@ -111,10 +111,18 @@ class Receiver:
         conn.settimeout(self._stall_s)
         self._session(conn, peer, first)
 
-    def _open(self, conn: socket.socket) -> wire.PutRequest | tuple[str, str, str]:
-        """The first frame, its token checked: a put request, or a pages or lazy session's
-        (type, migration, subdir)."""
+    def _open(
+        self, conn: socket.socket
+    ) -> wire.PutRequest | wire.TailRequest | tuple[str, str, str]:
+        """The first frame, its token checked: a put or tail request, or a pages or lazy
+        session's (type, migration, subdir)."""
         message = wire.recv_frame(conn)
+        if message["type"] == "tail":
+            tail = wire.parse_tail(message)
+            self._check_token(tail.token, tail.migration)
+            check_id("subdir", tail.subdir)
+            check_name(tail.name)
+            return tail
         if message["type"] in ("pages", "lazy"):
             token, migration, subdir = wire.parse_pages(message)
             self._check_token(token, migration)
@@ -134,9 +142,13 @@ class Receiver:
         self,
         conn: socket.socket,
         peer: tuple[str, int],
-        first: wire.PutRequest | tuple[str, str, str],
+        first: wire.PutRequest | wire.TailRequest | tuple[str, str, str],
     ) -> None:
         try:
+            if isinstance(first, wire.TailRequest):
+                received = self._tail(conn, first)
+                log.info("data plane: %s tailed %d bytes for %s", peer, received, first.migration)
+                return
             if isinstance(first, tuple):
                 kind, migration, subdir = first
                 (self._pages if kind == "pages" else self._lazy)(conn, migration, subdir, peer)
@@ -239,6 +251,42 @@ class Receiver:
                 self.landing.keep(key, partial, now)
             for fd in dirs.values():
                 os.close(fd)
+
+    def _tail(self, conn: socket.socket, request: wire.TailRequest) -> int:
+        """Receive one file as its writer grows it; land it under the key its ``end`` names.
+
+        Nothing of a tail is kept for a resume: a failed one is sent again by a ``put``.
+        """
+        where = f"{request.migration}/{request.subdir}/{request.name}"
+        top = open_dir(self._root_fd, [request.migration, request.subdir], where=where)
+        try:
+            *sub, base = check_name(request.name)
+            dir_fd = open_dir(top, sub, where=where) if sub else os.dup(top)
+        finally:
+            os.close(top)
+        try:
+            check_target(dir_fd, base, where=where)
+            partial = Partial.create(dir_fd, base, where=where)
+        finally:
+            os.close(dir_fd)
+        try:
+            wire.send_frame(conn, {"type": "ready"})
+            buffers = (memoryview(bytearray(RECV_BUFFER)), memoryview(bytearray(RECV_BUFFER)))
+            frame = wire.recv_frame(conn)
+            while (more := wire.parse_more(frame)) is not None:
+                _stream(conn, partial, partial.have + more, buffers, self._hashing)
+                frame = wire.recv_frame(conn)
+            digest, size, version = wire.parse_tail_end(frame)
+        except BaseException:
+            partial.discard()
+            raise
+        if size != partial.have or digest != partial.hasher.hexdigest():
+            partial.discard()
+            raise IntegrityError(f"{where}: BLAKE3 digest or size does not match; not stored")
+        key = (request.migration, request.subdir, request.name, size, version)
+        self.landing.landed(key, partial.commit(sync=self._fsync), time.monotonic())
+        wire.send_frame(conn, {"type": "done", "files": 1, "bytes": size})
+        return size
 
     def _receive_file(
         self,
