@@ -30,8 +30,9 @@ def final_pause(m: Migration) -> dict[str, float] | None:
     before it got going: tasks.core.pauses.stalled). When the
     dump streamed its pages to the destination's page server, the wire
     overlaps the dump: CRIU's time writing pages (its ``memwrite``) moves
-    from ``criu_freeze`` to ``wire``; when its pages image went out as CRIU
-    wrote it (the dump's ``tail``), the time it took after the dump is ``wire``.
+    from ``criu_freeze`` to ``wire``. When its pages image went out as CRIU
+    wrote it (the transfer's ``tail``), what was left of it after the dump
+    crossed during the transfer: ``wire`` holds it.
     """
     r = m.results
     dump, xfer, rest = r.get("dump"), r.get("transfer"), r.get("restore")
@@ -41,8 +42,7 @@ def final_pause(m: Migration) -> dict[str, float] | None:
     streamed = dump.get("memwrite_ms", 0.0) if "pages" in dump else 0.0
     criu = dump["frozen_ms"] + dump["freezing_ms"] - streamed
     delta = xfer.get("delta_ms", 0.0) if xfer else 0.0
-    # a pages image sent while CRIU wrote it: what crossed after the dump is wire time too
-    wire = (xfer["wall_ms"] if xfer else 0.0) + streamed + dump.get("tail", {}).get("finish_ms", 0)
+    wire = (xfer["wall_ms"] if xfer else 0.0) + streamed
     rebuild = rest.get("rebuild_ms", 0.0)
     stop = rest.get("sync_stop_ms", 0.0)
     fsync = r.get("final_sync", {}).get("wall_ms", 0.0) + stop
@@ -103,11 +103,11 @@ def sent(m: Migration) -> dict[str, int]:
     """
     r = m.results
     passes = sum(int(p.get("bytes_sent", 0)) for p in m.passes)
-    dump = r.get("dump", {})
+    xfer = r.get("transfer", {})
     final = (
-        r.get("transfer", {}).get("bytes", 0)
-        + dump.get("pages", {}).get("bytes", 0)
-        + dump.get("tail", {}).get("bytes", 0)
+        xfer.get("bytes", 0)
+        + xfer.get("tail", {}).get("bytes", 0)
+        + r.get("dump", {}).get("pages", {}).get("bytes", 0)
     )
     lazy = int(r.get("verify", {}).get("lazy_bytes") or 0)
     sync = sum(r.get(p, {}).get("bytes", 0) for p in ("sync", "final_sync"))

@@ -65,8 +65,15 @@ def tails_pages(ctx: NodeContext, m: Migration) -> bool:
     return transport.tail_pages(m.options.compression, route(ctx, m))
 
 
+# The tails this worker process started, by migration: a final dump starts one, the
+# TRANSFER that follows it inline in this process finishes it (one run by another process
+# finds none here, and its put finds in place whatever the tail landed).
+_TAILS: dict[str, Tail] = {}
+
+
 def start_tail(ctx: NodeContext, m: Migration, d: Path, sub: str) -> Tail:
-    """The pages image of the dump into ``d``, sent while it is written (started)."""
+    """The pages image of the dump into ``d``, sent while it is written (started; the
+    TRANSFER of ``m`` in this process finishes it: :func:`send_final`)."""
     own = TokenBucket(m.options.bandwidth_bps) if m.options.bandwidth_bps else None
     tail = Tail(
         dst_address(ctx, m),
@@ -79,7 +86,43 @@ def start_tail(ctx: NodeContext, m: Migration, d: Path, sub: str) -> Tail:
         timeout_s=FROZEN_TIMEOUT_S,
     )
     tail.start()
+    _TAILS[m.id] = tail
     return tail
+
+
+def drop_tail(m: Migration) -> None:
+    """Forget ``m``'s tail: its dump failed (the tail was cancelled) or it rolls back."""
+    tail = _TAILS.pop(m.id, None)
+    if tail is not None:
+        tail.cancel()
+
+
+def send_final(
+    ctx: NodeContext, m: Migration, d: Path, sub: str, progress: Progress
+) -> dict[str, Any]:
+    """The final dump's images, those its tail did not send first, then the tail's file
+    once it landed (sent again by a put, should it not have). The tail's last bytes and
+    digest overlap the other images' put."""
+    started = time.monotonic()
+    tail = _TAILS.pop(m.id, None)
+    leave_out = tail.file if tail is not None else None
+    result = send_dir(ctx, m, d, sub, progress, frozen=True, leave_out=leave_out)
+    if tail is None or leave_out is None:
+        return result
+    landed = tail.finish()
+    if landed is None:  # every other file is in place: the put sends this one alone
+        again = send_dir(ctx, m, d, sub, progress, frozen=True)
+        result = {**again, "bytes": result["bytes"] + again["bytes"]}
+    else:
+        result["tail"] = {
+            "file": landed.name,
+            "bytes": landed.bytes,
+            "wall_ms": round(landed.seconds * 1000, 3),
+            "finish_ms": round(landed.finish_seconds * 1000, 3),  # after the dump
+            "finish_bytes": landed.finish_bytes,
+            "hash_ms": round(landed.hash_seconds * 1000, 3),
+        }
+    return {**result, "wall_ms": round((time.monotonic() - started) * 1000, 3)}
 
 
 def link_bps(m: Migration) -> float | None:
@@ -98,8 +141,10 @@ def send_dir(
     sub: str,
     progress: Progress | None,
     frozen: bool = False,
+    leave_out: str | None = None,
 ) -> dict[str, Any]:
-    """Send the image files of ``d`` to the destination's ``incoming/<mid>/<sub>``.
+    """Send the image files of ``d`` (but ``leave_out``) to the destination's
+    ``incoming/<mid>/<sub>``.
 
     ``frozen``: the container is frozen while this runs, so a dead link gives
     up after seconds (and the migration rolls back) rather than minutes.
@@ -109,6 +154,7 @@ def send_dir(
         p
         for p in d.iterdir()
         if p.is_file()
+        and p.name != leave_out
         and not p.is_symlink()
         and not p.name.endswith(".done")
         and p.suffix != ".log"

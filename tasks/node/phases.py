@@ -34,7 +34,15 @@ from tasks.node.context import (
     remember,
     remembered,
 )
-from tasks.node.dataplane import pages_target, send_dir, start_tail, streams_pages, tails_pages
+from tasks.node.dataplane import (
+    drop_tail,
+    pages_target,
+    send_dir,
+    send_final,
+    start_tail,
+    streams_pages,
+    tails_pages,
+)
 from workers import procs
 from workers.dataplane.delta import apply_delta, make_delta
 from workers.dataplane.lazylink import LOOPBACK, hang_up, open_lazy
@@ -112,8 +120,7 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
             pages=pages_target(ctx, m, FINAL, progress) if streamed else None,
         )
     except BaseException:
-        if tail is not None:
-            tail.cancel()
+        drop_tail(m)
         raise
     end = time.time()
     result: dict[str, Any] = {
@@ -129,15 +136,8 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     if s.pages is not None:
         # CRIU's memwrite time is its pages crossing the wire, inside the freeze
         result.update(pages=s.pages.to_dict(), memwrite_ms=s.memwrite_ms)
-    if tail is not None and (landed := tail.finish()) is not None:
-        # what was left of the pages image after the dump crossed inside the freeze
-        result["tail"] = {
-            "file": landed.name,
-            "bytes": landed.bytes,
-            "wall_ms": round(landed.seconds * 1000, 3),
-            "finish_ms": round(landed.finish_seconds * 1000, 3),
-        }
-        result["end"] = time.time()
+    if tail is not None:  # its rest goes out while TRANSFER sends the other images
+        result["tail"] = tail.written()
     if on_tracker:  # inside the freeze: what the destination lacks of the dump
         result["tracker"] = tracked.split_dump(ctx, m)
         result["end"] = time.time()
@@ -162,7 +162,7 @@ def transfer(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, An
             "bytes_total": delta.bytes_total,
         }
     else:
-        result = send_dir(ctx, m, d, FINAL, progress, frozen=True)
+        result = send_final(ctx, m, d, FINAL, progress)
     return remember(d, Phase.TRANSFER, {**result, "end": time.time()})
 
 
@@ -339,6 +339,7 @@ def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
     d = ctx.images(m.id)
     dumped = remembered(d, Phase.DUMP)
     tracked.stop(ctx, m)  # its registrations end with it; the tree runs on untracked
+    drop_tail(m)
     if not _has(ctx, m.container):
         if not d.parent.exists():  # never dumped here, and gone since: nothing to resume
             return {"state": "gone", "end": time.time()}

@@ -44,6 +44,7 @@ def test_a_growing_file_lands_and_the_put_skips_it(server: TransferServer, tmp_p
     w.start()
     w.join()
     (src / "core-1.img").write_bytes(b"core")
+    assert tail.written() == "pages-1.img"
     stats = tail.finish()
     assert stats is not None and stats.name == "pages-1.img"
     assert stats.bytes == sum(map(len, pieces))
@@ -65,7 +66,7 @@ def test_a_byte_changed_after_it_went_out_is_caught(server: TransferServer, tmp_
     time.sleep(0.1)  # the tail has sent it all
     with pages.open("r+b") as f:  # a writer that goes back: the digest is of the final file
         f.write(b"\0" * 4096)
-    assert tail.finish() is None
+    assert tail.written() == "pages-1.img" and tail.finish() is None
     landed = tmp_path / "dst" / "m1" / "final" / "pages-1.img"
     assert not landed.exists()
     sent = send_files(server.address, fresh(), "m1", [(pages, pages.name)], subdir="final")
@@ -75,7 +76,7 @@ def test_a_byte_changed_after_it_went_out_is_caught(server: TransferServer, tmp_
 def test_no_file_no_connection(server: TransferServer, tmp_path: Path) -> None:
     tail = tail_of(server, tmp_path)  # a runtime that writes no pages image (sim)
     tail.start()
-    assert tail.finish() is None
+    assert tail.written() is None and tail.finish() is None
     assert not (tmp_path / "dst" / "m1").exists()
 
 
