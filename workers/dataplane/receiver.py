@@ -3,7 +3,8 @@
 Bytes arrive in two big buffers taken in turn: one is written to the temp file
 and hashed on a pool thread while the other fills, so receiving, writing and
 hashing overlap. A compressed file arrives as zstd chunks, each inflated,
-written and hashed in turn. A connection that fails mid-file keeps the file's
+written and hashed in turn; a tailed one (:mod:`workers.dataplane.tail`) in runs
+as its writer on the source grows it. A connection that fails mid-file keeps the file's
 bytes and hash state for a resume (see :mod:`workers.dataplane.landing`); bad bytes, a
 bad request or a full disk delete them.
 """
@@ -33,6 +34,7 @@ from workers.dataplane.landing import (
 )
 from workers.dataplane.lazylink import serve_lazy
 from workers.dataplane.pagestream import serve_pages
+from workers.dataplane.throttle import BEHIND, renice_thread
 from workers.dataplane.tokens import NonceStore, verify_token
 from workers.errors import (
     BadRequest,
@@ -258,28 +260,32 @@ class Receiver:
         Nothing of a tail is kept for a resume: a failed one is sent again by a ``put``.
         """
         where = f"{request.migration}/{request.subdir}/{request.name}"
-        top = open_dir(self._root_fd, [request.migration, request.subdir], where=where)
-        try:
-            *sub, base = check_name(request.name)
-            dir_fd = open_dir(top, sub, where=where) if sub else os.dup(top)
-        finally:
-            os.close(top)
+        *sub, base = check_name(request.name)
+        dir_fd = open_dir(self._root_fd, [request.migration, request.subdir, *sub], where=where)
         try:
             check_target(dir_fd, base, where=where)
             partial = Partial.create(dir_fd, base, where=where)
         finally:
             os.close(dir_fd)
+        behind = False
         try:
             wire.send_frame(conn, {"type": "ready"})
             buffers = (memoryview(bytearray(RECV_BUFFER)), memoryview(bytearray(RECV_BUFFER)))
-            frame = wire.recv_frame(conn)
-            while (more := wire.parse_more(frame)) is not None:
-                _stream(conn, partial, partial.have + more, buffers, self._hashing)
-                frame = wire.recv_frame(conn)
+            renice_thread(BEHIND)  # behind the source's dump, where it runs on this machine
+            behind = True
+            while (more := wire.parse_more(frame := wire.recv_frame(conn))) is not None:
+                if more > 0:
+                    _stream(conn, partial, partial.have + more, buffers, self._hashing)
+                elif behind:  # ``written``: the rest is inside the freeze
+                    renice_thread(-BEHIND)
+                    behind = False
             digest, size, version = wire.parse_tail_end(frame)
         except BaseException:
             partial.discard()
             raise
+        finally:
+            if behind:
+                renice_thread(-BEHIND)
         if size != partial.have or digest != partial.hasher.hexdigest():
             partial.discard()
             raise IntegrityError(f"{where}: BLAKE3 digest or size does not match; not stored")

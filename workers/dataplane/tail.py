@@ -33,7 +33,7 @@ import blake3
 
 from workers.dataplane import wire
 from workers.dataplane.sender import CHUNK, version_of
-from workers.dataplane.throttle import Budget
+from workers.dataplane.throttle import BEHIND, Budget, renice_thread
 from workers.errors import FerryError, IntegrityError
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ class Tail:
         self._thread.join()
 
     def _run(self) -> None:
+        renice_thread(BEHIND)  # while the dump runs, CRIU's CPU comes first
         try:
             try:
                 path = self._wait_for_file()
@@ -151,8 +152,10 @@ class Tail:
                 final = self._written.is_set()  # before the size: a final size is all of it
                 if self._cancelled:
                     return None
-                if final and at_finish < 0:
-                    at_finish = sent
+                if final and at_finish < 0:  # the rest is inside the freeze: at full speed,
+                    at_finish = sent  # here and on the receiver
+                    renice_thread(-BEHIND)
+                    wire.send_frame(sock, {"type": "written"})
                 size = os.fstat(f.fileno()).st_size
                 if size > sent:
                     sent = self._more(sock, f, sent, min(size - sent, CHUNK))

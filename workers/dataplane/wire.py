@@ -37,6 +37,8 @@ source still writes it (:mod:`workers.dataplane.tail`)::
     tail {v, token, migration, subdir, name}  ->
                                               <-  ready                    (or error)
     more {size}, then that many bytes, raw    ->  (as often as the file grows)
+    written {}                                ->  (its writer is done: the rest is urgent)
+    more {size}, then that many bytes, raw    ->  (what it wrote last)
     end {blake3, size, version}               ->
                                               <-  done {files, bytes}      (or error)
 
@@ -248,9 +250,12 @@ def parse_tail(message: Mapping[str, Any]) -> TailRequest:
 
 
 def parse_more(message: Mapping[str, Any]) -> int | None:
-    """The byte count of a tail's ``more`` frame, or None for its ``end`` frame."""
+    """The byte count of a tail's ``more`` frame, -1 for its ``written`` frame (the
+    writer is done), None for its ``end`` frame."""
     if message["type"] == "end":
         return None
+    if message["type"] == "written":
+        return -1
     size = message.get("size")
     if message["type"] != "more" or isinstance(size, bool) or not isinstance(size, int):
         raise BadRequest("expected a 'more' frame with an integer size, or 'end'")
