@@ -26,7 +26,7 @@ from workers.dataplane.tail import Tail
 from workers.dataplane.throttle import TokenBucket
 from workers.dataplane.tokens import issue_token
 from workers.dataplane.wire import HAVE_ZSTD
-from workers.errors import PermanentError
+from workers.errors import IntegrityError, PermanentError
 from workers.records import PagesTarget
 
 FROZEN_TIMEOUT_S = 10.0  # silence on the data plane that ends a freeze-window transfer
@@ -110,9 +110,17 @@ def send_final(
     if tail is None or leave_out is None:
         return result
     landed = tail.finish()
-    if landed is None:  # every other file is in place: the put sends this one alone
-        again = send_dir(ctx, m, d, sub, progress, frozen=True)
-        result = {**again, "bytes": result["bytes"] + again["bytes"]}
+    if landed is None:  # every other file is in place: the put sends this one alone,
+        try:  # on from what a cut tail left
+            again = send_dir(ctx, m, d, sub, progress, frozen=True)
+        except IntegrityError:  # those bytes were not the finished file's: all of it again
+            again = send_dir(ctx, m, d, sub, progress, frozen=True)
+        cut = again["bytes"] < (d / leave_out).stat().st_size
+        result = {
+            **again,
+            "bytes": result["bytes"] + again["bytes"],
+            "resumed": again["resumed"] + cut,
+        }
     else:
         result["tail"] = {
             "file": landed.name,

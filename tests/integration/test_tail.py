@@ -7,10 +7,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.integration.test_transfer import MB, Raw, digest, fresh, serve, server
 from workers.dataplane import wire
 from workers.dataplane.tail import Tail
-from workers.dataplane.transfer import TransferServer, send_files
+from workers.dataplane.transfer import TokenBucket, TransferServer, send_files
+from workers.errors import IntegrityError
 
 __all__ = ["serve", "server"]  # the fixtures, used by name
 
@@ -111,3 +114,59 @@ def test_a_lying_end_is_refused(server: TransferServer, tmp_path: Path) -> None:
     assert raw.reply()["error"] == "IntegrityError"
     raw.close()
     assert not (tmp_path / "dst" / "m1" / "final" / "pages-1.img").exists()
+
+
+def test_a_cut_tail_is_continued_by_the_put(server: TransferServer, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    pages = src / "pages-1.img"
+    pages.write_bytes(os.urandom(3 * MB))
+    cut = Raw(server.address)  # a tail cut after its first run, as a reset link would
+    wire.send_frame(cut.sock, wire.TailRequest(fresh()(), "m1", "final", pages.name).message())
+    assert cut.reply()["type"] == "ready"
+    wire.send_frame(cut.sock, {"type": "more", "size": 2 * MB})
+    cut.sock.sendall(pages.read_bytes()[: 2 * MB])
+    cut.close()
+    time.sleep(0.2)
+    sent = send_files(server.address, fresh(), "m1", [(pages, pages.name)], subdir="final")
+    assert sent.bytes == MB  # on from the tail's 2 MiB
+    assert digest(tmp_path / "dst" / "m1" / "final" / pages.name) == digest(pages)
+
+
+def test_a_cut_tail_of_other_bytes_is_caught_by_the_put(
+    server: TransferServer, tmp_path: Path
+) -> None:
+    pages = tmp_path / "pages-1.img"
+    pages.write_bytes(os.urandom(3 * MB))
+    cut = Raw(server.address)
+    wire.send_frame(cut.sock, wire.TailRequest(fresh()(), "m1", "final", pages.name).message())
+    assert cut.reply()["type"] == "ready"
+    wire.send_frame(cut.sock, {"type": "more", "size": MB})
+    cut.sock.sendall(os.urandom(MB))  # not the file's bytes: CRIU rewrote them, say
+    cut.close()
+    time.sleep(0.2)
+    with pytest.raises(IntegrityError):  # the digest of the whole file refuses them
+        send_files(server.address, fresh(), "m1", [(pages, pages.name)], subdir="final")
+    sent = send_files(server.address, fresh(), "m1", [(pages, pages.name)], subdir="final")
+    assert sent.bytes == 3 * MB  # and the next put sends it all (tasks.node.dataplane.send_final)
+    assert digest(tmp_path / "dst" / "m1" / "final" / pages.name) == digest(pages)
+
+
+def test_a_capped_tail_keeps_to_its_rate(server: TransferServer, tmp_path: Path) -> None:
+    pages = tmp_path / "pages-1.img"
+    pages.write_bytes(os.urandom(2 * MB))
+    tail = Tail(
+        server.address,
+        fresh(),
+        "m1",
+        "final",
+        tmp_path,
+        lambda n: n.startswith("pages-"),
+        buckets=[TokenBucket(8 * MB)],
+    )
+    started = time.monotonic()
+    tail.start()
+    assert tail.written() == pages.name
+    assert tail.finish() is not None
+    assert time.monotonic() - started >= 0.2  # 2 MiB at 8 MiB/s, less the first burst
+    assert digest(tmp_path / "dst" / "m1" / "final" / pages.name) == digest(pages)

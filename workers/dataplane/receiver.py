@@ -3,10 +3,9 @@
 Bytes arrive in two big buffers taken in turn: one is written to the temp file
 and hashed on a pool thread while the other fills, so receiving, writing and
 hashing overlap. A compressed file arrives as zstd chunks, each inflated,
-written and hashed in turn; a tailed one (:mod:`workers.dataplane.tail`) in runs
-as its writer on the source grows it. A connection that fails mid-file keeps the file's
-bytes and hash state for a resume (see :mod:`workers.dataplane.landing`); bad bytes, a
-bad request or a full disk delete them.
+written and hashed in turn; a tailed one (workers.dataplane.tail) as it grows. A
+connection that fails mid-file keeps the file's bytes and hash state for a resume
+(:mod:`workers.dataplane.landing`); bad bytes, a bad request or a full disk delete them.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from workers.dataplane.landing import (
     check_target,
     open_dir,
     remove_leftovers,
+    tail_key,
 )
 from workers.dataplane.lazylink import serve_lazy
 from workers.dataplane.pagestream import serve_pages
@@ -148,8 +148,7 @@ class Receiver:
     ) -> None:
         try:
             if isinstance(first, wire.TailRequest):
-                received = self._tail(conn, first)
-                log.info("data plane: %s tailed %d bytes for %s", peer, received, first.migration)
+                self._tail(conn, first, peer)
                 return
             if isinstance(first, tuple):
                 kind, migration, subdir = first
@@ -254,11 +253,9 @@ class Receiver:
             for fd in dirs.values():
                 os.close(fd)
 
-    def _tail(self, conn: socket.socket, request: wire.TailRequest) -> int:
-        """Receive one file as its writer grows it; land it under the key its ``end`` names.
-
-        Nothing of a tail is kept for a resume: a failed one is sent again by a ``put``.
-        """
+    def _tail(self, conn: socket.socket, request: wire.TailRequest, peer: tuple[str, int]) -> None:
+        """Receive one file as its writer grows it; land it under the key its ``end`` names
+        (the bytes of a cut one wait for the file's ``put``: landing.tail_key)."""
         where = f"{request.migration}/{request.subdir}/{request.name}"
         *sub, base = check_name(request.name)
         dir_fd = open_dir(self._root_fd, [request.migration, request.subdir, *sub], where=where)
@@ -267,12 +264,11 @@ class Receiver:
             partial = Partial.create(dir_fd, base, where=where)
         finally:
             os.close(dir_fd)
-        behind = False
+        renice_thread(BEHIND)  # behind the source's dump, where it runs on this machine
+        behind = True
         try:
             wire.send_frame(conn, {"type": "ready"})
             buffers = (memoryview(bytearray(RECV_BUFFER)), memoryview(bytearray(RECV_BUFFER)))
-            renice_thread(BEHIND)  # behind the source's dump, where it runs on this machine
-            behind = True
             while (more := wire.parse_more(frame := wire.recv_frame(conn))) is not None:
                 if more > 0:
                     _stream(conn, partial, partial.have + more, buffers, self._hashing)
@@ -280,6 +276,10 @@ class Receiver:
                     renice_thread(-BEHIND)
                     behind = False
             digest, size, version = wire.parse_tail_end(frame)
+        except (TransferError, OSError):  # cut: the put of the finished file goes on from here
+            key = tail_key(request.migration, request.subdir, request.name)
+            self.landing.keep(key, partial, time.monotonic())
+            raise
         except BaseException:
             partial.discard()
             raise
@@ -292,7 +292,7 @@ class Receiver:
         key = (request.migration, request.subdir, request.name, size, version)
         self.landing.landed(key, partial.commit(sync=self._fsync), time.monotonic())
         wire.send_frame(conn, {"type": "done", "files": 1, "bytes": size})
-        return size
+        log.info("data plane: %s tailed %d bytes for %s", peer, size, request.migration)
 
     def _receive_file(
         self,

@@ -148,6 +148,7 @@ class Tail:
             wire.send_frame(sock, request.message())
             wire.expect(wire.recv_frame(sock), "ready")
             sent, at_finish = 0, -1
+            chunk = min([CHUNK, *(b.burst for b in self._buckets)])  # as the put's: the rate holds
             while True:
                 final = self._written.is_set()  # before the size: a final size is all of it
                 if self._cancelled:
@@ -158,7 +159,7 @@ class Tail:
                     wire.send_frame(sock, {"type": "written"})
                 size = os.fstat(f.fileno()).st_size
                 if size > sent:
-                    sent = self._more(sock, f, sent, min(size - sent, CHUNK))
+                    sent = self._more(sock, f, sent, min(size - sent, chunk))
                 elif final:
                     break
                 else:
