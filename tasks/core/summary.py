@@ -30,7 +30,9 @@ def final_pause(m: Migration) -> dict[str, float] | None:
     before it got going: tasks.core.pauses.stalled). When the
     dump streamed its pages to the destination's page server, the wire
     overlaps the dump: CRIU's time writing pages (its ``memwrite``) moves
-    from ``criu_freeze`` to ``wire``.
+    from ``criu_freeze`` to ``wire``. When its pages image went out as CRIU
+    wrote it (the transfer's ``tail``), what was left of it after the dump
+    crossed during the transfer: ``wire`` holds it.
     """
     r = m.results
     dump, xfer, rest = r.get("dump"), r.get("transfer"), r.get("restore")
@@ -94,15 +96,18 @@ def sent(m: Migration) -> dict[str, int]:
     """Bytes over the wire, per part of the migration and in all.
 
     ``passes``: every pre-copy pass (delta: the changed blocks); ``final``: the
-    final transfer (image files, or the pages a cold dump streamed into the
-    destination's CRIU); ``lazy``: post-copy's pages, which CRIU's own page
+    final transfer (image files, the pages image sent as it was written, or the
+    pages a cold dump streamed into the destination's CRIU); ``lazy``: post-copy's pages, which CRIU's own page
     server sends (as the destination's lazy-pages daemon counted them);
     ``sync``: rsync's passes over the declared directories.
     """
     r = m.results
     passes = sum(int(p.get("bytes_sent", 0)) for p in m.passes)
-    final = r.get("transfer", {}).get("bytes", 0) + r.get("dump", {}).get("pages", {}).get(
-        "bytes", 0
+    xfer = r.get("transfer", {})
+    final = (
+        xfer.get("bytes", 0)
+        + xfer.get("tail", {}).get("bytes", 0)
+        + r.get("dump", {}).get("pages", {}).get("bytes", 0)
     )
     lazy = int(r.get("verify", {}).get("lazy_bytes") or 0)
     sync = sum(r.get(p, {}).get("bytes", 0) for p in ("sync", "final_sync"))

@@ -94,6 +94,22 @@ def stream_pages(mode: str, compression: str, route: Route) -> bool:
     return not worth_compressing(route.rate_bps, route.compress_bps, 0.0)
 
 
+def tail_pages(compression: str, route: Route) -> bool:
+    """Whether a final dump sent as files sends its pages image while CRIU writes it
+    (workers.dataplane.tail), so that only the small images cross after the dump.
+
+    The tail sends plain bytes: it runs wherever the files would travel
+    uncompressed anyway (loopback, an unknown or fast link, compression off),
+    never where zstd was asked for or ``auto`` could choose it.
+
+    >>> tail_pages("auto", Route(True, None)), tail_pages("none", Route(False, 12.5e6))
+    (True, True)
+    >>> tail_pages("auto", Route(False, 12.5e6)), tail_pages("zstd", Route(True, None))
+    (False, False)
+    """
+    return check_compression(compression) != "zstd" and not may_compress(compression, route)
+
+
 def check_compression(compression: str) -> str:
     if compression not in COMPRESSIONS:
         raise BadRequest(f"compression must be auto, none or zstd, not {compression!r}")

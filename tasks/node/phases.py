@@ -34,7 +34,15 @@ from tasks.node.context import (
     remember,
     remembered,
 )
-from tasks.node.dataplane import pages_target, send_dir, streams_pages
+from tasks.node.dataplane import (
+    drop_tail,
+    pages_target,
+    send_dir,
+    send_final,
+    start_tail,
+    streams_pages,
+    tails_pages,
+)
 from workers import procs
 from workers.criu import faultwatch
 from workers.dataplane.delta import apply_delta, make_delta
@@ -99,12 +107,22 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     # (tasks.core.transport.page_server: a cold dump, which has no parent) and it pays.
     streamed = parent is None and streams_pages(ctx, m)
     carried(ctx, m, d)
-    s = ctx.runtime.checkpoint(
-        m.container,
-        d,
-        parent=parent,
-        pages=pages_target(ctx, m, FINAL, progress) if streamed else None,
-    )
+    # Else the pages image goes out as it is written, where TRANSFER sends these files.
+    delta = m.strategy is Strategy.DELTA and prev is not None
+    tail = None
+    if not (streamed or on_tracker or delta) and tails_pages(ctx, m):
+        d.mkdir(parents=True, exist_ok=True)
+        tail = start_tail(ctx, m, d, FINAL)
+    try:
+        s = ctx.runtime.checkpoint(
+            m.container,
+            d,
+            parent=parent,
+            pages=pages_target(ctx, m, FINAL, progress) if streamed else None,
+        )
+    except BaseException:
+        drop_tail(m)
+        raise
     end = time.time()
     result: dict[str, Any] = {
         "frozen_ms": s.frozen_ms,
@@ -119,6 +137,8 @@ def dump(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]:
     if s.pages is not None:
         # CRIU's memwrite time is its pages crossing the wire, inside the freeze
         result.update(pages=s.pages.to_dict(), memwrite_ms=s.memwrite_ms)
+    if tail is not None:  # its rest goes out while TRANSFER sends the other images
+        result["tail"] = tail.written()
     if on_tracker:  # inside the freeze: what the destination lacks of the dump
         result["tracker"] = tracked.split_dump(ctx, m)
         result["end"] = time.time()
@@ -143,7 +163,7 @@ def transfer(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, An
             "bytes_total": delta.bytes_total,
         }
     else:
-        result = send_dir(ctx, m, d, FINAL, progress, frozen=True)
+        result = send_final(ctx, m, d, FINAL, progress)
     return remember(d, Phase.TRANSFER, {**result, "end": time.time()})
 
 
@@ -172,8 +192,7 @@ def restore(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any
     if "pages" in m.results["dump"]:
         check_pages(m.results["dump"]["pages"], d)  # never restore pages that differ
     s = ctx.runtime.restore(m.container, d, page_server=lazy_source(ctx, m) if m.lazy else None)
-    if m.lazy and s.pid > 0:  # when its threads wait for pages (the daemon's log is late)
-        faultwatch.start(s.pid, d, ctx.pages_timeout_s)
+    faultwatch.start(s.pid, d, ctx.pages_timeout_s)  # post-copy: when it waits for pages
     return remember(
         d,
         Phase.RESTORE,
@@ -322,6 +341,7 @@ def resume(ctx: NodeContext, m: Migration, progress: Progress) -> dict[str, Any]
     d = ctx.images(m.id)
     dumped = remembered(d, Phase.DUMP)
     tracked.stop(ctx, m)  # its registrations end with it; the tree runs on untracked
+    drop_tail(m)
     if not _has(ctx, m.container):
         if not d.parent.exists():  # never dumped here, and gone since: nothing to resume
             return {"state": "gone", "end": time.time()}

@@ -7,7 +7,7 @@ import pytest
 
 from tasks.core.migration import Migration
 from tasks.core.options import Options
-from tasks.core.transport import Route, stream_pages, worth_compressing
+from tasks.core.transport import Route, stream_pages, tail_pages, worth_compressing
 from tasks.node.dataplane import link_bps
 
 MBIT = 1e6 / 8
@@ -51,6 +51,23 @@ def test_pages_stream_unless_compressed_files_could_be_faster(
 ) -> None:
     way = Route(loopback, rate_bps, compress_bps=400e6)
     assert stream_pages(mode, compression, way) is streams
+
+
+@pytest.mark.parametrize(
+    ("compression", "loopback", "rate_bps", "zstd", "tails"),
+    [
+        ("auto", True, None, True, True),  # loopback: files travel plain anyway
+        ("auto", False, None, True, True),  # no rate known: plain too
+        ("none", False, 100 * MBIT, True, True),  # compression off
+        ("auto", False, 100 * MBIT, False, True),  # no zstd here: plain
+        ("auto", False, 100 * MBIT, True, False),  # a Pi link: auto may compress the files
+        ("zstd", True, None, True, False),  # zstd asked for: never the plain tail
+    ],
+)
+def test_the_pages_image_goes_out_as_written_only_where_files_travel_plain(
+    compression: str, loopback: bool, rate_bps: float | None, zstd: bool, tails: bool
+) -> None:
+    assert tail_pages(compression, Route(loopback, rate_bps, 400e6, zstd)) is tails
 
 
 def test_without_zstd_or_a_measured_speed_nothing_compresses() -> None:

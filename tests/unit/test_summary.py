@@ -8,7 +8,7 @@ import pytest
 
 from tasks.core.migration import Migration
 from tasks.core.pauses import Pause, stalled
-from tasks.core.summary import downtime, final_pause
+from tasks.core.summary import downtime, final_pause, sent
 
 M = Migration(id="m-0123456789ab", container="web", src="a", dst="b")
 
@@ -95,6 +95,23 @@ def test_nothing_until_the_container_was_restored() -> None:
                 "overhead_ms": 48.0,
             },
         ),
+        # the pages image sent as CRIU wrote it: its rest after the dump is the transfer's
+        (
+            {
+                "dump": {"freeze_start": 100.0, "frozen_ms": 90.0, "freezing_ms": 2.0},
+                "transfer": {"wall_ms": 40.0, "tail": {"bytes": 1 << 26, "finish_ms": 30.0}},
+                "restore": {"end": 100.2, "wall_ms": 50.0},
+            },
+            {
+                "criu_freeze_ms": 92.0,
+                "delta_ms": 0.0,
+                "wire_ms": 40.0,
+                "fsync_ms": 0.0,
+                "rebuild_ms": 0.0,
+                "restore_ms": 50.0,
+                "overhead_ms": 18.0,
+            },
+        ),
     ],
 )
 def test_the_parts_add_up(results: dict, parts: dict) -> None:
@@ -117,3 +134,10 @@ def test_a_postcopy_trees_first_waits_for_pages_are_part_of_the_final_pause() ->
     assert d is not None
     assert d["final_pause_ms"] == pytest.approx(281.0)
     assert d["first_faults_ms"] == pytest.approx(81.0)
+
+
+def test_a_pages_image_sent_as_it_was_written_counts_in_the_final_bytes() -> None:
+    results = {"transfer": {"bytes": 12_000, "tail": {"bytes": 1 << 26}}}
+    assert sent(Migration(**{**M.__dict__, "results": results}))["bytes_final"] == 12_000 + (
+        1 << 26
+    )

@@ -39,12 +39,15 @@ _WAITING = "handle_userfault"
 
 def start(pid: int, images: Path, most_s: float) -> int | None:
     """Fork a watcher of ``pid``'s tree until the lazy-pages daemon of ``images`` exits
-    (``most_s`` at most); its pid, None without a daemon. The node's supervisor reaps
+    (``most_s`` at most); its pid. None when the restore had no such daemon (not
+    post-copy) or no tree (pid 0: the sim runtime). The node's supervisor reaps
     it (its subreaper)."""
     (images / WAITS).unlink(missing_ok=True)
     try:
         daemon = int((images / DAEMON_PID).read_text())
     except (OSError, ValueError):
+        return None
+    if pid <= 0:
         return None
     child = os.fork()
     if child == 0:  # pragma: no cover (the child; its work is checked end to end)

@@ -37,6 +37,12 @@ _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 FileKey = tuple[str, str, str, int, str]
 
 
+def tail_key(migration: str, subdir: str, name: str) -> FileKey:
+    """Where a cut tail's bytes wait for the ``put`` of the finished file (size and
+    version unknown until the writer is done): workers.dataplane.tail."""
+    return (migration, subdir, name, -1, "")
+
+
 def check_name(name: str) -> list[str]:
     """Split a destination file name into its one or two parts, or raise BadRequest.
 
@@ -189,9 +195,14 @@ class Landing:
             self._cond.notify_all()
 
     def take(self, key: FileKey) -> Partial | None:
-        """The partial kept for ``key``, now the caller's, or None."""
+        """The partial kept for ``key``, or what a cut tail of that file received (no more
+        than its size: the digest of the whole file decides), now the caller's, or None."""
         with self._cond:
-            return self._partials.pop(key, None)
+            partial = self._partials.pop(key, None) or self._partials.pop(tail_key(*key[:3]), None)
+        if partial is not None and partial.have > key[3]:
+            partial.discard()
+            return None
+        return partial
 
     def keep(self, key: FileKey, partial: Partial, now: float) -> None:
         """Keep ``partial`` for a resume until the window closes."""

@@ -3,9 +3,9 @@
 Bytes arrive in two big buffers taken in turn: one is written to the temp file
 and hashed on a pool thread while the other fills, so receiving, writing and
 hashing overlap. A compressed file arrives as zstd chunks, each inflated,
-written and hashed in turn. A connection that fails mid-file keeps the file's
-bytes and hash state for a resume (see :mod:`workers.dataplane.landing`); bad bytes, a
-bad request or a full disk delete them.
+written and hashed in turn; a tailed one (workers.dataplane.tail) as it grows. A
+connection that fails mid-file keeps the file's bytes and hash state for a resume
+(:mod:`workers.dataplane.landing`); bad bytes, a bad request or a full disk delete them.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ from workers.dataplane.landing import (
     check_target,
     open_dir,
     remove_leftovers,
+    tail_key,
 )
 from workers.dataplane.lazylink import serve_lazy
 from workers.dataplane.pagestream import serve_pages
+from workers.dataplane.throttle import BEHIND, renice_thread
 from workers.dataplane.tokens import NonceStore, verify_token
 from workers.errors import (
     BadRequest,
@@ -111,10 +113,18 @@ class Receiver:
         conn.settimeout(self._stall_s)
         self._session(conn, peer, first)
 
-    def _open(self, conn: socket.socket) -> wire.PutRequest | tuple[str, str, str]:
-        """The first frame, its token checked: a put request, or a pages or lazy session's
-        (type, migration, subdir)."""
+    def _open(
+        self, conn: socket.socket
+    ) -> wire.PutRequest | wire.TailRequest | tuple[str, str, str]:
+        """The first frame, its token checked: a put or tail request, or a pages or lazy
+        session's (type, migration, subdir)."""
         message = wire.recv_frame(conn)
+        if message["type"] == "tail":
+            tail = wire.parse_tail(message)
+            self._check_token(tail.token, tail.migration)
+            check_id("subdir", tail.subdir)
+            check_name(tail.name)
+            return tail
         if message["type"] in ("pages", "lazy"):
             token, migration, subdir = wire.parse_pages(message)
             self._check_token(token, migration)
@@ -134,9 +144,12 @@ class Receiver:
         self,
         conn: socket.socket,
         peer: tuple[str, int],
-        first: wire.PutRequest | tuple[str, str, str],
+        first: wire.PutRequest | wire.TailRequest | tuple[str, str, str],
     ) -> None:
         try:
+            if isinstance(first, wire.TailRequest):
+                self._tail(conn, first, peer)
+                return
             if isinstance(first, tuple):
                 kind, migration, subdir = first
                 (self._pages if kind == "pages" else self._lazy)(conn, migration, subdir, peer)
@@ -239,6 +252,47 @@ class Receiver:
                 self.landing.keep(key, partial, now)
             for fd in dirs.values():
                 os.close(fd)
+
+    def _tail(self, conn: socket.socket, request: wire.TailRequest, peer: tuple[str, int]) -> None:
+        """Receive one file as its writer grows it; land it under the key its ``end`` names
+        (the bytes of a cut one wait for the file's ``put``: landing.tail_key)."""
+        where = f"{request.migration}/{request.subdir}/{request.name}"
+        *sub, base = check_name(request.name)
+        dir_fd = open_dir(self._root_fd, [request.migration, request.subdir, *sub], where=where)
+        try:
+            check_target(dir_fd, base, where=where)
+            partial = Partial.create(dir_fd, base, where=where)
+        finally:
+            os.close(dir_fd)
+        renice_thread(BEHIND)  # behind the source's dump, where it runs on this machine
+        behind = True
+        try:
+            wire.send_frame(conn, {"type": "ready"})
+            buffers = (memoryview(bytearray(RECV_BUFFER)), memoryview(bytearray(RECV_BUFFER)))
+            while (more := wire.parse_more(frame := wire.recv_frame(conn))) is not None:
+                if more > 0:
+                    _stream(conn, partial, partial.have + more, buffers, self._hashing)
+                elif behind:  # ``written``: the rest is inside the freeze
+                    renice_thread(-BEHIND)
+                    behind = False
+            digest, size, version = wire.parse_tail_end(frame)
+        except (TransferError, OSError):  # cut: the put of the finished file goes on from here
+            key = tail_key(request.migration, request.subdir, request.name)
+            self.landing.keep(key, partial, time.monotonic())
+            raise
+        except BaseException:
+            partial.discard()
+            raise
+        finally:
+            if behind:
+                renice_thread(-BEHIND)
+        if size != partial.have or digest != partial.hasher.hexdigest():
+            partial.discard()
+            raise IntegrityError(f"{where}: BLAKE3 digest or size does not match; not stored")
+        key = (request.migration, request.subdir, request.name, size, version)
+        self.landing.landed(key, partial.commit(sync=self._fsync), time.monotonic())
+        wire.send_frame(conn, {"type": "done", "files": 1, "bytes": size})
+        log.info("data plane: %s tailed %d bytes for %s", peer, size, request.migration)
 
     def _receive_file(
         self,

@@ -259,13 +259,21 @@ def _source(path: Path, name: str, codec: str) -> _Source:
         raise BadRequest(f"cannot send {path}: {exc.strerror}") from exc
     if not stat.S_ISREG(st.st_mode):
         raise BadRequest(f"cannot send {path}: not a regular file")
-    # Same device, inode and mtime: same content, so the receiver may resume it.
-    version = f"{st.st_dev:x}-{st.st_ino:x}-{st.st_mtime_ns:x}"
     codec = codec if st.st_size >= MIN_COMPRESS else "none"
-    return _Source(path, wire.FileEntry(name, st.st_size, version, codec))
+    return _Source(path, wire.FileEntry(name, st.st_size, version_of(st), codec))
+
+
+def version_of(st: os.stat_result) -> str:
+    """A file's version in a manifest: same device, inode and mtime, same content, so
+    the receiver may resume it (or find it landed already)."""
+    return f"{st.st_dev:x}-{st.st_ino:x}-{st.st_mtime_ns:x}"
 
 
 def _digest(source: _Source) -> str:
+    return file_digest(source.path, source.entry.size)
+
+
+def file_digest(path: Path, size: int) -> str:
     """BLAKE3 of the file's first ``size`` bytes, the ones sendfile sends.
 
     The file is mapped 16 MiB at a time: no copy through a buffer (a third of
@@ -274,15 +282,14 @@ def _digest(source: _Source) -> str:
     file already shorter than its manifest size is refused before mapping.
     """
     hasher = blake3.blake3()
-    size = source.entry.size
     try:
-        with source.path.open("rb") as f:
+        with path.open("rb") as f:
             if os.fstat(f.fileno()).st_size < size:
-                raise IntegrityError(f"{source.path} shrank while being sent")
+                raise IntegrityError(f"{path} shrank while being sent")
             for offset in range(0, size, HASH_WINDOW):
                 length = min(HASH_WINDOW, size - offset)
                 with mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=offset) as m:
                     hasher.update(m)
     except OSError as exc:
-        raise BadRequest(f"cannot read {source.path}: {exc.strerror}") from exc
+        raise BadRequest(f"cannot read {path}: {exc.strerror}") from exc
     return hasher.hexdigest()

@@ -9,6 +9,7 @@ limit holds at once.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
@@ -119,3 +120,14 @@ class Uplink:
 
 
 _STATE = struct.Struct("=ddd")  # tokens left, when counted (monotonic), urgent claim until
+
+
+BEHIND = 10  # nice steps a tail's threads keep below their worker while the dump runs
+
+
+def renice_thread(steps: int) -> None:
+    """Move the calling thread ``steps`` nice steps (positive: behind the others). Coming
+    back needs root, as a node runs; elsewhere the thread stays where it is."""
+    me = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, me, os.getpriority(os.PRIO_PROCESS, me) + steps)

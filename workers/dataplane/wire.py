@@ -31,7 +31,20 @@ point and then stops reading; ``error`` names a class of
 same token check: ``pages`` streams a dump's pages into the destination's
 CRIU page server (:mod:`workers.dataplane.pagestream`), ``lazy`` lets a
 post-copy destination pull pages from the source's
-(:mod:`workers.dataplane.lazylink`).
+(:mod:`workers.dataplane.lazylink`), and ``tail`` sends one file while the
+source still writes it (:mod:`workers.dataplane.tail`)::
+
+    tail {v, token, migration, subdir, name}  ->
+                                              <-  ready                    (or error)
+    more {size}, then that many bytes, raw    ->  (as often as the file grows)
+    written {}                                ->  (its writer is done: the rest is urgent)
+    more {size}, then that many bytes, raw    ->  (what it wrote last)
+    end {blake3, size, version}               ->
+                                              <-  done {files, bytes}      (or error)
+
+The digest is of the whole file as it is once its writer finished; the file
+lands under the manifest key (size, version) ``end`` names, so a later ``put``
+of the same file finds it done.
 """
 
 from __future__ import annotations
@@ -194,13 +207,72 @@ def parse_put(message: Mapping[str, Any]) -> PutRequest:
 
 
 def parse_pages(message: Mapping[str, Any]) -> tuple[str, str, str]:
-    """Check the shape of a ``pages`` or ``lazy`` frame: token, migration, subdir."""
+    """Check the shape of a ``pages``, ``lazy`` or ``tail`` frame: token, migration, subdir."""
     if message.get("v") not in VERSIONS:
         raise BadRequest(f"unsupported protocol version {message.get('v')!r} (want {VERSION})")
     token, migration, subdir = (message.get(k) for k in ("token", "migration", "subdir"))
     if not (isinstance(token, str) and isinstance(migration, str) and isinstance(subdir, str)):
         raise BadRequest(f"{message['type']} needs string 'token', 'migration' and 'subdir'")
     return token, migration, subdir
+
+
+MAX_MORE = 1 << 30  # bytes one ``more`` frame of a tail may announce
+
+
+@dataclass(frozen=True)
+class TailRequest:
+    """A request to receive one file, ``<root>/<migration>/<subdir>/<name>``, as it grows."""
+
+    token: str
+    migration: str
+    subdir: str
+    name: str
+
+    def message(self) -> dict[str, object]:
+        """The ``tail`` frame for this request."""
+        return {
+            "type": "tail",
+            "v": VERSION,
+            "token": self.token,
+            "migration": self.migration,
+            "subdir": self.subdir,
+            "name": self.name,
+        }
+
+
+def parse_tail(message: Mapping[str, Any]) -> TailRequest:
+    """Check the shape of a ``tail`` frame (not its paths or token) and return it."""
+    token, migration, subdir = parse_pages(message)
+    name = message.get("name")
+    if not isinstance(name, str):
+        raise BadRequest("tail needs a string 'name'")
+    return TailRequest(token, migration, subdir, name)
+
+
+def parse_more(message: Mapping[str, Any]) -> int | None:
+    """The byte count of a tail's ``more`` frame, -1 for its ``written`` frame (the
+    writer is done), None for its ``end`` frame."""
+    if message["type"] == "end":
+        return None
+    if message["type"] == "written":
+        return -1
+    size = message.get("size")
+    if message["type"] != "more" or isinstance(size, bool) or not isinstance(size, int):
+        raise BadRequest("expected a 'more' frame with an integer size, or 'end'")
+    if not 0 < size <= MAX_MORE:
+        raise BadRequest(f"a 'more' frame announces 1 to {MAX_MORE} bytes, not {size}")
+    return size
+
+
+def parse_tail_end(message: Mapping[str, Any]) -> tuple[str, int, str]:
+    """A tail's ``end`` frame: the whole file's BLAKE3 digest, its size and version."""
+    digest = parse_end(message)
+    size, version = message.get("size"), message.get("version")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise BadRequest("a tail's 'end' needs the file's non-negative integer size")
+    if not isinstance(version, str) or len(version) > 128:
+        raise BadRequest("a tail's 'end' needs the file's version, a string")
+    return digest, size, version
 
 
 def parse_ready(message: Mapping[str, Any], sizes: list[int]) -> tuple[list[int], list[bool]]:
