@@ -70,8 +70,9 @@ def _own_pages(a: inject.Arch) -> tuple[bool, str]:
 def _child() -> tuple[bool, str]:
     child = subprocess.Popen(["sleep", "30"])
     try:
-        for _ in range(200):  # inject after its exec, as into a container's process
-            if procs.comm(child.pid) == "sleep":
+        for _ in range(400):  # inject once it sleeps, as into a container's process: its
+            # comm is "sleep" a moment before its exec has mapped the vDSO (1 probe in 30)
+            if procs.comm(child.pid) == "sleep" and procs.state(child.pid) == "S":
                 break
             time.sleep(0.005)
         fd = inject.userfaultfd_of(child.pid)
