@@ -88,6 +88,13 @@ def make_runtime(settings: Settings, node: str) -> Runtime:
     return RUNTIMES[settings.runtime](settings, node_dir(settings, node))
 
 
+def publish_inventory(store: Store, node: str, runtime: Runtime) -> None:
+    """The node's containers as it holds them now; the heartbeat and the tasks both
+    publish, and a list read before the stored one is dropped (Store.put_containers)."""
+    read_at = time.time()
+    store.put_containers(node, runtime.containers(), read_at)
+
+
 def _dead_here(holder: str) -> bool:
     host, _, pid = holder.rpartition(":")
     return host == socket.gethostname() and pid.isdigit() and not procs.alive(int(pid))
@@ -227,7 +234,7 @@ def serve(settings: Settings, node: str) -> int:
                         workers=dict(started),
                     )
                 )
-                store.put_containers(node, runtime.containers())
+                publish_inventory(store, node, runtime)
                 collect(home, lambda mid: _state(store, mid))
                 if time.time() - pruned_at > PRUNE_EVERY_S:
                     prune_logs(home, store.indexed)
@@ -302,7 +309,7 @@ def celery_main(node: str, role: str, address: str) -> None:
         if s.uplink_bps > 0
         else None,
     )
-    register(app, store, ctx, urgent, lambda: store.put_containers(node, runtime.containers()))
+    register(app, store, ctx, urgent, lambda: publish_inventory(store, node, runtime))
     app.worker_main(
         worker_argv(
             s, node_queue(node, urgent), f"{role}.{node}@%h", 1 if urgent else s.main_concurrency

@@ -7,7 +7,8 @@ Keys (all under ``ferry:``)::
     ferry:migs                sorted set of migration ids by creation time
     ferry:active              set of migration ids not yet final
     ferry:node:<name>         JSON node record (probe, address, heartbeat)
-    ferry:node:<name>:containers  JSON inventory; :usage, what it takes (tasks.core.nodes.Usage)
+    ferry:node:<name>:containers  JSON inventory; :usage, what it takes (tasks.core.nodes.Usage);
+                                  :containers_at, when it was read
     ferry:nodes               set of node names
     ferry:cordon:<name>       present while the node is cordoned
     ferry:redis-run-id        [run_id, when] the coordinator last saw Redis (restarts)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import fields, replace
 from typing import Any
@@ -50,6 +52,12 @@ return v
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
+"""
+# An inventory read before the one stored is stale: another process of the node
+# published a newer one meanwhile (a run or kill task while the heartbeat read).
+_PUT_NEWER = """
+if tonumber(ARGV[3]) < tonumber(redis.call('GET', KEYS[3]) or '0') then return 0 end
+redis.call('MSET', KEYS[1], ARGV[1], KEYS[2], ARGV[2], KEYS[3], ARGV[3]); return 1
 """
 
 
@@ -270,11 +278,16 @@ class Store:
             pipe.sadd("ferry:nodes", record.name)
             pipe.execute()
 
-    def put_containers(self, name: str, containers: Sequence[ContainerInfo]) -> None:
-        with self.r.pipeline() as pipe:
-            pipe.set(f"ferry:node:{name}:containers", json.dumps(encode(list(containers))))
-            pipe.set(f"ferry:node:{name}:usage", json.dumps(encode(usage_of(containers))))
-            pipe.execute()
+    def put_containers(
+        self, name: str, containers: Sequence[ContainerInfo], read_at: float | None = None
+    ) -> bool:
+        """Publish node ``name``'s inventory, read at ``read_at`` (epoch s; now if None),
+        unless one read later is stored already; whether it was."""
+        keys = [f"ferry:node:{name}:{k}" for k in ("containers", "usage", "containers_at")]
+        at = f"{time.time() if read_at is None else read_at:.6f}"
+        listed = json.dumps(encode(list(containers)))
+        usage = json.dumps(encode(usage_of(containers)))
+        return bool(self.r.eval(_PUT_NEWER, 3, *keys, listed, usage, at))
 
     def node(self, name: str) -> NodeRecord | None:
         """Node ``name``'s record; None if unknown; CorruptRecord if unreadable."""

@@ -122,8 +122,7 @@ def test_bad_rootfs_is_refused_in_one_line(oci_cluster, tmp_path, sim_cluster) -
         assert got.exit_code == 2 and why in got.output, got.output
     on_sim = cli(sim_cluster, "run", "--node", "s1", "--rootfs", str(bad), "--", "count")
     assert on_sim.exit_code == 2 and "need an oci node" in on_sim.output, on_sim.output
-    # none started (an earlier test's container killed may still be listed, the
-    # node's next heartbeat not published yet)
+    # none started (an earlier test's container may still be listed, exited)
     assert {c["name"] for c in oci_cluster.client.containers() if c["node"] == "o1"} <= on_o1
 
 
